@@ -1,0 +1,218 @@
+"""The model catalog: typed loading of ``catalog.yaml`` into models, aliases and deployments.
+
+The catalog is data: providers (wire format, base URL, key variable), models (capabilities,
+aliases, fallbacks, deployments in preference order) and price overrides. A deployment is a model on
+a provider; it is enabled only when its provider's key (or, for local servers, base URL) is set, so
+with only ``AISA_API_KEY`` every model runs through AIsa.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from config.prices import FREE, Price, price_from_genai_prices, price_from_rates
+from config.settings import Settings
+
+WireFormat = Literal["openai", "anthropic", "gemini"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceOverride(_Strict):
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+
+
+class ProviderSpec(_Strict):
+    format: WireFormat = "openai"
+    base_url: str | None = None
+    base_url_env: str | None = Field(default=None, description="a local server is enabled when this is set")
+    key_env: str | None = None
+    key_optional: bool = False
+    free: bool = Field(default=False, description="self-hosted: costs nothing unless a deployment says so")
+    prices_provider: str | None = Field(
+        default=None, description="genai-prices provider id when its prices apply; else the vendor's"
+    )
+    label: str = ""
+
+
+class DeploymentSpec(_Strict):
+    provider: str
+    model: str
+    price: PriceOverride | None = None
+
+
+class Capabilities(_Strict):
+    vision: bool = False
+    tools: bool = True
+    context_window: int = 128_000
+    max_output: int = 4_096
+
+
+class ModelSpec(_Strict):
+    vendor: str
+    family: str = ""
+    prices_ref: str | None = Field(default=None, description="model id in genai-prices, when it differs")
+    price: PriceOverride | None = None
+    capabilities: Capabilities = Capabilities()
+    aliases: list[str] = []
+    fallbacks: list[str] = []
+    deployments: list[DeploymentSpec]
+
+
+class CatalogFile(_Strict):
+    vendor_prices: dict[str, str] = Field(
+        default_factory=dict, description="vendor → genai-prices provider id for list prices"
+    )
+    providers: dict[str, ProviderSpec]
+    models: dict[str, ModelSpec]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> CatalogFile:
+        seen_alias: dict[str, str] = {}
+        for name, model in self.models.items():
+            for dep in model.deployments:
+                if dep.provider not in self.providers:
+                    raise ValueError(f"models.{name}: unknown provider {dep.provider!r}")
+            for fb in model.fallbacks:
+                if fb not in self.models:
+                    raise ValueError(f"models.{name}.fallbacks: unknown model {fb!r}")
+            for alias in model.aliases:
+                if alias in self.models or alias in seen_alias:
+                    raise ValueError(f"models.{name}.aliases: {alias!r} is already a model or alias")
+                seen_alias[alias] = name
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model on a provider, ready to call: URL, key and price are resolved once at start-up."""
+
+    id: str
+    provider: str
+    format: WireFormat
+    base_url: str
+    upstream_model: str
+    price: Price
+    api_key: str | None = field(default=None, repr=False)
+    enabled: bool = True
+
+    def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
+        return f"Deployment({self.id!r}, {self.base_url!r}, enabled={self.enabled})"
+
+
+def replace_origin(url: str, upstream: str | None) -> str:
+    """Swap scheme, host and port of ``url`` for ``upstream``'s, keeping the provider's path."""
+    if not upstream:
+        return url.rstrip("/")
+    src, dst = urlsplit(url), urlsplit(upstream)
+    return urlunsplit((dst.scheme, dst.netloc, src.path, src.query, "")).rstrip("/")
+
+
+class Catalog:
+    """Models, aliases and deployments, parsed once; shared read-only by producer and worker."""
+
+    def __init__(self, spec: CatalogFile, *, env: Mapping[str, str], upstream: str | None) -> None:
+        self.spec = spec
+        self.models: dict[str, ModelSpec] = dict(spec.models)
+        self.aliases: dict[str, str] = {a: m for m, s in spec.models.items() for a in s.aliases}
+        self._env = env
+        self._upstream = upstream
+        self._deployments: dict[str, list[Deployment]] | None = None
+
+    @classmethod
+    def load(cls, settings: Settings | None = None, env: Mapping[str, str] | None = None) -> Catalog:
+        settings = settings or Settings()
+        return cls.from_path(settings.config, env=env, upstream=settings.upstream)
+
+    @classmethod
+    def from_path(
+        cls, path: Path | str, *, env: Mapping[str, str] | None = None, upstream: str | None = None
+    ) -> Catalog:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+        return cls(CatalogFile.model_validate(raw), env=os.environ if env is None else env, upstream=upstream)
+
+    def resolve(self, name: str) -> str | None:
+        """The catalog id for a model name or alias, or ``None``."""
+        if name in self.models:
+            return name
+        return self.aliases.get(name)
+
+    def deployments(self, model_id: str, *, enabled_only: bool = True) -> list[Deployment]:
+        """Deployments of a model in preference order."""
+        if self._deployments is None:
+            self._deployments = self._build_deployments()
+        deps = self._deployments.get(model_id, [])
+        return [d for d in deps if d.enabled] if enabled_only else deps
+
+    def _build_deployments(self) -> dict[str, list[Deployment]]:
+        cache: dict[tuple[str, str], Price | None] = {}
+
+        def lookup(provider_id: str, ref: str) -> Price | None:
+            if (provider_id, ref) not in cache:
+                cache[(provider_id, ref)] = price_from_genai_prices(provider_id, ref)
+            return cache[(provider_id, ref)]
+
+        out: dict[str, list[Deployment]] = {}
+        for model_id, model in self.models.items():
+            deps: list[Deployment] = []
+            for dep in model.deployments:
+                prov = self.spec.providers[dep.provider]
+                key = self._env.get(prov.key_env) if prov.key_env else None
+                base = prov.base_url
+                if prov.base_url_env:
+                    base = self._env.get(prov.base_url_env) or None
+                enabled = bool(base) and (bool(key) or prov.key_optional)
+                price = self._price(model_id, model, dep, prov, lookup)
+                deps.append(
+                    Deployment(
+                        id=f"{dep.provider}/{dep.model}",
+                        provider=dep.provider,
+                        format=prov.format,
+                        base_url=replace_origin(base or "http://unset.invalid", self._upstream),
+                        upstream_model=dep.model,
+                        price=price,
+                        api_key=key or None,
+                        enabled=enabled,
+                    )
+                )
+            out[model_id] = deps
+        return out
+
+    def _price(
+        self, model_id: str, model: ModelSpec, dep: DeploymentSpec, prov: ProviderSpec, lookup
+    ) -> Price:
+        if dep.price is not None:
+            p = dep.price
+            return price_from_rates(
+                p.input, p.output, p.cache_read, source=f"catalog:{dep.provider}/{dep.model}"
+            )
+        if prov.free:
+            return FREE
+        if prov.prices_provider:
+            found = lookup(prov.prices_provider, dep.model)
+            if found is not None:
+                return found
+        vendor_provider = self.spec.vendor_prices.get(model.vendor)
+        if vendor_provider:
+            found = lookup(vendor_provider, model.prices_ref or model_id)
+            if found is not None:
+                return found
+        if model.price is not None:
+            p = model.price
+            return price_from_rates(p.input, p.output, p.cache_read, source=f"catalog:{model_id}")
+        return FREE

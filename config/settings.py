@@ -1,0 +1,51 @@
+"""Run-time settings, read from the environment once and passed down as one object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+
+
+class Settings(BaseSettings):
+    """Everything tunable about producers and workers; env vars are ``LLM_ROUTER_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_ROUTER_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "LLM_ROUTER_REDIS_URL")
+    )
+    config: Path = Field(default=DEFAULT_CATALOG, description="catalog YAML (LLM_ROUTER_CONFIG)")
+    upstream: str | None = Field(
+        default=None, description="replaces the origin of every provider URL (LLM_ROUTER_UPSTREAM)"
+    )
+    queue_name: str = "llm-router:queue"
+
+    # job contract
+    record_ttl_s: int = 7 * 24 * 3600
+    default_deadline_s: float = 24 * 3600
+    interactive_deadline_s: float = 600
+    max_body_bytes: int = 20 * 1024 * 1024
+    enqueue_chunk: int = 1000
+
+    # worker
+    max_jobs: int = 200
+    poll_delay_s: float = 0.05
+    queue_read_limit: int | None = None
+    job_timeout_s: float = 1800
+    call_timeout_s: float = 120
+    connect_timeout_s: float = 10
+    retry_passes: int = 3
+    retry_backoff_s: float = 1.0
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+
+    @property
+    def effective_queue_read_limit(self) -> int:
+        # arq's default (max_jobs) with a 0.05 s poll caps throughput below the queue's pace
+        return self.queue_read_limit or max(self.max_jobs * 2, 100)

@@ -1,0 +1,318 @@
+"""The ``llm-router`` command line.
+
+Exit codes: 0 success, 1 a job failed or was refused, 2 bad usage or input file, 3 timed out
+waiting. Errors are one line on stderr: ``error: CODE: message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from config.settings import Settings
+from llm_router.errors import RouterError, WaitTimeout
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad arguments or an unreadable input file: exit 2."""
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+# -- producer commands --------------------------------------------------------------------------
+
+
+async def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer, Submitted
+
+    try:
+        lines = (
+            Path(args.file).read_bytes().splitlines()
+            if args.file != "-"
+            else sys.stdin.buffer.read().splitlines()
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    async with await Producer.connect(settings) as producer:
+        results = await producer.submit_many([line for _, line in numbered])
+        code = EXIT_OK
+        ids: list[str] = []
+        for (n, _), res in zip(numbered, results, strict=True):
+            if isinstance(res, Submitted):
+                print(res.job_id)
+                ids.append(res.job_id)
+            else:
+                _err(f"line {n}: {res.code}: {res.message}")
+                code = EXIT_FAILED
+        sys.stdout.flush()
+        if not (args.wait or args.out):
+            return code
+        records = await _wait_with_progress(producer, ids, args.timeout)
+        by_id = {r.id: r for r in records}
+        if any(r.status != "succeeded" for r in records):
+            code = EXIT_FAILED
+        if args.out:
+            with open(args.out, "wb") as fh:
+                for (n, _), res in zip(numbered, results, strict=True):
+                    if isinstance(res, Submitted):
+                        fh.write(orjson.dumps(_record_json(by_id[res.job_id])) + b"\n")
+                    else:
+                        fh.write(orjson.dumps({"line": n, "error": res.to_dict()}) + b"\n")
+        return code
+
+
+async def _wait_with_progress(producer: Any, ids: list[str], timeout: float | None) -> list[Any]:
+    if not ids:
+        return []
+    if not sys.stderr.isatty():
+        return await producer.wait_many(ids, timeout=timeout)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("waiting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("jobs", total=len(ids))
+        return await producer.wait_many(
+            ids, timeout=timeout, on_progress=lambda done, _total: progress.update(task, completed=done)
+        )
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer
+
+    async with await Producer.connect(settings) as producer:
+        r = await producer.get(args.id)
+        cost = f"{r.usage.cost:.9f}" if r.usage else "-"
+        print(f"{r.id} {r.status.value} {r.model or r.route[0]} {r.provider or '-'} {cost}")
+        return EXIT_FAILED if r.status in ("failed", "cancelled") else EXIT_OK
+
+
+async def _result(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer
+
+    async with await Producer.connect(settings) as producer:
+        r = (
+            await producer.wait(args.id, timeout=args.wait)
+            if args.wait is not None
+            else await producer.get(args.id)
+        )
+        _print_json(_record_json(r))
+        return EXIT_FAILED if r.status in ("failed", "cancelled") else EXIT_OK
+
+
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer
+
+    async with await Producer.connect(settings) as producer:
+        r = await producer.cancel(args.id)
+        print(f"{r.id} {r.status.value}")
+        return EXIT_OK
+
+
+async def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer
+
+    if args.messages:
+        try:
+            messages = orjson.loads(args.messages)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"--messages is not JSON: {exc}") from None
+        if not isinstance(messages, list):
+            raise UsageError("--messages must be a JSON list of messages")
+    else:
+        messages = []
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    if args.message:
+        messages.append({"role": "user", "content": args.message})
+    if not messages:
+        raise UsageError("give --message TEXT or --messages JSON")
+    job: dict[str, Any] = {"model": args.model, "messages": messages}
+    if args.fallbacks:
+        job["fallbacks"] = [m.strip() for m in args.fallbacks.split(",") if m.strip()]
+    if args.max_tokens:
+        job["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        job["temperature"] = args.temperature
+    if args.stream:
+        job["stream"] = True
+    async with await Producer.connect(settings) as producer:
+        return _print_answer(await producer.run_interactive(job, timeout=args.timeout), args.json)
+
+
+async def _vision(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.producer import Producer
+    from producer.vision import vision_to_chat
+
+    job = vision_to_chat({"model": args.model, "image": args.image, "prompt": args.prompt})
+    async with await Producer.connect(settings) as producer:
+        return _print_answer(await producer.run_interactive(job, timeout=args.timeout), args.json)
+
+
+def _print_answer(record: Any, as_json: bool) -> int:
+    if as_json:
+        _print_json(_record_json(record))
+    else:
+        print(record.text() or "")
+    return EXIT_OK
+
+
+# -- catalog, worker, simulator, demo -----------------------------------------------------------
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from config.catalog import Catalog
+    from llm_router.models_view import models_json, print_models_table
+
+    catalog = Catalog.load(settings)
+    if args.json:
+        _print_json(models_json(catalog))
+    else:
+        print_models_table(catalog)
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.app import run_worker
+
+    if args.max_jobs:
+        settings = settings.model_copy(update={"max_jobs": args.max_jobs})
+    run_worker(settings)
+    return EXIT_OK
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from llm_router.simulator import SimConfig, serve_forever
+
+    config = SimConfig.from_yaml(args.profile) if args.profile else SimConfig()
+    if args.latency_ms:
+        lo, _, hi = args.latency_ms.partition(",")
+        config = config.model_copy(update={"latency_ms": (float(lo), float(hi or lo))})
+    serve_forever(config, args.host, args.port)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from llm_router.demo import run_demo
+
+    return run_demo(live=args.live, jobs=args.jobs, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-router", description="LLM work as durable jobs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="enqueue one job per JSONL line; print job ids in input order")
+    s.add_argument("file", help="JSONL file, or - for stdin")
+    s.add_argument("--wait", action="store_true", help="wait for every job to end")
+    s.add_argument("--out", help="write one JSON line per input line: the record or the refusal")
+    s.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    s.set_defaults(handler=_submit)
+
+    s = sub.add_parser("status", help="one line: id, status, model, provider, cost")
+    s.add_argument("id")
+    s.set_defaults(handler=_status)
+
+    s = sub.add_parser("result", help="the job's record as JSON")
+    s.add_argument("id")
+    s.add_argument("--wait", type=float, default=None, metavar="SECONDS")
+    s.set_defaults(handler=_result)
+
+    s = sub.add_parser("cancel", help="cancel a queued job")
+    s.add_argument("id")
+    s.set_defaults(handler=_cancel)
+
+    s = sub.add_parser("chat", help="one chat completion through the queue")
+    s.add_argument("--model", required=True)
+    s.add_argument("--message")
+    s.add_argument("--system")
+    s.add_argument("--messages", help="a JSON list of messages")
+    s.add_argument("--fallbacks", help="comma-separated models to try next")
+    s.add_argument("--max-tokens", type=int)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--stream", action="store_true")
+    s.add_argument("--timeout", type=float)
+    s.add_argument("--json", action="store_true", help="print the record instead of the text")
+    s.set_defaults(handler=_chat)
+
+    s = sub.add_parser("vision", help="ask about an image (URL, path or base64)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--timeout", type=float)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_vision)
+
+    s = sub.add_parser("models", help="the catalog: models, prices, capabilities, deployments")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_models)
+
+    s = sub.add_parser("worker", help="run a worker until SIGTERM")
+    s.add_argument("--max-jobs", type=int)
+    s.set_defaults(handler=_worker)
+
+    s = sub.add_parser("simulate", help="run the provider simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8090)
+    s.add_argument("--profile", help="YAML profile: latency, fault rules, models")
+    s.add_argument("--latency-ms", help="MIN[,MAX] milliseconds")
+    s.set_defaults(handler=_simulate)
+
+    s = sub.add_parser("demo", help="run the whole system on this machine with the simulator")
+    s.add_argument("--live", action="store_true", help="use real providers and keys (spends money)")
+    s.add_argument("--jobs", type=int, default=60)
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(handler=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from llm_router.log_setup import configure_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        settings = Settings()
+        result = args.handler(args, settings)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except UsageError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except WaitTimeout as exc:
+        _err(f"error: {exc.code}: {exc.message}")
+        return EXIT_TIMEOUT
+    except RouterError as exc:
+        _err(f"error: {exc.code}: {exc.message}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, RedisError) as exc:  # Redis unreachable, say
+        _err(f"error: connection_error: {exc}")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

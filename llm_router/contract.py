@@ -1,0 +1,319 @@
+"""The job contract: what a job is, what its record says, and the status a job moves through.
+
+Producer and worker both import this module and nothing else of each other: a job crosses Redis as
+JSON, so either side can be deployed on its own. A job is one flat JSON object: an OpenAI
+chat-completions body plus reserved keys (``RESERVED_KEYS``) that are never sent upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_router.errors import InvalidRequest
+
+# keys of a job that are ours, not the provider's; the adapters never send them upstream
+RESERVED_KEYS = frozenset({"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache"})
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DATA_URI_RE = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+$")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DEFERRED = "deferred"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Part):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _https_or_data(cls, url: str) -> str:
+        if url.startswith("https://") and len(url) > len("https://"):
+            return url
+        if url.startswith("data:") and DATA_URI_RE.match(url):
+            return url
+        raise ValueError("image_url.url must be an https:// URL or a data:image/...;base64, URI")
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Part):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Part):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.content is None and not (
+            self.role == "assistant" and (self.tool_calls or self.function_call)
+        ):
+            raise ValueError("content is required (null only for an assistant message with tool calls)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        if isinstance(self.content, list) and self.role not in ("user", "system", "developer", "assistant"):
+            raise ValueError(f"a {self.role} message takes text content")
+        return self
+
+
+class FunctionDef(_Part):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Part):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Part):
+    name: str
+
+
+class NamedToolChoice(_Part):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+
+
+Unit = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+
+
+class ChatJob(BaseModel):
+    """A chat job: the OpenAI chat-completions body plus our reserved keys."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Unit | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    user: str | None = None
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
+    stream: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logit_bias: dict[str, float] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+
+    # reserved job keys: ours, never sent upstream
+    job_id: str | None = None
+    fallbacks: Annotated[list[str], Field(max_length=8)] | None = None
+    deadline_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600)] | None = None
+    tenant: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    metadata: dict[str, Any] | None = None
+    cache: bool | None = None
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID_RE.match(value):
+            raise ValueError("job_id must be 1-128 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ChatJob:
+        if self.tool_choice is not None and not self.tools:
+            raise _FieldError("tool_choice", "tool_choice is only allowed when tools are given")
+        if self.function_call is not None and not self.functions:
+            raise _FieldError("function_call", "function_call is only allowed when functions are given")
+        if self.tools and self.functions:
+            raise _FieldError("functions", "give tools or the legacy functions, not both")
+        return self
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The OpenAI body without our reserved keys (what an adapter translates)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude=set(RESERVED_KEYS))
+
+    def has_images(self) -> bool:
+        return any(
+            isinstance(m.content, list) and any(isinstance(p, ImagePart) for p in m.content)
+            for m in self.messages
+        )
+
+    def first_image_param(self) -> str | None:
+        for i, m in enumerate(self.messages):
+            if isinstance(m.content, list):
+                for j, p in enumerate(m.content):
+                    if isinstance(p, ImagePart):
+                        return f"messages[{i}].content[{j}]"
+        return None
+
+
+class _FieldError(ValueError):
+    """A cross-field check that knows which field is wrong."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# pydantic puts the names of union members into error locations; they are not fields
+_LOC_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal|function-.*|.*\[.*)$")
+
+
+_PART_TAGS = frozenset({"text", "image_url"})  # discriminator values of ContentPart
+
+
+def param_from_loc(loc: tuple[int | str, ...]) -> str:
+    """``('messages', 0, 'content')`` → ``messages[0].content``, dropping pydantic's union tags."""
+    out = ""
+    prev: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _LOC_TAG.match(part) or (isinstance(prev, int) and part in _PART_TAGS):
+            prev = None  # a content part's tag comes right after its index; the field may repeat it
+            continue
+        else:
+            out += f".{part}" if out else part
+        prev = part
+    return out
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
+    """The most specific pydantic error as one ``invalid_request`` naming its field."""
+    errors = exc.errors(include_url=False)
+    for err in errors:
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _FieldError):
+            return InvalidRequest(str(ctx_err), param=ctx_err.param)
+    # the deepest location is the most specific one; unions report one error per member
+    err = max(
+        errors, key=lambda e: len([p for p in e["loc"] if not (isinstance(p, str) and _LOC_TAG.match(p))])
+    )
+    param = param_from_loc(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if err["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'", param=param)
+    msg = err["msg"].removeprefix("Value error, ")
+    return InvalidRequest(f"Invalid value for '{param}': {msg}", param=param or None)
+
+
+class Attempt(BaseModel):
+    """One upstream call made for a job."""
+
+    provider: str
+    model: str
+    upstream_model: str
+    outcome: Literal["success", "error", "interrupted"]
+    error_code: str | None = None
+    http_status: int | None = None
+    latency_ms: float
+    started_at: float
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    cost_nanos: int = 0
+
+
+class JobRecord(BaseModel):
+    """The one source of truth about a job, keyed by its id in the result store."""
+
+    id: str
+    status: JobStatus
+    request: dict[str, Any]
+    model_requested: str
+    route: list[str]
+    tenant: str = "default"
+    created_at: float
+    deadline_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: list[Attempt] = []
+    provider: str | None = None
+    model: str | None = None
+    response: dict[str, Any] | None = None
+    usage: Usage | None = None
+    error: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    runs: int = 0
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at) * 1000
+
+    def text(self) -> str | None:
+        """The first choice's text, or the tool/function call as JSON when the model called one."""
+        if not self.response or not self.response.get("choices"):
+            return None
+        msg = self.response["choices"][0].get("message") or {}
+        if msg.get("content") is not None:
+            return str(msg["content"])
+        call = msg.get("tool_calls") or msg.get("function_call")
+        return orjson.dumps(call).decode() if call else None

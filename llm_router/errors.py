@@ -1,0 +1,278 @@
+"""One exception tree for llm-router, with stable codes.
+
+Every error carries a stable ``code``, an HTTP-like ``status``, an error ``type``, the ``param`` it
+concerns (if any), whether the same deployment may be ``retryable``, whether it counts against the
+deployment's ``breaker`` and whether ``fallback`` moves on to the next deployment. Nothing downstream
+parses messages: it reads these attributes, which come from one table (``ERROR_TABLE``).
+
+    RouterError
+    ├── RequestError                caller's fault; refused at enqueue, never retried
+    │   ├── InvalidRequest              invalid_request (400)
+    │   ├── UnsupportedCapability       unsupported_capability (400)
+    │   ├── ModelNotFound               model_not_found (404)
+    │   ├── IdempotencyConflict         idempotency_conflict (409)
+    │   └── PayloadTooLarge             payload_too_large (413)
+    ├── JobError                    about a job as a whole
+    │   ├── JobNotFound                 job_not_found (404)
+    │   ├── JobNotCancellable           job_not_cancellable (409)
+    │   ├── DeadlineExceeded            deadline_exceeded (504)
+    │   ├── JobCancelled                cancelled (499)
+    │   ├── WaitTimeout                 wait_timeout (408)
+    │   └── NoWorkers                   no_workers (503)
+    └── UpstreamFailure             a provider's fault; a failed job reports status 502
+        ├── RateLimited                 rate_limited
+        ├── Overloaded                  overloaded
+        ├── UpstreamError               upstream_error
+        ├── UpstreamTimeout             timeout
+        ├── UpstreamConnectionError     connection_error
+        ├── BadResponse                 bad_response
+        ├── ContextLengthExceeded       context_length_exceeded
+        ├── ContentFiltered             content_filtered
+        ├── AuthFailed                  auth_failed
+        ├── UpstreamNotFound            not_found
+        ├── UpstreamInvalidRequest      invalid_request (400: the provider refused the caller's request)
+        ├── ProviderOutOfCredits        provider_out_of_credits
+        ├── NoDeployment                no_deployment
+        └── AllDeploymentsFailed        all_deployments_failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """How one error code behaves: its status and type, and what the worker does about it."""
+
+    status: int
+    type: str
+    retryable: bool = False
+    breaker: bool = False
+    fallback: bool = False
+
+
+# The one table from code to status, type and policy. Upstream codes report status 502 on a job:
+# 401/402 are reserved for the caller's own key and credit.
+ERROR_TABLE: dict[str, ErrorSpec] = {
+    "invalid_request": ErrorSpec(400, "invalid_request_error"),
+    "unsupported_capability": ErrorSpec(400, "invalid_request_error"),
+    "model_not_found": ErrorSpec(404, "not_found_error"),
+    "idempotency_conflict": ErrorSpec(409, "conflict_error"),
+    "payload_too_large": ErrorSpec(413, "invalid_request_error"),
+    "authentication_failed": ErrorSpec(401, "authentication_error"),
+    "permission_denied": ErrorSpec(403, "permission_error"),
+    "insufficient_credits": ErrorSpec(402, "insufficient_credits_error"),
+    "job_not_found": ErrorSpec(404, "not_found_error"),
+    "job_not_cancellable": ErrorSpec(409, "conflict_error"),
+    "deadline_exceeded": ErrorSpec(504, "server_error"),
+    "cancelled": ErrorSpec(499, "invalid_request_error"),
+    "wait_timeout": ErrorSpec(408, "server_error"),
+    "no_workers": ErrorSpec(503, "server_error"),
+    "internal_error": ErrorSpec(500, "server_error"),
+    # upstream outcomes: retry same deployment / count against breaker / move on to fallback
+    "rate_limited": ErrorSpec(502, "upstream_error", retryable=True, breaker=False, fallback=True),
+    "overloaded": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "upstream_error": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "timeout": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "connection_error": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "bad_response": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "context_length_exceeded": ErrorSpec(502, "upstream_error", fallback=True),
+    "content_filtered": ErrorSpec(502, "upstream_error"),
+    "auth_failed": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
+    "not_found": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
+    "provider_out_of_credits": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
+    "no_deployment": ErrorSpec(502, "upstream_error"),
+    "all_deployments_failed": ErrorSpec(502, "upstream_error", retryable=True),
+}
+
+
+class RouterError(Exception):
+    """Base of every llm-router error; ``code`` selects the behaviour from ``ERROR_TABLE``."""
+
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.param = param
+        # the status the upstream answered with, kept for attempts; distinct from our own status
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return ERROR_TABLE.get(self.code, ERROR_TABLE["internal_error"])
+
+    @property
+    def status(self) -> int:
+        return self.spec.status
+
+    @property
+    def type(self) -> str:
+        return self.spec.type
+
+    @property
+    def retryable(self) -> bool:
+        return self.spec.retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error object: the same shape in records, the CLI and the HTTP API."""
+        return {
+            "code": self.code,
+            "status": self.status,
+            "message": self.message,
+            "param": self.param,
+            "type": self.type,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouterError:
+        """Rebuild the most specific error class for an error object read from a record."""
+        code = str(data.get("code") or "internal_error")
+        klass = _BY_CODE.get(code, RouterError)
+        return klass(str(data.get("message") or code), param=data.get("param"), code=code)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class RequestError(RouterError):
+    """The caller's request is wrong; refused before anything is enqueued."""
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class UnsupportedCapability(RequestError):
+    code = "unsupported_capability"
+
+
+class ModelNotFound(RequestError):
+    code = "model_not_found"
+
+
+class IdempotencyConflict(RequestError):
+    code = "idempotency_conflict"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+
+
+class JobError(RouterError):
+    """Something about a job as a whole (lookup, deadline, cancellation, waiting)."""
+
+
+class JobNotFound(JobError):
+    code = "job_not_found"
+
+
+class JobNotCancellable(JobError):
+    code = "job_not_cancellable"
+
+
+class DeadlineExceeded(JobError):
+    code = "deadline_exceeded"
+
+
+class JobCancelled(JobError):
+    code = "cancelled"
+
+
+class WaitTimeout(JobError):
+    code = "wait_timeout"
+
+
+class NoWorkers(JobError):
+    code = "no_workers"
+
+
+class UpstreamFailure(RouterError):
+    """A provider failed; ``code`` is the class of failure from the taxonomy."""
+
+    code = "upstream_error"
+
+
+class RateLimited(UpstreamFailure):
+    code = "rate_limited"
+
+
+class Overloaded(UpstreamFailure):
+    code = "overloaded"
+
+
+class UpstreamError(UpstreamFailure):
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    code = "timeout"
+
+
+class UpstreamConnectionError(UpstreamFailure):
+    code = "connection_error"
+
+
+class BadResponse(UpstreamFailure):
+    code = "bad_response"
+
+
+class ContextLengthExceeded(UpstreamFailure):
+    code = "context_length_exceeded"
+
+
+class ContentFiltered(UpstreamFailure):
+    code = "content_filtered"
+
+
+class AuthFailed(UpstreamFailure):
+    code = "auth_failed"
+
+
+class UpstreamNotFound(UpstreamFailure):
+    code = "not_found"
+
+
+class UpstreamInvalidRequest(UpstreamFailure):
+    """The provider refused the caller's request: the caller's fault, so no breaker, no fallback."""
+
+    code = "invalid_request"
+
+
+class ProviderOutOfCredits(UpstreamFailure):
+    code = "provider_out_of_credits"
+
+
+class NoDeployment(UpstreamFailure):
+    code = "no_deployment"
+
+
+class AllDeploymentsFailed(UpstreamFailure):
+    code = "all_deployments_failed"
+
+
+def _index(root: type[RouterError]) -> dict[str, type[RouterError]]:
+    found: dict[str, type[RouterError]] = {}
+    stack = [root]
+    while stack:
+        klass = stack.pop()
+        found.setdefault(klass.code, klass)
+        stack.extend(klass.__subclasses__())
+    return found
+
+
+_BY_CODE = _index(RouterError)
+_BY_CODE["invalid_request"] = InvalidRequest

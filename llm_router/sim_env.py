@@ -1,0 +1,28 @@
+"""The environment that points workers at the simulator: real keys blanked, placeholder keys set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# placeholder keys, one per provider, so the simulator can tell providers apart by credential
+SIM_KEYS = {
+    "AISA_API_KEY": "sk-sim-aisa",
+    "OPENAI_API_KEY": "sk-sim-openai",
+    "OPENROUTER_API_KEY": "sk-sim-openrouter",
+    "XAI_API_KEY": "sk-sim-xai",
+    "MISTRAL_API_KEY": "sk-sim-mistral",
+    "ANTHROPIC_API_KEY": "sk-sim-anthropic",
+    "GEMINI_API_KEY": "sk-sim-gemini",
+}
+_BLANKED_SUFFIXES = ("_API_KEY", "_BASE_URL")
+
+
+def simulated_env(
+    base: Mapping[str, str], *, redis_url: str, sim_url: str, keys: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` without any real key or base-URL variable, plus the simulator's upstream and keys."""
+    env = {k: v for k, v in base.items() if not k.endswith(_BLANKED_SUFFIXES) and k != "GOOGLE_API_KEY"}
+    env.update(SIM_KEYS if keys is None else keys)
+    env["REDIS_URL"] = redis_url
+    env["LLM_ROUTER_UPSTREAM"] = sim_url
+    return env

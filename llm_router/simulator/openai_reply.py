@@ -1,0 +1,220 @@
+"""Building OpenAI chat-completion answers: the JSON object and the chunk stream.
+
+What to say is decided once per request (``plan_choices``) and rendered either as one
+``chat.completion`` or as ``chat.completion.chunk`` events, so both carry identical content.
+When tools are offered (and ``tool_choice`` is not "none") every choice calls the named tool,
+or the first one, unless the last message is a tool result and the choice is left to the model,
+in which case it answers in text; legacy ``functions`` work the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from llm_router.simulator.content import (
+    choice_digest,
+    cut_at_stop,
+    reply_text,
+    request_digest,
+    sample_json,
+    truncate_to_tokens,
+)
+from llm_router.simulator.openai_request import ChatRequest
+from llm_router.simulator.tokens import count_prompt_tokens, count_text_tokens
+
+SYSTEM_FINGERPRINT = "fp_llmrouter_sim"
+_CHUNK_CHARS = 24
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A function to call: ``tool`` (tools API, with an id) or legacy ``function``."""
+
+    style: str
+    name: str
+    arguments: str
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The function a request will call, with the API style it was offered in."""
+
+    style: str
+    name: str
+    parameters: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    content: str | None
+    call: _Call | None
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Everything a response needs, independent of whether it is streamed."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: dict[str, int]
+
+
+def plan_reply(req: ChatRequest) -> Reply:
+    """Decide the deterministic content, calls, finish reasons and usage for ``req``."""
+    digest = request_digest(req.model, req.messages, req.seed)
+    target = _function_to_call(req)
+    choices = [_plan_choice(req, digest, choice_digest(digest, i), target) for i in range(req.n)]
+    offered = (req.tools or []) + (req.functions or [])
+    prompt = count_prompt_tokens(req.messages, offered or None)
+    completion = sum(c.completion_tokens for c in choices)
+    return Reply(
+        id=f"chatcmpl-{digest.hex()[:24]}",
+        created=int(time.time()),
+        model=req.model,
+        choices=choices,
+        usage={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    )
+
+
+def completion_body(reply: Reply) -> bytes:
+    """The ``chat.completion`` JSON for ``reply``."""
+    return orjson.dumps(
+        {
+            "id": reply.id,
+            "object": "chat.completion",
+            "created": reply.created,
+            "model": reply.model,
+            "choices": [_choice_json(i, c) for i, c in enumerate(reply.choices)],
+            "usage": reply.usage,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+    )
+
+
+def stream_events(reply: Reply, include_usage: bool) -> list[bytes]:
+    """The SSE events (``data: {chunk}\\n\\n`` ... ``data: [DONE]\\n\\n``) for ``reply``."""
+    head = {
+        "id": reply.id,
+        "object": "chat.completion.chunk",
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    # With include_usage OpenAI sends "usage": null on every chunk but the last.
+    tail = {"usage": None} if include_usage else {}
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({**head, "choices": choices, **tail, **extra}) + b"\n\n"
+
+    events: list[bytes] = []
+    for index, choice in enumerate(reply.choices):
+        for delta, finish in _deltas(choice):
+            events.append(
+                event([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
+            )
+    if include_usage:
+        events.append(event([], usage=reply.usage))
+    events.append(_DONE)
+    return events
+
+
+def _function_to_call(req: ChatRequest) -> _Target | None:
+    """The function this request should call, if any."""
+    last_role = req.messages[-1].get("role")
+    if req.tools:
+        functions = [tool["function"] for tool in req.tools]
+        choice, style, result_role = req.tool_choice, "tool", "tool"
+    elif req.functions:
+        functions = req.functions
+        choice, style, result_role = req.function_call, "function", "function"
+    else:
+        return None
+    if choice == "none" or (choice in (None, "auto") and last_role == result_role):
+        return None
+    if isinstance(choice, dict):
+        name = choice["function"]["name"] if style == "tool" else choice["name"]
+        function = next(f for f in functions if f["name"] == name)
+    else:
+        function = functions[0]
+    return _Target(style, function["name"], function.get("parameters") or {})
+
+
+def _plan_choice(req: ChatRequest, prompt_digest: bytes, digest: bytes, target: _Target | None) -> _Choice:
+    if target is not None:
+        arguments = orjson.dumps(sample_json(target.parameters, digest)).decode()
+        call = _Call(target.style, target.name, arguments, f"call_{digest.hex()[:24]}")
+        tokens = count_text_tokens(call.name) + count_text_tokens(arguments)
+        return _Choice(None, call, "tool_calls" if call.style == "tool" else "function_call", tokens)
+    text = _text(req, prompt_digest, digest)
+    text = cut_at_stop(text, req.stop)
+    cut = False
+    if req.max_tokens is not None:
+        text, cut = truncate_to_tokens(text, req.max_tokens)
+    return _Choice(text, None, "length" if cut else "stop", count_text_tokens(text))
+
+
+def _text(req: ChatRequest, prompt_digest: bytes, digest: bytes) -> str:
+    sentence = reply_text(req.model, prompt_digest, digest)
+    kind = (req.response_format or {}).get("type")
+    if kind == "json_object":
+        return orjson.dumps(
+            {"model": req.model, "prompt": prompt_digest[:4].hex(), "reply": sentence}
+        ).decode()
+    if kind == "json_schema":
+        schema = (req.response_format or {}).get("json_schema", {}).get("schema") or {}
+        return orjson.dumps(sample_json(schema, digest)).decode()
+    return sentence
+
+
+def _choice_json(index: int, choice: _Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.content, "refusal": None}
+    call = choice.call
+    if call is not None and call.style == "tool":
+        message["tool_calls"] = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+        ]
+    elif call is not None:
+        message["function_call"] = {"name": call.name, "arguments": call.arguments}
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": choice.finish_reason}
+
+
+def _deltas(choice: _Choice) -> list[tuple[dict[str, Any], str | None]]:
+    """The (delta, finish_reason) pairs of one choice, in stream order."""
+    call = choice.call
+    if call is None:
+        text = choice.content or ""
+        pieces = [text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS)]
+        deltas: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": ""}, None)]
+        deltas += [({"content": piece}, None) for piece in pieces]
+    else:
+        size = max(1, -(-len(call.arguments) // 3))
+        pieces = [call.arguments[i : i + size] for i in range(0, len(call.arguments), size)]
+        if call.style == "tool":
+            opening = {
+                "index": 0,
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            deltas = [({"role": "assistant", "content": None, "tool_calls": [opening]}, None)]
+            deltas += [({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}, None) for p in pieces]
+        else:
+            opening = {"name": call.name, "arguments": ""}
+            deltas = [({"role": "assistant", "content": None, "function_call": opening}, None)]
+            deltas += [({"function_call": {"arguments": p}}, None) for p in pieces]
+    deltas.append(({}, choice.finish_reason))
+    return deltas

@@ -1,0 +1,100 @@
+"""The vendor-neutral path of every chat request, whatever its wire format.
+
+auth -> validation -> model allow-list -> fault decision (latency, then at most one fault) ->
+the format's answer. Every request is counted under its credential and model with the outcome
+it got. The no-fault, zero-latency path does no sleeping and no extra allocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from llm_router.simulator.faults import FaultRule
+from llm_router.simulator.state import STATE, SimState
+from llm_router.simulator.wire import ChatCall, Rejection, WireFormat
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HOLD_POLL_S = 0.05
+
+
+def chat_handler(fmt: WireFormat) -> Handler:
+    """An aiohttp handler running the shared pipeline for wire format ``fmt``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        raw = await request.read()
+        credential: str | None = None
+        try:
+            credential = fmt.authenticate(request)
+            call = fmt.parse(request, raw)
+            if state.models is not None and call.model not in state.models:
+                raise Rejection(404, model=call.model)
+        except Rejection as rejection:
+            state.calls.record(credential, fmt.peek_model(request, raw), str(rejection.status))
+            return fmt.error(rejection)
+        decision = state.faults.decide(credential, call.model)
+        if decision is None:
+            state.calls.record(credential, call.model, "200")
+            return await fmt.respond(request, call)
+        if decision.delay_s > 0:
+            await asyncio.sleep(decision.delay_s)
+        rule = decision.rule
+        if rule is None:
+            state.calls.record(credential, call.model, "200")
+            return await fmt.respond(request, call)
+        return await _FAULTS[rule.kind](request, fmt, call, rule, state, credential)
+
+    return handle
+
+
+async def _status(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, str(rule.status))
+    response = fmt.error(Rejection(rule.status, model=call.model))
+    if rule.retry_after is not None:
+        seconds = rule.retry_after
+        response.headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else str(seconds)
+    return response
+
+
+async def _malformed(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "200")
+    return fmt.malformed(call)
+
+
+async def _reset(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "reset")
+    return _drop_connection(request)
+
+
+async def _hang(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "hang")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + rule.hang_s
+    # Poll rather than sleep once: let go as soon as the client gives up or the server stops,
+    # so a 3600 s hang never holds a connection (or shutdown) hostage.
+    while (remaining := deadline - loop.time()) > 0:
+        if request.transport is None or request.transport.is_closing() or state.stopping.is_set():
+            break
+        await asyncio.sleep(min(remaining, _HOLD_POLL_S))
+    return _drop_connection(request)
+
+
+def _drop_connection(request: web.Request) -> web.StreamResponse:
+    """Close the socket without a response; aiohttp then quietly skips sending the one returned."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response()
+
+
+_FAULTS = {"status": _status, "malformed": _malformed, "reset": _reset, "hang": _hang}

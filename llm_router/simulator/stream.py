@@ -1,0 +1,35 @@
+"""Writing server-sent events: the one place stream chunks leave the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from llm_router.simulator.wire import StreamFault
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+async def send_events(
+    request: web.Request, events: Sequence[bytes], fault: StreamFault | None = None
+) -> web.StreamResponse:
+    """Send pre-encoded SSE ``events`` (each ``data: ...\\n\\n``), honouring a stream fault."""
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    await response.prepare(request)
+    if fault is None:
+        # One write: the client still parses separate events, and the bench stays cheap.
+        await response.write(b"".join(events))
+        await response.write_eof()
+        return response
+    for index, event in enumerate(events):
+        if index == fault.cut_after:
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if index == fault.stall_after and fault.stall_s > 0:
+            await asyncio.sleep(fault.stall_s)
+        await response.write(event)
+    await response.write_eof()
+    return response

@@ -1,0 +1,86 @@
+"""Token counting for the simulator: a documented approximation, no tokenizer download.
+
+The rule (responses' ``usage`` follows it exactly, so tests can predict it):
+
+* **text**: ``ceil(len(text.encode("utf-8")) / 4)``; the empty string is 0 tokens.
+* **prompt** = 3 tokens priming the reply, plus for every message:
+  4 tokens of overhead
+  + its ``content``: a string by the text rule; a list of parts where a ``text`` part counts
+  its ``text`` by the text rule, an ``image_url`` part counts 85 tokens when its ``detail`` is
+  ``"low"`` and 765 otherwise, and any other part counts the text rule over its compact JSON;
+  ``null``/absent content is 0
+  + its ``name`` by the text rule
+  + its ``tool_calls`` and ``function_call`` by the text rule over their compact JSON;
+  plus, when tools (or legacy functions) are offered, the text rule over the compact JSON of the
+  whole list.
+* **completion** = per choice, the text rule over the generated ``content``; a tool or function
+  call counts its ``name`` plus its ``arguments`` string by the text rule; choices add up.
+  ``total_tokens = prompt_tokens + completion_tokens``.
+
+"Compact JSON" is ``orjson.dumps(value)``: no whitespace, keys in the order given, non-ASCII left
+unescaped - the same bytes as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMING = 3
+IMAGE_LOW_DETAIL = 85
+IMAGE_OTHER_DETAIL = 765
+
+
+def count_text_tokens(text: str) -> int:
+    """Tokens in ``text``: ceil(UTF-8 byte length / 4)."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return (size + 3) // 4
+
+
+def count_json_tokens(value: Any) -> int:
+    """Tokens in the compact JSON serialisation of ``value``."""
+    return (len(orjson.dumps(value)) + 3) // 4
+
+
+def count_prompt_tokens(messages: list[Any], tools: list[Any] | None = None) -> int:
+    """Prompt tokens of a chat request, by the rule in this module's docstring."""
+    total = REPLY_PRIMING
+    for message in messages:
+        total += MESSAGE_OVERHEAD
+        if not isinstance(message, dict):
+            continue
+        total += _content_tokens(message.get("content"))
+        name = message.get("name")
+        if isinstance(name, str):
+            total += count_text_tokens(name)
+        for key in ("tool_calls", "function_call"):
+            value = message.get(key)
+            if value:
+                total += count_json_tokens(value)
+    if tools:
+        total += count_json_tokens(tools)
+    return total
+
+
+def _content_tokens(content: Any) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count_text_tokens(content)
+    if isinstance(content, list):
+        return sum(_part_tokens(part) for part in content)
+    return count_json_tokens(content)
+
+
+def _part_tokens(part: Any) -> int:
+    if isinstance(part, dict):
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            return count_text_tokens(part["text"])
+        if kind == "image_url":
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else None
+            return IMAGE_LOW_DETAIL if detail == "low" else IMAGE_OTHER_DETAIL
+    return count_json_tokens(part)

@@ -1,0 +1,225 @@
+"""The result store: every Redis key and command of ours outside arq's own queue.
+
+A job's record is a Redis hash at ``llm-router:job:<id>``; JSON-valued fields are orjson bytes. Each
+state change is one Lua script (atomic, one round trip): ``submit`` creates the record and writes
+arq's job in the same step (SET-NX semantics on the record make it the idempotency key), ``start``
+marks a job running and returns its request, ``finish`` writes the outcome unless the job already
+ended, ``cancel`` takes a queued job off arq's queue. Scripts run on Redis' own clock-free inputs:
+times are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import Redis
+
+from llm_router.contract import JobRecord, JobStatus
+
+PREFIX = "llm-router"
+RECORD_PREFIX = f"{PREFIX}:job:"
+WORKER_INFO_PREFIX = f"{PREFIX}:worker:"
+RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
+
+JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
+FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
+
+
+def record_key(job_id: str) -> str:
+    return RECORD_PREFIX + job_id
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def arq_job_payload(job_id: str, enqueue_ms: int) -> bytes:
+    """arq's own job format (what ``enqueue_job`` writes), JSON instead of pickle."""
+    return orjson.dumps({"t": None, "f": RUN_JOB, "a": [job_id], "k": {}, "et": enqueue_ms})
+
+
+# KEYS: record, arq job, arq queue.  ARGV: digest, record ttl s, arq payload, score ms, arq ttl ms,
+# job id, then field/value pairs of the new record.
+SUBMIT_LUA = """
+local h = redis.call('HGET', KEYS[1], 'digest')
+if h then
+  if h == ARGV[1] then return 0 end
+  return -1
+end
+redis.call('HSET', KEYS[1], 'digest', ARGV[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+return 1
+"""
+
+# KEYS: record.  ARGV: now, worker id.  Returns nil (no record), {status} when already ended, or the
+# fields the worker needs: request, route, deadline_at, attempts, created_at, runs.
+START_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return nil end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {st} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
+local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
+local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attempts', 'created_at')
+return {st, v[1], v[2], v[3], v[4], v[5], runs}
+"""
+
+# KEYS: record.  ARGV: record ttl s, then field/value pairs.  Never overwrites an ended job, so a
+# duplicate run cannot replace the outcome (or the cost) that was recorded first.
+FINISH_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -2 end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: record, arq job, arq queue, arq in-progress.  ARGV: job id, now, error JSON.
+CANCEL_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -2 end
+if (st == 'queued' or st == 'deferred') and redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[3])
+  return 1
+end
+return st
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job_id: str
+    created: bool
+
+
+class Store:
+    """Typed access to records; one instance per process, sharing the caller's Redis client."""
+
+    def __init__(self, redis: Redis, *, queue_name: str, record_ttl_s: int) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.record_ttl_s = record_ttl_s
+        self._submit = redis.register_script(SUBMIT_LUA)
+        self._start = redis.register_script(START_LUA)
+        self._finish = redis.register_script(FINISH_LUA)
+        self._cancel = redis.register_script(CANCEL_LUA)
+        # workers are counted per queue: a worker on another queue cannot answer this one's jobs
+        self.workers_key = f"{queue_name}:workers"
+
+    def submit_args(
+        self, job_id: str, digest: str, fields: dict[str, Any], *, now: float, deadline_at: float
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one submit; pipelines of these make bulk enqueue one round trip a chunk."""
+        enqueue_ms = int(now * 1000)
+        arq_ttl_ms = int((deadline_at - now) * 1000) + 3_600_000
+        argv: list[Any] = [
+            digest,
+            self.record_ttl_s,
+            arq_job_payload(job_id, enqueue_ms),
+            enqueue_ms,
+            arq_ttl_ms,
+            job_id,
+        ]
+        for name, value in fields.items():
+            argv.append(name)
+            argv.append(encode_field(name, value))
+        return [record_key(job_id), job_key_prefix + job_id, self.queue_name], argv
+
+    async def submit_batch(self, batch: list[tuple[list[str], list[Any]]]) -> list[int]:
+        """Run many submits in one pipeline; each result is 1 (created), 0 (same body) or -1 (conflict)."""
+        if not batch:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, argv in batch:
+                await self._submit(keys=keys, args=argv, client=pipe)
+            return [int(r) for r in await pipe.execute()]
+
+    async def start(self, job_id: str, worker_id: str, now: float) -> list[Any] | None:
+        return await self._start(keys=[record_key(job_id)], args=[now, worker_id])
+
+    async def finish(self, job_id: str, fields: dict[str, Any]) -> int:
+        argv: list[Any] = [self.record_ttl_s]
+        for name, value in fields.items():
+            argv.append(name)
+            argv.append(encode_field(name, value))
+        return int(await self._finish(keys=[record_key(job_id)], args=argv))
+
+    async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
+        keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
+        res = await self._cancel(keys=keys, args=[job_id, time.time(), orjson.dumps(error)])
+        return res.decode() if isinstance(res, bytes) else int(res)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.hgetall(record_key(job_id))
+        return decode_record(job_id, raw) if raw else None
+
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(record_key(job_id))
+            raws = await pipe.execute()
+        return [decode_record(j, r) if r else None for j, r in zip(job_ids, raws, strict=True)]
+
+    async def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """Only the status of many jobs: what waiting needs, without fetching bodies."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(record_key(job_id), "status")
+            raws = await pipe.execute()
+        return [r.decode() if r else None for r in raws]
+
+    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.workers_key, {worker_id: now})
+            pipe.zremrangebyscore(self.workers_key, "-inf", now - 10 * ttl_s)
+            pipe.set(WORKER_INFO_PREFIX + worker_id, orjson.dumps(info), px=int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def forget_worker(self, worker_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.workers_key, worker_id)
+            pipe.delete(WORKER_INFO_PREFIX + worker_id)
+            await pipe.execute()
+
+    async def live_workers(self, ttl_s: float) -> int:
+        return int(await self.redis.zcount(self.workers_key, time.time() - ttl_s, "+inf"))
+
+
+def encode_field(name: str, value: Any) -> bytes | str | int | float:
+    if name in JSON_FIELDS:
+        return orjson.dumps(value)
+    if isinstance(value, JobStatus):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (bytes, str, int, float)):
+        return value
+    return orjson.dumps(value)
+
+
+def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    data: dict[str, Any] = {"id": job_id}
+    for k, v in raw.items():
+        name = k.decode()
+        if name in JSON_FIELDS:
+            data[name] = orjson.loads(v)
+        elif name in FLOAT_FIELDS:
+            data[name] = float(v)
+        elif name == "runs":
+            data[name] = int(v)
+        elif name in ("digest", "worker"):
+            continue
+        else:
+            data[name] = v.decode()
+    return JobRecord.model_validate(data)

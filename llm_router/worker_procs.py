@@ -1,0 +1,51 @@
+"""Worker processes started by the demo and the tests (``llm-router worker`` as a child process)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class WorkerProcess:
+    """One ``llm-router worker`` child; its stderr goes to ``log_path``."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, max_jobs: int | None = None) -> None:
+        self.log_path = log_path
+        args = [sys.executable, "-m", "llm_router.cli", "worker"]
+        if max_jobs:
+            args += ["--max-jobs", str(max_jobs)]
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, env=dict(env), stdout=self._log, stderr=self._log)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

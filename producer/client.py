@@ -1,0 +1,60 @@
+"""The sync client: the producer's calls for code that has no event loop of its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from config.catalog import Catalog
+from config.settings import Settings
+from llm_router.contract import JobRecord
+from llm_router.errors import RouterError
+from producer.producer import Producer, Submitted
+
+
+class Client:
+    """Blocking wrapper around ``Producer``; not for use inside a running event loop."""
+
+    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
+        self._runner = asyncio.Runner()
+        self._producer: Producer = self._runner.run(Producer.connect(settings, catalog))
+
+    def close(self) -> None:
+        self._runner.run(self._producer.close())
+        self._runner.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def submit(self, job: dict[str, Any] | bytes | str) -> Submitted:
+        return self._runner.run(self._producer.submit(job))
+
+    def submit_many(self, jobs: Iterable[dict[str, Any] | bytes | str]) -> list[Submitted | RouterError]:
+        return self._runner.run(self._producer.submit_many(jobs))
+
+    def get(self, job_id: str) -> JobRecord:
+        return self._runner.run(self._producer.get(job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        return self._runner.run(self._producer.wait(job_id, timeout))
+
+    def wait_many(self, job_ids: Sequence[str], timeout: float | None = None) -> list[JobRecord]:
+        return self._runner.run(self._producer.wait_many(job_ids, timeout))
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self._runner.run(self._producer.cancel(job_id))
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        """The OpenAI ``chat.completion`` for one chat; raises ``JobFailed`` when the job fails."""
+        return self._runner.run(self._producer.chat(model, messages, **params))
+
+    def vision(self, model: str, image: str, prompt: str, **params: Any) -> dict[str, Any]:
+        return self._runner.run(self._producer.vision(model, image, prompt, **params))

@@ -1,0 +1,221 @@
+"""The async producer: validate and enqueue jobs (one or in bulk), read, wait for and cancel them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from config.catalog import Catalog
+from config.settings import Settings
+from llm_router.contract import TERMINAL, JobRecord, JobStatus
+from llm_router.errors import (
+    IdempotencyConflict,
+    JobNotCancellable,
+    JobNotFound,
+    NoWorkers,
+    RouterError,
+    WaitTimeout,
+)
+from llm_router.redis_client import connect_redis
+from llm_router.store import Store
+from producer.validation import PreparedJob, Validator
+from producer.vision import vision_to_chat
+
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The outcome of one submitted job: its id and whether this call created it."""
+
+    job_id: str
+    created: bool
+
+
+class JobFailed(RouterError):
+    """Raised by the interactive calls when their job ended without an answer; ``record`` says why."""
+
+    def __init__(self, record: JobRecord) -> None:
+        err = record.error or {"code": "internal_error", "message": "job failed"}
+        super().__init__(str(err.get("message")), param=err.get("param"), code=str(err.get("code")))
+        self.record = record
+
+
+class Producer:
+    """Submits jobs to Redis and reads their records; safe to share across tasks."""
+
+    def __init__(self, redis: Redis, catalog: Catalog, settings: Settings) -> None:
+        self.redis = redis
+        self.catalog = catalog
+        self.settings = settings
+        self.store = Store(redis, queue_name=settings.queue_name, record_ttl_s=settings.record_ttl_s)
+        self.validator = Validator(catalog, settings)
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None, catalog: Catalog | None = None) -> Producer:
+        settings = settings or Settings()
+        redis = await connect_redis(settings)
+        return cls(redis, catalog or Catalog.load(settings), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    async def submit(self, job: dict[str, Any] | bytes | str, *, interactive: bool = False) -> Submitted:
+        """Validate and enqueue one job; raises the job's ``RouterError`` if it is refused."""
+        result = (await self.submit_many([job], interactive=interactive))[0]
+        if isinstance(result, RouterError):
+            raise result
+        return result
+
+    async def submit_many(
+        self, jobs: Iterable[dict[str, Any] | bytes | str], *, interactive: bool = False
+    ) -> list[Submitted | RouterError]:
+        """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
+
+        A refused job's slot holds its error; the other jobs are enqueued all the same.
+        """
+        results: list[Submitted | RouterError] = []
+        chunk: list[tuple[int, PreparedJob]] = []
+        for job in jobs:
+            now = time.time()
+            try:
+                prepared = self.validator.prepare(job, now=now, interactive=interactive)
+            except RouterError as exc:
+                results.append(exc)
+            else:
+                results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
+                chunk.append((len(results) - 1, prepared))
+                if len(chunk) >= self.settings.enqueue_chunk:
+                    await self._flush(chunk, results)
+                    chunk = []
+        if chunk:
+            await self._flush(chunk, results)
+        return results
+
+    async def _flush(
+        self, chunk: list[tuple[int, PreparedJob]], results: list[Submitted | RouterError]
+    ) -> None:
+        batch = [
+            self.store.submit_args(
+                p.job_id, p.digest, p.fields, now=p.fields["created_at"], deadline_at=p.deadline_at
+            )
+            for _, p in chunk
+        ]
+        outcomes = await self.store.submit_batch(batch)
+        for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
+            if outcome == -1:
+                results[index] = IdempotencyConflict(
+                    f"job '{prepared.job_id}' exists with a different body", param="job_id"
+                )
+            else:
+                results[index] = Submitted(prepared.job_id, outcome == 1)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self.store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+        return record
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """The job's final record; polls with backoff up to ``timeout`` seconds, then ``WaitTimeout``."""
+        return (await self.wait_many([job_id], timeout=timeout))[0]
+
+    async def wait_many(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[JobRecord]:
+        """Final records of many jobs, in the order given; one pipelined status read per poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(dict.fromkeys(job_ids))
+        done = 0
+        delay = 0.005
+        while pending:
+            statuses = await self.store.statuses(pending)
+            still: list[str] = []
+            for job_id, status in zip(pending, statuses, strict=True):
+                if status is None:
+                    raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+                if status not in TERMINAL_VALUES:
+                    still.append(job_id)
+            if len(still) != len(pending):
+                done += len(pending) - len(still)
+                delay = 0.005
+                if on_progress:
+                    on_progress(done, done + len(still))
+            pending = still
+            if not pending:
+                break
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise WaitTimeout(f"{len(pending)} job(s) not finished within {timeout} s", param="timeout")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        records = await self.store.get_many(list(job_ids))
+        missing = [j for j, r in zip(job_ids, records, strict=True) if r is None]
+        if missing:
+            raise JobNotFound(f"no job '{missing[0]}' (expired while waiting)", param="job_id")
+        return records  # type: ignore[return-value]
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job that has not started; a running or ended job is ``job_not_cancellable``."""
+        error = {
+            "code": "cancelled",
+            "status": 499,
+            "message": "cancelled by the client",
+            "param": None,
+            "type": "invalid_request_error",
+        }
+        outcome = await self.store.cancel(job_id, error)
+        if outcome == -2:
+            raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+        if outcome != 1:
+            raise JobNotCancellable(f"job '{job_id}' is {outcome}; only a queued job can be cancelled")
+        return await self.get(job_id)
+
+    async def live_workers(self) -> int:
+        return await self.store.live_workers(self.settings.heartbeat_ttl_s)
+
+    # -- the product's interactive calls --------------------------------------------------------
+
+    async def chat(
+        self, model: str, messages: list[dict[str, Any]], *, timeout: float | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Run one chat job and return its OpenAI ``chat.completion``; raises ``JobFailed`` on failure."""
+        record = await self.run_interactive({"model": model, "messages": messages, **params}, timeout=timeout)
+        return record.response or {}
+
+    async def vision(
+        self, model: str, image: str, prompt: str, *, timeout: float | None = None, **params: Any
+    ) -> dict[str, Any]:
+        job = vision_to_chat({"model": model, "image": image, "prompt": prompt, **params})
+        record = await self.run_interactive(job, timeout=timeout)
+        return record.response or {}
+
+    async def run_interactive(self, job: dict[str, Any], *, timeout: float | None = None) -> JobRecord:
+        """Submit with the interactive deadline and wait; fail fast when no worker is alive."""
+        if await self.live_workers() == 0:
+            raise NoWorkers("no live llm-router worker (start one with `llm-router worker`)")
+        submitted = await self.submit(job, interactive=True)
+        wait_s = (
+            timeout if timeout is not None else job.get("deadline_s") or self.settings.interactive_deadline_s
+        )
+        record = await self.wait(submitted.job_id, timeout=float(wait_s) + 5)
+        if record.status != JobStatus.SUCCEEDED:
+            raise JobFailed(record)
+        return record

@@ -1,0 +1,55 @@
+"""The worker's one HTTP client: a shared aiohttp session, and transport failures mapped to the taxonomy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from config.settings import Settings
+from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
+from worker.providers.base import HttpCall
+
+# aiohttp's transport exceptions → our error classes, most specific first (subclasses before bases)
+_TRANSPORT_ERRORS: tuple[tuple[type[BaseException], type[RouterError]], ...] = (
+    (aiohttp.ServerTimeoutError, UpstreamTimeout),
+    (asyncio.TimeoutError, UpstreamTimeout),
+    (aiohttp.ClientPayloadError, BadResponse),
+    (aiohttp.ServerDisconnectedError, UpstreamConnectionError),
+    (aiohttp.ClientConnectionError, UpstreamConnectionError),
+    (aiohttp.ClientResponseError, BadResponse),
+    (aiohttp.ClientError, UpstreamConnectionError),
+)
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """One session per process: pooled keep-alive connections sized for ``max_jobs`` calls in flight."""
+    connector = aiohttp.TCPConnector(
+        limit=max(settings.max_jobs * 2, 100), limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, raise_for_status=False, trust_env=False
+    )
+
+
+async def send(
+    session: aiohttp.ClientSession, call: HttpCall, timeout_s: float
+) -> tuple[int, dict[str, str], bytes]:
+    """Send ``call``; return status, lower-cased headers and the whole body, or raise a ``RouterError``."""
+    try:
+        async with session.request(
+            call.method,
+            call.url,
+            data=call.body,
+            headers=call.headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 10.0)),
+        ) as resp:
+            body = await resp.read()
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+            return resp.status, headers, body
+    except Exception as exc:
+        for exc_type, error in _TRANSPORT_ERRORS:
+            if isinstance(exc, exc_type):
+                raise error(f"{type(exc).__name__} calling {call.url}: {exc}") from None
+        raise

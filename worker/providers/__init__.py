@@ -1,0 +1,10 @@
+"""Provider adapters, one module per wire format, looked up by the catalog's ``format``."""
+
+from __future__ import annotations
+
+from worker.providers import openai
+from worker.providers.base import Adapter, Completion, HttpCall
+
+ADAPTERS: dict[str, Adapter] = {"openai": openai}  # type: ignore[dict-item]
+
+__all__ = ["ADAPTERS", "Adapter", "Completion", "HttpCall"]

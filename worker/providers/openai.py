@@ -1,0 +1,171 @@
+"""OpenAI chat-completions wire format (OpenAI, AIsa, OpenRouter, xAI, Mistral, vLLM, Ollama).
+
+Pure translation, no I/O: ``build_request`` makes the HTTP call for a deployment, ``parse_response``
+turns the answer into a ``Completion`` or raises the classified error (``classify_error``).
+Legacy ``functions`` requests are sent as ``tools`` (many OpenAI-compatible servers dropped
+``functions``) and their answers are turned back into ``function_call``.
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import Any
+
+import orjson
+
+from config.catalog import Deployment
+from llm_router.contract import RESERVED_KEYS
+from llm_router.errors import (
+    AuthFailed,
+    BadResponse,
+    ContentFiltered,
+    ContextLengthExceeded,
+    Overloaded,
+    ProviderOutOfCredits,
+    RateLimited,
+    RouterError,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamNotFound,
+    UpstreamTimeout,
+)
+from worker.providers.base import Completion, HttpCall
+
+# what we never forward: our reserved keys, and streaming (this path reads whole answers)
+_DROP = frozenset(RESERVED_KEYS | {"stream", "stream_options"})
+
+# HTTP status → error class; the vendor's error code can refine it (_BY_CODE)
+_BY_STATUS: dict[int, type[RouterError]] = {
+    400: UpstreamInvalidRequest,
+    401: AuthFailed,
+    402: ProviderOutOfCredits,
+    403: AuthFailed,
+    404: UpstreamNotFound,
+    408: UpstreamTimeout,
+    413: UpstreamInvalidRequest,
+    422: UpstreamInvalidRequest,
+    429: RateLimited,
+    500: UpstreamError,
+    502: UpstreamError,
+    503: Overloaded,
+    504: UpstreamError,
+    529: Overloaded,
+}
+
+_BY_CODE: dict[str, type[RouterError]] = {
+    "context_length_exceeded": ContextLengthExceeded,
+    "string_above_max_length": ContextLengthExceeded,
+    "content_filter": ContentFiltered,
+    "content_policy_violation": ContentFiltered,
+    "insufficient_quota": ProviderOutOfCredits,  # OpenAI sends this as a 429: our account is empty
+    "invalid_api_key": AuthFailed,
+    "model_not_found": UpstreamNotFound,
+}
+
+_FINISH_TO_LEGACY = {"tool_calls": "function_call"}
+
+
+def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    body = {k: v for k, v in request.items() if k not in _DROP}
+    body["model"] = deployment.upstream_model
+    functions = body.pop("functions", None)
+    if functions is not None:
+        body["tools"] = [{"type": "function", "function": f} for f in functions]
+        choice = body.pop("function_call", None)
+        if isinstance(choice, dict):
+            body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        elif choice is not None:
+            body["tool_choice"] = choice
+    headers = {"Content-Type": "application/json"}
+    if deployment.api_key:
+        headers["Authorization"] = f"Bearer {deployment.api_key}"
+    return HttpCall("POST", f"{deployment.base_url}/chat/completions", headers, orjson.dumps(body))
+
+
+def parse_response(status: int, headers: dict[str, str], body: bytes, request: dict[str, Any]) -> Completion:
+    if status >= 400:
+        raise classify_error(status, headers, body)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadResponse(
+            f"malformed JSON in a {status} answer ({len(body)} bytes)", http_status=status
+        ) from None
+    if not isinstance(data, dict):
+        raise BadResponse("the answer is not a JSON object", http_status=status)
+    if "error" in data and "choices" not in data:  # some gateways send errors with a 200
+        raise classify_error(502, headers, body)
+    choices = data.get("choices")
+    if (
+        not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+    ):
+        raise BadResponse("the answer has no choices with a message", http_status=status)
+    usage = data.get("usage")
+    if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+        raise BadResponse("the answer has no usage", http_status=status)
+    prompt = usage["prompt_tokens"]
+    completion = usage.get("completion_tokens") or 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    if "functions" in request:
+        _to_legacy_functions(choices)
+    data.setdefault("object", "chat.completion")
+    data.setdefault("created", int(time()))
+    usage.setdefault("completion_tokens", completion)
+    usage.setdefault("total_tokens", prompt + completion)
+    return Completion(response=data, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+
+
+def _to_legacy_functions(choices: list[dict[str, Any]]) -> None:
+    for choice in choices:
+        msg = choice["message"]
+        calls = msg.pop("tool_calls", None)
+        if calls:
+            msg["function_call"] = calls[0]["function"]
+        choice["finish_reason"] = _FINISH_TO_LEGACY.get(
+            choice.get("finish_reason"), choice.get("finish_reason")
+        )
+
+
+def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterError:
+    """The taxonomy's error for a failed answer, by status and vendor error code, never by message."""
+    message, code = f"HTTP {status}", None
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            code = err.get("code") or err.get("type")
+        elif isinstance(err, str):
+            message = err
+    except orjson.JSONDecodeError:
+        if body:
+            message = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+    klass = _BY_CODE.get(str(code)) if code else None
+    if klass is None:
+        klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
+    return klass(message[:1000], http_status=status, retry_after=retry_after(headers))
+
+
+def retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after`` (seconds or HTTP date) or ``retry-after-ms`` (lower-case keys)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time(), 0.0)
+    except (TypeError, ValueError):
+        return None
