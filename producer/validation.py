@@ -92,6 +92,12 @@ class Validator:
                 "streaming jobs are not supported yet; submit with stream false", param="stream"
             )
         self._check_capabilities(job, route)
+        if job.fallbacks is None:
+            # the catalog's fallbacks apply when the job names none ([] turns them off); those that
+            # cannot serve this job (no vision, no tools) are skipped rather than refusing the job
+            for fb in self.catalog.models[model_id].fallbacks:
+                if fb not in route and self._capable(job, fb):
+                    route.append(fb)
 
         request = job.model_dump(mode="json", exclude_none=True, exclude={"job_id"})
         digest = body_digest(orjson.dumps(request, option=orjson.OPT_SORT_KEYS))
@@ -112,6 +118,10 @@ class Validator:
         if job.metadata is not None:
             fields["metadata"] = job.metadata
         return PreparedJob(job.job_id or uuid.uuid4().hex, digest, deadline_at, fields)
+
+    def _capable(self, job: ChatJob, model_id: str) -> bool:
+        caps = self.catalog.models[model_id].capabilities
+        return (caps.vision or job.first_image_param() is None) and (caps.tools or not (job.tools or job.functions))
 
     def _check_capabilities(self, job: ChatJob, route: list[str]) -> None:
         image_param = job.first_image_param()

@@ -22,7 +22,13 @@ from config.catalog import Catalog, Deployment
 from config.prices import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import JobStatus
-from llm_router.errors import AllDeploymentsFailed, DeadlineExceeded, NoDeployment, RouterError
+from llm_router.errors import (
+    AllDeploymentsFailed,
+    DeadlineExceeded,
+    NoDeployment,
+    RouterError,
+    UpstreamTimeout,
+)
 from llm_router.redact import redact
 from llm_router.store import Store
 from worker.http import send
@@ -131,8 +137,15 @@ class JobRunner:
     async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
         adapter = ADAPTERS[dep.format]
         call = adapter.build_request(request, dep)
-        timeout = min(self.settings.call_timeout_s, max(deadline_at - time.time(), 0.001))
-        status, headers, body = await send(self.session, call, timeout)
+        left = deadline_at - time.time()
+        if left <= 0:
+            raise DeadlineExceeded("the job's deadline passed while it ran")
+        try:
+            status, headers, body = await send(self.session, call, min(self.settings.call_timeout_s, left))
+        except UpstreamTimeout:
+            if left < self.settings.call_timeout_s:  # cut short by the job's deadline, not the provider
+                raise DeadlineExceeded("the job's deadline passed during a provider call") from None
+            raise
         return adapter.parse_response(status, headers, body, request)
 
 

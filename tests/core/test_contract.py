@@ -93,7 +93,7 @@ def test_alias_resolves_and_record_says_so(sim_catalog) -> None:
         {"model": "claude-3-sonnet", "messages": USER}, now=1000.0
     )
     assert prepared.fields["model_requested"] == "claude-3-sonnet"
-    assert prepared.fields["route"] == ["claude-sonnet-4"]
+    assert prepared.fields["route"][0] == "claude-sonnet-4"
 
 
 def test_deadlines_default_by_kind(sim_catalog) -> None:
@@ -166,3 +166,21 @@ async def test_submit_returns_ids_in_input_order(producer: Producer) -> None:
     records = [await producer.get(i) for i in ids]
     assert [r.request["messages"][0]["content"] for r in records] == [f"q{i}" for i in range(5)]
     assert all(r.status == "queued" for r in records)
+
+
+def test_catalog_fallbacks_apply_unless_the_job_names_its_own(sim_catalog) -> None:
+    v = Validator(sim_catalog, Settings(_env_file=None))
+    default = v.prepare({"model": "gpt-4.1", "messages": USER}, now=1.0)
+    own = v.prepare({"model": "gpt-4.1", "messages": USER, "fallbacks": ["o1"]}, now=1.0)
+    none = v.prepare({"model": "gpt-4.1", "messages": USER, "fallbacks": []}, now=1.0)
+    assert default.fields["route"] == ["gpt-4.1", "claude-sonnet-4-5", "gemini-2.5-flash"]
+    assert own.fields["route"] == ["gpt-4.1", "o1"]
+    assert none.fields["route"] == ["gpt-4.1"]
+    # a catalog fallback that cannot serve the job is skipped instead of refusing it: mixtral-8x7b has
+    # no tools, so a tools job on llama-3.1-70b falls back to llama-3.1-405b and mistral-large only
+    tools = v.prepare({"model": "mixtral-8x7b", "messages": USER}, now=1.0)
+    assert tools.fields["route"] == ["mixtral-8x7b", "llama-3.1-70b", "mistral-large"]
+    vision = v.prepare({"model": "gpt-4o-mini", "prompt": "?", "image": "https://example.com/a.png"}, now=1.0)
+    assert vision.fields["route"] == ["gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-4-5"]
+    text_only = v.prepare({"model": "grok-4", "prompt": "?", "image": "https://example.com/a.png"}, now=1.0)
+    assert text_only.fields["route"] == ["grok-4", "gpt-4.1"]  # grok-3 reads no images

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
-from simkit import KEY, Chat
 
 from llm_router.simulator import SimServer, start_simulator
+
+# The repo runs pytest with --import-mode=importlib, so test modules cannot import a shared
+# helper module; the few helpers live in each test file and these fixtures.
+KEY = "sk-sim-test"
 
 
 @pytest.fixture
@@ -26,17 +31,27 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.fixture
-def chat(sim: SimServer, http: aiohttp.ClientSession) -> Chat:
-    """POST a chat body; the response is read (``await r.read()`` is cached) before returning."""
+@dataclass(frozen=True)
+class Reply:
+    """A fully read HTTP response."""
 
-    async def post(
-        body: Any,
-        *,
-        key: str | None = KEY,
-        prefix: str = "/v1",
-        timeout: float = 5.0,
-    ) -> aiohttp.ClientResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0]
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@pytest.fixture
+def chat(sim: SimServer, http: aiohttp.ClientSession) -> Callable[..., Awaitable[Reply]]:
+    """POST a chat body with the test key (``key=None``: no Authorization) and read the reply."""
+
+    async def post(body: Any, *, key: str | None = KEY, prefix: str = "/v1", timeout: float = 5.0) -> Reply:
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
         async with http.post(
             f"{sim.url}{prefix}/chat/completions",
@@ -44,7 +59,6 @@ def chat(sim: SimServer, http: aiohttp.ClientSession) -> Chat:
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
-            await response.read()
-            return response
+            return Reply(response.status, dict(response.headers), await response.read())
 
     return post
