@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ PROMPTS = [
 def demo_jobs(n: int) -> list[dict[str, Any]]:
     """``n`` mixed jobs: every fourth is a vision job; mistral-large falls back to llama-3.1-70b."""
     jobs: list[dict[str, Any]] = []
+    chats = 0
     for i in range(n):
         if i % 4 == 3:
             model = VISION_MODELS[i % len(VISION_MODELS)]
@@ -70,7 +72,8 @@ def demo_jobs(n: int) -> list[dict[str, Any]]:
                 }
             )
             continue
-        model = CHAT_MODELS[i % len(CHAT_MODELS)]
+        model = CHAT_MODELS[chats % len(CHAT_MODELS)]
+        chats += 1
         job: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} (#{i})"}],
@@ -94,7 +97,7 @@ DEMO_FAULTS = [
 
 
 def run_demo(*, live: bool = False, jobs: int = 60, workers: int = 2) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         return asyncio.run(_demo(console, live=live, n_jobs=jobs, n_workers=workers))
     except RedisServerMissing as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from config.catalog import Catalog
@@ -76,4 +77,5 @@ def print_models_table(catalog: Catalog) -> None:
             f"{caps['context_window']:,}",
             deps,
         )
-    Console().print(table)
+    # off a terminal rich assumes 80 columns and would cut model names; pipes get the whole table
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

@@ -40,6 +40,10 @@ _PART_TYPES = {
     "tool": ("text",),
     "function": ("text",),
 }
+_PART_TYPE_CHECKS = {role: enum(*types) for role, types in _PART_TYPES.items()}
+_ROLE_CHECK = enum(*ROLES)
+_FUNCTION_TYPE_CHECK = enum("function")
+_DETAIL_CHECK = enum("auto", "low", "high")
 _CONTENT_TYPE = "a string or an array of content parts"
 
 
@@ -98,7 +102,7 @@ def _message(message: Any, where: str) -> str:
     if "role" not in message:
         raise missing(f"{where}.role")
     role: str = message["role"]
-    enum(*ROLES)(role, f"{where}.role")
+    _ROLE_CHECK(role, f"{where}.role")
     allowed = _MESSAGE_KEYS[role]
     for key in message:
         if key not in allowed:
@@ -131,7 +135,7 @@ def _assistant_calls(message: dict[str, Any], where: str) -> None:
                 if key not in call:
                     raise missing(f"{at}.{key}")
             string(call["id"], f"{at}.id")
-            enum("function")(call["type"], f"{at}.type")
+            _FUNCTION_TYPE_CHECK(call["type"], f"{at}.type")
             _called_function(call["function"], f"{at}.function")
     if message.get("function_call") is not None:
         _called_function(message["function_call"], f"{where}.function_call")
@@ -179,7 +183,7 @@ def _part(part: Any, role: str, where: str) -> None:
             f"role 'user', but this message has role '{role}'.",
             "invalid_value",
         )
-    enum(*allowed)(kind, f"{where}.type")
+    _PART_TYPE_CHECKS[role](kind, f"{where}.type")
     if kind not in part:
         raise missing(f"{where}.{kind}")
     if kind in ("text", "refusal"):
@@ -192,4 +196,4 @@ def _part(part: Any, role: str, where: str) -> None:
             raise missing(f"{where}.image_url.url")
         string(image["url"], f"{where}.image_url.url")
         if image.get("detail") is not None:
-            enum("auto", "low", "high")(image["detail"], f"{where}.image_url.detail")
+            _DETAIL_CHECK(image["detail"], f"{where}.image_url.detail")

@@ -2,7 +2,7 @@
 
 auth -> validation -> model allow-list -> fault decision (latency, then at most one fault) ->
 the format's answer. Every request is counted under its credential and model with the outcome
-it got. The no-fault, zero-latency path does no sleeping and no extra allocation.
+it got. With no rules and zero latency the fault step is one check and nothing sleeps.
 """
 
 from __future__ import annotations

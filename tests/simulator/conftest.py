@@ -10,7 +10,6 @@ import aiohttp
 import orjson
 import pytest
 
-
 from llm_router.simulator import SimServer, start_simulator
 
 # The repo runs pytest with --import-mode=importlib, so test modules cannot import a shared

@@ -22,8 +22,12 @@ def body(model: str = "gpt-4o-mini") -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def add_rules(http: aiohttp.ClientSession, sim: SimServer, *rules: dict[str, Any], replace: bool = False) -> Any:
-    async with http.post(f"{sim.url}/_sim/faults", json={"rules": list(rules), "replace": replace}) as response:
+async def add_rules(
+    http: aiohttp.ClientSession, sim: SimServer, *rules: dict[str, Any], replace: bool = False
+) -> Any:
+    async with http.post(
+        f"{sim.url}/_sim/faults", json={"rules": list(rules), "replace": replace}
+    ) as response:
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -81,17 +85,20 @@ async def test_429_with_retry_after_header(
         assert (await response.json())["error"]["code"] == "rate_limit_exceeded"
 
 
-async def test_hang_outlasts_a_client_timeout(sim: SimServer, http: aiohttp.ClientSession, chat: Chat) -> None:
+async def test_hang_outlasts_a_client_timeout(
+    sim: SimServer, http: aiohttp.ClientSession, chat: Chat
+) -> None:
     await add_rules(http, sim, {"kind": "hang", "hang_s": 5})
     started = time.monotonic()
     with pytest.raises(asyncio.TimeoutError):
         await chat(body(), timeout=0.2)
     assert time.monotonic() - started < 2
-    # the held request lets go once the client is gone, so closing the server stays quick
     await poll(lambda: _has_outcome(http, sim, "hang"))
 
 
-async def test_hang_then_closes_without_answer(sim: SimServer, http: aiohttp.ClientSession, chat: Chat) -> None:
+async def test_hang_then_closes_without_answer(
+    sim: SimServer, http: aiohttp.ClientSession, chat: Chat
+) -> None:
     await add_rules(http, sim, {"kind": "hang", "hang_s": 0.2})
     started = time.monotonic()
     with pytest.raises(aiohttp.ClientConnectionError):
@@ -220,7 +227,9 @@ async def test_calls_are_counted_per_credential_and_model(
     }
 
 
-async def test_reset_clears_rules_and_counters(sim: SimServer, http: aiohttp.ClientSession, chat: Chat) -> None:
+async def test_reset_clears_rules_and_counters(
+    sim: SimServer, http: aiohttp.ClientSession, chat: Chat
+) -> None:
     await add_rules(http, sim, {"kind": "status", "status": 500})
     assert (await chat(body())).status == 500
     async with http.post(f"{sim.url}/_sim/reset") as response:

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 import pytest
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
@@ -24,6 +23,7 @@ def user(text: str = "Hello there") -> list[dict[str, Any]]:
 
 def body(text: str = "Hello there", **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": user(text), **extra}
+
 
 WEATHER_TOOL = {
     "type": "function",
@@ -72,13 +72,17 @@ async def test_plain_completion(client: AsyncOpenAI) -> None:
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == count_prompt_tokens(messages)
     assert completion.usage.completion_tokens == count_text_tokens(choice.message.content or "")
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
     assert 20 <= completion.usage.completion_tokens <= 80
 
 
 async def test_tool_call_arguments_satisfy_the_schema(client: AsyncOpenAI) -> None:
     completion = await client.chat.completions.create(
-        model="gpt-4o", messages=user("Weather in Paris?"), tools=[WEATHER_TOOL]  # type: ignore[arg-type,list-item]
+        model="gpt-4o",
+        messages=user("Weather in Paris?"),
+        tools=[WEATHER_TOOL],  # type: ignore[arg-type,list-item]
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -124,7 +128,10 @@ async def test_named_tool_choice_and_tool_result_turn(client: AsyncOpenAI) -> No
     assert not answer.choices[0].message.tool_calls
 
     none = await client.chat.completions.create(
-        model="gpt-4o", messages=user("hi"), tools=tools, tool_choice="none"  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=user("hi"),
+        tools=tools,
+        tool_choice="none",  # type: ignore[arg-type]
     )
     assert none.choices[0].finish_reason == "stop"
 
@@ -141,7 +148,9 @@ async def test_n_choices_differ(client: AsyncOpenAI) -> None:
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
 async def test_max_tokens_truncates_with_finish_reason_length(client: AsyncOpenAI, param: str) -> None:
     completion = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=user(), **{param: 5}  # type: ignore[call-overload]
+        model="gpt-4o-mini",
+        messages=user(),
+        **{param: 5},  # type: ignore[call-overload]
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "length"
@@ -169,7 +178,10 @@ async def test_json_schema_content_follows_the_schema(client: AsyncOpenAI) -> No
     completion = await client.chat.completions.create(
         model="gpt-4o-mini",
         messages=user("Make a person"),  # type: ignore[arg-type]
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
+        },
     )
     data = json.loads(completion.choices[0].message.content or "")
     assert set(data) == {"name", "age"} and data["age"] >= 18
@@ -246,7 +258,10 @@ RAW_BODIES = {
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "what is this?"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"},
+                    },
                 ],
             },
         ],

@@ -41,9 +41,24 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ("message not an object", body(messages=["hi"]), "messages[0]", "invalid_type"),
     ("missing role", body(messages=[{"content": "hi"}]), "messages[0].role", "missing_required_parameter"),
     ("bad role", body(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "invalid_value"),
-    ("missing content", body(messages=[{"role": "user"}]), "messages[0].content", "missing_required_parameter"),
-    ("null user content", body(messages=[{"role": "user", "content": None}]), "messages[0].content", "invalid_type"),
-    ("content a number", body(messages=[{"role": "user", "content": 5}]), "messages[0].content", "invalid_type"),
+    (
+        "missing content",
+        body(messages=[{"role": "user"}]),
+        "messages[0].content",
+        "missing_required_parameter",
+    ),
+    (
+        "null user content",
+        body(messages=[{"role": "user", "content": None}]),
+        "messages[0].content",
+        "invalid_type",
+    ),
+    (
+        "content a number",
+        body(messages=[{"role": "user", "content": 5}]),
+        "messages[0].content",
+        "invalid_type",
+    ),
     ("empty parts", body(messages=[{"role": "user", "content": []}]), "messages[0].content", "empty_array"),
     (
         "bad part type",
@@ -77,7 +92,9 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ),
     (
         "tool message without tool_call_id",
-        body(messages=[*user(), {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "1"}]),
+        body(
+            messages=[*user(), {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "1"}]
+        ),
         "messages[2].tool_call_id",
         "missing_required_parameter",
     ),
@@ -98,7 +115,10 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
         body(
             messages=[
                 *user(),
-                {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "lookup", "arguments": {}}}]},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{**CALL, "function": {"name": "lookup", "arguments": {}}}],
+                },
                 {"role": "tool", "tool_call_id": "call_1", "content": "1"},
             ]
         ),
@@ -124,7 +144,12 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ("n zero", body(n=0), "n", "integer_below_min_value"),
     ("n a float", body(n=1.5), "n", "invalid_type"),
     ("max_tokens zero", body(max_tokens=0), "max_tokens", "integer_below_min_value"),
-    ("max_completion_tokens a string", body(max_completion_tokens="9"), "max_completion_tokens", "invalid_type"),
+    (
+        "max_completion_tokens a string",
+        body(max_completion_tokens="9"),
+        "max_completion_tokens",
+        "invalid_type",
+    ),
     ("stop too long", body(stop=["a", "b", "c", "d", "e"]), "stop", "array_above_max_length"),
     ("stop a number", body(stop=3), "stop", "invalid_type"),
     ("frequency_penalty low", body(frequency_penalty=-3), "frequency_penalty", "decimal_below_min_value"),
@@ -136,7 +161,12 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ("stream_options unknown key", body(stream=True, stream_options={"x": True}), "stream_options.x", None),
     ("empty tools", body(tools=[]), "tools", "empty_array"),
     ("tool without type", body(tools=[{"function": TOOL["function"]}]), "tools[0].type", ...),
-    ("tool with a bad name", body(tools=[{"type": "function", "function": {"name": "a b"}}]), "tools[0].function.name", ...),
+    (
+        "tool with a bad name",
+        body(tools=[{"type": "function", "function": {"name": "a b"}}]),
+        "tools[0].function.name",
+        ...,
+    ),
     (
         "tool parameters a string",
         body(tools=[{"type": "function", "function": {"name": "x", "parameters": "{}"}}]),
@@ -153,7 +183,12 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ),
     ("parallel_tool_calls without tools", body(parallel_tool_calls=True), "parallel_tool_calls", ...),
     ("function_call without functions", body(function_call="auto"), "function_call", ...),
-    ("response_format bad type", body(response_format={"type": "xml"}), "response_format.type", "invalid_value"),
+    (
+        "response_format bad type",
+        body(response_format={"type": "xml"}),
+        "response_format.type",
+        "invalid_value",
+    ),
     ("response_format a string", body(response_format="json"), "response_format", "invalid_type"),
     ("json_object without the word json", body(response_format={"type": "json_object"}), "messages", ...),
     (
@@ -169,8 +204,12 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("request_body", "param", "code"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
-async def test_invalid_requests_get_openai_400(chat: Chat, request_body: Any, param: str | None, code: Any) -> None:
+@pytest.mark.parametrize(
+    ("request_body", "param", "code"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+async def test_invalid_requests_get_openai_400(
+    chat: Chat, request_body: Any, param: str | None, code: Any
+) -> None:
     reply = await chat(request_body)
     assert reply.status == 400, reply.body
     error = reply.json()["error"]

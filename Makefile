@@ -1,0 +1,40 @@
+# llm-router: `make demo` runs the whole system on this machine, `make test` runs the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+.PHONY: demo test bench lint venv redis clean
+
+demo: $(STAMP) redis
+	$(BIN)/llm-router demo
+
+test: $(STAMP) redis
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) redis
+	$(BIN)/python bench/throughput.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llm-router needs Python 3.11 or newer")'
+	@$(PY) -m venv $(VENV) 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT_INSTALL) python3-venv && $(PY) -m venv $(VENV); \
+	  else echo "python3 -m venv failed; run: sudo apt-get install -y python3-venv"; exit 1; fi; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# redis-server from Debian's packages: installed when we are root, else the one command to run
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT_INSTALL) redis-server; \
+	  else echo "redis-server is missing; run: sudo apt-get update && sudo apt-get install -y redis-server"; exit 1; fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
