@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletion
 from config.catalog import Catalog
 from config.prices import nanos_to_usd
 from config.settings import Settings
-from llm_router.errors import IdempotencyConflict, JobNotCancellable, NoWorkers
+from llm_router.errors import IdempotencyConflict, InvalidRequest, JobNotCancellable, NoWorkers
 from llm_router.simulator import count_prompt_tokens
 from producer.producer import JobFailed, Producer, Submitted
 
@@ -217,3 +217,21 @@ async def test_failed_interactive_chat_raises_typed_error(e2e: Producer, sim) ->
         await sim.faults()
     assert info.value.code == "invalid_request" and info.value.record.status == "failed"
     assert len(info.value.record.attempts) == 1  # a caller error neither retries nor falls back
+
+
+def test_sync_client_offers_the_same_calls(e2e: Producer, e2e_settings: Settings, sim_catalog: Catalog) -> None:
+    from producer.client import Client
+
+    with Client(e2e_settings, sim_catalog) as client:
+        answer = client.chat("gpt-4o-mini", [{"role": "user", "content": "hi"}], max_tokens=20)
+        ChatCompletion.model_validate(answer)
+        seen = client.vision("gpt-4o", f"data:image/png;base64,{PIXEL}", "what is this?")
+        assert seen["choices"][0]["message"]["content"]
+        subs = client.submit_many([{"model": "grok-4", "messages": [{"role": "user", "content": "x"}]},
+                                   {"model": "nope", "messages": [{"role": "user", "content": "x"}]}])
+        assert isinstance(subs[0], Submitted) and subs[1].code == "model_not_found"
+        record = client.wait(subs[0].job_id, timeout=30)
+        assert record.status == "succeeded" and client.get(record.id).id == record.id
+        with pytest.raises(InvalidRequest) as refused:  # refused at enqueue, before any worker sees it
+            client.chat("gpt-4o", [{"role": "user", "content": "x"}], temperature=5)
+        assert (refused.value.code, refused.value.param) == ("invalid_request", "temperature")
