@@ -1,6 +1,6 @@
 """Building OpenAI chat-completion answers: the JSON object and the chunk stream.
 
-What to say is decided once per request (``plan_choices``) and rendered either as one
+What to say is decided once per request (``plan_reply``) and rendered either as one
 ``chat.completion`` or as ``chat.completion.chunk`` events, so both carry identical content.
 When tools are offered (and ``tool_choice`` is not "none") every choice calls the named tool,
 or the first one, unless the last message is a tool result and the choice is left to the model,
@@ -29,6 +29,7 @@ from llm_router.simulator.tokens import count_prompt_tokens, count_text_tokens
 SYSTEM_FINGERPRINT = "fp_llmrouter_sim"
 _CHUNK_CHARS = 24
 _DONE = b"data: [DONE]\n\n"
+_CALL_FINISH = {"tool": "tool_calls", "function": "function_call"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,7 @@ def _plan_choice(req: ChatRequest, prompt_digest: bytes, digest: bytes, target: 
         arguments = orjson.dumps(sample_json(target.parameters, digest)).decode()
         call = _Call(target.style, target.name, arguments, f"call_{digest.hex()[:24]}")
         tokens = count_text_tokens(call.name) + count_text_tokens(arguments)
-        return _Choice(None, call, "tool_calls" if call.style == "tool" else "function_call", tokens)
+        return _Choice(None, call, _CALL_FINISH[call.style], tokens)
     text = _text(req, prompt_digest, digest)
     text = cut_at_stop(text, req.stop)
     cut = False
