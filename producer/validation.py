@@ -121,7 +121,9 @@ class Validator:
 
     def _capable(self, job: ChatJob, model_id: str) -> bool:
         caps = self.catalog.models[model_id].capabilities
-        return (caps.vision or job.first_image_param() is None) and (caps.tools or not (job.tools or job.functions))
+        return (caps.vision or job.first_image_param() is None) and (
+            caps.tools or not (job.tools or job.functions)
+        )
 
     def _check_capabilities(self, job: ChatJob, route: list[str]) -> None:
         image_param = job.first_image_param()

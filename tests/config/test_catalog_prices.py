@@ -11,12 +11,34 @@ from config.catalog import Catalog, replace_origin
 from config.prices import nanos_to_usd, price_from_rates
 from config.settings import DEFAULT_CATALOG
 
-PRODUCT_MODELS = (
-    "gpt-5.2 gpt-5 gpt-5-mini gpt-4.1 gpt-4.1-mini gpt-4o gpt-4o-mini claude-sonnet-4-5 claude-opus-4-1 "
-    "claude-opus-4 claude-sonnet-4 claude-haiku-4-5 gemini-2.5-pro gemini-2.5-flash gemini-2.5-flash-lite "
-    "gemini-3-pro-preview grok-4 grok-3 llama-3.1-405b llama-3.1-70b llama-3.1-8b mistral-large mistral-medium "
-    "mixtral-8x7b o1 gpt-3.5-turbo"
-).split()
+PRODUCT_MODELS = [
+    "gpt-5.2",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "claude-sonnet-4-5",
+    "claude-opus-4-1",
+    "claude-opus-4",
+    "claude-sonnet-4",
+    "claude-haiku-4-5",
+    "gemini-2.5-pro",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-3-pro-preview",
+    "grok-4",
+    "grok-3",
+    "llama-3.1-405b",
+    "llama-3.1-70b",
+    "llama-3.1-8b",
+    "mistral-large",
+    "mistral-medium",
+    "mixtral-8x7b",
+    "o1",
+    "gpt-3.5-turbo",
+]
 
 
 def test_catalog_has_every_product_model_and_its_aliases(sim_catalog: Catalog) -> None:
@@ -65,7 +87,9 @@ def test_every_priced_deployment_has_a_source_and_a_nonzero_price(sim_catalog: C
 
 
 @pytest.mark.parametrize(("prompt", "completion"), [(1, 1), (1234, 567), (150_000, 4000), (250_000, 8000)])
-def test_cost_matches_genai_prices_to_the_nano_dollar(sim_catalog: Catalog, prompt: int, completion: int) -> None:
+def test_cost_matches_genai_prices_to_the_nano_dollar(
+    sim_catalog: Catalog, prompt: int, completion: int
+) -> None:
     checked = 0
     for model in sim_catalog.models:
         for dep in sim_catalog.deployments(model, enabled_only=False):
@@ -73,7 +97,9 @@ def test_cost_matches_genai_prices_to_the_nano_dollar(sim_catalog: Catalog, prom
             if not source.startswith("genai-prices:"):
                 continue
             provider, _, ref = source.removeprefix("genai-prices:").partition("/")
-            expected = calc_price(Usage(input_tokens=prompt, output_tokens=completion), ref, provider_id=provider)
+            expected = calc_price(
+                Usage(input_tokens=prompt, output_tokens=completion), ref, provider_id=provider
+            )
             want = int((expected.total_price * 10**9).quantize(Decimal(1), rounding=ROUND_HALF_UP))
             assert dep.price.cost_nanos(prompt, completion) == want, (dep.id, prompt, completion)
             checked += 1
@@ -81,7 +107,9 @@ def test_cost_matches_genai_prices_to_the_nano_dollar(sim_catalog: Catalog, prom
 
 
 def test_tiered_price_applies_above_the_threshold(sim_catalog: Catalog) -> None:
-    dep = next(d for d in sim_catalog.deployments("claude-sonnet-4-5", enabled_only=False) if d.provider == "aisa")
+    dep = next(
+        d for d in sim_catalog.deployments("claude-sonnet-4-5", enabled_only=False) if d.provider == "aisa"
+    )
     assert len(dep.price.tiers) == 2
     below = dep.price.cost_nanos(200_000, 0)
     above = dep.price.cost_nanos(200_001, 0)

@@ -23,43 +23,129 @@ INVALID: list[tuple[str, Any, str, str | None]] = [
     ("unknown model", {"model": "gpt-9000", "messages": USER}, "model_not_found", "model"),
     ("missing messages", {"model": "gpt-4o"}, "invalid_request", "messages"),
     ("empty messages", {"model": "gpt-4o", "messages": []}, "invalid_request", "messages"),
-    ("bad role", {"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}, "invalid_request",
-     "messages[0].role"),
-    ("content wrong type", {"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}, "invalid_request",
-     "messages[0].content"),
-    ("temperature too high", {"model": "gpt-4o", "messages": USER, "temperature": 3}, "invalid_request",
-     "temperature"),
-    ("temperature not a number", {"model": "gpt-4o", "messages": USER, "temperature": "hot"}, "invalid_request",
-     "temperature"),
+    (
+        "bad role",
+        {"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]},
+        "invalid_request",
+        "messages[0].role",
+    ),
+    (
+        "content wrong type",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]},
+        "invalid_request",
+        "messages[0].content",
+    ),
+    (
+        "temperature too high",
+        {"model": "gpt-4o", "messages": USER, "temperature": 3},
+        "invalid_request",
+        "temperature",
+    ),
+    (
+        "temperature not a number",
+        {"model": "gpt-4o", "messages": USER, "temperature": "hot"},
+        "invalid_request",
+        "temperature",
+    ),
     ("top_p below 0", {"model": "gpt-4o", "messages": USER, "top_p": -0.1}, "invalid_request", "top_p"),
-    ("max_tokens zero", {"model": "gpt-4o", "messages": USER, "max_tokens": 0}, "invalid_request", "max_tokens"),
-    ("max_tokens above model max", {"model": "gpt-4o", "messages": USER, "max_tokens": 10**6}, "invalid_request",
-     "max_tokens"),
-    ("five stop strings", {"model": "gpt-4o", "messages": USER, "stop": list("abcde")}, "invalid_request", "stop"),
-    ("penalty out of range", {"model": "gpt-4o", "messages": USER, "frequency_penalty": 2.5}, "invalid_request",
-     "frequency_penalty"),
-    ("unknown field", {"model": "gpt-4o", "messages": USER, "temprature": 1}, "invalid_request", "temprature"),
-    ("http image", {"model": "gpt-4o", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]}, "invalid_request",
-     "messages[0].content[0].image_url.url"),
-    ("image to a text-only model", {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"}, IMAGE]}]}, "unsupported_capability", "messages[0].content[1]"),
-    ("tools to a model without tools", {"model": "mixtral-8x7b", "messages": USER, "tools": [TOOL]},
-     "unsupported_capability", "tools"),
-    ("tool_choice without tools", {"model": "gpt-4o", "messages": USER, "tool_choice": "auto"}, "invalid_request",
-     "tool_choice"),
-    ("tool message without id", {"model": "gpt-4o", "messages": [*USER, {"role": "tool", "content": "42"}]},
-     "invalid_request", "messages[1]"),
-    ("unknown fallback", {"model": "gpt-4o", "messages": USER, "fallbacks": ["nope"]}, "model_not_found",
-     "fallbacks[0]"),
+    (
+        "max_tokens zero",
+        {"model": "gpt-4o", "messages": USER, "max_tokens": 0},
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "max_tokens above model max",
+        {"model": "gpt-4o", "messages": USER, "max_tokens": 10**6},
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "five stop strings",
+        {"model": "gpt-4o", "messages": USER, "stop": list("abcde")},
+        "invalid_request",
+        "stop",
+    ),
+    (
+        "penalty out of range",
+        {"model": "gpt-4o", "messages": USER, "frequency_penalty": 2.5},
+        "invalid_request",
+        "frequency_penalty",
+    ),
+    (
+        "unknown field",
+        {"model": "gpt-4o", "messages": USER, "temprature": 1},
+        "invalid_request",
+        "temprature",
+    ),
+    (
+        "http image",
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}],
+                }
+            ],
+        },
+        "invalid_request",
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "image to a text-only model",
+        {
+            "model": "gpt-3.5-turbo",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, IMAGE]}],
+        },
+        "unsupported_capability",
+        "messages[0].content[1]",
+    ),
+    (
+        "tools to a model without tools",
+        {"model": "mixtral-8x7b", "messages": USER, "tools": [TOOL]},
+        "unsupported_capability",
+        "tools",
+    ),
+    (
+        "tool_choice without tools",
+        {"model": "gpt-4o", "messages": USER, "tool_choice": "auto"},
+        "invalid_request",
+        "tool_choice",
+    ),
+    (
+        "tool message without id",
+        {"model": "gpt-4o", "messages": [*USER, {"role": "tool", "content": "42"}]},
+        "invalid_request",
+        "messages[1]",
+    ),
+    (
+        "unknown fallback",
+        {"model": "gpt-4o", "messages": USER, "fallbacks": ["nope"]},
+        "model_not_found",
+        "fallbacks[0]",
+    ),
     ("bad job_id", {"model": "gpt-4o", "messages": USER, "job_id": "has space"}, "invalid_request", "job_id"),
-    ("negative deadline", {"model": "gpt-4o", "messages": USER, "deadline_s": -1}, "invalid_request", "deadline_s"),
+    (
+        "negative deadline",
+        {"model": "gpt-4o", "messages": USER, "deadline_s": -1},
+        "invalid_request",
+        "deadline_s",
+    ),
     ("not an object", [1, 2], "invalid_request", None),
     ("malformed JSON", b'{"model": "gpt-4o", "messages": [', "invalid_request", None),
-    ("too large", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 5000}]}, "payload_too_large",
-     None),
-    ("streaming not offered yet", {"model": "gpt-4o", "messages": USER, "stream": True}, "unsupported_capability",
-     "stream"),
+    (
+        "too large",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 5000}]},
+        "payload_too_large",
+        None,
+    ),
+    (
+        "streaming not offered yet",
+        {"model": "gpt-4o", "messages": USER, "stream": True},
+        "unsupported_capability",
+        "stream",
+    ),
 ]
 
 
@@ -127,25 +213,45 @@ def test_vision_job_is_normalised_to_chat(sim_catalog, tmp_path) -> None:
 def test_same_body_same_digest_whatever_the_key_order(sim_catalog) -> None:
     v = Validator(sim_catalog, Settings(_env_file=None))
     a = v.prepare({"model": "gpt-4o", "messages": USER, "temperature": 0.5, "job_id": "x1"}, now=1.0)
-    b = v.prepare(b'{"temperature": 0.5, "job_id": "x1", "messages": [{"content": "hi", "role": "user"}],'
-                  b' "model": "gpt-4o"}', now=2.0)
+    b = v.prepare(
+        b'{"temperature": 0.5, "job_id": "x1", "messages": [{"content": "hi", "role": "user"}],'
+        b' "model": "gpt-4o"}',
+        now=2.0,
+    )
     c = v.prepare({"model": "gpt-4o", "messages": USER, "temperature": 0.6, "job_id": "x1"}, now=1.0)
     assert a.digest == b.digest != c.digest
 
 
 def test_valid_job_with_everything(sim_catalog) -> None:
     job = {
-        "model": "gpt-4o", "messages": [
+        "model": "gpt-4o",
+        "messages": [
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "hi"}, IMAGE]},
-            {"role": "assistant", "content": None,
-             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": "{}"},
         ],
-        "temperature": 0.2, "top_p": 0.9, "max_completion_tokens": 100, "stop": ["x"], "presence_penalty": 1,
-        "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-        "response_format": {"type": "json_object"}, "seed": 7, "user": "u1", "n": 2,
-        "job_id": "job-1", "fallbacks": ["claude-sonnet-4-5"], "deadline_s": 60, "tenant": "acme",
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_completion_tokens": 100,
+        "stop": ["x"],
+        "presence_penalty": 1,
+        "tools": [TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {"type": "json_object"},
+        "seed": 7,
+        "user": "u1",
+        "n": 2,
+        "job_id": "job-1",
+        "fallbacks": ["claude-sonnet-4-5"],
+        "deadline_s": 60,
+        "tenant": "acme",
         "metadata": {"batch": 3},
     }
     prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(job, now=1.0)

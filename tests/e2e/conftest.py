@@ -89,7 +89,9 @@ def worker_env(redis_server: RedisServer, sim: Sim, e2e_queue: str) -> dict[str,
 
 
 @pytest.fixture(scope="session")
-def workers(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
+def workers(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[WorkerProcess]]:
     logs: Path = tmp_path_factory.mktemp("workers")
     procs = [WorkerProcess(worker_env, logs / f"worker-{i}.log") for i in range(2)]
     yield procs
@@ -103,7 +105,9 @@ def e2e_settings(redis_server: RedisServer, e2e_queue: str) -> Settings:
 
 
 @pytest.fixture
-async def e2e(e2e_settings: Settings, sim_catalog: Catalog, workers: list[WorkerProcess]) -> AsyncIterator[Producer]:
+async def e2e(
+    e2e_settings: Settings, sim_catalog: Catalog, workers: list[WorkerProcess]
+) -> AsyncIterator[Producer]:
     """A producer on the queue that the two worker processes serve, once both are alive."""
     producer = await Producer.connect(e2e_settings, sim_catalog)
     deadline = time.monotonic() + 30

@@ -19,7 +19,11 @@ PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQG
 def cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llm_router.cli", *args],
-        env=env, input=stdin.decode() if stdin else None, capture_output=True, text=True, timeout=60,
+        env=env,
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -36,8 +40,14 @@ def test_submit_prints_ids_in_order_refuses_bad_lines_and_writes_out(env, tmp_pa
         orjson.dumps({"model": "gpt-4o-mini", "prompt": "what is this?", "image": PIXEL}),
         b'{"model": "gpt-4o", "messages": [',
         b"",
-        orjson.dumps({"model": "claude-3-sonnet", "messages": [{"role": "user", "content": "five"}],
-                      "job_id": f"cli-{uuid.uuid4().hex}", "metadata": {"row": 6}}),
+        orjson.dumps(
+            {
+                "model": "claude-3-sonnet",
+                "messages": [{"role": "user", "content": "five"}],
+                "job_id": f"cli-{uuid.uuid4().hex}",
+                "metadata": {"row": 6},
+            }
+        ),
     ]
     src = tmp_path / "jobs.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
@@ -60,9 +70,12 @@ def test_submit_prints_ids_in_order_refuses_bad_lines_and_writes_out(env, tmp_pa
 
 def test_submit_all_valid_waits_and_exits_0_then_status_result_cancel(env, tmp_path: Path) -> None:
     src = tmp_path / "ok.jsonl"
-    src.write_bytes(b"\n".join(
-        orjson.dumps({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": f"q{i}"}]})
-        for i in range(5)))
+    src.write_bytes(
+        b"\n".join(
+            orjson.dumps({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": f"q{i}"}]})
+            for i in range(5)
+        )
+    )
     res = cli(env, "submit", str(src), "--wait")
     assert res.returncode == 0, res.stderr
     job_id = res.stdout.split()[0]
@@ -82,13 +95,24 @@ def test_chat_and_vision_print_the_answer(env, tmp_path: Path) -> None:
     res = cli(env, "chat", "--model", "gpt-4o", "--system", "be brief", "--message", "hello")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("Simulated reply from gpt-4o")
-    as_json = cli(env, "chat", "--model", "gpt-4.1", "--messages", '[{"role": "user", "content": "hi"}]',
-                  "--fallbacks", "o1", "--json")
+    as_json = cli(
+        env,
+        "chat",
+        "--model",
+        "gpt-4.1",
+        "--messages",
+        '[{"role": "user", "content": "hi"}]',
+        "--fallbacks",
+        "o1",
+        "--json",
+    )
     record = orjson.loads(as_json.stdout)
     assert record["status"] == "succeeded" and record["route"] == ["gpt-4.1", "o1"]
     image = tmp_path / "pixel.png"
     image.write_bytes(__import__("base64").b64decode(PIXEL))
-    seen = cli(env, "vision", "--model", "gpt-4o", "--image", str(image), "--prompt", "what objects are here?")
+    seen = cli(
+        env, "vision", "--model", "gpt-4o", "--image", str(image), "--prompt", "what objects are here?"
+    )
     assert seen.returncode == 0 and seen.stdout.strip()
 
 

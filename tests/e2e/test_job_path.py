@@ -18,8 +18,20 @@ from llm_router.simulator import count_prompt_tokens
 from producer.producer import JobFailed, Producer, Submitted
 
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
-CHAT_MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "claude-sonnet-4-5", "gemini-2.5-flash", "grok-4",
-               "llama-3.1-70b", "mistral-large", "o1", "gpt-5-mini", "claude-3-sonnet", "mixtral-8x7b"]
+CHAT_MODELS = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "claude-sonnet-4-5",
+    "gemini-2.5-flash",
+    "grok-4",
+    "llama-3.1-70b",
+    "mistral-large",
+    "o1",
+    "gpt-5-mini",
+    "claude-3-sonnet",
+    "mixtral-8x7b",
+]
 VISION_MODELS = ["gpt-4o", "claude-haiku-4-5", "gemini-2.5-pro"]
 
 
@@ -30,9 +42,16 @@ def _jobs(n: int) -> list[dict]:
             image = f"data:image/png;base64,{PIXEL}" if i % 2 else "https://example.com/cat.jpg"
             jobs.append({"model": VISION_MODELS[i % 3], "prompt": f"what is in image {i}?", "image": image})
         else:
-            jobs.append({"model": CHAT_MODELS[i % len(CHAT_MODELS)], "max_tokens": 40 + i % 50,
-                         "messages": [{"role": "system", "content": "be brief"},
-                                      {"role": "user", "content": f"question number {i} " * (1 + i % 7)}]})
+            jobs.append(
+                {
+                    "model": CHAT_MODELS[i % len(CHAT_MODELS)],
+                    "max_tokens": 40 + i % 50,
+                    "messages": [
+                        {"role": "system", "content": "be brief"},
+                        {"role": "user", "content": f"question number {i} " * (1 + i % 7)},
+                    ],
+                }
+            )
     return jobs
 
 
@@ -57,8 +76,11 @@ async def test_bulk_200_jobs_succeed_with_exact_cost_and_valid_responses(
         assert usage.cost == nanos_to_usd(usage.cost_nanos) == record.response["usage"]["cost"]
         if dep.price.source.startswith("genai-prices:"):  # independently, from genai-prices itself
             provider, _, ref = dep.price.source.removeprefix("genai-prices:").partition("/")
-            want = calc_price(Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
-                              ref, provider_id=provider).total_price
+            want = calc_price(
+                Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+                ref,
+                provider_id=provider,
+            ).total_price
             assert usage.cost_nanos == int((want * 10**9).quantize(Decimal(1), rounding=ROUND_HALF_UP))
         assert record.runs == 1 and len(record.attempts) == 1
         assert record.started_at and record.finished_at and record.created_at <= record.started_at
@@ -67,8 +89,11 @@ async def test_bulk_200_jobs_succeed_with_exact_cost_and_valid_responses(
 
 
 async def test_resubmit_same_body_returns_existing_job_and_runs_once(e2e: Producer) -> None:
-    job = {"job_id": f"idem-{uuid.uuid4().hex}", "model": "gpt-4o-mini",
-           "messages": [{"role": "user", "content": "once"}]}
+    job = {
+        "job_id": f"idem-{uuid.uuid4().hex}",
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "once"}],
+    }
     first = await e2e.submit(job)
     again = await e2e.submit(dict(reversed(list(job.items()))))
     assert first == Submitted(job["job_id"], True)
@@ -80,8 +105,9 @@ async def test_resubmit_same_body_returns_existing_job_and_runs_once(e2e: Produc
     assert (await e2e.get(job["job_id"])).runs == 1
 
 
-async def test_concurrent_submits_of_one_id_make_one_job(e2e: Producer, e2e_settings: Settings,
-                                                         sim_catalog: Catalog) -> None:
+async def test_concurrent_submits_of_one_id_make_one_job(
+    e2e: Producer, e2e_settings: Settings, sim_catalog: Catalog
+) -> None:
     job_id = f"race-{uuid.uuid4().hex}"
     job = {"job_id": job_id, "model": "gpt-4o", "messages": [{"role": "user", "content": "race"}]}
     producers = [await Producer.connect(e2e_settings, sim_catalog) for _ in range(8)]
@@ -98,7 +124,9 @@ async def test_conflicting_resubmit_is_409(e2e: Producer) -> None:
     job_id = f"conflict-{uuid.uuid4().hex}"
     await e2e.submit({"job_id": job_id, "model": "gpt-4o", "messages": [{"role": "user", "content": "a"}]})
     with pytest.raises(IdempotencyConflict) as info:
-        await e2e.submit({"job_id": job_id, "model": "gpt-4o", "messages": [{"role": "user", "content": "b"}]})
+        await e2e.submit(
+            {"job_id": job_id, "model": "gpt-4o", "messages": [{"role": "user", "content": "b"}]}
+        )
     assert (info.value.status, info.value.param) == (409, "job_id")
     assert (await e2e.wait(job_id, timeout=30)).request["messages"][0]["content"] == "a"
 
@@ -119,23 +147,34 @@ async def test_failed_deployment_falls_back_to_next_provider_then_next_model(e2e
     )
     try:
         a = await e2e.submit({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]})
-        b = await e2e.submit({"model": "mixtral-8x7b", "fallbacks": ["llama-3.1-8b"],
-                              "messages": [{"role": "user", "content": "hi"}]})
+        b = await e2e.submit(
+            {
+                "model": "mixtral-8x7b",
+                "fallbacks": ["llama-3.1-8b"],
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+        )
         ra, rb = await e2e.wait_many([a.job_id, b.job_id], timeout=30)
     finally:
         await sim.faults()
     assert ra.status == "succeeded" and ra.provider == "aisa"
     assert [(x.provider, x.outcome, x.error_code, x.http_status) for x in ra.attempts] == [
-        ("openai", "error", "overloaded", 503), ("aisa", "success", None, 200)]
+        ("openai", "error", "overloaded", 503),
+        ("aisa", "success", None, 200),
+    ]
     assert rb.status == "succeeded" and rb.model == "llama-3.1-8b"
     assert [x.error_code for x in rb.attempts] == ["rate_limited", "upstream_error", "connection_error", None]
 
 
 async def test_job_fails_with_upstream_code_and_status_502_and_no_secret(e2e: Producer, sim) -> None:
-    await sim.faults({"model": "grok-3", "kind": "status", "status": 401},
-                     {"model": "x-ai/grok-3", "kind": "status", "status": 403})
+    await sim.faults(
+        {"model": "grok-3", "kind": "status", "status": 401},
+        {"model": "x-ai/grok-3", "kind": "status", "status": 403},
+    )
     try:
-        sub = await e2e.submit({"model": "grok-3", "fallbacks": [], "messages": [{"role": "user", "content": "hi"}]})
+        sub = await e2e.submit(
+            {"model": "grok-3", "fallbacks": [], "messages": [{"role": "user", "content": "hi"}]}
+        )
         record = await e2e.wait(sub.job_id, timeout=30)
     finally:
         await sim.faults()
@@ -148,10 +187,14 @@ async def test_job_fails_with_upstream_code_and_status_502_and_no_secret(e2e: Pr
 
 async def test_retryable_failure_defers_then_succeeds(e2e: Producer, sim) -> None:
     # every deployment of gpt-5 fails on the first pass only; the job waits and runs again
-    await sim.faults({"model": "gpt-5", "kind": "status", "status": 502, "count": 2},
-                     {"model": "openai/gpt-5", "kind": "status", "status": 502, "count": 1})
+    await sim.faults(
+        {"model": "gpt-5", "kind": "status", "status": 502, "count": 2},
+        {"model": "openai/gpt-5", "kind": "status", "status": 502, "count": 1},
+    )
     try:
-        sub = await e2e.submit({"model": "gpt-5", "fallbacks": [], "messages": [{"role": "user", "content": "hi"}]})
+        sub = await e2e.submit(
+            {"model": "gpt-5", "fallbacks": [], "messages": [{"role": "user", "content": "hi"}]}
+        )
         record = await e2e.wait(sub.job_id, timeout=30)
     finally:
         await sim.faults()
@@ -162,8 +205,9 @@ async def test_retryable_failure_defers_then_succeeds(e2e: Producer, sim) -> Non
 async def test_deadline_exceeded(e2e: Producer, sim) -> None:
     await sim.faults({"model": "gpt-4.1-mini", "kind": "latency", "latency_ms": 3000})
     try:
-        sub = await e2e.submit({"model": "gpt-4.1-mini", "deadline_s": 0.5,
-                                "messages": [{"role": "user", "content": "slow"}]})
+        sub = await e2e.submit(
+            {"model": "gpt-4.1-mini", "deadline_s": 0.5, "messages": [{"role": "user", "content": "slow"}]}
+        )
         record = await e2e.wait(sub.job_id, timeout=30)
     finally:
         await sim.faults()
@@ -179,10 +223,14 @@ async def test_interactive_chat_and_vision(e2e: Producer) -> None:
 
 
 async def test_legacy_functions_get_function_call_back(e2e: Producer) -> None:
-    fn = {"name": "get_weather", "description": "weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-    answer = await e2e.chat("gpt-4o", [{"role": "user", "content": "weather in Paris?"}], functions=[fn],
-                            function_call="auto")
+    fn = {
+        "name": "get_weather",
+        "description": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    answer = await e2e.chat(
+        "gpt-4o", [{"role": "user", "content": "weather in Paris?"}], functions=[fn], function_call="auto"
+    )
     ChatCompletion.model_validate(answer)
     message = answer["choices"][0]["message"]
     assert message["function_call"]["name"] == "get_weather" and "tool_calls" not in message
@@ -219,7 +267,9 @@ async def test_failed_interactive_chat_raises_typed_error(e2e: Producer, sim) ->
     assert len(info.value.record.attempts) == 1  # a caller error neither retries nor falls back
 
 
-def test_sync_client_offers_the_same_calls(e2e: Producer, e2e_settings: Settings, sim_catalog: Catalog) -> None:
+def test_sync_client_offers_the_same_calls(
+    e2e: Producer, e2e_settings: Settings, sim_catalog: Catalog
+) -> None:
     from producer.client import Client
 
     with Client(e2e_settings, sim_catalog) as client:
@@ -227,8 +277,12 @@ def test_sync_client_offers_the_same_calls(e2e: Producer, e2e_settings: Settings
         ChatCompletion.model_validate(answer)
         seen = client.vision("gpt-4o", f"data:image/png;base64,{PIXEL}", "what is this?")
         assert seen["choices"][0]["message"]["content"]
-        subs = client.submit_many([{"model": "grok-4", "messages": [{"role": "user", "content": "x"}]},
-                                   {"model": "nope", "messages": [{"role": "user", "content": "x"}]}])
+        subs = client.submit_many(
+            [
+                {"model": "grok-4", "messages": [{"role": "user", "content": "x"}]},
+                {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            ]
+        )
         assert isinstance(subs[0], Submitted) and subs[1].code == "model_not_found"
         record = client.wait(subs[0].job_id, timeout=30)
         assert record.status == "succeeded" and client.get(record.id).id == record.id

@@ -12,20 +12,39 @@ from llm_router.errors import RouterError
 from worker.providers import openai as adapter
 
 DEP = Deployment(
-    id="aisa/gpt-4o", provider="aisa", format="openai", base_url="http://sim:1/v1", upstream_model="gpt-4o-up",
-    price=FREE, api_key="sk-secret-key-123456",
+    id="aisa/gpt-4o",
+    provider="aisa",
+    format="openai",
+    base_url="http://sim:1/v1",
+    upstream_model="gpt-4o-up",
+    price=FREE,
+    api_key="sk-secret-key-123456",
 )
 OK_BODY = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-up",
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-up",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
-              "prompt_tokens_details": {"cached_tokens": 4}},
+    "usage": {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    },
 }
 
 
 def test_build_request_drops_reserved_keys_and_sets_upstream_model() -> None:
-    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3,
-               "fallbacks": ["x"], "metadata": {"a": 1}, "tenant": "t", "deadline_s": 5}
+    request = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.3,
+        "fallbacks": ["x"],
+        "metadata": {"a": 1},
+        "tenant": "t",
+        "deadline_s": 5,
+    }
     call = adapter.build_request(request, DEP)
     body = orjson.loads(call.body)
     assert call.method == "POST"
@@ -37,15 +56,36 @@ def test_build_request_drops_reserved_keys_and_sets_upstream_model() -> None:
 
 def test_legacy_functions_go_up_as_tools_and_come_back_as_function_call() -> None:
     fn = {"name": "get_weather", "parameters": {"type": "object"}}
-    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "functions": [fn],
-               "function_call": {"name": "get_weather"}}
+    request = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+        "functions": [fn],
+        "function_call": {"name": "get_weather"},
+    }
     body = orjson.loads(adapter.build_request(request, DEP).body)
     assert body["tools"] == [{"type": "function", "function": fn}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert "functions" not in body and "function_call" not in body
-    answer = {**OK_BODY, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-        "role": "assistant", "content": None,
-        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}}]}
+    answer = {
+        **OK_BODY,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"},
+                        }
+                    ],
+                },
+            }
+        ],
+    }
     done = adapter.parse_response(200, {}, orjson.dumps(answer), request)
     choice = done.response["choices"][0]
     assert choice["message"]["function_call"] == {"name": "get_weather", "arguments": "{}"}
@@ -62,7 +102,13 @@ def test_parse_response_reads_usage() -> None:
 
 # (status, headers, body, code, retry_after)
 ERRORS = [
-    (429, {"retry-after": "7"}, {"error": {"message": "slow down", "type": "rate_limit_error"}}, "rate_limited", 7.0),
+    (
+        429,
+        {"retry-after": "7"},
+        {"error": {"message": "slow down", "type": "rate_limit_error"}},
+        "rate_limited",
+        7.0,
+    ),
     (429, {"retry-after-ms": "1500"}, {"error": {"message": "slow"}}, "rate_limited", 1.5),
     (429, {}, {"error": {"message": "quota", "code": "insufficient_quota"}}, "provider_out_of_credits", None),
     (500, {}, {"error": {"message": "boom"}}, "upstream_error", None),
@@ -70,13 +116,30 @@ ERRORS = [
     (503, {}, {"error": {"message": "busy"}}, "overloaded", None),
     (529, {}, {"error": {"message": "overloaded"}}, "overloaded", None),
     (504, {}, {}, "upstream_error", None),
-    (401, {}, {"error": {"message": "Incorrect API key provided: sk-abcdefghijklmnop", "code": "invalid_api_key"}},
-     "auth_failed", None),
+    (
+        401,
+        {},
+        {"error": {"message": "Incorrect API key provided: sk-abcdefghijklmnop", "code": "invalid_api_key"}},
+        "auth_failed",
+        None,
+    ),
     (403, {}, {"error": {"message": "forbidden"}}, "auth_failed", None),
     (402, {}, {"error": {"message": "no credits"}}, "provider_out_of_credits", None),
     (404, {}, {"error": {"message": "no such model", "code": "model_not_found"}}, "not_found", None),
-    (400, {}, {"error": {"message": "too long", "code": "context_length_exceeded"}}, "context_length_exceeded", None),
-    (400, {}, {"error": {"message": "flagged", "code": "content_policy_violation"}}, "content_filtered", None),
+    (
+        400,
+        {},
+        {"error": {"message": "too long", "code": "context_length_exceeded"}},
+        "context_length_exceeded",
+        None,
+    ),
+    (
+        400,
+        {},
+        {"error": {"message": "flagged", "code": "content_policy_violation"}},
+        "content_filtered",
+        None,
+    ),
     (400, {}, {"error": {"message": "bad temperature", "param": "temperature"}}, "invalid_request", None),
     (418, {}, {}, "invalid_request", None),
 ]
@@ -94,8 +157,13 @@ def test_errors_are_classified_by_status_and_code(status, headers, body, code, r
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"id": "chatcmpl-1", "choi', b"[]", b'{"choices": []}', b'{"choices": [{"index": 0}]}',
-     orjson.dumps({**OK_BODY, "usage": None})],
+    [
+        b'{"id": "chatcmpl-1", "choi',
+        b"[]",
+        b'{"choices": []}',
+        b'{"choices": [{"index": 0}]}',
+        orjson.dumps({**OK_BODY, "usage": None}),
+    ],
 )
 def test_malformed_answers_are_bad_response(body: bytes) -> None:
     with pytest.raises(RouterError) as info:
