@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 1.0
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
+    # a job's claim expires this long after its worker stops refreshing it (SIGKILL, OOM, a lost host)
+    lease_s: float = 10.0
+    lease_refresh_s: float | None = None
+    # on SIGTERM: stop taking jobs, let running ones finish this long, then put the rest back
+    shutdown_grace_s: float = 25.0
+    # how long a finished job's record write keeps retrying while Redis is away
+    redis_retry_s: float = 60.0
+
+    @property
+    def effective_lease_refresh_s(self) -> float:
+        return self.lease_refresh_s or self.lease_s / 3
 
     @property
     def effective_queue_read_limit(self) -> int:

@@ -265,9 +265,10 @@ class Attempt(BaseModel):
     model: str
     upstream_model: str
     outcome: Literal["success", "error", "interrupted"]
+    worker: str | None = None
     error_code: str | None = None
     http_status: int | None = None
-    latency_ms: float
+    latency_ms: float | None = None
     started_at: float
 
 
@@ -301,6 +302,7 @@ class JobRecord(BaseModel):
     error: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     runs: int = 0
+    passes: int = 0
 
     @property
     def latency_ms(self) -> float | None:

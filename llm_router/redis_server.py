@@ -84,7 +84,12 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop (Redis writes its AOF on the way down) and start again on the same port and data dir."""
+        self.stop(cleanup=False)
+        self.start(timeout)
+
+    def stop(self, *, cleanup: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -93,7 +98,7 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if self._tmp is not None:
+        if cleanup and self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 

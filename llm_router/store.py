@@ -34,6 +34,12 @@ def record_key(job_id: str) -> str:
     return RECORD_PREFIX + job_id
 
 
+def workers_key(queue_name: str) -> str:
+    """Live workers of a queue (a sorted set scored by last heartbeat): a worker on another queue
+    cannot answer this one's jobs."""
+    return f"{queue_name}:workers"
+
+
 def body_digest(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
@@ -59,16 +65,39 @@ return 1
 """
 
 # KEYS: record.  ARGV: now, worker id.  Returns nil (no record), {status} when already ended, or the
-# fields the worker needs: request, route, deadline_at, attempts, created_at, runs.
+# fields the worker needs: previous status, request, route, deadline_at, attempts, runs, passes, and
+# the in-flight call and worker of an interrupted run.
 START_LUA = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return nil end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {st} end
+local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attempts', 'passes',
+                     'inflight', 'worker')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
-local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attempts', 'created_at')
-return {st, v[1], v[2], v[3], v[4], v[5], runs}
+return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or ''}
+"""
+
+# KEYS: arq queue, then one arq in-progress key per job.  ARGV: now ms, lease ms, then the job ids.
+# Claims each job that is due and not held by another worker, with a short lease that the holder's
+# lease keeper refreshes; returns the claimed ids and their scores.  One round trip for a whole
+# poll, where arq's own claim costs three per job.
+CLAIM_LUA = """
+local out = {}
+local now = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local key = KEYS[i - 1]
+  if redis.call('EXISTS', key) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= now then
+      redis.call('SET', key, '1', 'PX', ARGV[2])
+      out[#out + 1] = ARGV[i]
+      out[#out + 1] = score
+    end
+  end
+end
+return out
 """
 
 # KEYS: record.  ARGV: record ttl s, then field/value pairs.  Never overwrites an ended job, so a
@@ -78,6 +107,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -2 end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HDEL', KEYS[1], 'inflight')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
@@ -113,8 +143,8 @@ class Store:
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
-        # workers are counted per queue: a worker on another queue cannot answer this one's jobs
-        self.workers_key = f"{queue_name}:workers"
+        self._claim = redis.register_script(CLAIM_LUA)
+        self.workers_key = workers_key(queue_name)
 
     def submit_args(
         self, job_id: str, digest: str, fields: dict[str, Any], *, now: float, deadline_at: float
@@ -143,6 +173,14 @@ class Store:
             for keys, argv in batch:
                 await self._submit(keys=keys, args=argv, client=pipe)
             return [int(r) for r in await pipe.execute()]
+
+    async def claim(self, job_ids: list[str], lease_ms: int) -> list[tuple[str, int]]:
+        """Claim due, unheld jobs with a lease; returns (job id, score) of those claimed."""
+        if not job_ids:
+            return []
+        keys = [self.queue_name, *(in_progress_key_prefix + j for j in job_ids)]
+        flat = await self._claim(keys=keys, args=[int(time.time() * 1000), lease_ms, *job_ids])
+        return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def start(self, job_id: str, worker_id: str, now: float) -> list[Any] | None:
         return await self._start(keys=[record_key(job_id)], args=[now, worker_id])
@@ -178,14 +216,6 @@ class Store:
             raws = await pipe.execute()
         return [r.decode() if r else None for r in raws]
 
-    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
-        now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.workers_key, {worker_id: now})
-            pipe.zremrangebyscore(self.workers_key, "-inf", now - 10 * ttl_s)
-            pipe.set(WORKER_INFO_PREFIX + worker_id, orjson.dumps(info), px=int(ttl_s * 1000))
-            await pipe.execute()
-
     async def forget_worker(self, worker_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.workers_key, worker_id)
@@ -216,9 +246,9 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = orjson.loads(v)
         elif name in FLOAT_FIELDS:
             data[name] = float(v)
-        elif name == "runs":
+        elif name in ("runs", "passes"):
             data[name] = int(v)
-        elif name in ("digest", "worker"):
+        elif name in ("digest", "worker", "inflight"):
             continue
         else:
             data[name] = v.decode()

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
@@ -27,6 +29,9 @@ from producer.validation import PreparedJob, Validator
 from producer.vision import vision_to_chat
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+WAIT_WINDOW = 2000  # ids whose status one poll reads
+
+log = structlog.get_logger("llm_router.producer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,36 +146,63 @@ class Producer:
         timeout: float | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[JobRecord]:
-        """Final records of many jobs, in the order given; one pipelined status read per poll."""
+        """Final records of many jobs, in the order given.
+
+        Polls one pipelined status read at a time (at most ``WAIT_WINDOW`` ids, oldest first), backing
+        off while nothing changes, and rides out a Redis restart until ``timeout``.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(dict.fromkeys(job_ids))
         done = 0
         delay = 0.005
         while pending:
-            statuses = await self.store.statuses(pending)
-            still: list[str] = []
-            for job_id, status in zip(pending, statuses, strict=True):
-                if status is None:
-                    raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
-                if status not in TERMINAL_VALUES:
-                    still.append(job_id)
-            if len(still) != len(pending):
-                done += len(pending) - len(still)
-                delay = 0.005
-                if on_progress:
-                    on_progress(done, done + len(still))
-            pending = still
+            window = pending[:WAIT_WINDOW]
+            try:
+                statuses = await self.store.statuses(window)
+            except RedisError as exc:
+                log.warning("redis unavailable while waiting, retrying", error=repr(exc))
+                statuses = None
+                delay = max(delay, 0.2)
+            if statuses is not None:
+                finished = 0
+                still: list[str] = []
+                for job_id, status in zip(window, statuses, strict=True):
+                    if status is None:
+                        raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+                    if status in TERMINAL_VALUES:
+                        finished += 1
+                    else:
+                        still.append(job_id)
+                if finished:
+                    done += finished
+                    delay = 0.005
+                    pending = still + pending[len(window) :]
+                    if on_progress:
+                        on_progress(done, done + len(pending))
+                    if still and len(window) == WAIT_WINDOW:
+                        continue  # the window moved on: look at the next ids at once
             if not pending:
                 break
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise WaitTimeout(f"{len(pending)} job(s) not finished within {timeout} s", param="timeout")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        records = await self.store.get_many(list(job_ids))
+        records = await self._read_many(list(job_ids), deadline)
         missing = [j for j, r in zip(job_ids, records, strict=True) if r is None]
         if missing:
             raise JobNotFound(f"no job '{missing[0]}' (expired while waiting)", param="job_id")
         return records  # type: ignore[return-value]
+
+    async def _read_many(self, job_ids: list[str], deadline: float | None) -> list[JobRecord | None]:
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.get_many(job_ids)
+            except RedisError:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job that has not started; a running or ended job is ``job_not_cancellable``."""

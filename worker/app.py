@@ -1,9 +1,7 @@
-"""The arq worker: our settings for arq, and what every job shares (session, store, catalog)."""
+"""The arq worker: our settings for arq, and what every job shares (session, store, catalog, leases)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -11,7 +9,6 @@ import uuid
 from typing import Any
 
 import orjson
-from arq import Worker
 from arq.connections import RedisSettings
 from arq.worker import func
 
@@ -19,12 +16,13 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.redis_client import redis_url
 from llm_router.store import RUN_JOB, Store
-from worker.heartbeat import beat_forever
+from worker.arq_worker import LeasedWorker
 from worker.http import create_session
 from worker.job_runner import JobRunner
+from worker.lease import LeaseKeeper
 
 # our record and the job's deadline decide when a job is done, not arq's try counter: every
-# deferral spends one of arq's tries, and when they run out arq drops the job without calling us
+# deferral or re-run spends one of arq's tries, and when they run out arq drops the job unseen
 UNBOUNDED_TRIES = 1_000_000
 
 
@@ -32,31 +30,35 @@ async def run_llm_job(ctx: dict[str, Any], job_id: str) -> None:
     await ctx["runner"].run(job_id)
 
 
-def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides: Any) -> Worker:
-    """An arq ``Worker`` for llm-router jobs; ``overrides`` go to arq (``burst=True`` in tests, say)."""
+def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides: Any) -> LeasedWorker:
+    """An arq worker for llm-router jobs; ``overrides`` go to arq (``burst=True`` in tests, say)."""
     catalog = catalog or Catalog.load(settings)
+    catalog.deployments(next(iter(catalog.models)))  # resolve every price now, not on the first job
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    url = redis_url(settings)
 
     async def startup(ctx: dict[str, Any]) -> None:
         store = Store(ctx["redis"], queue_name=settings.queue_name, record_ttl_s=settings.record_ttl_s)
+        worker.use_store(store)
         session = create_session(settings)
-        catalog.deployments(next(iter(catalog.models)))  # resolve every price now, not on the first job
-        ctx["session"] = session
-        ctx["store"] = store
-        ctx["runner"] = JobRunner(store, catalog, settings, session, worker_id)
-        ctx["heartbeat"] = asyncio.create_task(
-            beat_forever(store, worker_id, settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
+        runner = JobRunner(store, catalog, settings, session, worker_id)
+        keeper = LeaseKeeper(
+            redis_url=url,
+            queue_name=settings.queue_name,
+            worker_id=worker_id,
+            held=lambda: list(worker.tasks),
+            inflight=runner.inflight,
+            lease_s=settings.lease_s,
+            interval_s=min(settings.effective_lease_refresh_s, settings.heartbeat_interval_s),
+            heartbeat_ttl_s=settings.heartbeat_ttl_s,
         )
+        keeper.beat()  # seen as live before the first job arrives
+        keeper.start()
+        ctx.update(session=session, store=store, runner=runner, keeper=keeper)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        task = ctx.get("heartbeat")
-        if task:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if "store" in ctx:
-            with contextlib.suppress(Exception):
-                await ctx["store"].forget_worker(worker_id)
+        if "keeper" in ctx:
+            ctx["keeper"].stop()
         if "session" in ctx:
             await ctx["session"].close()
 
@@ -65,7 +67,7 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
     options: dict[str, Any] = {
         "functions": [func(run_llm_job, name=RUN_JOB, max_tries=UNBOUNDED_TRIES)],
         "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(redis_url(settings)),
+        "redis_settings": RedisSettings.from_dsn(url),
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
         "poll_delay": settings.poll_delay_s,
@@ -77,13 +79,19 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
         "on_startup": startup,
         "on_shutdown": shutdown,
         "health_check_interval": 60,
+        # SIGTERM: stop taking jobs, give running ones this long, then cancel and re-queue them
+        "job_completion_wait": settings.shutdown_grace_s,
+        "lease_s": settings.lease_s,
     }
     options.update(overrides)
-    return Worker(**options)
+    worker = LeasedWorker(**options)
+    return worker
 
 
 def run_worker(settings: Settings, **overrides: Any) -> None:
     """Run a worker in this process until SIGINT/SIGTERM, on uvloop when it is installed."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS

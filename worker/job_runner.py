@@ -10,6 +10,7 @@ failed with a retryable error and time is left, the job is deferred and arq runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import aiohttp
 import orjson
 import structlog
 from arq import Retry
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
 from config.prices import nanos_to_usd
@@ -53,6 +55,9 @@ class JobRunner:
         self.settings = settings
         self.session = session
         self.worker_id = worker_id
+        # the call each running job is making; the lease keeper copies it into the record, so a
+        # run that dies mid-call still shows that attempt
+        self.inflight: dict[str, dict[str, Any]] = {}
         self._secrets = sorted(
             {d.api_key for m in catalog.models for d in catalog.deployments(m) if d.api_key},
             key=len,
@@ -60,51 +65,112 @@ class JobRunner:
         )
 
     async def run(self, job_id: str) -> None:
+        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
+
+        Anything else escaping an arq job makes arq drop the job, so it never does: Redis errors
+        become a retry, and a bug of ours fails the job visibly with ``internal_error``.
+        """
         now = time.time()
-        started = await self.store.start(job_id, self.worker_id, now)
+        try:
+            started = await self.store.start(job_id, self.worker_id, now)
+        except RedisError as exc:
+            log.warning("cannot start job, redis unavailable", job_id=job_id, error=repr(exc))
+            raise Retry(defer=1.0) from None
         if started is None:
             log.warning("job record missing (expired or deleted)", job_id=job_id)
             return
         if len(started) == 1:  # already ended: a duplicate delivery, nothing to do
             return
-        _prev, request_b, route_b, deadline_b, attempts_b, _created, runs = started
+        prev, request_b, route_b, deadline_b, attempts_b, runs, passes_b, inflight_b, prev_worker = started
         request: dict[str, Any] = orjson.loads(request_b)
         route: list[str] = orjson.loads(route_b)
         attempts: list[dict[str, Any]] = orjson.loads(attempts_b) if attempts_b else []
+        passes = int(passes_b)
         deadline_at = float(deadline_b)
         bound = log.bind(job_id=job_id, model=route[0], run=runs)
+        if prev == b"running":  # the run before this one was cut short: its worker died mid-job
+            attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
+            bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
 
         fields: dict[str, Any]
         try:
             if deadline_at - now <= 0:
                 raise DeadlineExceeded("the job's deadline passed before it could run")
             async with asyncio.timeout(deadline_at - now):
-                fields = await self._walk(request, route, attempts, deadline_at)
+                fields = await self._walk(job_id, request, route, attempts, deadline_at)
         except TimeoutError:
             fields = _failed(DeadlineExceeded("the job's deadline passed while it ran"), attempts)
         except RouterError as exc:
             fields = _failed(exc, attempts)
+        except asyncio.CancelledError:
+            # stopped (SIGTERM past the grace period): put the job back for another worker; the
+            # interrupted call is recorded and none of the job's retry passes is spent
+            call = self.inflight.get(job_id)
+            back = {
+                "status": JobStatus.QUEUED,
+                "attempts": [*attempts, _interrupted(call, self.worker_id, measured=True)],
+            }
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._write(job_id, back, bound))
+            raise
+        except Exception as exc:
+            bound.exception("job crashed")
+            fields = _failed(
+                RouterError(f"internal error: {type(exc).__name__}", code="internal_error"), attempts
+            )
+        finally:
+            self.inflight.pop(job_id, None)
 
-        if fields["status"] == JobStatus.FAILED and _should_defer(fields, runs, deadline_at, self.settings):
-            delay = min(self.settings.retry_backoff_s * 2 ** (runs - 1), max(deadline_at - time.time(), 0))
-            await self.store.finish(job_id, {"status": JobStatus.DEFERRED, "attempts": attempts})
+        if fields["status"] == JobStatus.FAILED and _should_defer(fields, passes, deadline_at, self.settings):
+            delay = min(self.settings.retry_backoff_s * 2**passes, max(deadline_at - time.time(), 0))
+            deferred = {"status": JobStatus.DEFERRED, "attempts": attempts, "passes": passes + 1}
+            await asyncio.shield(self._write(job_id, deferred, bound))
             bound.info("job deferred", retry_in_s=round(delay, 3), error=fields["error"]["code"])
             raise Retry(defer=delay)
 
-        await self.store.finish(job_id, fields)
+        await asyncio.shield(self._write(job_id, fields, bound))
         if fields["status"] == JobStatus.SUCCEEDED:
             bound.debug("job succeeded", provider=fields["provider"], cost=fields["usage"]["cost"])
         else:
             bound.warning("job failed", error=fields["error"]["code"], message=fields["error"]["message"])
 
+    async def _write(self, job_id: str, fields: dict[str, Any], bound: Any) -> None:
+        """Write a record change, riding out a Redis restart for up to ``redis_retry_s``."""
+        give_up = time.monotonic() + self.settings.redis_retry_s
+        delay = 0.1
+        while True:
+            try:
+                await self.store.finish(job_id, fields)
+                return
+            except RedisError as exc:
+                if time.monotonic() + delay > give_up:
+                    bound.error(
+                        "cannot write record, redis unavailable; the job will run again", error=repr(exc)
+                    )
+                    raise Retry(defer=1.0) from None
+                bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _walk(
-        self, request: dict[str, Any], route: list[str], attempts: list[dict[str, Any]], deadline_at: float
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        route: list[str],
+        attempts: list[dict[str, Any]],
+        deadline_at: float,
     ) -> dict[str, Any]:
         errors: list[RouterError] = []
         for model_id in route:
             for dep in self.catalog.deployments(model_id):
                 started = time.time()
                 t0 = time.perf_counter()
+                self.inflight[job_id] = {
+                    "provider": dep.provider,
+                    "model": model_id,
+                    "upstream_model": dep.upstream_model,
+                    "started_at": started,
+                }
                 try:
                     completion = await self._call(dep, request, deadline_at)
                 except RouterError as exc:
@@ -205,10 +271,32 @@ def _failed(
     }
 
 
-def _should_defer(fields: dict[str, Any], runs: int, deadline_at: float, settings: Settings) -> bool:
+def _should_defer(fields: dict[str, Any], passes: int, deadline_at: float, settings: Settings) -> bool:
+    """Whether a failed pass over the route earns another: only transient failures, with passes and
+    time left."""
     retryable = fields.pop("_retryable", False)
     return (
         bool(retryable)
-        and runs < settings.retry_passes
+        and passes + 1 < settings.retry_passes
         and time.time() + settings.retry_backoff_s < deadline_at
     )
+
+
+def _interrupted(
+    call: dict[str, Any] | None, worker: bytes | str | None, *, measured: bool = False
+) -> dict[str, Any]:
+    """The attempt of a run that was cut short, from what its worker last said it was calling;
+    its latency is known only when this process cut it (``measured``), not when a worker died."""
+    call = call or {}
+    started = call.get("started_at")
+    return {
+        "provider": call.get("provider", "unknown"),
+        "model": call.get("model", "unknown"),
+        "upstream_model": call.get("upstream_model", "unknown"),
+        "outcome": "interrupted",
+        "error_code": None,
+        "http_status": None,
+        "latency_ms": round((time.time() - started) * 1000, 3) if started and measured else None,
+        "started_at": started or 0.0,
+        "worker": worker.decode() if isinstance(worker, bytes) else worker,
+    }

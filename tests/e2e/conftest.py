@@ -3,72 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer, free_port
+from llm_router.redis_server import RedisServer
 from llm_router.sim_env import simulated_env
 from llm_router.worker_procs import WorkerProcess
 from producer.producer import Producer
-
-
-class Sim:
-    """The simulator running as its own process, driven through its control API."""
-
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
-        self.url = url
-        self.proc = proc
-
-    async def faults(self, *rules: dict, replace: bool = True) -> None:
-        async with aiohttp.ClientSession() as s:
-            r = await s.post(f"{self.url}/_sim/faults", json={"rules": list(rules), "replace": replace})
-            assert r.status == 200, await r.text()
-
-    async def calls(self) -> dict:
-        async with aiohttp.ClientSession() as s:
-            r = await s.get(f"{self.url}/_sim/calls")
-            return await r.json()
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("simulator exited early")
-        try:
-            with urllib.request.urlopen(url, timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-@pytest.fixture(scope="session")
-def sim() -> Iterator[Sim]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_router.cli", "simulate", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{url}/_sim/calls", proc)
-        yield Sim(url, proc)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +24,7 @@ def e2e_queue() -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_server: RedisServer, sim: Sim, e2e_queue: str) -> dict[str, str]:
+def worker_env(redis_server: RedisServer, sim, e2e_queue: str) -> dict[str, str]:
     env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim.url)
     env.update(
         LLM_ROUTER_QUEUE_NAME=e2e_queue,

@@ -1,0 +1,106 @@
+"""Leases on running jobs and the worker's heartbeat, kept by a thread of their own.
+
+A worker claims a job by writing arq's in-progress key with a short TTL (the lease, ``lease_s``),
+where arq itself would use the job timeout + 10 s and never refresh it. This thread refreshes the
+leases of every job the worker holds, every ``lease_s / 3``, in one pipelined round trip for all of
+them, so a worker that dies (SIGKILL, OOM, a lost host) loses its jobs to another worker within
+``lease_s``, whatever their length; a live worker keeps them for as long as they run.
+
+It is a thread, not a task on the event loop, so that a loop that is busy or blocked for longer
+than the lease does not let another worker run the same job at the same time. The same round trip
+writes the heartbeat that producers count live workers from, and the deployment each job is calling
+(``inflight``), so a run that is cut short shows the interrupted attempt in its record.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import redis
+import structlog
+from arq.constants import in_progress_key_prefix
+
+from llm_router.store import WORKER_INFO_PREFIX, record_key, workers_key
+
+log = structlog.get_logger("llm_router.worker")
+
+
+class LeaseKeeper(threading.Thread):
+    """Refreshes leases of ``held()`` jobs and this worker's heartbeat until ``stop()``."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        queue_name: str,
+        worker_id: str,
+        held: Callable[[], Iterable[str]],
+        inflight: dict[str, dict[str, Any]],
+        lease_s: float,
+        interval_s: float,
+        heartbeat_ttl_s: float,
+    ) -> None:
+        super().__init__(name="llm-router-lease-keeper", daemon=True)
+        self._client = redis.Redis.from_url(
+            redis_url, socket_timeout=max(interval_s, 1.0), socket_connect_timeout=2
+        )
+        self._workers_key = workers_key(queue_name)
+        self.worker_id = worker_id
+        self._held = held
+        self._inflight = inflight
+        self._lease_ms = int(lease_s * 1000)
+        self._interval_s = interval_s
+        self._heartbeat_ttl_ms = int(heartbeat_ttl_s * 1000)
+        self._stopped = threading.Event()
+        self._written: dict[str, int] = {}  # job id → id() of the in-flight entry last written
+        self._info = orjson.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+        )
+        self.beats = 0
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.beat()
+            except redis.RedisError as exc:  # Redis away: keep trying; leases of a live worker resume
+                log.warning("lease refresh failed", worker_id=self.worker_id, error=repr(exc))
+            self._stopped.wait(self._interval_s)
+
+    def beat(self) -> None:
+        now = time.time()
+        held = list(self._held())
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in held:
+            # PEXPIRE only touches an existing key: a job that finished meanwhile stays finished
+            pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
+        for job_id, call in list(self._inflight.items()):
+            if self._written.get(job_id) != id(call):
+                pipe.hset(record_key(job_id), "inflight", orjson.dumps(call))
+                self._written[job_id] = id(call)
+        for job_id in [j for j in self._written if j not in self._inflight]:
+            del self._written[job_id]
+        pipe.zadd(self._workers_key, {self.worker_id: now})
+        pipe.zremrangebyscore(self._workers_key, "-inf", now - 3600)
+        pipe.set(WORKER_INFO_PREFIX + self.worker_id, self._info, px=self._heartbeat_ttl_ms)
+        pipe.execute()
+        self.beats += 1
+
+    def stop(self) -> None:
+        """Stop beating and take this worker off the live list."""
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zrem(self._workers_key, self.worker_id)
+            pipe.delete(WORKER_INFO_PREFIX + self.worker_id)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+        self._client.close()
