@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,14 @@ class Submitted:
 
     job_id: str
     created: bool
+
+
+def _ids() -> Iterator[str]:
+    """Random 128-bit job ids, drawn from the OS a few thousand at a time (uuid4 per job costs more)."""
+    while True:
+        block = os.urandom(16 * 4096).hex()
+        for i in range(0, len(block), 32):
+            yield block[i : i + 32]
 
 
 class JobFailed(RouterError):
@@ -94,18 +103,27 @@ class Producer:
         """
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, PreparedJob]] = []
+        in_flight: asyncio.Task[None] | None = None
+        ids = _ids()
         for job in jobs:
-            now = time.time()
             try:
-                prepared = self.validator.prepare(job, now=now, interactive=interactive)
+                prepared = self.validator.prepare(
+                    job, now=time.time(), interactive=interactive, new_id=next(ids)
+                )
             except RouterError as exc:
                 results.append(exc)
-            else:
-                results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
-                chunk.append((len(results) - 1, prepared))
-                if len(chunk) >= self.settings.enqueue_chunk:
-                    await self._flush(chunk, results)
-                    chunk = []
+                continue
+            results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
+            chunk.append((len(results) - 1, prepared))
+            if len(chunk) >= self.settings.enqueue_chunk:
+                # one chunk in Redis while the next is validated: the two sides work at once
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self._flush(chunk, results))
+                chunk = []
+                await asyncio.sleep(0)  # let the flush send its commands before validating on
+        if in_flight is not None:
+            await in_flight
         if chunk:
             await self._flush(chunk, results)
         return results
@@ -113,12 +131,7 @@ class Producer:
     async def _flush(
         self, chunk: list[tuple[int, PreparedJob]], results: list[Submitted | RouterError]
     ) -> None:
-        batch = [
-            self.store.submit_args(
-                p.job_id, p.digest, p.fields, now=p.fields["created_at"], deadline_at=p.deadline_at
-            )
-            for _, p in chunk
-        ]
+        batch = [self.store.submit_command(p) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
             if outcome == -1:

@@ -7,7 +7,6 @@ fallbacks against the catalog and the capabilities they need are all checked her
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.contract import ChatJob, JobStatus, invalid_from_validation
+from llm_router.contract import ChatJob, invalid_from_validation
 from llm_router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -23,18 +22,11 @@ from llm_router.errors import (
     RouterError,
     UnsupportedCapability,
 )
-from llm_router.store import body_digest
+from llm_router.store import NewJob, body_digest
 from producer.vision import vision_to_chat
 
-
-@dataclass(frozen=True, slots=True)
-class PreparedJob:
-    """A validated job and the fields of its new record."""
-
-    job_id: str
-    digest: str
-    deadline_at: float
-    fields: dict[str, Any]
+# what a validated job becomes: the payload of its new record (the store owns its layout)
+PreparedJob = NewJob
 
 
 class Validator:
@@ -43,6 +35,7 @@ class Validator:
     def __init__(self, catalog: Catalog, settings: Settings) -> None:
         self.catalog = catalog
         self.settings = settings
+        self._route_json: dict[tuple[str, ...], bytes] = {}
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -65,8 +58,14 @@ class Validator:
         return obj
 
     def prepare(
-        self, raw: bytes | str | dict[str, Any], *, now: float, interactive: bool = False
+        self,
+        raw: bytes | str | dict[str, Any],
+        *,
+        now: float,
+        interactive: bool = False,
+        new_id: str | None = None,
     ) -> PreparedJob:
+        """Validate one job; ``new_id`` is its id unless the job names its own ``job_id``."""
         obj = self.parse(raw)
         if "messages" not in obj and ("image" in obj or "prompt" in obj):
             obj = vision_to_chat(obj)
@@ -74,9 +73,9 @@ class Validator:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
-        return self._prepare(job, now=now, interactive=interactive)
+        return self._prepare(job, now=now, interactive=interactive, new_id=new_id)
 
-    def _prepare(self, job: ChatJob, *, now: float, interactive: bool) -> PreparedJob:
+    def _prepare(self, job: ChatJob, *, now: float, interactive: bool, new_id: str | None) -> PreparedJob:
         model_id = self.catalog.resolve(job.model)
         if model_id is None:
             raise ModelNotFound(f"Model '{job.model}' is not available", param="model")
@@ -99,25 +98,30 @@ class Validator:
                 if fb not in route and self._capable(job, fb):
                     route.append(fb)
 
-        request = job.model_dump(mode="json", exclude_none=True, exclude={"job_id"})
-        digest = body_digest(orjson.dumps(request, option=orjson.OPT_SORT_KEYS))
+        # one canonical encoding (sorted keys) is both hashed for idempotency and stored
+        request = orjson.dumps(
+            job.model_dump(mode="json", exclude_none=True, exclude={"job_id"}), option=orjson.OPT_SORT_KEYS
+        )
+        digest = body_digest(request)
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
-        deadline_at = now + (job.deadline_s or default_deadline)
-        fields: dict[str, Any] = {
-            "status": JobStatus.QUEUED,
-            "request": request,
-            "route": route,
-            "model_requested": job.model,
-            "tenant": job.tenant or "default",
-            "created_at": now,
-            "deadline_at": deadline_at,
-            "attempts": [],
-        }
-        if job.metadata is not None:
-            fields["metadata"] = job.metadata
-        return PreparedJob(job.job_id or uuid.uuid4().hex, digest, deadline_at, fields)
+        route_key = tuple(route)
+        route_json = self._route_json.get(route_key)
+        if route_json is None:
+            route_json = self._route_json[route_key] = orjson.dumps(route)
+        return NewJob(
+            job_id=job.job_id or new_id or uuid.uuid4().hex,
+            digest=digest,
+            request=request,
+            route=route,
+            route_json=route_json,
+            model_requested=job.model,
+            tenant=job.tenant or "default",
+            created_at=now,
+            deadline_at=now + (job.deadline_s or default_deadline),
+            metadata=job.metadata,
+        )
 
     def _capable(self, job: ChatJob, model_id: str) -> bool:
         caps = self.catalog.models[model_id].capabilities

@@ -178,8 +178,8 @@ def test_alias_resolves_and_record_says_so(sim_catalog) -> None:
     prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(
         {"model": "claude-3-sonnet", "messages": USER}, now=1000.0
     )
-    assert prepared.fields["model_requested"] == "claude-3-sonnet"
-    assert prepared.fields["route"][0] == "claude-sonnet-4"
+    assert prepared.model_requested == "claude-3-sonnet"
+    assert prepared.route[0] == "claude-sonnet-4"
 
 
 def test_deadlines_default_by_kind(sim_catalog) -> None:
@@ -201,7 +201,7 @@ def test_vision_job_is_normalised_to_chat(sim_catalog, tmp_path) -> None:
     v = Validator(sim_catalog, Settings(_env_file=None))
     for image in (str(path), base64.b64encode(png).decode(), "https://example.com/cat.jpg"):
         prepared = v.prepare({"model": "gpt-4o", "prompt": "what is this?", "image": image}, now=1.0)
-        content = prepared.fields["request"]["messages"][0]["content"]
+        content = orjson.loads(prepared.request)["messages"][0]["content"]
         assert content[0] == {"type": "text", "text": "what is this?"}
         url = content[1]["image_url"]["url"]
         assert url == image if image.startswith("https") else url.startswith("data:image/png;base64,")
@@ -256,10 +256,10 @@ def test_valid_job_with_everything(sim_catalog) -> None:
     }
     prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(job, now=1.0)
     assert prepared.job_id == "job-1"
-    assert prepared.fields["route"] == ["gpt-4o", "claude-sonnet-4-5"]
-    assert prepared.fields["tenant"] == "acme"
-    assert prepared.fields["metadata"] == {"batch": 3}
-    assert "job_id" not in prepared.fields["request"]
+    assert prepared.route == ["gpt-4o", "claude-sonnet-4-5"]
+    assert prepared.tenant == "acme"
+    assert prepared.metadata == {"batch": 3}
+    assert "job_id" not in orjson.loads(prepared.request)
 
 
 async def test_submit_returns_ids_in_input_order(producer: Producer) -> None:
@@ -279,14 +279,30 @@ def test_catalog_fallbacks_apply_unless_the_job_names_its_own(sim_catalog) -> No
     default = v.prepare({"model": "gpt-4.1", "messages": USER}, now=1.0)
     own = v.prepare({"model": "gpt-4.1", "messages": USER, "fallbacks": ["o1"]}, now=1.0)
     none = v.prepare({"model": "gpt-4.1", "messages": USER, "fallbacks": []}, now=1.0)
-    assert default.fields["route"] == ["gpt-4.1", "claude-sonnet-4-5", "gemini-2.5-flash"]
-    assert own.fields["route"] == ["gpt-4.1", "o1"]
-    assert none.fields["route"] == ["gpt-4.1"]
+    assert default.route == ["gpt-4.1", "claude-sonnet-4-5", "gemini-2.5-flash"]
+    assert own.route == ["gpt-4.1", "o1"]
+    assert none.route == ["gpt-4.1"]
     # a catalog fallback that cannot serve the job is skipped instead of refusing it: mixtral-8x7b has
     # no tools, so a tools job on llama-3.1-70b falls back to llama-3.1-405b and mistral-large only
     tools = v.prepare({"model": "mixtral-8x7b", "messages": USER}, now=1.0)
-    assert tools.fields["route"] == ["mixtral-8x7b", "llama-3.1-70b", "mistral-large"]
+    assert tools.route == ["mixtral-8x7b", "llama-3.1-70b", "mistral-large"]
     vision = v.prepare({"model": "gpt-4o-mini", "prompt": "?", "image": "https://example.com/a.png"}, now=1.0)
-    assert vision.fields["route"] == ["gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-4-5"]
+    assert vision.route == ["gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-4-5"]
     text_only = v.prepare({"model": "grok-4", "prompt": "?", "image": "https://example.com/a.png"}, now=1.0)
-    assert text_only.fields["route"] == ["grok-4", "gpt-4.1"]  # grok-3 reads no images
+    assert text_only.route == ["grok-4", "gpt-4.1"]  # grok-3 reads no images
+
+
+def test_the_arq_job_written_at_submit_is_arqs_own_format(sim_catalog) -> None:
+    from arq.jobs import deserialize_job
+
+    from llm_router.store import RUN_JOB, Store, arq_job_payload
+
+    store = Store(__import__("redis.asyncio", fromlist=["Redis"]).Redis(), queue_name="q", record_ttl_s=60)
+    job = Validator(sim_catalog, Settings(_env_file=None)).prepare(
+        {"model": "gpt-4o", "messages": USER, "job_id": "a.b:c-d_1"}, now=1234.5678
+    )
+    command = store.submit_command(job)
+    payload = command[8]
+    assert payload == arq_job_payload("a.b:c-d_1", 1234567)
+    parsed = deserialize_job(payload, deserializer=orjson.loads)
+    assert (parsed.function, list(parsed.args), parsed.kwargs) == (RUN_JOB, ["a.b:c-d_1"], {})

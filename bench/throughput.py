@@ -1,0 +1,237 @@
+"""Throughput benchmark: llm-router's job path against the network's and arq's own limits.
+
+All in one run on one machine, so the ratios hold however busy it is:
+
+1. **limit**: raw aiohttp requests/s to the simulator (0 ms latency, concurrency 64);
+2. **engine**: arq no-op jobs/s drained by one arq worker with llm-router's arq settings;
+3. **ours**: jobs/s drained by one llm-router worker (claim → simulator → record with cost), with
+   Redis commands and read events (≈ round trips) per job and the worker's CPU µs per job;
+4. **bulk submit**: jobs/s enqueued with records by ``Producer.submit_many`` against arq's
+   ``enqueue_job`` (``asyncio.gather`` in chunks of 500).
+
+Prints a table and writes JSON to ``bench/results/``. Run with ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from config.catalog import Catalog
+from config.settings import Settings
+from llm_router.redis_server import RedisServer, free_port
+from llm_router.sim_env import simulated_env
+from producer.producer import Producer
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+async def limit(sim_url: str, n: int, concurrency: int = 64) -> float:
+    body = orjson.dumps({**CHAT, "model": "gpt-4o-mini"})
+    headers = {"Authorization": "Bearer sk-sim-openai", "Content-Type": "application/json"}
+    left = n
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.post(f"{sim_url}/v1/chat/completions", data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return n / (time.perf_counter() - t0)
+
+
+async def fill_noop_queue(redis_url: str, queue: str, n: int) -> None:
+    """arq's job format for a no-op function, written in pipelines (the engine's input)."""
+    redis = Redis.from_url(redis_url)
+    now = int(time.time() * 1000)
+    for start in range(0, n, 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + 1000, n)):
+                job_id = f"noop-{i}"
+                pipe.set(
+                    f"arq:job:{job_id}", orjson.dumps({"t": None, "f": "noop", "a": [], "k": {}, "et": now})
+                )
+                pipe.zadd(queue, {job_id: now})
+            await pipe.execute()
+    await redis.aclose()
+
+
+def drain(kind: str, env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "drain_worker.py"), kind],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError(f"{kind} worker failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def redis_counters(redis: Redis) -> tuple[int, int]:
+    stats = await redis.info("stats")
+    return int(stats["total_commands_processed"]), int(stats["total_reads_processed"])
+
+
+async def arq_enqueue(redis_url: str, queue: str, n: int) -> float:
+    pool = await create_pool(
+        RedisSettings.from_dsn(redis_url),
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
+        default_queue_name=queue,
+    )
+    t0 = time.perf_counter()
+    for start in range(0, n, 500):
+        await asyncio.gather(
+            *(pool.enqueue_job("noop", _job_id=f"arq-{i}") for i in range(start, min(start + 500, n)))
+        )
+    rate = n / (time.perf_counter() - t0)
+    await pool.aclose()
+    return rate
+
+
+async def run(n: int) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "jobs": n,
+        "cpus": os.cpu_count(),
+    }
+    with RedisServer() as server:
+        port = free_port()
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "llm_router.cli", "simulate", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        sim_url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_http(sim_url)
+            redis = Redis.from_url(server.url)
+            env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
+            env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
+
+            results["limit_rps"] = await limit(sim_url, n)
+
+            await fill_noop_queue(server.url, "bench-engine", n)
+            engine = drain("engine", {**env, "LLM_ROUTER_QUEUE_NAME": "bench-engine"})
+            results["engine_jps"] = engine["jobs"] / engine["seconds"]
+            results["engine_cpu_us_per_job"] = engine["cpu_s"] / engine["jobs"] * 1e6
+
+            settings = Settings(_env_file=None, redis_url=server.url, queue_name="bench-ours")
+            catalog = Catalog.load(settings, env=env)
+            producer = await Producer.connect(settings, catalog)
+            jobs = [
+                orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
+                for i in range(n)
+            ]
+            t0 = time.perf_counter()
+            submitted = await producer.submit_many(jobs)
+            results["bulk_submit_jps"] = n / (time.perf_counter() - t0)
+            ids = [s.job_id for s in submitted]  # type: ignore[union-attr]
+            assert len(ids) == n
+
+            before = await redis_counters(redis)
+            ours = drain("ours", {**env, "LLM_ROUTER_QUEUE_NAME": "bench-ours"})
+            after = await redis_counters(redis)
+            records = await producer.wait_many(ids, timeout=60)
+            ok = sum(r.status == "succeeded" for r in records)
+            assert ok == n, f"{n - ok} jobs did not succeed"
+            results["ours_jps"] = ours["jobs"] / ours["seconds"]
+            results["ours_cpu_us_per_job"] = ours["cpu_s"] / ours["jobs"] * 1e6
+            results["ours_redis_commands_per_job"] = (after[0] - before[0]) / n
+            results["ours_redis_reads_per_job"] = (after[1] - before[1]) / n
+            await producer.close()
+
+            results["arq_enqueue_jps"] = await arq_enqueue(server.url, "bench-arq-enqueue", n)
+            await redis.aclose()
+        finally:
+            sim.terminate()
+            sim.wait(timeout=10)
+    results["ours_over_engine"] = results["ours_jps"] / results["engine_jps"]
+    results["ours_over_limit"] = results["ours_jps"] / results["limit_rps"]
+    results["bulk_over_arq_enqueue"] = results["bulk_submit_jps"] / results["arq_enqueue_jps"]
+    return results
+
+
+async def _wait_http(url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{url}/_sim/health"):
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError("simulator did not start")
+
+
+def report(r: dict[str, Any]) -> None:
+    table = Table(title=f"llm-router throughput, {r['jobs']:,} jobs, {r['cpus']} CPUs, {r['date']}")
+    table.add_column("what")
+    table.add_column("figure", justify="right")
+    table.add_column("target / note")
+    table.add_row(
+        "limit: raw aiohttp → simulator, c=64", f"{r['limit_rps']:,.0f} req/s", "the network's ceiling"
+    )
+    table.add_row(
+        "engine: arq no-op jobs, one worker",
+        f"{r['engine_jps']:,.0f} jobs/s",
+        f"{r['engine_cpu_us_per_job']:.0f} CPU µs/job",
+    )
+    table.add_row(
+        "ours: end to end, one worker",
+        f"{r['ours_jps']:,.0f} jobs/s",
+        f"{r['ours_cpu_us_per_job']:.0f} CPU µs/job",
+    )
+    table.add_row("ours / engine", f"{r['ours_over_engine']:.2f}", "target ≥ 0.50")
+    table.add_row("ours / limit", f"{r['ours_over_limit']:.2f}", "")
+    table.add_row("Redis commands per job (worker)", f"{r['ours_redis_commands_per_job']:.1f}", "")
+    table.add_row("Redis read events per job (≈ round trips)", f"{r['ours_redis_reads_per_job']:.2f}", "")
+    table.add_row("bulk submit with records", f"{r['bulk_submit_jps']:,.0f} jobs/s", "target ≥ 30,000")
+    table.add_row(
+        "arq enqueue_job (gather, 500)",
+        f"{r['arq_enqueue_jps']:,.0f} jobs/s",
+        f"bulk is {r['bulk_over_arq_enqueue']:.1f}x arq",
+    )
+    Console(width=110).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    args = parser.parse_args()
+    results = uvloop.run(run(args.jobs))
+    report(results)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"throughput-{results['date'][:10]}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
