@@ -21,6 +21,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from config.settings import Settings
+from llm_router.redis_client import redis_url
 from worker.app import UNBOUNDED_TRIES, build_worker
 
 NOOP = "noop"
@@ -39,7 +40,7 @@ def engine_worker(settings: Settings, marks: dict[str, float]) -> Worker:
     return Worker(
         functions=[func(noop, name=NOOP, max_tries=UNBOUNDED_TRIES)],
         queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url or ""),
+        redis_settings=RedisSettings.from_dsn(redis_url(settings)),
         max_jobs=settings.max_jobs,
         job_timeout=settings.job_timeout_s,
         poll_delay=settings.poll_delay_s,

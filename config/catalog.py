@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from config.prices import FREE, Price, price_from_genai_prices, price_from_rates
 from config.settings import Settings
+from llm_router.redact import redact_url
 
 WireFormat = Literal["openai", "anthropic", "gemini"]
 
@@ -43,6 +44,9 @@ class ProviderSpec(_Strict):
     key_env: str | None = None
     key_optional: bool = False
     free: bool = Field(default=False, description="self-hosted: costs nothing unless a deployment says so")
+    reasoning_params: bool = Field(
+        default=False, description="the API refuses max_tokens and sampling parameters on reasoning models"
+    )
     prices_provider: str | None = Field(
         default=None, description="genai-prices provider id when its prices apply; else the vendor's"
     )
@@ -57,6 +61,7 @@ class DeploymentSpec(_Strict):
 
 class Capabilities(_Strict):
     vision: bool = False
+    reasoning: bool = False
     tools: bool = True
     context_window: int = 128_000
     max_output: int = 4_096
@@ -109,9 +114,15 @@ class Deployment:
     price: Price
     api_key: str | None = field(default=None, repr=False)
     enabled: bool = True
+    # which parameter rules of its wire format apply (e.g. "openai-reasoning")
+    dialect: str = ""
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
-        return f"Deployment({self.id!r}, {self.base_url!r}, enabled={self.enabled})"
+        return f"Deployment({self.id!r}, {redact_url(self.base_url)!r}, enabled={self.enabled})"
+
+
+class CatalogError(ValueError):
+    """The catalog cannot be used as written (a deployment without a price, say)."""
 
 
 def replace_origin(url: str, upstream: str | None) -> str:
@@ -129,7 +140,7 @@ class Catalog:
         self.spec = spec
         self.models: dict[str, ModelSpec] = dict(spec.models)
         self.aliases: dict[str, str] = {a: m for m, s in spec.models.items() for a in s.aliases}
-        self._env = env
+        self._env = dict(env)  # read once: later changes to the environment do not leak in
         self._upstream = upstream
         self._deployments: dict[str, list[Deployment]] | None = None
 
@@ -188,6 +199,11 @@ class Catalog:
                         price=price,
                         api_key=key or None,
                         enabled=enabled,
+                        dialect=(
+                            f"{prov.format}-reasoning"
+                            if prov.reasoning_params and model.capabilities.reasoning
+                            else ""
+                        ),
                     )
                 )
             out[model_id] = deps
@@ -215,4 +231,8 @@ class Catalog:
         if model.price is not None:
             p = model.price
             return price_from_rates(p.input, p.output, p.cache_read, source=f"catalog:{model_id}")
-        return FREE
+        # a silent $0 would under-bill every job; a catalog edit must say what a deployment costs
+        raise CatalogError(
+            f"no price for deployment {dep.provider}/{dep.model} of {model_id}: "
+            "give it a `price` in the catalog"
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -17,7 +17,8 @@ class Settings(BaseSettings):
         env_prefix="LLM_ROUTER_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    redis_url: str | None = Field(
+    # a secret: the URL may carry Redis' password, which must not show in a repr
+    redis_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "LLM_ROUTER_REDIS_URL")
     )
     config: Path = Field(default=DEFAULT_CATALOG, description="catalog YAML (LLM_ROUTER_CONFIG)")

@@ -54,7 +54,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     async with await Producer.connect(settings) as producer:
-        results = await producer.submit_many([line for _, line in numbered])
+        results = await producer.submit_many([line for _, line in numbered], allow_files=True)
         code = EXIT_OK
         ids: list[str] = []
         for (n, _), res in zip(numbered, results, strict=True):
@@ -164,7 +164,11 @@ async def _vision(args: argparse.Namespace, settings: Settings) -> int:
     from producer.producer import Producer
     from producer.vision import vision_to_chat
 
-    job = vision_to_chat({"model": args.model, "image": args.image, "prompt": args.prompt})
+    job = vision_to_chat(
+        {"model": args.model, "image": args.image, "prompt": args.prompt},
+        allow_files=True,
+        max_bytes=settings.max_body_bytes,
+    )
     async with await Producer.connect(settings) as producer:
         return _print_answer(await producer.run_interactive(job, timeout=args.timeout), args.json)
 

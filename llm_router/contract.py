@@ -19,8 +19,8 @@ from llm_router.errors import InvalidRequest
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
 RESERVED_KEYS = frozenset({"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache"})
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-DATA_URI_RE = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+$")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+DATA_URI_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/]+={0,2}")
 
 
 class JobStatus(StrEnum):
@@ -40,7 +40,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "10" is not an integer and true is not a temperature; providers would refuse them
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Part):
@@ -55,9 +56,9 @@ class ImageURL(_Part):
     @field_validator("url")
     @classmethod
     def _https_or_data(cls, url: str) -> str:
-        if url.startswith("https://") and len(url) > len("https://"):
+        if url.startswith("https://") and len(url) > len("https://") and not any(c.isspace() for c in url):
             return url
-        if url.startswith("data:") and DATA_URI_RE.match(url):
+        if url.startswith("data:") and DATA_URI_RE.fullmatch(url):
             return url
         raise ValueError("image_url.url must be an https:// URL or a data:image/...;base64, URI")
 
@@ -82,7 +83,7 @@ class ToolCall(_Part):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
@@ -99,8 +100,11 @@ class Message(BaseModel):
             raise ValueError("content is required (null only for an assistant message with tool calls)")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
-        if isinstance(self.content, list) and self.role not in ("user", "system", "developer", "assistant"):
-            raise ValueError(f"a {self.role} message takes text content")
+        if isinstance(self.content, list):
+            if self.role not in ("user", "system", "developer", "assistant"):
+                raise ValueError(f"a {self.role} message takes text content")
+            if self.role != "user" and any(isinstance(p, ImagePart) for p in self.content):
+                raise ValueError("only user messages may carry images")
         return self
 
 
@@ -126,8 +130,15 @@ class NamedToolChoice(_Part):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and not self.json_schema:
+            raise ValueError("response_format json_schema needs a json_schema object")
+        return self
 
 
 Unit = Annotated[float, Field(ge=0, le=1)]
@@ -137,14 +148,14 @@ Penalty = Annotated[float, Field(ge=-2, le=2)]
 class ChatJob(BaseModel):
     """A chat job: the OpenAI chat-completions body plus our reserved keys."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Unit | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
@@ -154,7 +165,7 @@ class ChatJob(BaseModel):
     functions: list[FunctionDef] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     user: str | None = None
     n: Annotated[int, Field(ge=1, le=16)] | None = None
     stream: bool | None = None
@@ -174,7 +185,7 @@ class ChatJob(BaseModel):
     @field_validator("job_id")
     @classmethod
     def _job_id(cls, value: str | None) -> str | None:
-        if value is not None and not JOB_ID_RE.match(value):
+        if value is not None and not JOB_ID_RE.fullmatch(value):
             raise ValueError("job_id must be 1-128 characters of A-Z a-z 0-9 . _ : - (starting alphanumeric)")
         return value
 
@@ -186,6 +197,22 @@ class ChatJob(BaseModel):
             raise _FieldError("function_call", "function_call is only allowed when functions are given")
         if self.tools and self.functions:
             raise _FieldError("functions", "give tools or the legacy functions, not both")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
+            names = {t.function.name for t in self.tools}
+            if self.tool_choice.function.name not in names:
+                raise _FieldError(
+                    "tool_choice", f"tool_choice names '{self.tool_choice.function.name}', not in tools"
+                )
+        if (
+            isinstance(self.function_call, NamedFunction)
+            and self.functions
+            and self.function_call.name not in {f.name for f in self.functions}
+        ):
+            raise _FieldError(
+                "function_call", f"function_call names '{self.function_call.name}', not in functions"
+            )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _FieldError("top_logprobs", "top_logprobs needs logprobs: true")
         return self
 
     def upstream_body(self) -> dict[str, Any]:
@@ -216,7 +243,7 @@ class _FieldError(ValueError):
 
 
 # pydantic puts the names of union members into error locations; they are not fields
-_LOC_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal|function-.*|.*\[.*)$")
+_LOC_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal|function-.*|.*\[.*|[A-Z][A-Za-z]*)$")
 
 
 _PART_TAGS = frozenset({"text", "image_url"})  # discriminator values of ContentPart

@@ -11,7 +11,7 @@ from llm_router.errors import RouterError
 def redis_url(settings: Settings) -> str:
     if not settings.redis_url:
         raise RouterError("REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0)", code="internal_error")
-    return settings.redis_url
+    return settings.redis_url.get_secret_value()
 
 
 async def connect_redis(settings: Settings) -> Redis:

@@ -87,19 +87,26 @@ class Producer:
 
     # -- submitting -----------------------------------------------------------------------------
 
-    async def submit(self, job: dict[str, Any] | bytes | str, *, interactive: bool = False) -> Submitted:
+    async def submit(
+        self, job: dict[str, Any] | bytes | str, *, interactive: bool = False, allow_files: bool = False
+    ) -> Submitted:
         """Validate and enqueue one job; raises the job's ``RouterError`` if it is refused."""
-        result = (await self.submit_many([job], interactive=interactive))[0]
+        result = (await self.submit_many([job], interactive=interactive, allow_files=allow_files))[0]
         if isinstance(result, RouterError):
             raise result
         return result
 
     async def submit_many(
-        self, jobs: Iterable[dict[str, Any] | bytes | str], *, interactive: bool = False
+        self,
+        jobs: Iterable[dict[str, Any] | bytes | str],
+        *,
+        interactive: bool = False,
+        allow_files: bool = False,
     ) -> list[Submitted | RouterError]:
         """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
 
         A refused job's slot holds its error; the other jobs are enqueued all the same.
+        ``allow_files`` lets vision jobs name local image files (for callers on this machine).
         """
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, PreparedJob]] = []
@@ -196,9 +203,15 @@ class Producer:
                         continue  # the window moved on: look at the next ids at once
             if not pending:
                 break
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise WaitTimeout(f"{len(pending)} job(s) not finished within {timeout} s", param="timeout")
-            await asyncio.sleep(delay)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(
+                        f"{len(pending)} job(s) not finished within {timeout} s", param="timeout"
+                    )
+                await asyncio.sleep(min(delay, left))  # wake at the deadline for one last look
+            else:
+                await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
         records = await self._read_many(list(job_ids), deadline)
         missing = [j for j, r in zip(job_ids, records, strict=True) if r is None]
@@ -248,7 +261,11 @@ class Producer:
     async def vision(
         self, model: str, image: str, prompt: str, *, timeout: float | None = None, **params: Any
     ) -> dict[str, Any]:
-        job = vision_to_chat({"model": model, "image": image, "prompt": prompt, **params})
+        job = vision_to_chat(
+            {"model": model, "image": image, "prompt": prompt, **params},
+            allow_files=True,
+            max_bytes=self.settings.max_body_bytes,
+        )
         record = await self.run_interactive(job, timeout=timeout)
         return record.response or {}
 

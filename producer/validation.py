@@ -40,9 +40,14 @@ class Validator:
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
         if isinstance(raw, dict):
-            size = len(orjson.dumps(raw))  # ~1 µs for a typical job: cheap enough to always measure
+            try:
+                size = len(orjson.dumps(raw))  # ~1 µs for a typical job: cheap enough to always measure
+            except orjson.JSONEncodeError:
+                size = 0  # validation names the bad field; the encoded request is measured again later
             obj = raw
         else:
+            if isinstance(raw, str):
+                raw = raw.encode()
             size = len(raw)
             if size <= self.settings.max_body_bytes:
                 try:
@@ -64,11 +69,15 @@ class Validator:
         now: float,
         interactive: bool = False,
         new_id: str | None = None,
+        allow_files: bool = False,
     ) -> PreparedJob:
-        """Validate one job; ``new_id`` is its id unless the job names its own ``job_id``."""
+        """Validate one job; ``new_id`` is its id unless the job names its own ``job_id``.
+
+        ``allow_files`` lets a vision job's ``image`` be a local path (the CLI, the client calls).
+        """
         obj = self.parse(raw)
         if "messages" not in obj and ("image" in obj or "prompt" in obj):
-            obj = vision_to_chat(obj)
+            obj = vision_to_chat(obj, allow_files=allow_files, max_bytes=self.settings.max_body_bytes)
         try:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:
@@ -99,9 +108,17 @@ class Validator:
                     route.append(fb)
 
         # one canonical encoding (sorted keys) is both hashed for idempotency and stored
-        request = orjson.dumps(
-            job.model_dump(mode="json", exclude_none=True, exclude={"job_id"}), option=orjson.OPT_SORT_KEYS
-        )
+        try:
+            request = orjson.dumps(
+                job.model_dump(mode="json", exclude_none=True, exclude={"job_id"}),
+                option=orjson.OPT_SORT_KEYS,
+            )
+        except orjson.JSONEncodeError as exc:  # integers past 64 bits in free-form fields, say
+            raise InvalidRequest(f"the job cannot be encoded as JSON: {exc}") from None
+        if len(request) > self.settings.max_body_bytes:  # images from files grow the body
+            raise PayloadTooLarge(
+                f"job body is {len(request)} bytes; the limit is {self.settings.max_body_bytes} bytes"
+            )
         digest = body_digest(request)
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
@@ -125,8 +142,11 @@ class Validator:
 
     def _capable(self, job: ChatJob, model_id: str) -> bool:
         caps = self.catalog.models[model_id].capabilities
-        return (caps.vision or job.first_image_param() is None) and (
-            caps.tools or not (job.tools or job.functions)
+        max_out = job.max_completion_tokens or job.max_tokens or 0
+        return (
+            (caps.vision or job.first_image_param() is None)
+            and (caps.tools or not (job.tools or job.functions))
+            and max_out <= caps.max_output
         )
 
     def _check_capabilities(self, job: ChatJob, route: list[str]) -> None:
@@ -144,10 +164,11 @@ class Validator:
                 raise UnsupportedCapability(
                     f"'{model_id}' does not support {name} ({where})", param=name if i == 0 else where
                 )
-            if i == 0 and max_out is not None and max_out > caps.max_output:
+            if max_out is not None and max_out > caps.max_output:
                 name = "max_completion_tokens" if job.max_completion_tokens else "max_tokens"
                 raise InvalidRequest(
-                    f"{name} is {max_out}; '{model_id}' returns at most {caps.max_output} tokens", param=name
+                    f"{name} is {max_out}; '{model_id}' returns at most {caps.max_output} tokens",
+                    param=name if i == 0 else where,
                 )
 
 

@@ -8,6 +8,7 @@ import aiohttp
 
 from config.settings import Settings
 from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
+from llm_router.redact import redact_url
 from worker.providers.base import HttpCall
 
 # aiohttp's transport exceptions → our error classes, most specific first (subclasses before bases)
@@ -34,7 +35,7 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 async def send(
-    session: aiohttp.ClientSession, call: HttpCall, timeout_s: float
+    session: aiohttp.ClientSession, call: HttpCall, timeout_s: float, connect_timeout_s: float = 10.0
 ) -> tuple[int, dict[str, str], bytes]:
     """Send ``call``; return status, lower-cased headers and the whole body, or raise a ``RouterError``."""
     try:
@@ -43,7 +44,7 @@ async def send(
             call.url,
             data=call.body,
             headers=call.headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 10.0)),
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, connect_timeout_s)),
         ) as resp:
             body = await resp.read()
             headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -51,5 +52,5 @@ async def send(
     except Exception as exc:
         for exc_type, error in _TRANSPORT_ERRORS:
             if isinstance(exc, exc_type):
-                raise error(f"{type(exc).__name__} calling {call.url}: {exc}") from None
+                raise error(f"{type(exc).__name__} calling {redact_url(call.url)}: {exc}") from None
         raise

@@ -3,8 +3,12 @@
 Redis budget per job beyond arq's own round trips: one script before the call (``start``: mark
 running, read the request) and one after (``finish``: write the outcome). The route is the job's
 model then its fallbacks, each expanded to its enabled deployments in preference order; the first
-answer wins. Errors decide from the taxonomy's table whether to move on. When every deployment
-failed with a retryable error and time is left, the job is deferred and arq runs it again later.
+answer wins. The error taxonomy decides whether a failure moves on. When every deployment failed
+with a transient error and time is left, the job is deferred (by the longest ``Retry-After`` heard,
+at least the backoff) and arq runs it again.
+
+A run never lets an exception reach arq other than ``Retry`` and ``CancelledError``: arq drops a
+job whose function raised anything else, and our record would never reach a final status.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -38,6 +43,24 @@ from worker.providers import ADAPTERS, Completion
 
 log = structlog.get_logger("llm_router.worker")
 
+MAX_ERROR_MESSAGE = 1000
+# a run stops this long before arq's own job timeout would cancel it (and drop the job)
+RUN_MARGIN_S = 5.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one pass over the route came to: the record fields to write, and whether to try again."""
+
+    fields: dict[str, Any]
+    retryable: bool = False
+    retry_after: float | None = None
+    errors: list[RouterError] = field(default_factory=list)
+
+
+class RunBudgetSpent(Exception):
+    """The run reached arq's job timeout before the job's deadline: run it again, not fail it."""
+
 
 class JobRunner:
     """Everything a job needs, built once per worker process and shared by all its jobs."""
@@ -63,13 +86,10 @@ class JobRunner:
             key=len,
             reverse=True,
         )
+        self._run_budget_s = max(settings.job_timeout_s - RUN_MARGIN_S, 1.0)
 
     async def run(self, job_id: str) -> None:
-        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
-
-        Anything else escaping an arq job makes arq drop the job, so it never does: Redis errors
-        become a retry, and a bug of ours fails the job visibly with ``internal_error``.
-        """
+        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
         now = time.time()
         try:
             started = await self.store.start(job_id, self.worker_id, now)
@@ -92,16 +112,14 @@ class JobRunner:
             attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
             bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
 
-        fields: dict[str, Any]
         try:
-            if deadline_at - now <= 0:
-                raise DeadlineExceeded("the job's deadline passed before it could run")
-            async with asyncio.timeout(deadline_at - now):
-                fields = await self._walk(job_id, request, route, attempts, deadline_at)
-        except TimeoutError:
-            fields = _failed(DeadlineExceeded("the job's deadline passed while it ran"), attempts)
-        except RouterError as exc:
-            fields = _failed(exc, attempts)
+            outcome = await self._bounded_walk(job_id, request, route, attempts, now, deadline_at)
+        except RunBudgetSpent:
+            await asyncio.shield(
+                self._write(job_id, {"status": JobStatus.QUEUED, "attempts": attempts}, bound)
+            )
+            bound.warning("run reached the worker's job timeout; the job will run again")
+            raise Retry(defer=0.1) from None
         except asyncio.CancelledError:
             # stopped (SIGTERM past the grace period): put the job back for another worker; the
             # interrupted call is recorded and none of the job's retry passes is spent
@@ -115,24 +133,125 @@ class JobRunner:
             raise
         except Exception as exc:
             bound.exception("job crashed")
-            fields = _failed(
-                RouterError(f"internal error: {type(exc).__name__}", code="internal_error"), attempts
-            )
+            outcome = _failed(RouterError(f"internal error: {type(exc).__name__}"), attempts)
         finally:
             self.inflight.pop(job_id, None)
 
-        if fields["status"] == JobStatus.FAILED and _should_defer(fields, passes, deadline_at, self.settings):
-            delay = min(self.settings.retry_backoff_s * 2**passes, max(deadline_at - time.time(), 0))
+        if outcome.fields["status"] == JobStatus.FAILED and self._should_defer(outcome, passes, deadline_at):
+            delay = max(self.settings.retry_backoff_s * 2**passes, outcome.retry_after or 0.0)
+            delay = min(delay, max(deadline_at - time.time(), 0.0))
             deferred = {"status": JobStatus.DEFERRED, "attempts": attempts, "passes": passes + 1}
             await asyncio.shield(self._write(job_id, deferred, bound))
-            bound.info("job deferred", retry_in_s=round(delay, 3), error=fields["error"]["code"])
+            bound.info("job deferred", retry_in_s=round(delay, 3), error=outcome.fields["error"]["code"])
             raise Retry(defer=delay)
 
-        await asyncio.shield(self._write(job_id, fields, bound))
-        if fields["status"] == JobStatus.SUCCEEDED:
-            bound.debug("job succeeded", provider=fields["provider"], cost=fields["usage"]["cost"])
+        await asyncio.shield(self._write(job_id, outcome.fields, bound))
+        if outcome.fields["status"] == JobStatus.SUCCEEDED:
+            bound.debug(
+                "job succeeded", provider=outcome.fields["provider"], cost=outcome.fields["usage"]["cost"]
+            )
         else:
-            bound.warning("job failed", error=fields["error"]["code"], message=fields["error"]["message"])
+            error = outcome.fields["error"]
+            bound.warning("job failed", error=error["code"], message=error["message"])
+
+    async def _bounded_walk(
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        route: list[str],
+        attempts: list[dict[str, Any]],
+        now: float,
+        deadline_at: float,
+    ) -> Outcome:
+        """The walk, bounded by the job's deadline and by arq's job timeout, whichever comes first."""
+        left = deadline_at - now
+        if left <= 0:
+            return _failed(DeadlineExceeded("the job's deadline passed before it could run"), attempts)
+        try:
+            async with asyncio.timeout(min(left, self._run_budget_s)):
+                return await self._walk(job_id, request, route, attempts, deadline_at)
+        except TimeoutError:
+            if time.time() < deadline_at - 0.05:
+                raise RunBudgetSpent from None
+            return _failed(DeadlineExceeded("the job's deadline passed while it ran"), attempts)
+
+    async def _walk(
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        route: list[str],
+        attempts: list[dict[str, Any]],
+        deadline_at: float,
+    ) -> Outcome:
+        errors: list[RouterError] = []
+        for model_id in route:
+            for dep in self.catalog.deployments(model_id):
+                started = time.time()
+                t0 = time.perf_counter()
+                self.inflight[job_id] = {
+                    "provider": dep.provider,
+                    "model": model_id,
+                    "upstream_model": dep.upstream_model,
+                    "started_at": started,
+                }
+                try:
+                    completion = await self._call(dep, request, deadline_at)
+                except RouterError as exc:
+                    self._scrub(exc)
+                    attempts.append(_attempt(dep, model_id, started, t0, exc))
+                    errors.append(exc)
+                    if not exc.spec.fallback:
+                        return _failed(exc, attempts)
+                    continue
+                attempts.append(_attempt(dep, model_id, started, t0, None))
+                return _succeeded(dep, model_id, completion, attempts)
+        if not errors:
+            raise NoDeployment(
+                f"no deployment of {', '.join(route)} is enabled: set a provider key such as AISA_API_KEY"
+            )
+        if len(errors) == 1:
+            return _failed(errors[0], attempts)
+        codes = {e.code for e in errors}
+        summary = ", ".join(
+            f"{a['provider']}/{a['upstream_model']}: {a['error_code']}" for a in attempts[-len(errors) :]
+        )
+        error = AllDeploymentsFailed(
+            f"every deployment failed ({summary}); last: {errors[-1].message}"[:MAX_ERROR_MESSAGE],
+            code=codes.pop() if len(codes) == 1 else None,
+        )
+        outcome = _failed(error, attempts)
+        outcome.retryable = any(e.retryable for e in errors)
+        outcome.retry_after = max((e.retry_after for e in errors if e.retry_after), default=None)
+        return outcome
+
+    async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
+        adapter = ADAPTERS[dep.format]
+        call = adapter.build_request(request, dep)
+        left = deadline_at - time.time()
+        if left <= 0:
+            raise DeadlineExceeded("the job's deadline passed while it ran")
+        try:
+            status, headers, body = await send(
+                self.session, call, min(self.settings.call_timeout_s, left), self.settings.connect_timeout_s
+            )
+        except UpstreamTimeout:
+            if time.time() >= deadline_at - 0.05:  # the job's deadline cut the call, not the provider
+                raise DeadlineExceeded("the job's deadline passed during a provider call") from None
+            raise
+        return adapter.parse_response(status, headers, body, request)
+
+    def _scrub(self, exc: RouterError) -> None:
+        """Keys out of an upstream message (before it is cut, so no key is left half-visible)."""
+        exc.message = redact(exc.message, self._secrets)[:MAX_ERROR_MESSAGE]
+        exc.args = (exc.message,)
+
+    def _should_defer(self, outcome: Outcome, passes: int, deadline_at: float) -> bool:
+        """Another pass over the route: only after transient failures, with passes and time left."""
+        return (
+            outcome.retryable
+            and passes + 1 < self.settings.retry_passes
+            and time.time() + self.settings.retry_backoff_s < deadline_at
+        )
 
     async def _write(self, job_id: str, fields: dict[str, Any], bound: Any) -> None:
         """Write a record change, riding out a Redis restart for up to ``redis_retry_s``."""
@@ -152,68 +271,6 @@ class JobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _walk(
-        self,
-        job_id: str,
-        request: dict[str, Any],
-        route: list[str],
-        attempts: list[dict[str, Any]],
-        deadline_at: float,
-    ) -> dict[str, Any]:
-        errors: list[RouterError] = []
-        for model_id in route:
-            for dep in self.catalog.deployments(model_id):
-                started = time.time()
-                t0 = time.perf_counter()
-                self.inflight[job_id] = {
-                    "provider": dep.provider,
-                    "model": model_id,
-                    "upstream_model": dep.upstream_model,
-                    "started_at": started,
-                }
-                try:
-                    completion = await self._call(dep, request, deadline_at)
-                except RouterError as exc:
-                    exc.message = redact(exc.message, self._secrets)
-                    attempts.append(_attempt(dep, model_id, started, t0, exc))
-                    errors.append(exc)
-                    if not exc.spec.fallback:
-                        return _failed(exc, attempts)
-                    continue
-                attempts.append(_attempt(dep, model_id, started, t0, None))
-                return _succeeded(dep, model_id, completion, attempts)
-        if not errors:
-            raise NoDeployment(
-                f"no deployment of {', '.join(route)} is enabled: set a provider key such as AISA_API_KEY"
-            )
-        codes = {e.code for e in errors}
-        if len(codes) == 1 and len(errors) == 1:
-            return _failed(errors[0], attempts)
-        last = errors[-1]
-        code = codes.pop() if len(codes) == 1 else None
-        summary = ", ".join(
-            f"{a['provider']}/{a['upstream_model']}: {a['error_code']}" for a in attempts[-len(errors) :]
-        )
-        return _failed(
-            AllDeploymentsFailed(f"every deployment failed ({summary}); last: {last.message}", code=code),
-            attempts,
-            retryable=any(e.retryable for e in errors),
-        )
-
-    async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
-        adapter = ADAPTERS[dep.format]
-        call = adapter.build_request(request, dep)
-        left = deadline_at - time.time()
-        if left <= 0:
-            raise DeadlineExceeded("the job's deadline passed while it ran")
-        try:
-            status, headers, body = await send(self.session, call, min(self.settings.call_timeout_s, left))
-        except UpstreamTimeout:
-            if left < self.settings.call_timeout_s:  # cut short by the job's deadline, not the provider
-                raise DeadlineExceeded("the job's deadline passed during a provider call") from None
-            raise
-        return adapter.parse_response(status, headers, body, request)
-
 
 def _attempt(
     dep: Deployment, model_id: str, started: float, t0: float, exc: RouterError | None
@@ -232,7 +289,7 @@ def _attempt(
 
 def _succeeded(
     dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
-) -> dict[str, Any]:
+) -> Outcome:
     nanos = dep.price.cost_nanos(
         completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens
     )
@@ -248,38 +305,27 @@ def _succeeded(
         "cost": cost,
         "cost_nanos": nanos,
     }
-    return {
-        "status": JobStatus.SUCCEEDED,
-        "finished_at": time.time(),
-        "attempts": attempts,
-        "provider": dep.provider,
-        "model": model_id,
-        "response": response,
-        "usage": usage,
-    }
+    return Outcome(
+        {
+            "status": JobStatus.SUCCEEDED,
+            "finished_at": time.time(),
+            "attempts": attempts,
+            "provider": dep.provider,
+            "model": model_id,
+            "response": response,
+            "usage": usage,
+        }
+    )
 
 
-def _failed(
-    exc: RouterError, attempts: list[dict[str, Any]], *, retryable: bool | None = None
-) -> dict[str, Any]:
-    return {
+def _failed(exc: RouterError, attempts: list[dict[str, Any]]) -> Outcome:
+    fields = {
         "status": JobStatus.FAILED,
         "finished_at": time.time(),
-        "attempts": attempts,
+        "attempts": list(attempts),
         "error": exc.to_dict(),
-        "_retryable": exc.retryable if retryable is None else retryable,
     }
-
-
-def _should_defer(fields: dict[str, Any], passes: int, deadline_at: float, settings: Settings) -> bool:
-    """Whether a failed pass over the route earns another: only transient failures, with passes and
-    time left."""
-    retryable = fields.pop("_retryable", False)
-    return (
-        bool(retryable)
-        and passes + 1 < settings.retry_passes
-        and time.time() + settings.retry_backoff_s < deadline_at
-    )
+    return Outcome(fields, retryable=exc.retryable, retry_after=exc.retry_after, errors=[exc])
 
 
 def _interrupted(

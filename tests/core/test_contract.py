@@ -199,8 +199,13 @@ def test_vision_job_is_normalised_to_chat(sim_catalog, tmp_path) -> None:
     path = tmp_path / "pixel.png"
     path.write_bytes(png)
     v = Validator(sim_catalog, Settings(_env_file=None))
+    with pytest.raises(RouterError) as no_files:  # a job from elsewhere may not read this machine's disk
+        v.prepare({"model": "gpt-4o", "prompt": "?", "image": str(path)}, now=1.0)
+    assert (no_files.value.code, no_files.value.param) == ("invalid_request", "image")
     for image in (str(path), base64.b64encode(png).decode(), "https://example.com/cat.jpg"):
-        prepared = v.prepare({"model": "gpt-4o", "prompt": "what is this?", "image": image}, now=1.0)
+        prepared = v.prepare(
+            {"model": "gpt-4o", "prompt": "what is this?", "image": image}, now=1.0, allow_files=True
+        )
         content = orjson.loads(prepared.request)["messages"][0]["content"]
         assert content[0] == {"type": "text", "text": "what is this?"}
         url = content[1]["image_url"]["url"]
@@ -306,3 +311,164 @@ def test_the_arq_job_written_at_submit_is_arqs_own_format(sim_catalog) -> None:
     assert payload == arq_job_payload("a.b:c-d_1", 1234567)
     parsed = deserialize_job(payload, deserializer=orjson.loads)
     assert (parsed.function, list(parsed.args), parsed.kwargs) == (RUN_JOB, ["a.b:c-d_1"], {})
+
+
+STRICT_AND_EDGE: list[tuple[str, Any, str, str | None]] = [
+    (
+        "max_tokens as a string",
+        {"model": "gpt-4o", "messages": USER, "max_tokens": "10"},
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "temperature as a bool",
+        {"model": "gpt-4o", "messages": USER, "temperature": True},
+        "invalid_request",
+        "temperature",
+    ),
+    (
+        "stream as a string",
+        {"model": "gpt-4o", "messages": USER, "stream": "true"},
+        "invalid_request",
+        "stream",
+    ),
+    (
+        "job_id with a newline",
+        {"model": "gpt-4o", "messages": USER, "job_id": "abc\n"},
+        "invalid_request",
+        "job_id",
+    ),
+    (
+        "tool_choice without a function",
+        {"model": "gpt-4o", "messages": USER, "tools": [TOOL], "tool_choice": {"type": "function"}},
+        "invalid_request",
+        "tool_choice.function",
+    ),
+    (
+        "tool_choice unknown word",
+        {"model": "gpt-4o", "messages": USER, "tools": [TOOL], "tool_choice": "always"},
+        "invalid_request",
+        "tool_choice",
+    ),
+    (
+        "tool_choice names an absent tool",
+        {
+            "model": "gpt-4o",
+            "messages": USER,
+            "tools": [TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "nope"}},
+        },
+        "invalid_request",
+        "tool_choice",
+    ),
+    (
+        "function_call misspelt",
+        {
+            "model": "gpt-4o",
+            "messages": USER,
+            "functions": [TOOL["function"]],
+            "function_call": {"nm": "get_weather"},
+        },
+        "invalid_request",
+        "function_call.name",
+    ),
+    (
+        "image in a system message",
+        {"model": "gpt-4o", "messages": [{"role": "system", "content": [IMAGE]}]},
+        "invalid_request",
+        "messages[0]",
+    ),
+    (
+        "padding-only base64",
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,===="}}],
+                }
+            ],
+        },
+        "invalid_request",
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "json_schema without schema",
+        {"model": "gpt-4o", "messages": USER, "response_format": {"type": "json_schema"}},
+        "invalid_request",
+        "response_format",
+    ),
+    (
+        "top_logprobs without logprobs",
+        {"model": "gpt-4o", "messages": USER, "top_logprobs": 2},
+        "invalid_request",
+        "top_logprobs",
+    ),
+    (
+        "max_tokens beyond an explicit fallback",
+        {"model": "gpt-5", "messages": USER, "max_tokens": 100_000, "fallbacks": ["gpt-4o"]},
+        "invalid_request",
+        "fallbacks[0]",
+    ),
+    ("seed past 64 bits", {"model": "gpt-4o", "messages": USER, "seed": 2**70}, "invalid_request", "seed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "job", "code", "param"), STRICT_AND_EDGE, ids=[c[0] for c in STRICT_AND_EDGE]
+)
+def test_wrong_types_and_edges_are_refused_not_coerced(sim_catalog, case, job, code, param) -> None:
+    with pytest.raises(RouterError) as info:
+        Validator(sim_catalog, Settings(_env_file=None)).prepare(job, now=1.0)
+    assert (info.value.code, info.value.param) == (code, param), info.value
+
+
+def test_unencodable_metadata_is_refused_not_crashed(sim_catalog) -> None:
+    v = Validator(sim_catalog, Settings(_env_file=None))
+    for bad in ({"n": 2**70}, {1: "x"}, {"s": "\ud800"}):
+        with pytest.raises(RouterError) as info:
+            v.prepare({"model": "gpt-4o", "messages": USER, "metadata": bad}, now=1.0)
+        assert info.value.code == "invalid_request"
+
+
+def test_default_fallbacks_that_cannot_give_max_tokens_are_skipped(sim_catalog) -> None:
+    job = Validator(sim_catalog, Settings(_env_file=None)).prepare(
+        {"model": "gpt-5", "messages": USER, "max_tokens": 100_000}, now=1.0
+    )
+    assert job.route == ["gpt-5"]  # claude-sonnet-4-5 (64k) and gemini-2.5-pro (65k) cannot
+
+
+def test_long_base64_images_never_crash_on_path_probing(sim_catalog) -> None:
+    png = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    )
+    noise = base64.b64encode(png + bytes(range(256)) * 3).decode()
+    assert "/" in noise[255:] and len(noise) > 300
+    v = Validator(sim_catalog, Settings(_env_file=None))
+    for allow in (False, True):
+        job = v.prepare({"model": "gpt-4o", "prompt": "?", "image": noise}, now=1.0, allow_files=allow)
+        assert orjson.loads(job.request)["messages"][0]["content"][1]["image_url"]["url"].startswith(
+            "data:image/png;base64,"
+        )
+    with pytest.raises(RouterError) as info:
+        v.prepare({"model": "gpt-4o", "prompt": "?", "image": "x/" * 300}, now=1.0, allow_files=True)
+    assert info.value.code == "invalid_request"
+
+
+def test_body_limit_counts_bytes_and_images_read_from_files(sim_catalog, tmp_path) -> None:
+    v = Validator(sim_catalog, Settings(_env_file=None, max_body_bytes=2000))
+    wide = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "é" * 1000}]}).decode()
+    assert len(wide) < 2000 < len(wide.encode())
+    with pytest.raises(RouterError) as info:
+        v.prepare(wide, now=1.0)
+    assert info.value.code == "payload_too_large"
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(3000))
+    with pytest.raises(RouterError) as info:
+        v.prepare({"model": "gpt-4o", "prompt": "?", "image": str(big)}, now=1.0, allow_files=True)
+    assert info.value.code == "payload_too_large"
+
+
+def test_settings_repr_hides_the_redis_password() -> None:
+    settings = Settings(_env_file=None, redis_url="redis://:hunter2@127.0.0.1:6379/0")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())

@@ -178,3 +178,61 @@ def test_retry_after_http_date() -> None:
 
     value = adapter.retry_after({"retry-after": formatdate(time() + 30, usegmt=True)})
     assert value is not None and 25 < value <= 30
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 10, "completion_tokens": "7"},
+        {"prompt_tokens": -1, "completion_tokens": 2},
+        {"prompt_tokens": True, "completion_tokens": 2},
+        {"prompt_tokens": 1.5, "completion_tokens": 2},
+        {"completion_tokens": 2},
+    ],
+)
+def test_usage_with_invalid_token_counts_is_bad_response(usage) -> None:
+    with pytest.raises(RouterError) as info:
+        adapter.parse_response(200, {}, orjson.dumps({**OK_BODY, "usage": usage}), {})
+    assert info.value.code == "bad_response"
+
+
+def test_malformed_tool_call_on_a_legacy_request_is_bad_response() -> None:
+    answer = {
+        **OK_BODY,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": None, "tool_calls": [{"id": 1}]},
+            }
+        ],
+    }
+    with pytest.raises(RouterError) as info:
+        adapter.parse_response(200, {}, orjson.dumps(answer), {"functions": [{"name": "f"}]})
+    assert info.value.code == "bad_response"
+
+
+def test_reasoning_dialect_renames_max_tokens_and_drops_sampling() -> None:
+    from dataclasses import replace
+
+    request = {
+        "model": "o1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 50,
+        "temperature": 0.2,
+        "top_p": 0.5,
+        "seed": 3,
+    }
+    plain = orjson.loads(adapter.build_request(request, DEP).body)
+    assert plain["max_tokens"] == 50 and plain["temperature"] == 0.2
+    reasoning = orjson.loads(adapter.build_request(request, replace(DEP, dialect="openai-reasoning")).body)
+    assert reasoning["max_completion_tokens"] == 50 and reasoning["seed"] == 3
+    assert not {"max_tokens", "temperature", "top_p"} & reasoning.keys()
+
+
+def test_error_messages_are_not_cut_before_the_worker_redacts_them() -> None:
+    key = "sk-" + "a" * 40
+    body = orjson.dumps({"error": {"message": "x" * 990 + f" bad key {key}"}})
+    with pytest.raises(RouterError) as info:
+        adapter.parse_response(401, {}, body, {})
+    assert key in info.value.message  # whole: the runner's redaction can find it

@@ -8,6 +8,7 @@ Legacy ``functions`` requests are sent as ``tools`` (many OpenAI-compatible serv
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
@@ -66,6 +67,43 @@ _BY_CODE: dict[str, type[RouterError]] = {
 _FINISH_TO_LEGACY = {"tool_calls": "function_call"}
 
 
+@dataclass(frozen=True, slots=True)
+class ParamRules:
+    """How a dialect of the format differs: parameters renamed, and parameters it refuses."""
+
+    rename: dict[str, str] = field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
+
+
+# OpenAI's own API refuses max_tokens and any sampling parameter on its reasoning models (o1, gpt-5)
+DIALECTS: dict[str, ParamRules] = {
+    "openai-reasoning": ParamRules(
+        rename={"max_tokens": "max_completion_tokens"},
+        drop=frozenset(
+            {
+                "temperature",
+                "top_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "logprobs",
+                "top_logprobs",
+                "logit_bias",
+            }
+        ),
+    ),
+}
+
+
+def apply_rules(body: dict[str, Any], rules: ParamRules) -> None:
+    """Rename and drop parameters in place, as ``rules`` say (an explicit new name wins)."""
+    for name in rules.drop & body.keys():
+        del body[name]
+    for old, new in rules.rename.items():
+        if old in body:
+            value = body.pop(old)
+            body.setdefault(new, value)
+
+
 def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
     body = {k: v for k, v in request.items() if k not in _DROP}
     body["model"] = deployment.upstream_model
@@ -77,6 +115,9 @@ def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
             body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
         elif choice is not None:
             body["tool_choice"] = choice
+    rules = DIALECTS.get(deployment.dialect)
+    if rules is not None:
+        apply_rules(body, rules)
     headers = {"Content-Type": "application/json"}
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
@@ -104,12 +145,14 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     ):
         raise BadResponse("the answer has no choices with a message", http_status=status)
     usage = data.get("usage")
-    if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+    if not isinstance(usage, dict):
         raise BadResponse("the answer has no usage", http_status=status)
-    prompt = usage["prompt_tokens"]
-    completion = usage.get("completion_tokens") or 0
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    details = usage.get("prompt_tokens_details")
+    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    if not all(_is_count(x) for x in (prompt, completion, cached)):
+        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
     if "functions" in request:
         _to_legacy_functions(choices)
     data.setdefault("object", "chat.completion")
@@ -119,12 +162,20 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     return Completion(response=data, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
 def _to_legacy_functions(choices: list[dict[str, Any]]) -> None:
     for choice in choices:
         msg = choice["message"]
         calls = msg.pop("tool_calls", None)
         if calls:
-            msg["function_call"] = calls[0]["function"]
+            call = calls[0] if isinstance(calls, list) and calls else None
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise BadResponse("a tool call in the answer has no function name")
+            msg["function_call"] = {"name": function["name"], "arguments": str(function.get("arguments", ""))}
         choice["finish_reason"] = _FINISH_TO_LEGACY.get(
             choice.get("finish_reason"), choice.get("finish_reason")
         )
@@ -143,11 +194,12 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
             message = err
     except orjson.JSONDecodeError:
         if body:
-            message = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+            message = f"HTTP {status}: {body[:2000].decode('utf-8', 'replace')}"
     klass = _BY_CODE.get(str(code)) if code else None
     if klass is None:
         klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
-    return klass(message[:1000], http_status=status, retry_after=retry_after(headers))
+    # the whole message: the worker removes keys from it before it cuts it to length
+    return klass(message, http_status=status, retry_after=retry_after(headers))
 
 
 def retry_after(headers: dict[str, str]) -> float | None:
