@@ -82,9 +82,11 @@ class Validator:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
-        return self._prepare(job, now=now, interactive=interactive, new_id=new_id)
+        return self._prepare(job, obj, now=now, interactive=interactive, new_id=new_id)
 
-    def _prepare(self, job: ChatJob, *, now: float, interactive: bool, new_id: str | None) -> PreparedJob:
+    def _prepare(
+        self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
+    ) -> PreparedJob:
         model_id = self.catalog.resolve(job.model)
         if model_id is None:
             raise ModelNotFound(f"Model '{job.model}' is not available", param="model")
@@ -109,9 +111,10 @@ class Validator:
 
         # one canonical encoding (sorted keys) is both hashed for idempotency and stored
         try:
+            # the model is strict, so the validated input is already well-typed: store it as sent
+            # (less job_id and top-level nulls) rather than paying for a pydantic dump per job
             request = orjson.dumps(
-                job.model_dump(mode="json", exclude_none=True, exclude={"job_id"}),
-                option=orjson.OPT_SORT_KEYS,
+                {k: v for k, v in obj.items() if v is not None and k != "job_id"}, option=orjson.OPT_SORT_KEYS
             )
         except orjson.JSONEncodeError as exc:  # integers past 64 bits in free-form fields, say
             raise InvalidRequest(f"the job cannot be encoded as JSON: {exc}") from None
