@@ -206,13 +206,22 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from llm_router.simulator import SimConfig, serve_forever
+    from pydantic import ValidationError
+
+    from llm_router.simulator import FaultRule, SimConfig, serve_forever
 
     config = SimConfig.from_yaml(args.profile) if args.profile else SimConfig()
     if args.latency_ms:
         lo, _, hi = args.latency_ms.partition(",")
         config = config.model_copy(update={"latency_ms": (float(lo), float(hi or lo))})
-    serve_forever(config, args.host, args.port)
+    rules = list(config.rules)
+    for text in args.fault or ():
+        fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        try:
+            rules.append(FaultRule.model_validate(fields))
+        except ValidationError as exc:
+            raise UsageError(f"--fault {text!r}: {exc.errors()[0]['msg']}") from None
+    serve_forever(config.model_copy(update={"rules": rules}), args.host, args.port)
     return EXIT_OK
 
 
@@ -280,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8090)
     s.add_argument("--profile", help="YAML profile: latency, fault rules, models")
     s.add_argument("--latency-ms", help="MIN[,MAX] milliseconds")
+    s.add_argument(
+        "--fault",
+        action="append",
+        metavar="K=V,...",
+        help="a fault rule, e.g. model=gpt-4o,kind=status,status=429,retry_after=5 (repeatable)",
+    )
     s.set_defaults(handler=_simulate)
 
     s = sub.add_parser("demo", help="run the whole system on this machine with the simulator")

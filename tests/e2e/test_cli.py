@@ -148,3 +148,55 @@ def test_models_json_lists_catalog_with_labelled_prices(env) -> None:
     assert dep["prices"]["source"] == "genai-prices:openai/gpt-4o" and dep["enabled"] is True
     table = cli(env, "models")
     assert table.returncode == 0 and "claude-sonnet-4-5" in table.stdout
+
+
+def test_simulate_takes_fault_flags(tmp_path: Path) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    from llm_router.redis_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llm_router.cli",
+            "simulate",
+            "--port",
+            str(port),
+            "--fault",
+            "model=gpt-4o,kind=status,status=429,retry_after=5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            headers={"Authorization": "Bearer sk-x", "Content-Type": "application/json"},
+        )
+        while True:
+            try:
+                urllib.request.urlopen(request, timeout=2)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 429 and exc.headers["Retry-After"] == "5"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "simulator did not start"
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the fault did not fire")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm_router.cli", "simulate", "--fault", "kind=bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "--fault" in bad.stderr
