@@ -35,6 +35,19 @@ class PriceOverride(_Strict):
     input: float
     output: float
     cache_read: float | None = None
+    cache_write: float | None = None
+
+
+class BreakerSpec(_Strict):
+    """Circuit-breaker thresholds; unset fields take the global defaults from the settings."""
+
+    window_s: float | None = None
+    failure_rate: float | None = None
+    min_calls: int | None = None
+    consecutive: int | None = None
+    cooldown_s: float | None = None
+    max_cooldown_s: float | None = None
+    probes: int | None = None
 
 
 class ProviderSpec(_Strict):
@@ -51,17 +64,25 @@ class ProviderSpec(_Strict):
         default=None, description="genai-prices provider id when its prices apply; else the vendor's"
     )
     label: str = ""
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="static headers (anthropic-version, say)"
+    )
+    breaker: BreakerSpec | None = None
 
 
 class DeploymentSpec(_Strict):
     provider: str
     model: str
     price: PriceOverride | None = None
+    rpm: int | None = Field(default=None, gt=0, description="requests per minute, fleet-wide")
+    tpm: int | None = Field(default=None, gt=0, description="tokens per minute, fleet-wide")
+    breaker: BreakerSpec | None = None
 
 
 class Capabilities(_Strict):
     vision: bool = False
     reasoning: bool = False
+    streaming: bool = True
     tools: bool = True
     context_window: int = 128_000
     max_output: int = 4_096
@@ -116,6 +137,11 @@ class Deployment:
     enabled: bool = True
     # which parameter rules of its wire format apply (e.g. "openai-reasoning")
     dialect: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    max_output: int = 4096
+    rpm: int | None = None
+    tpm: int | None = None
+    breaker: BreakerSpec | None = None
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
         return f"Deployment({self.id!r}, {redact_url(self.base_url)!r}, enabled={self.enabled})"
@@ -204,6 +230,11 @@ class Catalog:
                             if prov.reasoning_params and model.capabilities.reasoning
                             else ""
                         ),
+                        headers=dict(prov.headers),
+                        max_output=model.capabilities.max_output,
+                        rpm=dep.rpm,
+                        tpm=dep.tpm,
+                        breaker=_merge_breaker(prov.breaker, dep.breaker),
                     )
                 )
             out[model_id] = deps
@@ -215,7 +246,7 @@ class Catalog:
         if dep.price is not None:
             p = dep.price
             return price_from_rates(
-                p.input, p.output, p.cache_read, source=f"catalog:{dep.provider}/{dep.model}"
+                p.input, p.output, p.cache_read, p.cache_write, source=f"catalog:{dep.provider}/{dep.model}"
             )
         if prov.free:
             return FREE
@@ -230,9 +261,18 @@ class Catalog:
                 return found
         if model.price is not None:
             p = model.price
-            return price_from_rates(p.input, p.output, p.cache_read, source=f"catalog:{model_id}")
+            return price_from_rates(
+                p.input, p.output, p.cache_read, p.cache_write, source=f"catalog:{model_id}"
+            )
         # a silent $0 would under-bill every job; a catalog edit must say what a deployment costs
         raise CatalogError(
             f"no price for deployment {dep.provider}/{dep.model} of {model_id}: "
             "give it a `price` in the catalog"
         )
+
+
+def _merge_breaker(provider: BreakerSpec | None, deployment: BreakerSpec | None) -> BreakerSpec | None:
+    """A deployment's own thresholds over its provider's; unset fields stay unset (global defaults)."""
+    if provider is None or deployment is None:
+        return deployment or provider
+    return provider.model_copy(update=deployment.model_dump(exclude_none=True))

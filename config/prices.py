@@ -25,6 +25,11 @@ class Tier:
     input: int
     output: int
     cache_read: int
+    cache_write: int = -1  # -1: same as input (providers that do not charge cache writes apart)
+
+    @property
+    def cache_write_rate(self) -> int:
+        return self.input if self.cache_write < 0 else self.cache_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +46,23 @@ class Price:
                 chosen = tier
         return chosen
 
-    def cost_nanos(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
-        """Nano-dollars for one request; ``cached_tokens``: the part of the prompt read from cache."""
+    def cost_nanos(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
+        """Nano-dollars for one request, rounded half up once.
+
+        ``prompt_tokens`` counts the whole prompt (OpenAI's meaning); ``cached_tokens`` is the part
+        read from a cache and ``cache_write_tokens`` the part written to one, each at its own rate.
+        Reasoning (thinking) tokens are output tokens and belong in ``completion_tokens``.
+        """
         tier = self.tier_for(prompt_tokens)
         cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
         picos = (
-            (prompt_tokens - cached) * tier.input + cached * tier.cache_read + completion_tokens * tier.output
+            (prompt_tokens - cached - written) * tier.input
+            + cached * tier.cache_read
+            + written * tier.cache_write_rate
+            + completion_tokens * tier.output
         )
         return (picos + 500) // 1000
 
@@ -58,6 +74,7 @@ class Price:
             "input_usd_per_mtok": base.input / scale,
             "output_usd_per_mtok": base.output / scale,
             "cache_read_usd_per_mtok": base.cache_read / scale,
+            "cache_write_usd_per_mtok": base.cache_write_rate / scale,
         }
 
 
@@ -76,13 +93,15 @@ def price_from_rates(
     input_usd_per_mtok: float | str,
     output_usd_per_mtok: float | str,
     cache_read_usd_per_mtok: float | str | None = None,
+    cache_write_usd_per_mtok: float | str | None = None,
     *,
     source: str,
 ) -> Price:
     """A flat price from USD-per-1M-token rates (catalog overrides)."""
     cache = cache_read_usd_per_mtok if cache_read_usd_per_mtok is not None else input_usd_per_mtok
+    write = _pico(cache_write_usd_per_mtok) if cache_write_usd_per_mtok is not None else -1
     return Price(
-        tiers=(Tier(0, _pico(input_usd_per_mtok), _pico(output_usd_per_mtok), _pico(cache)),),
+        tiers=(Tier(0, _pico(input_usd_per_mtok), _pico(output_usd_per_mtok), _pico(cache), write),),
         source=source,
     )
 
@@ -114,8 +133,10 @@ def price_from_genai_prices(provider_id: str, model_ref: str, when: datetime | N
     out, out_t = rates(getattr(mp, "output_mtok", None))
     raw_cache = getattr(mp, "cache_read_mtok", None)
     cache, cache_t = rates(raw_cache) if raw_cache is not None else (inp, inp_t)
-    starts = sorted(set(inp_t) | set(out_t) | set(cache_t))
-    tiers = [Tier(0, _pico(inp), _pico(out), _pico(cache))]
+    raw_write = getattr(mp, "cache_write_mtok", None)
+    write, write_t = rates(raw_write) if raw_write is not None else (None, {})
+    starts = sorted(set(inp_t) | set(out_t) | set(cache_t) | set(write_t))
+    tiers = [Tier(0, _pico(inp), _pico(out), _pico(cache), -1 if write is None else _pico(write))]
     for start in starts:
         prev = tiers[-1]
         tiers.append(
@@ -124,6 +145,7 @@ def price_from_genai_prices(provider_id: str, model_ref: str, when: datetime | N
                 _pico(inp_t[start]) if start in inp_t else prev.input,
                 _pico(out_t[start]) if start in out_t else prev.output,
                 _pico(cache_t[start]) if start in cache_t else prev.cache_read,
+                _pico(write_t[start]) if start in write_t else prev.cache_write,
             )
         )
     return Price(tiers=tuple(tiers), source=f"genai-prices:{provider.id}/{model_ref}")

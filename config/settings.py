@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # how long a finished job's record write keeps retrying while Redis is away
     redis_retry_s: float = 60.0
 
+    # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
+    image_fetch_max_bytes: int = 20 * 1024 * 1024
+    image_fetch_timeout_s: float = 10.0
+    image_fetch_allow_private: bool = False  # loopback, private, link-local and metadata addresses
+
     @property
     def effective_lease_refresh_s(self) -> float:
         return self.lease_refresh_s or self.lease_s / 3

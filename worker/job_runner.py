@@ -302,6 +302,8 @@ def _succeeded(
         "completion_tokens": completion.completion_tokens,
         "total_tokens": completion.prompt_tokens + completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
+        "cache_write_tokens": completion.cache_write_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
         "cost": cost,
         "cost_nanos": nanos,
     }

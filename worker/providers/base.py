@@ -23,13 +23,19 @@ class Completion:
     """A provider's answer as an OpenAI ``chat.completion`` dict plus the token counts that are billed."""
 
     response: dict[str, Any]
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
+    prompt_tokens: int  # the whole prompt, cached parts included (OpenAI's meaning)
+    completion_tokens: int  # reasoning/thinking tokens included: they are billed as output
+    cached_tokens: int = 0  # prompt tokens read from a cache
+    cache_write_tokens: int = 0  # prompt tokens written to a cache (Anthropic bills them apart)
+    reasoning_tokens: int = 0  # the part of completion_tokens spent thinking
 
 
 class Adapter(Protocol):
-    """A wire format: pure translation between our request and the provider's HTTP exchange."""
+    """A wire format: pure translation between our request and the provider's HTTP exchange.
+
+    A module may also set ``NEEDS_IMAGE_BYTES = True`` when its provider cannot fetch image URLs
+    itself: the worker then inlines https images as data URIs before ``build_request``.
+    """
 
     def build_request(self, request: dict[str, Any], deployment: Deployment) -> HttpCall: ...
 
