@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llm_router.errors import InvalidRequest
 
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
-RESERVED_KEYS = frozenset({"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache"})
+RESERVED_KEYS = frozenset(
+    {"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache", "answer_format"}
+)
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 DATA_URI_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/]+={0,2}")
@@ -181,6 +183,8 @@ class ChatJob(BaseModel):
     tenant: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
     metadata: dict[str, Any] | None = None
     cache: bool | None = None
+    # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI)
+    answer_format: Literal["openai", "gemini"] | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -291,8 +295,9 @@ class Attempt(BaseModel):
     provider: str
     model: str
     upstream_model: str
-    outcome: Literal["success", "error", "interrupted"]
+    outcome: Literal["success", "error", "interrupted", "skipped"]
     worker: str | None = None
+    breaker: str | None = None  # the deployment's breaker state when the job reached it
     error_code: str | None = None
     http_status: int | None = None
     latency_ms: float | None = None
@@ -332,6 +337,7 @@ class JobRecord(BaseModel):
     metadata: dict[str, Any] | None = None
     runs: int = 0
     passes: int = 0
+    fallback_used: bool = False
 
     @property
     def latency_ms(self) -> float | None:
