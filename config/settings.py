@@ -41,8 +41,15 @@ class Settings(BaseSettings):
     job_timeout_s: float = 1800
     call_timeout_s: float = 120
     connect_timeout_s: float = 10
-    retry_passes: int = 3
+    # passes over the route after transient failures; the deadline bounds them in any case
+    retry_passes: int = 1000
     retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    # retries of the same deployment within a run (full jitter, Retry-After honoured), only while
+    # the wait is short and retries stay under a share of this worker's calls
+    same_deployment_retries: int = 1
+    max_inline_wait_s: float = 2.0
+    retry_budget_ratio: float = 0.2
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     # a job's claim expires this long after its worker stops refreshing it (SIGKILL, OOM, a lost host)
@@ -52,6 +59,19 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 25.0
     # how long a finished job's record write keeps retrying while Redis is away
     redis_retry_s: float = 60.0
+
+    # circuit breakers (per deployment, fleet-wide; the catalog may override per provider/deployment)
+    breaker_window_s: float = 60.0
+    breaker_bucket_s: float = 10.0
+    breaker_failure_rate: float = 0.5
+    breaker_min_calls: int = 10
+    breaker_consecutive: int = 5
+    breaker_cooldown_s: float = 30.0
+    breaker_max_cooldown_s: float = 300.0
+    breaker_probes: int = 1
+    # a 429 without Retry-After marks the deployment unavailable this long; auth_failed/not_found longer
+    rate_limited_default_s: float = 1.0
+    disable_cooldown_s: float = 300.0
 
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024

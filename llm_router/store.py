@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
 from llm_router.contract import JobRecord, JobStatus
+from llm_router.resilience_lua import FUNCTIONS
 
 PREFIX = "llm-router"
 RECORD_PREFIX = f"{PREFIX}:job:"
@@ -93,10 +95,13 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 return 1
 """
 
-# KEYS: record.  ARGV: now, worker id.  Returns nil (no record), {status} when already ended, or the
-# fields the worker needs: previous status, request, route, deadline_at, attempts, runs, passes, and
-# the in-flight call and worker of an interrupted run.
-START_LUA = """
+# KEYS: record.  ARGV: now, worker id, job id, routing key, probe lease ms.  Returns nil (no
+# record), {status} when already ended, or what the worker needs: previous status, request, route,
+# deadline_at, attempts, runs, passes, the in-flight call and worker of an interrupted run, the
+# admission decisions for the route's deployments (dep, decision, …) and Redis' clock in ms.
+START_LUA = (
+    FUNCTIONS
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return nil end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {st} end
@@ -105,8 +110,21 @@ local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attem
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
-return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or ''}
+local now = now_ms()
+local decisions = admit_route(v[2], ARGV[4], ARGV[3], estimate_tokens(v[1]), tonumber(ARGV[5]), now)
+return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or '', decisions, now}
 """
+)
+
+# ARGV: dep, rpm, tpm, probes, job id, estimated tokens, probe lease ms.  Admission of one deployment
+# reached only after the ones before it failed (the common path is admitted by START).
+ADMIT_LUA = (
+    FUNCTIONS
+    + """
+return admit(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now_ms(), ARGV[5],
+             tonumber(ARGV[6]), tonumber(ARGV[7]))
+"""
+)
 
 # KEYS: arq queue, then one arq in-progress key per job.  ARGV: now ms, lease ms, then the job ids.
 # Claims each job that is due and not held by another worker, with a short lease that the holder's
@@ -129,17 +147,31 @@ end
 return out
 """
 
-# KEYS: record.  ARGV: record ttl s, then field/value pairs.  Never overwrites an ended job, so a
-# duplicate run cannot replace the outcome (or the cost) that was recorded first.
-FINISH_LUA = """
+# KEYS: record.  ARGV: record ttl s, job id, number of field arguments, field/value pairs, then
+# breaker outcomes (see resilience_lua).  Outcomes count even for a job that already ended (the
+# calls happened); the fields never overwrite an ended job, so a duplicate run cannot replace the
+# outcome (or the cost) recorded first.  Returns {1 written | 0 already ended | -2 no record,
+# breaker transitions…}.
+FINISH_LUA = (
+    FUNCTIONS
+    + """
+local now = now_ms()
+local out = {0}
+local n = tonumber(ARGV[3])
+for i = 4 + n, #ARGV do
+  local t = record_outcome(ARGV[i], now, ARGV[2])
+  if t then out[#out + 1] = t end
+end
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -2 end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if not st then out[1] = -2 return out end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return out end
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n)) end
 redis.call('HDEL', KEYS[1], 'inflight')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+out[1] = 1
+return out
 """
+)
 
 # KEYS: record, arq job, arq queue, arq in-progress.  ARGV: job id, now, error JSON.
 CANCEL_LUA = """
@@ -173,6 +205,7 @@ class Store:
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
+        self._admit = redis.register_script(ADMIT_LUA)
         self.workers_key = workers_key(queue_name)
 
     def submit_command(self, job: NewJob) -> tuple[Any, ...]:
@@ -254,15 +287,31 @@ class Store:
         flat = await self._claim(keys=keys, args=[int(time.time() * 1000), lease_ms, *job_ids])
         return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
-    async def start(self, job_id: str, worker_id: str, now: float) -> list[Any] | None:
-        return await self._start(keys=[record_key(job_id)], args=[now, worker_id])
+    async def start(
+        self, job_id: str, worker_id: str, now: float, routing_key: str = "", probe_lease_ms: int = 60_000
+    ) -> list[Any] | None:
+        """Mark the job running, read it, and admit its route's first deployment (one round trip)."""
+        return await self._start(
+            keys=[record_key(job_id)], args=[now, worker_id, job_id, routing_key, probe_lease_ms]
+        )
 
-    async def finish(self, job_id: str, fields: dict[str, Any]) -> int:
-        argv: list[Any] = [self.record_ttl_s]
+    async def admit(
+        self, dep_id: str, rpm: int, tpm: int, probes: int, job_id: str, est_tokens: int, probe_lease_ms: int
+    ) -> str:
+        res = await self._admit(args=[dep_id, rpm, tpm, probes, job_id, est_tokens, probe_lease_ms])
+        return res.decode() if isinstance(res, bytes) else str(res)
+
+    async def finish(
+        self, job_id: str, fields: dict[str, Any], outcomes: Sequence[str] = ()
+    ) -> tuple[int, list[str]]:
+        """Write a record change and the breaker outcomes of its calls; returns (code, transitions)."""
+        argv: list[Any] = [self.record_ttl_s, job_id, 2 * len(fields)]
         for name, value in fields.items():
             argv.append(name)
             argv.append(encode_field(name, value))
-        return int(await self._finish(keys=[record_key(job_id)], args=argv))
+        argv.extend(outcomes)
+        res = await self._finish(keys=[record_key(job_id)], args=argv)
+        return int(res[0]), [t.decode() if isinstance(t, bytes) else str(t) for t in res[1:]]
 
     async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
         keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]

@@ -25,6 +25,20 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def fresh_breakers(redis_server: RedisServer) -> None:
+    """Breakers and rate limits are fleet-wide by design, so a test starts with none of them set."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    for pattern in ("llm-router:breaker:*", "llm-router:probes:*", "llm-router:rpm:*", "llm-router:tpm:*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.delete("llm-router:sick")
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def sim_catalog() -> Catalog:
     """The shipped catalog as a worker pointed at the simulator sees it (placeholder keys only)."""

@@ -51,6 +51,7 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
             lease_s=settings.lease_s,
             interval_s=min(settings.effective_lease_refresh_s, settings.heartbeat_interval_s),
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
+            routing=(runner.routing_key, runner.routing_table),
         )
         keeper.beat()  # seen as live before the first job arrives
         keeper.start()

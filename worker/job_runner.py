@@ -1,11 +1,12 @@
 """Running one job: read it, walk its route of deployments, write its record.
 
 Redis budget per job beyond arq's own round trips: one script before the call (``start``: mark
-running, read the request) and one after (``finish``: write the outcome). The route is the job's
-model then its fallbacks, each expanded to its enabled deployments in preference order; the first
-answer wins. The error taxonomy decides whether a failure moves on. When every deployment failed
-with a transient error and time is left, the job is deferred (by the longest ``Retry-After`` heard,
-at least the backoff) and arq runs it again.
+running, read the request, admit the route's first deployment past its breaker and rate limits)
+and one after (``finish``: write the outcome and the breaker outcomes of the calls made). The walk
+itself is ``worker.route_walk``. When nothing answered but something may later (transient errors,
+open breakers, rate limits), the job is deferred, without holding a worker slot, to when a
+deployment is available again or by backoff (never before a ``Retry-After`` heard), until its
+deadline.
 
 A run never lets an exception reach arq other than ``Retry`` and ``CancelledError``: arq drops a
 job whose function raised anything else, and our record would never reach a final status.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,36 +26,25 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
-from config.prices import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import JobStatus
 from llm_router.errors import (
-    AllDeploymentsFailed,
     DeadlineExceeded,
-    NoDeployment,
     RouterError,
     UpstreamTimeout,
 )
 from llm_router.redact import redact
 from llm_router.store import Store
+from worker.breaker import Policy, RetryBudget, routing_table
 from worker.http import send
 from worker.providers import ADAPTERS, Completion
+from worker.route_walk import Outcome, RouteWalk, failed_outcome
 
 log = structlog.get_logger("llm_router.worker")
 
 MAX_ERROR_MESSAGE = 1000
 # a run stops this long before arq's own job timeout would cancel it (and drop the job)
 RUN_MARGIN_S = 5.0
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one pass over the route came to: the record fields to write, and whether to try again."""
-
-    fields: dict[str, Any]
-    retryable: bool = False
-    retry_after: float | None = None
-    errors: list[RouterError] = field(default_factory=list)
 
 
 class RunBudgetSpent(Exception):
@@ -87,12 +76,20 @@ class JobRunner:
             reverse=True,
         )
         self._run_budget_s = max(settings.job_timeout_s - RUN_MARGIN_S, 1.0)
+        self.routing_key, self.routing_table = routing_table(catalog, settings)
+        self.policies = {
+            d.id: Policy.for_deployment(d, settings) for m in catalog.models for d in catalog.deployments(m)
+        }
+        self.budget = RetryBudget(settings.retry_budget_ratio)
+        self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
 
     async def run(self, job_id: str) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
         now = time.time()
         try:
-            started = await self.store.start(job_id, self.worker_id, now)
+            started = await self.store.start(
+                job_id, self.worker_id, now, self.routing_key, self._probe_lease_ms
+            )
         except RedisError as exc:
             log.warning("cannot start job, redis unavailable", job_id=job_id, error=repr(exc))
             raise Retry(defer=1.0) from None
@@ -101,7 +98,21 @@ class JobRunner:
             return
         if len(started) == 1:  # already ended: a duplicate delivery, nothing to do
             return
-        prev, request_b, route_b, deadline_b, attempts_b, runs, passes_b, inflight_b, prev_worker = started
+        (
+            prev,
+            request_b,
+            route_b,
+            deadline_b,
+            attempts_b,
+            runs,
+            passes_b,
+            inflight_b,
+            prev_worker,
+            adm,
+            rnow,
+        ) = started
+        decisions = {adm[i].decode(): adm[i + 1].decode() for i in range(0, len(adm), 2)}
+        clock_offset_s = time.time() - int(rnow) / 1000
         request: dict[str, Any] = orjson.loads(request_b)
         route: list[str] = orjson.loads(route_b)
         attempts: list[dict[str, Any]] = orjson.loads(attempts_b) if attempts_b else []
@@ -112,12 +123,29 @@ class JobRunner:
             attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
             bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
 
+        walk = RouteWalk(
+            job_id=job_id,
+            request=request,
+            request_json=request_b,
+            route=route,
+            attempts=attempts,
+            deadline_at=deadline_at,
+            decisions=decisions,
+            clock_offset_s=clock_offset_s,
+            catalog=self.catalog,
+            settings=self.settings,
+            policies=self.policies,
+            budget=self.budget,
+            call=self._call,
+            admit=lambda dep, est: self._admit(dep, job_id, est),
+            inflight=self.inflight,
+            scrub=self._scrub,
+        )
         try:
-            outcome = await self._bounded_walk(job_id, request, route, attempts, now, deadline_at)
+            outcome = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
-            await asyncio.shield(
-                self._write(job_id, {"status": JobStatus.QUEUED, "attempts": attempts}, bound)
-            )
+            back = {"status": JobStatus.QUEUED, "attempts": attempts}
+            await asyncio.shield(self._write(job_id, back, bound, walk.outcomes))
             bound.warning("run reached the worker's job timeout; the job will run again")
             raise Retry(defer=0.1) from None
         except asyncio.CancelledError:
@@ -129,23 +157,28 @@ class JobRunner:
                 "attempts": [*attempts, _interrupted(call, self.worker_id, measured=True)],
             }
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._write(job_id, back, bound))
+                await asyncio.shield(self._write(job_id, back, bound, walk.outcomes))
             raise
         except Exception as exc:
             bound.exception("job crashed")
-            outcome = _failed(RouterError(f"internal error: {type(exc).__name__}"), attempts)
+            outcome = failed_outcome(RouterError(f"internal error: {type(exc).__name__}"), attempts)
+            outcome.outcomes = walk.outcomes
         finally:
             self.inflight.pop(job_id, None)
 
-        if outcome.fields["status"] == JobStatus.FAILED and self._should_defer(outcome, passes, deadline_at):
-            delay = max(self.settings.retry_backoff_s * 2**passes, outcome.retry_after or 0.0)
-            delay = min(delay, max(deadline_at - time.time(), 0.0))
-            deferred = {"status": JobStatus.DEFERRED, "attempts": attempts, "passes": passes + 1}
-            await asyncio.shield(self._write(job_id, deferred, bound))
-            bound.info("job deferred", retry_in_s=round(delay, 3), error=outcome.fields["error"]["code"])
-            raise Retry(defer=delay)
+        if outcome.fields["status"] == JobStatus.FAILED:
+            delay = self._defer_delay(outcome, passes, deadline_at)
+            if delay is not None:
+                deferred = {
+                    "status": JobStatus.DEFERRED,
+                    "attempts": attempts,
+                    "passes": passes + 1 if outcome.calls_failed else passes,
+                }
+                await asyncio.shield(self._write(job_id, deferred, bound, outcome.outcomes))
+                bound.info("job deferred", retry_in_s=round(delay, 3), error=outcome.fields["error"]["code"])
+                raise Retry(defer=delay)
 
-        await asyncio.shield(self._write(job_id, outcome.fields, bound))
+        await asyncio.shield(self._write(job_id, outcome.fields, bound, outcome.outcomes))
         if outcome.fields["status"] == JobStatus.SUCCEEDED:
             bound.debug(
                 "job succeeded", provider=outcome.fields["provider"], cost=outcome.fields["usage"]["cost"]
@@ -154,75 +187,37 @@ class JobRunner:
             error = outcome.fields["error"]
             bound.warning("job failed", error=error["code"], message=error["message"])
 
-    async def _bounded_walk(
-        self,
-        job_id: str,
-        request: dict[str, Any],
-        route: list[str],
-        attempts: list[dict[str, Any]],
-        now: float,
-        deadline_at: float,
-    ) -> Outcome:
+    async def _bounded_walk(self, walk: RouteWalk, now: float) -> Outcome:
         """The walk, bounded by the job's deadline and by arq's job timeout, whichever comes first."""
-        left = deadline_at - now
+        left = walk.deadline_at - now
         if left <= 0:
-            return _failed(DeadlineExceeded("the job's deadline passed before it could run"), attempts)
+            return failed_outcome(
+                DeadlineExceeded("the job's deadline passed before it could run"), walk.attempts
+            )
         try:
             async with asyncio.timeout(min(left, self._run_budget_s)):
-                return await self._walk(job_id, request, route, attempts, deadline_at)
+                return await walk.run()
         except TimeoutError:
-            if time.time() < deadline_at - 0.05:
+            if time.time() < walk.deadline_at - 0.05:
                 raise RunBudgetSpent from None
-            return _failed(DeadlineExceeded("the job's deadline passed while it ran"), attempts)
+            result = failed_outcome(DeadlineExceeded("the job's deadline passed while it ran"), walk.attempts)
+            result.outcomes = walk.outcomes
+            return result
 
-    async def _walk(
-        self,
-        job_id: str,
-        request: dict[str, Any],
-        route: list[str],
-        attempts: list[dict[str, Any]],
-        deadline_at: float,
-    ) -> Outcome:
-        errors: list[RouterError] = []
-        for model_id in route:
-            for dep in self.catalog.deployments(model_id):
-                started = time.time()
-                t0 = time.perf_counter()
-                self.inflight[job_id] = {
-                    "provider": dep.provider,
-                    "model": model_id,
-                    "upstream_model": dep.upstream_model,
-                    "started_at": started,
-                }
-                try:
-                    completion = await self._call(dep, request, deadline_at)
-                except RouterError as exc:
-                    self._scrub(exc)
-                    attempts.append(_attempt(dep, model_id, started, t0, exc))
-                    errors.append(exc)
-                    if not exc.spec.fallback:
-                        return _failed(exc, attempts)
-                    continue
-                attempts.append(_attempt(dep, model_id, started, t0, None))
-                return _succeeded(dep, model_id, completion, attempts)
-        if not errors:
-            raise NoDeployment(
-                f"no deployment of {', '.join(route)} is enabled: set a provider key such as AISA_API_KEY"
+    async def _admit(self, dep: Deployment, job_id: str, est_tokens: int) -> str:
+        """Admission of a deployment reached after the ones before it failed (off the common path)."""
+        try:
+            return await self.store.admit(
+                dep.id,
+                dep.rpm or 0,
+                dep.tpm or 0,
+                self.policies[dep.id].probes,
+                job_id,
+                est_tokens,
+                self._probe_lease_ms,
             )
-        if len(errors) == 1:
-            return _failed(errors[0], attempts)
-        codes = {e.code for e in errors}
-        summary = ", ".join(
-            f"{a['provider']}/{a['upstream_model']}: {a['error_code']}" for a in attempts[-len(errors) :]
-        )
-        error = AllDeploymentsFailed(
-            f"every deployment failed ({summary}); last: {errors[-1].message}"[:MAX_ERROR_MESSAGE],
-            code=codes.pop() if len(codes) == 1 else None,
-        )
-        outcome = _failed(error, attempts)
-        outcome.retryable = any(e.retryable for e in errors)
-        outcome.retry_after = max((e.retry_after for e in errors if e.retry_after), default=None)
-        return outcome
+        except RedisError:
+            return "ok"  # Redis away: call rather than stall; the record write will wait for it
 
     async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
         adapter = ADAPTERS[dep.format]
@@ -245,22 +240,40 @@ class JobRunner:
         exc.message = redact(exc.message, self._secrets)[:MAX_ERROR_MESSAGE]
         exc.args = (exc.message,)
 
-    def _should_defer(self, outcome: Outcome, passes: int, deadline_at: float) -> bool:
-        """Another pass over the route: only after transient failures, with passes and time left."""
-        return (
-            outcome.retryable
-            and passes + 1 < self.settings.retry_passes
-            and time.time() + self.settings.retry_backoff_s < deadline_at
-        )
+    def _defer_delay(self, outcome: Outcome, passes: int, deadline_at: float) -> float | None:
+        """Seconds until the job should try its route again, or ``None`` to let it fail now.
 
-    async def _write(self, job_id: str, fields: dict[str, Any], bound: Any) -> None:
-        """Write a record change, riding out a Redis restart for up to ``redis_retry_s``."""
+        A job whose deployments are all open, limited or failing transiently waits (off its worker
+        slot) until one is available again or a backoff passes, never earlier than a Retry-After it
+        heard, until its deadline.
+        """
+        if not outcome.retryable or passes + 1 >= self.settings.retry_passes:
+            return None
+        now = time.time()
+        candidates = []
+        if outcome.available_at is not None:
+            candidates.append(outcome.available_at - now)
+        if outcome.calls_failed:
+            candidates.append(
+                min(self.settings.retry_backoff_s * 2**passes, self.settings.retry_backoff_max_s)
+            )
+        delay = max(min(candidates) if candidates else self.settings.retry_backoff_s, 0.05)
+        if outcome.retry_after is not None and outcome.available_at is None:
+            delay = max(delay, outcome.retry_after)
+        if now + delay >= deadline_at:
+            return None
+        return delay
+
+    async def _write(
+        self, job_id: str, fields: dict[str, Any], bound: Any, outcomes: list[str] | None = None
+    ) -> None:
+        """Write a record change and its breaker outcomes, riding out a Redis restart for a while."""
         give_up = time.monotonic() + self.settings.redis_retry_s
         delay = 0.1
         while True:
             try:
-                await self.store.finish(job_id, fields)
-                return
+                _, transitions = await self.store.finish(job_id, fields, outcomes or ())
+                break
             except RedisError as exc:
                 if time.monotonic() + delay > give_up:
                     bound.error(
@@ -270,64 +283,9 @@ class JobRunner:
                 bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-
-
-def _attempt(
-    dep: Deployment, model_id: str, started: float, t0: float, exc: RouterError | None
-) -> dict[str, Any]:
-    return {
-        "provider": dep.provider,
-        "model": model_id,
-        "upstream_model": dep.upstream_model,
-        "outcome": "success" if exc is None else "error",
-        "error_code": None if exc is None else exc.code,
-        "http_status": 200 if exc is None else exc.http_status,
-        "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-        "started_at": started,
-    }
-
-
-def _succeeded(
-    dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
-) -> Outcome:
-    nanos = dep.price.cost_nanos(
-        completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens
-    )
-    cost = nanos_to_usd(nanos)
-    response = completion.response
-    response["model"] = model_id
-    response["usage"]["cost"] = cost
-    usage = {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        "cached_tokens": completion.cached_tokens,
-        "cache_write_tokens": completion.cache_write_tokens,
-        "reasoning_tokens": completion.reasoning_tokens,
-        "cost": cost,
-        "cost_nanos": nanos,
-    }
-    return Outcome(
-        {
-            "status": JobStatus.SUCCEEDED,
-            "finished_at": time.time(),
-            "attempts": attempts,
-            "provider": dep.provider,
-            "model": model_id,
-            "response": response,
-            "usage": usage,
-        }
-    )
-
-
-def _failed(exc: RouterError, attempts: list[dict[str, Any]]) -> Outcome:
-    fields = {
-        "status": JobStatus.FAILED,
-        "finished_at": time.time(),
-        "attempts": list(attempts),
-        "error": exc.to_dict(),
-    }
-    return Outcome(fields, retryable=exc.retryable, retry_after=exc.retry_after, errors=[exc])
+        for transition in transitions:
+            dep, state, reason = transition.split(":", 2)
+            log.warning("breaker state changed", deployment=dep, state=state, reason=reason, job_id=job_id)
 
 
 def _interrupted(

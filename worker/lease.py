@@ -45,6 +45,7 @@ class LeaseKeeper(threading.Thread):
         lease_s: float,
         interval_s: float,
         heartbeat_ttl_s: float,
+        routing: tuple[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__(name="llm-router-lease-keeper", daemon=True)
         self._client = redis.Redis.from_url(
@@ -63,6 +64,8 @@ class LeaseKeeper(threading.Thread):
             {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
         )
         self.beats = 0
+        self._routing = routing
+        self._routing_every = max(int(60 / interval_s), 1)
 
     def run(self) -> None:
         while not self._stopped.is_set():
@@ -88,6 +91,12 @@ class LeaseKeeper(threading.Thread):
         pipe.zadd(self._workers_key, {self.worker_id: now})
         pipe.zremrangebyscore(self._workers_key, "-inf", now - 3600)
         pipe.set(WORKER_INFO_PREFIX + self.worker_id, self._info, px=self._heartbeat_ttl_ms)
+        if self._routing and self.beats % self._routing_every == 0:
+            # the routing table the start script admits routes from; re-published now and then so a
+            # Redis that lost it (restarted without persistence) has it back within a minute
+            key, table = self._routing
+            pipe.hset(key, mapping=table)
+            pipe.expire(key, 7 * 24 * 3600)
         pipe.execute()
         self.beats += 1
 

@@ -158,12 +158,23 @@ async def test_failed_deployment_falls_back_to_next_provider_then_next_model(e2e
     finally:
         await sim.faults()
     assert ra.status == "succeeded" and ra.provider == "aisa"
+    # a 503 retries the same deployment once (short wait), then the next provider answers
     assert [(x.provider, x.outcome, x.error_code, x.http_status) for x in ra.attempts] == [
+        ("openai", "error", "overloaded", 503),
         ("openai", "error", "overloaded", 503),
         ("aisa", "success", None, 200),
     ]
+    assert ra.fallback_used is True
     assert rb.status == "succeeded" and rb.model == "llama-3.1-8b"
-    assert [x.error_code for x in rb.attempts] == ["rate_limited", "upstream_error", "connection_error", None]
+    # a 429 moves on at once (and marks the deployment limited); 500 and reset retry once first
+    assert [x.error_code for x in rb.attempts] == [
+        "rate_limited",
+        "upstream_error",
+        "upstream_error",
+        "connection_error",
+        "connection_error",
+        None,
+    ]
 
 
 async def test_job_fails_with_upstream_code_and_status_502_and_no_secret(e2e: Producer, sim) -> None:
@@ -186,10 +197,11 @@ async def test_job_fails_with_upstream_code_and_status_502_and_no_secret(e2e: Pr
 
 
 async def test_retryable_failure_defers_then_succeeds(e2e: Producer, sim) -> None:
-    # every deployment of gpt-5 fails on the first pass only; the job waits and runs again
+    # every deployment of gpt-5 fails on each call (a retry of the same deployment included), so the
+    # first pass ends with nothing answered: the job is deferred and its second pass succeeds
     await sim.faults(
-        {"model": "gpt-5", "kind": "status", "status": 502, "count": 2},
-        {"model": "openai/gpt-5", "kind": "status", "status": 502, "count": 1},
+        {"model": "gpt-5", "kind": "status", "status": 502, "count": 4},
+        {"model": "openai/gpt-5", "kind": "status", "status": 502, "count": 2},
     )
     try:
         sub = await e2e.submit(
@@ -198,8 +210,8 @@ async def test_retryable_failure_defers_then_succeeds(e2e: Producer, sim) -> Non
         record = await e2e.wait(sub.job_id, timeout=30)
     finally:
         await sim.faults()
-    assert record.status == "succeeded" and record.runs == 2
-    assert [a.outcome for a in record.attempts] == ["error", "error", "error", "success"]
+    assert record.status == "succeeded" and record.runs == 2 and record.passes == 1
+    assert [a.outcome for a in record.attempts] == ["error"] * 6 + ["success"]
 
 
 async def test_deadline_exceeded(e2e: Producer, sim) -> None:

@@ -1,0 +1,293 @@
+"""One pass over a job's route: admission, calls, same-deployment retries, fallback, outcomes.
+
+The route is the job's model then its fallbacks, each expanded to its enabled deployments in
+preference order (AIsa → OpenAI direct → OpenRouter, as the catalog says). A deployment is called
+only when admitted: its breaker closed (or a half-open probe lease held) and its rate limits free.
+The start script admitted the first one; one reached after failures is admitted on the way. The
+error taxonomy decides the rest (``llm_router.errors.ERROR_TABLE``): a transient error may retry
+the same deployment once the wait is short, then fallback moves on; a caller's error ends the pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.catalog import Catalog, Deployment
+from config.prices import nanos_to_usd
+from config.settings import Settings
+from llm_router.contract import JobStatus
+from llm_router.errors import AllDeploymentsFailed, NoDeployment, RouterError
+from worker.breaker import (
+    DISABLED,
+    LIMITED,
+    SUCCESS,
+    Policy,
+    RetryBudget,
+    backoff_s,
+    estimate_tokens,
+    outcome,
+    outcome_kind,
+)
+from worker.providers import Completion
+
+# why a deployment was skipped without a call → the code its attempt records, and its breaker state
+_SKIPS: dict[str, tuple[str, str]] = {
+    "open": ("breaker_open", "open"),
+    "half_open": ("breaker_open", "half_open"),
+    "limited": ("rate_limited", "limited"),
+    "disabled": ("deployment_disabled", "disabled"),
+    "rate": ("rate_limit_reached", "closed"),
+    "tokens": ("rate_limit_reached", "closed"),
+}
+_ADMITTED_STATE = {"ok": "closed", "probe": "half_open"}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one pass over the route came to: record fields, breaker outcomes, and what next."""
+
+    fields: dict[str, Any]
+    retryable: bool = False
+    retry_after: float | None = None
+    # wall-clock time when a skipped deployment becomes available again (all were skipped or limited)
+    available_at: float | None = None
+    calls_failed: bool = False
+    outcomes: list[str] = field(default_factory=list)
+
+
+Call = Callable[[Deployment, dict[str, Any], float], Awaitable[Completion]]
+Admit = Callable[[Deployment, int], Awaitable[str]]
+
+
+@dataclass(slots=True)
+class RouteWalk:
+    """The state of one pass; ``run`` returns its ``Outcome``."""
+
+    job_id: str
+    request: dict[str, Any]
+    request_json: bytes
+    route: list[str]
+    attempts: list[dict[str, Any]]
+    deadline_at: float
+    decisions: dict[str, str]
+    clock_offset_s: float  # local time - Redis time, to read the scripts' until-times
+    catalog: Catalog
+    settings: Settings
+    policies: dict[str, Policy]
+    budget: RetryBudget
+    call: Call
+    admit: Admit
+    inflight: dict[str, dict[str, Any]]
+    scrub: Callable[[RouterError], None]
+    outcomes: list[str] = field(default_factory=list)
+
+    async def run(self) -> Outcome:
+        errors: list[RouterError] = []
+        available: list[float] = []
+        first = True
+        for model_id in self.route:
+            for dep in self.catalog.deployments(model_id):
+                decision = self.decisions.get(dep.id, "u")
+                if decision == "u":
+                    decision = await self.admit(dep, estimate_tokens(self.request_json))
+                if decision.startswith("s:"):
+                    _, why, until_ms = decision.split(":")
+                    available.append(int(until_ms) / 1000 + self.clock_offset_s)
+                    self._skipped(dep, model_id, why)
+                    first = False
+                    continue
+                result = await self._try(dep, model_id, decision, errors)
+                if result is not None:
+                    if first:
+                        result.fields["fallback_used"] = False
+                    return self._finish(result)
+                first = False
+                if errors and not errors[-1].spec.fallback:
+                    return self._finish(failed_outcome(errors[-1], self.attempts))
+        if not errors and not available:
+            route = ", ".join(self.route)
+            raise NoDeployment(f"no deployment of {route} is enabled: set a provider key (AISA_API_KEY, say)")
+        return self._finish(self._nothing_left(errors, available))
+
+    async def _try(
+        self, dep: Deployment, model_id: str, decision: str, errors: list[RouterError]
+    ) -> Outcome | None:
+        """Call one deployment, retrying it while that is cheap; ``None`` when it did not answer."""
+        policy = self.policies[dep.id]
+        probe = decision == "probe"
+        retries = 0 if probe else self.settings.same_deployment_retries
+        attempt = 0
+        while True:
+            started = time.time()
+            t0 = time.perf_counter()
+            self.inflight[self.job_id] = {
+                "provider": dep.provider,
+                "model": model_id,
+                "upstream_model": dep.upstream_model,
+                "started_at": started,
+            }
+            self.budget.call()
+            try:
+                completion = await self.call(dep, self.request, self.deadline_at)
+            except RouterError as exc:
+                self.scrub(exc)
+                self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(decision)))
+                errors.append(exc)
+                kind = outcome_kind(exc)
+                until_ms = 0
+                if kind == LIMITED:
+                    wait = (
+                        exc.retry_after
+                        if exc.retry_after is not None
+                        else self.settings.rate_limited_default_s
+                    )
+                    until_ms = int((time.time() + wait - self.clock_offset_s) * 1000)
+                elif kind == DISABLED:
+                    until_ms = int(
+                        (time.time() + self.settings.disable_cooldown_s - self.clock_offset_s) * 1000
+                    )
+                self.outcomes.append(outcome(dep, kind, policy, probe=probe, until_ms=until_ms))
+                probe = False
+                if kind != LIMITED and exc.retryable and attempt < retries:
+                    wait = (
+                        exc.retry_after
+                        if exc.retry_after is not None
+                        else backoff_s(
+                            attempt, self.settings.retry_backoff_s / 4, self.settings.max_inline_wait_s
+                        )
+                    )
+                    if (
+                        wait <= self.settings.max_inline_wait_s
+                        and time.time() + wait < self.deadline_at
+                        and self.budget.allow_retry()
+                    ):
+                        attempt += 1
+                        await asyncio.sleep(wait)
+                        continue
+                return None
+            self.attempts.append(_attempt(dep, model_id, started, t0, None, _ADMITTED_STATE.get(decision)))
+            delta = 0
+            if dep.tpm:
+                delta = (
+                    completion.prompt_tokens
+                    + completion.completion_tokens
+                    - estimate_tokens(self.request_json)
+                )
+            self.outcomes.append(outcome(dep, SUCCESS, policy, probe=probe, tokens_delta=delta))
+            result = _succeeded(dep, model_id, completion, self.attempts)
+            result.fields["fallback_used"] = True
+            return result
+
+    def _skipped(self, dep: Deployment, model_id: str, why: str) -> None:
+        code, state = _SKIPS.get(why, ("breaker_open", why))
+        last = self.attempts[-1] if self.attempts else None
+        if (
+            last
+            and last["outcome"] == "skipped"
+            and last["provider"] == dep.provider
+            and (last["upstream_model"] == dep.upstream_model and last["error_code"] == code)
+        ):
+            return  # a job waiting out an open breaker would otherwise list it on every pass
+        self.attempts.append(
+            {
+                "provider": dep.provider,
+                "model": model_id,
+                "upstream_model": dep.upstream_model,
+                "outcome": "skipped",
+                "error_code": code,
+                "http_status": None,
+                "latency_ms": 0.0,
+                "started_at": time.time(),
+                "breaker": state,
+            }
+        )
+
+    def _nothing_left(self, errors: list[RouterError], available: list[float]) -> Outcome:
+        if len(errors) == 1 and not available:
+            result = failed_outcome(errors[0], self.attempts)
+        else:
+            tried = [a for a in self.attempts[-(len(errors) + len(available)) :] if a["outcome"] != "success"]
+            summary = ", ".join(f"{a['provider']}/{a['upstream_model']}: {a['error_code']}" for a in tried)
+            codes = {e.code for e in errors}
+            last = f"; last: {errors[-1].message}" if errors else ""
+            error = AllDeploymentsFailed(
+                f"every deployment failed or is unavailable ({summary}){last}"[:1000],
+                code=codes.pop() if len(codes) == 1 and not available else None,
+            )
+            result = failed_outcome(error, self.attempts)
+        result.retryable = bool(available) or any(e.retryable for e in errors)
+        result.calls_failed = bool(errors)
+        retry_afters = [e.retry_after for e in errors if e.retry_after is not None]
+        result.retry_after = max(retry_afters) if retry_afters else None
+        result.available_at = min(available) if available else None
+        return result
+
+    def _finish(self, result: Outcome) -> Outcome:
+        result.outcomes = self.outcomes
+        return result
+
+
+def _attempt(
+    dep: Deployment, model_id: str, started: float, t0: float, exc: RouterError | None, breaker: str | None
+) -> dict[str, Any]:
+    return {
+        "provider": dep.provider,
+        "model": model_id,
+        "upstream_model": dep.upstream_model,
+        "outcome": "success" if exc is None else "error",
+        "error_code": None if exc is None else exc.code,
+        "http_status": 200 if exc is None else exc.http_status,
+        "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+        "started_at": started,
+        "breaker": breaker,
+    }
+
+
+def _succeeded(
+    dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
+) -> Outcome:
+    nanos = dep.price.cost_nanos(
+        completion.prompt_tokens,
+        completion.completion_tokens,
+        completion.cached_tokens,
+        completion.cache_write_tokens,
+    )
+    cost = nanos_to_usd(nanos)
+    response = completion.response
+    response["model"] = model_id
+    response["usage"]["cost"] = cost
+    usage = {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        "cached_tokens": completion.cached_tokens,
+        "cache_write_tokens": completion.cache_write_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
+        "cost": cost,
+        "cost_nanos": nanos,
+    }
+    return Outcome(
+        {
+            "status": JobStatus.SUCCEEDED,
+            "finished_at": time.time(),
+            "attempts": attempts,
+            "provider": dep.provider,
+            "model": model_id,
+            "response": response,
+            "usage": usage,
+        }
+    )
+
+
+def failed_outcome(exc: RouterError, attempts: list[dict[str, Any]]) -> Outcome:
+    fields = {
+        "status": JobStatus.FAILED,
+        "finished_at": time.time(),
+        "attempts": list(attempts),
+        "error": exc.to_dict(),
+    }
+    return Outcome(fields, retryable=exc.retryable, retry_after=exc.retry_after, calls_failed=True)
