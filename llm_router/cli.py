@@ -181,6 +181,45 @@ def _print_answer(record: Any, as_json: bool) -> int:
     return EXIT_OK
 
 
+async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
+    from llm_router.redis_client import connect_redis
+    from llm_router.store import BreakerBoard
+
+    redis = await connect_redis(settings)
+    try:
+        board = BreakerBoard(redis)
+        if args.action == "reset":
+            if not args.name:
+                raise UsageError("breakers reset needs a deployment name (see `llm-router breakers`)")
+            found = await board.reset(args.name)
+            print(f"{args.name} {'closed' if found else 'had no breaker state'}")
+            return EXIT_OK
+        rows = await board.list(window_s=settings.breaker_window_s, bucket_s=settings.breaker_bucket_s)
+    finally:
+        await redis.aclose()
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="llm-router breakers")
+    for col in ("deployment", "state", "calls", "failures", "consecutive", "trips", "retry in s"):
+        table.add_column(col, justify="left" if col in ("deployment", "state") else "right")
+    for r in rows:
+        table.add_row(
+            r["deployment"],
+            r["state"],
+            str(r["calls_in_window"]),
+            str(r["failures_in_window"]),
+            str(r["consecutive_failures"]),
+            str(r["trips"]),
+            f"{r['seconds_to_retry']:.1f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    return EXIT_OK
+
+
 # -- catalog, worker, simulator, demo -----------------------------------------------------------
 
 
@@ -279,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="the catalog: models, prices, capabilities, deployments")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_models)
+
+    s = sub.add_parser("breakers", help="every deployment's breaker: state, failures, time to retry")
+    s.add_argument("action", nargs="?", choices=["list", "reset"], default="list")
+    s.add_argument("name", nargs="?", help="the deployment to reset, e.g. openai/gpt-4o")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_breakers)
 
     s = sub.add_parser("worker", help="run a worker until SIGTERM")
     s.add_argument("--max-jobs", type=int)

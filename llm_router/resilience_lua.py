@@ -43,7 +43,7 @@ local function admit(dep, rpm, tpm, probes, now, job, est, lease_ms)
   local sick = redis.call('HGET', SICK, dep)
   local half = false
   if sick then
-    local state, untl = string.match(sick, '^(%a+)|(%d+)')
+    local state, untl = string.match(sick, '^([%a_]+)|(%d+)')
     untl = tonumber(untl)
     if state == 'open' then
       if now < untl then return 's:open:' .. fmt(untl) end
@@ -137,7 +137,7 @@ local function record_outcome(o, now, job)
   if kind == 'r' or kind == 'n' then return nil end
   local cur = redis.call('HGET', SICK, dep)
   local state = 'closed'
-  if cur then state = string.match(cur, '^(%a+)') end
+  if cur then state = string.match(cur, '^([%a_]+)') end
   if kind == 'l' then
     if state ~= 'open' and state ~= 'half_open' then redis.call('HSET', SICK, dep, 'limited|' .. untl) end
     return dep .. ':limited:rate limited upstream'

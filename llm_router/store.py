@@ -27,12 +27,15 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
 from llm_router.contract import JobRecord, JobStatus
-from llm_router.resilience_lua import FUNCTIONS
+from llm_router.resilience_lua import FUNCTIONS, SICK_KEY
+from llm_router.resilience_lua import PREFIX as RESILIENCE_PREFIX
 
 PREFIX = "llm-router"
 RECORD_PREFIX = f"{PREFIX}:job:"
 WORKER_INFO_PREFIX = f"{PREFIX}:worker:"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
+BREAKER_PREFIX = RESILIENCE_PREFIX + "breaker:"
+PROBES_PREFIX = RESILIENCE_PREFIX + "probes:"
 
 JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
@@ -376,3 +379,50 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         else:
             data[name] = v.decode()
     return JobRecord.model_validate(data)
+
+
+class BreakerBoard:
+    """Reading and resetting the fleet's breakers (``llm-router breakers``)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def list(self, *, window_s: float, bucket_s: float) -> list[dict[str, Any]]:
+        """Every deployment with breaker state: its state, time to half-open, and window counts."""
+        sick = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(SICK_KEY)).items()}
+        names = set(sick)
+        async for key in self.redis.scan_iter(match=f"{BREAKER_PREFIX}*", count=500):
+            names.add(key.decode().removeprefix(BREAKER_PREFIX))
+        now_s, now_us = await self.redis.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        current = now_ms // int(bucket_s * 1000)
+        first = current - int(window_s // bucket_s) + 1
+        out = []
+        for name in sorted(names):
+            fields = {
+                k.decode(): v.decode() for k, v in (await self.redis.hgetall(BREAKER_PREFIX + name)).items()
+            }
+            state, _, until = sick.get(name, "closed|0").partition("|")
+            calls = sum(int(v) for k, v in fields.items() if k.startswith("n:") and int(k[2:]) >= first)
+            failures = sum(int(v) for k, v in fields.items() if k.startswith("f:") and int(k[2:]) >= first)
+            until_ms = int(until or 0)
+            out.append(
+                {
+                    "deployment": name,
+                    "state": state,
+                    "calls_in_window": calls,
+                    "failures_in_window": failures,
+                    "consecutive_failures": int(fields.get("c", 0)),
+                    "trips": int(fields.get("trips", 0)),
+                    "seconds_to_retry": max(until_ms - now_ms, 0) / 1000 if state != "half_open" else 0.0,
+                }
+            )
+        return out
+
+    async def reset(self, name: str) -> bool:
+        """Close one breaker and clear its counts; ``False`` when it had no state."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(SICK_KEY, name)
+            pipe.delete(BREAKER_PREFIX + name, PROBES_PREFIX + name)
+            removed, deleted = await pipe.execute()
+        return bool(removed or deleted)

@@ -49,3 +49,24 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class Fleet:
+    """Worker processes on one queue, started on demand (each may add env) and all killed at the end."""
+
+    def __init__(self, env: Mapping[str, str], logs: Path) -> None:
+        self.env = dict(env)
+        self.logs = logs
+        self.procs: list[WorkerProcess] = []
+
+    def start(self, max_jobs: int | None = None, **env: str) -> WorkerProcess:
+        proc = WorkerProcess(
+            {**self.env, **env}, self.logs / f"worker-{len(self.procs)}.log", max_jobs=max_jobs
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.alive():
+                p.kill()

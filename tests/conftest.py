@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -113,3 +114,22 @@ def sim() -> Iterator[Sim]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def _until(check: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
+    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def until() -> Callable[..., Awaitable[object]]:
+    """``await until(check, timeout=…, what=…)``: poll with a deadline, never a bare sleep."""
+    return _until

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,29 +13,10 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.redis_server import RedisServer
 from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import WorkerProcess
+from llm_router.worker_procs import Fleet
 from producer.producer import Producer
 
 LEASE_S = 1.0
-
-
-class Fleet:
-    """Worker processes on one queue, started on demand and all stopped at the end."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: list[WorkerProcess] = []
-
-    def start(self, **env: str) -> WorkerProcess:
-        proc = WorkerProcess({**self.env, **env}, self.logs / f"worker-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            if p.alive():
-                p.kill()
 
 
 def durable_env(redis_url: str, sim_url: str, queue: str) -> dict[str, str]:
@@ -71,16 +50,3 @@ async def durable(redis_server: RedisServer, queue: str, sim_catalog: Catalog) -
     producer = await Producer.connect(settings, sim_catalog)
     yield producer
     await producer.close()
-
-
-async def until(check: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)

@@ -11,9 +11,10 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.redis_server import RedisServer
 from llm_router.store import record_key
+from llm_router.worker_procs import Fleet
 from producer.producer import Producer
 
-from .conftest import LEASE_S, Fleet, durable_env, until
+from .conftest import LEASE_S, durable_env
 
 HI = [{"role": "user", "content": "hello"}]
 
@@ -24,7 +25,7 @@ async def _calls(sim, credential: str, model: str) -> int:
 
 
 async def test_sigkill_mid_job_another_worker_finishes_it_within_the_lease(
-    durable: Producer, fleet: Fleet, sim, redis
+    until, durable: Producer, fleet: Fleet, sim, redis
 ):
     await sim.faults(
         {"credential": "sk-sim-openai", "model": "gpt-4o", "kind": "latency", "latency_ms": 1500}
@@ -59,7 +60,7 @@ async def test_sigkill_mid_job_another_worker_finishes_it_within_the_lease(
     assert done.outcome == "success" and done.provider == "openai"
 
 
-async def test_a_job_longer_than_the_lease_runs_once(durable: Producer, fleet: Fleet, sim):
+async def test_a_job_longer_than_the_lease_runs_once(until, durable: Producer, fleet: Fleet, sim):
     await sim.faults(
         {"credential": "sk-sim-openai", "model": "gpt-4o-mini", "kind": "latency", "latency_ms": 3500}
     )
@@ -78,7 +79,9 @@ async def test_a_job_longer_than_the_lease_runs_once(durable: Producer, fleet: F
     assert await _calls(sim, "sk-sim-openai", "gpt-4o-mini") - before == 1
 
 
-async def test_sigterm_lets_running_jobs_finish_and_takes_no_new_ones(durable: Producer, fleet: Fleet, sim):
+async def test_sigterm_lets_running_jobs_finish_and_takes_no_new_ones(
+    until, durable: Producer, fleet: Fleet, sim
+):
     await sim.faults(
         {"credential": "sk-sim-openai", "model": "gpt-4.1", "kind": "latency", "latency_ms": 1200}
     )
@@ -102,7 +105,9 @@ async def test_sigterm_lets_running_jobs_finish_and_takes_no_new_ones(durable: P
         await sim.faults()
 
 
-async def test_sigterm_past_the_grace_period_puts_the_job_back_unspent(durable: Producer, fleet: Fleet, sim):
+async def test_sigterm_past_the_grace_period_puts_the_job_back_unspent(
+    until, durable: Producer, fleet: Fleet, sim
+):
     await sim.faults(
         {
             "credential": "sk-sim-openai",
@@ -135,7 +140,7 @@ async def test_sigterm_past_the_grace_period_puts_the_job_back_unspent(durable: 
 
 
 async def test_workers_and_waiters_survive_a_redis_restart_mid_run(
-    sim, sim_catalog: Catalog, tmp_path: Path, queue: str
+    until, sim, sim_catalog: Catalog, tmp_path: Path, queue: str
 ):
     data = tmp_path / "redis-data"
     data.mkdir()
