@@ -15,6 +15,7 @@ test: $(STAMP) redis
 
 bench: $(STAMP) redis
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/breakers.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

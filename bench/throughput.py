@@ -242,7 +242,7 @@ def report(r: dict[str, Any]) -> None:
         f"{r['engine_cpu_us_per_job']:.0f} CPU µs/job",
     )
     table.add_row(
-        "ours: end to end, one worker",
+        "ours: drain, one worker",
         f"{r['ours_jps']:,.0f} jobs/s",
         f"{r['ours_cpu_us_per_job']:.0f} CPU µs/job",
     )
