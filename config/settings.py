@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     breaker_probes: int = 1
     # a 429 without Retry-After marks the deployment unavailable this long; auth_failed/not_found longer
     rate_limited_default_s: float = 1.0
+    # a provider's content filter ends the job unless this lets another model try
+    fallback_on_content_filter: bool = False
     disable_cooldown_s: float = 300.0
 
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)

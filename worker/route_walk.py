@@ -89,7 +89,11 @@ class RouteWalk:
         errors: list[RouterError] = []
         available: list[float] = []
         first = True
+        needs_context = 0  # after context_length_exceeded: only models with a larger window are worth a try
         for model_id in self.route:
+            window = self.catalog.models[model_id].capabilities.context_window
+            if window <= needs_context:
+                continue
             for dep in self.catalog.deployments(model_id):
                 decision = self.decisions.get(dep.id, "u")
                 if decision == "u":
@@ -106,8 +110,15 @@ class RouteWalk:
                         result.fields["fallback_used"] = False
                     return self._finish(result)
                 first = False
-                if errors and not errors[-1].spec.fallback:
-                    return self._finish(failed_outcome(errors[-1], self.attempts))
+                last = errors[-1]
+                if last.code == "context_length_exceeded":
+                    needs_context = window  # this model's other deployments have the same window
+                    break
+                if not (
+                    last.spec.fallback
+                    or (last.code == "content_filtered" and self.settings.fallback_on_content_filter)
+                ):
+                    return self._finish(failed_outcome(last, self.attempts))
         if not errors and not available:
             route = ", ".join(self.route)
             raise NoDeployment(f"no deployment of {route} is enabled: set a provider key (AISA_API_KEY, say)")
