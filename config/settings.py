@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     same_deployment_retries: int = 1
     max_inline_wait_s: float = 2.0
     retry_budget_ratio: float = 0.2
+    retry_after_cap_s: float = 300.0  # a provider's Retry-After is honoured up to this
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     # a job's claim expires this long after its worker stops refreshing it (SIGKILL, OOM, a lost host)

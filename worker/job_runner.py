@@ -259,7 +259,7 @@ class JobRunner:
             )
         delay = max(min(candidates) if candidates else self.settings.retry_backoff_s, 0.05)
         if outcome.retry_after is not None and outcome.available_at is None:
-            delay = max(delay, outcome.retry_after)
+            delay = max(delay, min(outcome.retry_after, self.settings.retry_after_cap_s))
         if now + delay >= deadline_at:
             return None
         return delay

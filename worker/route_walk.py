@@ -233,7 +233,7 @@ class RouteWalk:
         result.retryable = bool(available) or any(e.retryable for e in errors)
         result.calls_failed = bool(errors)
         retry_afters = [e.retry_after for e in errors if e.retry_after is not None]
-        result.retry_after = max(retry_afters) if retry_afters else None
+        result.retry_after = retry_afters[-1] if retry_afters else None  # the latest heard, not the first
         result.available_at = min(available) if available else None
         return result
 
