@@ -206,7 +206,7 @@ def _print_table(console: Console, records: list[Any], wall_s: float) -> None:
         )
     console.print(table)
     ok = sum(r.status == "succeeded" for r in records)
-    fallbacks = sum(1 for r in records if len(r.attempts) > 1)
+    fallbacks = sum(1 for r in records if r.fallback_used)
     console.print(
         f"[bold]totals:[/bold] {len(records)} jobs, {ok} succeeded, {len(records) - ok} failed, "
         f"{fallbacks} answered after a fallback, {total_tokens:,} tokens, ${total_nanos / 1e9:.9f}, "
