@@ -55,6 +55,9 @@ class ProviderSpec(_Strict):
     base_url: str | None = None
     base_url_env: str | None = Field(default=None, description="a local server is enabled when this is set")
     key_env: str | None = None
+    key_env_fallbacks: list[str] = Field(
+        default_factory=list, description="read in order when key_env is unset (GOOGLE_API_KEY for Gemini)"
+    )
     key_optional: bool = False
     free: bool = Field(default=False, description="self-hosted: costs nothing unless a deployment says so")
     reasoning_params: bool = Field(
@@ -209,7 +212,8 @@ class Catalog:
             deps: list[Deployment] = []
             for dep in model.deployments:
                 prov = self.spec.providers[dep.provider]
-                key = self._env.get(prov.key_env) if prov.key_env else None
+                names = [prov.key_env, *prov.key_env_fallbacks] if prov.key_env else []
+                key = next((self._env[n] for n in names if self._env.get(n)), None)
                 base = prov.base_url
                 if prov.base_url_env:
                     base = self._env.get(prov.base_url_env) or None

@@ -23,6 +23,7 @@ from llm_router.errors import (
     UnsupportedCapability,
 )
 from llm_router.store import NewJob, body_digest
+from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
 # what a validated job becomes: the payload of its new record (the store owns its layout)
@@ -78,6 +79,8 @@ class Validator:
         obj = self.parse(raw)
         if "messages" not in obj and ("image" in obj or "prompt" in obj):
             obj = vision_to_chat(obj, allow_files=allow_files, max_bytes=self.settings.max_body_bytes)
+        elif "messages" not in obj and "contents" in obj:  # a Gemini-native generateContent body
+            obj = gemini_to_chat(obj)
         try:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:

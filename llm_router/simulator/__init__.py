@@ -1,9 +1,10 @@
 """The provider simulator: a real HTTP server speaking vendor wire formats, with injectable faults.
 
-Used by tests, the demo and benchmarks in place of real LLM providers. Today it speaks the
-OpenAI chat-completions format (JSON and SSE) under any path prefix; see ``wire`` for how other
-formats plug in, ``tokens`` for the documented token-counting rule and ``faults`` for how fault
-rules match.
+Used by tests, the demo and benchmarks in place of real LLM providers. It speaks the OpenAI
+chat-completions format (JSON and SSE) under any path prefix, Anthropic Messages
+(``/v1/messages``, JSON and SSE) and Gemini ``generateContent``; see ``wire`` for how formats plug
+in, ``tokens`` for the documented token-counting rule, ``faults`` for how fault rules match and
+``prompt_cache`` for the prompt caching the native formats report.
 """
 
 from __future__ import annotations

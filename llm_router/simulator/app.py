@@ -2,16 +2,15 @@
 
 Chat routes accept any path prefix (``/v1``, ``/api/v1``, ``/openai/v1``, none) because
 OpenAI-compatible vendors mount the same API under different prefixes. Each chat route pairs a
-path suffix with a ``WireFormat``; a new vendor format is one module and one line in
-``_CHAT_ROUTES`` (e.g. ``"messages"`` for Anthropic, ``"models/{model}:generateContent"`` for
-Gemini).
+path suffix with a ``WireFormat``: ``chat/completions`` (OpenAI), ``messages`` (Anthropic, at
+``/v1/messages``) and ``models/{model}:generateContent`` (Gemini, at ``/v1beta/models/...``).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from llm_router.simulator import openai_format
+from llm_router.simulator import anthropic_format, gemini_format, openai_format
 from llm_router.simulator.config import SimConfig
 from llm_router.simulator.control import add_control_routes
 from llm_router.simulator.pipeline import chat_handler
@@ -21,6 +20,8 @@ from llm_router.simulator.wire import WireFormat
 _ANY_PREFIX = "/{prefix:(?:.*/)?}"
 _CHAT_ROUTES: dict[str, WireFormat] = {
     "chat/completions": openai_format.OPENAI,
+    "messages": anthropic_format.ANTHROPIC,
+    "models/{model:[^/]+?}:generateContent": gemini_format.GEMINI,
 }
 # Base64 images make legitimate chat bodies large; aiohttp's default cap is 1 MiB.
 _MAX_BODY = 64 * 1024 * 1024

@@ -5,6 +5,12 @@ time window (``after_s`` .. ``after_s + for_s`` seconds after the rule was added
 up its ``count``, and wins its ``probability`` roll. Rules are checked in the order they were
 added: ``latency`` rules add their delay and evaluation continues; the first other matching rule
 wins and ends evaluation. Every matching rule that fires uses one of its ``count``.
+
+``truncated`` sends a 200 whose body stops halfway through its Content-Length, then closes the
+connection (a cut-off transfer, unlike ``malformed`` whose short body is complete).
+``content_filter`` answers as the vendor does when its safety system withholds an answer: OpenAI
+a 400 ``content_policy_violation``, Anthropic a 200 with ``stop_reason: refusal`` and no content,
+Gemini a 200 whose ``promptFeedback.blockReason`` is ``SAFETY`` and which has no candidates.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FaultKind = Literal["status", "hang", "reset", "malformed", "latency"]
+FaultKind = Literal["status", "hang", "reset", "malformed", "truncated", "latency", "content_filter"]
 
 
 class FaultRule(BaseModel):
@@ -34,6 +40,11 @@ class FaultRule(BaseModel):
     """kind=status: the HTTP status, answered with the vendor's error body for it."""
     retry_after: float | None = Field(None, ge=0)
     """Seconds to put in a ``Retry-After`` header (kind=status)."""
+    retry_after_date: str | None = None
+    """kind=status: a ``Retry-After`` header given as an HTTP date (wins over ``retry_after``)."""
+    error_code: str | None = None
+    """kind=status: the vendor error code the body carries (``context_length_exceeded``,
+    ``content_policy_violation``, Gemini ``API_KEY_INVALID``...); each format renders it its way."""
     probability: float = Field(1.0, ge=0, le=1)
     after_s: float = Field(0, ge=0)
     """The rule starts applying this many seconds after it was added."""

@@ -55,6 +55,18 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
     504: ("server_error", "gateway_timeout", "Gateway timeout."),
 }
 _OTHER_CLIENT_ERROR = ("invalid_request_error", None, "The request failed.")
+# canned messages of error codes a fault can inject (``FaultRule.error_code``)
+_CODE_MESSAGES = {
+    "context_length_exceeded": (
+        "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 "
+        "tokens. Please reduce the length of the messages."
+    ),
+    "content_policy_violation": (
+        "Your request was rejected as a result of our safety system. Your prompt may contain text that is "
+        "not allowed by our safety system."
+    ),
+    "insufficient_quota": "You exceeded your current quota, please check your plan and billing details.",
+}
 _OTHER_SERVER_ERROR = ("server_error", None, "The server failed to process the request.")
 
 _MISSING_KEY = (
@@ -104,6 +116,15 @@ class OpenAIFormat:
         body = completion_body(plan_reply(_chat_request(call)))
         return web.Response(status=200, body=body[: len(body) // 2], content_type=_JSON)
 
+    def filtered(self, call: ChatCall) -> web.Response:
+        rejection = Rejection(
+            400,
+            "Your request was rejected as a result of our safety system. Your prompt may contain text "
+            "that is not allowed by our safety system.",
+            code="content_policy_violation",
+        )
+        return self.error(rejection)
+
     async def respond(
         self, request: web.Request, call: ChatCall, fault: StreamFault | None = None
     ) -> web.StreamResponse:
@@ -124,6 +145,9 @@ def error_body(rejection: Rejection) -> dict[str, Any]:
     kind, code, message = _ERRORS.get(status, default)
     if rejection.message is not None:
         message, code = rejection.message, rejection.code
+    elif rejection.code is not None:  # an injected fault naming the error code
+        code = rejection.code
+        message = _CODE_MESSAGES.get(code, message)
     message = message.replace("{model}", rejection.model or "the requested model")
     return {"error": {"message": message, "type": kind, "param": rejection.param, "code": code}}
 

@@ -54,8 +54,10 @@ async def _status(
     request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
 ) -> web.StreamResponse:
     state.calls.record(cred, call.model, str(rule.status))
-    response = fmt.error(Rejection(rule.status, model=call.model))
-    if rule.retry_after is not None:
+    response = fmt.error(Rejection(rule.status, model=call.model, code=rule.error_code))
+    if rule.retry_after_date is not None:
+        response.headers["Retry-After"] = rule.retry_after_date
+    elif rule.retry_after is not None:
         seconds = rule.retry_after
         response.headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else str(seconds)
     return response
@@ -66,6 +68,25 @@ async def _malformed(
 ) -> web.StreamResponse:
     state.calls.record(cred, call.model, "200")
     return fmt.malformed(call)
+
+
+async def _truncated(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "truncated")
+    full = await fmt.respond(request, call)
+    body = full.body if isinstance(full, web.Response) and isinstance(full.body, bytes) else b""
+    if not body:  # a stream: cutting the connection is the nearest thing
+        return _drop_connection(request)
+    response = web.StreamResponse(status=200, headers={"Content-Type": full.headers.get("Content-Type", "")})
+    response.content_length = len(body)
+    try:
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+    except ConnectionError:
+        pass
+    _drop_connection(request)
+    return response
 
 
 async def _reset(
@@ -97,4 +118,19 @@ def _drop_connection(request: web.Request) -> web.StreamResponse:
     return web.Response()
 
 
-_FAULTS = {"status": _status, "malformed": _malformed, "reset": _reset, "hang": _hang}
+async def _content_filter(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    response = fmt.filtered(call)
+    state.calls.record(cred, call.model, str(response.status))
+    return response
+
+
+_FAULTS = {
+    "status": _status,
+    "malformed": _malformed,
+    "truncated": _truncated,
+    "reset": _reset,
+    "hang": _hang,
+    "content_filter": _content_filter,
+}

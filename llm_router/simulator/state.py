@@ -10,6 +10,7 @@ from aiohttp import web
 from llm_router.simulator.calls import CallLog
 from llm_router.simulator.config import SimConfig
 from llm_router.simulator.faults import FaultBook
+from llm_router.simulator.prompt_cache import PromptCache
 
 
 @dataclass(slots=True)
@@ -19,6 +20,7 @@ class SimState:
     config: SimConfig
     faults: FaultBook
     calls: CallLog = field(default_factory=CallLog)
+    prompt_cache: PromptCache = field(default_factory=PromptCache)
     models: frozenset[str] | None = None
     # Set when the app shuts down so requests held by a `hang` fault let go at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -30,9 +32,10 @@ class SimState:
         return cls(config=config, faults=faults, models=models)
 
     def reset(self) -> None:
-        """Forget every rule and counter (the config's own rules are not re-added)."""
+        """Forget every rule, counter and cached prompt (the config's own rules are not re-added)."""
         self.faults.clear()
         self.calls.clear()
+        self.prompt_cache.clear()
 
 
 STATE = web.AppKey("llm_router_simulator_state", SimState)

@@ -17,6 +17,21 @@ The rule (responses' ``usage`` follows it exactly, so tests can predict it):
   call counts its ``name`` plus its ``arguments`` string by the text rule; choices add up.
   ``total_tokens = prompt_tokens + completion_tokens``.
 
+The Anthropic and Gemini formats follow the same rule over their own structure, so a simple
+request counts the same in all three formats:
+
+* **Anthropic**: 3 priming + the text rule over the compact JSON of ``tools`` (``cache_control``
+  left out) + ``system`` as one message (4 + its text) when given + per message 4 + its blocks:
+  ``text`` by the text rule, ``image`` 765, ``tool_use`` its name plus the compact JSON of its
+  input, ``tool_result`` its text (string or text blocks; images 765), ``thinking`` its text, any
+  other block the compact JSON of it. Completion: text, tool calls (name + JSON input) and
+  thinking text, each by the text rule.
+* **Gemini**: 3 priming + the compact JSON of ``tools`` + ``systemInstruction`` as one message
+  (4 + its parts) when given + per content 4 + its parts: ``text`` by the text rule,
+  ``inlineData``/``fileData`` 765, any other part the compact JSON of it. Completion
+  (``candidatesTokenCount``): text and function calls (name + JSON args) of every candidate;
+  thoughts are counted apart (``thoughtsTokenCount``).
+
 "Compact JSON" is ``orjson.dumps(value)``: no whitespace, keys in the order given, non-ASCII left
 unescaped - the same bytes as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
 """
@@ -83,4 +98,35 @@ def _part_tokens(part: Any) -> int:
             image = part.get("image_url")
             detail = image.get("detail") if isinstance(image, dict) else None
             return IMAGE_LOW_DETAIL if detail == "low" else IMAGE_OTHER_DETAIL
+    return count_json_tokens(part)
+
+
+def anthropic_block_tokens(block: Any) -> int:
+    """Tokens of one Anthropic content block, by the rule in this module's docstring."""
+    if not isinstance(block, dict):
+        return count_json_tokens(block)
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return count_text_tokens(block["text"])
+    if kind == "image":
+        return IMAGE_OTHER_DETAIL
+    if kind == "tool_use":
+        return count_text_tokens(str(block.get("name", ""))) + count_json_tokens(block.get("input") or {})
+    if kind == "tool_result":
+        content = block.get("content")
+        if isinstance(content, list):
+            return sum(anthropic_block_tokens(b) for b in content)
+        return count_text_tokens(content) if isinstance(content, str) else 0
+    if kind == "thinking" and isinstance(block.get("thinking"), str):
+        return count_text_tokens(block["thinking"])
+    return count_json_tokens({k: v for k, v in block.items() if k != "cache_control"})
+
+
+def gemini_part_tokens(part: Any) -> int:
+    """Tokens of one Gemini part, by the rule in this module's docstring."""
+    if isinstance(part, dict):
+        if isinstance(part.get("text"), str):
+            return count_text_tokens(part["text"])
+        if "inlineData" in part or "fileData" in part:
+            return IMAGE_OTHER_DETAIL
     return count_json_tokens(part)

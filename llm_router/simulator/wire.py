@@ -1,7 +1,7 @@
 """The seam between the vendor-neutral request pipeline and one vendor wire format.
 
-A format module (``openai_format`` today; Anthropic ``/v1/messages`` and Gemini
-``models/{m}:generateContent`` later) supplies a ``WireFormat``: where the credential lives, how
+A format module (``openai_format``, ``anthropic_format`` for ``/v1/messages``, ``gemini_format``
+for ``models/{m}:generateContent``) supplies a ``WireFormat``: where the credential lives, how
 a request is validated, how the vendor shapes errors and answers. ``pipeline`` owns everything
 vendor-neutral - auth presence, the model allow-list, call counting, latency and faults - and
 ``app`` mounts one route per format. Adding a format is a new module plus one route.
@@ -82,6 +82,10 @@ class WireFormat(Protocol):
 
     def malformed(self, call: ChatCall) -> web.Response:
         """A 200 whose JSON body is cut short."""
+        ...
+
+    def filtered(self, call: ChatCall) -> web.Response:
+        """The vendor's answer when its safety system withholds one (a ``content_filter`` fault)."""
         ...
 
     async def respond(

@@ -82,7 +82,7 @@ def test_submit_all_valid_waits_and_exits_0_then_status_result_cancel(env, tmp_p
     status = cli(env, "status", job_id)
     assert status.returncode == 0
     fields = status.stdout.split()
-    assert fields[:4] == [job_id, "succeeded", "gemini-2.5-flash", "aisa"] and float(fields[4]) > 0
+    assert fields[:4] == [job_id, "succeeded", "gemini-2.5-flash", "gemini"] and float(fields[4]) > 0
     result = cli(env, "result", job_id, "--wait", "5")
     assert result.returncode == 0 and orjson.loads(result.stdout)["id"] == job_id
     cancel = cli(env, "cancel", job_id)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from worker.providers import openai
+from worker.providers import anthropic, gemini, openai
 from worker.providers.base import Adapter, Completion, HttpCall
 
-ADAPTERS: dict[str, Adapter] = {"openai": openai}  # type: ignore[dict-item]
+ADAPTERS: dict[str, Adapter] = {"openai": openai, "anthropic": anthropic, "gemini": gemini}  # type: ignore[dict-item]
 
 __all__ = ["ADAPTERS", "Adapter", "Completion", "HttpCall"]

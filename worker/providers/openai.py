@@ -151,7 +151,9 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     completion = usage.get("completion_tokens", 0)
     details = usage.get("prompt_tokens_details")
     cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    if not all(_is_count(x) for x in (prompt, completion, cached)):
+    out_details = usage.get("completion_tokens_details")
+    reasoning = (out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0
+    if not all(_is_count(x) for x in (prompt, completion, cached, reasoning)):
         raise BadResponse("the answer's usage has no valid token counts", http_status=status)
     if "functions" in request:
         _to_legacy_functions(choices)
@@ -159,7 +161,13 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     data.setdefault("created", int(time()))
     usage.setdefault("completion_tokens", completion)
     usage.setdefault("total_tokens", prompt + completion)
-    return Completion(response=data, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+    return Completion(
+        response=data,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+    )
 
 
 def _is_count(value: object) -> bool:

@@ -1,0 +1,188 @@
+"""The SSRF-guarded image fetcher, against a local aiohttp server (loopback: refused by default)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from config.settings import Settings
+from llm_router.errors import InvalidRequest
+from worker.images import ImageFetcher, address_allowed
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def _app() -> web.Application:
+    async def cat(request: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html></html>", content_type="text/html")
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        # no Content-Length: the limit must hold while streaming
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for _ in range(40):
+            await resp.write(b"\0" * 1024)
+        await resp.write_eof()
+        return resp
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
+    async def missing(request: web.Request) -> web.Response:
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_get("/cat.png", cat)
+    app.router.add_get("/page", html)
+    app.router.add_get("/big.png", big)
+    app.router.add_get("/go", redirect)
+    app.router.add_get("/missing.png", missing)
+    return app
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    runner = web.AppRunner(_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+def _settings(**kw) -> Settings:
+    return Settings(_env_file=None, image_fetch_timeout_s=5, **kw)
+
+
+def _request(url: str) -> dict:
+    return {
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+                ],
+            },
+        ],
+    }
+
+
+async def _refused(fetcher: ImageFetcher, url: str) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        await fetcher.inline(_request(url))
+    await fetcher.close()
+    assert info.value.param == "messages[1].content[1].image_url.url"
+    return info.value
+
+
+async def test_loopback_is_refused_by_default(server: str) -> None:
+    error = await _refused(ImageFetcher(_settings()), f"{server}/cat.png")
+    assert "not allowed" in error.message
+
+
+async def test_a_host_name_resolving_to_loopback_is_refused(server: str) -> None:
+    port = server.rsplit(":", 1)[1]
+    error = await _refused(ImageFetcher(_settings()), f"http://localhost:{port}/cat.png")
+    assert "resolves to a private or internal address" in error.message
+
+
+async def test_allowed_by_the_setting_the_image_is_inlined_as_a_data_uri(server: str) -> None:
+    fetcher = ImageFetcher(_settings(image_fetch_allow_private=True))
+    request = _request(f"{server}/cat.png")
+    out = await fetcher.inline(request)
+    await fetcher.close()
+    part = out["messages"][1]["content"][1]
+    assert part == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode(), "detail": "low"},
+    }
+    assert request["messages"][1]["content"][1]["image_url"]["url"] == f"{server}/cat.png"  # not mutated
+    assert out["messages"][0] is request["messages"][0]
+
+
+async def test_data_uris_pass_through_without_a_fetch() -> None:
+    request = _request("data:image/png;base64," + base64.b64encode(PNG).decode())
+    fetcher = ImageFetcher(_settings())
+    assert await fetcher.inline(request) is request
+    await fetcher.close()
+
+
+async def test_a_redirect_to_a_private_address_is_refused(server: str) -> None:
+    # the server itself is exempt; the redirect target (another loopback address) is not
+    fetcher = ImageFetcher(_settings(), exempt=["127.0.0.1/32"])
+    port = server.rsplit(":", 1)[1]
+    error = await _refused(fetcher, f"{server}/go?to=http://127.0.0.2:{port}/cat.png")
+    assert "127.0.0.2" in error.message
+
+
+async def test_a_redirect_to_another_scheme_is_refused(server: str) -> None:
+    fetcher = ImageFetcher(_settings(), exempt=["127.0.0.1/32"])
+    error = await _refused(fetcher, f"{server}/go?to=file:///etc/passwd")
+    assert "http(s)" in error.message
+
+
+async def test_a_checked_redirect_is_followed(server: str) -> None:
+    fetcher = ImageFetcher(_settings(), exempt=["127.0.0.1/32"])
+    mime, data = await fetcher.fetch(f"{server}/go?to=/cat.png")
+    await fetcher.close()
+    assert (mime, data) == ("image/png", PNG)
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/big.png", "over the limit"),
+        ("/page", "text/html, not an image"),
+        ("/missing.png", "HTTP 404"),
+    ],
+)
+async def test_too_large_wrong_type_and_errors_are_refused(server: str, path: str, words: str) -> None:
+    fetcher = ImageFetcher(_settings(image_fetch_allow_private=True, image_fetch_max_bytes=10_000))
+    error = await _refused(fetcher, f"{server}{path}")
+    assert words in error.message
+
+
+@pytest.mark.parametrize(
+    ("address", "default", "with_private"),
+    [
+        ("8.8.8.8", True, True),
+        ("2606:4700:4700::1111", True, True),
+        ("127.0.0.1", False, True),
+        ("::1", False, True),
+        ("10.1.2.3", False, True),
+        ("172.16.0.1", False, True),
+        ("192.168.1.1", False, True),
+        ("100.64.0.1", False, True),  # CGNAT
+        ("169.254.1.1", False, True),  # link-local
+        ("fe80::1", False, True),
+        ("fd12:3456::1", False, True),  # unique local
+        ("224.0.0.1", False, True),  # multicast
+        ("0.0.0.0", False, True),
+        ("::ffff:127.0.0.1", False, True),  # IPv4-mapped loopback
+        ("::ffff:10.0.0.1", False, True),
+        ("2002:a00:1::", False, True),  # 6to4 of 10.0.0.1
+        ("64:ff9b::a00:1", False, True),  # NAT64 of 10.0.0.1
+        ("169.254.169.254", False, False),  # metadata: never
+        ("fd00:ec2::254", False, False),
+        ("100.100.100.200", False, False),
+        ("168.63.129.16", False, False),
+        ("::ffff:169.254.169.254", False, False),
+    ],
+)
+def test_address_policy(address: str, default: bool, with_private: bool) -> None:
+    ip = ipaddress.ip_address(address)
+    assert address_allowed(ip, allow_private=False) is default
+    assert address_allowed(ip, allow_private=True) is with_private

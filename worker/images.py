@@ -1,0 +1,257 @@
+"""Fetching image URLs for providers that need the bytes (Gemini's ``inlineData``), SSRF-guarded.
+
+A job's image URL is the caller's input, and the worker runs inside someone's network: fetched
+naively it could read a cloud metadata endpoint or an internal service. ``ImageFetcher`` therefore
+has a session of its own (not the providers' one) whose every connection goes through the guard:
+
+* only ``http``/``https`` URLs, the job's own and every redirect target (redirects are followed
+  here, one hop at a time, each target checked again, at most ``MAX_REDIRECTS``);
+* a host name is resolved by ``GuardedResolver``, which drops addresses the policy refuses and
+  fails when none is left (so the connection goes only to an address that was checked: no DNS
+  rebinding between check and connect); an IP literal is checked before the request;
+* refused unless ``image_fetch_allow_private``: loopback, private (RFC 1918, ULA), link-local,
+  CGNAT (100.64/10), multicast, unspecified and reserved ranges, and IPv6 forms embedding them;
+  refused always: the cloud metadata addresses (``METADATA``);
+* the answer must be 200 with an ``image/*`` content type and at most ``image_fetch_max_bytes``
+  (checked against Content-Length and again while reading); the whole fetch, redirects included,
+  takes at most ``image_fetch_timeout_s``.
+
+A failed fetch is the caller's problem, raised as ``InvalidRequest`` naming the image's param.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from config.settings import Settings
+from llm_router.errors import InvalidRequest
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 64 * 1024
+
+# cloud metadata and host-agent endpoints: refused even when private addresses are allowed
+METADATA: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
+        "169.254.170.2/32",  # AWS ECS task metadata
+        "fd00:ec2::254/128",  # AWS IMDS over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud
+        "168.63.129.16/32",  # Azure WireServer
+    )
+)
+
+
+def address_allowed(ip: IPAddress, *, allow_private: bool, exempt: Iterable[IPNetwork] = ()) -> bool:
+    """Whether the guard lets a connection go to ``ip``."""
+    for embedded in _embedded_v4(ip):
+        if not address_allowed(embedded, allow_private=allow_private, exempt=exempt):
+            return False
+    if any(ip in net for net in METADATA if net.version == ip.version):
+        return False
+    if allow_private or any(ip in net for net in exempt if net.version == ip.version):
+        return True
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+def _embedded_v4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64): each is checked too."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo:
+        found.append(ip.teredo[1])
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class RefusedAddress(OSError):
+    """A host resolved only to addresses the guard refuses."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves through aiohttp's default resolver and keeps only the addresses the guard allows."""
+
+    def __init__(self, *, allow_private: bool, exempt: Iterable[IPNetwork] = ()) -> None:
+        self._inner = DefaultResolver()
+        self._allow_private = allow_private
+        self._exempt = tuple(exempt)
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [
+            r
+            for r in results
+            if address_allowed(
+                ipaddress.ip_address(r["host"]), allow_private=self._allow_private, exempt=self._exempt
+            )
+        ]
+        if not allowed:
+            raise RefusedAddress(f"{host} resolves only to addresses that are refused (private or internal)")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class ImageFetcher:
+    """Replaces https image URLs in a request by ``data:`` URIs; one per worker process.
+
+    ``exempt`` networks are allowed even when private addresses are not (an internal image CDN,
+    or a test server).
+    """
+
+    def __init__(self, settings: Settings, *, exempt: Iterable[IPNetwork | str] = ()) -> None:
+        self.settings = settings
+        self._exempt = tuple(ipaddress.ip_network(n) for n in exempt)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def inline(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``request`` whose http(s) image URLs are data URIs; data URIs pass through."""
+        targets: dict[str, str] = {}  # url → param of its first use, for errors
+        for i, msg in enumerate(request.get("messages") or ()):
+            content = msg.get("content") if isinstance(msg, dict) else None
+            for k, part in enumerate(content if isinstance(content, list) else ()):
+                url = _image_url(part)
+                if url and url.startswith(("https://", "http://")):
+                    targets.setdefault(url, f"messages[{i}].content[{k}].image_url.url")
+        if not targets:
+            return request
+        fetched = await asyncio.gather(*(self._data_uri(url, param) for url, param in targets.items()))
+        inlined = dict(zip(targets, fetched, strict=True))
+        messages = []
+        for msg in request["messages"]:
+            content = msg.get("content")
+            if isinstance(content, list) and any(_image_url(p) in inlined for p in content):
+                msg = {**msg, "content": [_replace(p, inlined) for p in content]}
+            messages.append(msg)
+        return {**request, "messages": messages}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _data_uri(self, url: str, param: str) -> str:
+        mime, data = await self.fetch(url, param=param)
+        return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+    async def fetch(self, url: str, *, param: str | None = None) -> tuple[str, bytes]:
+        """(content type, bytes) of the image at ``url``, following checked redirects."""
+        try:
+            async with asyncio.timeout(self.settings.image_fetch_timeout_s):
+                return await self._follow(url, param)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"fetching the image timed out after {self.settings.image_fetch_timeout_s:g} s", param=param
+            ) from None
+
+    async def _follow(self, url: str, param: str | None) -> tuple[str, bytes]:
+        session = self._get_session()
+        target = URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_target(target, param)
+            try:
+                async with session.get(target, allow_redirects=False) as resp:
+                    if resp.status in _REDIRECTS:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise InvalidRequest("the image URL redirects nowhere", param=param)
+                        target = target.join(URL(location))
+                        continue
+                    return await self._read(resp, param)
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, RefusedAddress):
+                    raise InvalidRequest(
+                        f"the image URL's host {target.host} is not allowed: it resolves to a private "
+                        "or internal address",
+                        param=param,
+                    ) from None
+                raise InvalidRequest(
+                    f"cannot connect to the image URL's host {target.host}", param=param
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise InvalidRequest(
+                    f"fetching the image failed: {type(exc).__name__}", param=param
+                ) from None
+        raise InvalidRequest(f"the image URL redirects more than {MAX_REDIRECTS} times", param=param)
+
+    def _check_target(self, target: URL, param: str | None) -> None:
+        if target.scheme not in ("http", "https") or not target.host:
+            raise InvalidRequest("image URLs (and their redirects) must be http(s) URLs", param=param)
+        try:
+            ip = ipaddress.ip_address(target.host)
+        except ValueError:
+            return  # a host name: the resolver checks what it resolves to
+        if not address_allowed(
+            ip, allow_private=self.settings.image_fetch_allow_private, exempt=self._exempt
+        ):
+            raise InvalidRequest(
+                f"the image URL's address {ip} is not allowed (private or internal)", param=param
+            )
+
+    async def _read(self, resp: aiohttp.ClientResponse, param: str | None) -> tuple[str, bytes]:
+        if resp.status != 200:
+            raise InvalidRequest(f"fetching the image failed: HTTP {resp.status}", param=param)
+        mime = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if not mime.startswith("image/"):
+            raise InvalidRequest(
+                f"the image URL answered {mime or 'no content type'}, not an image", param=param
+            )
+        limit = self.settings.image_fetch_max_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            raise InvalidRequest(
+                f"the image is {resp.content_length} bytes; the limit is {limit}", param=param
+            )
+        data = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise InvalidRequest(f"the image is over the limit of {limit} bytes", param=param)
+        return mime, bytes(data)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            resolver = GuardedResolver(
+                allow_private=self.settings.image_fetch_allow_private, exempt=self._exempt
+            )
+            connector = aiohttp.TCPConnector(resolver=resolver, limit=64, ttl_dns_cache=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.image_fetch_timeout_s),
+                trust_env=False,  # a proxy would connect on our behalf, past the guard
+                auto_decompress=True,
+            )
+        return self._session
+
+
+def _image_url(part: Any) -> str | None:
+    if isinstance(part, dict) and part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+        url = part["image_url"].get("url")
+        return url if isinstance(url, str) else None
+    return None
+
+
+def _replace(part: Any, inlined: dict[str, str]) -> Any:
+    url = _image_url(part)
+    if url not in inlined:
+        return part
+    return {**part, "image_url": {**part["image_url"], "url": inlined[url]}}
