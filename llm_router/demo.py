@@ -60,8 +60,10 @@ def demo_jobs(n: int) -> list[dict[str, Any]]:
     chats = 0
     for i in range(n):
         if i % 4 == 3:
-            model = VISION_MODELS[i % len(VISION_MODELS)]
-            image = f"data:image/png;base64,{TINY_PNG_B64}" if i % 8 == 3 else "https://example.com/cat.jpg"
+            model = VISION_MODELS[(i // 4) % len(VISION_MODELS)]
+            # Gemini takes image bytes: the worker would fetch an https image, and the demo stays offline
+            url = i % 8 == 7 and not model.startswith("gemini")
+            image = "https://example.com/cat.jpg" if url else f"data:image/png;base64,{TINY_PNG_B64}"
             jobs.append(
                 {
                     "model": model,

@@ -13,6 +13,9 @@ SIM_KEYS = {
     "MISTRAL_API_KEY": "sk-sim-mistral",
     "ANTHROPIC_API_KEY": "sk-sim-anthropic",
     "GEMINI_API_KEY": "sk-sim-gemini",
+    "DEEPSEEK_API_KEY": "sk-sim-deepseek",
+    "GROQ_API_KEY": "sk-sim-groq",
+    "DASHSCOPE_API_KEY": "sk-sim-dashscope",
 }
 _BLANKED_SUFFIXES = ("_API_KEY", "_BASE_URL")
 

@@ -60,6 +60,8 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "keeper" in ctx:
             ctx["keeper"].stop()
+        if "runner" in ctx:
+            await ctx["runner"].images.close()
         if "session" in ctx:
             await ctx["session"].close()
 

@@ -37,6 +37,7 @@ from llm_router.redact import redact
 from llm_router.store import Store
 from worker.breaker import Policy, RetryBudget, routing_table
 from worker.http import send
+from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
 from worker.route_walk import Outcome, RouteWalk, failed_outcome
 
@@ -81,6 +82,7 @@ class JobRunner:
             d.id: Policy.for_deployment(d, settings) for m in catalog.models for d in catalog.deployments(m)
         }
         self.budget = RetryBudget(settings.retry_budget_ratio)
+        self.images = ImageFetcher(settings)
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
 
     async def run(self, job_id: str) -> None:
@@ -140,6 +142,7 @@ class JobRunner:
             admit=lambda dep, est: self._admit(dep, job_id, est),
             inflight=self.inflight,
             scrub=self._scrub,
+            inline_images=self.images.inline,
         )
         try:
             outcome = await self._bounded_walk(walk, now)

@@ -32,7 +32,7 @@ from worker.breaker import (
     outcome,
     outcome_kind,
 )
-from worker.providers import Completion
+from worker.providers import ADAPTERS, Completion
 
 # why a deployment was skipped without a call → the code its attempt records, and its breaker state
 _SKIPS: dict[str, tuple[str, str]] = {
@@ -83,7 +83,10 @@ class RouteWalk:
     admit: Admit
     inflight: dict[str, dict[str, Any]]
     scrub: Callable[[RouterError], None]
+    # replaces https image URLs by data URIs, for providers that cannot fetch them (once per job)
+    inline_images: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     outcomes: list[str] = field(default_factory=list)
+    _inlined: dict[str, Any] | None = None
 
     async def run(self) -> Outcome:
         errors: list[RouterError] = []
@@ -143,7 +146,12 @@ class RouteWalk:
             }
             self.budget.call()
             try:
-                completion = await self.call(dep, self.request, self.deadline_at)
+                request = self.request
+                if getattr(ADAPTERS[dep.format], "NEEDS_IMAGE_BYTES", False):
+                    if self._inlined is None:
+                        self._inlined = await self.inline_images(self.request)
+                    request = self._inlined
+                completion = await self.call(dep, request, self.deadline_at)
             except RouterError as exc:
                 self.scrub(exc)
                 self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(decision)))

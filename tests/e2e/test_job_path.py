@@ -39,7 +39,10 @@ def _jobs(n: int) -> list[dict]:
     jobs = []
     for i in range(n):
         if i % 5 == 4:
-            image = f"data:image/png;base64,{PIXEL}" if i % 2 else "https://example.com/cat.jpg"
+            model = VISION_MODELS[i % 3]
+            # Gemini needs bytes: an https image would be fetched by the worker, and tests stay offline
+            url = i % 2 == 0 and not model.startswith("gemini")
+            image = "https://example.com/cat.jpg" if url else f"data:image/png;base64,{PIXEL}"
             jobs.append({"model": VISION_MODELS[i % 3], "prompt": f"what is in image {i}?", "image": image})
         else:
             jobs.append(

@@ -54,6 +54,7 @@ def _catalog(tmp_path: Path, sim_url: str, dead_url: str) -> Catalog:
         "providers": {
             "dead": {"base_url": dead_url, "key_env": "DEAD_KEY"},
             "sim": {"base_url": f"{sim_url}/v1", "key_env": "SIM_KEY"},
+            "gem": {"format": "gemini", "base_url": sim_url, "key_env": "SIM_KEY"},
         },
         "models": {
             "m": {
@@ -64,7 +65,14 @@ def _catalog(tmp_path: Path, sim_url: str, dead_url: str) -> Catalog:
             "solo": {
                 "vendor": "x",
                 "price": {"input": 1, "output": 2},
+                "capabilities": {"vision": True},
                 "deployments": [{"provider": "sim", "model": "solo"}],
+            },
+            "gem": {
+                "vendor": "x",
+                "price": {"input": 1, "output": 2},
+                "capabilities": {"vision": True},
+                "deployments": [{"provider": "gem", "model": "gemini-2.5-flash"}],
             },
         },
     }
@@ -170,3 +178,18 @@ def test_urls_lose_their_credentials_in_messages() -> None:
 async def test_session_reuses_connections(setup) -> None:
     _, runner, _ = setup
     assert isinstance(runner.session.connector, aiohttp.TCPConnector)
+
+
+async def test_images_are_fetched_for_providers_that_need_bytes_and_guarded(setup) -> None:
+    """Gemini takes bytes, so the worker fetches the image first, and its SSRF guard refuses a
+    loopback address; an OpenAI-format provider gets the URL as it is and answers."""
+    producer, runner, _ = setup
+    job = {"prompt": "what is this?", "image": "https://127.0.0.1/cat.png"}
+    gem = await producer.submit({"model": "gem", **job})
+    await runner.run(gem.job_id)
+    refused = await producer.get(gem.job_id)
+    assert refused.status == "failed" and refused.error["code"] == "invalid_request"
+    assert refused.error["param"] == "messages[0].content[1].image_url.url"
+    plain = await producer.submit({"model": "solo", **job})
+    await runner.run(plain.job_id)
+    assert (await producer.get(plain.job_id)).status == "succeeded"
