@@ -47,7 +47,7 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
-from worker.providers.openai import retry_after
+from worker.providers.wire import json_answer, retry_after
 
 NEEDS_IMAGE_BYTES = False  # URL image sources are fetched by Anthropic itself
 DEFAULT_VERSION = "2023-06-01"
@@ -389,16 +389,7 @@ def _thinking(request: dict[str, Any], body: dict[str, Any]) -> None:
 
 
 def parse_response(status: int, headers: dict[str, str], body: bytes, request: dict[str, Any]) -> Completion:
-    if status >= 400:
-        raise classify_error(status, headers, body)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadResponse(
-            f"malformed JSON in a {status} answer ({len(body)} bytes)", http_status=status
-        ) from None
-    if not isinstance(data, dict):
-        raise BadResponse("the answer is not a JSON object", http_status=status)
+    data = json_answer(status, headers, body, classify_error)
     if data.get("type") == "error":
         raise classify_error(502, headers, body)
     content, usage = data.get("content"), data.get("usage")

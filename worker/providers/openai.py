@@ -9,7 +9,6 @@ Legacy ``functions`` requests are sent as ``tools`` (many OpenAI-compatible serv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
+from worker.providers.wire import json_answer, retry_after
 
 # what we never forward: our reserved keys, and streaming (this path reads whole answers)
 _DROP = frozenset(RESERVED_KEYS | {"stream", "stream_options"})
@@ -125,16 +125,7 @@ def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
 
 
 def parse_response(status: int, headers: dict[str, str], body: bytes, request: dict[str, Any]) -> Completion:
-    if status >= 400:
-        raise classify_error(status, headers, body)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadResponse(
-            f"malformed JSON in a {status} answer ({len(body)} bytes)", http_status=status
-        ) from None
-    if not isinstance(data, dict):
-        raise BadResponse("the answer is not a JSON object", http_status=status)
+    data = json_answer(status, headers, body, classify_error)
     if "error" in data and "choices" not in data:  # some gateways send errors with a 200
         raise classify_error(502, headers, body)
     choices = data.get("choices")
@@ -208,24 +199,3 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
         klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
     # the whole message: the worker removes keys from it before it cuts it to length
     return klass(message, http_status=status, retry_after=retry_after(headers))
-
-
-def retry_after(headers: dict[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after`` (seconds or HTTP date) or ``retry-after-ms`` (lower-case keys)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time(), 0.0)
-    except (TypeError, ValueError):
-        return None
