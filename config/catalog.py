@@ -93,6 +93,7 @@ class Capabilities(_Strict):
 
 class ModelSpec(_Strict):
     vendor: str
+    breaker: BreakerSpec | None = None
     family: str = ""
     prices_ref: str | None = Field(default=None, description="model id in genai-prices, when it differs")
     price: PriceOverride | None = None
@@ -238,7 +239,7 @@ class Catalog:
                         max_output=model.capabilities.max_output,
                         rpm=dep.rpm,
                         tpm=dep.tpm,
-                        breaker=_merge_breaker(prov.breaker, dep.breaker),
+                        breaker=_merge_breaker(_merge_breaker(prov.breaker, model.breaker), dep.breaker),
                     )
                 )
             out[model_id] = deps

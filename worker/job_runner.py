@@ -115,6 +115,9 @@ class JobRunner:
         ) = started
         decisions = {adm[i].decode(): adm[i + 1].decode() for i in range(0, len(adm), 2)}
         clock_offset_s = time.time() - int(rnow) / 1000
+        for dep_id, decision in decisions.items():
+            if decision == "probe":  # the start script moved this breaker from open to half-open
+                log.info("breaker half-open, probing", deployment=dep_id, job_id=job_id)
         request: dict[str, Any] = orjson.loads(request_b)
         route: list[str] = orjson.loads(route_b)
         attempts: list[dict[str, Any]] = orjson.loads(attempts_b) if attempts_b else []
