@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # how long a finished job's record write keeps retrying while Redis is away
     redis_retry_s: float = 60.0
 
+    # streaming: a stream must start within this, then never go quiet longer than this
+    stream_ttft_s: float = 30.0
+    stream_idle_s: float = 30.0
+    stream_maxlen: int = 20_000  # entries kept per job stream (a whole answer, chunk by chunk)
+
     # circuit breakers (per deployment, fleet-wide; the catalog may override per provider/deployment)
     breaker_window_s: float = 60.0
     breaker_bucket_s: float = 10.0

@@ -154,9 +154,14 @@ async def _chat(args: argparse.Namespace, settings: Settings) -> int:
         job["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         job["temperature"] = args.temperature
-    if args.stream:
-        job["stream"] = True
     async with await Producer.connect(settings) as producer:
+        if args.stream and not args.json:
+            params = {k: v for k, v in job.items() if k not in ("model", "messages")}
+            async for text in producer.chat_stream(job["model"], job["messages"], **params):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return EXIT_OK
         return _print_answer(await producer.run_interactive(job, timeout=args.timeout), args.json)
 
 

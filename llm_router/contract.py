@@ -171,6 +171,7 @@ class ChatJob(BaseModel):
     user: str | None = None
     n: Annotated[int, Field(ge=1, le=16)] | None = None
     stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
@@ -338,6 +339,7 @@ class JobRecord(BaseModel):
     runs: int = 0
     passes: int = 0
     fallback_used: bool = False
+    partial_text: str | None = None  # what a stream published before it broke (stream_interrupted)
 
     @property
     def latency_ms(self) -> float | None:

@@ -33,6 +33,7 @@ parses messages: it reads these attributes, which come from one table (``ERROR_T
         ├── UpstreamInvalidRequest      invalid_request (400: the provider refused the caller's request)
         ├── ProviderOutOfCredits        provider_out_of_credits
         ├── NoDeployment                no_deployment
+        ├── StreamInterrupted           stream_interrupted
         └── AllDeploymentsFailed        all_deployments_failed
 """
 
@@ -84,6 +85,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "not_found": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "provider_out_of_credits": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "no_deployment": ErrorSpec(502, "upstream_error"),
+    # tokens were already published when the upstream stream broke: no fallback (the follower has
+    # seen them), but the deployment's breaker counts it
+    "stream_interrupted": ErrorSpec(502, "upstream_error", breaker=True),
     "all_deployments_failed": ErrorSpec(502, "upstream_error", retryable=True),
 }
 
@@ -258,6 +262,14 @@ class ProviderOutOfCredits(UpstreamFailure):
 
 class NoDeployment(UpstreamFailure):
     code = "no_deployment"
+
+
+class StreamInterrupted(UpstreamFailure):
+    code = "stream_interrupted"
+
+    def __init__(self, message: str, *, partial_text: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.partial_text = partial_text
 
 
 class AllDeploymentsFailed(UpstreamFailure):

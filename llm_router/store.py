@@ -45,6 +45,11 @@ def record_key(job_id: str) -> str:
     return RECORD_PREFIX + job_id
 
 
+def stream_key(job_id: str) -> str:
+    """The job's token stream: OpenAI ``chat.completion.chunk`` entries, then an end or error entry."""
+    return f"{PREFIX}:stream:{job_id}"
+
+
 def workers_key(queue_name: str) -> str:
     """Live workers of a queue (a sorted set scored by last heartbeat): a worker on another queue
     cannot answer this one's jobs."""
@@ -150,7 +155,7 @@ end
 return out
 """
 
-# KEYS: record.  ARGV: record ttl s, job id, number of field arguments, field/value pairs, then
+# KEYS: record, job stream.  ARGV: record ttl s, job id, number of field arguments, field/value pairs, then
 # breaker outcomes (see resilience_lua).  Outcomes count even for a job that already ended (the
 # calls happened); the fields never overwrite an ended job, so a duplicate run cannot replace the
 # outcome (or the cost) recorded first.  Returns {1 written | 0 already ended | -2 no record,
@@ -171,6 +176,13 @@ if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return out end
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n)) end
 redis.call('HDEL', KEYS[1], 'inflight')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+local ended = redis.call('HGET', KEYS[1], 'status')
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 and
+   (ended == 'succeeded' or ended == 'failed' or ended == 'cancelled') then
+  -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
+  redis.call('XADD', KEYS[2], '*', 'end', ended)
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
 out[1] = 1
 return out
 """
@@ -313,8 +325,30 @@ class Store:
             argv.append(name)
             argv.append(encode_field(name, value))
         argv.extend(outcomes)
-        res = await self._finish(keys=[record_key(job_id)], args=argv)
+        res = await self._finish(keys=[record_key(job_id), stream_key(job_id)], args=argv)
         return int(res[0]), [t.decode() if isinstance(t, bytes) else str(t) for t in res[1:]]
+
+    async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
+        """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
+        key = stream_key(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
+            pipe.expire(key, self.record_ttl_s)
+            await pipe.execute()
+
+    async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:
+        """The stream's error event: tokens were published, then the upstream stream broke."""
+        await self.redis.xadd(stream_key(job_id), {"error": orjson.dumps(error)})
+
+    async def read_stream(
+        self, job_id: str, after: str, *, block_ms: int, count: int = 500
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Entries after ``after`` (``"0-0"`` from the start), waiting up to ``block_ms`` for new ones."""
+        res = await self.redis.xread({stream_key(job_id): after}, block=block_ms, count=count)
+        if not res:
+            return []
+        return [(entry_id.decode(), fields) for entry_id, fields in res[0][1]]
 
     async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
         keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]

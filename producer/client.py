@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from config.catalog import Catalog
@@ -55,6 +55,15 @@ class Client:
     def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         """The OpenAI ``chat.completion`` for one chat; raises ``JobFailed`` when the job fails."""
         return self._runner.run(self._producer.chat(model, messages, **params))
+
+    def chat_stream(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Iterator[str]:
+        """The answer's text piece by piece, as the worker streams it."""
+        pieces = self._producer.chat_stream(model, messages, **params)
+        while True:
+            try:
+                yield self._runner.run(anext(pieces))
+            except StopAsyncIteration:
+                return
 
     def vision(self, model: str, image: str, prompt: str, **params: Any) -> dict[str, Any]:
         return self._runner.run(self._producer.vision(model, image, prompt, **params))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -268,6 +269,57 @@ class Producer:
         )
         record = await self.run_interactive(job, timeout=timeout)
         return record.response or {}
+
+    async def stream(self, job_id: str, *, block_ms: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        """The job's ``chat.completion.chunk`` objects as they come; a late follower gets them all
+        from the start. Ends when the job ends; raises ``JobFailed`` if it failed (``stream_interrupted``
+        after some chunks, say)."""
+        after = "0-0"
+        ended = False
+        while True:
+            try:
+                entries = await self.store.read_stream(job_id, after, block_ms=0 if ended else block_ms)
+            except RedisError as exc:
+                log.warning("redis unavailable while streaming, retrying", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for entry_id, fields in entries:
+                after = entry_id
+                if b"c" in fields:
+                    yield orjson.loads(fields[b"c"])
+                elif b"end" in fields:  # written with the final record: the outcome is readable now
+                    await self._raise_unless_succeeded(job_id)
+                    return
+                # an error entry comes before the record is final; its end entry follows
+            if ended:  # drained what raced with the end: done
+                await self._raise_unless_succeeded(job_id)
+                return
+            if not entries:
+                record = await self.store.get(job_id)
+                if record is None:
+                    raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+                # a job that ended without streaming (failed before a token, cancelled) has no end entry
+                ended = record.status in TERMINAL
+
+    async def _raise_unless_succeeded(self, job_id: str) -> None:
+        record = await self.get(job_id)
+        if record.status != JobStatus.SUCCEEDED:
+            raise JobFailed(record)
+
+    async def chat_stream(
+        self, model: str, messages: list[dict[str, Any]], **params: Any
+    ) -> AsyncIterator[str]:
+        """The product's streaming call: the answer's text, piece by piece, as the job produces it."""
+        if await self.live_workers() == 0:
+            raise NoWorkers("no live llm-router worker (start one with `llm-router worker`)")
+        submitted = await self.submit(
+            {"model": model, "messages": messages, **params, "stream": True}, interactive=True
+        )
+        async for chunk in self.stream(submitted.job_id):
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield text
 
     async def run_interactive(self, job: dict[str, Any], *, timeout: float | None = None) -> JobRecord:
         """Submit with the interactive deadline and wait; fail fast when no worker is alive."""

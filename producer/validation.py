@@ -100,10 +100,10 @@ class Validator:
                 raise ModelNotFound(f"Model '{name}' is not available", param=f"fallbacks[{i}]")
             if fb not in route:
                 route.append(fb)
-        if job.stream:
-            raise UnsupportedCapability(
-                "streaming jobs are not supported yet; submit with stream false", param="stream"
-            )
+        if job.stream_options is not None and not job.stream:
+            raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
+        if job.stream and not self.catalog.models[model_id].capabilities.streaming:
+            raise UnsupportedCapability(f"'{model_id}' does not stream", param="stream")
         self._check_capabilities(job, route)
         if job.fallbacks is None:
             # the catalog's fallbacks apply when the job names none ([] turns them off); those that

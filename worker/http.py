@@ -50,7 +50,15 @@ async def send(
             headers = {k.lower(): v for k, v in resp.headers.items()}
             return resp.status, headers, body
     except Exception as exc:
-        for exc_type, error in _TRANSPORT_ERRORS:
-            if isinstance(exc, exc_type):
-                raise error(f"{type(exc).__name__} calling {redact_url(call.url)}: {exc}") from None
-        raise
+        mapped = transport_error(exc, call.url)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def transport_error(exc: BaseException, url: str) -> RouterError | None:
+    """The taxonomy's error for an aiohttp transport failure, or ``None`` when it is not one."""
+    for exc_type, error in _TRANSPORT_ERRORS:
+        if isinstance(exc, exc_type):
+            return error(f"{type(exc).__name__} calling {redact_url(url)}: {exc}")
+    return None

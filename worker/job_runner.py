@@ -40,6 +40,7 @@ from worker.http import send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
 from worker.route_walk import Outcome, RouteWalk, failed_outcome
+from worker.streaming import ChunkPublisher, stream_call
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -83,6 +84,7 @@ class JobRunner:
         }
         self.budget = RetryBudget(settings.retry_budget_ratio)
         self.images = ImageFetcher(settings)
+        self._model_by_deployment = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
 
     async def run(self, job_id: str) -> None:
@@ -146,6 +148,7 @@ class JobRunner:
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
+            stream=self._stream_for(job_id, route[0]) if request.get("stream") else None,
         )
         try:
             outcome = await self._bounded_walk(walk, now)
@@ -240,6 +243,25 @@ class JobRunner:
                 raise DeadlineExceeded("the job's deadline passed during a provider call") from None
             raise
         return adapter.parse_response(status, headers, body, request)
+
+    def _stream_for(self, job_id: str, model_id: str) -> Any:
+        publisher = ChunkPublisher(self.store, job_id, model_id, self.settings.stream_maxlen)
+
+        async def call(dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
+            publisher.model_id = self._model_of(dep, model_id)
+            return await stream_call(
+                self.session,
+                dep,
+                request,
+                deadline_at=deadline_at,
+                settings=self.settings,
+                publisher=publisher,
+            )
+
+        return call
+
+    def _model_of(self, dep: Deployment, default: str) -> str:
+        return self._model_by_deployment.get(dep.id, default)
 
     def _scrub(self, exc: RouterError) -> None:
         """Keys out of an upstream message (before it is cut, so no key is left half-visible)."""

@@ -20,7 +20,7 @@ from config.catalog import Catalog, Deployment
 from config.prices import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import JobStatus
-from llm_router.errors import AllDeploymentsFailed, NoDeployment, RouterError
+from llm_router.errors import AllDeploymentsFailed, NoDeployment, RouterError, StreamInterrupted
 from worker.breaker import (
     DISABLED,
     LIMITED,
@@ -85,6 +85,8 @@ class RouteWalk:
     scrub: Callable[[RouterError], None]
     # replaces https image URLs by data URIs, for providers that cannot fetch them (once per job)
     inline_images: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    # the streamed variant of ``call``, for jobs with ``stream: true`` (publishes to the job's stream)
+    stream: Call | None = None
     outcomes: list[str] = field(default_factory=list)
     _inlined: dict[str, Any] | None = None
 
@@ -117,6 +119,10 @@ class RouteWalk:
                 if last.code == "context_length_exceeded":
                     needs_context = window  # this model's other deployments have the same window
                     break
+                if isinstance(last, StreamInterrupted):
+                    result = failed_outcome(last, self.attempts)
+                    result.fields["partial_text"] = last.partial_text
+                    return self._finish(result)
                 if not (
                     last.spec.fallback
                     or (last.code == "content_filtered" and self.settings.fallback_on_content_filter)
@@ -151,7 +157,8 @@ class RouteWalk:
                     if self._inlined is None:
                         self._inlined = await self.inline_images(self.request)
                     request = self._inlined
-                completion = await self.call(dep, request, self.deadline_at)
+                call = self.stream if self.stream is not None and self.request.get("stream") else self.call
+                completion = await call(dep, request, self.deadline_at)
             except RouterError as exc:
                 self.scrub(exc)
                 self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(decision)))

@@ -2,9 +2,10 @@
 
 Used by tests, the demo and benchmarks in place of real LLM providers. It speaks the OpenAI
 chat-completions format (JSON and SSE) under any path prefix, Anthropic Messages
-(``/v1/messages``, JSON and SSE) and Gemini ``generateContent``; see ``wire`` for how formats plug
-in, ``tokens`` for the documented token-counting rule, ``faults`` for how fault rules match and
-``prompt_cache`` for the prompt caching the native formats report.
+(``/v1/messages``, JSON and SSE) and Gemini ``generateContent`` (and ``streamGenerateContent``,
+SSE); see ``wire`` for how formats plug in, ``tokens`` for the documented token-counting rule,
+``faults`` for how fault rules match (mid-stream faults included) and ``prompt_cache`` for the
+prompt caching the native formats report.
 """
 
 from __future__ import annotations

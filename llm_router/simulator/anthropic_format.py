@@ -30,7 +30,7 @@ from llm_router.simulator.content import (
 )
 from llm_router.simulator.prompt_cache import MIN_TOKENS, PromptCache
 from llm_router.simulator.state import STATE
-from llm_router.simulator.stream import send_events
+from llm_router.simulator.stream import SSE_CONTENT_TYPE, broken_stream, send_events
 from llm_router.simulator.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
@@ -67,6 +67,7 @@ _CODE_ERRORS = {
 }
 _OTHER_SERVER_ERROR = ("api_error", "Internal server error")
 _THINKING_CAP = 64  # the simulated thought never exceeds this many tokens (or the budget)
+_CHUNK_CHARS = 24  # text streams in pieces this long; tool input in three pieces
 
 
 class AnthropicFormat:
@@ -101,13 +102,22 @@ class AnthropicFormat:
         )
 
     def malformed(self, call: ChatCall) -> web.Response:
-        body = orjson.dumps(_message_json(plan(call.request, None, PromptCache())))
+        reply = plan(call.request, None, PromptCache())
+        if call.stream:
+            return broken_stream(_events(reply))
+        body = orjson.dumps(_message_json(reply))
         return web.Response(status=200, body=body[: len(body) // 2], content_type=_JSON)
 
     def filtered(self, call: ChatCall) -> web.Response:
         reply = plan(call.request, None, PromptCache())
         refused = Reply(reply.id, reply.model, [], "refusal", None, reply.usage)
+        if call.stream:
+            return web.Response(body=b"".join(_events(refused)), content_type=SSE_CONTENT_TYPE)
         return web.Response(body=orjson.dumps(_message_json(refused)), content_type=_JSON)
+
+    def stream_error(self, rejection: Rejection) -> bytes:
+        # docs.claude.com streaming: "event: error" with the error object, e.g. overloaded_error
+        return b"event: error\ndata: " + orjson.dumps(error_body(rejection)) + b"\n\n"
 
     async def respond(
         self, request: web.Request, call: ChatCall, fault: StreamFault | None = None
@@ -277,7 +287,8 @@ def _message_json(reply: Reply) -> dict[str, Any]:
 
 
 def _events(reply: Reply) -> list[bytes]:
-    """Anthropic's stream: message_start, one start/delta/stop per block, message_delta, message_stop."""
+    """Anthropic's stream, as its docs show it: message_start, a ping, then per block a start, its
+    deltas (text in pieces, tool input as partial JSON) and a stop, message_delta, message_stop."""
 
     def event(name: str, data: dict[str, Any]) -> bytes:
         return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
@@ -287,22 +298,31 @@ def _events(reply: Reply) -> list[bytes]:
     events = [event("message_start", {"message": start})]
     for index, block in enumerate(reply.content):
         if block["type"] == "text":
-            opening, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+            opening = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": t} for t in _pieces(block["text"], _CHUNK_CHARS)]
         elif block["type"] == "thinking":
             opening = {"type": "thinking", "thinking": "", "signature": ""}
-            delta = {"type": "thinking_delta", "thinking": block["thinking"]}
+            deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             opening = {**block, "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()}
+            arguments = orjson.dumps(block["input"]).decode()
+            size = max(1, -(-len(arguments) // 3))
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in _pieces(arguments, size)]
         events.append(event("content_block_start", {"index": index, "content_block": opening}))
-        events.append(event("content_block_delta", {"index": index, "delta": delta}))
-        if block["type"] == "thinking":
-            signature = {"type": "signature_delta", "signature": block["signature"]}
-            events.append(event("content_block_delta", {"index": index, "delta": signature}))
+        if index == 0:
+            events.append(event("ping", {}))
+        events.extend(event("content_block_delta", {"index": index, "delta": d}) for d in deltas)
         events.append(event("content_block_stop", {"index": index}))
     delta = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
-    events.append(
-        event("message_delta", {"delta": delta, "usage": {"output_tokens": reply.usage["output_tokens"]}})
-    )
+    usage = {k: reply.usage[k] for k in _DELTA_USAGE}  # cumulative, as the API sends them
+    events.append(event("message_delta", {"delta": delta, "usage": usage}))
     events.append(event("message_stop", {}))
     return events
+
+
+_DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]

@@ -3,7 +3,8 @@
 Chat routes accept any path prefix (``/v1``, ``/api/v1``, ``/openai/v1``, none) because
 OpenAI-compatible vendors mount the same API under different prefixes. Each chat route pairs a
 path suffix with a ``WireFormat``: ``chat/completions`` (OpenAI), ``messages`` (Anthropic, at
-``/v1/messages``) and ``models/{model}:generateContent`` (Gemini, at ``/v1beta/models/...``).
+``/v1/messages``) and ``models/{model}:generateContent`` / ``:streamGenerateContent`` (Gemini, at
+``/v1beta/models/...``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _CHAT_ROUTES: dict[str, WireFormat] = {
     "chat/completions": openai_format.OPENAI,
     "messages": anthropic_format.ANTHROPIC,
     "models/{model:[^/]+?}:generateContent": gemini_format.GEMINI,
+    "models/{model:[^/]+?}:streamGenerateContent": gemini_format.GEMINI,
 }
 # Base64 images make legitimate chat bodies large; aiohttp's default cap is 1 MiB.
 _MAX_BODY = 64 * 1024 * 1024

@@ -10,7 +10,8 @@ class CallLog:
     """Counts every chat request by credential and model, keyed by outcome.
 
     The outcome is the HTTP status as a string ("200", "429", ...), or "reset"/"hang" for
-    requests that got no response at all. A malformed body still went out as a 200.
+    requests that got no response at all, or the mid-stream fault a stream got ("cut", "stall",
+    "stream_error"). A malformed body still went out as a 200.
     """
 
     def __init__(self) -> None:

@@ -11,6 +11,13 @@ connection (a cut-off transfer, unlike ``malformed`` whose short body is complet
 ``content_filter`` answers as the vendor does when its safety system withholds an answer: OpenAI
 a 400 ``content_policy_violation``, Anthropic a 200 with ``stop_reason: refusal`` and no content,
 Gemini a 200 whose ``promptFeedback.blockReason`` is ``SAFETY`` and which has no candidates.
+
+Mid-stream kinds (``STREAM_KINDS``) spoil a streamed answer after its first ``after_chunks`` events
+(SSE events, whatever they carry) went out intact: ``cut`` closes the connection with no terminal
+event, ``stall`` sends nothing for ``stall_s`` seconds and then goes on (or, with ``stall_then:
+close``, closes), ``stream_error`` sends an error event in the format's own shape (picked by
+``status`` and ``error_code`` like a ``status`` fault's body) and ends the stream. They only match
+streamed requests: a plain request passes them by without using up their ``count``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FaultKind = Literal["status", "hang", "reset", "malformed", "truncated", "latency", "content_filter"]
+FaultKind = Literal[
+    "status",
+    "hang",
+    "reset",
+    "malformed",
+    "truncated",
+    "latency",
+    "content_filter",
+    "cut",
+    "stall",
+    "stream_error",
+]
+STREAM_KINDS = frozenset({"cut", "stall", "stream_error"})
 
 
 class FaultRule(BaseModel):
@@ -56,6 +75,12 @@ class FaultRule(BaseModel):
     """kind=latency: extra delay before answering."""
     hang_s: float = Field(3600, ge=0)
     """kind=hang: how long to hold the request before closing the connection unanswered."""
+    after_chunks: int = Field(0, ge=0)
+    """kind=cut/stall/stream_error: how many events of the stream go out intact first."""
+    stall_s: float = Field(3600, ge=0)
+    """kind=stall: how long the stream goes quiet."""
+    stall_then: Literal["continue", "close"] = "continue"
+    """kind=stall: what happens after the stall: the rest of the stream, or a closed connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +135,7 @@ class FaultBook:
             for e in self._entries
         ]
 
-    def decide(self, credential: str | None, model: str | None) -> Decision | None:
+    def decide(self, credential: str | None, model: str | None, *, stream: bool = False) -> Decision | None:
         """The fault plan for one request; None when it should be answered at once, normally."""
         if not self._entries and self._latency_hi <= 0:
             return None
@@ -119,6 +144,8 @@ class FaultBook:
         for entry in self._entries:
             rule = entry.rule
             if not _matches(rule, credential, model) or not _active(entry, now):
+                continue
+            if rule.kind in STREAM_KINDS and not stream:
                 continue
             if rule.probability < 1 and self._rng.random() >= rule.probability:
                 continue

@@ -1,4 +1,5 @@
-"""The Gemini generateContent wire format: ``POST {prefix}/models/{model}:generateContent``.
+"""The Gemini generateContent wire format: ``POST {prefix}/models/{model}:generateContent``, and
+``:streamGenerateContent`` (server-sent events with ``alt=sse``, else one JSON array).
 
 ``GEMINI`` is the ``WireFormat`` the pipeline drives; the model comes from the path. The key goes
 in ``x-goog-api-key`` or ``?key=``; without one the API answers 403 PERMISSION_DENIED. Errors take
@@ -12,6 +13,11 @@ asked for. Thinking happens only when ``thinkingConfig`` asks for it (a budget o
 level): ``thoughtsTokenCount`` reports it, and ``includeThoughts`` adds the thought as a part.
 Implicit caching: a prompt whose prefix (all but the last turn) reached ``MIN_TOKENS`` and was
 seen before for this key and model reports it as ``cachedContentTokenCount``.
+
+A streamed answer is the same answer in pieces (``stream_events``): each event a
+``GenerateContentResponse`` with the next part of every candidate still going (text in pieces, a
+function call whole), a candidate's last one with its ``finishReason``, and the full usage on the
+last event (the earlier ones count only the prompt, as Gemini's do).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from llm_router.simulator.content import (
 from llm_router.simulator.gemini_request import GenerateRequest, validate_generate_request
 from llm_router.simulator.prompt_cache import PromptCache
 from llm_router.simulator.state import STATE
+from llm_router.simulator.stream import SSE_CONTENT_TYPE, broken_stream, send_events
 from llm_router.simulator.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
@@ -76,6 +83,8 @@ _MISSING_KEY = (
     "other form of API consumer identity to call this API."
 )
 _THINKING_CAP = 64
+_CHUNK_CHARS = 24  # streamed text comes in pieces this long
+_STREAM_METHOD = ":streamGenerateContent"
 _SAFETY_RATINGS = [
     {"category": c, "probability": "NEGLIGIBLE"}
     for c in (
@@ -110,7 +119,7 @@ class GeminiFormat:
             raise Rejection(
                 403, f"CachedContent not found (or permission denied): {req.body['cachedContent']}"
             )
-        return ChatCall(model=model, stream=False, request=req)
+        return ChatCall(model=model, stream=request.path.endswith(_STREAM_METHOD), request=req)
 
     def error(self, rejection: Rejection) -> web.Response:
         return web.Response(
@@ -118,7 +127,10 @@ class GeminiFormat:
         )
 
     def malformed(self, call: ChatCall) -> web.Response:
-        body = orjson.dumps(answer(call.request, None, PromptCache()))
+        whole = answer(call.request, None, PromptCache())
+        if call.stream:
+            return broken_stream(stream_events(whole))
+        body = orjson.dumps(whole)
         return web.Response(status=200, body=body[: len(body) // 2], content_type=_JSON)
 
     def filtered(self, call: ChatCall) -> web.Response:
@@ -137,14 +149,27 @@ class GeminiFormat:
             },
             "modelVersion": call.model,
         }
+        if call.stream:
+            return web.Response(body=_sse(blocked), content_type=SSE_CONTENT_TYPE)
         return web.Response(body=orjson.dumps(blocked), content_type=_JSON)
+
+    def stream_error(self, rejection: Rejection) -> bytes:
+        # Google's error object as an event's data (google-genai raises APIError on it)
+        return _sse(error_body(rejection))
 
     async def respond(
         self, request: web.Request, call: ChatCall, fault: StreamFault | None = None
     ) -> web.StreamResponse:
         credential = self.authenticate(request)
         body = answer(call.request, credential, request.app[STATE].prompt_cache)
-        return web.Response(body=orjson.dumps(body), content_type=_JSON)
+        if not call.stream:
+            return web.Response(body=orjson.dumps(body), content_type=_JSON)
+        events = stream_events(body)
+        if request.query.get("alt") == "sse":
+            return await send_events(request, events, fault)
+        # without alt=sse the API streams one JSON array of the same responses
+        pieces = [e.removeprefix(b"data: ").rstrip(b"\n") for e in events]
+        return web.Response(body=b"[" + b",\n".join(pieces) + b"]", content_type=_JSON)
 
 
 GEMINI = GeminiFormat()
@@ -249,6 +274,55 @@ def answer(req: GenerateRequest, credential: str | None, cache: PromptCache) -> 
         "modelVersion": req.model,
         "responseId": hashlib.blake2b(digest, digest_size=12).hexdigest(),
     }
+
+
+def stream_events(whole: dict[str, Any]) -> list[bytes]:
+    """``whole`` (an ``answer``) as streamGenerateContent's events; see the module docstring."""
+    pieces = [_candidate_pieces(c) for c in whole["candidates"]]
+    usage = whole["usageMetadata"]
+    prompt_only = {
+        "promptTokenCount": usage["promptTokenCount"],
+        "totalTokenCount": usage["promptTokenCount"],
+        "promptTokensDetails": usage["promptTokensDetails"],
+    }
+    several = len(pieces) > 1
+    steps = max(len(p) for p in pieces)
+    events = []
+    for step in range(steps):
+        candidates = []
+        for i, (candidate, parts) in enumerate(zip(whole["candidates"], pieces, strict=True)):
+            if step >= len(parts):
+                continue
+            out: dict[str, Any] = {"content": {"parts": [parts[step]], "role": "model"}}
+            if step == len(parts) - 1:
+                out["finishReason"] = candidate["finishReason"]
+                out["safetyRatings"] = candidate["safetyRatings"]
+            if several:  # Gemini leaves the index out of a single candidate's stream
+                out["index"] = i
+            candidates.append(out)
+        event = {
+            "candidates": candidates,
+            "usageMetadata": usage if step == steps - 1 else prompt_only,
+            "modelVersion": whole["modelVersion"],
+            "responseId": whole["responseId"],
+        }
+        events.append(_sse(event))
+    return events
+
+
+def _candidate_pieces(candidate: dict[str, Any]) -> list[dict[str, Any]]:
+    parts = []
+    for part in candidate["content"]["parts"]:
+        text = part.get("text")
+        if isinstance(text, str) and not part.get("thought") and text:
+            parts.extend({"text": text[i : i + _CHUNK_CHARS]} for i in range(0, len(text), _CHUNK_CHARS))
+        else:
+            parts.append(part)
+    return parts
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 def _function_to_call(body: dict[str, Any]) -> dict[str, Any] | None:

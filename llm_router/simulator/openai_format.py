@@ -15,7 +15,7 @@ from aiohttp import web
 from llm_router.simulator.openai_reply import completion_body, plan_reply, stream_events
 from llm_router.simulator.openai_request import ChatRequest, validate_chat_request
 from llm_router.simulator.state import STATE
-from llm_router.simulator.stream import send_events
+from llm_router.simulator.stream import broken_stream, send_events
 from llm_router.simulator.wire import ChatCall, Rejection, StreamFault
 
 _JSON = "application/json"
@@ -113,7 +113,10 @@ class OpenAIFormat:
         )
 
     def malformed(self, call: ChatCall) -> web.Response:
-        body = completion_body(plan_reply(_chat_request(call)))
+        req = _chat_request(call)
+        if req.stream:
+            return broken_stream(stream_events(plan_reply(req), req.include_usage))
+        body = completion_body(plan_reply(req))
         return web.Response(status=200, body=body[: len(body) // 2], content_type=_JSON)
 
     def filtered(self, call: ChatCall) -> web.Response:
@@ -124,6 +127,10 @@ class OpenAIFormat:
             code="content_policy_violation",
         )
         return self.error(rejection)
+
+    def stream_error(self, rejection: Rejection) -> bytes:
+        # what OpenAI-compatible servers send when a stream fails midway (the SDK raises on it)
+        return b"data: " + orjson.dumps(error_body(rejection)) + b"\n\n"
 
     async def respond(
         self, request: web.Request, call: ChatCall, fault: StreamFault | None = None

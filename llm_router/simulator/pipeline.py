@@ -3,6 +3,8 @@
 auth -> validation -> model allow-list -> fault decision (latency, then at most one fault) ->
 the format's answer. Every request is counted under its credential and model with the outcome
 it got. With no rules and zero latency the fault step is one check and nothing sleeps.
+Mid-stream faults (``cut``, ``stall``, ``stream_error``) become a ``StreamFault`` the format's
+stream writer applies.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from aiohttp import web
 
 from llm_router.simulator.faults import FaultRule
 from llm_router.simulator.state import STATE, SimState
-from llm_router.simulator.wire import ChatCall, Rejection, WireFormat
+from llm_router.simulator.stream import hold
+from llm_router.simulator.wire import ChatCall, Rejection, StreamFault, WireFormat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_HOLD_POLL_S = 0.05
 
 
 def chat_handler(fmt: WireFormat) -> Handler:
@@ -35,7 +37,7 @@ def chat_handler(fmt: WireFormat) -> Handler:
         except Rejection as rejection:
             state.calls.record(credential, fmt.peek_model(request, raw), str(rejection.status))
             return fmt.error(rejection)
-        decision = state.faults.decide(credential, call.model)
+        decision = state.faults.decide(credential, call.model, stream=call.stream)
         if decision is None:
             state.calls.record(credential, call.model, "200")
             return await fmt.respond(request, call)
@@ -100,14 +102,7 @@ async def _hang(
     request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
 ) -> web.StreamResponse:
     state.calls.record(cred, call.model, "hang")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + rule.hang_s
-    # Poll rather than sleep once: let go as soon as the client gives up or the server stops,
-    # so a 3600 s hang never holds a connection (or shutdown) hostage.
-    while (remaining := deadline - loop.time()) > 0:
-        if request.transport is None or request.transport.is_closing() or state.stopping.is_set():
-            break
-        await asyncio.sleep(min(remaining, _HOLD_POLL_S))
+    await hold(request, rule.hang_s)
     return _drop_connection(request)
 
 
@@ -126,6 +121,23 @@ async def _content_filter(
     return response
 
 
+async def _mid_stream(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, rule.kind)
+    error = b""
+    if rule.kind == "stream_error":
+        error = fmt.stream_error(Rejection(rule.status, model=call.model, code=rule.error_code))
+    fault = StreamFault(
+        kind="error" if rule.kind == "stream_error" else rule.kind,  # type: ignore[arg-type]
+        after=rule.after_chunks,
+        stall_s=rule.stall_s,
+        close=rule.stall_then == "close",
+        error=error,
+    )
+    return await fmt.respond(request, call, fault)
+
+
 _FAULTS = {
     "status": _status,
     "malformed": _malformed,
@@ -133,4 +145,7 @@ _FAULTS = {
     "reset": _reset,
     "hang": _hang,
     "content_filter": _content_filter,
+    "cut": _mid_stream,
+    "stall": _mid_stream,
+    "stream_error": _mid_stream,
 }

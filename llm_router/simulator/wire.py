@@ -10,7 +10,7 @@ vendor-neutral - auth presence, the model allow-list, call counting, latency and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
@@ -50,15 +50,15 @@ class ChatCall:
 
 @dataclass(frozen=True, slots=True)
 class StreamFault:
-    """How to spoil a stream once it has started: stall before, or cut after, chunk N.
+    """How to spoil a stream once ``after`` events went out intact: ``cut`` the connection,
+    ``stall`` for ``stall_s`` seconds (then the rest, or with ``close`` a closed connection), or
+    send ``error`` (one encoded event in the format's shape) and end there."""
 
-    Not driven by a FaultRule kind yet; the stream writer already honours it so mid-stream
-    faults are a matter of adding the rule kind.
-    """
-
-    cut_after: int | None = None
-    stall_after: int | None = None
+    kind: Literal["cut", "stall", "error"]
+    after: int = 0
     stall_s: float = 0.0
+    close: bool = False
+    error: bytes = b""
 
 
 class WireFormat(Protocol):
@@ -86,6 +86,10 @@ class WireFormat(Protocol):
 
     def filtered(self, call: ChatCall) -> web.Response:
         """The vendor's answer when its safety system withholds one (a ``content_filter`` fault)."""
+        ...
+
+    def stream_error(self, rejection: Rejection) -> bytes:
+        """The vendor's error event in a stream (encoded, ``\n\n`` included) for ``rejection``."""
         ...
 
     async def respond(

@@ -141,10 +141,10 @@ INVALID: list[tuple[str, Any, str, str | None]] = [
         None,
     ),
     (
-        "streaming not offered yet",
-        {"model": "gpt-4o", "messages": USER, "stream": True},
-        "unsupported_capability",
-        "stream",
+        "stream_options without stream",
+        {"model": "gpt-4o", "messages": USER, "stream_options": {"include_usage": True}},
+        "invalid_request",
+        "stream_options",
     ),
 ]
 

@@ -32,6 +32,8 @@ def worker_env(redis_server: RedisServer, sim, e2e_queue: str) -> dict[str, str]
         LLM_ROUTER_RETRY_BACKOFF_S="0.2",
         # every retry allowed, so a test's attempts do not depend on what the workers did before it
         LLM_ROUTER_RETRY_BUDGET_RATIO="1.0",
+        LLM_ROUTER_STREAM_TTFT_S="1.0",
+        LLM_ROUTER_STREAM_IDLE_S="0.5",
         LLM_ROUTER_LOG_LEVEL="WARNING",
     )
     return env

@@ -17,6 +17,12 @@ table (read by ``_map_params``); code is kept for the structural moves:
 Answers come back as an OpenAI ``chat.completion``; ``stop_reason`` maps through ``FINISH_REASONS``;
 usage keeps Anthropic's three input counts apart (``Completion.cache_write_tokens`` and
 ``cached_tokens``) and sums them into ``prompt_tokens``. Errors map through ``ERROR_TYPES``.
+
+Streams (``build_stream_request``, ``stream_parser``) translate Anthropic's events into OpenAI
+chunks: ``message_start`` the role, ``text_delta`` content, a ``tool_use`` block a tool call whose
+``input_json_delta`` pieces are its arguments (the forced structured-output tool's are content),
+``message_delta`` the finish reason and the usage; ``message_stop`` ends the stream. Thinking
+blocks, ``ping`` and event types Anthropic may add are skipped; an ``error`` event is classified.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import time
 from typing import Any
 
@@ -47,6 +53,8 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
+from worker.providers.sse import SSEEvent
+from worker.providers.stream import ChunkStream, chunk, delta, event_json, stream_error, usage_counts
 from worker.providers.wire import json_answer, retry_after
 
 NEEDS_IMAGE_BYTES = False  # URL image sources are fetched by Anthropic itself
@@ -79,7 +87,16 @@ PARAMS: dict[str, Param] = {
 }
 # no Anthropic equivalent: dropped (sampling hints, or OpenAI-only features)
 DROPPED = frozenset(
-    {"frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "seed", "stream"}
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "stream",
+        "stream_options",
+    }
 )
 # handled by code below (structural), or ours
 STRUCTURAL = frozenset(
@@ -178,6 +195,15 @@ _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
 def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    return _call(_body(request, deployment), deployment)
+
+
+def build_stream_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    """The same call with ``stream: true`` (the answer comes as server-sent events)."""
+    return _call({**_body(request, deployment), "stream": True}, deployment)
+
+
+def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     body: dict[str, Any] = {"model": deployment.upstream_model}
     _map_params(request, body)
     if request.get("n", 1) not in (None, 1):
@@ -199,6 +225,10 @@ def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
         effort = dialect.effort.get(request.get("reasoning_effort") or "") if dialect.effort else None
         if effort:
             body["output_config"] = {"effort": effort}
+    return body
+
+
+def _call(body: dict[str, Any], deployment: Deployment) -> HttpCall:
     headers = {"Content-Type": "application/json", "anthropic-version": DEFAULT_VERSION}
     headers.update(deployment.headers)
     if deployment.api_key:
@@ -395,40 +425,47 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     content, usage = data.get("content"), data.get("usage")
     if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
         raise BadResponse("the answer has no content blocks", http_status=status)
-    if not isinstance(usage, dict):
-        raise BadResponse("the answer has no usage", http_status=status)
-    counts = [usage.get(k) or 0 for k in _USAGE_KEYS]
-    if usage.get("input_tokens") is None or not all(_is_count(c) for c in counts):
-        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
-    fresh, written, read, output = counts
+    usage_json = _usage(usage, status)
     message, finish = _message(content, data.get("stop_reason"), request)
     if finish == "content_filter" and message["content"] is None and "tool_calls" not in message:
         raise ContentFiltered("Anthropic refused to answer (stop_reason refusal)", http_status=status)
-    prompt = fresh + written + read
     response = {
         "id": str(data.get("id") or f"msg-{int(time() * 1000)}"),
         "object": "chat.completion",
         "created": int(time()),
         "model": str(data.get("model") or request.get("model") or ""),
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": output,
-            "total_tokens": prompt + output,
-            "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
+        "usage": usage_json,
     }
+    counts = usage_counts(usage_json)
     return Completion(
         response=response,
-        prompt_tokens=prompt,
-        completion_tokens=output,
-        cached_tokens=read,
-        cache_write_tokens=written,
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        cached_tokens=counts.cached,
+        cache_write_tokens=counts.cache_write,
     )
 
 
 _USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
+def _usage(usage: Any, status: int | None = None) -> dict[str, Any]:
+    """Anthropic's usage as OpenAI's: the three input counts summed into ``prompt_tokens``."""
+    if not isinstance(usage, dict):
+        raise BadResponse("the answer has no usage", http_status=status)
+    counts = [usage.get(k) or 0 for k in _USAGE_KEYS]
+    if usage.get("input_tokens") is None or not all(_is_count(c) for c in counts):
+        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
+    fresh, written, read, output = counts
+    prompt = fresh + written + read
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def _is_count(value: object) -> bool:
@@ -493,3 +530,161 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
     if klass is UpstreamInvalidRequest and message.lower().startswith(CONTEXT_MESSAGES):
         klass = ContextLengthExceeded
     return klass(message, http_status=status, retry_after=retry_after(headers))
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+def stream_parser(request: dict[str, Any], deployment: Deployment) -> ChunkStream:
+    """The parser of one streamed answer to ``request`` (see ``worker.providers.stream``)."""
+    return ChunkStream(request, _Events(request))
+
+
+@dataclass(slots=True)
+class _Block:
+    """A content block being streamed: ``text``, a ``tool`` call (its ordinal), the forced ``json``
+    answer tool, or ``skip`` (thinking and server-side blocks are not part of the answer)."""
+
+    kind: str
+    call: int = 0
+    json: list[str] = field(default_factory=list)
+
+
+class _Events:
+    """Anthropic's stream events → OpenAI chunks (one choice: Anthropic answers once)."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.done = False
+        self._json_tool = _json_tool_name(request)
+        self._id = f"msg-{int(time() * 1000)}"
+        self._created = int(time())
+        self._model = str(request.get("model") or "")
+        self._usage: dict[str, Any] = {}
+        self._blocks: dict[int, _Block] = {}
+        self._calls = 0
+        self._json_block = False
+        self._produced = False
+
+    def translate(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if self.done:
+            return []
+        data = event_json(event)
+        handler = _HANDLERS.get(str(data.get("type") or event.event))
+        return handler(self, data) if handler is not None else []  # ping, and types added later
+
+    def _chunk(self, d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return chunk(self._id, self._created, self._model, [delta(0, d, finish)])
+
+    def _start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        message = data.get("message")
+        if not isinstance(message, dict):
+            raise BadResponse("message_start carries no message")
+        self._id = str(message.get("id") or self._id)
+        self._model = str(message.get("model") or self._model)
+        self._merge_usage(message.get("usage"))
+        return [self._chunk({"role": "assistant"})]
+
+    def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        block = data.get("content_block")
+        if not isinstance(block, dict):
+            raise BadResponse("content_block_start carries no content block")
+        index = data.get("index", len(self._blocks))
+        kind = block.get("type")
+        if kind == "text":
+            self._blocks[index] = _Block("text")
+            return self._text(block.get("text"))
+        if kind != "tool_use":
+            self._blocks[index] = _Block("skip")
+            return []
+        if not isinstance(block.get("name"), str):
+            raise BadResponse("a tool_use block in the stream has no name")
+        initial = block.get("input")
+        partial = orjson.dumps(initial).decode() if isinstance(initial, dict) and initial else ""
+        if self._json_tool and self._calls == 0 and not self._json_block and block["name"] == self._json_tool:
+            self._json_block = True
+            self._blocks[index] = _Block("json")
+            return self._json(self._blocks[index], partial)
+        self._blocks[index] = tool = _Block("tool", call=self._calls)
+        self._calls += 1
+        self._produced = True
+        opening = {
+            "index": tool.call,
+            "id": str(block.get("id") or ""),
+            "type": "function",
+            "function": {"name": block["name"], "arguments": ""},
+        }
+        return [self._chunk({"tool_calls": [opening]}), *self._json(tool, partial)]
+
+    def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        block = self._blocks.get(data.get("index", -1))
+        d = data.get("delta")
+        if block is None or not isinstance(d, dict):
+            return []
+        if d.get("type") == "text_delta" and block.kind == "text":
+            return self._text(d.get("text"))
+        if d.get("type") == "input_json_delta" and block.kind in ("tool", "json"):
+            return self._json(block, d.get("partial_json"))
+        return []  # thinking, signatures, citations
+
+    def _block_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        block = self._blocks.get(data.get("index", -1))
+        if block is None or block.kind not in ("tool", "json"):
+            return []
+        if not block.json:  # a tool without parameters streams no input: its arguments are {}
+            return self._json(block, "{}")
+        try:
+            value = orjson.loads("".join(block.json))
+        except orjson.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise BadResponse("a tool_use block in the stream has no JSON object input")
+        return []
+
+    def _text(self, text: Any) -> list[dict[str, Any]]:
+        if not isinstance(text, str) or not text:
+            return []
+        self._produced = True
+        return [self._chunk({"content": text})]
+
+    def _json(self, block: _Block, piece: Any) -> list[dict[str, Any]]:
+        if not isinstance(piece, str) or not piece:
+            return []
+        block.json.append(piece)
+        if block.kind == "json":
+            return self._text(piece)
+        return [self._chunk({"tool_calls": [{"index": block.call, "function": {"arguments": piece}}]})]
+
+    def _message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self._merge_usage(data.get("usage"))
+        d = data.get("delta")
+        reason = d.get("stop_reason") if isinstance(d, dict) else None
+        finish = FINISH_REASONS.get(str(reason), "stop")
+        if self._json_block and finish == "tool_calls":
+            finish = "stop"  # the forced answer tool: its input was the answer
+        if finish == "content_filter" and not self._produced:
+            raise ContentFiltered("Anthropic refused to answer (stop_reason refusal)", http_status=200)
+        usage = chunk(self._id, self._created, self._model, [], usage=_usage(self._usage))
+        return [self._chunk({}, finish), usage]
+
+    def _stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self.done = True
+        return []
+
+    def _error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        raise stream_error(classify_error, 500, data)
+
+    def _merge_usage(self, usage: Any) -> None:
+        # message_start has the input counts; message_delta's counts are cumulative and win
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+
+
+_HANDLERS: dict[str, Callable[[_Events, dict[str, Any]], list[dict[str, Any]]]] = {
+    "message_start": _Events._start,
+    "content_block_start": _Events._block_start,
+    "content_block_delta": _Events._block_delta,
+    "content_block_stop": _Events._block_stop,
+    "message_delta": _Events._message_delta,
+    "message_stop": _Events._stop,
+    "error": _Events._error,
+}

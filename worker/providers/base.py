@@ -1,4 +1,5 @@
-"""What every adapter exchanges with the worker: a request to send and a parsed completion."""
+"""What every adapter exchanges with the worker: a request to send and a parsed completion (whole,
+or assembled from a stream by a ``StreamParser``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.catalog import Deployment
+from worker.providers.sse import SSEEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,28 @@ class Completion:
     reasoning_tokens: int = 0  # the part of completion_tokens spent thinking
 
 
+class StreamParser(Protocol):
+    """One upstream stream being read: its events in, OpenAI ``chat.completion.chunk`` dicts out.
+
+    ``feed`` raises the format's classified ``RouterError`` for an error event and ``BadResponse``
+    for malformed data. ``done`` turns true on the format's terminal event (a stream that ends
+    without it is broken); ``started`` once a content or tool-call token was produced.
+    ``completion`` (once ``done``) is the whole answer as ``parse_response`` gives it.
+    """
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]: ...
+
+    def completion(self) -> Completion: ...
+
+    def partial_text(self) -> str: ...
+
+
 class Adapter(Protocol):
     """A wire format: pure translation between our request and the provider's HTTP exchange.
 
@@ -42,3 +66,7 @@ class Adapter(Protocol):
     def parse_response(
         self, status: int, headers: dict[str, str], body: bytes, request: dict[str, Any]
     ) -> Completion: ...
+
+    def build_stream_request(self, request: dict[str, Any], deployment: Deployment) -> HttpCall: ...
+
+    def stream_parser(self, request: dict[str, Any], deployment: Deployment) -> StreamParser: ...

@@ -19,6 +19,12 @@ read by ``_map_params``); code is kept for the structural moves:
 counted as completion (and reasoning) tokens and cached tokens apart. A prompt blocked by
 ``promptFeedback.blockReason`` is ``content_filtered``. Errors map by the status string
 (``ERROR_STATUSES``), refined by ``google.rpc.ErrorInfo`` reasons.
+
+Streams (``build_stream_request``: ``:streamGenerateContent?alt=sse``) carry one
+``GenerateContentResponse`` per event with the new parts of each candidate; ``stream_parser`` turns
+each into an OpenAI chunk (a ``functionCall`` arrives whole: one tool-call delta). The stream is done
+when every candidate asked for (``n``) has its ``finishReason``; the last ``usageMetadata`` seen
+is the usage. An ``{"error": ...}`` event is classified like an error answer.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
+from worker.providers.sse import SSEEvent
+from worker.providers.stream import ChunkStream, chunk, delta, event_json, stream_error, usage_counts
 from worker.providers.wire import json_answer, retry_after
 
 NEEDS_IMAGE_BYTES = True
@@ -87,7 +95,7 @@ PARAMS: dict[str, Param] = {
     "top_logprobs": Param((_GEN, "logprobs")),
     "reasoning_effort": Param((_GEN, "thinkingConfig"), lambda e: {"thinkingBudget": THINKING_BUDGET[e]}),
 }
-DROPPED = frozenset({"logit_bias", "user", "parallel_tool_calls", "stream"})
+DROPPED = frozenset({"logit_bias", "user", "parallel_tool_calls", "stream", "stream_options"})
 STRUCTURAL = frozenset(
     {"model", "messages", "tools", "tool_choice", "functions", "function_call", "response_format"}
 )
@@ -183,6 +191,15 @@ _DATA_URI = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.*)$", re.DOTALL)
 
 
 def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    return _call(_body(request, deployment), deployment, "generateContent")
+
+
+def build_stream_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    """The same request to ``streamGenerateContent``, as server-sent events (``alt=sse``)."""
+    return _call(_body(request, deployment), deployment, "streamGenerateContent?alt=sse")
+
+
+def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     body: dict[str, Any] = {}
     system, contents = _contents(request["messages"], deployment.upstream_model)
     body["contents"] = contents
@@ -191,11 +208,15 @@ def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
     _tools(request, body)
     _map_params(request, body)
     _response_format(request, body)
+    return body
+
+
+def _call(body: dict[str, Any], deployment: Deployment, method: str) -> HttpCall:
     headers = {"Content-Type": "application/json", **deployment.headers}
     if deployment.api_key:
         headers["x-goog-api-key"] = deployment.api_key
     model = quote(deployment.upstream_model.removeprefix("models/"), safe="-._~")
-    url = f"{deployment.base_url}/v1beta/models/{model}:generateContent"
+    url = f"{deployment.base_url}/v1beta/models/{model}:{method}"
     return HttpCall("POST", url, headers, orjson.dumps(body))
 
 
@@ -380,41 +401,27 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
         raise ContentFiltered(f"Gemini blocked the prompt (blockReason {blocked})", http_status=status)
     if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
         raise BadResponse("the answer has no candidates", http_status=status)
-    usage = data.get("usageMetadata")
-    if not isinstance(usage, dict):
-        raise BadResponse("the answer has no usageMetadata", http_status=status)
-    counts = {k: usage.get(k) or 0 for k in _USAGE_KEYS}
-    if not all(type(v) is int and v >= 0 for v in counts.values()):
-        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
+    usage = _usage(data.get("usageMetadata"), status)
     response_id = str(data.get("responseId") or f"gemini-{int(time() * 1000)}")
     choices = [_choice(i, c, response_id, request) for i, c in enumerate(candidates)]
     if all(c["finish_reason"] == "content_filter" and _empty(c["message"]) for c in choices):
         reason = candidates[0].get("finishReason")
         raise ContentFiltered(f"Gemini withheld the answer (finishReason {reason})", http_status=status)
-    prompt = counts["promptTokenCount"] + counts["toolUsePromptTokenCount"]
-    thoughts = counts["thoughtsTokenCount"]
-    completion = counts["candidatesTokenCount"] + thoughts
-    cached = counts["cachedContentTokenCount"]
     response = {
         "id": response_id,
         "object": "chat.completion",
         "created": int(time()),
         "model": str(data.get("modelVersion") or request.get("model") or ""),
         "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-            "completion_tokens_details": {"reasoning_tokens": thoughts},
-        },
+        "usage": usage,
     }
+    counts = usage_counts(usage)
     return Completion(
         response=response,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        reasoning_tokens=thoughts,
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        cached_tokens=counts.cached,
+        reasoning_tokens=counts.reasoning,
     )
 
 
@@ -427,6 +434,25 @@ _USAGE_KEYS = (
 )
 
 
+def _usage(metadata: Any, status: int | None = None) -> dict[str, Any]:
+    """``usageMetadata`` as OpenAI's usage: thoughts are completion (and reasoning) tokens."""
+    if not isinstance(metadata, dict):
+        raise BadResponse("the answer has no usageMetadata", http_status=status)
+    counts = {k: metadata.get(k) or 0 for k in _USAGE_KEYS}
+    if not all(type(v) is int and v >= 0 for v in counts.values()):
+        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
+    prompt = counts["promptTokenCount"] + counts["toolUsePromptTokenCount"]
+    thoughts = counts["thoughtsTokenCount"]
+    completion = counts["candidatesTokenCount"] + thoughts
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": counts["cachedContentTokenCount"]},
+        "completion_tokens_details": {"reasoning_tokens": thoughts},
+    }
+
+
 def _empty(message: dict[str, Any]) -> bool:
     return message["content"] is None and not message.get("tool_calls") and not message.get("function_call")
 
@@ -437,28 +463,9 @@ def _choice(
     content = candidate.get("content") or {}
     parts = content.get("parts") if isinstance(content, dict) else None
     parts = parts if isinstance(parts, list) else []
-    texts, calls = [], []
-    for k, part in enumerate(parts):
-        if not isinstance(part, dict) or part.get("thought"):
-            continue  # thought summaries are not the answer
-        if isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        call = part.get("functionCall")
-        if isinstance(call, dict):
-            if not isinstance(call.get("name"), str):
-                raise BadResponse("a functionCall in the answer has no name")
-            call_id = call.get("id") or _call_id(response_id, index, k)
-            arguments = orjson.dumps(call.get("args") or {}).decode()
-            calls.append(
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": arguments},
-                }
-            )
-    finish = FINISH_REASONS.get(str(candidate.get("finishReason")), "stop")
-    if calls and finish == "stop":
-        finish = "tool_calls"
+    texts, calls = _answer_parts(parts)
+    calls = [_tool_call(call, response_id, index, k) for k, call in enumerate(calls)]
+    finish = _finish(candidate.get("finishReason"), bool(calls))
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None, "refusal": None}
     if calls and "functions" in request:
         message["function_call"] = {k: calls[0]["function"][k] for k in ("name", "arguments")}
@@ -468,9 +475,41 @@ def _choice(
     return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
 
 
-def _call_id(response_id: str, candidate: int, part: int) -> str:
-    """Gemini's API gives calls no id; the OpenAI format needs one to pair results with calls."""
-    digest = hashlib.blake2b(f"{response_id}/{candidate}/{part}".encode(), digest_size=12).hexdigest()
+def _answer_parts(parts: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(texts, functionCalls) of a candidate's parts; thought summaries are not the answer."""
+    texts, calls = [], []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("thought"):
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        if isinstance(part.get("functionCall"), dict):
+            calls.append(part["functionCall"])
+    return texts, calls
+
+
+def _tool_call(call: dict[str, Any], response_id: str, candidate: int, ordinal: int) -> dict[str, Any]:
+    if not isinstance(call.get("name"), str):
+        raise BadResponse("a functionCall in the answer has no name")
+    return {
+        "id": call.get("id") or _call_id(response_id, candidate, ordinal),
+        "type": "function",
+        "function": {"name": call["name"], "arguments": orjson.dumps(call.get("args") or {}).decode()},
+    }
+
+
+def _finish(reason: Any, called: bool) -> str:
+    finish = FINISH_REASONS.get(str(reason), "stop")
+    return "tool_calls" if called and finish == "stop" else finish
+
+
+def _call_id(response_id: str, candidate: int, ordinal: int) -> str:
+    """Gemini's API gives calls no id; the OpenAI format needs one to pair results with calls.
+
+    Derived from the call's rank among the candidate's calls (not its part's position), so a
+    streamed answer, whose text comes in more parts, gets the same ids as the whole one.
+    """
+    digest = hashlib.blake2b(f"{response_id}/{candidate}/{ordinal}".encode(), digest_size=12).hexdigest()
     return f"call_{digest}"
 
 
@@ -511,3 +550,91 @@ def _seconds(duration: Any) -> float | None:
         return max(float(str(duration).removesuffix("s")), 0.0)
     except ValueError:
         return None
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+def stream_parser(request: dict[str, Any], deployment: Deployment) -> ChunkStream:
+    """The parser of one streamed answer to ``request`` (see ``worker.providers.stream``)."""
+    return ChunkStream(request, _Responses(request))
+
+
+@dataclass(slots=True)
+class _Candidate:
+    opened: bool = False  # its role went out
+    calls: int = 0
+    produced: bool = False
+    finish: str | None = None
+
+
+class _Responses:
+    """Streamed ``GenerateContentResponse``s → OpenAI chunks, one choice per candidate."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.done = False
+        self._expected = request.get("n") or 1
+        self._id: str | None = None
+        self._created = int(time())
+        self._model = str(request.get("model") or "")
+        self._candidates: dict[int, _Candidate] = {}
+        self._usage: Any = None
+
+    def translate(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if self.done:
+            return []
+        data = event_json(event)
+        if "error" in data and "candidates" not in data:
+            err = data["error"] if isinstance(data["error"], dict) else {}
+            code = err.get("code")
+            raise stream_error(classify_error, code if type(code) is int and code >= 400 else 500, data)
+        if self._id is None:
+            self._id = str(data.get("responseId") or f"gemini-{int(time() * 1000)}")
+        self._model = str(data.get("modelVersion") or self._model)
+        if data.get("usageMetadata") is not None:
+            self._usage = data["usageMetadata"]  # cumulative: the last one counts
+        candidates = data.get("candidates") or []
+        blocked = (data.get("promptFeedback") or {}).get("blockReason")
+        if blocked and not candidates:
+            raise ContentFiltered(f"Gemini blocked the prompt (blockReason {blocked})", http_status=200)
+        if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
+            raise BadResponse("a stream event has malformed candidates")
+        choices = [c for pos, cand in enumerate(candidates) if (c := self._choice(pos, cand))]
+        chunks = [chunk(self._id, self._created, self._model, choices)] if choices else []
+        finished = [c for c in self._candidates.values() if c.finish is not None]
+        if len(finished) >= self._expected:
+            if all(c.finish == "content_filter" and not c.produced for c in finished):
+                raise ContentFiltered(
+                    "Gemini withheld the answer (finishReason content filter)", http_status=200
+                )
+            self.done = True
+            if self._usage is not None:
+                chunks.append(chunk(self._id, self._created, self._model, [], usage=_usage(self._usage)))
+        return chunks
+
+    def _choice(self, position: int, candidate: dict[str, Any]) -> dict[str, Any] | None:
+        index = candidate.get("index", position)
+        state = self._candidates.setdefault(index, _Candidate())
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        texts, calls = _answer_parts(parts if isinstance(parts, list) else [])
+        d: dict[str, Any] = {}
+        if not state.opened:
+            d["role"] = "assistant"
+            state.opened = True
+        text = "".join(texts)
+        if text:
+            d["content"] = text
+        if calls:
+            assert self._id is not None
+            d["tool_calls"] = []
+            for call in calls:
+                d["tool_calls"].append(
+                    {"index": state.calls, **_tool_call(call, self._id, index, state.calls)}
+                )
+                state.calls += 1
+        state.produced = state.produced or bool(text or calls)
+        finish = None
+        if candidate.get("finishReason") and state.finish is None:
+            finish = state.finish = _finish(candidate["finishReason"], state.calls > 0)
+        return delta(index, d, finish) if d or finish else None

@@ -4,11 +4,17 @@ Pure translation, no I/O: ``build_request`` makes the HTTP call for a deployment
 turns the answer into a ``Completion`` or raises the classified error (``classify_error``).
 Legacy ``functions`` requests are sent as ``tools`` (many OpenAI-compatible servers dropped
 ``functions``) and their answers are turned back into ``function_call``.
+
+Streaming: ``build_stream_request`` asks for SSE with ``stream_options.include_usage``;
+``stream_parser`` passes the upstream chunks through (their usage ends the answer) and is done at
+``[DONE]``, or at a usage chunk after a finish reason. An error object mid-stream (``data:
+{"error": ...}``, or an ``event: error``) is classified like an error answer (``STREAM_ERROR_STATUS``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from time import time
 from typing import Any
 
@@ -31,6 +37,8 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
+from worker.providers.sse import SSEEvent
+from worker.providers.stream import ChunkStream, event_json, stream_error, usage_counts
 from worker.providers.wire import json_answer, retry_after
 
 # what we never forward: our reserved keys, and streaming (this path reads whole answers)
@@ -105,6 +113,18 @@ def apply_rules(body: dict[str, Any], rules: ParamRules) -> None:
 
 
 def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    return _call(_body(request, deployment), deployment)
+
+
+def build_stream_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
+    """The streamed call: the same body with ``stream`` and usage in the last chunk."""
+    body = _body(request, deployment)
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    return _call(body, deployment)
+
+
+def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     body = {k: v for k, v in request.items() if k not in _DROP}
     body["model"] = deployment.upstream_model
     functions = body.pop("functions", None)
@@ -118,6 +138,10 @@ def build_request(request: dict[str, Any], deployment: Deployment) -> HttpCall:
     rules = DIALECTS.get(deployment.dialect)
     if rules is not None:
         apply_rules(body, rules)
+    return body
+
+
+def _call(body: dict[str, Any], deployment: Deployment) -> HttpCall:
     headers = {"Content-Type": "application/json"}
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
@@ -138,31 +162,27 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
     usage = data.get("usage")
     if not isinstance(usage, dict):
         raise BadResponse("the answer has no usage", http_status=status)
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
-    details = usage.get("prompt_tokens_details")
-    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    out_details = usage.get("completion_tokens_details")
-    reasoning = (out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0
-    if not all(_is_count(x) for x in (prompt, completion, cached, reasoning)):
-        raise BadResponse("the answer's usage has no valid token counts", http_status=status)
+    try:
+        counts = _read_usage(usage)
+    except BadResponse as exc:
+        raise BadResponse(exc.message, http_status=status) from None
     if "functions" in request:
         _to_legacy_functions(choices)
     data.setdefault("object", "chat.completion")
     data.setdefault("created", int(time()))
-    usage.setdefault("completion_tokens", completion)
-    usage.setdefault("total_tokens", prompt + completion)
+    usage.setdefault("completion_tokens", counts.completion)
+    usage.setdefault("total_tokens", counts.prompt + counts.completion)
     return Completion(
         response=data,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        reasoning_tokens=reasoning,
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        cached_tokens=counts.cached,
+        reasoning_tokens=counts.reasoning,
     )
 
 
-def _is_count(value: object) -> bool:
-    return type(value) is int and value >= 0
+# OpenAI's usage has no cache writes; a compatible vendor's ``cache_write_tokens`` is not billed apart
+_read_usage = partial(usage_counts, cache_writes=False)
 
 
 def _to_legacy_functions(choices: list[dict[str, Any]]) -> None:
@@ -199,3 +219,75 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
         klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
     # the whole message: the worker removes keys from it before it cuts it to length
     return klass(message, http_status=status, retry_after=retry_after(headers))
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+# error.code, else error.type, of an error object mid-stream → the HTTP status its answer would have
+# had, for ``classify_error`` (a numeric code, as OpenRouter sends, is that status itself)
+STREAM_ERROR_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "content_policy_violation": 400,
+    "content_filter": 400,
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "requests": 429,
+    "tokens": 429,
+    "insufficient_quota": 429,
+    "server_error": 500,
+    "overloaded_error": 503,
+    "service_unavailable": 503,
+    "timeout": 504,
+}
+
+
+def stream_parser(request: dict[str, Any], deployment: Deployment) -> ChunkStream:
+    """The parser of one streamed answer to ``request`` (see ``worker.providers.stream``)."""
+    return ChunkStream(request, _Chunks(), _read_usage)
+
+
+class _Chunks:
+    """OpenAI chunks are already the shape we publish: check them, spot errors and the end."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._finished = False  # a choice has its finish_reason
+
+    def translate(self, event: SSEEvent) -> list[dict[str, Any]]:
+        data = event.data.strip()
+        if self.done or not data:
+            return []
+        if data == "[DONE]":
+            self.done = True
+            return []
+        chunk = event_json(event)
+        if event.event == "error" or chunk.get("error"):
+            raise _stream_error(chunk)
+        choices = chunk.get("choices")
+        if choices is None:
+            choices = chunk["choices"] = []
+        if not isinstance(choices, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices
+        ):
+            raise BadResponse("a stream chunk has malformed choices")
+        for choice in choices:
+            if choice.get("finish_reason") == "error":
+                raise stream_error(classify_error, 500, {"error": {"message": "the stream ended in error"}})
+            if choice.get("finish_reason") is not None:
+                self._finished = True
+        if self._finished and isinstance(chunk.get("usage"), dict):
+            self.done = True
+        return [chunk]
+
+
+def _stream_error(chunk: dict[str, Any]) -> RouterError:
+    err = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+    code = err.get("code") if isinstance(err, dict) else None
+    if type(code) is int and 400 <= code <= 599:
+        status = code
+    else:
+        kind = err.get("type") if isinstance(err, dict) else None
+        status = STREAM_ERROR_STATUS.get(str(code), STREAM_ERROR_STATUS.get(str(kind), 500))
+    payload = chunk if isinstance(chunk.get("error"), dict) else {"error": chunk}
+    return stream_error(classify_error, status, payload)
