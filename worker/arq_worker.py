@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+from signal import Signals
 from typing import Any
 
 import structlog
@@ -32,6 +33,14 @@ class LeasedWorker(Worker):
         self.lease_ms = int(lease_s * 1000)
         self._store: Store | None = None
         self._outage_s = 0.0
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        log.warning(
+            "stopping: no new jobs; running ones get the grace period",
+            signal=Signals(signum).name,
+            running=len(self.tasks),
+        )
+        super().handle_sig_wait_for_completion(signum)
 
     def use_store(self, store: Store) -> None:
         self._store = store

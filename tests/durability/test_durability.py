@@ -91,7 +91,10 @@ async def test_sigterm_lets_running_jobs_finish_and_takes_no_new_ones(
         running = await durable.submit({"model": "gpt-4.1", "fallbacks": [], "messages": HI})
         await until(lambda: _status(durable, running.job_id, "running"), what="job running")
         worker.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)  # let the signal land before the next job arrives
+        await until(
+            lambda: "stopping: no new jobs" in worker.log_path.read_text(),
+            what="the worker to stop taking jobs",
+        )
         later = await durable.submit({"model": "gpt-4.1", "fallbacks": [], "messages": HI})
         code = await asyncio.to_thread(worker.proc.wait, 10)
         finished = await durable.get(running.job_id)
