@@ -153,7 +153,7 @@ class RouteWalk:
             self.budget.call()
             try:
                 request = self.request
-                if getattr(ADAPTERS[dep.format], "NEEDS_IMAGE_BYTES", False):
+                if ADAPTERS[dep.format].needs_image_bytes:
                     if self._inlined is None:
                         self._inlined = await self.inline_images(self.request)
                     request = self._inlined

@@ -63,8 +63,9 @@ def body_of(request: dict, dep: Deployment = DEP) -> dict:
 
 
 def test_registered_for_its_format_and_takes_urls_itself() -> None:
-    assert ADAPTERS["anthropic"] is adapter
-    assert adapter.NEEDS_IMAGE_BYTES is False
+    wire = ADAPTERS["anthropic"]
+    assert wire.build_request is adapter.build_request and wire.parse_response is adapter.parse_response
+    assert wire.needs_image_bytes is False
 
 
 def test_call_goes_to_v1_messages_with_key_and_version_headers() -> None:

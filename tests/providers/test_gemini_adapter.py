@@ -81,8 +81,9 @@ def body_of(request: dict, dep: Deployment = DEP) -> dict:
 
 
 def test_registered_for_its_format_and_needs_image_bytes() -> None:
-    assert ADAPTERS["gemini"] is adapter
-    assert adapter.NEEDS_IMAGE_BYTES is True
+    wire = ADAPTERS["gemini"]
+    assert wire.build_request is adapter.build_request and wire.parse_response is adapter.parse_response
+    assert wire.needs_image_bytes is True
 
 
 def test_call_goes_to_generate_content_with_the_key_in_a_header() -> None:

@@ -16,8 +16,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from config.catalog import Deployment
 from config.prices import FREE
 from llm_router.errors import BadResponse, RouterError
-from worker.providers import anthropic as adapter
+from worker.providers import ADAPTERS
 from worker.providers.sse import SSEDecoder
+
+adapter = ADAPTERS["anthropic"]
 
 DEP = Deployment(
     id="anthropic/claude-opus-4-6",

@@ -20,8 +20,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from config.catalog import Deployment
 from config.prices import FREE
 from llm_router.errors import BadResponse, RouterError
-from worker.providers import gemini as adapter
+from worker.providers import ADAPTERS
 from worker.providers.sse import SSEDecoder
+
+adapter = ADAPTERS["gemini"]
 
 DEP = Deployment(
     id="google/gemini-2.5-flash",

@@ -57,7 +57,7 @@ class StreamParser(Protocol):
 class Adapter(Protocol):
     """A wire format: pure translation between our request and the provider's HTTP exchange.
 
-    A module may also set ``NEEDS_IMAGE_BYTES = True`` when its provider cannot fetch image URLs
+    A request module may also set ``NEEDS_IMAGE_BYTES = True`` when its provider cannot fetch image URLs
     itself: the worker then inlines https images as data URIs before ``build_request``.
     """
 
