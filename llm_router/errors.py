@@ -33,6 +33,7 @@ parses messages: it reads these attributes, which come from one table (``ERROR_T
         ├── UpstreamInvalidRequest      invalid_request (400: the provider refused the caller's request)
         ├── ProviderOutOfCredits        provider_out_of_credits
         ├── NoDeployment                no_deployment
+        ├── DeploymentDisabled          deployment_disabled
         ├── StreamInterrupted           stream_interrupted
         └── AllDeploymentsFailed        all_deployments_failed
 """
@@ -85,6 +86,11 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "not_found": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "provider_out_of_credits": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "no_deployment": ErrorSpec(502, "upstream_error"),
+    # a deployment skipped without a call: open breaker or rate limit (it will be back), or out of
+    # rotation after our key or the model was refused (it will not, until a cooldown or a reset)
+    "breaker_open": ErrorSpec(502, "upstream_error", retryable=True, fallback=True),
+    "rate_limit_reached": ErrorSpec(502, "upstream_error", retryable=True, fallback=True),
+    "deployment_disabled": ErrorSpec(502, "upstream_error", fallback=True),
     # tokens were already published when the upstream stream broke: no fallback (the follower has
     # seen them), but the deployment's breaker counts it
     "stream_interrupted": ErrorSpec(502, "upstream_error", breaker=True),
@@ -262,6 +268,10 @@ class ProviderOutOfCredits(UpstreamFailure):
 
 class NoDeployment(UpstreamFailure):
     code = "no_deployment"
+
+
+class DeploymentDisabled(UpstreamFailure):
+    code = "deployment_disabled"
 
 
 class StreamInterrupted(UpstreamFailure):

@@ -20,7 +20,13 @@ from config.catalog import Catalog, Deployment
 from config.prices import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import JobStatus
-from llm_router.errors import AllDeploymentsFailed, NoDeployment, RouterError, StreamInterrupted
+from llm_router.errors import (
+    AllDeploymentsFailed,
+    DeploymentDisabled,
+    NoDeployment,
+    RouterError,
+    StreamInterrupted,
+)
 from worker.breaker import (
     DISABLED,
     LIMITED,
@@ -105,7 +111,12 @@ class RouteWalk:
                     decision = await self.admit(dep, estimate_tokens(self.request_json))
                 if decision.startswith("s:"):
                     _, why, until_ms = decision.split(":")
-                    available.append(int(until_ms) / 1000 + self.clock_offset_s)
+                    if why == "disabled":  # our key or the model was refused: not worth waiting for
+                        errors.append(
+                            DeploymentDisabled(f"{dep.id} is out of rotation (key or model refused)")
+                        )
+                    else:
+                        available.append(int(until_ms) / 1000 + self.clock_offset_s)
                     self._skipped(dep, model_id, why)
                     first = False
                     continue

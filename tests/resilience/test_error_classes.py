@@ -225,3 +225,22 @@ async def test_retry_after_as_an_http_date_defers_the_job_until_then(rig, redis)
     assert 2500 <= info.value.defer_score <= 4500  # until the date (HTTP dates have 1 s resolution)
     record = await producer.get(sub.job_id)
     assert record.status == "deferred" and _codes(record) == [("a", "rate_limited"), ("b", "rate_limited")]
+
+
+async def test_a_route_out_of_rotation_fails_at_once_instead_of_waiting(rig) -> None:
+    producer, runner, sim = rig
+    for cred in (A, B):
+        sim.add_faults([FaultRule(credential=cred, model="m", kind="status", status=401)])
+    first = await producer.submit({"model": "m", "fallbacks": [], "messages": HI})
+    await runner.run(first.job_id)
+    record = await producer.get(first.job_id)
+    assert record.status == "failed" and record.error["code"] == "auth_failed"
+    # both deployments are now out of rotation for the fleet: the next job is refused without a call
+    # (and is not deferred for the cooldown: a bad key does not heal by waiting)
+    second = await producer.submit(
+        {"model": "m", "fallbacks": [], "messages": [{"role": "user", "content": "2"}]}
+    )
+    await runner.run(second.job_id)
+    record = await producer.get(second.job_id)
+    assert record.status == "failed" and record.error["code"] == "deployment_disabled"
+    assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "skipped"), ("b", "skipped")]
