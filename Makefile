@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: demo test bench lint venv redis clean
+.PHONY: demo test bench chaos lint venv redis clean
 
 demo: $(STAMP) redis
 	$(BIN)/llm-router demo
@@ -16,6 +16,10 @@ test: $(STAMP) redis
 bench: $(STAMP) redis
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/breakers.py
+
+# the full-size chaos run (the CI size is part of `make test`)
+chaos: $(STAMP) redis
+	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
