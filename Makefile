@@ -16,6 +16,7 @@ test: $(STAMP) redis
 bench: $(STAMP) redis
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/breakers.py
+	$(BIN)/python bench/load.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis

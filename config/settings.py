@@ -92,5 +92,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_queue_read_limit(self) -> int:
-        # arq's default (max_jobs) with a 0.05 s poll caps throughput below the queue's pace
-        return self.queue_read_limit or max(self.max_jobs * 2, 100)
+        # every worker reads the same front of the queue and the claim walks past jobs other workers
+        # hold, so a read must reach beyond what the fleet is running; arq's default (max_jobs)
+        # would leave a second worker idle behind the first one's jobs
+        return self.queue_read_limit or max(self.max_jobs * 10, 500)

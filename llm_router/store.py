@@ -134,21 +134,26 @@ return admit(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), n
 """
 )
 
-# KEYS: arq queue, then one arq in-progress key per job.  ARGV: now ms, lease ms, then the job ids.
-# Claims each job that is due and not held by another worker, with a short lease that the holder's
-# lease keeper refreshes; returns the claimed ids and their scores.  One round trip for a whole
-# poll, where arq's own claim costs three per job.
+# KEYS: arq queue, then one arq in-progress key per job.  ARGV: now ms, lease ms, how many to claim
+# at most, then the job ids.  Claims due jobs that no other worker holds, with a short lease that the
+# holder's lease keeper refreshes, until it has claimed enough; returns the claimed ids and scores.
+# Every worker reads the same front of the queue, so the script walks past jobs others hold rather
+# than each worker trying only as many as it has room for.  One round trip for a whole poll, where
+# arq's own claim costs three per job.
 CLAIM_LUA = """
 local out = {}
 local now = tonumber(ARGV[1])
-for i = 3, #ARGV do
-  local key = KEYS[i - 1]
+local room = tonumber(ARGV[3])
+for i = 4, #ARGV do
+  if room <= 0 then break end
+  local key = KEYS[i - 2]
   if redis.call('EXISTS', key) == 0 then
     local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
     if score and tonumber(score) <= now then
       redis.call('SET', key, '1', 'PX', ARGV[2])
       out[#out + 1] = ARGV[i]
       out[#out + 1] = score
+      room = room - 1
     end
   end
 end
@@ -294,12 +299,12 @@ class Store:
         finally:
             await pool.release(conn)
 
-    async def claim(self, job_ids: list[str], lease_ms: int) -> list[tuple[str, int]]:
-        """Claim due, unheld jobs with a lease; returns (job id, score) of those claimed."""
-        if not job_ids:
+    async def claim(self, job_ids: list[str], lease_ms: int, room: int) -> list[tuple[str, int]]:
+        """Claim up to ``room`` due, unheld jobs of ``job_ids`` with a lease; returns (job id, score)."""
+        if not job_ids or room <= 0:
             return []
         keys = [self.queue_name, *(in_progress_key_prefix + j for j in job_ids)]
-        flat = await self._claim(keys=keys, args=[int(time.time() * 1000), lease_ms, *job_ids])
+        flat = await self._claim(keys=keys, args=[int(time.time() * 1000), lease_ms, room, *job_ids])
         return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def start(

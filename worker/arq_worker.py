@@ -49,8 +49,9 @@ class LeasedWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or self._store is None:
             return
-        candidates = [j.decode() for j in job_ids if j.decode() not in self.tasks][:free]
-        for job_id, score in await self._store.claim(candidates, self.lease_ms):
+        # all of the poll's candidates: the front of the queue may be held by other workers
+        candidates = [j for j in (b.decode() for b in job_ids) if j not in self.tasks]
+        for job_id, score in await self._store.claim(candidates, self.lease_ms, free):
             # job_counter and the semaphore move together, as in arq; only claimed jobs count
             await self.sem.acquire()
             self.job_counter += 1

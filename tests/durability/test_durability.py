@@ -194,3 +194,30 @@ async def _changed(redis, key: str, holder: bytes) -> bool:
 async def _count_done(producer: Producer, ids: list[str], n: int) -> bool:
     statuses = await producer.store.statuses(ids)
     return sum(s == "succeeded" for s in statuses) >= n
+
+
+async def test_workers_sharing_a_queue_all_take_jobs(until, durable: Producer, fleet: Fleet, sim) -> None:
+    # each worker has room for 2; with both busy, 4 jobs run at once (one worker alone would hold 2)
+    await sim.faults(
+        {"credential": "sk-sim-openai", "model": "gpt-4o-mini", "kind": "latency", "latency_ms": 1500}
+    )
+    try:
+        fleet.start(max_jobs=2)
+        fleet.start(max_jobs=2)
+        await until(lambda: _live(durable, 2), what="two workers")
+        subs = await durable.submit_many(
+            [
+                {"model": "gpt-4o-mini", "fallbacks": [], "messages": [{"role": "user", "content": f"{i}"}]}
+                for i in range(8)
+            ]
+        )
+        ids = [s.job_id for s in subs]
+
+        async def four_running() -> bool:
+            return sum(s == "running" for s in await durable.store.statuses(ids)) >= 4
+
+        await until(four_running, timeout=10, what="4 jobs running across two workers")
+        records = await durable.wait_many(ids, timeout=30)
+    finally:
+        await sim.faults()
+    assert all(r.status == "succeeded" for r in records)
