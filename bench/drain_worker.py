@@ -21,6 +21,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from config.settings import Settings
+from llm_router.log_setup import configure_logging
 from llm_router.redis_client import redis_url
 from worker.app import UNBOUNDED_TRIES, build_worker
 
@@ -56,6 +57,7 @@ def engine_worker(settings: Settings, marks: dict[str, float]) -> Worker:
 
 def main() -> None:
     kind = sys.argv[1]
+    configure_logging()  # as `llm-router worker` does: without it structlog prints every debug line
     settings = Settings()
     asyncio.set_event_loop(uvloop.new_event_loop())
     marks: dict[str, float] = {}

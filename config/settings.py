@@ -95,4 +95,4 @@ class Settings(BaseSettings):
         # every worker reads the same front of the queue and the claim walks past jobs other workers
         # hold, so a read must reach beyond what the fleet is running; arq's default (max_jobs)
         # would leave a second worker idle behind the first one's jobs
-        return self.queue_read_limit or max(self.max_jobs * 10, 500)
+        return self.queue_read_limit or max(self.max_jobs * 4, 500)
