@@ -21,6 +21,7 @@ bench: $(STAMP) redis
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis
 	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
+	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

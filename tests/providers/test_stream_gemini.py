@@ -274,3 +274,24 @@ def test_malformed_events_are_bad_response(raw: bytes) -> None:
     with pytest.raises(BadResponse):
         for event in SSEDecoder().feed(raw):
             parser.feed(event)
+
+
+def test_a_null_candidate_index_means_the_lone_candidate_and_a_bad_one_is_refused() -> None:
+    """Found by the fuzzing in tests/core/test_fuzz_contract.py: ``"index": null`` crashed assembly."""
+    parser = adapter.stream_parser({"model": "gemini-2.5-flash", "messages": []}, DEP)
+    decoder = SSEDecoder()
+    events = decoder.feed(
+        b'data: {"candidates":[{"content":null}],"usageMetadata":{}}\n\n'
+        b'data: {"candidates":[{"content":null,"finishReason":"STOP","index":null}]}\n\n'
+    )
+    for event in events:
+        parser.feed(event)
+    assert parser.done
+    try:
+        parser.completion()
+    except RouterError as exc:
+        assert exc.code == "bad_response"
+    bad = adapter.stream_parser({"model": "gemini-2.5-flash", "messages": []}, DEP)
+    with pytest.raises(BadResponse):
+        for event in SSEDecoder().feed(b'data: {"candidates":[{"index":"x","content":{}}]}\n\n'):
+            bad.feed(event)

@@ -74,7 +74,11 @@ class _Responses:
         return chunks
 
     def _choice(self, position: int, candidate: dict[str, Any]) -> dict[str, Any] | None:
-        index = candidate.get("index", position)
+        index = candidate.get("index")
+        if index is None:  # absent (or null) for a lone candidate
+            index = position
+        elif type(index) is not int or index < 0:
+            raise BadResponse(f"a stream candidate has index {index!r}")
         state = self._candidates.setdefault(index, _Candidate())
         content = candidate.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
