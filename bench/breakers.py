@@ -9,19 +9,18 @@ the difference. Run with ``make bench``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import uvloop
+from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
@@ -33,7 +32,6 @@ from llm_router.resilience_lua import SICK_KEY
 from llm_router.sim_env import simulated_env
 from producer.producer import Producer
 
-ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"OPENAI_API_KEY": "sk-sim-openai", "AISA_API_KEY": "sk-sim-aisa"}
 
 
@@ -132,11 +130,7 @@ def main() -> None:
     )
     table.add_row("extra (target p50 < 2 ms)", f"{r['extra_p50_ms']:+.2f}", f"{r['extra_p99_ms']:+.2f}", "")
     Console(width=100).print(table)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"breakers-{r['date'][:10]}.json"
-    path.write_text(json.dumps(r, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    write_json("breakers", r)
 
 
 if __name__ == "__main__":

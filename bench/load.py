@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import orjson
 import uvloop
+from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
@@ -454,11 +455,7 @@ def main() -> None:
     args = parser.parse_args()
     results = uvloop.run(run(args))
     report(results)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"load-{results['date'][:10]}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    write_json("load", results)
 
 
 if __name__ == "__main__":

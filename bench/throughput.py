@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 import uvloop
 from arq.connections import RedisSettings, create_pool
+from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
@@ -270,11 +271,7 @@ def main() -> None:
     args = parser.parse_args()
     results = uvloop.run(run(args.jobs))
     report(results)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"throughput-{results['date'][:10]}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    write_json("throughput", results)
 
 
 if __name__ == "__main__":
