@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from config.prices import FREE, Price, price_from_genai_prices, price_from_rates
+from config.routes import RouteSpec
 from config.settings import Settings
 from llm_router.redact import redact_url
 
@@ -109,10 +110,20 @@ class CatalogFile(_Strict):
     )
     providers: dict[str, ProviderSpec]
     models: dict[str, ModelSpec]
+    routes: dict[str, RouteSpec] = Field(
+        default_factory=dict, description="names a job's model may give instead of a model (config.routes)"
+    )
 
     @model_validator(mode="after")
     def _references_resolve(self) -> CatalogFile:
         seen_alias: dict[str, str] = {}
+        aliases = {a for m in self.models.values() for a in m.aliases}
+        for name, route in self.routes.items():
+            if name in self.models or name in aliases:
+                raise ValueError(f"routes.{name}: the name is already a model or alias")
+            for ref in route.models_named():
+                if ref not in self.models and ref not in aliases:
+                    raise ValueError(f"routes.{name}: unknown model {ref!r}")
         for name, model in self.models.items():
             for dep in model.deployments:
                 if dep.provider not in self.providers:
@@ -170,6 +181,7 @@ class Catalog:
         self.spec = spec
         self.models: dict[str, ModelSpec] = dict(spec.models)
         self.aliases: dict[str, str] = {a: m for m, s in spec.models.items() for a in s.aliases}
+        self.routes: dict[str, RouteSpec] = dict(spec.routes)
         self._env = dict(env)  # read once: later changes to the environment do not leak in
         self._upstream = upstream
         self._deployments: dict[str, list[Deployment]] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default=None, description="replaces the origin of every provider URL (LLM_ROUTER_UPSTREAM)"
     )
     queue_name: str = "llm-router:queue"
+    # interactive jobs (chat calls, the HTTP chat endpoint) have their own queue, polled every few
+    # ms; unset, it is the bulk queue's name + ":interactive"
+    interactive_queue_name: str = ""
+    interactive_poll_delay_s: float = 0.005
 
     # job contract
     record_ttl_s: int = 7 * 24 * 3600
@@ -81,10 +85,37 @@ class Settings(BaseSettings):
     fallback_on_content_filter: bool = False
     disable_cooldown_s: float = 300.0
 
+    # HTTP API (`llm-router serve`)
+    server_max_body_bytes: int = 25 * 1024 * 1024  # larger bodies answer 413 unread
+    server_max_jobs_per_request: int = 10_000  # `{"jobs": [...]}` in one POST /v1/jobs
+    tenant_max_queued: int = 100_000  # a tenant's queued + running jobs; past it, 429 too_many_queued
+    auth_disabled: bool = False  # no API keys: every caller is tenant "default" (local use only)
+    api_keys_file: Path | None = None  # YAML {key: tenant} read at start, besides keys in Redis
+    files_max_bytes: int = 100 * 1024 * 1024  # one uploaded batch file
+    files_dir: Path | None = None  # keep uploaded files here instead of in Redis
+
+    # money: credits are reserved at submit, settled at finish (tenants without credits are not metered)
+    usage_ttl_days: int = 400
+    cache_default_ttl_s: int = 3600
+
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout_s: float = 10.0
     image_fetch_allow_private: bool = False  # loopback, private, link-local and metadata addresses
+
+    @model_validator(mode="after")
+    def _derived_names(self) -> Settings:
+        if not self.interactive_queue_name:
+            object.__setattr__(self, "interactive_queue_name", f"{self.queue_name}:interactive")
+        return self
+
+    def queue_for(self, kind: str) -> str:
+        """The arq queue of ``interactive`` or ``bulk`` jobs."""
+        if kind == "interactive":
+            return self.interactive_queue_name
+        if kind == "bulk":
+            return self.queue_name
+        raise ValueError(f"unknown queue {kind!r} (interactive or bulk)")
 
     @property
     def effective_lease_refresh_s(self) -> float:

@@ -245,7 +245,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.max_jobs:
         settings = settings.model_copy(update={"max_jobs": args.max_jobs})
-    run_worker(settings)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    for q in queues:
+        settings.queue_for(q)  # an unknown queue name fails here, before anything starts
+    run_worker(settings, queues=queues)
     return EXIT_OK
 
 
@@ -332,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a worker until SIGTERM")
     s.add_argument("--max-jobs", type=int)
+    s.add_argument(
+        "--queues",
+        default="interactive,bulk",
+        help="queues to serve, one arq worker each in this process (interactive is polled every few ms)",
+    )
     s.set_defaults(handler=_worker)
 
     s = sub.add_parser("simulate", help="run the provider simulator")
@@ -352,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=60)
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(handler=_demo)
+
+    from llm_router.server.commands import add_commands as add_server_commands  # serve, keys
+
+    add_server_commands(sub)
     return p
 
 

@@ -18,7 +18,7 @@ from llm_router.errors import InvalidRequest
 
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
 RESERVED_KEYS = frozenset(
-    {"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache", "answer_format"}
+    {"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache", "cache_ttl_s", "answer_format"}
 )
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -183,7 +183,9 @@ class ChatJob(BaseModel):
     deadline_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600)] | None = None
     tenant: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
     metadata: dict[str, Any] | None = None
-    cache: bool | None = None
+    # the shared response cache: true (deterministic requests only: temperature 0) or "force"
+    cache: bool | Literal["force"] | None = None
+    cache_ttl_s: Annotated[int, Field(ge=1, le=365 * 24 * 3600)] | None = None
     # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI)
     answer_format: Literal["openai", "gemini"] | None = None
 
@@ -228,6 +230,13 @@ class ChatJob(BaseModel):
         return any(
             isinstance(m.content, list) and any(isinstance(p, ImagePart) for p in m.content)
             for m in self.messages
+        )
+
+    def image_count(self) -> int:
+        return sum(
+            sum(isinstance(p, ImagePart) for p in m.content)
+            for m in self.messages
+            if isinstance(m.content, list)
         )
 
     def first_image_param(self) -> str | None:
@@ -314,6 +323,7 @@ class Usage(BaseModel):
     reasoning_tokens: int = 0
     cost: float = 0.0
     cost_nanos: int = 0
+    credits_remaining: float | None = None  # the tenant's credit after this job settled (USD)
 
 
 class JobRecord(BaseModel):
@@ -340,6 +350,11 @@ class JobRecord(BaseModel):
     passes: int = 0
     fallback_used: bool = False
     partial_text: str | None = None  # what a stream published before it broke (stream_interrupted)
+    routed_by: str | None = None  # when `model` named a route: the rule that chose the model
+    cached: bool = False  # answered from the response cache, without a provider call
+    parent: str | None = None  # the compare job this job is one side of
+    # a compare job: one entry per model (content, latency, tokens, cost, error), in its order
+    comparison: list[dict[str, Any]] | None = None
 
     @property
     def latency_ms(self) -> float | None:

@@ -11,7 +11,12 @@ parses messages: it reads these attributes, which come from one table (``ERROR_T
     │   ├── UnsupportedCapability       unsupported_capability (400)
     │   ├── ModelNotFound               model_not_found (404)
     │   ├── IdempotencyConflict         idempotency_conflict (409)
-    │   └── PayloadTooLarge             payload_too_large (413)
+    │   ├── PayloadTooLarge             payload_too_large (413)
+    │   ├── InsufficientCredits         insufficient_credits (402)
+    │   └── TooManyQueued               too_many_queued (429)
+    ├── AccessError                 the HTTP API's own refusals
+    │   ├── InvalidApiKey               invalid_api_key (401)
+    │   └── ResourceNotFound            not_found (404: an unknown id, or another tenant's)
     ├── JobError                    about a job as a whole
     │   ├── JobNotFound                 job_not_found (404)
     │   ├── JobNotCancellable           job_not_cancellable (409)
@@ -66,6 +71,8 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "authentication_failed": ErrorSpec(401, "authentication_error"),
     "permission_denied": ErrorSpec(403, "permission_error"),
     "insufficient_credits": ErrorSpec(402, "insufficient_credits_error"),
+    "too_many_queued": ErrorSpec(429, "rate_limit_error"),
+    "invalid_api_key": ErrorSpec(401, "authentication_error"),
     "job_not_found": ErrorSpec(404, "not_found_error"),
     "job_not_cancellable": ErrorSpec(409, "conflict_error"),
     "deadline_exceeded": ErrorSpec(504, "server_error"),
@@ -180,6 +187,39 @@ class IdempotencyConflict(RequestError):
 
 class PayloadTooLarge(RequestError):
     code = "payload_too_large"
+
+
+class InsufficientCredits(RequestError):
+    """The tenant's remaining credit does not cover the job's reservation (its worst-case cost)."""
+
+    code = "insufficient_credits"
+
+
+class TooManyQueued(RequestError):
+    """The tenant has more jobs queued or running than its limit; ``retry_after`` says when to retry."""
+
+    code = "too_many_queued"
+
+
+class AccessError(RouterError):
+    """The HTTP API's own refusals: who is calling, and what they may see."""
+
+
+class InvalidApiKey(AccessError):
+    code = "invalid_api_key"
+
+
+# "not_found" is also an upstream outcome (a model gone at the provider, 502 on a job); over the
+# HTTP API the same code names an id the caller cannot see, with status 404
+_NOT_FOUND_SPEC = ErrorSpec(404, "not_found_error")
+
+
+class ResourceNotFound(AccessError):
+    code = "not_found"
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return _NOT_FOUND_SPEC
 
 
 class JobError(RouterError):
@@ -298,3 +338,4 @@ def _index(root: type[RouterError]) -> dict[str, type[RouterError]]:
 
 _BY_CODE = _index(RouterError)
 _BY_CODE["invalid_request"] = InvalidRequest
+_BY_CODE["not_found"] = UpstreamNotFound

@@ -27,6 +27,8 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
 from llm_router.contract import JobRecord, JobStatus
+from llm_router.ledger_lua import ENDED_CHANNEL as ENDED_CHANNEL
+from llm_router.ledger_lua import LEDGER_FUNCTIONS
 from llm_router.resilience_lua import FUNCTIONS, SICK_KEY
 from llm_router.resilience_lua import PREFIX as RESILIENCE_PREFIX
 
@@ -83,30 +85,51 @@ class NewJob:
     created_at: float
     deadline_at: float
     metadata: dict[str, Any] | None = None
+    reserve_nanos: int = 0  # the worst-case cost held from the tenant's credit until the job settles
+    prompt_tokens: int = 0  # estimated (producer.estimate)
+    # optional record fields: routed_by, cache_key/cache_ttl, parent, notify
+    extra: list[Any] | None = None
 
 
 # KEYS: record, arq job, arq queue.  ARGV: digest, record ttl s, arq payload, score ms, arq ttl ms,
-# job id, request, route, model requested, tenant, created at, deadline at, metadata ('' if none).
-SUBMIT_LUA = """
+# job id, request, route, model requested, tenant, created at, deadline at, metadata ('' if none),
+# reservation (nano-USD), the tenant's queue limit (0: none), then optional record field/value pairs.
+# Returns 1 created, 0 the same job exists (nothing reserved again), -1 a different job has this id,
+# -2 the tenant's credit does not cover the reservation, -3 the tenant's queue is full.
+SUBMIT_LUA = (
+    FUNCTIONS
+    + LEDGER_FUNCTIONS
+    + """
 local h = redis.call('HGET', KEYS[1], 'digest')
 if h then
   if h == ARGV[1] then return 0 end
   return -1
 end
+local tenant = ARGV[10]
+local limit = tonumber(ARGV[15])
+if limit > 0 and tonumber(redis.call('GET', P .. 'active:' .. tenant) or '0') >= limit then return -3 end
+local ok, metered = reserve(tenant, ARGV[14])
+if not ok then return -2 end
 redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'status', 'queued', 'attempts', '[]', 'request', ARGV[7],
-           'route', ARGV[8], 'model_requested', ARGV[9], 'tenant', ARGV[10], 'created_at', ARGV[11],
+           'route', ARGV[8], 'model_requested', ARGV[9], 'tenant', tenant, 'created_at', ARGV[11],
            'deadline_at', ARGV[12])
 if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[13]) end
+if metered then redis.call('HSET', KEYS[1], 'metered', 1, 'reserved', ARGV[14]) end
+if #ARGV > 15 then redis.call('HSET', KEYS[1], unpack(ARGV, 16, #ARGV)) end
+redis.call('INCR', P .. 'active:' .. tenant)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 return 1
 """
+)
 
 # KEYS: record.  ARGV: now, worker id, job id, routing key, probe lease ms.  Returns nil (no
 # record), {status} when already ended, or what the worker needs: previous status, request, route,
 # deadline_at, attempts, runs, passes, the in-flight call and worker of an interrupted run, the
-# admission decisions for the route's deployments (dep, decision, …) and Redis' clock in ms.
+# admission decisions for the route's deployments (dep, decision, …), Redis' clock in ms, the cached
+# answer ('' on a miss or without cache), the parent compare job ('' if none) and whether a cancel
+# was asked for while the job was held.
 START_LUA = (
     FUNCTIONS
     + """
@@ -114,13 +137,19 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return nil end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {st} end
 local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attempts', 'passes',
-                     'inflight', 'worker')
+                     'inflight', 'worker', 'cache_key', 'parent', 'cancel_requested')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 local now = now_ms()
-local decisions = admit_route(v[2], ARGV[4], ARGV[3], estimate_tokens(v[1]), tonumber(ARGV[5]), now)
-return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or '', decisions, now}
+local cached = ''
+if v[8] then cached = redis.call('GET', P .. 'cache:' .. v[8]) or '' end
+local decisions = {}
+if cached == '' and not v[10] then
+  decisions = admit_route(v[2], ARGV[4], ARGV[3], estimate_tokens(v[1]), tonumber(ARGV[5]), now)
+end
+return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or '', decisions, now, cached,
+        v[9] or '', v[10] or ''}
 """
 )
 
@@ -160,51 +189,77 @@ end
 return out
 """
 
-# KEYS: record, job stream.  ARGV: record ttl s, job id, number of field arguments, field/value pairs, then
-# breaker outcomes (see resilience_lua).  Outcomes count even for a job that already ended (the
-# calls happened); the fields never overwrite an ended job, so a duplicate run cannot replace the
-# outcome (or the cost) recorded first.  Returns {1 written | 0 already ended | -2 no record,
-# breaker transitions…}.
+# KEYS: record, job stream.  ARGV: record ttl s, job id, number of field arguments, settlement
+# ('cost nanos|model|prompt tokens|completion tokens', used only if this write ends the job), usage
+# TTL s, the summary a compare parent keeps of this job ('' if none), field/value pairs, then breaker
+# outcomes (see resilience_lua).  Outcomes count even for a job that already ended (the calls
+# happened); the fields never overwrite an ended job, so a duplicate run cannot replace the outcome
+# (or the cost) recorded first, and a job settles once.  Returns {1 written | 0 already ended |
+# -2 no record, breaker transitions…}.
 FINISH_LUA = (
     FUNCTIONS
+    + LEDGER_FUNCTIONS
     + """
 local now = now_ms()
 local out = {0}
 local n = tonumber(ARGV[3])
-for i = 4 + n, #ARGV do
+for i = 7 + n, #ARGV do
   local t = record_outcome(ARGV[i], now, ARGV[2])
   if t then out[#out + 1] = t end
 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then out[1] = -2 return out end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return out end
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n)) end
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + n)) end
 redis.call('HDEL', KEYS[1], 'inflight')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local ended = redis.call('HGET', KEYS[1], 'status')
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 and
-   (ended == 'succeeded' or ended == 'failed' or ended == 'cancelled') then
-  -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
-  redis.call('XADD', KEYS[2], '*', 'end', ended)
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
+if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
+  local cost, model, ptok, ctok = string.match(ARGV[4], '^(%d+)|(.*)|(%d+)|(%d+)$')
+  job_ended(KEYS[1], ARGV[2], ended, cost or '0', model or '', ptok or '0', ctok or '0', ARGV[5],
+            ARGV[6], now)
+  if ended == 'succeeded' then
+    local c = redis.call('HMGET', KEYS[1], 'cache_key', 'cache_ttl', 'cached')
+    if c[1] and not c[3] then
+      redis.call('SET', P .. 'cache:' .. c[1], redis.call('HGET', KEYS[1], 'response'), 'EX', c[2])
+    end
+  end
+  if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+    -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
+    redis.call('XADD', KEYS[2], '*', 'end', ended)
+    redis.call('EXPIRE', KEYS[2], ARGV[1])
+  end
 end
 out[1] = 1
 return out
 """
 )
 
-# KEYS: record, arq job, arq queue, arq in-progress.  ARGV: job id, now, error JSON.
-CANCEL_LUA = """
+# KEYS: record, arq job, arq queue, arq in-progress.  ARGV: job id, now, error JSON, usage TTL s.
+# A queued job ends cancelled here (its reservation released); a running one (or one a worker has
+# claimed) is marked and handed to arq's abort set, and its worker ends it.  Returns 1 cancelled,
+# 'aborting', -2 no record, or the status of a job that already ended.
+CANCEL_LUA = (
+    FUNCTIONS
+    + LEDGER_FUNCTIONS
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -2 end
 if (st == 'queued' or st == 'deferred') and redis.call('EXISTS', KEYS[4]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[3])
+  job_ended(KEYS[1], ARGV[1], 'cancelled', '0', '', '0', '0', ARGV[4], '', now_ms())
   return 1
+end
+if st == 'queued' or st == 'deferred' or st == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 1)
+  redis.call('ZADD', 'arq:abort', now_ms(), ARGV[1])
+  return 'aborting'
 end
 return st
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +271,13 @@ class SubmitResult:
 class Store:
     """Typed access to records; one instance per process, sharing the caller's Redis client."""
 
-    def __init__(self, redis: Redis, *, queue_name: str, record_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, *, queue_name: str, record_ttl_s: int, usage_ttl_s: int = 400 * 86400
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.record_ttl_s = record_ttl_s
+        self.usage_ttl_s = usage_ttl_s
         self._submit = redis.register_script(SUBMIT_LUA)
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
@@ -228,8 +286,13 @@ class Store:
         self._admit = redis.register_script(ADMIT_LUA)
         self.workers_key = workers_key(queue_name)
 
-    def submit_command(self, job: NewJob) -> tuple[Any, ...]:
-        """The EVALSHA of one submit; many of them in one write make bulk enqueue a round trip a chunk."""
+    def submit_command(
+        self, job: NewJob, queue_name: str | None = None, max_queued: int = 0
+    ) -> tuple[Any, ...]:
+        """The EVALSHA of one submit; many of them in one write make bulk enqueue a round trip a chunk.
+
+        ``max_queued`` refuses the job (-3) while its tenant has that many jobs queued or running.
+        """
         enqueue_ms = int(job.created_at * 1000)
         job_id = job.job_id
         # record and arq job outlive the deadline by the record TTL: a worker always finds the job
@@ -241,7 +304,7 @@ class Store:
             3,
             RECORD_PREFIX + job_id,
             job_key_prefix + job_id,
-            self.queue_name,
+            queue_name or self.queue_name,
             job.digest,
             ttl_s,
             _ARQ_JOB % (job_id.encode(), enqueue_ms),
@@ -255,6 +318,9 @@ class Store:
             job.created_at,
             job.deadline_at,
             orjson.dumps(job.metadata) if job.metadata is not None else b"",
+            job.reserve_nanos,
+            max_queued,
+            *(job.extra or ()),
         )
 
     async def submit_batch(self, batch: list[tuple[Any, ...]]) -> list[int]:
@@ -343,10 +409,20 @@ class Store:
         return res.decode() if isinstance(res, bytes) else str(res)
 
     async def finish(
-        self, job_id: str, fields: dict[str, Any], outcomes: Sequence[str] = ()
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        outcomes: Sequence[str] = (),
+        *,
+        settle: str = "",
+        summary: bytes = b"",
     ) -> tuple[int, list[str]]:
-        """Write a record change and the breaker outcomes of its calls; returns (code, transitions)."""
-        argv: list[Any] = [self.record_ttl_s, job_id, 2 * len(fields)]
+        """Write a record change and the breaker outcomes of its calls; returns (code, transitions).
+
+        When the change ends the job, ``settle`` (``cost nanos|model|prompt|completion``) is charged
+        to its tenant and counted in the usage, once; ``summary`` goes to its compare parent.
+        """
+        argv: list[Any] = [self.record_ttl_s, job_id, 2 * len(fields), settle, self.usage_ttl_s, summary]
         for name, value in fields.items():
             argv.append(name)
             argv.append(encode_field(name, value))
@@ -378,7 +454,7 @@ class Store:
 
     async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
         keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
-        res = await self._cancel(keys=keys, args=[job_id, time.time(), orjson.dumps(error)])
+        res = await self._cancel(keys=keys, args=[job_id, time.time(), orjson.dumps(error), self.usage_ttl_s])
         return res.decode() if isinstance(res, bytes) else int(res)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -426,6 +502,8 @@ def encode_field(name: str, value: Any) -> bytes | str | int | float:
 
 def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     data: dict[str, Any] = {"id": job_id}
+    children: list[Any] = []
+    credits_nanos: int | None = None
     for k, v in raw.items():
         name = k.decode()
         if name in JSON_FIELDS:
@@ -434,11 +512,41 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = float(v)
         elif name in ("runs", "passes"):
             data[name] = int(v)
-        elif name in ("digest", "worker", "inflight"):
+        elif name == "cached":
+            data[name] = v == b"1"
+        elif name == "credits_remaining":
+            credits_nanos = int(v)
+        elif name.startswith("child:"):
+            children.append(orjson.loads(v))
+        elif name in _INTERNAL_FIELDS:
             continue
         else:
             data[name] = v.decode()
+    if credits_nanos is not None:
+        usage = data.get("usage") or {}
+        data["usage"] = {**usage, "credits_remaining": credits_nanos / 1e9}
+    if children or "pending" in raw or b"pending" in raw:
+        order = {m: i for i, m in enumerate(data.get("route") or ())}
+        children.sort(key=lambda c: order.get(c.get("model"), len(order)))
+        data["comparison"] = children
     return JobRecord.model_validate(data)
+
+
+# record fields the workers and scripts use that are not part of the record's public shape
+_INTERNAL_FIELDS = frozenset(
+    {
+        "digest",
+        "worker",
+        "inflight",
+        "metered",
+        "reserved",
+        "notify",
+        "cache_key",
+        "cache_ttl",
+        "cancel_requested",
+        "pending",
+    }
+)
 
 
 class BreakerBoard:

@@ -19,14 +19,16 @@ from config.settings import Settings
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import (
     IdempotencyConflict,
+    InsufficientCredits,
     JobNotCancellable,
     JobNotFound,
     NoWorkers,
     RouterError,
+    TooManyQueued,
     WaitTimeout,
 )
 from llm_router.redis_client import connect_redis
-from llm_router.store import Store
+from llm_router.store import Store, workers_key
 from producer.validation import PreparedJob, Validator
 from producer.vision import vision_to_chat
 
@@ -68,7 +70,12 @@ class Producer:
         self.redis = redis
         self.catalog = catalog
         self.settings = settings
-        self.store = Store(redis, queue_name=settings.queue_name, record_ttl_s=settings.record_ttl_s)
+        self.store = Store(
+            redis,
+            queue_name=settings.queue_name,
+            record_ttl_s=settings.record_ttl_s,
+            usage_ttl_s=settings.usage_ttl_days * 86400,
+        )
         self.validator = Validator(catalog, settings)
 
     @classmethod
@@ -89,10 +96,26 @@ class Producer:
     # -- submitting -----------------------------------------------------------------------------
 
     async def submit(
-        self, job: dict[str, Any] | bytes | str, *, interactive: bool = False, allow_files: bool = False
+        self,
+        job: dict[str, Any] | bytes | str,
+        *,
+        interactive: bool = False,
+        allow_files: bool = False,
+        tenant: str | None = None,
+        notify: bool = False,
+        max_queued: int | None = None,
     ) -> Submitted:
         """Validate and enqueue one job; raises the job's ``RouterError`` if it is refused."""
-        result = (await self.submit_many([job], interactive=interactive, allow_files=allow_files))[0]
+        result = (
+            await self.submit_many(
+                [job],
+                interactive=interactive,
+                allow_files=allow_files,
+                tenant=tenant,
+                notify=notify,
+                max_queued=max_queued,
+            )
+        )[0]
         if isinstance(result, RouterError):
             raise result
         return result
@@ -103,12 +126,28 @@ class Producer:
         *,
         interactive: bool = False,
         allow_files: bool = False,
+        tenant: str | None = None,
+        notify: bool = False,
+        max_queued: int | None = None,
+        parent: str | None = None,
     ) -> list[Submitted | RouterError]:
         """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
 
         A refused job's slot holds its error; the other jobs are enqueued all the same.
         ``allow_files`` lets vision jobs name local image files (for callers on this machine).
+        ``interactive`` jobs go to the interactive queue with the interactive deadline. ``tenant``
+        replaces any tenant the jobs name (the HTTP API passes its caller's). ``notify`` publishes
+        each job's id on ``ENDED_CHANNEL`` when it ends. ``max_queued`` refuses a job with
+        ``too_many_queued`` while its tenant has that many queued or running. Each job reserves its
+        worst-case cost from its tenant's credit, if the tenant has credits, or is refused with
+        ``insufficient_credits``.
         """
+        queue = self.settings.queue_for("interactive" if interactive else "bulk")
+        extra: list[Any] = []
+        if notify:
+            extra += ["notify", 1]
+        if parent is not None:
+            extra += ["parent", parent]
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, PreparedJob]] = []
         in_flight: asyncio.Task[None] | None = None
@@ -121,30 +160,49 @@ class Producer:
             except RouterError as exc:
                 results.append(exc)
                 continue
+            if tenant is not None:
+                prepared.tenant = tenant
+            if extra:
+                prepared.extra = [*(prepared.extra or ()), *extra]
             results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:
                 # one chunk in Redis while the next is validated: the two sides work at once
                 if in_flight is not None:
                     await in_flight
-                in_flight = asyncio.create_task(self._flush(chunk, results))
+                in_flight = asyncio.create_task(self._flush(chunk, results, queue, max_queued or 0))
                 chunk = []
                 await asyncio.sleep(0)  # let the flush send its commands before validating on
         if in_flight is not None:
             await in_flight
         if chunk:
-            await self._flush(chunk, results)
+            await self._flush(chunk, results, queue, max_queued or 0)
         return results
 
     async def _flush(
-        self, chunk: list[tuple[int, PreparedJob]], results: list[Submitted | RouterError]
+        self,
+        chunk: list[tuple[int, PreparedJob]],
+        results: list[Submitted | RouterError],
+        queue: str,
+        max_queued: int,
     ) -> None:
-        batch = [self.store.submit_command(p) for _, p in chunk]
+        batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
             if outcome == -1:
                 results[index] = IdempotencyConflict(
                     f"job '{prepared.job_id}' exists with a different body", param="job_id"
+                )
+            elif outcome == -2:
+                results[index] = InsufficientCredits(
+                    f"tenant '{prepared.tenant}' has too little credit for this job, which may cost up to "
+                    f"${prepared.reserve_nanos / 1e9:.6f} (see `llm-router credits show {prepared.tenant}`)",
+                    param="tenant",
+                )
+            elif outcome == -3:
+                results[index] = TooManyQueued(
+                    f"tenant '{prepared.tenant}' has {max_queued} jobs queued or running, its limit",
+                    retry_after=1.0,
                 )
             else:
                 results[index] = Submitted(prepared.job_id, outcome == 1)
@@ -232,7 +290,9 @@ class Producer:
                 delay = min(delay * 2, 2.0)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a job that has not started; a running or ended job is ``job_not_cancellable``."""
+        """Cancel a job: a queued one ends ``cancelled`` now; a running one is aborted (arq's abort)
+        and its worker ends it ``cancelled``, settling what its provider already answered; an ended
+        one is ``job_not_cancellable``. Returns the record as it is after the call."""
         error = {
             "code": "cancelled",
             "status": 499,
@@ -243,12 +303,17 @@ class Producer:
         outcome = await self.store.cancel(job_id, error)
         if outcome == -2:
             raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
-        if outcome != 1:
-            raise JobNotCancellable(f"job '{job_id}' is {outcome}; only a queued job can be cancelled")
+        if outcome not in (1, "aborting"):
+            raise JobNotCancellable(f"job '{job_id}' is {outcome}; it has ended")
         return await self.get(job_id)
 
-    async def live_workers(self) -> int:
-        return await self.store.live_workers(self.settings.heartbeat_ttl_s)
+    async def live_workers(self, queue: str | None = None) -> int:
+        """Workers that beat recently on a queue (the bulk queue unless named)."""
+        if queue is None:
+            return await self.store.live_workers(self.settings.heartbeat_ttl_s)
+        return int(
+            await self.redis.zcount(workers_key(queue), time.time() - self.settings.heartbeat_ttl_s, "+inf")
+        )
 
     # -- the product's interactive calls --------------------------------------------------------
 
@@ -306,12 +371,15 @@ class Producer:
         if record.status != JobStatus.SUCCEEDED:
             raise JobFailed(record)
 
+    async def _interactive_workers(self) -> int:
+        return await self.live_workers(self.settings.interactive_queue_name)
+
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], **params: Any
     ) -> AsyncIterator[str]:
         """The product's streaming call: the answer's text, piece by piece, as the job produces it."""
-        if await self.live_workers() == 0:
-            raise NoWorkers("no live llm-router worker (start one with `llm-router worker`)")
+        if await self._interactive_workers() == 0:
+            raise NoWorkers("no live llm-router worker on the interactive queue (`llm-router worker`)")
         submitted = await self.submit(
             {"model": model, "messages": messages, **params, "stream": True}, interactive=True
         )
@@ -323,8 +391,8 @@ class Producer:
 
     async def run_interactive(self, job: dict[str, Any], *, timeout: float | None = None) -> JobRecord:
         """Submit with the interactive deadline and wait; fail fast when no worker is alive."""
-        if await self.live_workers() == 0:
-            raise NoWorkers("no live llm-router worker (start one with `llm-router worker`)")
+        if await self._interactive_workers() == 0:
+            raise NoWorkers("no live llm-router worker on the interactive queue (`llm-router worker`)")
         submitted = await self.submit(job, interactive=True)
         wait_s = (
             timeout if timeout is not None else job.get("deadline_s") or self.settings.interactive_deadline_s

@@ -6,6 +6,7 @@ fallbacks against the catalog and the capabilities they need are all checked her
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from config.catalog import Catalog
+from config.routes import Need, NoCapableModel, choose
 from config.settings import Settings
 from llm_router.contract import ChatJob, invalid_from_validation
 from llm_router.errors import (
@@ -23,6 +25,7 @@ from llm_router.errors import (
     UnsupportedCapability,
 )
 from llm_router.store import NewJob, body_digest
+from producer.estimate import CostModel, prompt_tokens
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
@@ -37,6 +40,7 @@ class Validator:
         self.catalog = catalog
         self.settings = settings
         self._route_json: dict[tuple[str, ...], bytes] = {}
+        self.costs = CostModel(catalog)
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -90,28 +94,6 @@ class Validator:
     def _prepare(
         self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
     ) -> PreparedJob:
-        model_id = self.catalog.resolve(job.model)
-        if model_id is None:
-            raise ModelNotFound(f"Model '{job.model}' is not available", param="model")
-        route = [model_id]
-        for i, name in enumerate(job.fallbacks or ()):
-            fb = self.catalog.resolve(name)
-            if fb is None:
-                raise ModelNotFound(f"Model '{name}' is not available", param=f"fallbacks[{i}]")
-            if fb not in route:
-                route.append(fb)
-        if job.stream_options is not None and not job.stream:
-            raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
-        if job.stream and not self.catalog.models[model_id].capabilities.streaming:
-            raise UnsupportedCapability(f"'{model_id}' does not stream", param="stream")
-        self._check_capabilities(job, route)
-        if job.fallbacks is None:
-            # the catalog's fallbacks apply when the job names none ([] turns them off); those that
-            # cannot serve this job (no vision, no tools) are skipped rather than refusing the job
-            for fb in self.catalog.models[model_id].fallbacks:
-                if fb not in route and self._capable(job, fb):
-                    route.append(fb)
-
         # one canonical encoding (sorted keys) is both hashed for idempotency and stored
         try:
             # the model is strict, so the validated input is already well-typed: store it as sent
@@ -125,6 +107,48 @@ class Validator:
             raise PayloadTooLarge(
                 f"job body is {len(request)} bytes; the limit is {self.settings.max_body_bytes} bytes"
             )
+        image_param = job.first_image_param()
+        images = job.image_count() if image_param else 0
+        prompt = prompt_tokens(request, images)
+        max_out = job.max_completion_tokens or job.max_tokens
+        job_id = job.job_id or new_id or uuid.uuid4().hex
+
+        routed_by = None
+        route_spec = None
+        model_id = self.catalog.resolve(job.model)
+        if model_id is None:
+            route_spec = self.catalog.routes.get(job.model)
+            if route_spec is None:
+                raise ModelNotFound(f"Model '{job.model}' is not available", param="model")
+            need = Need(prompt, max_out, images > 0, bool(job.tools or job.functions), bool(job.stream))
+            try:
+                choice = choose(job.model, route_spec, need, job_id, self._can_serve, self._typical_cost)
+            except NoCapableModel as exc:
+                raise UnsupportedCapability(str(exc), param="model") from None
+            model_id = self.catalog.resolve(choice.model) or choice.model
+            routed_by = choice.rule
+        route = [model_id]
+        fallbacks = job.fallbacks
+        if fallbacks is None and route_spec is not None:
+            fallbacks = route_spec.fallbacks
+        for i, name in enumerate(fallbacks or ()):
+            fb = self.catalog.resolve(name)
+            if fb is None:
+                raise ModelNotFound(f"Model '{name}' is not available", param=f"fallbacks[{i}]")
+            if fb not in route:
+                route.append(fb)
+        if job.stream_options is not None and not job.stream:
+            raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
+        if job.stream and not self.catalog.models[model_id].capabilities.streaming:
+            raise UnsupportedCapability(f"'{model_id}' does not stream", param="stream")
+        self._check_capabilities(job, route)
+        if fallbacks is None:
+            # the catalog's fallbacks apply when the job names none ([] turns them off); those that
+            # cannot serve this job (no vision, no tools) are skipped rather than refusing the job
+            for fb in self.catalog.models[model_id].fallbacks:
+                if fb not in route and self._capable(job, fb):
+                    route.append(fb)
+
         digest = body_digest(request)
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
@@ -133,8 +157,21 @@ class Validator:
         route_json = self._route_json.get(route_key)
         if route_json is None:
             route_json = self._route_json[route_key] = orjson.dumps(route)
+        extra: list[Any] | None = None
+        if routed_by is not None:
+            extra = ["routed_by", routed_by]
+        cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
+        if cache == "force" or (cache is True and job.temperature == 0):
+            ttl = job.cache_ttl_s or (route_spec.cache_ttl_s if route_spec else None)
+            extra = extra or []
+            extra += [
+                "cache_key",
+                cache_key(model_id, obj),
+                "cache_ttl",
+                ttl or self.settings.cache_default_ttl_s,
+            ]
         return NewJob(
-            job_id=job.job_id or new_id or uuid.uuid4().hex,
+            job_id=job_id,
             digest=digest,
             request=request,
             route=route,
@@ -144,7 +181,28 @@ class Validator:
             created_at=now,
             deadline_at=now + (job.deadline_s or default_deadline),
             metadata=job.metadata,
+            reserve_nanos=self.costs.worst_case(route_key, prompt, max_out),
+            prompt_tokens=prompt,
+            extra=extra,
         )
+
+    def _can_serve(self, model_id: str, need: Need) -> bool:
+        """Whether a model (of an auto route) can serve a request: capabilities, window, deployments."""
+        resolved = self.catalog.resolve(model_id)
+        if resolved is None or not self.catalog.deployments(resolved):
+            return False
+        caps = self.catalog.models[resolved].capabilities
+        return (
+            (caps.vision or not need.vision)
+            and (caps.tools or not need.tools)
+            and (caps.streaming or not need.stream)
+            and (need.max_output or 0) <= caps.max_output
+            and need.prompt_tokens + (need.max_output or 0) <= caps.context_window
+        )
+
+    def _typical_cost(self, model_id: str, need: Need) -> int:
+        resolved = self.catalog.resolve(model_id) or model_id
+        return self.costs.typical(resolved, need.prompt_tokens, min(need.max_output or 500, 500))
 
     def _capable(self, job: ChatJob, model_id: str) -> bool:
         caps = self.catalog.models[model_id].capabilities
@@ -176,6 +234,28 @@ class Validator:
                     f"{name} is {max_out}; '{model_id}' returns at most {caps.max_output} tokens",
                     param=name if i == 0 else where,
                 )
+
+
+# reserved keys and fields that do not change what a model answers: two requests that differ only
+# in these share a cache entry
+_NOT_IN_CACHE_KEY = frozenset({"model", "stream", "stream_options", "user"}) | {
+    "job_id",
+    "fallbacks",
+    "deadline_s",
+    "tenant",
+    "metadata",
+    "cache",
+    "cache_ttl_s",
+    "answer_format",
+}
+
+
+def cache_key(model_id: str, obj: dict[str, Any]) -> str:
+    """The response cache's key: the resolved model and everything of the request that changes its
+    answer (messages, sampling, tools, format), canonically encoded and hashed."""
+    body = {k: v for k, v in obj.items() if v is not None and k not in _NOT_IN_CACHE_KEY}
+    body["model"] = model_id
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=20).hexdigest()
 
 
 def refusal(line: int, error: RouterError) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -30,21 +33,36 @@ async def run_llm_job(ctx: dict[str, Any], job_id: str) -> None:
     await ctx["runner"].run(job_id)
 
 
-def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides: Any) -> LeasedWorker:
-    """An arq worker for llm-router jobs; ``overrides`` go to arq (``burst=True`` in tests, say)."""
+def build_worker(
+    settings: Settings,
+    catalog: Catalog | None = None,
+    *,
+    queue: str = "bulk",
+    **overrides: Any,
+) -> LeasedWorker:
+    """An arq worker for one queue of llm-router jobs (``bulk`` or ``interactive``); ``overrides``
+    go to arq (``burst=True`` in tests, say)."""
+    queue_name = settings.queue_for(queue)
+    poll_delay = settings.interactive_poll_delay_s if queue == "interactive" else settings.poll_delay_s
     catalog = catalog or Catalog.load(settings)
     catalog.deployments(next(iter(catalog.models)))  # resolve every price now, not on the first job
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     url = redis_url(settings)
 
     async def startup(ctx: dict[str, Any]) -> None:
-        store = Store(ctx["redis"], queue_name=settings.queue_name, record_ttl_s=settings.record_ttl_s)
+        store = Store(
+            ctx["redis"],
+            queue_name=queue_name,
+            record_ttl_s=settings.record_ttl_s,
+            usage_ttl_s=settings.usage_ttl_days * 86400,
+        )
         worker.use_store(store)
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
+        runner.aborting = worker.aborting_tasks.__contains__
         keeper = LeaseKeeper(
             redis_url=url,
-            queue_name=settings.queue_name,
+            queue_name=queue_name,
             worker_id=worker_id,
             held=lambda: list(worker.tasks),
             inflight=runner.inflight,
@@ -69,11 +87,13 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
     options: dict[str, Any] = {
         "functions": [func(run_llm_job, name=RUN_JOB, max_tries=UNBOUNDED_TRIES)],
-        "queue_name": settings.queue_name,
+        "queue_name": queue_name,
         "redis_settings": RedisSettings.from_dsn(url),
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
-        "poll_delay": settings.poll_delay_s,
+        "poll_delay": poll_delay,
+        # a cancel of a running job goes through arq's abort set (one read per poll, not per job)
+        "allow_abort_jobs": True,
         "queue_read_limit": settings.effective_queue_read_limit,
         "keep_result": 0,
         "max_tries": UNBOUNDED_TRIES,
@@ -91,10 +111,12 @@ def build_worker(settings: Settings, catalog: Catalog | None = None, **overrides
     return worker
 
 
-def run_worker(settings: Settings, **overrides: Any) -> None:
-    """Run a worker in this process until SIGINT/SIGTERM, on uvloop when it is installed."""
-    import asyncio
+def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk"), **overrides: Any) -> None:
+    """Run an arq worker per queue in this process until SIGINT/SIGTERM, on uvloop when installed.
 
+    The interactive queue's worker polls every few ms, so a chat call does not wait behind a bulk
+    backlog; each worker has its own slots (``max_jobs``).
+    """
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
@@ -102,4 +124,21 @@ def run_worker(settings: Settings, **overrides: Any) -> None:
     else:
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    build_worker(settings, **overrides).run()
+    catalog = Catalog.load(settings)
+    if len(queues) == 1:
+        build_worker(settings, catalog, queue=queues[0], **overrides).run()
+        return
+    # arq's own signal handlers would replace each other: one handler tells every worker
+    workers = [build_worker(settings, catalog, queue=q, handle_signals=False, **overrides) for q in queues]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _stop_all, workers, sig)
+    try:
+        # each worker stops on its own, after its running jobs had their grace period
+        loop.run_until_complete(asyncio.gather(*(w.async_run() for w in workers), return_exceptions=True))
+    finally:
+        loop.run_until_complete(asyncio.gather(*(w.close() for w in workers), return_exceptions=True))
+
+
+def _stop_all(workers: list[LeasedWorker], sig: signal.Signals) -> None:
+    for w in workers:
+        w.handle_sig_wait_for_completion(sig)

@@ -30,6 +30,7 @@ from config.settings import Settings
 from llm_router.contract import JobStatus
 from llm_router.errors import (
     DeadlineExceeded,
+    JobCancelled,
     RouterError,
     UpstreamTimeout,
 )
@@ -86,6 +87,10 @@ class JobRunner:
         self.images = ImageFetcher(settings)
         self._model_by_deployment = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
+        # answers this process got but could not store (Redis away past redis_retry_s), by job id
+        self.unwritten: dict[str, dict[str, Any]] = {}
+        # whether arq is aborting a job (a cancel while it runs); set by the worker that owns the runner
+        self.aborting: Any = lambda job_id: False
 
     async def run(self, job_id: str) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
@@ -114,6 +119,9 @@ class JobRunner:
             prev_worker,
             adm,
             rnow,
+            cached_b,
+            parent_b,
+            cancel_b,
         ) = started
         decisions = {adm[i].decode(): adm[i + 1].decode() for i in range(0, len(adm), 2)}
         clock_offset_s = time.time() - int(rnow) / 1000
@@ -129,6 +137,18 @@ class JobRunner:
         if prev == b"running":  # the run before this one was cut short: its worker died mid-job
             attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
             bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
+        parent = parent_b.decode() if parent_b else None
+        unwritten = self.unwritten.pop(job_id, None)
+        if unwritten is not None:
+            # an answer this process got but could not store: store it rather than pay for it twice
+            await asyncio.shield(self._write(job_id, unwritten, bound, route=route, parent=parent))
+            return
+        if cancel_b:
+            await asyncio.shield(self._write(job_id, _cancelled(attempts), bound, route=route, parent=parent))
+            return
+        if cached_b:
+            await self._serve_cached(job_id, cached_b, request, route, attempts, bound, parent)
+            return
 
         walk = RouteWalk(
             job_id=job_id,
@@ -159,14 +179,19 @@ class JobRunner:
             raise Retry(defer=0.1) from None
         except asyncio.CancelledError:
             # stopped (SIGTERM past the grace period): put the job back for another worker; the
-            # interrupted call is recorded and none of the job's retry passes is spent
+            # interrupted call is recorded and none of the job's retry passes is spent. Aborted (a
+            # cancel while it ran): it ends cancelled
             call = self.inflight.get(job_id)
-            back = {
-                "status": JobStatus.QUEUED,
-                "attempts": [*attempts, _interrupted(call, self.worker_id, measured=True)],
-            }
+            tried = [*attempts, _interrupted(call, self.worker_id, measured=True)]
+            if self.aborting(job_id):
+                back = _cancelled(tried)
+                bound.info("job aborted by a cancel")
+            else:
+                back = {"status": JobStatus.QUEUED, "attempts": tried}
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._write(job_id, back, bound, walk.outcomes))
+                await asyncio.shield(
+                    self._write(job_id, back, bound, walk.outcomes, route=route, parent=parent)
+                )
             raise
         except Exception as exc:
             bound.exception("job crashed")
@@ -187,7 +212,14 @@ class JobRunner:
                 bound.info("job deferred", retry_in_s=round(delay, 3), error=outcome.fields["error"]["code"])
                 raise Retry(defer=delay)
 
-        await asyncio.shield(self._write(job_id, outcome.fields, bound, outcome.outcomes))
+        try:
+            await asyncio.shield(
+                self._write(job_id, outcome.fields, bound, outcome.outcomes, route=route, parent=parent)
+            )
+        except Retry:
+            if outcome.fields["status"] == JobStatus.SUCCEEDED:
+                self.unwritten[job_id] = outcome.fields
+            raise
         if outcome.fields["status"] == JobStatus.SUCCEEDED:
             bound.debug(
                 "job succeeded", provider=outcome.fields["provider"], cost=outcome.fields["usage"]["cost"]
@@ -292,15 +324,70 @@ class JobRunner:
             return None
         return delay
 
-    async def _write(
-        self, job_id: str, fields: dict[str, Any], bound: Any, outcomes: list[str] | None = None
+    async def _serve_cached(
+        self,
+        job_id: str,
+        cached: bytes,
+        request: dict[str, Any],
+        route: list[str],
+        attempts: list[dict[str, Any]],
+        bound: Any,
+        parent: str | None,
     ) -> None:
-        """Write a record change and its breaker outcomes, riding out a Redis restart for a while."""
+        """Answer from the response cache: no provider call, no cost."""
+        response = orjson.loads(cached)
+        usage = response.get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        response["usage"] = {**usage, "cost": 0.0}
+        if request.get("stream"):
+            publisher = ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
+            publisher.add([_as_chunk(response)])
+            await publisher.drain()
+        fields = {
+            "status": JobStatus.SUCCEEDED,
+            "finished_at": time.time(),
+            "attempts": attempts,
+            "provider": "cache",
+            "model": response.get("model") or route[0],
+            "response": response,
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "cost": 0.0,
+                "cost_nanos": 0,
+            },
+            "cached": True,
+        }
+        await asyncio.shield(self._write(job_id, fields, bound, route=route, parent=parent))
+        bound.debug("job answered from the cache")
+
+    async def _write(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        bound: Any,
+        outcomes: list[str] | None = None,
+        *,
+        route: list[str] | None = None,
+        parent: str | None = None,
+    ) -> None:
+        """Write a record change and its breaker outcomes, riding out a Redis restart for a while.
+
+        A change that ends the job settles its cost (once: the script ignores a job that already
+        ended) and, for one side of a compare job, hands its parent a summary.
+        """
+        settle = ""
+        summary = b""
+        if JobStatus(fields["status"]).terminal:
+            settle, summary = _settlement(job_id, fields, route, parent)
         give_up = time.monotonic() + self.settings.redis_retry_s
         delay = 0.1
         while True:
             try:
-                _, transitions = await self.store.finish(job_id, fields, outcomes or ())
+                _, transitions = await self.store.finish(
+                    job_id, fields, outcomes or (), settle=settle, summary=summary
+                )
                 break
             except RedisError as exc:
                 if time.monotonic() + delay > give_up:
@@ -314,6 +401,64 @@ class JobRunner:
         for transition in transitions:
             dep, state, reason = transition.split(":", 2)
             log.warning("breaker state changed", deployment=dep, state=state, reason=reason, job_id=job_id)
+
+
+def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "status": JobStatus.CANCELLED,
+        "finished_at": time.time(),
+        "attempts": attempts,
+        "error": JobCancelled("cancelled by the client").to_dict(),
+    }
+
+
+def _settlement(
+    job_id: str, fields: dict[str, Any], route: list[str] | None, parent: str | None
+) -> tuple[str, bytes]:
+    """What a job that ends pays (``cost|model|prompt|completion``) and, if it is one side of a
+    compare job, the summary its parent shows."""
+    usage = fields.get("usage") or {}
+    model = fields.get("model") or (route[0] if route else "")
+    cost = int(usage.get("cost_nanos") or 0)
+    settle = (
+        f"{cost}|{model}|{int(usage.get('prompt_tokens') or 0)}|{int(usage.get('completion_tokens') or 0)}"
+    )
+    if parent is None:
+        return settle, b""
+    calls = [a for a in fields.get("attempts") or () if a.get("latency_ms") is not None]
+    response = fields.get("response") or {}
+    message = ((response.get("choices") or [{}])[0]).get("message") or {}
+    summary = {
+        "job_id": job_id,
+        "model": route[0] if route else model,
+        "status": JobStatus(fields["status"]).value,
+        "content": message.get("content"),
+        "latency": round(calls[-1]["latency_ms"] / 1000, 4) if calls else None,
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "cost": usage.get("cost", 0.0),
+        "provider": fields.get("provider"),
+        "error": fields.get("error"),
+    }
+    return settle, orjson.dumps(summary)
+
+
+def _as_chunk(response: dict[str, Any]) -> dict[str, Any]:
+    """A whole ``chat.completion`` as one ``chat.completion.chunk`` (a cached answer, streamed)."""
+    choices = []
+    for choice in response.get("choices") or ():
+        message = choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if v is not None}
+        choices.append(
+            {"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}
+        )
+    return {
+        "id": response.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": response.get("created", 0),
+        "model": response.get("model", ""),
+        "choices": choices,
+    }
 
 
 def _interrupted(

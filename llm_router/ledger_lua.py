@@ -1,0 +1,80 @@
+"""Lua for money and for what happens once when a job ends, spliced into the job scripts of ``store``.
+
+A job reserves its worst-case cost when it is created (``reserve``, inside the submit script: a
+re-submit of the same id finds the record and reserves nothing) and settles exactly once, in the
+script that moves it to a terminal status (``job_ended``, inside finish and cancel: a record that
+already ended is never ended again). Both run inside Redis, so concurrent producers and workers
+cannot overspend a balance between a check and a write.
+
+Keys (``P`` = ``llm-router:``), all amounts integer nano-dollars:
+
+* ``P credits:<tenant>`` hash: ``balance`` (added minus spent), ``reserved`` (held by unfinished
+  jobs), ``spent`` (the ledger: the sum of settled costs), ``added``. A tenant without this key is
+  not metered; one with it may start a job only while ``balance - reserved`` covers the job's
+  reservation.
+* ``P active:<tenant>``: the tenant's jobs queued or running (its queue limit counts these).
+* ``P usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``,
+  ``…|prompt``, ``…|completion``, ``…|cost``; bumped by the same script that settles.
+* ``P cache:<key>``: a cached ``chat.completion``, written when a job asking for the cache succeeds.
+* ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
+"""
+
+from __future__ import annotations
+
+ENDED_CHANNEL = "llm-router:ended"
+
+# needs FUNCTIONS of resilience_lua (P, now_ms, fmt) before it
+LEDGER_FUNCTIONS = r"""
+local ENDED = 'llm-router:ended'
+
+-- at submit: reserve `amount` for a new job of `tenant`; false when its credit does not cover it
+local function reserve(tenant, amount)
+  local ck = P .. 'credits:' .. tenant
+  if redis.call('EXISTS', ck) == 0 then return true, false end
+  local v = redis.call('HMGET', ck, 'balance', 'reserved')
+  if tonumber(v[1] or '0') - tonumber(v[2] or '0') < tonumber(amount) then return false, true end
+  redis.call('HINCRBY', ck, 'reserved', amount)
+  return true, true
+end
+
+-- once per job, in the script that gives it a terminal status: settle its cost and release the
+-- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent
+local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl, summary, now)
+  local r = redis.call('HMGET', rk, 'tenant', 'reserved', 'metered', 'notify', 'parent', 'model_requested')
+  local tenant = r[1] or 'default'
+  if r[3] then
+    local ck = P .. 'credits:' .. tenant
+    redis.call('HINCRBY', ck, 'reserved', fmt(-tonumber(r[2] or '0')))
+    if tonumber(cost) > 0 then
+      redis.call('HINCRBY', ck, 'balance', fmt(-tonumber(cost)))
+      redis.call('HINCRBY', ck, 'spent', cost)
+    end
+    local v = redis.call('HMGET', ck, 'balance', 'reserved')
+    redis.call('HSET', rk, 'credits_remaining', fmt(tonumber(v[1] or '0') - tonumber(v[2] or '0')))
+  end
+  if model == '' then model = r[6] or 'unknown' end
+  local uk = P .. 'usage:' .. fmt(now / 86400000)
+  local f = tenant .. '|' .. model .. '|'
+  redis.call('HINCRBY', uk, f .. 'jobs', 1)
+  if status ~= 'succeeded' then redis.call('HINCRBY', uk, f .. 'failed', 1) end
+  if tonumber(ptok) > 0 then redis.call('HINCRBY', uk, f .. 'prompt', ptok) end
+  if tonumber(ctok) > 0 then redis.call('HINCRBY', uk, f .. 'completion', ctok) end
+  if tonumber(cost) > 0 then redis.call('HINCRBY', uk, f .. 'cost', cost) end
+  redis.call('EXPIRE', uk, usage_ttl)
+  redis.call('DECR', P .. 'active:' .. tenant)
+  if r[4] then redis.call('PUBLISH', ENDED, job_id) end
+  if r[5] then
+    local pk = P .. 'job:' .. r[5]
+    if redis.call('EXISTS', pk) == 1 then
+      if summary == '' then
+        summary = cjson.encode({job_id = job_id, model = model, status = status})
+      end
+      redis.call('HSET', pk, 'child:' .. job_id, summary)
+      if redis.call('HINCRBY', pk, 'pending', -1) <= 0 then
+        redis.call('HSET', pk, 'status', 'succeeded', 'finished_at', string.format('%.3f', now / 1000))
+        if redis.call('HEXISTS', pk, 'notify') == 1 then redis.call('PUBLISH', ENDED, r[5]) end
+      end
+    end
+  end
+end
+"""
