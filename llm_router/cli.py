@@ -53,8 +53,14 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if args.estimate:
+        from llm_router.money_cli import print_estimate
+
+        return print_estimate(numbered, settings, args.json)
     async with await Producer.connect(settings) as producer:
-        results = await producer.submit_many([line for _, line in numbered], allow_files=True)
+        results = await producer.submit_many(
+            [line for _, line in numbered], allow_files=True, tenant=args.tenant
+        )
         code = EXIT_OK
         ids: list[str] = []
         for (n, _), res in zip(numbered, results, strict=True):
@@ -287,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for every job to end")
     s.add_argument("--out", help="write one JSON line per input line: the record or the refusal")
     s.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    s.add_argument("--tenant", help="the tenant every job belongs to (replaces the lines' own)")
+    s.add_argument(
+        "--estimate", action="store_true", help="print what the file would cost, per model; enqueue nothing"
+    )
+    s.add_argument("--json", action="store_true", help="with --estimate: JSON instead of a table")
     s.set_defaults(handler=_submit)
 
     s = sub.add_parser("status", help="one line: id, status, model, provider, cost")
@@ -361,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(handler=_demo)
 
+    from llm_router.money_cli import add_commands as add_money_commands  # credits, usage, compare
     from llm_router.server.commands import add_commands as add_server_commands  # serve, keys
+
+    add_money_commands(sub)
 
     add_server_commands(sub)
     return p

@@ -430,6 +430,53 @@ class Store:
         res = await self._eval(self._finish, [record_key(job_id), stream_key(job_id)], argv)
         return int(res[0]), [t.decode() if isinstance(t, bytes) else str(t) for t in res[1:]]
 
+    async def create_parent(
+        self,
+        parent_id: str,
+        *,
+        request: bytes,
+        route: list[str],
+        model_requested: str,
+        tenant: str,
+        created_at: float,
+        deadline_at: float,
+        pending: int,
+        notify: bool = False,
+    ) -> bool:
+        """A compare job: no queue entry of its own; it ends when its last child does (``job_ended``
+        in the scripts writes each child's summary into it). ``False`` if the id is taken."""
+        key = record_key(parent_id)
+        fields: dict[str, Any] = {
+            "status": "running",
+            "request": request,
+            "route": orjson.dumps(route),
+            "model_requested": model_requested,
+            "tenant": tenant,
+            "created_at": created_at,
+            "started_at": created_at,
+            "deadline_at": deadline_at,
+            "attempts": b"[]",
+            "pending": pending,
+        }
+        if notify:
+            fields["notify"] = 1
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "digest", body_digest(request))
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.record_ttl_s + int(deadline_at - created_at) + 1)
+            created, *_ = await pipe.execute()
+        return bool(created)
+
+    async def child_refused(self, parent_id: str, child_id: str, summary: dict[str, Any]) -> None:
+        """A side of a compare job refused at submit: it counts as ended, with its error."""
+        key = record_key(parent_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, f"child:{child_id}", orjson.dumps(summary))
+            pipe.hincrby(key, "pending", -1)
+            _, left = await pipe.execute()
+        if left <= 0:
+            await self.redis.hset(key, mapping={"status": "succeeded", "finished_at": time.time()})
+
     async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
         """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
         key = stream_key(job_id)

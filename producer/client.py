@@ -67,3 +67,7 @@ class Client:
 
     def vision(self, model: str, image: str, prompt: str, **params: Any) -> dict[str, Any]:
         return self._runner.run(self._producer.vision(model, image, prompt, **params))
+
+    def compare_models(self, models: Sequence[str], message: str, **params: Any) -> dict[str, dict[str, Any]]:
+        """Per model: ``response`` (text), ``latency`` (s), ``cost`` (USD), ``error`` (or ``None``)."""
+        return self._runner.run(self._producer.compare_models(models, message, **params))

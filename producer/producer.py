@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,10 @@ from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import (
     IdempotencyConflict,
     InsufficientCredits,
+    InvalidRequest,
     JobNotCancellable,
     JobNotFound,
+    ModelNotFound,
     NoWorkers,
     RouterError,
     TooManyQueued,
@@ -61,6 +64,25 @@ class JobFailed(RouterError):
         err = record.error or {"code": "internal_error", "message": "job failed"}
         super().__init__(str(err.get("message")), param=err.get("param"), code=str(err.get("code")))
         self.record = record
+
+
+def comparison_by_model(record: JobRecord, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A compare record's sides keyed by the model names the caller gave (in the caller's order)."""
+    by_job = {c.get("job_id"): c for c in record.comparison or ()}
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(models):
+        side = by_job.get(f"{record.id}-{i}") or {}
+        out[name] = {
+            "response": side.get("content"),
+            "latency": side.get("latency"),
+            "cost": side.get("cost", 0.0),
+            "error": side.get("error"),
+            "prompt_tokens": side.get("prompt_tokens"),
+            "completion_tokens": side.get("completion_tokens"),
+            "provider": side.get("provider"),
+            "job_id": side.get("job_id"),
+        }
+    return out
 
 
 class Producer:
@@ -314,6 +336,89 @@ class Producer:
         return int(
             await self.redis.zcount(workers_key(queue), time.time() - self.settings.heartbeat_ttl_s, "+inf")
         )
+
+    # -- compare ----------------------------------------------------------------------------------
+
+    async def compare(
+        self,
+        models: Sequence[str],
+        messages: list[dict[str, Any]],
+        *,
+        fallback: bool = False,
+        tenant: str | None = None,
+        interactive: bool = True,
+        notify: bool = False,
+        **params: Any,
+    ) -> str:
+        """Submit one prompt to each model as a compare job; returns the parent's id.
+
+        Each model runs as a child job (``<parent>-<i>``), without fallbacks unless ``fallback``, so
+        the comparison is honest. The parent's record shows, side by side in ``comparison``, each
+        model's content, latency, tokens, cost and error, and ends when every child has.
+        """
+        if not models:
+            raise InvalidRequest("compare needs at least one model", param="models")
+        if len(models) > 16:
+            raise InvalidRequest("compare takes at most 16 models", param="models")
+        route: list[str] = []
+        for i, name in enumerate(models):
+            model_id = self.catalog.resolve(name)
+            if model_id is None:
+                raise ModelNotFound(f"Model '{name}' is not available", param=f"models[{i}]")
+            route.append(model_id)
+        parent_id = uuid.uuid4().hex
+        now = time.time()
+        deadline_s = params.get("deadline_s") or (
+            self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
+        )
+        request = orjson.dumps({"compare": list(models), "messages": messages, **params})
+        await self.store.create_parent(
+            parent_id,
+            request=request,
+            route=route,
+            model_requested="compare:" + ",".join(models),
+            tenant=tenant or params.get("tenant") or "default",
+            created_at=now,
+            deadline_at=now + deadline_s,
+            pending=len(models),
+            notify=notify,
+        )
+        children = [
+            {
+                **params,
+                "model": name,
+                "messages": messages,
+                "job_id": f"{parent_id}-{i}",
+                **({} if fallback else {"fallbacks": []}),
+            }
+            for i, name in enumerate(models)
+        ]
+        results = await self.submit_many(children, interactive=interactive, tenant=tenant, parent=parent_id)
+        for i, result in enumerate(results):
+            if isinstance(result, RouterError):
+                await self.store.child_refused(
+                    parent_id,
+                    f"{parent_id}-{i}",
+                    {
+                        "job_id": f"{parent_id}-{i}",
+                        "model": route[i],
+                        "status": "failed",
+                        "error": result.to_dict(),
+                    },
+                )
+        return parent_id
+
+    async def compare_models(
+        self, models: Sequence[str], message: str, *, timeout: float | None = None, **params: Any
+    ) -> dict[str, dict[str, Any]]:
+        """The product's A/B call: per model (as named), ``response`` (the answer text), ``latency``
+        (seconds), ``cost`` (USD) and ``error`` (the error object, or ``None``)."""
+        if await self._interactive_workers() == 0:
+            raise NoWorkers("no live llm-router worker on the interactive queue (`llm-router worker`)")
+        parent_id = await self.compare(models, [{"role": "user", "content": message}], **params)
+        wait_s = timeout if timeout is not None else self.settings.interactive_deadline_s + 5
+        record = await self.wait(parent_id, timeout=wait_s)
+        return comparison_by_model(record, models)
 
     # -- the product's interactive calls --------------------------------------------------------
 
