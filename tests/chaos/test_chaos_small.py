@@ -3,8 +3,8 @@
 CI size: 600 jobs (``make chaos``: 5,000 and three kills), 3 worker processes with a one-second
 lease, Redis with AOF; workers SIGKILLed (and replaced) and Redis restarted from its data dir during
 the run, while 5 % of calls are cut mid-response, 5 % reset and 2 % hang. Every job must end
-``succeeded`` or ``failed`` with a code; none may stay queued, deferred or running. (The tenant
-ledger check waits for the Money issue.)
+``succeeded`` or ``failed`` with a code; none may stay queued, deferred or running; and the tenant's
+ledger equals the sum of its records' costs: nothing is charged twice, however often a job re-ran.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from config.catalog import Catalog
 from config.settings import Settings
+from llm_router.credits import Ledger, credits_key
 from llm_router.redis_server import RedisServer
 from llm_router.sim_env import simulated_env
 from llm_router.worker_procs import Fleet
@@ -60,11 +61,13 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
         for _ in range(3):
             fleet.start(max_jobs=20)
         await until(lambda: _live(producer, 3), what="three workers")
+        tenant = f"chaos-{uuid.uuid4().hex[:6]}"
+        await Ledger(producer.redis).add(tenant, "1000")
         jobs = [
             {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"chaos {i}"}]}
             for i in range(JOBS)
         ]
-        ids = [s.job_id for s in await producer.submit_many(jobs)]
+        ids = [s.job_id for s in await producer.submit_many(jobs, tenant=tenant)]
         waiter = asyncio.create_task(producer.wait_many(ids, timeout=600))
         for victim, after in KILLS:
             await until(lambda n=after: _done(producer, ids, n), timeout=300, what=f"{after} jobs done")
@@ -74,6 +77,7 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
         await asyncio.to_thread(server.restart)
         records = await waiter
         calls = (await sim.calls())["total"] - before
+        ledger = await producer.redis.hgetall(credits_key(tenant))
     finally:
         await sim.faults()
         fleet.stop_all()
@@ -83,6 +87,8 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
     assert set(statuses) <= {"succeeded", "failed"}, statuses
     assert all(r.error and r.error["code"] for r in records if r.status == "failed")
     assert statuses["succeeded"] >= JOBS * 0.95  # fallback and retries absorb a 12 % flaky upstream
+    assert int(ledger[b"spent"]) == sum(r.usage.cost_nanos for r in records if r.usage)
+    assert int(ledger[b"reserved"]) == 0
     reran = sum(r.runs > 1 for r in records)
     print(
         f"\nchaos: {dict(statuses)}; {reran} jobs ran more than once; "
@@ -123,11 +129,13 @@ async def test_sigterm_to_every_worker_mid_run_then_restart_loses_nothing(
         for _ in range(3):
             fleet.start(max_jobs=10)
         await until(lambda: _live(producer, 3), what="three workers")
+        tenant = f"term-{uuid.uuid4().hex[:6]}"
+        await Ledger(producer.redis).add(tenant, "100")
         jobs = [
             {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"term {i}"}]}
             for i in range(200)
         ]
-        ids = [s.job_id for s in await producer.submit_many(jobs)]
+        ids = [s.job_id for s in await producer.submit_many(jobs, tenant=tenant)]
         await until(lambda: _done(producer, ids, 30), timeout=60, what="30 jobs done")
         await until(lambda: _running(producer, ids, 10), timeout=60, what="10 jobs in flight")
         for p in fleet.procs:
@@ -137,11 +145,14 @@ async def test_sigterm_to_every_worker_mid_run_then_restart_loses_nothing(
         for _ in range(3):
             fleet.start(max_jobs=10)
         records = await producer.wait_many(ids, timeout=120)
+        ledger = await producer.redis.hgetall(credits_key(tenant))
     finally:
         await sim.faults()
         fleet.stop_all()
         await producer.close()
     assert [r.status for r in records] == ["succeeded"] * 200
+    assert int(ledger[b"spent"]) == sum(r.usage.cost_nanos for r in records)  # nothing charged twice
+    assert int(ledger[b"reserved"]) == 0
     put_back = [r for r in records if any(a.outcome == "interrupted" for a in r.attempts)]
     assert put_back and all(r.passes == 0 for r in put_back)  # put back without spending passes
 
