@@ -23,11 +23,11 @@ from __future__ import annotations
 
 ENDED_CHANNEL = "llm-router:ended"
 
-# needs FUNCTIONS of resilience_lua (P, now_ms, fmt) before it
-LEDGER_FUNCTIONS = r"""
-local ENDED = 'llm-router:ended'
+# the submit script's whole prelude: bulk submits run it per job, so it defines nothing else
+RESERVE_FUNCTIONS = r"""
+local P = 'llm-router:'
 
--- at submit: reserve `amount` for a new job of `tenant`; false when its credit does not cover it
+-- reserve `amount` for a new job of `tenant`: ok, metered (false, true: its credit does not cover it)
 local function reserve(tenant, amount)
   local ck = P .. 'credits:' .. tenant
   if redis.call('EXISTS', ck) == 0 then return true, false end
@@ -36,6 +36,11 @@ local function reserve(tenant, amount)
   redis.call('HINCRBY', ck, 'reserved', amount)
   return true, true
 end
+"""
+
+# needs FUNCTIONS of resilience_lua (P, now_ms, fmt) before it
+LEDGER_FUNCTIONS = r"""
+local ENDED = 'llm-router:ended'
 
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
 
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.ledger_lua import ENDED_CHANNEL as ENDED_CHANNEL
-from llm_router.ledger_lua import LEDGER_FUNCTIONS
+from llm_router.ledger_lua import LEDGER_FUNCTIONS, RESERVE_FUNCTIONS
 from llm_router.resilience_lua import FUNCTIONS, SICK_KEY
 from llm_router.resilience_lua import PREFIX as RESILIENCE_PREFIX
 
@@ -97,8 +97,7 @@ class NewJob:
 # Returns 1 created, 0 the same job exists (nothing reserved again), -1 a different job has this id,
 # -2 the tenant's credit does not cover the reservation, -3 the tenant's queue is full.
 SUBMIT_LUA = (
-    FUNCTIONS
-    + LEDGER_FUNCTIONS
+    RESERVE_FUNCTIONS
     + """
 local h = redis.call('HGET', KEYS[1], 'digest')
 if h then

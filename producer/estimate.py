@@ -40,26 +40,35 @@ class CostModel:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self._worst: dict[tuple[str, ...], list[tuple[object, int]]] = {}
+        # per route: its distinct (tiers as (start, input, output) picos, model's max output), so
+        # a job's reservation is a few multiplications, not a price lookup per deployment
+        self._rows: dict[tuple[str, ...], list[tuple[tuple[tuple[int, int, int], ...], int]]] = {}
 
-    def _prices(self, route: tuple[str, ...]) -> list[tuple[object, int]]:
-        found = self._worst.get(route)
-        if found is None:
-            found = []
+    def _route_rows(self, route: tuple[str, ...]) -> list[tuple[tuple[tuple[int, int, int], ...], int]]:
+        rows = self._rows.get(route)
+        if rows is None:
+            distinct: dict[tuple[tuple[tuple[int, int, int], ...], int], None] = {}
             for model_id in route:
                 max_out = self.catalog.models[model_id].capabilities.max_output
                 for dep in self.catalog.deployments(model_id):
-                    found.append((dep.price, max_out))
-            self._worst[route] = found
-        return found
+                    tiers = tuple((t.start, t.input, t.output) for t in dep.price.tiers)
+                    distinct[(tiers, max_out)] = None
+            rows = self._rows[route] = list(distinct)
+        return rows
 
     def worst_case(self, route: list[str] | tuple[str, ...], prompt: int, max_output: int | None) -> int:
         """The most the job can cost on any deployment of its chain: its reservation."""
         worst = 0
-        for price, model_max in self._prices(tuple(route)):
+        for tiers, model_max in self._route_rows(tuple(route)):
+            _, rate_in, rate_out = tiers[0]
+            for start, tier_in, tier_out in tiers[1:]:  # as Price.tier_for: the last tier passed
+                if prompt > start:
+                    rate_in, rate_out = tier_in, tier_out
             out = min(max_output, model_max) if max_output else model_max
-            worst = max(worst, price.cost_nanos(prompt, out))  # type: ignore[attr-defined]
-        return worst
+            picos = prompt * rate_in + out * rate_out
+            if picos > worst:
+                worst = picos
+        return (worst + 500) // 1000
 
     def prompt_only(self, model_id: str, prompt: int) -> int:
         """The prompt alone at the model's first deployment: the least the job can cost."""
