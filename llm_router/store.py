@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
+from llm_router.autopipe import AutoPipeline
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.ledger_lua import ENDED_CHANNEL as ENDED_CHANNEL
 from llm_router.ledger_lua import LEDGER_FUNCTIONS, RESERVE_FUNCTIONS
@@ -261,6 +262,23 @@ return st
 )
 
 
+# arq's own end of a job run (``Worker.finish_job``'s MULTI) as one script, so it rides the worker's
+# auto-pipeline with the record writes.  KEYS: in-progress, retry, job, queue, abort set.  ARGV: job
+# id, 1 if the job is done with (else it runs again), score increment ('' for none), keep the
+# in-progress key this many ms ('' to delete it).
+ARQ_FINISH_LUA = """
+if ARGV[4] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+elseif ARGV[3] ~= '' then
+  redis.call('ZINCRBY', KEYS[4], ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     job_id: str
@@ -283,7 +301,9 @@ class Store:
         self._cancel = redis.register_script(CANCEL_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
         self._admit = redis.register_script(ADMIT_LUA)
+        self._arq_finish = redis.register_script(ARQ_FINISH_LUA)
         self.workers_key = workers_key(queue_name)
+        self._pipe = AutoPipeline(redis)
 
     def submit_command(
         self, job: NewJob, queue_name: str | None = None, max_queued: int = 0
@@ -365,23 +385,16 @@ class Store:
             await pool.release(conn)
 
     async def _eval(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """One EVALSHA, packed by hiredis (redis-py's packer was a sixth of a worker's CPU per job)."""
+        """One EVALSHA, packed by hiredis (redis-py's packer was a sixth of a worker's CPU per job)
+        and sent with whatever other tasks are sending (``AutoPipeline``)."""
         if pack_command is None:  # pragma: no cover - hiredis is a dependency
             return await script(keys=keys, args=args)
         packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         for _ in range(2):
-            pool = self.redis.connection_pool
-            conn = await pool.get_connection()
             try:
-                await conn.send_packed_command(packed, check_health=False)
-                return await conn.read_response()
+                return await self._pipe.call(packed)
             except NoScriptError:
                 pass  # Redis restarted and lost its scripts: load and send again
-            except BaseException:
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
             await self.redis.script_load(script.script)
         raise RuntimeError("Redis keeps refusing a script it was just given")
 
@@ -392,6 +405,25 @@ class Store:
         keys = [self.queue_name, *(in_progress_key_prefix + j for j in job_ids)]
         flat = await self._eval(self._claim, keys, [int(time.time() * 1000), lease_ms, room, *job_ids])
         return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def arq_finish(
+        self, job_id: str, *, done: bool, incr_score: int | None, keep_in_progress_ms: int | None
+    ) -> None:
+        """arq's bookkeeping after a run (see ``ARQ_FINISH_LUA``)."""
+        keys = [
+            in_progress_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            job_key_prefix + job_id,
+            self.queue_name,
+            abort_jobs_ss,
+        ]
+        args = [
+            job_id,
+            "1" if done else "0",
+            "" if incr_score is None else incr_score,
+            "" if keep_in_progress_ms is None else keep_in_progress_ms,
+        ]
+        await self._eval(self._arq_finish, keys, args)
 
     async def start(
         self, job_id: str, worker_id: str, now: float, routing_key: str = "", probe_lease_ms: int = 60_000

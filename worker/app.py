@@ -27,6 +27,8 @@ from worker.lease import LeaseKeeper
 # our record and the job's deadline decide when a job is done, not arq's try counter: every
 # deferral or re-run spends one of arq's tries, and when they run out arq drops the job unseen
 UNBOUNDED_TRIES = 1_000_000
+# the poll loop's tick: the queue is read every poll_delay, or at the next tick once many slots freed
+TICK_S = 0.01
 
 
 async def run_llm_job(ctx: dict[str, Any], job_id: str) -> None:
@@ -91,7 +93,8 @@ def build_worker(
         "redis_settings": RedisSettings.from_dsn(url),
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
-        "poll_delay": poll_delay,
+        "poll_delay": min(poll_delay, TICK_S),
+        "read_every_s": poll_delay,
         # a cancel of a running job goes through arq's abort set (one read per poll, not per job)
         "allow_abort_jobs": True,
         "queue_read_limit": settings.effective_queue_read_limit,

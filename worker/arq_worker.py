@@ -22,17 +22,26 @@ from llm_router.store import Store
 
 log = structlog.get_logger("llm_router.worker")
 
+ABORT_CHECK_S = 0.25
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class LeasedWorker(Worker):
     """An arq worker whose job claims are leases, and which outlives Redis restarts."""
 
-    def __init__(self, *args: Any, lease_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lease_s: float, read_every_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the loop ticks every poll_delay, but reads the queue only every read_every_s, unless a
+        # tenth of the slots came free since the last read: a wide worker refills its slots within
+        # a tick of a wave of jobs ending, an idle one costs Redis no more reads
+        self.read_every_s = read_every_s or self.poll_delay_s
+        self._last_read = 0.0
+        self._freed = 0
+        self._wake_after = max(1, self.max_jobs // 10)
         self.lease_ms = int(lease_s * 1000)
         self._store: Store | None = None
         self._outage_s = 0.0
+        self._next_abort_check = 0.0
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -41,6 +50,45 @@ class LeasedWorker(Worker):
             running=len(self.tasks),
         )
         super().handle_sig_wait_for_completion(signum)
+
+    async def _cancel_aborted_jobs(self) -> None:
+        # arq reads its abort set on every poll: a round trip per poll, 200 a second for the
+        # interactive queue's worker; a cancel can wait a quarter of a second
+        now = self.loop.time()
+        if now < self._next_abort_check:
+            return
+        self._next_abort_check = now + ABORT_CHECK_S
+        await super()._cancel_aborted_jobs()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        # arq's MULTI of up to six commands as one script on the store's auto-pipeline; results are
+        # never kept (keep_result=0), so there is none to write
+        if self._store is None or result_data is not None:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+            return
+        await self._store.arq_finish(
+            job_id,
+            done=finish,
+            incr_score=incr_score,
+            keep_in_progress_ms=None if keep_in_progress is None else int(keep_in_progress * 1000),
+        )
 
     def use_store(self, store: Store) -> None:
         self._store = store
@@ -56,11 +104,20 @@ class LeasedWorker(Worker):
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(self._job_done)
             self.tasks[job_id] = task
+
+    def _job_done(self, _task: asyncio.Task[Any]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        self._freed += 1
 
     async def _poll_iteration(self) -> None:
         self._reap()
+        now = self.loop.time()
+        if self._freed < self._wake_after and now - self._last_read < self.read_every_s:
+            return
+        self._last_read = now
+        self._freed = 0
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as exc:
