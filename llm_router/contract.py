@@ -324,6 +324,7 @@ class Usage(BaseModel):
     cost: float = 0.0
     cost_nanos: int = 0
     credits_remaining: float | None = None  # the tenant's credit after this job settled (USD)
+    estimated: bool = False  # counted by estimate: a stream that broke before the provider's usage
 
 
 class JobRecord(BaseModel):

@@ -246,7 +246,8 @@ CANCEL_LUA = (
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -2 end
 if (st == 'queued' or st == 'deferred') and redis.call('EXISTS', KEYS[4]) == 0 then
-  redis.call('ZREM', KEYS[3], ARGV[1])
+  -- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
+  redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue') or KEYS[3], ARGV[1])
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[3])
   job_ended(KEYS[1], ARGV[1], 'cancelled', '0', '', '0', '0', ARGV[4], '', now_ms())
@@ -532,7 +533,9 @@ class Store:
 
     async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
         keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
-        res = await self._cancel(keys=keys, args=[job_id, time.time(), orjson.dumps(error), self.usage_ttl_s])
+        res = await self._eval(
+            self._cancel, keys, [job_id, time.time(), orjson.dumps(error), self.usage_ttl_s]
+        )
         return res.decode() if isinstance(res, bytes) else int(res)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -621,6 +624,7 @@ _INTERNAL_FIELDS = frozenset(
         "notify",
         "cache_key",
         "cache_ttl",
+        "queue",
         "cancel_requested",
         "pending",
     }

@@ -166,6 +166,8 @@ class Producer:
         """
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
         extra: list[Any] = []
+        if interactive:  # a cancel from any producer must find the job's queue
+            extra += ["queue", queue]
         if notify:
             extra += ["notify", 1]
         if parent is not None:
@@ -312,6 +314,20 @@ class Producer:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def cancel_many(self, job_ids: Sequence[str]) -> list[JobRecord | RouterError]:
+        """Cancel many jobs (their scripts go to Redis together); per id, the record or the error."""
+
+        async def one(job_id: str) -> JobRecord | RouterError:
+            try:
+                return await self.cancel(job_id)
+            except RouterError as exc:
+                return exc
+
+        out: list[JobRecord | RouterError] = []
+        for i in range(0, len(job_ids), 500):
+            out.extend(await asyncio.gather(*(one(j) for j in job_ids[i : i + 500])))
+        return out
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job: a queued one ends ``cancelled`` now; a running one is aborted (arq's abort)

@@ -133,6 +133,9 @@ class RouteWalk:
                 if isinstance(last, StreamInterrupted):
                     result = failed_outcome(last, self.attempts)
                     result.fields["partial_text"] = last.partial_text
+                    # the provider bills what it streamed before the break: so does the tenant, on
+                    # the same estimate as reservations (bytes / 4), marked as estimated
+                    result.fields["usage"] = _estimated_usage(dep, self.request_json, last.partial_text)
                     return self._finish(result)
                 if not (
                     last.spec.fallback
@@ -318,6 +321,20 @@ def _succeeded(
             "usage": usage,
         }
     )
+
+
+def _estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
+    prompt = -(-len(request_json) // 4)
+    completion = -(-len(text.encode()) // 4)
+    nanos = dep.price.cost_nanos(prompt, completion)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": nanos_to_usd(nanos),
+        "cost_nanos": nanos,
+        "estimated": True,
+    }
 
 
 def failed_outcome(exc: RouterError, attempts: list[dict[str, Any]]) -> Outcome:

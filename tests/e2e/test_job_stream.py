@@ -117,6 +117,11 @@ async def test_a_stream_broken_after_tokens_fails_interrupted_and_keeps_the_text
     assert info.value.code == "stream_interrupted" and record.status == "failed"
     assert seen and record.partial_text and record.partial_text == _text(seen)
     assert [a.provider for a in record.attempts] == ["openai"]  # no fallback once tokens went out
+    # what was streamed is paid for, on the estimate (the provider's usage never came)
+    assert record.usage.estimated and record.usage.completion_tokens == -(
+        -len(record.partial_text.encode()) // 4
+    )
+    assert record.usage.cost_nanos > 0
 
 
 async def test_a_stream_that_never_starts_times_out_and_falls_back(e2e: Producer, sim) -> None:

@@ -329,3 +329,12 @@ async def test_a_running_job_can_be_cancelled(e2e: Producer, sim, until) -> None
 
 async def _status_is(producer: Producer, job_id: str, status: str) -> bool:
     return (await producer.get(job_id)).status == status
+
+
+async def test_cancel_finds_an_interactive_job_on_its_own_queue(producer: Producer) -> None:
+    sub = await producer.submit({"model": "gpt-4o-mini", "messages": HI}, interactive=True)
+    queue = producer.settings.interactive_queue_name
+    assert await producer.redis.zscore(queue, sub.job_id) is not None
+    records = await producer.cancel_many([sub.job_id, "no-such-job"])
+    assert records[0].status == "cancelled" and records[1].code == "job_not_found"
+    assert await producer.redis.zscore(queue, sub.job_id) is None
