@@ -58,9 +58,9 @@ def build_worker(
             record_ttl_s=settings.record_ttl_s,
             usage_ttl_s=settings.usage_ttl_days * 86400,
         )
-        worker.use_store(store)
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
+        worker.use_store(store, runner.run)
         runner.aborting = worker.aborting_tasks.__contains__
         keeper = LeaseKeeper(
             redis_url=url,

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from signal import Signals
 from typing import Any
 
 import structlog
-from arq import Worker
+from arq import Retry, Worker
+from arq.utils import timestamp_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,14 +34,15 @@ class LeasedWorker(Worker):
     def __init__(self, *args: Any, lease_s: float, read_every_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # the loop ticks every poll_delay, but reads the queue only every read_every_s, unless a
-        # tenth of the slots came free since the last read: a wide worker refills its slots within
+        # fortieth of the slots came free since the last read: a wide worker refills its slots within
         # a tick of a wave of jobs ending, an idle one costs Redis no more reads
         self.read_every_s = read_every_s or self.poll_delay_s
         self._last_read = 0.0
         self._freed = 0
-        self._wake_after = max(1, self.max_jobs // 10)
+        self._wake_after = max(1, self.max_jobs // 40)
         self.lease_ms = int(lease_s * 1000)
         self._store: Store | None = None
+        self._run: Callable[[str], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
 
@@ -90,8 +93,51 @@ class LeasedWorker(Worker):
             keep_in_progress_ms=None if keep_in_progress is None else int(keep_in_progress * 1000),
         )
 
-    def use_store(self, store: Store) -> None:
+    def use_store(self, store: Store, run: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """The store for claims and arq's bookkeeping; ``run`` runs one job by id (the job runner)."""
         self._store = store
+        self._run = run
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """Run one claimed job: the runner reads everything from the record, so arq's per-job reads
+        (the job payload, its try counter, the abort flag: a MULTI of four commands) and its result
+        serialisation are skipped; the end of the run is one script on the auto-pipeline."""
+        if self._run is None or self._store is None:
+            await super().run_job(job_id, score)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.job_tasks[job_id] = task  # where arq's abort check finds it
+        done, incr_score = True, None
+        try:
+            async with asyncio.timeout(self.job_timeout_s):
+                await self._run(job_id)
+            self.jobs_complete += 1
+        except Retry as exc:
+            done = False
+            if exc.defer_score:
+                incr_score = exc.defer_score + (timestamp_ms() - score)
+            self.jobs_retried += 1
+        except asyncio.CancelledError:
+            if job_id in self.aborting_tasks:  # a cancel of the running job: it has ended
+                self.aborting_tasks.discard(job_id)
+                self.jobs_failed += 1
+            else:  # stopping: the runner put the job back; it runs again
+                done = False
+                self.jobs_retried += 1
+        except TimeoutError:  # past arq's job timeout (the runner stops itself before): run again
+            log.warning("job exceeded the worker's job timeout; it will run again", job_id=job_id)
+            done = False
+            self.jobs_retried += 1
+        except Exception as exc:  # the runner lets nothing else out; if it did, the job runs again
+            log.exception("job run raised", job_id=job_id, error=repr(exc))
+            done = False
+            self.jobs_retried += 1
+        finally:
+            self.job_tasks.pop(job_id, None)
+        await asyncio.shield(
+            self._store.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
+        )
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
