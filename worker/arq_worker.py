@@ -1,10 +1,16 @@
-"""arq's ``Worker`` with the two changes durability needs, and nothing else of arq's loop rewritten.
+"""arq's ``Worker`` with what durability and throughput need; arq's poll loop, signals, shutdown
+grace, health checks and abort set are kept.
 
 * **Claiming** (``start_jobs``): one Lua script claims every due job of a poll with a short lease
   (see ``worker.lease``), in one round trip, where arq claims each job with a WATCH/MULTI of three
   round trips and an in-progress TTL of the job timeout + 10 s that nobody refreshes.
 * **Redis outages** (``_poll_iteration``): arq lets a connection error end the worker process; here
   the poll loop logs it, backs off and carries on, so a worker survives a Redis restart.
+* **Refilling** (``_poll_iteration``): the loop ticks every 10 ms but reads the queue every
+  ``poll_delay`` unless many slots came free, so a wide worker refills within a tick of a wave.
+* **Running** (``run_job``, ``finish_job``): every job is ``run_llm_job(job_id)``, whose record holds
+  everything; arq's per-job reads and result serialisation are skipped, and its end-of-run
+  bookkeeping is one script on the store's auto-pipeline.
 """
 
 from __future__ import annotations
