@@ -73,6 +73,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "insufficient_credits": ErrorSpec(402, "insufficient_credits_error"),
     "too_many_queued": ErrorSpec(429, "rate_limit_error"),
     "invalid_api_key": ErrorSpec(401, "authentication_error"),
+    "method_not_allowed": ErrorSpec(405, "invalid_request_error"),
     "job_not_found": ErrorSpec(404, "not_found_error"),
     "job_not_cancellable": ErrorSpec(409, "conflict_error"),
     "deadline_exceeded": ErrorSpec(504, "server_error"),

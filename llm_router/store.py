@@ -525,8 +525,9 @@ class Store:
     async def read_stream(
         self, job_id: str, after: str, *, block_ms: int, count: int = 500
     ) -> list[tuple[str, dict[bytes, bytes]]]:
-        """Entries after ``after`` (``"0-0"`` from the start), waiting up to ``block_ms`` for new ones."""
-        res = await self.redis.xread({stream_key(job_id): after}, block=block_ms, count=count)
+        """Entries after ``after`` (``"0-0"`` from the start), waiting up to ``block_ms`` for new ones
+        (0: not at all; Redis' own BLOCK 0 would wait forever)."""
+        res = await self.redis.xread({stream_key(job_id): after}, block=block_ms or None, count=count)
         if not res:
             return []
         return [(entry_id.decode(), fields) for entry_id, fields in res[0][1]]

@@ -1,0 +1,1 @@
+"""The HTTP API (`llm-router serve`): aiohttp app, auth, OpenAI/Gemini fronts, /v1/jobs, batches and files."""

@@ -1,0 +1,152 @@
+"""API keys: which tenant a request speaks for.
+
+A key is ``lr-`` plus 32 URL-safe random characters, shown once by ``llm-router keys create``. Redis
+keeps only its SHA-256 (hex) in the hash ``APIKEYS_KEY`` (hash → tenant) and, beside it in
+``APIKEY_META_KEY``, a short prefix and creation time so ``keys list`` and ``keys revoke`` can name a key
+without holding it. An optional YAML file (``api_keys_file``: ``{key: tenant}``) adds keys read at start;
+they are hashed on load too. The server caches lookups for ``CACHE_TTL_S`` so a revoked key stops working
+within that long, and a hot key costs no Redis round trip per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from redis.asyncio import Redis
+
+from llm_router.errors import InvalidApiKey, InvalidRequest
+from llm_router.store import PREFIX
+
+APIKEYS_KEY = f"{PREFIX}:apikeys"  # sha256 hex → tenant
+APIKEY_META_KEY = f"{PREFIX}:apikeys:meta"  # sha256 hex → {"prefix", "tenant", "created_at"} JSON
+KEY_PREFIX = "lr-"
+SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 6  # what `keys list` shows: enough to tell keys apart, useless to use
+CACHE_TTL_S = 3.0
+CACHE_MAX = 10_000
+TENANT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_tenant(tenant: str) -> str:
+    """Tenants follow the job contract's rule for ``tenant`` (1-128 of ``A-Za-z0-9._-``)."""
+    if not (1 <= len(tenant) <= 128) or not set(tenant) <= TENANT_CHARS:
+        raise InvalidRequest("a tenant is 1-128 characters of A-Z a-z 0-9 . _ -", param="tenant")
+    return tenant
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What ``keys list`` shows of a key: never the key itself."""
+
+    prefix: str
+    tenant: str
+    created_at: float | None
+    source: str  # "redis" or "file"
+
+
+class ApiKeys:
+    """Create, list, revoke and look up keys; one instance per process (it holds the lookup cache)."""
+
+    def __init__(self, redis: Redis, *, keys_file: Path | None = None) -> None:
+        self.redis = redis
+        self._file: dict[str, str] = {}  # hash → tenant, from api_keys_file
+        self._file_prefixes: dict[str, str] = {}
+        if keys_file is not None:
+            self._load_file(keys_file)
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    def _load_file(self, path: Path) -> None:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of API key to tenant")
+        for key, tenant in raw.items():
+            if not isinstance(key, str) or not isinstance(tenant, str) or not key:
+                raise ValueError(f"{path}: every entry must be `key: tenant` (strings)")
+            digest = key_hash(key)
+            self._file[digest] = check_tenant(tenant)
+            self._file_prefixes[digest] = key[:SHOWN_PREFIX_LEN]
+
+    async def create(self, tenant: str) -> str:
+        """A new key for ``tenant``; the only time the key exists outside its holder's hands."""
+        check_tenant(tenant)
+        key = KEY_PREFIX + secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
+        digest = key_hash(key)
+        meta = orjson.dumps({"prefix": key[:SHOWN_PREFIX_LEN], "tenant": tenant, "created_at": time.time()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(APIKEYS_KEY, digest, tenant)
+            pipe.hset(APIKEY_META_KEY, digest, meta)
+            await pipe.execute()
+        return key
+
+    async def list(self) -> list[KeyInfo]:
+        """Every key's prefix and tenant (Redis keys, then the file's), sorted by tenant."""
+        tenants = await self.redis.hgetall(APIKEYS_KEY)
+        metas = await self.redis.hgetall(APIKEY_META_KEY)
+        out: list[KeyInfo] = []
+        for digest, tenant in tenants.items():
+            meta = orjson.loads(metas[digest]) if digest in metas else {}
+            out.append(
+                KeyInfo(
+                    prefix=meta.get("prefix") or "?",
+                    tenant=tenant.decode(),
+                    created_at=meta.get("created_at"),
+                    source="redis",
+                )
+            )
+        for digest, tenant in self._file.items():
+            out.append(
+                KeyInfo(prefix=self._file_prefixes[digest], tenant=tenant, created_at=None, source="file")
+            )
+        return sorted(out, key=lambda k: (k.tenant, k.prefix))
+
+    async def revoke(self, prefix: str) -> KeyInfo:
+        """Remove the one Redis key whose shown prefix starts with ``prefix``."""
+        metas = await self.redis.hgetall(APIKEY_META_KEY)
+        matches = [
+            (d, orjson.loads(m)) for d, m in metas.items() if orjson.loads(m)["prefix"].startswith(prefix)
+        ]
+        if not prefix or not matches:
+            raise InvalidRequest(f"no API key starts with {prefix!r}", param="prefix")
+        if len(matches) > 1:
+            raise InvalidRequest(
+                f"{len(matches)} API keys start with {prefix!r}; give more of it", param="prefix"
+            )
+        digest, meta = matches[0]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(APIKEYS_KEY, digest)
+            pipe.hdel(APIKEY_META_KEY, digest)
+            await pipe.execute()
+        return KeyInfo(
+            prefix=meta["prefix"], tenant=meta["tenant"], created_at=meta.get("created_at"), source="redis"
+        )
+
+    async def tenant_for(self, key: str | None) -> str:
+        """The tenant of ``key``; ``InvalidApiKey`` for a missing or unknown key."""
+        if not key:
+            raise InvalidApiKey("missing API key (send `Authorization: Bearer <key>`)")
+        digest = key_hash(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        tenant = self._file.get(digest)
+        if tenant is None:
+            raw = await self.redis.hget(APIKEYS_KEY, digest)
+            tenant = raw.decode() if raw is not None else None
+        if tenant is None:
+            # unknown keys are not cached: a key created a moment ago must work at once
+            raise InvalidApiKey("invalid API key")
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (tenant, now + CACHE_TTL_S)
+        return tenant

@@ -1,0 +1,559 @@
+"""Running OpenAI batches as jobs: the batch state in Redis, enqueuing lines, tracking, finalizing.
+
+Unlike OpenAI's batches, ours run on any provider of the catalog with fallback, and every line is a
+job of its own (``GET /v1/jobs/{batch_id}-{line index}`` shows its record, attempts and cost).
+
+State lives in Redis only, so any server process can pick a batch up after another one died:
+
+- ``llm-router:batch:<id>``: a hash with the batch object's fields; its status changes only through
+  ``UPDATE_LUA``, a compare-and-set on the status, so two servers never both move it on.
+- ``llm-router:batch:<id>:work``: the enqueued lines (``[index, custom_id]`` pairs) and the refused
+  ones, written once enqueuing is over (``done``).
+- ``llm-router:batch:<id>:lock``: a lease held while enqueuing or finalizing a batch.
+- ``llm-router:batches:active:<queue>``: ids of batches not yet ended, which the trackers walk. A
+  batch belongs to the bulk queue its jobs went to; only servers on that queue advance it, since
+  cancelling a job takes it off its queue.
+
+Lifecycle: ``validating`` (lines parsed and enqueued in chunks through ``submit_many``) →
+``in_progress`` → ``finalizing`` (output and error files written) → ``completed``; ``failed`` when no
+line is usable; ``cancelling`` → ``cancelled``; ``expired`` when the completion window ends first.
+Each server's tracker advances every active batch about twice a second with one pipelined status
+read of its unfinished jobs; reading a batch advances it too, so progress never waits for a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+
+from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
+from llm_router.server.batch_lines import (
+    UsageSum,
+    batch_error,
+    batch_errors,
+    job_for,
+    job_id_for,
+    parse_lines,
+    record_line,
+    refusal,
+    refused_line,
+)
+from llm_router.server.files import FileStore, dumps_lines
+from llm_router.store import PREFIX
+from producer.producer import Producer
+
+log = structlog.get_logger("llm_router.server.batches")
+
+BATCH_PREFIX = f"{PREFIX}:batch:"
+ACTIVE_PREFIX = f"{PREFIX}:batches:active:"  # a set per bulk queue: ids of batches not yet ended
+TENANT_BATCHES_PREFIX = f"{PREFIX}:batches:tenant:"  # sorted set per tenant: batch id by created_at
+
+ENDPOINTS = frozenset({"/v1/chat/completions"})
+COMPLETION_WINDOWS = {"24h": 24 * 3600}
+ENDED = frozenset({"completed", "failed", "cancelled", "expired"})
+MAX_LINES = 50_000  # OpenAI's limit per batch
+SUBMIT_CHUNK = 2000  # lines per submit_many call; the lease is renewed and cancel checked between them
+READ_CHUNK = 1000  # records read per pipeline when finalizing
+LOCK_MS = 30_000
+CANCEL_CONCURRENCY = 64
+CANCEL_RESEND_S = 2.0  # running jobs of a cancelling batch are asked again this often
+CANCEL_GRACE_S = 120.0  # a cancelling batch ends this long after the cancel, finished or not
+INT_FIELDS = frozenset(
+    {"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at"}
+    | {"expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "refused"}
+)
+JSON_FIELDS = frozenset({"errors", "metadata", "usage"})
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def work_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":work"
+
+
+def lock_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":lock"
+
+
+def active_key(queue_name: str) -> str:
+    return ACTIVE_PREFIX + queue_name
+
+
+def tenant_batches_key(tenant: str) -> str:
+    return TENANT_BATCHES_PREFIX + tenant
+
+
+def derived_file_id(batch_id: str, kind: str) -> str:
+    """The batch's output or error file id: the same on every finalization, so a retry overwrites."""
+    return "file-" + hashlib.blake2b(f"{batch_id}:{kind}".encode(), digest_size=12).hexdigest()
+
+
+# KEYS: batch, tenant index, active set.  ARGV: ttl s, score, batch id, field/value pairs.
+CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+# KEYS: batch, active set, work.  ARGV: allowed statuses (comma-separated), ttl s ('' unless the
+# batch ends here), batch id, field/value pairs.  Writes only while the status is an allowed one:
+# returns 1, the status found, or -1 for no batch.
+UPDATE_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == st then
+    if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+    if ARGV[2] ~= '' then
+      redis.call('SREM', KEYS[2], ARGV[3])
+      redis.call('EXPIRE', KEYS[1], ARGV[2])
+      redis.call('EXPIRE', KEYS[3], ARGV[2])
+    end
+    return 1
+  end
+end
+return st
+"""
+
+# KEYS: lock.  ARGV: token, ms ('' to release).  Only the holder may renew or release its lease.
+LEASE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+def decode_batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        name = k.decode()
+        if name in INT_FIELDS:
+            out[name] = int(v)
+        elif name in JSON_FIELDS:
+            out[name] = orjson.loads(v)
+        else:
+            out[name] = v.decode()
+    return out
+
+
+def _encode(fields: dict[str, Any]) -> list[Any]:
+    flat: list[Any] = []
+    for k, v in fields.items():
+        flat.append(k)
+        flat.append(orjson.dumps(v) if k in JSON_FIELDS else v)
+    return flat
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What this process knows of a batch's jobs: finished ones never change, so only the rest are read."""
+
+    pending: list[list[Any]]  # [index, custom_id] of jobs not seen ended
+    completed: int = 0
+    failed: int = 0
+    cancels_sent_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class BatchRunner:
+    """Creates, reads, enqueues and finalizes batches; one per server process."""
+
+    def __init__(self, redis: Redis, producer: Producer, files: FileStore, *, ttl_s: int) -> None:
+        self.redis = redis
+        self.producer = producer
+        self.files = files
+        self.ttl_s = ttl_s
+        self.queue = producer.settings.queue_name
+        self.active_key = active_key(self.queue)
+        self._create = redis.register_script(CREATE_LUA)
+        self._update = redis.register_script(UPDATE_LUA)
+        self._lease = redis.register_script(LEASE_LUA)
+        self._progress: dict[str, _Progress] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- state ----------------------------------------------------------------------------------
+
+    async def create(self, batch_id: str, tenant: str, fields: dict[str, Any]) -> bool:
+        """Create the batch (status ``validating``) unless ``batch_id`` exists; True if created."""
+        window = fields["expires_at"] - fields["created_at"]
+        fields = {**fields, "queue": self.queue}
+        created = await self._create(
+            keys=[batch_key(batch_id), tenant_batches_key(tenant), self.active_key],
+            args=[self.ttl_s + window, fields["created_at"], batch_id, *_encode(fields)],
+        )
+        return bool(created)
+
+    async def load(self, batch_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(batch_key(batch_id))
+        return decode_batch(raw) if raw else None
+
+    async def owned(self, tenant: str, batch_id: str) -> dict[str, Any]:
+        """The batch if ``tenant`` owns it; else ``ResourceNotFound`` (an unknown id looks the same)."""
+        batch = await self.load(batch_id)
+        if batch is None or batch.get("tenant") != tenant:
+            raise ResourceNotFound(f"No batch found with id '{batch_id}'", param="batch_id")
+        return batch
+
+    async def update(
+        self, batch_id: str, allowed: Sequence[str], fields: dict[str, Any], *, ends: bool = False
+    ) -> int | str:
+        """Write ``fields`` if the status is one of ``allowed``; 1, else the status found (-1: none)."""
+        res = await self._update(
+            keys=[batch_key(batch_id), self.active_key, work_key(batch_id)],
+            args=[",".join(allowed), self.ttl_s if ends else "", batch_id, *_encode(fields)],
+        )
+        return res.decode() if isinstance(res, bytes) else int(res)
+
+    async def list(self, tenant: str, *, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool]:
+        """A page of ``tenant``'s batches, newest first, after the batch id ``after``."""
+        key = tenant_batches_key(tenant)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(key, after)
+            if rank is None:
+                raise InvalidRequest(f"no batch '{after}' to list after", param="after")
+            start = rank + 1
+        out: list[dict[str, Any]] = []
+        while len(out) <= limit:
+            ids = [i.decode() for i in await self.redis.zrevrange(key, start, start + limit)]
+            if not ids:
+                break
+            start += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hgetall(batch_key(batch_id))
+                raws = await pipe.execute()
+            gone = [i for i, raw in zip(ids, raws, strict=True) if not raw]
+            if gone:  # expired batches leave their index entry behind
+                await self.redis.zrem(key, *gone)
+                start -= len(gone)
+            out.extend(decode_batch(raw) for raw in raws if raw)
+        return out[:limit], len(out) > limit
+
+    async def _lock(self, batch_id: str) -> str | None:
+        token = secrets.token_hex(8)
+        ok = await self.redis.set(lock_key(batch_id), token, nx=True, px=LOCK_MS)
+        return token if ok else None
+
+    async def _renew(self, batch_id: str, token: str) -> bool:
+        return bool(await self._lease(keys=[lock_key(batch_id)], args=[token, LOCK_MS]))
+
+    async def _release(self, batch_id: str, token: str) -> None:
+        await self._lease(keys=[lock_key(batch_id)], args=[token, ""])
+
+    # -- background work ------------------------------------------------------------------------
+
+    def spawn(self, batch_id: str, what: str = "ingest") -> None:
+        """Run ``ingest`` or ``advance`` for the batch in the background (one task per batch)."""
+        task = self._tasks.get(batch_id)
+        if task is not None and not task.done():
+            return
+        coro = self.ingest(batch_id) if what == "ingest" else self._advance_quietly(batch_id)
+        task = self._tasks[batch_id] = asyncio.create_task(coro)
+        task.add_done_callback(lambda done: self._forget(batch_id, done))
+
+    def _forget(self, batch_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(batch_id) is task:
+            del self._tasks[batch_id]
+
+    async def _advance_quietly(self, batch_id: str) -> None:
+        try:
+            await self.advance(batch_id)
+        except Exception:
+            log.exception("advancing a batch failed", batch_id=batch_id)
+
+    async def close(self) -> None:
+        """Stop background work; each task's lease is released, so another server takes over at once."""
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def tick(self) -> None:
+        """Advance every active batch once (the tracker's step; safe on any number of servers)."""
+        ids = sorted(i.decode() for i in await self.redis.smembers(self.active_key))
+        for batch_id in ids:
+            try:
+                await self.advance(batch_id, from_tracker=True)
+            except Exception:
+                log.exception("advancing a batch failed", batch_id=batch_id)
+        for gone in set(self._progress) - set(ids):
+            del self._progress[gone]
+
+    # -- enqueuing ------------------------------------------------------------------------------
+
+    async def ingest(self, batch_id: str) -> None:
+        """Parse the input file and enqueue its valid lines as jobs, under the batch's lease.
+
+        Safe to run again after a crash: jobs have ids derived from the batch, so those already
+        enqueued are found, not made twice.
+        """
+        token = await self._lock(batch_id)
+        if token is None:
+            return
+        try:
+            batch = await self.load(batch_id)
+            if batch is None or batch["status"] not in ("validating", "cancelling"):
+                return
+            if not await self.redis.hexists(work_key(batch_id), "done"):
+                await self._enqueue(batch, token)
+            await self._start(batch_id)
+        except Exception:
+            log.exception("enqueuing a batch failed", batch_id=batch_id)
+        finally:
+            await self._release(batch_id, token)
+
+    async def _enqueue(self, batch: dict[str, Any], token: str) -> None:
+        batch_id, tenant = batch["id"], batch["tenant"]
+        try:
+            content = await self.files.content(tenant, batch["input_file_id"])
+        except ResourceNotFound:
+            await self._fail(batch_id, [batch_error("invalid_file", "the input file was deleted or expired")])
+            return
+        lines = parse_lines(content, batch["endpoint"])
+        if not lines:
+            await self._fail(batch_id, [batch_error("empty_file", "the input file has no requests")])
+            return
+        if len(lines) > MAX_LINES:
+            msg = f"the input file has {len(lines)} requests; a batch holds at most {MAX_LINES}"
+            await self._fail(batch_id, [batch_error("too_many_requests", msg)])
+            return
+        refused = [refusal(ln.index, ln.custom_id, ln.error) for ln in lines if ln.error is not None]
+        valid = [ln for ln in lines if ln.error is None]
+        window = batch["expires_at"] - batch["created_at"]  # the same on every retry: see job_for
+        jobs: list[list[Any]] = []
+        settings = self.producer.settings
+        for start in range(0, len(valid), SUBMIT_CHUNK):
+            chunk = valid[start : start + SUBMIT_CHUNK]
+            if not await self._renew(batch_id, token):
+                # too slow: another server holds the batch now and enqueues it again (the same jobs)
+                raise LeaseLost(f"lost the lease of {batch_id} while enqueuing")
+            if await self.redis.hget(batch_key(batch_id), "status") == b"cancelling":
+                cut = batch_error("batch_cancelled", "the batch was cancelled before this request was queued")
+                refused += [refusal(ln.index, ln.custom_id, cut) for ln in valid[start:]]
+                break
+            results = await self.producer.submit_many(
+                [job_for(batch_id, ln, window) for ln in chunk],
+                tenant=tenant,
+                max_queued=settings.tenant_max_queued,
+            )
+            for ln, res in zip(chunk, results, strict=True):
+                if isinstance(res, RouterError):
+                    refused.append(refusal(ln.index, ln.custom_id, res.to_dict()))
+                else:
+                    jobs.append([ln.index, ln.custom_id])
+        refused.sort(key=lambda r: r["line"])
+        work = {"jobs": orjson.dumps(jobs), "refused": orjson.dumps(refused), "total": len(lines), "done": 1}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(work_key(batch_id), mapping=work)
+            pipe.expire(work_key(batch_id), self.ttl_s + window)
+            await pipe.execute()
+        log.info("batch enqueued", batch_id=batch_id, jobs=len(jobs), refused=len(refused))
+
+    async def _start(self, batch_id: str) -> None:
+        """``validating`` → ``in_progress`` once the lines are enqueued (``failed`` if none was usable)."""
+        raw_jobs, raw_refused, raw_total = await self.redis.hmget(
+            work_key(batch_id), ["jobs", "refused", "total"]
+        )
+        if raw_jobs is None:
+            return  # the batch failed before anything was enqueued
+        jobs, refused = orjson.loads(raw_jobs), orjson.loads(raw_refused or b"[]")
+        counts: dict[str, Any] = {
+            "total": int(raw_total or 0),
+            "completed": 0,
+            "failed": len(refused),
+            "refused": len(refused),
+        }
+        errors = batch_errors([r for r in refused if r["code"] != "batch_cancelled"])
+        if errors is not None:
+            counts["errors"] = errors
+        if not jobs and await self.update(batch_id, ["validating"], counts) == 1:
+            await self._fail(batch_id, errors["data"] if errors else [])
+            return
+        moved = await self.update(
+            batch_id, ["validating"], {**counts, "status": "in_progress", "in_progress_at": int(time.time())}
+        )
+        if moved != 1:  # cancelled meanwhile: keep the counts; the tracker cancels what was queued
+            await self.update(batch_id, ["cancelling"], counts)
+
+    async def _fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
+        fields = {
+            "status": "failed",
+            "failed_at": int(time.time()),
+            "errors": {"object": "list", "data": errors},
+        }
+        # a batch cancelled while its file was found unusable fails too: there is nothing to cancel
+        await self.update(batch_id, ["validating", "cancelling"], fields, ends=True)
+
+    # -- tracking -------------------------------------------------------------------------------
+
+    async def advance(self, batch_id: str, *, from_tracker: bool = False) -> dict[str, Any] | None:
+        """Bring the batch's counts and status up to date from its jobs; returns the batch."""
+        batch = await self.load(batch_id)
+        if batch is None:
+            await self.redis.srem(self.active_key, batch_id)
+            return None
+        status = batch["status"]
+        if status in ENDED or batch.get("queue", self.queue) != self.queue:
+            return batch  # another queue's batch is advanced by the servers of that queue
+        if status == "finalizing":  # a finalizer died half-way, or is still at it elsewhere
+            await self.finalize(batch_id, batch.get("final_status") or "completed")
+            return await self.load(batch_id)
+        if status == "validating":  # being enqueued; the tracker resumes it if its enqueuer died
+            if from_tracker:
+                self.spawn(batch_id, "ingest")
+            return batch
+        progress = await self._read_progress(batch_id)
+        if progress is None:  # cancelled while being enqueued: enqueuing ends first
+            if from_tracker:
+                self.spawn(batch_id, "ingest")
+            return batch
+        if status == "cancelling":
+            await self._cancel_pending(batch_id, progress)
+        # a cancelled batch ends once its jobs have; one whose aborted jobs linger (their worker
+        # lost, say) ends anyway after a grace period, those jobs reported as cancelled with it
+        gave_up = status == "cancelling" and time.time() - batch.get("cancelling_at", 0) > CANCEL_GRACE_S
+        if not progress.pending or gave_up:
+            await self.finalize(batch_id, "cancelled" if status == "cancelling" else "completed")
+            return await self.load(batch_id)
+        if status == "in_progress" and time.time() >= batch["expires_at"]:
+            await self._cancel_pending(batch_id, progress)
+            await self.finalize(batch_id, "expired")
+            return await self.load(batch_id)
+        counts = {
+            "completed": progress.completed,
+            "failed": batch.get("refused", 0) + progress.failed,
+        }
+        if counts["completed"] != batch.get("completed") or counts["failed"] != batch.get("failed"):
+            await self.update(batch_id, ["in_progress", "cancelling"], counts)
+            batch.update(counts)
+        return batch
+
+    async def _read_progress(self, batch_id: str) -> _Progress | None:
+        progress = self._progress.get(batch_id)
+        if progress is None:
+            raw = await self.redis.hget(work_key(batch_id), "jobs")
+            if raw is None:
+                return None
+            progress = self._progress.setdefault(batch_id, _Progress(pending=orjson.loads(raw)))
+        async with progress.lock:  # the tracker and a reader may both be here: count each job once
+            if progress.pending:
+                ids = [job_id_for(batch_id, p[0]) for p in progress.pending]
+                statuses = await self.producer.store.statuses(ids)
+                still = []
+                for pair, status in zip(progress.pending, statuses, strict=True):
+                    if status == "succeeded":
+                        progress.completed += 1
+                    elif status is None or status in ("failed", "cancelled"):
+                        progress.failed += 1  # None: the record expired, the answer is gone
+                    else:
+                        still.append(pair)
+                progress.pending = still
+        return progress
+
+    async def _cancel_pending(self, batch_id: str, progress: _Progress) -> None:
+        """Cancel the batch's unfinished jobs: queued ones end now, running ones are aborted."""
+        now = time.monotonic()
+        if now - progress.cancels_sent_at < CANCEL_RESEND_S:
+            return
+        progress.cancels_sent_at = now
+        gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+
+        async def cancel(job_id: str) -> None:
+            async with gate:
+                with contextlib.suppress(RouterError):
+                    await self.producer.cancel(job_id)
+
+        await asyncio.gather(*(cancel(job_id_for(batch_id, p[0])) for p in progress.pending))
+
+    # -- finalizing -----------------------------------------------------------------------------
+
+    async def finalize(self, batch_id: str, final: str) -> None:
+        """Write the output and error files and end the batch as ``final``, once, under its lease."""
+        token = await self._lock(batch_id)
+        if token is None:
+            return  # another server (or task) is finalizing it
+        try:
+            batch = await self.load(batch_id)
+            if batch is None or batch["status"] in ENDED:
+                return
+            if batch["status"] == "cancelling":  # a cancel that came in since the caller looked wins
+                final = "cancelled"
+            if final == "completed":
+                moving = {"status": "finalizing", "final_status": final, "finalizing_at": int(time.time())}
+                await self.update(batch_id, ["in_progress"], moving)
+            await self._write_results(batch, final, token)
+        finally:
+            await self._release(batch_id, token)
+            self._progress.pop(batch_id, None)
+
+    async def _write_results(self, batch: dict[str, Any], final: str, token: str) -> None:
+        batch_id, tenant = batch["id"], batch["tenant"]
+        raw_jobs, raw_refused = await self.redis.hmget(work_key(batch_id), ["jobs", "refused"])
+        jobs = orjson.loads(raw_jobs or b"[]")
+        refused = orjson.loads(raw_refused or b"[]")
+        cuts = {
+            "cancelled": batch_error(
+                "batch_cancelled", "the batch was cancelled before this request finished"
+            ),
+            "expired": batch_error("batch_expired", "the batch's window ended before this request finished"),
+        }
+        outputs: list[dict[str, Any]] = []
+        errors: list[tuple[int, dict[str, Any]]] = [
+            (r["line"] - 1, refused_line(batch_id, r["line"] - 1, r["custom_id"], r)) for r in refused
+        ]
+        usage = UsageSum()
+        for start in range(0, len(jobs), READ_CHUNK):
+            window = jobs[start : start + READ_CHUNK]
+            records = await self.producer.store.get_many([job_id_for(batch_id, j[0]) for j in window])
+            for (index, custom_id), record in zip(window, records, strict=True):
+                ok, line = record_line(batch_id, index, custom_id, record, cuts.get(final))
+                if ok:
+                    outputs.append(line)
+                    usage.add(record)
+                else:
+                    errors.append((index, line))
+            await self._renew(batch_id, token)
+        errors.sort(key=lambda e: e[0])
+        fields: dict[str, Any] = {
+            "status": final,
+            f"{final}_at": int(time.time()),
+            "completed": len(outputs),
+            "failed": batch.get("total", len(jobs) + len(refused)) - len(outputs),
+            "usage": usage.batch_usage(),
+        }
+        for kind, lines in (("output", outputs), ("error", [e[1] for e in errors])):
+            if lines:
+                file_id = derived_file_id(batch_id, kind)
+                await self.files.put(
+                    tenant,
+                    filename=f"batch_{batch_id.removeprefix('batch_')}_{kind}.jsonl",
+                    purpose="batch_output",
+                    content=dumps_lines(lines),
+                    file_id=file_id,
+                )
+                fields[f"{kind}_file_id"] = file_id
+        await self.update(batch_id, ["in_progress", "finalizing", "cancelling"], fields, ends=True)
+        log.info("batch ended", batch_id=batch_id, status=final, completed=len(outputs), errors=len(errors))
+
+
+class LeaseLost(Exception):
+    """This process no longer holds a batch's lease; whoever does carries on."""

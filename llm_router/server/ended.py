@@ -1,0 +1,154 @@
+"""Waiting for jobs to end by notification: one pub/sub subscription per server process.
+
+A job submitted with ``notify=True`` has its id PUBLISHed on ``ENDED_CHANNEL`` when it reaches a
+terminal status. The server holds one subscription for all its waiters and wakes the waiters of that
+id; a waiter then reads the record. A handler registers (``watch``) before it submits, so no
+notification can slip past it, and reads the record once after submitting, which covers a job that
+already existed (an idempotent resubmission) and ended before. Pub/sub is at-most-once: a message
+lost while Redis restarts would leave a waiter hanging, so every resubscription wakes every waiter,
+and each waiter re-reads its record every ``recheck_s`` anyway (a safety net, not the mechanism).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from llm_router.contract import TERMINAL, JobRecord, JobStatus
+from llm_router.errors import JobNotFound, WaitTimeout
+from llm_router.store import ENDED_CHANNEL, Store
+from producer.producer import TERMINAL_VALUES, JobFailed, Producer
+
+log = structlog.get_logger("llm_router.server")
+
+
+class EndedWaiter:
+    """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``."""
+
+    def __init__(self, redis: Redis, store: Store, *, recheck_s: float = 2.0) -> None:
+        self.redis = redis
+        self.store = store
+        self.recheck_s = recheck_s
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def start(self, timeout: float = 5.0) -> None:
+        """Subscribe in the background; waits up to ``timeout`` for the first subscription."""
+        self._task = asyncio.create_task(self._listen(), name="ended-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """Register for ``job_id``'s end; enter before submitting the job."""
+        event = asyncio.Event()
+        self._events.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._events.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._events[job_id]
+
+    async def wait(self, job_id: str, event: asyncio.Event, timeout: float) -> JobRecord:
+        """The job's final record, read when ``event`` (from ``watch``) fires; ``WaitTimeout`` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event.clear()  # before the read: a notification arriving after it sets the event again
+            record = await self.store.get(job_id)
+            if record is None:
+                raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+            if record.status in TERMINAL:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job '{job_id}' did not end within {timeout:.0f} s", param="job_id")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(self.recheck_s, left))
+
+    def _wake(self, job_id: str) -> None:
+        for event in self._events.get(job_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(ENDED_CHANNEL)
+                self.subscribed.set()
+                delay = 0.05
+                self._wake_all()  # whatever ended while we were not subscribed
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.subscribed.is_set():
+                    log.warning("job-end notifications lost, resubscribing", error=repr(exc))
+                self.subscribed.clear()
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def follow_stream(
+    producer: Producer, job_id: str, *, recheck_s: float = 1.0
+) -> AsyncIterator[dict[str, Any]]:
+    """``Producer.stream`` with a safety net: when no chunk came for ``recheck_s`` and the record has
+    ended, the stream is over (a job's chunks are all written before its record ends), whatever the
+    follower is still blocked on. Raises ``JobFailed`` like ``Producer.stream``.
+
+    Why: ``Producer.stream`` can block without end on a job that ended without writing a stream
+    (failed before its first token, cancelled while queued); a relay must never hang its client.
+    """
+    chunks = producer.stream(job_id)
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(chunks))
+            while True:
+                done, _ = await asyncio.wait({step}, timeout=recheck_s)
+                if done:
+                    break
+                if (await producer.store.statuses([job_id]))[0] in TERMINAL_VALUES:
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    record = await producer.get(job_id)
+                    if record.status != JobStatus.SUCCEEDED:
+                        raise JobFailed(record)
+                    return
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        await chunks.aclose()

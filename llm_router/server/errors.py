@@ -1,0 +1,96 @@
+"""The edges of every handler: request bodies in (bounded), error responses and JSON out.
+
+Errors are the foundation's error object in the product's shape, ``{"error": {"code", "message",
+"type", "param"}}`` with ``exc.status`` and, when the error says when to come back
+(``too_many_queued``), ``Retry-After`` in whole seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from llm_router.errors import InvalidRequest, PayloadTooLarge, RouterError
+
+JSON = "application/json"
+
+
+def error_body(exc: RouterError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message, "type": exc.type, "param": exc.param}}
+
+
+def error_response(exc: RouterError) -> web.Response:
+    """The HTTP answer for ``exc``: its status, the error object, ``Retry-After`` when known."""
+    return web.Response(
+        status=exc.status, body=orjson.dumps(error_body(exc)), content_type=JSON, headers=retry_after(exc)
+    )
+
+
+def retry_after(exc: RouterError) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, at least 1) when the error says when to come back."""
+    if exc.retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+
+
+def record_error(error: dict[str, Any] | None) -> RouterError:
+    """A failed job's error object (from its record) as the error to answer with."""
+    return RouterError.from_dict(error or {"code": "internal_error", "message": "the job failed"})
+
+
+def json_response(obj: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """orjson-encoded JSON (aiohttp's json_response goes through the slower stdlib encoder)."""
+    return web.Response(status=status, body=orjson.dumps(obj), content_type=JSON, headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with ``payload_too_large`` as soon as it passes ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before reading anything; a chunked body
+    is read only up to the limit, never whole.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    return bytes(buf)
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON (any JSON value; callers check its shape), bounded like ``read_body``."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+async def start_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """An open server-sent-events response (proxies told not to buffer it)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **(headers or {}),
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+def sse_data(obj: Any, event: str | None = None) -> bytes:
+    """One SSE event carrying ``obj`` as JSON."""
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,161 @@
+"""The OpenAI-compatible front: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+A chat completion is a job on the interactive queue (served before bulk) like any other; the handler
+waits for its end through the process's one pub/sub subscription (``ended``), never by polling, and
+answers with the record's ``chat.completion`` plus ``usage.cost`` and ``usage.credits_remaining``.
+``stream: true`` relays the job's stream as OpenAI SSE. The Gemini endpoint reuses ``start_interactive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from config.catalog import Catalog
+from config.settings import Settings
+from llm_router.contract import JobRecord, JobStatus
+from llm_router.errors import InvalidRequest, ModelNotFound, NoWorkers, RouterError
+from llm_router.server.ended import EndedWaiter, follow_stream
+from llm_router.server.errors import (
+    SSE_DONE,
+    error_body,
+    error_response,
+    json_response,
+    read_json,
+    record_error,
+    sse_data,
+    start_sse,
+)
+from llm_router.server.jobs_api import submit_jobs, without_tenant
+from producer.producer import JobFailed, Producer
+
+routes = web.RouteTableDef()
+JOB_ID_HEADER = "x-llm-router-job-id"
+WAIT_SLACK_S = 5.0  # beyond the job's deadline: the worker fails it with deadline_exceeded first
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """An interactive job on its way: its id, when to stop waiting for it, and its end's event."""
+
+    job_id: str
+    wait_s: float
+    ended: asyncio.Event
+
+
+@asynccontextmanager
+async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncIterator[Started]:
+    """Submit ``job`` (tenant from the key) to the interactive queue with end notification.
+
+    Refuses with ``no_workers`` when no worker serves the interactive queue (the job would wait for
+    nobody). The job's end is watched from before it is submitted until the context exits.
+    """
+    settings: Settings = request.app["settings"]
+    producer: Producer = request.app["producer"]
+    waiter: EndedWaiter = request.app["ended"]
+    if await producer.live_workers(settings.interactive_queue_name) == 0:
+        raise NoWorkers("no live llm-router worker serves the interactive queue")
+    job = without_tenant(job)
+    given = job.get("job_id")
+    # the id is chosen here so the waiter is registered before the job exists
+    job_id = given if isinstance(given, str) else os.urandom(16).hex()
+    if given is None:
+        job = {**job, "job_id": job_id}
+    with waiter.watch(job_id) as event:
+        result = (
+            await submit_jobs(producer, settings, [job], request["tenant"], interactive=True, notify=True)
+        )[0]
+        if isinstance(result, RouterError):
+            raise result
+        deadline = job.get("deadline_s")
+        wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
+        yield Started(job_id, wait_s + WAIT_SLACK_S, event)
+
+
+async def wait_answer(request: web.Request, started: Started) -> JobRecord:
+    """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
+    waiter: EndedWaiter = request.app["ended"]
+    record = await waiter.wait(started.job_id, started.ended, started.wait_s)
+    if record.status != JobStatus.SUCCEEDED:
+        raise record_error(record.error)
+    return record
+
+
+def completion_with_usage(record: JobRecord) -> dict[str, Any]:
+    """The record's ``chat.completion`` with our ``usage.cost`` and ``usage.credits_remaining``."""
+    response = dict(record.response or {})
+    usage = dict(response.get("usage") or {})
+    if record.usage is not None:
+        usage["cost"] = record.usage.cost
+        usage["credits_remaining"] = record.usage.credits_remaining
+    else:
+        usage.setdefault("credits_remaining", None)
+    response["usage"] = usage
+    return response
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    settings: Settings = request.app["settings"]
+    body = await read_json(request, settings.server_max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    async with start_interactive(request, body) as started:
+        headers = {JOB_ID_HEADER: started.job_id}
+        if body.get("stream") is True:
+            return await relay_stream(request, started, headers)
+        record = await wait_answer(request, started)
+    return json_response(completion_with_usage(record), headers=headers)
+
+
+async def relay_stream(request: web.Request, started: Started, headers: dict[str, str]) -> web.StreamResponse:
+    """The job's chunks as OpenAI SSE, then ``data: [DONE]``.
+
+    The response starts with the first chunk, so a job that fails before any token still answers with
+    its error status; a failure after tokens went out is an ``error`` data event, as OpenAI sends.
+    """
+    producer: Producer = request.app["producer"]
+    response: web.StreamResponse | None = None
+    try:
+        async for chunk in follow_stream(producer, started.job_id):
+            if response is None:
+                response = await start_sse(request, headers)
+            await response.write(sse_data(chunk))
+    except JobFailed as exc:
+        error = record_error(exc.record.error)
+        if response is None:
+            failed = error_response(error)
+            failed.headers.update(headers)
+            return failed
+        await response.write(sse_data(error_body(error)))
+    if response is None:  # ended without a token (an empty answer): still a well-formed stream
+        response = await start_sse(request, headers)
+    await response.write(SSE_DONE)
+    return response
+
+
+def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": catalog.models[model_id].vendor}
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    """The catalog's models in OpenAI's list format (aliases resolve on use but are not listed)."""
+    catalog: Catalog = request.app["catalog"]
+    return json_response({"object": "list", "data": [model_object(catalog, m) for m in catalog.models]})
+
+
+@routes.get("/v1/models/{model}")
+async def get_model(request: web.Request) -> web.Response:
+    catalog: Catalog = request.app["catalog"]
+    name = request.match_info["model"]
+    model_id = catalog.resolve(name)
+    if model_id is None:
+        raise ModelNotFound(f"Model '{name}' is not available", param="model")
+    return json_response(model_object(catalog, model_id))

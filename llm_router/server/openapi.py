@@ -1,0 +1,587 @@
+"""The OpenAPI 3.0 document of the HTTP API, served at ``/openapi.json``.
+
+Written by hand as data (not generated from handlers), so it states the contract the server is held
+to: the schemathesis test fuzzes the server against it. Helpers below only remove repetition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+ERROR_CODES: dict[int, str] = {
+    400: "Invalid request (`invalid_request`, `unsupported_capability`; `param` names the field)",
+    401: "Missing or wrong API key (`invalid_api_key`)",
+    402: "The tenant's credit does not cover the job (`insufficient_credits`)",
+    404: "Unknown id or another tenant's (`not_found`), unknown model (`model_not_found`), unknown route",
+    405: "Method not allowed on this path (`method_not_allowed`)",
+    408: "Gave up waiting for the job (`wait_timeout`); the job goes on",
+    409: "`idempotency_conflict` (a job_id reused with another body) or `job_not_cancellable`",
+    413: "Body over the server's limit (`payload_too_large`), refused before it is read",
+    429: "The tenant has too many jobs queued or running (`too_many_queued`); see Retry-After",
+    499: "The job was cancelled (`cancelled`)",
+    502: "Every provider of the route failed (`upstream_error`, `rate_limited`, ... : the job's error)",
+    503: "No live worker serves the interactive queue (`no_workers`)",
+    504: "The job's deadline passed (`deadline_exceeded`)",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in (400, 401, 404, 405, 413, *statuses):
+        out[str(status)] = {
+            "description": ERROR_CODES[status],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        if status == 429:
+            out["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return out
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _sse(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+
+
+def _path_id(name: str, description: str, example: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+        **({"example": example} if example else {}),
+    }
+
+
+def _body(schema: dict[str, Any], content_type: str = "application/json") -> dict[str, Any]:
+    return {"required": True, "content": {content_type: {"schema": schema}}}
+
+
+MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {
+            "nullable": True,
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+        },
+        "name": {"type": "string"},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "tool_call_id": {"type": "string"},
+    },
+}
+
+CHAT_REQUEST = {
+    "type": "object",
+    "description": "An OpenAI chat-completions body plus llm-router's reserved keys (see the README's job "
+    "contract). Unknown keys are refused. `tenant` is ignored over HTTP: the API key decides.",
+    "required": ["model", "messages"],
+    "example": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16,
+    },
+    "properties": {
+        "model": {"type": "string", "description": "a catalog model or alias"},
+        "messages": {"type": "array", "minItems": 1, "items": MESSAGE},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "stop": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
+        },
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+        "functions": {"type": "array", "items": {"type": "object"}},
+        "function_call": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+        "response_format": {"type": "object"},
+        "seed": {"type": "integer"},
+        "user": {"type": "string"},
+        "n": {"type": "integer", "minimum": 1, "maximum": 16},
+        "job_id": {"type": "string", "description": "idempotency key"},
+        "fallbacks": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
+        "deadline_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        "tenant": {"type": "string", "description": "ignored over HTTP"},
+        "metadata": {"type": "object"},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "type"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    },
+    "ChatRequest": CHAT_REQUEST,
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {"type": "object"}},
+            "usage": {
+                "type": "object",
+                "properties": {
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                    "cost": {"type": "number", "description": "USD"},
+                    "credits_remaining": {"type": "number", "nullable": True, "description": "USD"},
+                },
+            },
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": _ref("Model")}},
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["id", "created"],
+        "properties": {
+            "id": {"type": "string"},
+            "created": {"type": "boolean", "description": "false: this job_id existed with the same body"},
+        },
+    },
+    "BulkResult": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string"},
+            "data": {
+                "type": "array",
+                "description": "one entry per input job, in order: its id, or its error (with status)",
+                "items": {"oneOf": [_ref("Submitted"), _ref("Error")]},
+            },
+        },
+    },
+    "JobRecord": {
+        "type": "object",
+        "required": ["id", "status", "model_requested", "route", "tenant", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "deferred", "succeeded", "failed", "cancelled"],
+            },
+            "request": {"type": "object"},
+            "model_requested": {"type": "string"},
+            "route": {"type": "array", "items": {"type": "string"}},
+            "tenant": {"type": "string"},
+            "created_at": {"type": "number"},
+            "response": {"type": "object", "nullable": True},
+            "usage": {"type": "object", "nullable": True},
+            "error": {"type": "object", "nullable": True},
+            "attempts": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "GeminiRequest": {
+        "type": "object",
+        "description": "Gemini's GenerateContentRequest (contents, systemInstruction, generationConfig, "
+        "tools, toolConfig); runs on any catalog model.",
+        "required": ["contents"],
+        "example": {"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]},
+        "properties": {
+            "contents": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "systemInstruction": {"type": "object"},
+            "generationConfig": {"type": "object"},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "toolConfig": {"type": "object"},
+        },
+    },
+    "GeminiResponse": {
+        "type": "object",
+        "properties": {
+            "candidates": {"type": "array", "items": {"type": "object"}},
+            "usageMetadata": {"type": "object"},
+            "modelVersion": {"type": "string", "nullable": True},
+            "responseId": {"type": "string", "nullable": True},
+        },
+    },
+    "File": {
+        "type": "object",
+        "required": ["id", "object", "bytes", "filename", "purpose"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["file"]},
+            "bytes": {"type": "integer"},
+            "created_at": {"type": "integer"},
+            "filename": {"type": "string"},
+            "purpose": {"type": "string"},
+        },
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["id", "object", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["batch"]},
+            "endpoint": {"type": "string"},
+            "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "validating",
+                    "failed",
+                    "in_progress",
+                    "finalizing",
+                    "completed",
+                    "expired",
+                    "cancelling",
+                    "cancelled",
+                ],
+            },
+            "output_file_id": {"type": "string", "nullable": True},
+            "error_file_id": {"type": "string", "nullable": True},
+            "request_counts": {
+                "type": "object",
+                "properties": {
+                    "total": {"type": "integer"},
+                    "completed": {"type": "integer"},
+                    "failed": {"type": "integer"},
+                },
+            },
+        },
+    },
+    "List": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": {"type": "object"}},
+            "has_more": {"type": "boolean"},
+        },
+    },
+}
+
+_SECURED = [{"bearer": []}]
+
+PATHS: dict[str, Any] = {
+    "/v1/jobs": {
+        "post": {
+            "summary": 'Submit one job, or up to the server\'s limit as {"jobs": [...]}',
+            "operationId": "submitJobs",
+            "requestBody": _body(
+                {
+                    "oneOf": [
+                        _ref("ChatRequest"),
+                        {
+                            "type": "object",
+                            "required": ["jobs"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "jobs": {"type": "array", "minItems": 1, "items": _ref("ChatRequest")}
+                            },
+                        },
+                    ]
+                }
+            ),
+            "responses": {
+                "200": _json(
+                    {"oneOf": [_ref("Submitted"), _ref("BulkResult")]},
+                    "bulk: one entry per job; single: the job existed already (same job_id and body)",
+                ),
+                "201": _json(_ref("Submitted"), "the job was created"),
+                **_errors(402, 409, 429),
+            },
+        }
+    },
+    "/v1/jobs/{id}": {
+        "parameters": [_path_id("id", "job id")],
+        "get": {
+            "summary": "The job's record",
+            "operationId": "getJob",
+            "responses": {"200": _json(_ref("JobRecord"), "the record"), **_errors()},
+        },
+        "delete": {
+            "summary": "Cancel the job (queued: at once; running: aborted, ends cancelled shortly after)",
+            "operationId": "cancelJob",
+            "responses": {"200": _json(_ref("JobRecord"), "the record after the cancel"), **_errors(409)},
+        },
+    },
+    "/v1/jobs/{id}/events": {
+        "parameters": [_path_id("id", "job id")],
+        "get": {
+            "summary": "The job's stream as SSE, replayed from the start",
+            "description": "`data:` events carry chat.completion.chunk objects; an `end` event carries the "
+            "outcome (id, status, error, usage); `data: [DONE]` closes the stream.",
+            "operationId": "jobEvents",
+            "responses": {"200": _sse("the stream"), **_errors()},
+        },
+    },
+    "/v1/chat/completions": {
+        "post": {
+            "summary": "OpenAI-compatible chat completion, run as an interactive job",
+            "operationId": "createChatCompletion",
+            "requestBody": _body(_ref("ChatRequest")),
+            "responses": {
+                "200": {
+                    "description": "the chat.completion with usage.cost and usage.credits_remaining; with "
+                    "`stream: true`, OpenAI SSE (chat.completion.chunk events, then `data: [DONE]`)",
+                    "content": {
+                        "application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(402, 408, 409, 429, 499, 502, 503, 504),
+            },
+        }
+    },
+    "/v1/models": {
+        "get": {
+            "summary": "The catalog's models in OpenAI's list format",
+            "operationId": "listModels",
+            "responses": {"200": _json(_ref("ModelList"), "the models"), **_errors()},
+        }
+    },
+    "/v1/models/{model}": {
+        "parameters": [_path_id("model", "a catalog model or alias", "gpt-4o-mini")],
+        "get": {
+            "summary": "One model",
+            "operationId": "getModel",
+            "responses": {"200": _json(_ref("Model"), "the model"), **_errors()},
+        },
+    },
+    "/v1/models/{model}:generateContent": {
+        "parameters": [_path_id("model", "a catalog model or alias", "gpt-4o-mini")],
+        "post": {
+            "summary": "Gemini-native generateContent on any catalog model",
+            "operationId": "generateContent",
+            "requestBody": _body(_ref("GeminiRequest")),
+            "responses": {
+                "200": _json(_ref("GeminiResponse"), "a GenerateContentResponse"),
+                **_errors(402, 408, 409, 429, 499, 502, 503, 504),
+            },
+        },
+    },
+    "/v1/models/{model}:streamGenerateContent": {
+        "parameters": [
+            _path_id("model", "a catalog model or alias", "gpt-4o-mini"),
+            {"name": "alt", "in": "query", "required": False, "schema": {"type": "string", "enum": ["sse"]}},
+        ],
+        "post": {
+            "summary": "Gemini-native streamGenerateContent: SSE with alt=sse, else a JSON array",
+            "operationId": "streamGenerateContent",
+            "requestBody": _body(_ref("GeminiRequest")),
+            "responses": {
+                "200": {
+                    "description": "GenerateContentResponse pieces",
+                    "content": {
+                        "text/event-stream": {"schema": {"type": "string"}},
+                        "application/json": {"schema": {"type": "array", "items": _ref("GeminiResponse")}},
+                    },
+                },
+                **_errors(402, 408, 409, 429, 499, 502, 503, 504),
+            },
+        },
+    },
+    "/v1/files": {
+        "post": {
+            "summary": "Upload a batch input file (JSONL: custom_id, method, url, body)",
+            "operationId": "createFile",
+            "requestBody": _body(
+                {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                    },
+                },
+                "multipart/form-data",
+            ),
+            "responses": {"200": _json(_ref("File"), "the file"), **_errors()},
+        },
+        "get": {
+            "summary": "The tenant's files",
+            "operationId": "listFiles",
+            "responses": {"200": _json(_ref("List"), "the files"), **_errors()},
+        },
+    },
+    "/v1/files/{file_id}": {
+        "parameters": [_path_id("file_id", "file id")],
+        "get": {
+            "summary": "One file's metadata",
+            "operationId": "getFile",
+            "responses": {"200": _json(_ref("File"), "the file"), **_errors()},
+        },
+        "delete": {
+            "summary": "Delete a file",
+            "operationId": "deleteFile",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "object", "deleted"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "object": {"type": "string", "enum": ["file"]},
+                            "deleted": {"type": "boolean"},
+                        },
+                    },
+                    "the file is gone",
+                ),
+                **_errors(),
+            },
+        },
+    },
+    "/v1/files/{file_id}/content": {
+        "parameters": [_path_id("file_id", "file id")],
+        "get": {
+            "summary": "A file's content (input, output or error JSONL)",
+            "operationId": "getFileContent",
+            "responses": {
+                "200": {
+                    "description": "the bytes",
+                    "content": {
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+                **_errors(),
+            },
+        },
+    },
+    "/v1/batches": {
+        "post": {
+            "summary": "Run a batch: every line of an uploaded file becomes a job",
+            "operationId": "createBatch",
+            "requestBody": _body(
+                {
+                    "type": "object",
+                    "required": ["input_file_id", "endpoint", "completion_window"],
+                    "properties": {
+                        "input_file_id": {"type": "string"},
+                        "endpoint": {"type": "string", "enum": ["/v1/chat/completions"]},
+                        "completion_window": {"type": "string", "enum": ["24h"]},
+                        "metadata": {"type": "object", "nullable": True},
+                    },
+                }
+            ),
+            "responses": {"200": _json(_ref("Batch"), "the batch"), **_errors(402, 429)},
+        },
+        "get": {
+            "summary": "The tenant's batches, newest first",
+            "operationId": "listBatches",
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("List"), "the batches"), **_errors()},
+        },
+    },
+    "/v1/batches/{batch_id}": {
+        "parameters": [_path_id("batch_id", "batch id")],
+        "get": {
+            "summary": "One batch: status and request_counts",
+            "operationId": "getBatch",
+            "responses": {"200": _json(_ref("Batch"), "the batch"), **_errors()},
+        },
+    },
+    "/v1/batches/{batch_id}/cancel": {
+        "parameters": [_path_id("batch_id", "batch id")],
+        "post": {
+            "summary": "Cancel a batch: queued lines are cancelled, running ones finish",
+            "operationId": "cancelBatch",
+            "responses": {"200": _json(_ref("Batch"), "the batch"), **_errors(409)},
+        },
+    },
+}
+
+
+def _secure(paths: dict[str, Any]) -> dict[str, Any]:
+    methods = ("get", "post", "delete")
+    return {
+        p: {k: ({**v, "security": _SECURED} if k in methods else v) for k, v in ops.items()}
+        for p, ops in paths.items()
+    }
+
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "llm-router HTTP API",
+        "version": "1",
+        "description": "LLM work as durable jobs: an OpenAI-compatible front (chat completions, models, "
+        "Batch API with files), a Gemini-native endpoint and /v1/jobs for any language. Every /v1 "
+        "request needs `Authorization: Bearer <key>` (the key decides the tenant); errors are "
+        '`{"error": {"code", "message", "type", "param"}}`.',
+    },
+    "servers": [{"url": "/"}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": SCHEMAS,
+    },
+    "security": _SECURED,
+    "paths": {
+        **_secure(PATHS),
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "health",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "the server is up")},
+            }
+        },
+    },
+}
+
+_ENCODED = orjson.dumps(DOCUMENT)
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.Response(body=_ENCODED, content_type="application/json")
