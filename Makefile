@@ -23,6 +23,7 @@ bench: $(STAMP) redis
 chaos: $(STAMP) redis
 	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
+	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

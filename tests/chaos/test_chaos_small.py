@@ -2,7 +2,8 @@
 
 CI size: 600 jobs (``make chaos``: 5,000 and three kills), 3 worker processes with a one-second
 lease, Redis with AOF; workers SIGKILLed (and replaced) and Redis restarted from its data dir during
-the run, while 5 % of calls are cut mid-response, 5 % reset and 2 % hang. Every job must end
+the run, while 5 % of calls are cut mid-response, 5 % reset, 10 % of streams cut mid-stream and 2 %
+hang (a quarter of the jobs stream). Every job must end
 ``succeeded`` or ``failed`` with a code; none may stay queued, deferred or running; and the tenant's
 ledger equals the sum of its records' costs: nothing is charged twice, however often a job re-ran.
 """
@@ -52,6 +53,8 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
         Settings(_env_file=None, redis_url=server.url, queue_name=queue), sim_catalog
     )
     await sim.faults(
+        # mid-stream first: stream rules pass plain requests by, and the first matching rule wins
+        {"kind": "cut", "probability": 0.1, "after_chunks": 2},
         {"kind": "truncated", "probability": 0.05},
         {"kind": "reset", "probability": 0.05},
         {"kind": "hang", "probability": 0.02, "hang_s": 3},
@@ -64,7 +67,11 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
         tenant = f"chaos-{uuid.uuid4().hex[:6]}"
         await Ledger(producer.redis).add(tenant, "1000")
         jobs = [
-            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"chaos {i}"}]}
+            {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"chaos {i}"}],
+                "stream": i % 4 == 0,
+            }
             for i in range(JOBS)
         ]
         ids = [s.job_id for s in await producer.submit_many(jobs, tenant=tenant)]
@@ -86,6 +93,9 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
     statuses = Counter(r.status.value for r in records)
     assert set(statuses) <= {"succeeded", "failed"}, statuses
     assert all(r.error and r.error["code"] for r in records if r.status == "failed")
+    # a stream cut after tokens went out fails (no fallback can take back what was sent), paid as streamed
+    cut = [r for r in records if r.status == "failed" and r.error["code"] == "stream_interrupted"]
+    assert all(r.partial_text and r.usage and r.usage.estimated for r in cut)
     assert statuses["succeeded"] >= JOBS * 0.95  # fallback and retries absorb a 12 % flaky upstream
     assert int(ledger[b"spent"]) == sum(r.usage.cost_nanos for r in records if r.usage)
     assert int(ledger[b"reserved"]) == 0
