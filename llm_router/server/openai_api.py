@@ -146,9 +146,16 @@ def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    """The catalog's models in OpenAI's list format (aliases resolve on use but are not listed)."""
+    """The catalog's models in OpenAI's list format, then its routes (``auto``, ``code``, …), which a
+    request may name as its model; aliases resolve on use but are not listed."""
     catalog: Catalog = request.app["catalog"]
-    return json_response({"object": "list", "data": [model_object(catalog, m) for m in catalog.models]})
+    data = [model_object(catalog, m) for m in catalog.models]
+    data += [route_object(name) for name in catalog.routes]
+    return json_response({"object": "list", "data": data})
+
+
+def route_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llm-router-route"}
 
 
 @routes.get("/v1/models/{model}")
@@ -157,5 +164,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     model_id = catalog.resolve(name)
     if model_id is None:
+        if name in catalog.routes:
+            return json_response(route_object(name))
         raise ModelNotFound(f"Model '{name}' is not available", param="model")
     return json_response(model_object(catalog, model_id))

@@ -129,6 +129,11 @@ async def test_models_list_and_retrieve(api: Any) -> None:
     assert all(m.object == "model" for m in models)
     model = await client.models.retrieve("gpt-4o-mini")
     assert model.id == "gpt-4o-mini" and model.owned_by == "openai"
+    # routes are listed too: a request may name one as its model
+    assert by_id["auto"].owned_by == "llm-router-route" and "code" in ids
+    assert (await client.models.retrieve("auto")).id == "auto"
+    answer = await client.chat.completions.create(model="code", messages=[{"role": "user", "content": "hi"}])
+    assert answer.model == "gpt-4.1"
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("no-such-model")
 
