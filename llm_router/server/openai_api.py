@@ -122,11 +122,19 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
     """
     producer: Producer = request.app["producer"]
     response: web.StreamResponse | None = None
+    usage_chunk: dict[str, Any] | None = None
     try:
         async for chunk in follow_stream(producer, started.job_id):
             if response is None:
                 response = await start_sse(request, headers)
+            if chunk.get("usage") and not chunk.get("choices"):
+                usage_chunk = chunk  # sent last, with the cost, once the record has it
+                continue
             await response.write(sse_data(chunk))
+        if usage_chunk is not None and response is not None:
+            record = await producer.get(started.job_id)
+            usage_chunk["usage"] = completion_with_usage(record)["usage"]
+            await response.write(sse_data(usage_chunk))
     except JobFailed as exc:
         error = record_error(exc.record.error)
         if response is None:

@@ -51,6 +51,18 @@ async def test_chat_completion_streamed_as_openai_sse(api: Any) -> None:
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
 
 
+async def test_a_streamed_usage_chunk_carries_the_cost(api: Any) -> None:
+    client = api.async_openai("acme")
+    for model in ("gpt-4o-mini", "claude-sonnet-4-5"):
+        stream = await client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=16, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        usage = chunks[-1].usage
+        assert usage is not None and not chunks[-1].choices, model
+        assert usage.completion_tokens > 0 and (usage.model_extra or {}).get("cost", 0) > 0, model
+
+
 async def test_streamed_text_equals_the_record(api: Any) -> None:
     headers = api.headers("acme")
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 24, "stream": True}
