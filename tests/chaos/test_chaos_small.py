@@ -65,7 +65,7 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
             fleet.start(max_jobs=20)
         await until(lambda: _live(producer, 3), what="three workers")
         tenant = f"chaos-{uuid.uuid4().hex[:6]}"
-        await Ledger(producer.redis).add(tenant, "1000")
+        await Ledger(producer.redis).add(tenant, "100000")  # reservations are worst cases
         jobs = [
             {
                 "model": "gpt-4o-mini",
