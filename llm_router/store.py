@@ -100,12 +100,13 @@ class NewJob:
 SUBMIT_LUA = (
     RESERVE_FUNCTIONS
     + """
-local h = redis.call('HGET', KEYS[1], 'digest')
-if h then
-  if h == ARGV[1] then return 0 end
+local tenant = ARGV[10]
+local h = redis.call('HMGET', KEYS[1], 'digest', 'tenant')
+if h[1] then
+  -- the same job only for its own tenant: another tenant's id is a conflict, never its record
+  if h[1] == ARGV[1] and (h[2] or 'default') == tenant then return 0 end
   return -1
 end
-local tenant = ARGV[10]
 local limit = tonumber(ARGV[15])
 if limit > 0 and tonumber(redis.call('GET', P .. 'active:' .. tenant) or '0') >= limit then return -3 end
 local ok, metered = reserve(tenant, ARGV[14])
@@ -143,7 +144,7 @@ redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 local now = now_ms()
 local cached = ''
-if v[8] then cached = redis.call('GET', P .. 'cache:' .. v[8]) or '' end
+if v[8] then cached = redis.call('GET', P .. 'cache:' .. v[8]) or '' end  -- the key names the tenant
 local decisions = {}
 if cached == '' and not v[10] then
   decisions = admit_route(v[2], ARGV[4], ARGV[3], estimate_tokens(v[1]), tonumber(ARGV[5]), now)
@@ -212,15 +213,17 @@ if not st then out[1] = -2 return out end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return out end
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + n)) end
 redis.call('HDEL', KEYS[1], 'inflight')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
 local ended = redis.call('HGET', KEYS[1], 'status')
 if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
+  -- an ended job is kept the record TTL from now; an unfinished one keeps the TTL it got at submit
+  -- (its deadline plus the record TTL), which a deferral must not shorten
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   local cost, model, ptok, ctok = string.match(ARGV[4], '^(%d+)|(.*)|(%d+)|(%d+)$')
   job_ended(KEYS[1], ARGV[2], ended, cost or '0', model or '', ptok or '0', ctok or '0', ARGV[5],
             ARGV[6], now)
   if ended == 'succeeded' then
-    local c = redis.call('HMGET', KEYS[1], 'cache_key', 'cache_ttl', 'cached')
-    if c[1] and not c[3] then
+    local c = redis.call('HMGET', KEYS[1], 'cache_key', 'cache_ttl', 'cached', 'no_cache')
+    if c[1] and not c[3] and not c[4] then
       redis.call('SET', P .. 'cache:' .. c[1], redis.call('HGET', KEYS[1], 'response'), 'EX', c[2])
     end
   end
@@ -280,6 +283,21 @@ return 1
 """
 
 
+# KEYS: a compare parent's record.  ARGV: child id, its summary.  As job_ended does for a child that
+# ran: one script, so the last side to end completes the parent exactly once.
+CHILD_REFUSED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'child:' .. ARGV[1], ARGV[2])
+if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
+  local t = redis.call('TIME')
+  local at = t[1] .. '.' .. string.format('%06d', t[2])
+  redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', at)
+  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then redis.call('PUBLISH', 'llm-router:ended', ARGV[3]) end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     job_id: str
@@ -303,6 +321,7 @@ class Store:
         self._claim = redis.register_script(CLAIM_LUA)
         self._admit = redis.register_script(ADMIT_LUA)
         self._arq_finish = redis.register_script(ARQ_FINISH_LUA)
+        self._child_refused = redis.register_script(CHILD_REFUSED_LUA)
         self.workers_key = workers_key(queue_name)
         self._pipe = AutoPipeline(redis)
 
@@ -501,13 +520,9 @@ class Store:
 
     async def child_refused(self, parent_id: str, child_id: str, summary: dict[str, Any]) -> None:
         """A side of a compare job refused at submit: it counts as ended, with its error."""
-        key = record_key(parent_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, f"child:{child_id}", orjson.dumps(summary))
-            pipe.hincrby(key, "pending", -1)
-            _, left = await pipe.execute()
-        if left <= 0:
-            await self.redis.hset(key, mapping={"status": "succeeded", "finished_at": time.time()})
+        await self._eval(
+            self._child_refused, [record_key(parent_id)], [child_id, orjson.dumps(summary), parent_id]
+        )
 
     async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
         """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
@@ -625,6 +640,7 @@ _INTERNAL_FIELDS = frozenset(
         "notify",
         "cache_key",
         "cache_ttl",
+        "no_cache",
         "queue",
         "cancel_requested",
         "pending",

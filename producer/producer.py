@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -184,8 +185,11 @@ class Producer:
             except RouterError as exc:
                 results.append(exc)
                 continue
-            if tenant is not None:
+            if tenant is not None and prepared.tenant != tenant:
                 prepared.tenant = tenant
+                if prepared.extra and "cache_key" in prepared.extra:  # a cache is per tenant
+                    at = prepared.extra.index("cache_key") + 1
+                    prepared.extra[at] = f"{tenant}:{str(prepared.extra[at]).partition(':')[2]}"
             if extra:
                 prepared.extra = [*(prepared.extra or ()), *extra]
             results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
@@ -411,7 +415,27 @@ class Producer:
             }
             for i, name in enumerate(models)
         ]
-        results = await self.submit_many(children, interactive=interactive, tenant=tenant, parent=parent_id)
+        try:
+            results: list[Submitted | RouterError] = await self.submit_many(
+                children, interactive=interactive, tenant=tenant, parent=parent_id
+            )
+        except BaseException as exc:
+            # the parent must still end: the sides that were not created count as refused
+            with contextlib.suppress(Exception):
+                created = await self.store.statuses([c["job_id"] for c in children])
+                failure = RouterError(f"not submitted: {exc!r}")
+                results = [
+                    Submitted(c["job_id"], True) if st else failure
+                    for c, st in zip(children, created, strict=True)
+                ]
+                await self._refuse_sides(parent_id, route, results)
+            raise
+        await self._refuse_sides(parent_id, route, results)
+        return parent_id
+
+    async def _refuse_sides(
+        self, parent_id: str, route: list[str], results: list[Submitted | RouterError]
+    ) -> None:
         for i, result in enumerate(results):
             if isinstance(result, RouterError):
                 await self.store.child_refused(
@@ -424,7 +448,6 @@ class Producer:
                         "error": result.to_dict(),
                     },
                 )
-        return parent_id
 
     async def compare_models(
         self, models: Sequence[str], message: str, *, timeout: float | None = None, **params: Any

@@ -166,7 +166,7 @@ class Validator:
             extra = extra or []
             extra += [
                 "cache_key",
-                cache_key(model_id, obj),
+                f"{job.tenant or 'default'}:{cache_key(model_id, obj)}",
                 "cache_ttl",
                 ttl or self.settings.cache_default_ttl_s,
             ]

@@ -16,6 +16,7 @@ grace, health checks and abort set are kept.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from signal import Signals
 from typing import Any
@@ -26,11 +27,16 @@ from arq.utils import timestamp_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_router.errors import JobCancelled
 from llm_router.store import Store
 
 log = structlog.get_logger("llm_router.worker")
 
 ABORT_CHECK_S = 0.25
+ABORTED = {
+    "status": "cancelled",
+    "error": JobCancelled("cancelled by the client while it ran").to_dict(),
+}
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -128,6 +134,11 @@ class LeasedWorker(Worker):
             if job_id in self.aborting_tasks:  # a cancel of the running job: it has ended
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
+                # the runner ends it cancelled when the abort lands in the walk; landing anywhere else
+                # (its start, a deferral's write) must still end it, or its reservation and queue
+                # slot would never be released (the script ignores a job that already ended)
+                ended = {**ABORTED, "finished_at": time.time()}
+                await asyncio.shield(self._store.finish(job_id, ended, settle="0||0|0"))
             else:  # stopping: the runner put the job back; it runs again
                 done = False
                 self.jobs_retried += 1

@@ -381,6 +381,9 @@ class JobRunner:
         summary = b""
         if JobStatus(fields["status"]).terminal:
             settle, summary = _settlement(job_id, fields, route, parent)
+            if route and fields.get("model") not in (None, route[0]) and not fields.get("cached"):
+                # a fallback's answer is not the requested model's: never cache it under that model
+                fields = {**fields, "no_cache": 1}
         give_up = time.monotonic() + self.settings.redis_retry_s
         delay = 0.1
         while True:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -53,6 +54,8 @@ from llm_router.store import PREFIX
 from producer.producer import Producer
 
 log = structlog.get_logger("llm_router.server.batches")
+
+BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
 
 BATCH_PREFIX = f"{PREFIX}:batch:"
 ACTIVE_PREFIX = f"{PREFIX}:batches:active:"  # a set per bulk queue: ids of batches not yet ended
@@ -205,6 +208,8 @@ class BatchRunner:
 
     async def owned(self, tenant: str, batch_id: str) -> dict[str, Any]:
         """The batch if ``tenant`` owns it; else ``ResourceNotFound`` (an unknown id looks the same)."""
+        if not BATCH_ID.fullmatch(batch_id):  # never a lock or work key named by a crafted id
+            raise ResourceNotFound(f"No batch found with id '{batch_id}'", param="batch_id")
         batch = await self.load(batch_id)
         if batch is None or batch.get("tenant") != tenant:
             raise ResourceNotFound(f"No batch found with id '{batch_id}'", param="batch_id")

@@ -130,6 +130,7 @@ async def follow_stream(
     (failed before its first token, cancelled while queued); a relay must never hang its client.
     """
     chunks = producer.stream(job_id)
+    step: asyncio.Future[dict[str, Any]] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
@@ -151,4 +152,8 @@ async def follow_stream(
                 return
             yield chunk
     finally:
+        if step is not None and not step.done():  # an error or a cancel while a read was pending
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
         await chunks.aclose()

@@ -278,7 +278,7 @@ async def _read_form(
         if not isinstance(part, BodyPartReader):
             continue
         if part.name == "purpose":
-            purpose = (await part.text()).strip()
+            purpose = (await _small_field(part)).strip()
             if purpose not in UPLOAD_PURPOSES:
                 raise InvalidRequest(
                     f"purpose '{purpose}' is not supported here; use 'batch'", param="purpose"
@@ -288,8 +288,18 @@ async def _read_form(
                 raise InvalidRequest("send the `purpose` field before the file", param="purpose")
             created = await store.upload(request["tenant"], part, purpose=purpose, max_bytes=max_bytes)
         else:
-            await part.release()
+            await _small_field(part, 64 * 1024)  # another field (the SDK may add some): read, capped, dropped
     return purpose, created
+
+
+async def _small_field(part: BodyPartReader, limit: int = 1024) -> str:
+    """A short form field, read up to ``limit`` bytes: a chunked body has no length to check first."""
+    data = bytearray()
+    while chunk := await part.read_chunk(256):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"form field '{part.name}' is over {limit} bytes")
+    return data.decode("utf-8", errors="replace")
 
 
 async def get_file(request: web.Request) -> web.Response:

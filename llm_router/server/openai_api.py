@@ -20,7 +20,7 @@ from aiohttp import web
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord, JobStatus
-from llm_router.errors import InvalidRequest, ModelNotFound, NoWorkers, RouterError
+from llm_router.errors import InvalidRequest, ModelNotFound, NoWorkers, ResourceNotFound, RouterError
 from llm_router.server.ended import EndedWaiter, follow_stream
 from llm_router.server.errors import (
     SSE_DONE,
@@ -82,6 +82,8 @@ async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
     waiter: EndedWaiter = request.app["ended"]
     record = await waiter.wait(started.job_id, started.ended, started.wait_s)
+    if record.tenant != request["tenant"]:  # ids are tenant-checked at submit; never show another's
+        raise ResourceNotFound(f"no job '{started.job_id}'", param="job_id")
     if record.status != JobStatus.SUCCEEDED:
         raise record_error(record.error)
     return record

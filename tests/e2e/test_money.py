@@ -282,6 +282,8 @@ async def test_the_response_cache_hits_misses_and_expires(e2e: Producer, sim, un
     assert hit.cached and hit.usage.cost == 0 and hit.provider == "cache"
     assert hit.text() == first.text()
     assert await _model_calls(sim, "gpt-4o-mini") == before + 1  # the hit made no provider call
+    # the cache is per tenant: another tenant's identical request is a miss (no probing others' prompts)
+    assert not (await run({**base, "cache": True, "tenant": "someone-else"})).cached
 
     other = await run({**base, "cache": True, "max_tokens": 7})  # a parameter that changes the answer
     assert not other.cached
@@ -300,7 +302,7 @@ async def test_the_response_cache_hits_misses_and_expires(e2e: Producer, sim, un
     }
     assert not (await run(short)).cached
     assert (await run(short)).cached
-    key = "llm-router:cache:" + cache_key("gpt-4o-mini", short)
+    key = "llm-router:cache:default:" + cache_key("gpt-4o-mini", short)  # per tenant
     assert 0 < await e2e.redis.pttl(key) <= 1000
     await until(lambda: _gone(e2e, key), timeout=5, what="the 1 s entry to expire")
     assert not (await run(short)).cached  # expired: the provider is asked again
@@ -338,3 +340,13 @@ async def test_cancel_finds_an_interactive_job_on_its_own_queue(producer: Produc
     records = await producer.cancel_many([sub.job_id, "no-such-job"])
     assert records[0].status == "cancelled" and records[1].code == "job_not_found"
     assert await producer.redis.zscore(queue, sub.job_id) is None
+
+
+async def test_a_job_id_belongs_to_its_tenant(producer: Producer) -> None:
+    job = {"model": "gpt-4o-mini", "messages": HI, "job_id": f"order-{uuid.uuid4().hex[:8]}"}
+    mine = await producer.submit(dict(job), tenant="alice")
+    assert mine.created
+    assert not (await producer.submit(dict(job), tenant="alice")).created  # idempotent for alice
+    theirs = (await producer.submit_many([dict(job)], tenant="bob"))[0]
+    # bob's identical body is not "the same job": he never gets alice's record or answer
+    assert isinstance(theirs, RouterError) and theirs.code == "idempotency_conflict"
