@@ -120,7 +120,7 @@ class EndedWaiter:
 
 
 async def follow_stream(
-    producer: Producer, job_id: str, *, recheck_s: float = 1.0
+    producer: Producer, job_id: str, *, recheck_s: float = 1.0, timeout_s: float | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """``Producer.stream`` with a safety net: when no chunk came for ``recheck_s`` and the record has
     ended, the stream is over (a job's chunks are all written before its record ends), whatever the
@@ -131,6 +131,7 @@ async def follow_stream(
     """
     chunks = producer.stream(job_id)
     step: asyncio.Future[dict[str, Any]] | None = None
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
@@ -138,6 +139,9 @@ async def follow_stream(
                 done, _ = await asyncio.wait({step}, timeout=recheck_s)
                 if done:
                     break
+                if deadline is not None and time.monotonic() > deadline:
+                    # no worker took the job in time (they died after the liveness check, say)
+                    raise WaitTimeout(f"job '{job_id}' did not finish within {timeout_s} s", param="timeout")
                 if (await producer.store.statuses([job_id]))[0] in TERMINAL_VALUES:
                     step.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):

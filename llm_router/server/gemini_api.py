@@ -17,7 +17,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from llm_router.contract import JobRecord
-from llm_router.errors import InvalidRequest
+from llm_router.errors import InvalidRequest, WaitTimeout
 from llm_router.server.ended import follow_stream
 from llm_router.server.errors import error_body, error_response, json_response, read_json, record_error
 from llm_router.server.openai_api import JOB_ID_HEADER, start_interactive, wait_answer
@@ -109,13 +109,13 @@ async def stream_generate_content(request: web.Request) -> web.StreamResponse:
     async with start_interactive(request, job) as started:
         writer = _Writer(request, {JOB_ID_HEADER: started.job_id})
         try:
-            async for chunk in follow_stream(producer, started.job_id):
+            async for chunk in follow_stream(producer, started.job_id, timeout_s=started.wait_s):
                 piece = chunk_to_gemini(chunk)
                 if piece is not None:
                     await writer.write(piece)
             record = await producer.get(started.job_id)
-        except JobFailed as exc:
-            error = record_error(exc.record.error)
+        except (JobFailed, WaitTimeout) as exc:
+            error = record_error(exc.record.error) if isinstance(exc, JobFailed) else exc
             if writer.response is None:
                 return error_response(error)  # nothing streamed yet: a plain error with its status
             await writer.write(error_body(error))

@@ -20,7 +20,14 @@ from aiohttp import web
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord, JobStatus
-from llm_router.errors import InvalidRequest, ModelNotFound, NoWorkers, ResourceNotFound, RouterError
+from llm_router.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoWorkers,
+    ResourceNotFound,
+    RouterError,
+    WaitTimeout,
+)
 from llm_router.server.ended import EndedWaiter, follow_stream
 from llm_router.server.errors import (
     SSE_DONE,
@@ -126,7 +133,7 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
     response: web.StreamResponse | None = None
     usage_chunk: dict[str, Any] | None = None
     try:
-        async for chunk in follow_stream(producer, started.job_id):
+        async for chunk in follow_stream(producer, started.job_id, timeout_s=started.wait_s):
             if response is None:
                 response = await start_sse(request, headers)
             if chunk.get("usage") and not chunk.get("choices"):
@@ -137,8 +144,8 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
             record = await producer.get(started.job_id)
             usage_chunk["usage"] = completion_with_usage(record)["usage"]
             await response.write(sse_data(usage_chunk))
-    except JobFailed as exc:
-        error = record_error(exc.record.error)
+    except (JobFailed, WaitTimeout) as exc:
+        error = record_error(exc.record.error) if isinstance(exc, JobFailed) else exc
         if response is None:
             failed = error_response(error)
             failed.headers.update(headers)
