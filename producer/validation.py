@@ -39,7 +39,7 @@ class Validator:
     def __init__(self, catalog: Catalog, settings: Settings) -> None:
         self.catalog = catalog
         self.settings = settings
-        self._route_json: dict[tuple[str, ...], bytes] = {}
+        self._routes: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...], bytes]] = {}
         self.costs = CostModel(catalog)
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
@@ -127,36 +127,32 @@ class Validator:
                 raise UnsupportedCapability(str(exc), param="model") from None
             model_id = self.catalog.resolve(choice.model) or choice.model
             routed_by = choice.rule
-        route = [model_id]
         fallbacks = job.fallbacks
         if fallbacks is None and route_spec is not None:
             fallbacks = route_spec.fallbacks
-        for i, name in enumerate(fallbacks or ()):
-            fb = self.catalog.resolve(name)
-            if fb is None:
-                raise ModelNotFound(f"Model '{name}' is not available", param=f"fallbacks[{i}]")
-            if fb not in route:
-                route.append(fb)
         if job.stream_options is not None and not job.stream:
             raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
-        if job.stream and not self.catalog.models[model_id].capabilities.streaming:
-            raise UnsupportedCapability(f"'{model_id}' does not stream", param="stream")
-        self._check_capabilities(job, route)
-        if fallbacks is None:
-            # the catalog's fallbacks apply when the job names none ([] turns them off); those that
-            # cannot serve this job (no vision, no tools) are skipped rather than refusing the job
-            for fb in self.catalog.models[model_id].fallbacks:
-                if fb not in route and self._capable(job, fb):
-                    route.append(fb)
+        # jobs alike in what they ask of models share their route: bulk files repeat a few shapes
+        shape = (
+            model_id,
+            tuple(fallbacks) if fallbacks is not None else None,
+            images > 0,
+            bool(job.tools or job.functions),
+            bool(job.stream),
+            job.max_completion_tokens,
+            job.max_tokens,
+        )
+        known = self._routes.get(shape)
+        if known is None:
+            if len(self._routes) >= 4096:  # a long-lived producer sees endless max_tokens values
+                self._routes.clear()
+            known = self._routes[shape] = self._route_for(job, model_id, fallbacks)
+        route, route_key, route_json = known
 
         digest = body_digest(request)
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
-        route_key = tuple(route)
-        route_json = self._route_json.get(route_key)
-        if route_json is None:
-            route_json = self._route_json[route_key] = orjson.dumps(route)
         extra: list[Any] | None = None
         if routed_by is not None:
             extra = ["routed_by", routed_by]
@@ -185,6 +181,28 @@ class Validator:
             prompt_tokens=prompt,
             extra=extra,
         )
+
+    def _route_for(
+        self, job: ChatJob, model_id: str, fallbacks: list[str] | None
+    ) -> tuple[list[str], tuple[str, ...], bytes]:
+        """The job's model then its fallbacks, checked against what the job needs of each."""
+        route = [model_id]
+        for i, name in enumerate(fallbacks or ()):
+            fb = self.catalog.resolve(name)
+            if fb is None:
+                raise ModelNotFound(f"Model '{name}' is not available", param=f"fallbacks[{i}]")
+            if fb not in route:
+                route.append(fb)
+        if job.stream and not self.catalog.models[model_id].capabilities.streaming:
+            raise UnsupportedCapability(f"'{model_id}' does not stream", param="stream")
+        self._check_capabilities(job, route)
+        if fallbacks is None:
+            # the catalog's fallbacks apply when the job names none ([] turns them off); those that
+            # cannot serve this job (no vision, no tools) are skipped rather than refusing the job
+            for fb in self.catalog.models[model_id].fallbacks:
+                if fb not in route and self._capable(job, fb):
+                    route.append(fb)
+        return route, tuple(route), orjson.dumps(route)
 
     def _can_serve(self, model_id: str, need: Need) -> bool:
         """Whether a model (of an auto route) can serve a request: capabilities, window, deployments."""
