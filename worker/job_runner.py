@@ -40,7 +40,7 @@ from worker.breaker import Policy, RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
-from worker.route_walk import Outcome, RouteWalk, failed_outcome
+from worker.route_walk import Outcome, RouteWalk, estimated_usage, failed_outcome
 from worker.streaming import ChunkPublisher, stream_call
 
 log = structlog.get_logger("llm_router.worker")
@@ -86,6 +86,7 @@ class JobRunner:
         self.budget = RetryBudget(settings.retry_budget_ratio)
         self.images = ImageFetcher(settings)
         self._model_by_deployment = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
+        self._deployments = {d.id: d for m in catalog.models for d in catalog.deployments(m)}
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
         # answers this process got but could not store (Redis away past redis_retry_s), by job id
         self.unwritten: dict[str, dict[str, Any]] = {}
@@ -150,6 +151,11 @@ class JobRunner:
             await self._serve_cached(job_id, cached_b, request, route, attempts, bound, parent)
             return
 
+        publisher = (
+            ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
+            if request.get("stream")
+            else None
+        )
         walk = RouteWalk(
             job_id=job_id,
             request=request,
@@ -168,7 +174,7 @@ class JobRunner:
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
-            stream=self._stream_for(job_id, route[0]) if request.get("stream") else None,
+            stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
         )
         try:
             outcome = await self._bounded_walk(walk, now)
@@ -185,6 +191,12 @@ class JobRunner:
             tried = [*attempts, _interrupted(call, self.worker_id, measured=True)]
             if self.aborting(job_id):
                 back = _cancelled(tried)
+                if call is not None and publisher is not None and publisher.text:
+                    # the provider streamed part of an answer before the abort: that part is paid for
+                    dep = self._deployments.get(f"{call['provider']}/{call['upstream_model']}")
+                    if dep is not None:
+                        back["usage"] = estimated_usage(dep, request_b, "".join(publisher.text))
+                        back["partial_text"] = "".join(publisher.text)
                 bound.info("job aborted by a cancel")
             else:
                 back = {"status": JobStatus.QUEUED, "attempts": tried}
@@ -276,8 +288,7 @@ class JobRunner:
             raise
         return adapter.parse_response(status, headers, body, request)
 
-    def _stream_for(self, job_id: str, model_id: str) -> Any:
-        publisher = ChunkPublisher(self.store, job_id, model_id, self.settings.stream_maxlen)
+    def _stream_for(self, job_id: str, model_id: str, publisher: ChunkPublisher) -> Any:
 
         async def call(dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
             publisher.model_id = self._model_of(dep, model_id)

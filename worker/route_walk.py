@@ -135,7 +135,7 @@ class RouteWalk:
                     result.fields["partial_text"] = last.partial_text
                     # the provider bills what it streamed before the break: so does the tenant, on
                     # the same estimate as reservations (bytes / 4), marked as estimated
-                    result.fields["usage"] = _estimated_usage(dep, self.request_json, last.partial_text)
+                    result.fields["usage"] = estimated_usage(dep, self.request_json, last.partial_text)
                     return self._finish(result)
                 if not (
                     last.spec.fallback
@@ -323,7 +323,9 @@ def _succeeded(
     )
 
 
-def _estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
+def estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
+    """What a call that streamed ``text`` and then broke (or was aborted) costs, by the reservation's
+    estimate (bytes / 4), marked as estimated: the provider's own usage never came."""
     prompt = -(-len(request_json) // 4)
     completion = -(-len(text.encode()) // 4)
     nanos = dep.price.cost_nanos(prompt, completion)

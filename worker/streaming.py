@@ -40,10 +40,15 @@ class ChunkPublisher:
         self.maxlen = maxlen
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self.text: list[str] = []  # the answer's text so far: what is paid for if the job is aborted
 
     def add(self, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:
             chunk["model"] = self.model_id  # the catalog model, as in the record
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    self.text.append(content)
             self._pending.append(orjson.dumps(chunk))
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._flush())
