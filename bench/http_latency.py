@@ -40,6 +40,7 @@ from rich.table import Table
 from llm_router.redis_server import RedisServer, free_port
 from llm_router.server.auth import ApiKeys
 from llm_router.sim_env import simulated_env
+from llm_router.worker_procs import terminate
 
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello."}]}
 SIM_KEY = "sk-sim-openai"
@@ -71,12 +72,7 @@ def process(args: list[str], env: dict[str, str], ready_url: str, timeout: float
                 time.sleep(0.05)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
 
 
 async def _wait_worker(redis_url: str, queue: str) -> None:

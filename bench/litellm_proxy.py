@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llm_router.worker_procs import terminate
+
 PEER_VENV = Path("/tmp/litellm-venv")
 KEY = "sk-bench-proxy-0123456789abcdef"
 
@@ -100,9 +102,4 @@ def litellm_proxy(sim_url: str, model: str = "gpt-4o-mini") -> Iterator[tuple[st
                 time.sleep(0.2)
             yield url, KEY
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 15)

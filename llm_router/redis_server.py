@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from llm_router.worker_procs import terminate
+
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y redis-server"
 
 
@@ -90,13 +92,8 @@ class RedisServer:
         self.start(timeout)
 
     def stop(self, *, cleanup: bool = True) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
         if cleanup and self._tmp is not None:
             self._tmp.cleanup()

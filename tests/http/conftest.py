@@ -29,7 +29,7 @@ from config.settings import Settings
 from llm_router.redis_server import RedisServer, free_port
 from llm_router.server.auth import ApiKeys
 from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import WorkerProcess
+from llm_router.worker_procs import WorkerProcess, terminate
 
 SERVER_MAX_BODY_BYTES = 256 * 1024  # small, so a 413 test needs no large body
 IDLE_MAX_QUEUED = 3
@@ -60,13 +60,7 @@ class ServerProcess:
         raise AssertionError(f"server did not answer within {timeout} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
     def log_tail(self, lines: int = 30) -> str:
