@@ -19,6 +19,12 @@ from producer.validation import cache_key
 HI = [{"role": "user", "content": "hi"}]
 
 
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llm_router.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def _tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 
@@ -196,44 +202,16 @@ async def test_compare_runs_each_model_and_shows_them_side_by_side(e2e: Producer
 
 def test_the_compare_and_usage_commands(workers, worker_env: dict[str, str]) -> None:
     tenant = _tenant()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_router.cli",
-            "compare",
-            "--models",
-            "gpt-4o-mini,gemini-2.5-flash",
-            "--message",
-            "hi",
-            "--json",
-        ],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _cli(worker_env, "compare", "--models", "gpt-4o-mini,gemini-2.5-flash", "--message", "hi", "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["status"] == "succeeded"
     assert [c["model"] for c in record["comparison"]] == ["gpt-4o-mini", "gemini-2.5-flash"]
     assert all(c["content"] and c["cost"] > 0 for c in record["comparison"])
 
-    add = subprocess.run(
-        [sys.executable, "-m", "llm_router.cli", "credits", "add", tenant, "2.50"],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    add = _cli(worker_env, "credits", "add", tenant, "2.50")
     assert add.returncode == 0 and "available $2.500000" in add.stdout, add.stdout + add.stderr
-    usage = subprocess.run(
-        [sys.executable, "-m", "llm_router.cli", "usage", "--json"],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    usage = _cli(worker_env, "usage", "--json")
     assert usage.returncode == 0, usage.stderr
     rows = json.loads(usage.stdout)
     assert any(r["model"] == "gpt-4o-mini" and r["jobs"] >= 1 and r["cost"] > 0 for r in rows)
@@ -250,13 +228,7 @@ def test_estimate_prints_the_cost_range_without_enqueueing(tmp_path, worker_env:
     ]
     path = tmp_path / "jobs.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "llm_router.cli", "submit", "--estimate", "--json", str(path)],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = _cli(worker_env, "submit", "--estimate", "--json", str(path))
     assert out.returncode == 1  # a refused line
     report = json.loads(out.stdout)
     by_model = {m["model"]: m for m in report["models"]}
