@@ -15,13 +15,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class AutoPipeline:
     """Pipelines packed commands (``hiredis.pack_command`` bytes) issued by concurrent tasks."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, timeout_s: float = 30.0) -> None:
         self.redis = redis
+        # a Redis that stops answering without closing the connection must not hold every job of
+        # the process forever: past this, the batch fails as a Redis timeout and callers retry
+        self.timeout_s = timeout_s
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -40,33 +44,49 @@ class AutoPipeline:
 
     async def _send_batch(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         pool = self.redis.connection_pool
-        replied = 0
+        replied = [0]  # how many replies were handed back: the rest fail if the exchange breaks
         try:
-            conn = await pool.get_connection()
+            # a new connection's handshake waits on Redis too: bounded like the exchange
+            async with asyncio.timeout(self.timeout_s):
+                conn = await pool.get_connection()
+        except TimeoutError:
+            _fail(batch, RedisTimeoutError(f"no connection to Redis within {self.timeout_s} s"))
+            return
         except BaseException as exc:
             _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         try:
-            await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
-            for _, future in batch:
-                try:
-                    reply: Any = await conn.read_response()
-                except ResponseError as exc:  # an error reply: that command's, the stream stays in step
-                    reply = exc
-                replied += 1
-                if future.done():  # its task was cancelled; the command ran all the same
-                    continue
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+            async with asyncio.timeout(self.timeout_s):
+                await _exchange(conn, batch, replied)
+        except TimeoutError:
+            await conn.disconnect()
+            _fail(batch[replied[0] :], RedisTimeoutError(f"no reply from Redis within {self.timeout_s} s"))
         except BaseException as exc:
             await conn.disconnect()
-            _fail(batch[replied:], exc)
+            _fail(batch[replied[0] :], exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             await pool.release(conn)
+
+
+async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], replied: list[int]) -> None:
+    """Write the batch as one buffer, then hand each command its reply, in order."""
+    await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
+    for _, future in batch:
+        try:
+            reply: Any = await conn.read_response()
+        except ResponseError as exc:  # an error reply: that command's, the stream stays in step
+            reply = exc
+        replied[0] += 1
+        if future.done():  # its task was cancelled; the command ran all the same
+            continue
+        if isinstance(reply, ResponseError):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
 
 
 def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], exc: BaseException) -> None:

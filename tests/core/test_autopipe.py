@@ -1,0 +1,59 @@
+"""The auto-pipeline: replies go back to their own callers, errors to theirs, and a silent Redis
+fails callers with a timeout instead of holding them forever."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from hiredis import pack_command
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_router.autopipe import AutoPipeline
+
+
+async def test_many_callers_each_get_their_own_reply(redis: Redis) -> None:
+    pipe = AutoPipeline(redis)
+    await redis.delete("ap:counter")
+
+    async def one(i: int) -> tuple[int, object]:
+        if i % 7 == 0:  # an error reply in the middle of a batch must not shift the others
+            try:
+                await pipe.call(pack_command(("INCRBY", "ap:counter", "not-a-number")))
+            except ResponseError as exc:
+                return i, exc
+        return i, await pipe.call(pack_command(("ECHO", f"reply-{i}")))
+
+    results = await asyncio.gather(*(one(i) for i in range(500)))
+    for i, reply in results:
+        if i % 7 == 0:
+            assert isinstance(reply, ResponseError)
+        else:
+            assert reply == f"reply-{i}".encode()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(redis: Redis) -> None:
+    pipe = AutoPipeline(redis)
+    first = asyncio.ensure_future(pipe.call(pack_command(("ECHO", "a"))))
+    second = asyncio.ensure_future(pipe.call(pack_command(("ECHO", "b"))))
+    first.cancel()
+    assert await second == b"b"
+    assert await pipe.call(pack_command(("ECHO", "c"))) == b"c"
+
+
+async def test_a_silent_redis_fails_callers_with_a_timeout() -> None:
+    listener = socket.socket()  # accepts connections and never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    client = Redis(host="127.0.0.1", port=listener.getsockname()[1])
+    try:
+        pipe = AutoPipeline(client, timeout_s=0.3)
+        async with asyncio.timeout(5):  # without the pipeline's own timeout the test fails, not hangs
+            with pytest.raises(RedisTimeoutError):
+                await pipe.call(pack_command(("PING",)))
+    finally:
+        await client.aclose()
+        listener.close()
