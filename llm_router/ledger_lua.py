@@ -39,8 +39,9 @@ end
 """
 
 # needs FUNCTIONS of resilience_lua (P, now_ms, fmt) before it
-LEDGER_FUNCTIONS = r"""
-local ENDED = 'llm-router:ended'
+LEDGER_FUNCTIONS = (
+    f"local ENDED = '{ENDED_CHANNEL}'"
+    + r"""
 
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent
@@ -83,3 +84,4 @@ local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl,
   end
 end
 """
+)

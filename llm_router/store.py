@@ -285,14 +285,14 @@ return 1
 
 # KEYS: a compare parent's record.  ARGV: child id, its summary.  As job_ended does for a child that
 # ran: one script, so the last side to end completes the parent exactly once.
-CHILD_REFUSED_LUA = """
+CHILD_REFUSED_LUA = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'child:' .. ARGV[1], ARGV[2])
 if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
   local t = redis.call('TIME')
   local at = t[1] .. '.' .. string.format('%06d', t[2])
   redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', at)
-  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then redis.call('PUBLISH', 'llm-router:ended', ARGV[3]) end
+  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then redis.call('PUBLISH', '{ENDED_CHANNEL}', ARGV[3]) end
 end
 return 1
 """
