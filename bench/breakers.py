@@ -27,9 +27,9 @@ from rich.table import Table
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer, free_port
-from llm_router.resilience_lua import SICK_KEY
-from llm_router.sim_env import simulated_env
+from llm_router.keys import SICK_KEY
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.sim_env import simulated_env
 from producer.producer import Producer
 
 KEYS = {"OPENAI_API_KEY": "sk-sim-openai", "AISA_API_KEY": "sk-sim-aisa"}

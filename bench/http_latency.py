@@ -37,10 +37,10 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from llm_router.redis_server import RedisServer, free_port
-from llm_router.server.auth import ApiKeys
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import terminate
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import terminate
+from producer.http.auth import ApiKeys
 
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello."}]}
 SIM_KEY = "sk-sim-openai"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llm_router.worker_procs import terminate
+from llm_router.testing.worker_procs import terminate
 
 PEER_VENV = Path("/tmp/litellm-venv")
 KEY = "sk-bench-proxy-0123456789abcdef"

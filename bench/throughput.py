@@ -36,8 +36,8 @@ from rich.table import Table
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer, free_port
-from llm_router.sim_env import simulated_env
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.sim_env import simulated_env
 from producer.producer import Producer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,17 +14,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest
+from llm_router.keys import credits_key, usage_key
 
-PREFIX = "llm-router:"
 NANOS = 1_000_000_000
-
-
-def credits_key(tenant: str) -> str:
-    return f"{PREFIX}credits:{tenant}"
-
-
-def usage_key(day: int) -> str:
-    return f"{PREFIX}usage:{day}"
 
 
 def usd_to_nanos(amount: str | float | Decimal) -> int:

@@ -16,20 +16,17 @@ Keys (``P`` = ``llm-router:``), all amounts integer nano-dollars:
 * ``P usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``,
   ``…|prompt``, ``…|completion``, ``…|cost``; bumped by the same script that settles.
 * ``P cache:<key>``: a cached ``chat.completion``, written when a job asking for the cache succeeds.
-* ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
+* ``keys.ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
 """
 
 from __future__ import annotations
 
-ENDED_CHANNEL = "llm-router:ended"
-
-# the submit script's whole prelude: bulk submits run it per job, so it defines nothing else
+# the submit script's whole prelude after LUA_KEYS: bulk submits run it per job, so it defines
+# nothing else
 RESERVE_FUNCTIONS = r"""
-local P = 'llm-router:'
-
 -- reserve `amount` for a new job of `tenant`: ok, metered (false, true: its credit does not cover it)
 local function reserve(tenant, amount)
-  local ck = P .. 'credits:' .. tenant
+  local ck = CREDITS .. tenant
   if redis.call('EXISTS', ck) == 0 then return true, false end
   local v = redis.call('HMGET', ck, 'balance', 'reserved')
   if tonumber(v[1] or '0') - tonumber(v[2] or '0') < tonumber(amount) then return false, true end
@@ -38,18 +35,15 @@ local function reserve(tenant, amount)
 end
 """
 
-# needs FUNCTIONS of resilience_lua (P, now_ms, fmt) before it
-LEDGER_FUNCTIONS = (
-    f"local ENDED = '{ENDED_CHANNEL}'"
-    + r"""
-
+# needs LUA_KEYS and FUNCTIONS of resilience_lua (now_ms, fmt) before it
+LEDGER_FUNCTIONS = r"""
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent
 local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl, summary, now)
   local r = redis.call('HMGET', rk, 'tenant', 'reserved', 'metered', 'notify', 'parent', 'model_requested')
   local tenant = r[1] or 'default'
   if r[3] then
-    local ck = P .. 'credits:' .. tenant
+    local ck = CREDITS .. tenant
     redis.call('HINCRBY', ck, 'reserved', fmt(-tonumber(r[2] or '0')))
     if tonumber(cost) > 0 then
       redis.call('HINCRBY', ck, 'balance', fmt(-tonumber(cost)))
@@ -59,7 +53,7 @@ local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl,
     redis.call('HSET', rk, 'credits_remaining', fmt(tonumber(v[1] or '0') - tonumber(v[2] or '0')))
   end
   if model == '' then model = r[6] or 'unknown' end
-  local uk = P .. 'usage:' .. fmt(now / 86400000)
+  local uk = USAGE .. fmt(now / 86400000)
   local f = tenant .. '|' .. model .. '|'
   redis.call('HINCRBY', uk, f .. 'jobs', 1)
   if status ~= 'succeeded' then redis.call('HINCRBY', uk, f .. 'failed', 1) end
@@ -67,10 +61,10 @@ local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl,
   if tonumber(ctok) > 0 then redis.call('HINCRBY', uk, f .. 'completion', ctok) end
   if tonumber(cost) > 0 then redis.call('HINCRBY', uk, f .. 'cost', cost) end
   redis.call('EXPIRE', uk, usage_ttl)
-  redis.call('DECR', P .. 'active:' .. tenant)
+  redis.call('DECR', ACTIVE .. tenant)
   if r[4] then redis.call('PUBLISH', ENDED, job_id) end
   if r[5] then
-    local pk = P .. 'job:' .. r[5]
+    local pk = RECORD .. r[5]
     if redis.call('EXISTS', pk) == 1 then
       if summary == '' then
         summary = cjson.encode({job_id = job_id, model = model, status = status})
@@ -84,4 +78,3 @@ local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl,
   end
 end
 """
-)

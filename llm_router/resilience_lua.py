@@ -25,13 +25,8 @@ Decisions returned by admission: ``ok``, ``probe`` (a half-open probe lease is h
 
 from __future__ import annotations
 
-PREFIX = "llm-router:"
-SICK_KEY = PREFIX + "sick"
-
+# needs LUA_KEYS (llm_router.keys) before it
 FUNCTIONS = r"""
-local P = 'llm-router:'
-local SICK = P .. 'sick'
-
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,7 +43,7 @@ local function admit(dep, rpm, tpm, probes, now, job, est, lease_ms)
     if state == 'open' then
       if now < untl then return 's:open:' .. fmt(untl) end
       redis.call('HSET', SICK, dep, 'half_open|0')
-      redis.call('HSET', P .. 'breaker:' .. dep, 'hs', 0)
+      redis.call('HSET', BREAKER .. dep, 'hs', 0)
       half = true
     elseif state == 'half_open' then
       half = true
@@ -58,7 +53,7 @@ local function admit(dep, rpm, tpm, probes, now, job, est, lease_ms)
       redis.call('HDEL', SICK, dep)
     end
   end
-  local pk = P .. 'probes:' .. dep
+  local pk = PROBES .. dep
   if half then
     redis.call('ZREMRANGEBYSCORE', pk, '-inf', now)
     if not redis.call('ZSCORE', pk, job) and redis.call('ZCARD', pk) >= probes then
@@ -66,14 +61,14 @@ local function admit(dep, rpm, tpm, probes, now, job, est, lease_ms)
     end
   end
   if rpm > 0 then
-    local key = P .. 'rpm:' .. dep
+    local key = RPM .. dep
     local interval = 60000 / rpm
     local tat = tonumber(redis.call('GET', key) or '0')
     if tat > now then return 's:rate:' .. fmt(tat + 1) end
     redis.call('SET', key, fmt(now + interval), 'PX', fmt(interval + 60000))
   end
   if tpm > 0 and est > 0 then
-    local key = P .. 'tpm:' .. dep
+    local key = TPM .. dep
     local tat = tonumber(redis.call('GET', key) or '0')
     if tat < now then tat = now end
     local new = tat + est * 60000 / tpm
@@ -121,12 +116,12 @@ local function record_outcome(o, now, job)
     = string.match(o, '^([^|]+)|(%a)|(%d)|(%d+)|(%-?%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|'
                       .. '(%d+)|(%d+)$')
   if not dep then return nil end
-  local bk = P .. 'breaker:' .. dep
-  if probe == '1' then redis.call('ZREM', P .. 'probes:' .. dep, job) end
+  local bk = BREAKER .. dep
+  if probe == '1' then redis.call('ZREM', PROBES .. dep, job) end
   dtok = tonumber(dtok)
   tpm = tonumber(tpm)
   if tpm > 0 and dtok ~= 0 then
-    local key = P .. 'tpm:' .. dep
+    local key = TPM .. dep
     local tat = tonumber(redis.call('GET', key) or '0')
     if tat > 0 then
       local pt = redis.call('PTTL', key)

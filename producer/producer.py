@@ -31,8 +31,9 @@ from llm_router.errors import (
     TooManyQueued,
     WaitTimeout,
 )
+from llm_router.keys import workers_key
 from llm_router.redis_client import connect_redis
-from llm_router.store import Store, workers_key
+from llm_router.store import Store
 from producer.validation import PreparedJob, Validator
 from producer.vision import vision_to_chat
 

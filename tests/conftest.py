@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from config.catalog import Catalog
 from config.settings import DEFAULT_CATALOG, Settings
-from llm_router.redis_server import RedisServer, free_port
-from llm_router.sim_env import SIM_KEYS
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
 
 

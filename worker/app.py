@@ -17,9 +17,11 @@ from arq.worker import func
 
 from config.catalog import Catalog
 from config.settings import Settings
+from llm_router.keys import RUN_JOB
 from llm_router.redis_client import redis_url
-from llm_router.store import RUN_JOB, Store
+from llm_router.store import Store
 from worker.arq_worker import LeasedWorker
+from worker.claims import Claims
 from worker.http import create_session
 from worker.job_runner import JobRunner
 from worker.lease import LeaseKeeper
@@ -60,7 +62,7 @@ def build_worker(
         )
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
-        worker.use_store(store, runner.run)
+        worker.use_store(store, Claims(ctx["redis"], store.pipe, queue_name), runner.run)
         runner.aborting = worker.aborting_tasks.__contains__
         keeper = LeaseKeeper(
             redis_url=url,

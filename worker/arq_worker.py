@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.errors import JobCancelled
 from llm_router.store import Store
+from worker.claims import Claims
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -54,6 +55,7 @@ class LeasedWorker(Worker):
         self._wake_after = max(1, self.max_jobs // 40)
         self.lease_ms = int(lease_s * 1000)
         self._store: Store | None = None
+        self._claims: Claims | None = None
         self._run: Callable[[str], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
@@ -87,7 +89,7 @@ class LeasedWorker(Worker):
     ) -> None:
         # arq's MULTI of up to six commands as one script on the store's auto-pipeline; results are
         # never kept (keep_result=0), so there is none to write
-        if self._store is None or result_data is not None:
+        if self._claims is None or result_data is not None:
             await super().finish_job(
                 job_id,
                 finish,
@@ -98,16 +100,19 @@ class LeasedWorker(Worker):
                 keep_in_progress,
             )
             return
-        await self._store.arq_finish(
+        await self._claims.arq_finish(
             job_id,
             done=finish,
             incr_score=incr_score,
             keep_in_progress_ms=None if keep_in_progress is None else int(keep_in_progress * 1000),
         )
 
-    def use_store(self, store: Store, run: Callable[[str], Awaitable[None]] | None = None) -> None:
-        """The store for claims and arq's bookkeeping; ``run`` runs one job by id (the job runner)."""
+    def use_store(
+        self, store: Store, claims: Claims, run: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
+        """The store (records), claims and arq's bookkeeping; ``run`` runs one job by id (the runner)."""
         self._store = store
+        self._claims = claims
         self._run = run
 
     async def run_job(self, job_id: str, score: int) -> None:
@@ -153,16 +158,16 @@ class LeasedWorker(Worker):
         finally:
             self.job_tasks.pop(job_id, None)
         await asyncio.shield(
-            self._store.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
+            self._claims.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
         )
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
-        if free <= 0 or self._store is None:
+        if free <= 0 or self._claims is None:
             return
         # all of the poll's candidates: the front of the queue may be held by other workers
         candidates = [j for j in (b.decode() for b in job_ids) if j not in self.tasks]
-        for job_id, score in await self._store.claim(candidates, self.lease_ms, free):
+        for job_id, score in await self._claims.claim(candidates, self.lease_ms, free):
             # job_counter and the semaphore move together, as in arq; only claimed jobs count
             await self.sem.acquire()
             self.job_counter += 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from config.catalog import BreakerSpec, Catalog, Deployment
 from config.settings import Settings
 from llm_router.errors import RouterError
-from llm_router.resilience_lua import PREFIX
+from llm_router.keys import routing_key
 
 # outcome kinds, by what an upstream error means for the deployment
 SUCCESS, FAILURE, NEUTRAL, LIMITED, DISABLED, RELEASE = "s", "f", "n", "l", "d", "r"
@@ -74,7 +74,7 @@ def routing_table(catalog: Catalog, settings: Settings) -> tuple[str, dict[str, 
         if entries:
             table[model_id] = ";".join(entries)
     digest = hashlib.blake2b(repr(sorted(table.items())).encode(), digest_size=8).hexdigest()
-    return f"{PREFIX}routing:{digest}", table
+    return routing_key(digest), table
 
 
 def estimate_tokens(request_json: bytes) -> int:

@@ -26,7 +26,7 @@ import redis
 import structlog
 from arq.constants import in_progress_key_prefix
 
-from llm_router.store import WORKER_INFO_PREFIX, record_key, workers_key
+from llm_router.keys import record_key, worker_info_key, workers_key
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -90,7 +90,7 @@ class LeaseKeeper(threading.Thread):
             del self._written[job_id]
         pipe.zadd(self._workers_key, {self.worker_id: now})
         pipe.zremrangebyscore(self._workers_key, "-inf", now - 3600)
-        pipe.set(WORKER_INFO_PREFIX + self.worker_id, self._info, px=self._heartbeat_ttl_ms)
+        pipe.set(worker_info_key(self.worker_id), self._info, px=self._heartbeat_ttl_ms)
         if self._routing and self.beats % self._routing_every == 0:
             # the routing table the start script admits routes from; re-published now and then so a
             # Redis that lost it (restarted without persistence) has it back within a minute
@@ -108,7 +108,7 @@ class LeaseKeeper(threading.Thread):
         try:
             pipe = self._client.pipeline(transaction=False)
             pipe.zrem(self._workers_key, self.worker_id)
-            pipe.delete(WORKER_INFO_PREFIX + self.worker_id)
+            pipe.delete(worker_info_key(self.worker_id))
             pipe.execute()
         except redis.RedisError:
             pass

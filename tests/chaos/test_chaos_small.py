@@ -19,10 +19,11 @@ from pathlib import Path
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.credits import Ledger, credits_key
-from llm_router.redis_server import RedisServer
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import Fleet
+from llm_router.credits import Ledger
+from llm_router.keys import credits_key
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import Fleet
 from producer.producer import Producer
 
 # `make chaos` runs the full size: 5,000 jobs, three kills

@@ -11,9 +11,9 @@ import pytest
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import Fleet
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import Fleet
 from producer.producer import Producer
 
 LEASE_S = 1.0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer
-from llm_router.store import record_key
-from llm_router.worker_procs import Fleet
+from llm_router.keys import record_key
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.worker_procs import Fleet
 from producer.producer import Producer
 
 from .conftest import LEASE_S, durable_env

@@ -155,7 +155,7 @@ def test_simulate_takes_fault_flags(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from llm_router.redis_server import free_port
+    from llm_router.testing.redis_server import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from llm_router.credits import Ledger, credits_key
+from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits, RouterError
+from llm_router.keys import credits_key
 from producer.producer import Producer, Submitted
 from producer.validation import cache_key
 

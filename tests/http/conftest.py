@@ -26,10 +26,10 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from llm_router.redis_server import RedisServer, free_port
-from llm_router.server.auth import ApiKeys
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import WorkerProcess, terminate
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import WorkerProcess, terminate
+from producer.http.auth import ApiKeys
 
 SERVER_MAX_BODY_BYTES = 256 * 1024  # small, so a 413 test needs no large body
 IDLE_MAX_QUEUED = 3

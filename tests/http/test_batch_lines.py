@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from llm_router.contract import JobRecord
-from llm_router.server.batch_lines import job_for, parse_lines, record_line
+from producer.http.batch_lines import job_for, parse_lines, record_line
 
 ENDPOINT = "/v1/chat/completions"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

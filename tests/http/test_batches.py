@@ -20,11 +20,12 @@ from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 from redis.asyncio import Redis
 
-from llm_router.redis_server import RedisServer
-from llm_router.server.batch_lines import job_id_for
-from llm_router.server.batch_runner import BatchRunner, work_key
-from llm_router.server.files import FileStore
-from llm_router.sim_env import simulated_env
+from llm_router.keys import batch_work_key
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.sim_env import simulated_env
+from producer.http.batch_lines import job_id_for
+from producer.http.batch_runner import BatchRunner
+from producer.http.files import FileStore
 from producer.producer import Producer
 
 Until = Callable[..., Awaitable[object]]
@@ -370,7 +371,7 @@ async def test_ten_thousand_lines_enqueue_once_even_when_enqueued_again(
     assert took < 5, f"enqueuing {n} lines took {took:.2f} s"
 
     # a server that died after enqueuing, before recording it: the next one enqueues again
-    await redis.hdel(work_key(batch_id), "done")
+    await redis.hdel(batch_work_key(batch_id), "done")
     assert await runner.update(batch_id, ["in_progress"], {"status": "validating"}) == 1
     await runner.ingest(batch_id)
     assert await redis.zcard(producer.settings.queue_name) == n  # the same jobs, found, not made twice

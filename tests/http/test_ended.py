@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from llm_router.server.ended import EndedWaiter
+from producer.http.ended import EndedWaiter
 from producer.producer import Producer
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from config.catalog import Catalog
 from config.settings import DEFAULT_CATALOG, Settings
-from llm_router.redis_server import RedisServer
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import Fleet
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import Fleet
 from producer.producer import Producer
 
 # two providers only: gpt-4o runs on OpenAI then AIsa; Claude and Gemini models on AIsa alone

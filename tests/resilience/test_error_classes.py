@@ -19,7 +19,7 @@ from arq import Retry
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.resilience_lua import SICK_KEY
+from llm_router.keys import SICK_KEY
 from llm_router.simulator import FaultRule, SimConfig, SimServer, start_simulator
 from producer.producer import Producer
 from worker.breaker import routing_table

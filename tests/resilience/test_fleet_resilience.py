@@ -9,7 +9,7 @@ import time
 
 import orjson
 
-from llm_router.resilience_lua import SICK_KEY
+from llm_router.keys import SICK_KEY
 from producer.producer import Producer
 
 HI = [{"role": "user", "content": "hello"}]

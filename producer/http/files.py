@@ -24,11 +24,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound
-from llm_router.server.errors import json_response
-from llm_router.store import PREFIX
+from llm_router.keys import file_key, tenant_files_key
+from producer.http.errors import json_response
 
-FILE_PREFIX = f"{PREFIX}:file:"
-TENANT_FILES_PREFIX = f"{PREFIX}:files:"  # sorted set per tenant: file id scored by created_at
 META_FIELDS = ("tenant", "filename", "purpose", "bytes", "created_at", "expires_at")
 # purposes we accept on upload; batch outputs are written by the server only
 UPLOAD_PURPOSES = frozenset({"batch"})
@@ -36,14 +34,6 @@ PURPOSES = frozenset({"batch", "batch_output"})
 READ_CHUNK = 256 * 1024
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
 SWEEP_GRACE_S = 300.0  # a disk file younger than this may be an upload whose hash is not written yet
-
-
-def file_key(file_id: str) -> str:
-    return FILE_PREFIX + file_id
-
-
-def tenant_files_key(tenant: str) -> str:
-    return TENANT_FILES_PREFIX + tenant
 
 
 def new_file_id() -> str:

@@ -22,10 +22,8 @@ import yaml
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidApiKey, InvalidRequest
-from llm_router.store import PREFIX
+from llm_router.keys import APIKEY_META_KEY, APIKEYS_KEY
 
-APIKEYS_KEY = f"{PREFIX}:apikeys"  # sha256 hex → tenant
-APIKEY_META_KEY = f"{PREFIX}:apikeys:meta"  # sha256 hex → {"prefix", "tenant", "created_at"} JSON
 KEY_PREFIX = "lr-"
 SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 6  # what `keys list` shows: enough to tell keys apart, useless to use
 CACHE_TTL_S = 3.0

@@ -28,8 +28,8 @@ from llm_router.errors import (
     RouterError,
     WaitTimeout,
 )
-from llm_router.server.ended import EndedWaiter, follow_stream
-from llm_router.server.errors import (
+from producer.http.ended import EndedWaiter, follow_stream
+from producer.http.errors import (
     SSE_DONE,
     error_body,
     error_response,
@@ -39,7 +39,7 @@ from llm_router.server.errors import (
     sse_data,
     start_sse,
 )
-from llm_router.server.jobs_api import submit_jobs, without_tenant
+from producer.http.jobs_api import submit_jobs, without_tenant
 from producer.producer import JobFailed, Producer
 
 routes = web.RouteTableDef()

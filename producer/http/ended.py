@@ -23,10 +23,11 @@ from redis.exceptions import RedisError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, WaitTimeout
-from llm_router.store import ENDED_CHANNEL, Store
+from llm_router.keys import ENDED_CHANNEL
+from llm_router.store import Store
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
-log = structlog.get_logger("llm_router.server")
+log = structlog.get_logger("producer.http")
 
 
 class EndedWaiter:

@@ -14,8 +14,8 @@ from aiohttp import web
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import InvalidRequest, JobNotFound, ResourceNotFound, RouterError, TooManyQueued
-from llm_router.server.ended import follow_stream
-from llm_router.server.errors import (
+from producer.http.ended import follow_stream
+from producer.http.errors import (
     SSE_DONE,
     error_body,
     error_response,

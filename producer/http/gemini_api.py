@@ -18,10 +18,10 @@ from aiohttp import web
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import InvalidRequest, WaitTimeout
-from llm_router.server.ended import follow_stream
-from llm_router.server.errors import error_body, error_response, json_response, read_json, record_error
-from llm_router.server.openai_api import JOB_ID_HEADER, start_interactive, wait_answer
 from producer.gemini_native import chat_completion_to_gemini, gemini_to_chat
+from producer.http.ended import follow_stream
+from producer.http.errors import error_body, error_response, json_response, read_json, record_error
+from producer.http.openai_api import JOB_ID_HEADER, start_interactive, wait_answer
 from producer.producer import JobFailed, Producer
 
 routes = web.RouteTableDef()

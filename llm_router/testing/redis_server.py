@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llm_router.worker_procs import terminate
+from llm_router.testing.worker_procs import terminate
 
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y redis-server"
 

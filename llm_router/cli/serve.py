@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from llm_router.server.app import run_server
+    from producer.http.app import run_server
 
     if args.no_auth:
         settings = settings.model_copy(update={"auth_disabled": True})
@@ -42,7 +42,7 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from llm_router.redis_client import connect_redis
-    from llm_router.server.auth import ApiKeys
+    from producer.http.auth import ApiKeys
 
     if args.action in ("create", "revoke") and not args.name:
         # exit 2 (usage) like the CLI's own UsageError, which this module does not import: under

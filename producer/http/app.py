@@ -6,8 +6,8 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["catalog"]``: ``config.catalog.Catalog``
 * ``app["redis"]``: the process's ``redis.asyncio.Redis`` client (one pool for everything)
 * ``app["producer"]``: a ``producer.producer.Producer`` on that client
-* ``app["ended"]``: ``llm_router.server.ended.EndedWaiter``, job-end notifications for waiters
-* ``app["api_keys"]``: ``llm_router.server.auth.ApiKeys`` (``None`` when auth is disabled)
+* ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
+* ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
 
 Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404),
 body limit (a declared body over the limit answers 413 unread), authentication (sets
@@ -27,13 +27,13 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
 from llm_router.redis_client import redis_client
-from llm_router.server import batches, gemini_api, jobs_api, openai_api, openapi
-from llm_router.server.auth import ApiKeys
-from llm_router.server.ended import EndedWaiter
-from llm_router.server.errors import JSON, error_response, json_response
+from producer.http import batches, gemini_api, jobs_api, openai_api, openapi
+from producer.http.auth import ApiKeys
+from producer.http.ended import EndedWaiter
+from producer.http.errors import JSON, error_response, json_response
 from producer.producer import Producer
 
-log = structlog.get_logger("llm_router.server")
+log = structlog.get_logger("producer.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TENANT = "default"

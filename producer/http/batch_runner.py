@@ -38,7 +38,8 @@ import structlog
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
-from llm_router.server.batch_lines import (
+from llm_router.keys import active_batches_key, batch_key, batch_lock_key, batch_work_key, tenant_batches_key
+from producer.http.batch_lines import (
     UsageSum,
     batch_error,
     batch_errors,
@@ -49,17 +50,12 @@ from llm_router.server.batch_lines import (
     refusal,
     refused_line,
 )
-from llm_router.server.files import FileStore, dumps_lines
-from llm_router.store import PREFIX
+from producer.http.files import FileStore, dumps_lines
 from producer.producer import Producer
 
-log = structlog.get_logger("llm_router.server.batches")
+log = structlog.get_logger("producer.http.batches")
 
 BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
-
-BATCH_PREFIX = f"{PREFIX}:batch:"
-ACTIVE_PREFIX = f"{PREFIX}:batches:active:"  # a set per bulk queue: ids of batches not yet ended
-TENANT_BATCHES_PREFIX = f"{PREFIX}:batches:tenant:"  # sorted set per tenant: batch id by created_at
 
 ENDPOINTS = frozenset({"/v1/chat/completions"})
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
@@ -76,26 +72,6 @@ INT_FIELDS = frozenset(
     | {"expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "refused"}
 )
 JSON_FIELDS = frozenset({"errors", "metadata", "usage"})
-
-
-def batch_key(batch_id: str) -> str:
-    return BATCH_PREFIX + batch_id
-
-
-def work_key(batch_id: str) -> str:
-    return BATCH_PREFIX + batch_id + ":work"
-
-
-def lock_key(batch_id: str) -> str:
-    return BATCH_PREFIX + batch_id + ":lock"
-
-
-def active_key(queue_name: str) -> str:
-    return ACTIVE_PREFIX + queue_name
-
-
-def tenant_batches_key(tenant: str) -> str:
-    return TENANT_BATCHES_PREFIX + tenant
 
 
 def derived_file_id(batch_id: str, kind: str) -> str:
@@ -183,7 +159,7 @@ class BatchRunner:
         self.files = files
         self.ttl_s = ttl_s
         self.queue = producer.settings.queue_name
-        self.active_key = active_key(self.queue)
+        self.active_key = active_batches_key(self.queue)
         self._create = redis.register_script(CREATE_LUA)
         self._update = redis.register_script(UPDATE_LUA)
         self._lease = redis.register_script(LEASE_LUA)
@@ -220,7 +196,7 @@ class BatchRunner:
     ) -> int | str:
         """Write ``fields`` if the status is one of ``allowed``; 1, else the status found (-1: none)."""
         res = await self._update(
-            keys=[batch_key(batch_id), self.active_key, work_key(batch_id)],
+            keys=[batch_key(batch_id), self.active_key, batch_work_key(batch_id)],
             args=[",".join(allowed), self.ttl_s if ends else "", batch_id, *_encode(fields)],
         )
         return res.decode() if isinstance(res, bytes) else int(res)
@@ -253,14 +229,14 @@ class BatchRunner:
 
     async def _lock(self, batch_id: str) -> str | None:
         token = secrets.token_hex(8)
-        ok = await self.redis.set(lock_key(batch_id), token, nx=True, px=LOCK_MS)
+        ok = await self.redis.set(batch_lock_key(batch_id), token, nx=True, px=LOCK_MS)
         return token if ok else None
 
     async def _renew(self, batch_id: str, token: str) -> bool:
-        return bool(await self._lease(keys=[lock_key(batch_id)], args=[token, LOCK_MS]))
+        return bool(await self._lease(keys=[batch_lock_key(batch_id)], args=[token, LOCK_MS]))
 
     async def _release(self, batch_id: str, token: str) -> None:
-        await self._lease(keys=[lock_key(batch_id)], args=[token, ""])
+        await self._lease(keys=[batch_lock_key(batch_id)], args=[token, ""])
 
     # -- background work ------------------------------------------------------------------------
 
@@ -318,7 +294,7 @@ class BatchRunner:
             batch = await self.load(batch_id)
             if batch is None or batch["status"] not in ("validating", "cancelling"):
                 return
-            if not await self.redis.hexists(work_key(batch_id), "done"):
+            if not await self.redis.hexists(batch_work_key(batch_id), "done"):
                 await self._enqueue(batch, token)
             await self._start(batch_id)
         except Exception:
@@ -368,15 +344,15 @@ class BatchRunner:
         refused.sort(key=lambda r: r["line"])
         work = {"jobs": orjson.dumps(jobs), "refused": orjson.dumps(refused), "total": len(lines), "done": 1}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(work_key(batch_id), mapping=work)
-            pipe.expire(work_key(batch_id), self.ttl_s + window)
+            pipe.hset(batch_work_key(batch_id), mapping=work)
+            pipe.expire(batch_work_key(batch_id), self.ttl_s + window)
             await pipe.execute()
         log.info("batch enqueued", batch_id=batch_id, jobs=len(jobs), refused=len(refused))
 
     async def _start(self, batch_id: str) -> None:
         """``validating`` → ``in_progress`` once the lines are enqueued (``failed`` if none was usable)."""
         raw_jobs, raw_refused, raw_total = await self.redis.hmget(
-            work_key(batch_id), ["jobs", "refused", "total"]
+            batch_work_key(batch_id), ["jobs", "refused", "total"]
         )
         if raw_jobs is None:
             return  # the batch failed before anything was enqueued
@@ -455,7 +431,7 @@ class BatchRunner:
     async def _read_progress(self, batch_id: str) -> _Progress | None:
         progress = self._progress.get(batch_id)
         if progress is None:
-            raw = await self.redis.hget(work_key(batch_id), "jobs")
+            raw = await self.redis.hget(batch_work_key(batch_id), "jobs")
             if raw is None:
                 return None
             progress = self._progress.setdefault(batch_id, _Progress(pending=orjson.loads(raw)))
@@ -512,7 +488,7 @@ class BatchRunner:
 
     async def _write_results(self, batch: dict[str, Any], final: str, token: str) -> None:
         batch_id, tenant = batch["id"], batch["tenant"]
-        raw_jobs, raw_refused = await self.redis.hmget(work_key(batch_id), ["jobs", "refused"])
+        raw_jobs, raw_refused = await self.redis.hmget(batch_work_key(batch_id), ["jobs", "refused"])
         jobs = orjson.loads(raw_jobs or b"[]")
         refused = orjson.loads(raw_refused or b"[]")
         cuts = {

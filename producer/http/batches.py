@@ -26,11 +26,11 @@ import structlog
 from aiohttp import web
 
 from llm_router.errors import IdempotencyConflict, InvalidRequest, RouterError
-from llm_router.server.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, BatchRunner
-from llm_router.server.errors import json_response, read_json
-from llm_router.server.files import FILES, FileStore, list_object, setup_files
+from producer.http.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, BatchRunner
+from producer.http.errors import json_response, read_json
+from producer.http.files import FILES, FileStore, list_object, setup_files
 
-log = structlog.get_logger("llm_router.server.batches")
+log = structlog.get_logger("producer.http.batches")
 
 RUNNER = web.AppKey("llm_router.batch_runner", BatchRunner)
 TICK_S = 0.5

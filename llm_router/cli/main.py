@@ -54,7 +54,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if args.estimate:
-        from llm_router.money_cli import print_estimate
+        from llm_router.cli.money import print_estimate
 
         return print_estimate(numbered, settings, args.json)
     async with await Producer.connect(settings) as producer:
@@ -193,8 +193,8 @@ def _print_answer(record: Any, as_json: bool) -> int:
 
 
 async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
+    from llm_router.breakers import BreakerBoard
     from llm_router.redis_client import connect_redis
-    from llm_router.store import BreakerBoard
 
     redis = await connect_redis(settings)
     try:
@@ -236,7 +236,7 @@ async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from config.catalog import Catalog
-    from llm_router.models_view import models_json, print_models_table
+    from llm_router.cli.models import models_json, print_models_table
 
     catalog = Catalog.load(settings)
     if args.json:
@@ -279,7 +279,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from llm_router.demo import run_demo
+    from llm_router.cli.demo import run_demo
 
     return run_demo(live=args.live, jobs=args.jobs, workers=args.workers)
 
@@ -372,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(handler=_demo)
 
-    from llm_router.money_cli import add_commands as add_money_commands  # credits, usage, compare
-    from llm_router.server.commands import add_commands as add_server_commands  # serve, keys
+    from llm_router.cli.money import add_commands as add_money_commands  # credits, usage, compare
+    from llm_router.cli.serve import add_commands as add_server_commands  # serve, keys
 
     add_money_commands(sub)
 
@@ -407,7 +407,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RedisError) as exc:  # Redis unreachable, say
         _err(f"error: connection_error: {exc}")
         return EXIT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,9 +22,9 @@ from rich.table import Table
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.redis_server import RedisServer, RedisServerMissing
-from llm_router.sim_env import simulated_env
-from llm_router.worker_procs import WorkerProcess
+from llm_router.testing.redis_server import RedisServer, RedisServerMissing
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import WorkerProcess
 
 # a 1x1 PNG, so vision jobs carry a real image without touching the network
 TINY_PNG_B64 = (

@@ -1,0 +1,158 @@
+"""Every Redis key, key prefix and pub/sub channel of llm-router, and the Lua that names them.
+
+Python builds keys with the functions below; every Lua script starts with ``LUA_KEYS``, which
+defines the same names as Lua locals from these constants, so a key is spelled in one place. arq's
+own keys (its job, in-progress and retry keys, its abort set) keep arq's names (``arq.constants``).
+
+All amounts are integer nano-USD. What lives where:
+
+* ``job:<id>`` hash: a job's record (``llm_router.store``); ``stream:<id>``: its token stream.
+* ``<queue>:workers`` sorted set: live workers of a queue by last heartbeat; ``worker:<id>``: one
+  worker's info, expiring with its heartbeat.
+* ``credits:<tenant>`` hash (``balance``, ``reserved``, ``spent``, ``added``); ``active:<tenant>``:
+  the tenant's queued and running jobs; ``usage:<day>`` hash of per-tenant, per-model counters.
+* ``cache:<digest>``: a cached answer.
+* ``routing:<digest>`` hash: a catalog's routing table; ``sick`` hash: deployments not closed;
+  ``breaker:<dep>`` hash: a breaker's window; ``probes:<dep>``: half-open probe leases;
+  ``rpm:<dep>``/``tpm:<dep>``: rate limits (GCRA).
+* ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata).
+* ``file:<id>``, ``files:<tenant>``, ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``,
+  ``batches:tenant:<tenant>``: the Batch API's files and batches.
+* ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
+* ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
+"""
+
+from __future__ import annotations
+
+from arq.constants import abort_jobs_ss
+
+PREFIX = "llm-router:"
+
+RECORD_PREFIX = PREFIX + "job:"
+STREAM_PREFIX = PREFIX + "stream:"
+WORKER_INFO_PREFIX = PREFIX + "worker:"
+CREDITS_PREFIX = PREFIX + "credits:"
+ACTIVE_PREFIX = PREFIX + "active:"
+USAGE_PREFIX = PREFIX + "usage:"
+CACHE_PREFIX = PREFIX + "cache:"
+ROUTING_PREFIX = PREFIX + "routing:"
+SICK_KEY = PREFIX + "sick"
+BREAKER_PREFIX = PREFIX + "breaker:"
+PROBES_PREFIX = PREFIX + "probes:"
+RPM_PREFIX = PREFIX + "rpm:"
+TPM_PREFIX = PREFIX + "tpm:"
+APIKEYS_KEY = PREFIX + "apikeys"
+APIKEY_META_KEY = PREFIX + "apikeys:meta"
+FILE_PREFIX = PREFIX + "file:"
+TENANT_FILES_PREFIX = PREFIX + "files:"
+BATCH_PREFIX = PREFIX + "batch:"
+ACTIVE_BATCHES_PREFIX = PREFIX + "batches:active:"
+TENANT_BATCHES_PREFIX = PREFIX + "batches:tenant:"
+ROLE_PREFIX = PREFIX + "role:"
+
+ENDED_CHANNEL = PREFIX + "ended"
+RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
+
+
+def record_key(job_id: str) -> str:
+    return RECORD_PREFIX + job_id
+
+
+def stream_key(job_id: str) -> str:
+    """The job's token stream: OpenAI ``chat.completion.chunk`` entries, then an end or error entry."""
+    return STREAM_PREFIX + job_id
+
+
+def workers_key(queue_name: str) -> str:
+    """Live workers of a queue (a sorted set scored by last heartbeat): a worker on another queue
+    cannot answer this one's jobs."""
+    return f"{queue_name}:workers"
+
+
+def worker_info_key(worker_id: str) -> str:
+    return WORKER_INFO_PREFIX + worker_id
+
+
+def credits_key(tenant: str) -> str:
+    return CREDITS_PREFIX + tenant
+
+
+def active_key(tenant: str) -> str:
+    return ACTIVE_PREFIX + tenant
+
+
+def usage_key(day: int) -> str:
+    """Usage counters of one UTC day (days since 1970-01-01)."""
+    return f"{USAGE_PREFIX}{day}"
+
+
+def routing_key(digest: str) -> str:
+    return ROUTING_PREFIX + digest
+
+
+def breaker_key(deployment: str) -> str:
+    return BREAKER_PREFIX + deployment
+
+
+def probes_key(deployment: str) -> str:
+    return PROBES_PREFIX + deployment
+
+
+def file_key(file_id: str) -> str:
+    return FILE_PREFIX + file_id
+
+
+def tenant_files_key(tenant: str) -> str:
+    return TENANT_FILES_PREFIX + tenant
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def batch_work_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":work"
+
+
+def batch_lock_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":lock"
+
+
+def active_batches_key(queue_name: str) -> str:
+    return ACTIVE_BATCHES_PREFIX + queue_name
+
+
+def tenant_batches_key(tenant: str) -> str:
+    return TENANT_BATCHES_PREFIX + tenant
+
+
+def role_key(name: str) -> str:
+    return ROLE_PREFIX + name
+
+
+def _lua_string(value: str) -> str:
+    if "'" in value or "\\" in value:
+        raise ValueError(f"a key prefix must not need escaping in Lua: {value!r}")
+    return f"'{value}'"
+
+
+# the prelude of every script: the key names above as Lua locals (string constants cost nothing to
+# define, so even the bulk submit script, run once per job, carries all of them)
+LUA_KEYS = "\n".join(
+    f"local {name} = {_lua_string(value)}"
+    for name, value in (
+        ("P", PREFIX),
+        ("RECORD", RECORD_PREFIX),
+        ("CREDITS", CREDITS_PREFIX),
+        ("ACTIVE", ACTIVE_PREFIX),
+        ("USAGE", USAGE_PREFIX),
+        ("CACHE", CACHE_PREFIX),
+        ("SICK", SICK_KEY),
+        ("BREAKER", BREAKER_PREFIX),
+        ("PROBES", PROBES_PREFIX),
+        ("RPM", RPM_PREFIX),
+        ("TPM", TPM_PREFIX),
+        ("ENDED", ENDED_CHANNEL),
+        ("ABORT_SET", abort_jobs_ss),
+    )
+)
