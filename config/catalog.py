@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from config.prices import FREE, Price, price_from_genai_prices, price_from_rates
 from config.routes import RouteSpec
 from config.settings import Settings
-from llm_router.redact import redact_url
 
 WireFormat = Literal["openai", "anthropic", "gemini"]
 
@@ -159,7 +158,8 @@ class Deployment:
     breaker: BreakerSpec | None = None
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
-        return f"Deployment({self.id!r}, {redact_url(self.base_url)!r}, enabled={self.enabled})"
+        # the host only: a base URL may carry credentials (user:password@)
+        return f"Deployment({self.id!r}, host={urlsplit(self.base_url).hostname!r}, enabled={self.enabled})"
 
 
 class CatalogError(ValueError):
