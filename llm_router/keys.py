@@ -114,10 +114,6 @@ def batch_work_key(batch_id: str) -> str:
     return BATCH_PREFIX + batch_id + ":work"
 
 
-def batch_lock_key(batch_id: str) -> str:
-    return BATCH_PREFIX + batch_id + ":lock"
-
-
 def active_batches_key(queue_name: str) -> str:
     return ACTIVE_BATCHES_PREFIX + queue_name
 

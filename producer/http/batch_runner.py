@@ -9,7 +9,7 @@ State lives in Redis only, so any server process can pick a batch up after anoth
   ``UPDATE_LUA``, a compare-and-set on the status, so two servers never both move it on.
 - ``llm-router:batch:<id>:work``: the enqueued lines (``[index, custom_id]`` pairs) and the refused
   ones, written once enqueuing is over (``done``).
-- ``llm-router:batch:<id>:lock``: a lease held while enqueuing or finalizing a batch.
+- ``llm-router:role:batch:<id>``: a lease (``llm_router.roles``) held while enqueuing or finalizing a batch.
 - ``llm-router:batches:active:<queue>``: ids of batches not yet ended, which the trackers walk. A
   batch belongs to the bulk queue its jobs went to; only servers on that queue advance it, since
   cancelling a job takes it off its queue.
@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import hashlib
 import re
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ import structlog
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
-from llm_router.keys import active_batches_key, batch_key, batch_lock_key, batch_work_key, tenant_batches_key
+from llm_router.keys import active_batches_key, batch_key, batch_work_key, tenant_batches_key
+from llm_router.roles import RoleLease
 from producer.http.batch_lines import (
     UsageSum,
     batch_error,
@@ -110,13 +110,6 @@ end
 return st
 """
 
-# KEYS: lock.  ARGV: token, ms ('' to release).  Only the holder may renew or release its lease.
-LEASE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
-
 
 def decode_batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -162,7 +155,6 @@ class BatchRunner:
         self.active_key = active_batches_key(self.queue)
         self._create = redis.register_script(CREATE_LUA)
         self._update = redis.register_script(UPDATE_LUA)
-        self._lease = redis.register_script(LEASE_LUA)
         self._progress: dict[str, _Progress] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -227,16 +219,10 @@ class BatchRunner:
             out.extend(decode_batch(raw) for raw in raws if raw)
         return out[:limit], len(out) > limit
 
-    async def _lock(self, batch_id: str) -> str | None:
-        token = secrets.token_hex(8)
-        ok = await self.redis.set(batch_lock_key(batch_id), token, nx=True, px=LOCK_MS)
-        return token if ok else None
-
-    async def _renew(self, batch_id: str, token: str) -> bool:
-        return bool(await self._lease(keys=[batch_lock_key(batch_id)], args=[token, LOCK_MS]))
-
-    async def _release(self, batch_id: str, token: str) -> None:
-        await self._lease(keys=[batch_lock_key(batch_id)], args=[token, ""])
+    async def _lock(self, batch_id: str) -> RoleLease | None:
+        """The batch's lease, if no other server (or task) holds it."""
+        lease = RoleLease(self.redis, f"batch:{batch_id}", ttl_s=LOCK_MS / 1000)
+        return lease if await lease.acquire() else None
 
     # -- background work ------------------------------------------------------------------------
 
@@ -287,22 +273,22 @@ class BatchRunner:
         Safe to run again after a crash: jobs have ids derived from the batch, so those already
         enqueued are found, not made twice.
         """
-        token = await self._lock(batch_id)
-        if token is None:
+        lease = await self._lock(batch_id)
+        if lease is None:
             return
         try:
             batch = await self.load(batch_id)
             if batch is None or batch["status"] not in ("validating", "cancelling"):
                 return
             if not await self.redis.hexists(batch_work_key(batch_id), "done"):
-                await self._enqueue(batch, token)
+                await self._enqueue(batch, lease)
             await self._start(batch_id)
         except Exception:
             log.exception("enqueuing a batch failed", batch_id=batch_id)
         finally:
-            await self._release(batch_id, token)
+            await lease.release()
 
-    async def _enqueue(self, batch: dict[str, Any], token: str) -> None:
+    async def _enqueue(self, batch: dict[str, Any], lease: RoleLease) -> None:
         batch_id, tenant = batch["id"], batch["tenant"]
         try:
             content = await self.files.content(tenant, batch["input_file_id"])
@@ -324,7 +310,7 @@ class BatchRunner:
         settings = self.producer.settings
         for start in range(0, len(valid), SUBMIT_CHUNK):
             chunk = valid[start : start + SUBMIT_CHUNK]
-            if not await self._renew(batch_id, token):
+            if not await lease.renew():
                 # too slow: another server holds the batch now and enqueues it again (the same jobs)
                 raise LeaseLost(f"lost the lease of {batch_id} while enqueuing")
             if await self.redis.hget(batch_key(batch_id), "status") == b"cancelling":
@@ -469,8 +455,8 @@ class BatchRunner:
 
     async def finalize(self, batch_id: str, final: str) -> None:
         """Write the output and error files and end the batch as ``final``, once, under its lease."""
-        token = await self._lock(batch_id)
-        if token is None:
+        lease = await self._lock(batch_id)
+        if lease is None:
             return  # another server (or task) is finalizing it
         try:
             batch = await self.load(batch_id)
@@ -481,12 +467,12 @@ class BatchRunner:
             if final == "completed":
                 moving = {"status": "finalizing", "final_status": final, "finalizing_at": int(time.time())}
                 await self.update(batch_id, ["in_progress"], moving)
-            await self._write_results(batch, final, token)
+            await self._write_results(batch, final, lease)
         finally:
-            await self._release(batch_id, token)
+            await lease.release()
             self._progress.pop(batch_id, None)
 
-    async def _write_results(self, batch: dict[str, Any], final: str, token: str) -> None:
+    async def _write_results(self, batch: dict[str, Any], final: str, lease: RoleLease) -> None:
         batch_id, tenant = batch["id"], batch["tenant"]
         raw_jobs, raw_refused = await self.redis.hmget(batch_work_key(batch_id), ["jobs", "refused"])
         jobs = orjson.loads(raw_jobs or b"[]")
@@ -512,7 +498,7 @@ class BatchRunner:
                     usage.add(record)
                 else:
                     errors.append((index, line))
-            await self._renew(batch_id, token)
+            await lease.renew()
         errors.sort(key=lambda e: e[0])
         fields: dict[str, Any] = {
             "status": final,
