@@ -790,10 +790,11 @@ def test_dashboard_covers_the_fleet() -> None:
 def test_dashboard_panels_use_the_datasource_variable() -> None:
     ids = [p["id"] for p in dashboard_panels()]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    for panel in dashboard_panels():
-        for item in [panel, *panel.get("targets", [])]:
-            if "datasource" in item:
-                assert item["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    items = [item for p in dashboard_panels() for item in [p, *p.get("targets", [])]]
+    for item in items + dashboard()["templating"]["list"]:
+        if "datasource" in item:
+            where = item.get("title") or item.get("name") or item.get("refId")
+            assert item["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
 
 
 def test_grafana_provisioning_finds_the_dashboard_and_prometheus() -> None:
