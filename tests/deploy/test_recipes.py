@@ -28,6 +28,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from llm_router.testing.sim_env import SIM_KEYS
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
@@ -707,22 +709,12 @@ def test_compose_files_exist() -> None:
                 assert (DEPLOY / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
-def simulator_keys() -> dict[str, str]:
-    """The placeholder keys the harness gives workers pointed at the simulator (the module moved once)."""
-    for module in ("llm_router.testing.sim_env", "llm_router.sim_env"):
-        try:
-            return importlib.import_module(module).SIM_KEYS
-        except ModuleNotFoundError:
-            continue
-    pytest.fail("SIM_KEYS not found: update simulator_keys() to where the module lives now")
-
-
 def test_sim_env_points_workers_at_the_simulator() -> None:
     lines = (DEPLOY / "sim.env").read_text().splitlines()
     env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     sim = parse_cli(compose()["services"]["sim"]["command"])
     assert env.pop("LLM_ROUTER_UPSTREAM") == f"http://sim:{sim.port}"
-    assert env == simulator_keys()
+    assert env == SIM_KEYS
 
 
 def test_prometheus_scrapes_the_api_and_every_worker_replica() -> None:
