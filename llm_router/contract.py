@@ -314,6 +314,35 @@ class Attempt(BaseModel):
     started_at: float
 
 
+def new_attempt(
+    *,
+    provider: str,
+    model: str,
+    upstream_model: str,
+    outcome: Literal["success", "error", "interrupted", "skipped"],
+    started_at: float,
+    worker: str | None = None,
+    breaker: str | None = None,
+    error_code: str | None = None,
+    http_status: int | None = None,
+    latency_ms: float | None = None,
+) -> dict[str, Any]:
+    """One attempt as a record stores it: ``Attempt``'s fields, as a plain dict (the worker appends
+    one per call on its hot path, where building and dumping a model would cost more than the rest)."""
+    return {
+        "provider": provider,
+        "model": model,
+        "upstream_model": upstream_model,
+        "outcome": outcome,
+        "worker": worker,
+        "breaker": breaker,
+        "error_code": error_code,
+        "http_status": http_status,
+        "latency_ms": latency_ms,
+        "started_at": started_at,
+    }
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -1,29 +1,29 @@
-"""Lua for money and for what happens once when a job ends, spliced into the job scripts of ``store``.
+"""Lua for money and for what happens once when a job ends, spliced into the job scripts of
+``llm_router.record_lua``.
 
-A job reserves its worst-case cost when it is created (``reserve``, inside the submit script: a
-re-submit of the same id finds the record and reserves nothing) and settles exactly once, in the
-script that moves it to a terminal status (``job_ended``, inside finish and cancel: a record that
-already ended is never ended again). Both run inside Redis, so concurrent producers and workers
-cannot overspend a balance between a check and a write.
+A job reserves its worst-case cost when it is created (``RESERVE_LUA``'s ``reserve``, inside the
+submit script: a re-submit of the same id finds the record and reserves nothing) and settles exactly
+once, in the script that moves it to a terminal status (``SETTLE_LUA``'s ``job_ended``, inside
+finish and cancel: a record that already ended is never ended again). Both run inside Redis, so
+concurrent producers and workers cannot overspend a balance between a check and a write.
 
-Keys (``P`` = ``llm-router:``), all amounts integer nano-dollars:
+Keys (``llm_router.keys``), all amounts integer nano-dollars:
 
-* ``P credits:<tenant>`` hash: ``balance`` (added minus spent), ``reserved`` (held by unfinished
+* ``credits:<tenant>`` hash: ``balance`` (added minus spent), ``reserved`` (held by unfinished
   jobs), ``spent`` (the ledger: the sum of settled costs), ``added``. A tenant without this key is
   not metered; one with it may start a job only while ``balance - reserved`` covers the job's
   reservation.
-* ``P active:<tenant>``: the tenant's jobs queued or running (its queue limit counts these).
-* ``P usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``,
-  ``…|prompt``, ``…|completion``, ``…|cost``; bumped by the same script that settles.
-* ``P cache:<key>``: a cached ``chat.completion``, written when a job asking for the cache succeeds.
-* ``keys.ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
+* ``active:<tenant>``: the tenant's jobs queued or running (its queue limit counts these).
+* ``usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``, ``…|prompt``,
+  ``…|completion``, ``…|cost``; bumped by the same script that settles.
+* ``ENDED``: a job created with ``notify`` publishes its id here when it ends.
 """
 
 from __future__ import annotations
 
-# the submit script's whole prelude after LUA_KEYS: bulk submits run it per job, so it defines
+# the submit script's whole prelude after LUA_PRELUDE: bulk submits run it per job, so it defines
 # nothing else
-RESERVE_FUNCTIONS = r"""
+RESERVE_LUA = r"""
 -- reserve `amount` for a new job of `tenant`: ok, metered (false, true: its credit does not cover it)
 local function reserve(tenant, amount)
   local ck = CREDITS .. tenant
@@ -35,36 +35,41 @@ local function reserve(tenant, amount)
 end
 """
 
-# needs LUA_KEYS and FUNCTIONS of resilience_lua (now_ms, fmt) before it
-LEDGER_FUNCTIONS = r"""
+# needs LUA_PRELUDE (llm_router.lua) before it
+SETTLE_LUA = r"""
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
--- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent
-local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl, summary, now)
-  local r = redis.call('HMGET', rk, 'tenant', 'reserved', 'metered', 'notify', 'parent', 'model_requested')
-  local tenant = r[1] or 'default'
-  if r[3] then
+-- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent.
+-- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
+local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
+  local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'notify', 'parent',
+                       'model_requested')
+  local tenant, reserved, metered, notify, parent = r[1] or 'default', r[2] or '0', r[3], r[4], r[5]
+  local cost = tonumber(settle.cost) or 0
+  if metered then
     local ck = CREDITS .. tenant
-    redis.call('HINCRBY', ck, 'reserved', fmt(-tonumber(r[2] or '0')))
-    if tonumber(cost) > 0 then
-      redis.call('HINCRBY', ck, 'balance', fmt(-tonumber(cost)))
-      redis.call('HINCRBY', ck, 'spent', cost)
+    redis.call('HINCRBY', ck, 'reserved', fmt(-tonumber(reserved)))
+    if cost > 0 then
+      redis.call('HINCRBY', ck, 'balance', fmt(-cost))
+      redis.call('HINCRBY', ck, 'spent', fmt(cost))
     end
     local v = redis.call('HMGET', ck, 'balance', 'reserved')
-    redis.call('HSET', rk, 'credits_remaining', fmt(tonumber(v[1] or '0') - tonumber(v[2] or '0')))
+    redis.call('HSET', record, 'credits_remaining', fmt(tonumber(v[1] or '0') - tonumber(v[2] or '0')))
   end
-  if model == '' then model = r[6] or 'unknown' end
+  local model = settle.model
+  if model == nil or model == '' then model = r[6] or 'unknown' end
   local uk = USAGE .. fmt(now / 86400000)
   local f = tenant .. '|' .. model .. '|'
   redis.call('HINCRBY', uk, f .. 'jobs', 1)
   if status ~= 'succeeded' then redis.call('HINCRBY', uk, f .. 'failed', 1) end
-  if tonumber(ptok) > 0 then redis.call('HINCRBY', uk, f .. 'prompt', ptok) end
-  if tonumber(ctok) > 0 then redis.call('HINCRBY', uk, f .. 'completion', ctok) end
-  if tonumber(cost) > 0 then redis.call('HINCRBY', uk, f .. 'cost', cost) end
+  local prompt, completion = tonumber(settle.prompt) or 0, tonumber(settle.completion) or 0
+  if prompt > 0 then redis.call('HINCRBY', uk, f .. 'prompt', fmt(prompt)) end
+  if completion > 0 then redis.call('HINCRBY', uk, f .. 'completion', fmt(completion)) end
+  if cost > 0 then redis.call('HINCRBY', uk, f .. 'cost', fmt(cost)) end
   redis.call('EXPIRE', uk, usage_ttl)
   redis.call('DECR', ACTIVE .. tenant)
-  if r[4] then redis.call('PUBLISH', ENDED, job_id) end
-  if r[5] then
-    local pk = RECORD .. r[5]
+  if notify then redis.call('PUBLISH', ENDED, job_id) end
+  if parent then
+    local pk = RECORD .. parent
     if redis.call('EXISTS', pk) == 1 then
       if summary == '' then
         summary = cjson.encode({job_id = job_id, model = model, status = status})
@@ -72,7 +77,7 @@ local function job_ended(rk, job_id, status, cost, model, ptok, ctok, usage_ttl,
       redis.call('HSET', pk, 'child:' .. job_id, summary)
       if redis.call('HINCRBY', pk, 'pending', -1) <= 0 then
         redis.call('HSET', pk, 'status', 'succeeded', 'finished_at', string.format('%.3f', now / 1000))
-        if redis.call('HEXISTS', pk, 'notify') == 1 then redis.call('PUBLISH', ENDED, r[5]) end
+        if redis.call('HEXISTS', pk, 'notify') == 1 then redis.call('PUBLISH', ENDED, parent) end
       end
     end
   end

@@ -1,133 +1,149 @@
 """The Lua scripts that change a job's record: submit, start, admit, finish, cancel, and a compare
-side refused at submit. Each is one atomic step on Redis; ``llm_router.store`` runs them.
+side refused at submit. Each is one atomic step on Redis; ``llm_router.store`` runs them and decodes
+their replies into typed objects (``SubmitReply``, ``Started``, ``Finished``, ``CancelReply``).
 
-Every script starts with ``LUA_KEYS`` (the key names of ``llm_router.keys``); the breaker and money
-functions they share come from ``resilience_lua`` and ``ledger_lua``.
+Each script starts with ``LUA_PRELUDE`` (key names and Redis' clock), the shared functions it needs
+(``BREAKER_LUA`` of ``llm_router.circuit_breaker``; ``RESERVE_LUA``/``SETTLE_LUA`` of
+``llm_router.ledger_lua``), then names its KEYS and ARGV. Times written into records are passed in by
+the caller; breaker and rate-limit times are Redis' own.
 """
 
 from __future__ import annotations
 
-from llm_router.keys import LUA_KEYS
-from llm_router.ledger_lua import LEDGER_FUNCTIONS, RESERVE_FUNCTIONS
-from llm_router.resilience_lua import FUNCTIONS
+from llm_router.circuit_breaker import BREAKER_LUA
+from llm_router.ledger_lua import RESERVE_LUA, SETTLE_LUA
+from llm_router.lua import LUA_PRELUDE
 
-# KEYS: record, arq job, arq queue.  ARGV: digest, record ttl s, arq payload, score ms, arq ttl ms,
-# job id, request, route, model requested, tenant, created at, deadline at, metadata ('' if none),
-# reservation (nano-USD), the tenant's queue limit (0: none), then optional record field/value pairs.
-# Returns 1 created, 0 the same job exists (nothing reserved again), -1 a different job has this id,
+# Returns 1 created, 0 the same job exists (nothing reserved again), -1 another job has this id,
 # -2 the tenant's credit does not cover the reservation, -3 the tenant's queue is full.
 SUBMIT_LUA = (
-    LUA_KEYS
-    + RESERVE_FUNCTIONS
+    LUA_PRELUDE
+    + RESERVE_LUA
     + """
-local tenant = ARGV[10]
-local h = redis.call('HMGET', KEYS[1], 'digest', 'tenant')
+local record, arq_job, queue = KEYS[1], KEYS[2], KEYS[3]
+local digest, record_ttl_s, arq_payload, score_ms, arq_ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local job_id, request, route, model_requested, tenant = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local created_at, deadline_at, metadata, reserve_nanos = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local max_queued, est_tokens = tonumber(ARGV[15]), ARGV[16]
+local OPTIONAL_FIELDS = 17  -- from here: optional record field/value pairs
+
+local h = redis.call('HMGET', record, 'digest', 'tenant')
 if h[1] then
   -- the same job only for its own tenant: another tenant's id is a conflict, never its record
-  if h[1] == ARGV[1] and (h[2] or 'default') == tenant then return 0 end
+  if h[1] == digest and (h[2] or 'default') == tenant then return 0 end
   return -1
 end
-local limit = tonumber(ARGV[15])
-if limit > 0 and tonumber(redis.call('GET', ACTIVE .. tenant) or '0') >= limit then return -3 end
-local ok, metered = reserve(tenant, ARGV[14])
+if max_queued > 0 and tonumber(redis.call('GET', ACTIVE .. tenant) or '0') >= max_queued then return -3 end
+local ok, metered = reserve(tenant, reserve_nanos)
 if not ok then return -2 end
-redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'status', 'queued', 'attempts', '[]', 'request', ARGV[7],
-           'route', ARGV[8], 'model_requested', ARGV[9], 'tenant', tenant, 'created_at', ARGV[11],
-           'deadline_at', ARGV[12])
-if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[13]) end
-if metered then redis.call('HSET', KEYS[1], 'metered', 1, 'reserved', ARGV[14]) end
-if #ARGV > 15 then redis.call('HSET', KEYS[1], unpack(ARGV, 16, #ARGV)) end
+redis.call('HSET', record, 'digest', digest, 'status', 'queued', 'attempts', '[]', 'request', request,
+           'route', route, 'model_requested', model_requested, 'tenant', tenant, 'created_at', created_at,
+           'deadline_at', deadline_at, 'est_tokens', est_tokens)
+if metadata ~= '' then redis.call('HSET', record, 'metadata', metadata) end
+if metered then redis.call('HSET', record, 'metered', 1, 'reserved', reserve_nanos) end
+if #ARGV >= OPTIONAL_FIELDS then redis.call('HSET', record, unpack(ARGV, OPTIONAL_FIELDS, #ARGV)) end
 redis.call('INCR', ACTIVE .. tenant)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+redis.call('EXPIRE', record, record_ttl_s)
+redis.call('SET', arq_job, arq_payload, 'PX', arq_ttl_ms)
+redis.call('ZADD', queue, score_ms, job_id)
 return 1
 """
 )
 
-# KEYS: record.  ARGV: now, worker id, job id, routing key, probe lease ms.  Returns nil (no
-# record), {status} when already ended, or what the worker needs: previous status, request, route,
-# deadline_at, attempts, runs, passes, the in-flight call and worker of an interrupted run, the
-# admission decisions for the route's deployments (dep, decision, …), Redis' clock in ms, the cached
-# answer ('' on a miss or without cache), the parent compare job ('' if none) and whether a cancel
-# was asked for while the job was held.
+# Marks the job running and admits its route's first deployment.  Returns nil (no record), or
+# name/value pairs: just `status` for a job that already ended, else what the worker needs (see
+# ``store.Started``).
 START_LUA = (
-    LUA_KEYS
-    + FUNCTIONS
+    LUA_PRELUDE
+    + BREAKER_LUA
     + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return nil end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {st} end
-local v = redis.call('HMGET', KEYS[1], 'request', 'route', 'deadline_at', 'attempts', 'passes',
-                     'inflight', 'worker', 'cache_key', 'parent', 'cancel_requested')
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
-local now = now_ms()
+local record = KEYS[1]
+local now, worker_id, job_id, routing_key, probe_lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local status = redis.call('HGET', record, 'status')
+if not status then return nil end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
+local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
+                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens')
+local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
+local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
+local est_tokens = tonumber(v[11] or '0')
+redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
+redis.call('HSETNX', record, 'started_at', now)
+local runs = redis.call('HINCRBY', record, 'runs', 1)
+local redis_now = now_ms()
 local cached = ''
-if v[8] then cached = redis.call('GET', CACHE .. v[8]) or '' end  -- the key names the tenant
-local decisions = {}
-if cached == '' and not v[10] then
-  decisions = admit_route(v[2], ARGV[4], ARGV[3], estimate_tokens(v[1]), tonumber(ARGV[5]), now)
+if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
+local admissions = {}
+if cached == '' and not cancel_requested then
+  admissions = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms), redis_now)
 end
-return {st, v[1], v[2], v[3], v[4], runs, v[5] or '0', v[6] or '', v[7] or '', decisions, now, cached,
-        v[9] or '', v[10] or ''}
+return {'status', status, 'request', request, 'route', route, 'deadline_at', deadline_at,
+        'attempts', attempts, 'runs', runs, 'passes', passes or '0', 'inflight', inflight or '',
+        'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
+        'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
+        'est_tokens', est_tokens}
 """
 )
 
-# ARGV: dep, rpm, tpm, probes, job id, estimated tokens, probe lease ms.  Admission of one deployment
-# reached only after the ones before it failed (the common path is admitted by START).
+# Admission of one deployment reached only after the ones before it failed (the common path is
+# admitted by START).  Returns {state, until_ms} (see ``circuit_breaker.Admission``).
 ADMIT_LUA = (
-    LUA_KEYS
-    + FUNCTIONS
+    LUA_PRELUDE
+    + BREAKER_LUA
     + """
-return admit(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now_ms(), ARGV[5],
-             tonumber(ARGV[6]), tonumber(ARGV[7]))
+local dep, rpm, tpm, probes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local job_id, est_tokens, probe_lease_ms = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local state, until_ms = admit(dep, rpm, tpm, probes, now_ms(), job_id, est_tokens, probe_lease_ms)
+return {state, fmt(until_ms)}
 """
 )
 
-# KEYS: record, job stream.  ARGV: record ttl s, job id, number of field arguments, settlement
-# ('cost nanos|model|prompt tokens|completion tokens', used only if this write ends the job), usage
-# TTL s, the summary a compare parent keeps of this job ('' if none), field/value pairs, then breaker
-# outcomes (see resilience_lua).  Outcomes count even for a job that already ended (the calls
-# happened); the fields never overwrite an ended job, so a duplicate run cannot replace the outcome
-# (or the cost) recorded first, and a job settles once.  Returns {1 written | 0 already ended |
-# -2 no record, breaker transitions…}.
+# Writes a record change and the breaker reports of the calls made.  Reports count even for a job
+# that already ended (the calls happened); the fields never overwrite an ended job, so a duplicate
+# run cannot replace the outcome (or the cost) recorded first, and a job settles once.  Returns
+# {1 written | 0 already ended | -2 no record, {dep, state, reason}…}.
 FINISH_LUA = (
-    LUA_KEYS
-    + FUNCTIONS
-    + LEDGER_FUNCTIONS
+    LUA_PRELUDE
+    + BREAKER_LUA
+    + SETTLE_LUA
     + """
+local record, stream = KEYS[1], KEYS[2]
+local record_ttl_s, job_id, field_count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local settlement, usage_ttl_s, summary = ARGV[4], ARGV[5], ARGV[6]
+local FIELDS = 7  -- field/value pairs from here (field_count of them), then one report per call
+local REPORTS = FIELDS + field_count
+
 local now = now_ms()
 local out = {0}
-local n = tonumber(ARGV[3])
-for i = 7 + n, #ARGV do
-  local t = record_outcome(ARGV[i], now, ARGV[2])
-  if t then out[#out + 1] = t end
+for i = REPORTS, #ARGV do
+  local transition = record_report(ARGV[i], now, job_id)
+  if transition then out[#out + 1] = transition end
 end
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then out[1] = -2 return out end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return out end
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + n)) end
-redis.call('HDEL', KEYS[1], 'inflight')
-local ended = redis.call('HGET', KEYS[1], 'status')
+local status = redis.call('HGET', record, 'status')
+if not status then out[1] = -2 return out end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return out end
+if field_count > 0 then redis.call('HSET', record, unpack(ARGV, FIELDS, REPORTS - 1)) end
+redis.call('HDEL', record, 'inflight')
+local ended = redis.call('HGET', record, 'status')
 if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   -- an ended job is kept the record TTL from now; an unfinished one keeps the TTL it got at submit
   -- (its deadline plus the record TTL), which a deferral must not shorten
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  local cost, model, ptok, ctok = string.match(ARGV[4], '^(%d+)|(.*)|(%d+)|(%d+)$')
-  job_ended(KEYS[1], ARGV[2], ended, cost or '0', model or '', ptok or '0', ctok or '0', ARGV[5],
-            ARGV[6], now)
+  redis.call('EXPIRE', record, record_ttl_s)
+  local settle = {}
+  if settlement ~= '' then settle = cjson.decode(settlement) end
+  job_ended(record, job_id, ended, settle, usage_ttl_s, summary, now)
   if ended == 'succeeded' then
-    local c = redis.call('HMGET', KEYS[1], 'cache_key', 'cache_ttl', 'cached', 'no_cache')
-    if c[1] and not c[3] and not c[4] then
-      redis.call('SET', CACHE .. c[1], redis.call('HGET', KEYS[1], 'response'), 'EX', c[2])
+    local c = redis.call('HMGET', record, 'cache_key', 'cache_ttl', 'cached', 'no_cache')
+    local cache_key, cache_ttl, cached, no_cache = c[1], c[2], c[3], c[4]
+    if cache_key and not cached and not no_cache then
+      redis.call('SET', CACHE .. cache_key, redis.call('HGET', record, 'response'), 'EX', cache_ttl)
     end
   end
-  if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('EXISTS', stream) == 1 then
     -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
-    redis.call('XADD', KEYS[2], '*', 'end', ended)
-    redis.call('EXPIRE', KEYS[2], ARGV[1])
+    redis.call('XADD', stream, '*', 'end', ended)
+    redis.call('EXPIRE', stream, record_ttl_s)
   end
 end
 out[1] = 1
@@ -135,47 +151,51 @@ return out
 """
 )
 
-# KEYS: record, arq job, arq queue, arq in-progress.  ARGV: job id, now, error JSON, usage TTL s.
 # A queued job ends cancelled here (its reservation released); a running one (or one a worker has
 # claimed) is marked and handed to arq's abort set, and its worker ends it.  Returns 1 cancelled,
 # 'aborting', -2 no record, or the status of a job that already ended.
 CANCEL_LUA = (
-    LUA_KEYS
-    + FUNCTIONS
-    + LEDGER_FUNCTIONS
+    LUA_PRELUDE
+    + SETTLE_LUA
     + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -2 end
-if (st == 'queued' or st == 'deferred') and redis.call('EXISTS', KEYS[4]) == 0 then
+local record, arq_job, queue, in_progress = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, now, error_json, usage_ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+local status = redis.call('HGET', record, 'status')
+if not status then return -2 end
+if (status == 'queued' or status == 'deferred') and redis.call('EXISTS', in_progress) == 0 then
   -- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
-  redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue') or KEYS[3], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'error', ARGV[3])
-  job_ended(KEYS[1], ARGV[1], 'cancelled', '0', '', '0', '0', ARGV[4], '', now_ms())
+  redis.call('ZREM', redis.call('HGET', record, 'queue') or queue, job_id)
+  redis.call('DEL', arq_job)
+  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'error', error_json)
+  job_ended(record, job_id, 'cancelled', {}, usage_ttl_s, '', now_ms())
   return 1
 end
-if st == 'queued' or st == 'deferred' or st == 'running' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', 1)
-  redis.call('ZADD', ABORT_SET, now_ms(), ARGV[1])
+if status == 'queued' or status == 'deferred' or status == 'running' then
+  redis.call('HSET', record, 'cancel_requested', 1)
+  redis.call('ZADD', ABORT_SET, now_ms(), job_id)
   return 'aborting'
 end
-return st
+return status
 """
 )
 
-
-# KEYS: a compare parent's record.  ARGV: child id, its summary.  As job_ended does for a child that
-# ran: one script, so the last side to end completes the parent exactly once.
+# A side of a compare job refused at submit counts as ended, as job_ended does for a side that ran:
+# one script, so the last side to end completes the parent exactly once.  Returns 1, or 0 when the
+# parent is gone.
 CHILD_REFUSED_LUA = (
-    LUA_KEYS
+    LUA_PRELUDE
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'child:' .. ARGV[1], ARGV[2])
-if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
+local parent_record = KEYS[1]
+local child_id, summary, parent_id = ARGV[1], ARGV[2], ARGV[3]
+
+if redis.call('EXISTS', parent_record) == 0 then return 0 end
+redis.call('HSET', parent_record, 'child:' .. child_id, summary)
+if redis.call('HINCRBY', parent_record, 'pending', -1) <= 0 then
   local t = redis.call('TIME')
   local at = t[1] .. '.' .. string.format('%06d', t[2])
-  redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', at)
-  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then redis.call('PUBLISH', ENDED, ARGV[3]) end
+  redis.call('HSET', parent_record, 'status', 'succeeded', 'finished_at', at)
+  if redis.call('HEXISTS', parent_record, 'notify') == 1 then redis.call('PUBLISH', ENDED, parent_id) end
 end
 return 1
 """

@@ -14,6 +14,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
@@ -27,6 +28,14 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
 from llm_router.autopipe import AutoPipeline
+from llm_router.circuit_breaker import (
+    Admission,
+    BreakerReport,
+    Transition,
+    decode_admission,
+    decode_admissions,
+    decode_transitions,
+)
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.keys import RECORD_PREFIX, RUN_JOB, record_key, stream_key, workers_key
 from llm_router.record_lua import (
@@ -70,9 +79,127 @@ class NewJob:
     deadline_at: float
     metadata: dict[str, Any] | None = None
     reserve_nanos: int = 0  # the worst-case cost held from the tenant's credit until the job settles
-    prompt_tokens: int = 0  # estimated (producer.estimate)
-    # optional record fields: routed_by, cache_key/cache_ttl, parent, notify
-    extra: list[Any] | None = None
+    prompt_tokens: int = 0  # estimated without a tokenizer (the cost module's one estimate)
+    # what rate limits count the job as before it runs: prompt_tokens plus its max output, if set
+    est_tokens: int = 0
+    routed_by: str | None = None  # a route chose the model: which rule
+    cache_key: str | None = None  # the response cache's key within the tenant, and its TTL
+    cache_ttl: int = 0
+    parent: str | None = None  # the compare job this job is one side of
+    notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
+    queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
+
+    def optional_fields(self) -> list[Any]:
+        """Record fields only some jobs have, as field/value pairs for the submit script."""
+        out: list[Any] = []
+        if self.routed_by is not None:
+            out += ("routed_by", self.routed_by)
+        if self.cache_key is not None:  # a cache is per tenant
+            out += ("cache_key", f"{self.tenant}:{self.cache_key}", "cache_ttl", self.cache_ttl)
+        if self.parent is not None:
+            out += ("parent", self.parent)
+        if self.notify:
+            out += ("notify", 1)
+        if self.queue is not None:
+            out += ("queue", self.queue)
+        return out
+
+
+class SubmitReply(IntEnum):
+    """What the submit script did with one job."""
+
+    CREATED = 1
+    EXISTS = 0  # the same job (same body, same tenant) was there: nothing reserved again
+    CONFLICT = -1  # another job has this id
+    NO_CREDIT = -2  # the tenant's credit does not cover the reservation
+    QUEUE_FULL = -3  # the tenant has its limit of jobs queued or running
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What the start script read and decided for a job a worker is about to run."""
+
+    previous_status: str  # queued, deferred, or running (its last run was cut short)
+    request: bytes
+    route: bytes
+    deadline_at: float
+    attempts: bytes
+    runs: int
+    passes: int
+    inflight: bytes  # the call an interrupted run was making ('' if none)
+    previous_worker: str
+    admissions: dict[str, Admission]  # deployment → what admission said, for the route
+    redis_now_ms: int
+    cached: bytes  # the cached answer ('' on a miss or without cache)
+    parent: str | None
+    cancel_requested: bool
+    est_tokens: int
+
+    @classmethod
+    def decode(cls, pairs: list[Any]) -> Started | str | None:
+        """The script's reply: ``None`` (no record), a status (the job already ended), or ``Started``."""
+        if pairs is None:
+            return None
+        v = {pairs[i].decode(): pairs[i + 1] for i in range(0, len(pairs), 2)}
+        status = v["status"].decode()
+        if len(v) == 1:
+            return status
+        return cls(
+            previous_status=status,
+            request=v["request"],
+            route=v["route"],
+            deadline_at=float(v["deadline_at"]),
+            attempts=v["attempts"] or b"",
+            runs=int(v["runs"]),
+            passes=int(v["passes"]),
+            inflight=v["inflight"] or b"",
+            previous_worker=(v["previous_worker"] or b"").decode(),
+            admissions=decode_admissions(v["admissions"]),
+            redis_now_ms=int(v["redis_now_ms"]),
+            cached=v["cached"] or b"",
+            parent=v["parent"].decode() or None,
+            cancel_requested=bool(v["cancel_requested"]),
+            est_tokens=int(v["est_tokens"]),
+        )
+
+
+class FinishReply(IntEnum):
+    WRITTEN = 1
+    ALREADY_ENDED = 0  # the job had ended: nothing written, nothing settled
+    NO_RECORD = -2
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reply: FinishReply
+    transitions: list[Transition]
+
+
+class CancelReply(StrEnum):
+    CANCELLED = "cancelled"  # a queued job, ended now
+    ABORTING = "aborting"  # a running (or claimed) job: its worker ends it
+    NOT_FOUND = "not_found"
+    ALREADY_ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a job that ends pays and counts in its tenant's usage (once: see ``SETTLE_LUA``)."""
+
+    cost_nanos: int
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "cost": self.cost_nanos,
+                "model": self.model,
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+            }
+        )
 
 
 class Store:
@@ -129,11 +256,12 @@ class Store:
             orjson.dumps(job.metadata) if job.metadata is not None else b"",
             job.reserve_nanos,
             max_queued,
-            *(job.extra or ()),
+            job.est_tokens,
+            *job.optional_fields(),
         )
 
-    async def submit_batch(self, batch: list[tuple[Any, ...]]) -> list[int]:
-        """Run many submits in one round trip; each result is 1 (created), 0 (same body) or -1 (conflict).
+    async def submit_batch(self, batch: list[tuple[Any, ...]]) -> list[SubmitReply]:
+        """Run many submits in one round trip; one ``SubmitReply`` per command, in order.
 
         The commands are packed by hiredis and written on one pooled connection: redis-py's own
         pipeline spends more time packing a thousand 30-argument commands than Redis spends running
@@ -145,12 +273,12 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for command in batch:
                     pipe.execute_command(*command)
-                return [int(r) for r in await pipe.execute()]
+                return [SubmitReply(int(r)) for r in await pipe.execute()]
         packed = b"".join([pack_command(command) for command in batch])
         for _ in range(2):
             results, missing_script = await self._send_raw(packed, len(batch))
             if not missing_script:
-                return results
+                return [SubmitReply(r) for r in results]
             await self.redis.script_load(SUBMIT_LUA)  # Redis restarted and lost its scripts
         raise RuntimeError("Redis keeps refusing the submit script")
 
@@ -176,39 +304,53 @@ class Store:
 
     async def start(
         self, job_id: str, worker_id: str, now: float, routing_key: str = "", probe_lease_ms: int = 60_000
-    ) -> list[Any] | None:
-        """Mark the job running, read it, and admit its route's first deployment (one round trip)."""
-        return await self.pipe.eval(
+    ) -> Started | str | None:
+        """Mark the job running, read it, and admit its route's first deployment (one round trip).
+
+        ``None`` when the record is gone, the status of a job that already ended, else ``Started``.
+        """
+        reply = await self.pipe.eval(
             self._start, [record_key(job_id)], [now, worker_id, job_id, routing_key, probe_lease_ms]
         )
+        return Started.decode(reply)
 
     async def admit(
         self, dep_id: str, rpm: int, tpm: int, probes: int, job_id: str, est_tokens: int, probe_lease_ms: int
-    ) -> str:
-        res = await self._admit(args=[dep_id, rpm, tpm, probes, job_id, est_tokens, probe_lease_ms])
-        return res.decode() if isinstance(res, bytes) else str(res)
+    ) -> Admission:
+        """Admission of one deployment reached after the ones before it failed."""
+        state, until_ms = await self._admit(
+            args=[dep_id, rpm, tpm, probes, job_id, est_tokens, probe_lease_ms]
+        )
+        return decode_admission(state, until_ms)
 
     async def finish(
         self,
         job_id: str,
         fields: dict[str, Any],
-        outcomes: Sequence[str] = (),
+        reports: Sequence[BreakerReport] = (),
         *,
-        settle: str = "",
+        settlement: Settlement | None = None,
         summary: bytes = b"",
-    ) -> tuple[int, list[str]]:
-        """Write a record change and the breaker outcomes of its calls; returns (code, transitions).
+    ) -> Finished:
+        """Write a record change and the breaker reports of its calls.
 
-        When the change ends the job, ``settle`` (``cost nanos|model|prompt|completion``) is charged
-        to its tenant and counted in the usage, once; ``summary`` goes to its compare parent.
+        When the change ends the job, ``settlement`` is charged to its tenant and counted in the
+        usage, once; ``summary`` goes to its compare parent.
         """
-        argv: list[Any] = [self.record_ttl_s, job_id, 2 * len(fields), settle, self.usage_ttl_s, summary]
+        argv: list[Any] = [
+            self.record_ttl_s,
+            job_id,
+            2 * len(fields),
+            settlement.encode() if settlement is not None else b"",
+            self.usage_ttl_s,
+            summary,
+        ]
         for name, value in fields.items():
             argv.append(name)
             argv.append(encode_field(name, value))
-        argv.extend(outcomes)
+        argv.extend(r.encode() for r in reports)
         res = await self.pipe.eval(self._finish, [record_key(job_id), stream_key(job_id)], argv)
-        return int(res[0]), [t.decode() if isinstance(t, bytes) else str(t) for t in res[1:]]
+        return Finished(FinishReply(int(res[0])), decode_transitions(res[1:]))
 
     async def create_parent(
         self,
@@ -276,12 +418,20 @@ class Store:
             return []
         return [(entry_id.decode(), fields) for entry_id, fields in res[0][1]]
 
-    async def cancel(self, job_id: str, error: dict[str, Any]) -> int | str:
+    async def cancel(self, job_id: str, error: dict[str, Any]) -> tuple[CancelReply, str | None]:
+        """Cancel a job: (what happened, the status of a job that had already ended)."""
         keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
         res = await self.pipe.eval(
             self._cancel, keys, [job_id, time.time(), orjson.dumps(error), self.usage_ttl_s]
         )
-        return res.decode() if isinstance(res, bytes) else int(res)
+        if res == 1:
+            return CancelReply.CANCELLED, None
+        if res == -2:
+            return CancelReply.NOT_FOUND, None
+        status = res.decode()
+        if status == "aborting":
+            return CancelReply.ABORTING, None
+        return CancelReply.ALREADY_ENDED, status
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(record_key(job_id))

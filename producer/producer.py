@@ -33,8 +33,8 @@ from llm_router.errors import (
 )
 from llm_router.keys import workers_key
 from llm_router.redis_client import connect_redis
-from llm_router.store import Store
-from producer.validation import PreparedJob, Validator
+from llm_router.store import CancelReply, NewJob, Store, SubmitReply
+from producer.validation import Validator
 from producer.vision import vision_to_chat
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -167,15 +167,8 @@ class Producer:
         ``insufficient_credits``.
         """
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
-        extra: list[Any] = []
-        if interactive:  # a cancel from any producer must find the job's queue
-            extra += ["queue", queue]
-        if notify:
-            extra += ["notify", 1]
-        if parent is not None:
-            extra += ["parent", parent]
         results: list[Submitted | RouterError] = []
-        chunk: list[tuple[int, PreparedJob]] = []
+        chunk: list[tuple[int, NewJob]] = []
         in_flight: asyncio.Task[None] | None = None
         ids = _ids()
         for job in jobs:
@@ -186,13 +179,12 @@ class Producer:
             except RouterError as exc:
                 results.append(exc)
                 continue
-            if tenant is not None and prepared.tenant != tenant:
+            if tenant is not None:
                 prepared.tenant = tenant
-                if prepared.extra and "cache_key" in prepared.extra:  # a cache is per tenant
-                    at = prepared.extra.index("cache_key") + 1
-                    prepared.extra[at] = f"{tenant}:{str(prepared.extra[at]).partition(':')[2]}"
-            if extra:
-                prepared.extra = [*(prepared.extra or ()), *extra]
+            if interactive:  # a cancel from any producer must find the job's queue
+                prepared.queue = queue
+            prepared.notify = notify
+            prepared.parent = parent
             results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:
@@ -210,7 +202,7 @@ class Producer:
 
     async def _flush(
         self,
-        chunk: list[tuple[int, PreparedJob]],
+        chunk: list[tuple[int, NewJob]],
         results: list[Submitted | RouterError],
         queue: str,
         max_queued: int,
@@ -218,23 +210,23 @@ class Producer:
         batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
-            if outcome == -1:
+            if outcome == SubmitReply.CONFLICT:
                 results[index] = IdempotencyConflict(
                     f"job '{prepared.job_id}' exists with a different body", param="job_id"
                 )
-            elif outcome == -2:
+            elif outcome == SubmitReply.NO_CREDIT:
                 results[index] = InsufficientCredits(
                     f"tenant '{prepared.tenant}' has too little credit for this job, which may cost up to "
                     f"${prepared.reserve_nanos / 1e9:.6f} (see `llm-router credits show {prepared.tenant}`)",
                     param="tenant",
                 )
-            elif outcome == -3:
+            elif outcome == SubmitReply.QUEUE_FULL:
                 results[index] = TooManyQueued(
                     f"tenant '{prepared.tenant}' has {max_queued} jobs queued or running, its limit",
                     retry_after=1.0,
                 )
             else:
-                results[index] = Submitted(prepared.job_id, outcome == 1)
+                results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -345,11 +337,11 @@ class Producer:
             "param": None,
             "type": "invalid_request_error",
         }
-        outcome = await self.store.cancel(job_id, error)
-        if outcome == -2:
+        reply, ended = await self.store.cancel(job_id, error)
+        if reply == CancelReply.NOT_FOUND:
             raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
-        if outcome not in (1, "aborting"):
-            raise JobNotCancellable(f"job '{job_id}' is {outcome}; it has ended")
+        if reply == CancelReply.ALREADY_ENDED:
+            raise JobNotCancellable(f"job '{job_id}' is {ended}; it has ended")
         return await self.get(job_id)
 
     async def live_workers(self, queue: str | None = None) -> int:

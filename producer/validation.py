@@ -30,7 +30,6 @@ from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
 # what a validated job becomes: the payload of its new record (the store owns its layout)
-PreparedJob = NewJob
 
 
 class Validator:
@@ -75,7 +74,7 @@ class Validator:
         interactive: bool = False,
         new_id: str | None = None,
         allow_files: bool = False,
-    ) -> PreparedJob:
+    ) -> NewJob:
         """Validate one job; ``new_id`` is its id unless the job names its own ``job_id``.
 
         ``allow_files`` lets a vision job's ``image`` be a local path (the CLI, the client calls).
@@ -93,7 +92,7 @@ class Validator:
 
     def _prepare(
         self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
-    ) -> PreparedJob:
+    ) -> NewJob:
         # one canonical encoding (sorted keys) is both hashed for idempotency and stored
         try:
             # the model is strict, so the validated input is already well-typed: store it as sent
@@ -153,19 +152,12 @@ class Validator:
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
-        extra: list[Any] | None = None
-        if routed_by is not None:
-            extra = ["routed_by", routed_by]
         cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
+        cached_as, cache_ttl = None, 0
         if cache == "force" or (cache is True and job.temperature == 0):
+            cached_as = cache_key(model_id, obj)
             ttl = job.cache_ttl_s or (route_spec.cache_ttl_s if route_spec else None)
-            extra = extra or []
-            extra += [
-                "cache_key",
-                f"{job.tenant or 'default'}:{cache_key(model_id, obj)}",
-                "cache_ttl",
-                ttl or self.settings.cache_default_ttl_s,
-            ]
+            cache_ttl = ttl or self.settings.cache_default_ttl_s
         return NewJob(
             job_id=job_id,
             digest=digest,
@@ -179,7 +171,10 @@ class Validator:
             metadata=job.metadata,
             reserve_nanos=self.costs.worst_case(route_key, prompt, max_out),
             prompt_tokens=prompt,
-            extra=extra,
+            est_tokens=prompt + (max_out or 0),
+            routed_by=routed_by,
+            cache_key=cached_as,
+            cache_ttl=cache_ttl,
         )
 
     def _route_for(

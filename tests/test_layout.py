@@ -87,7 +87,9 @@ def forbidden(module: str, imported: str) -> str | None:
     if _within(module, "worker") and _within(imported, "producer"):
         return "producer and worker never import each other"
     if _within(module, "worker.providers") and not (
-        _within(imported, "worker.providers") or _within(imported, "llm_router") or _within(imported, "config")
+        _within(imported, "worker.providers")
+        or _within(imported, "llm_router")
+        or _within(imported, "config")
     ):
         return "provider adapters import only the core (and each other)"
     return None

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.errors import JobCancelled
-from llm_router.store import Store
+from llm_router.store import Settlement, Store
 from worker.claims import Claims
 
 log = structlog.get_logger("llm_router.worker")
@@ -38,6 +38,7 @@ ABORTED = {
     "status": "cancelled",
     "error": JobCancelled("cancelled by the client while it ran").to_dict(),
 }
+NOTHING_PAID = Settlement(cost_nanos=0, model="", prompt_tokens=0, completion_tokens=0)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -143,7 +144,7 @@ class LeasedWorker(Worker):
                 # (its start, a deferral's write) must still end it, or its reservation and queue
                 # slot would never be released (the script ignores a job that already ended)
                 ended = {**ABORTED, "finished_at": time.time()}
-                await asyncio.shield(self._store.finish(job_id, ended, settle="0||0|0"))
+                await asyncio.shield(self._store.finish(job_id, ended, settlement=NOTHING_PAID))
             else:  # stopping: the runner put the job back; it runs again
                 done = False
                 self.jobs_retried += 1

@@ -2,7 +2,7 @@
 
 Redis budget per job beyond arq's own round trips: one script before the call (``start``: mark
 running, read the request, admit the route's first deployment past its breaker and rate limits)
-and one after (``finish``: write the outcome and the breaker outcomes of the calls made). The walk
+and one after (``finish``: write the outcome and the breaker reports of the calls made). The walk
 itself is ``worker.route_walk``. When nothing answered but something may later (transient errors,
 open breakers, rate limits), the job is deferred, without holding a worker slot, to when a
 deployment is available again or by backoff (never before a ``Retry-After`` heard), until its
@@ -27,7 +27,8 @@ from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
 from config.settings import Settings
-from llm_router.contract import JobStatus
+from llm_router.circuit_breaker import Admission, AdmissionState, BreakerReport, Policy
+from llm_router.contract import JobStatus, new_attempt
 from llm_router.errors import (
     DeadlineExceeded,
     JobCancelled,
@@ -35,12 +36,12 @@ from llm_router.errors import (
     UpstreamTimeout,
 )
 from llm_router.redact import redact
-from llm_router.store import Store
-from worker.breaker import Policy, RetryBudget, routing_table
+from llm_router.store import Settlement, Started, Store
+from worker.breaker import RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
-from worker.route_walk import Outcome, RouteWalk, estimated_usage, failed_outcome
+from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
 from worker.streaming import ChunkPublisher, stream_call
 
 log = structlog.get_logger("llm_router.worker")
@@ -106,49 +107,34 @@ class JobRunner:
         if started is None:
             log.warning("job record missing (expired or deleted)", job_id=job_id)
             return
-        if len(started) == 1:  # already ended: a duplicate delivery, nothing to do
+        if not isinstance(started, Started):  # already ended: a duplicate delivery, nothing to do
             return
-        (
-            prev,
-            request_b,
-            route_b,
-            deadline_b,
-            attempts_b,
-            runs,
-            passes_b,
-            inflight_b,
-            prev_worker,
-            adm,
-            rnow,
-            cached_b,
-            parent_b,
-            cancel_b,
-        ) = started
-        decisions = {adm[i].decode(): adm[i + 1].decode() for i in range(0, len(adm), 2)}
-        clock_offset_s = time.time() - int(rnow) / 1000
-        for dep_id, decision in decisions.items():
-            if decision == "probe":  # the start script moved this breaker from open to half-open
+        clock_offset_s = time.time() - started.redis_now_ms / 1000
+        for dep_id, admission in started.admissions.items():
+            if admission.state == AdmissionState.PROBE:  # the start script half-opened this breaker
                 log.info("breaker half-open, probing", deployment=dep_id, job_id=job_id)
+        request_b = started.request
         request: dict[str, Any] = orjson.loads(request_b)
-        route: list[str] = orjson.loads(route_b)
-        attempts: list[dict[str, Any]] = orjson.loads(attempts_b) if attempts_b else []
-        passes = int(passes_b)
-        deadline_at = float(deadline_b)
-        bound = log.bind(job_id=job_id, model=route[0], run=runs)
-        if prev == b"running":  # the run before this one was cut short: its worker died mid-job
-            attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
-            bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
-        parent = parent_b.decode() if parent_b else None
+        route: list[str] = orjson.loads(started.route)
+        attempts: list[dict[str, Any]] = orjson.loads(started.attempts) if started.attempts else []
+        passes = started.passes
+        deadline_at = started.deadline_at
+        bound = log.bind(job_id=job_id, model=route[0], run=started.runs)
+        if started.previous_status == "running":  # the run before was cut short: its worker died mid-job
+            call = orjson.loads(started.inflight) if started.inflight else None
+            attempts.append(_interrupted(call, started.previous_worker))
+            bound.warning("job resumed after an interrupted run", previous_worker=started.previous_worker)
+        parent = started.parent
         unwritten = self.unwritten.pop(job_id, None)
         if unwritten is not None:
             # an answer this process got but could not store: store it rather than pay for it twice
             await asyncio.shield(self._write(job_id, unwritten, bound, route=route, parent=parent))
             return
-        if cancel_b:
+        if started.cancel_requested:
             await asyncio.shield(self._write(job_id, _cancelled(attempts), bound, route=route, parent=parent))
             return
-        if cached_b:
-            await self._serve_cached(job_id, cached_b, request, route, attempts, bound, parent)
+        if started.cached:
+            await self._serve_cached(job_id, started.cached, request, route, attempts, bound, parent)
             return
 
         publisher = (
@@ -163,7 +149,8 @@ class JobRunner:
             route=route,
             attempts=attempts,
             deadline_at=deadline_at,
-            decisions=decisions,
+            admissions=started.admissions,
+            est_tokens=started.est_tokens,
             clock_offset_s=clock_offset_s,
             catalog=self.catalog,
             settings=self.settings,
@@ -177,10 +164,10 @@ class JobRunner:
             stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
         )
         try:
-            outcome = await self._bounded_walk(walk, now)
+            result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}
-            await asyncio.shield(self._write(job_id, back, bound, walk.outcomes))
+            await asyncio.shield(self._write(job_id, back, bound, walk.reports))
             bound.warning("run reached the worker's job timeout; the job will run again")
             raise Retry(defer=0.1) from None
         except asyncio.CancelledError:
@@ -202,49 +189,49 @@ class JobRunner:
                 back = {"status": JobStatus.QUEUED, "attempts": tried}
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._write(job_id, back, bound, walk.outcomes, route=route, parent=parent)
+                    self._write(job_id, back, bound, walk.reports, route=route, parent=parent)
                 )
             raise
         except Exception as exc:
             bound.exception("job crashed")
-            outcome = failed_outcome(RouterError(f"internal error: {type(exc).__name__}"), attempts)
-            outcome.outcomes = walk.outcomes
+            result = failed_pass(RouterError(f"internal error: {type(exc).__name__}"), attempts)
+            result.reports = walk.reports
         finally:
             self.inflight.pop(job_id, None)
 
-        if outcome.fields["status"] == JobStatus.FAILED:
-            delay = self._defer_delay(outcome, passes, deadline_at)
+        if result.fields["status"] == JobStatus.FAILED:
+            delay = self._defer_delay(result, passes, deadline_at)
             if delay is not None:
                 deferred = {
                     "status": JobStatus.DEFERRED,
                     "attempts": attempts,
-                    "passes": passes + 1 if outcome.calls_failed else passes,
+                    "passes": passes + 1 if result.calls_failed else passes,
                 }
-                await asyncio.shield(self._write(job_id, deferred, bound, outcome.outcomes))
-                bound.info("job deferred", retry_in_s=round(delay, 3), error=outcome.fields["error"]["code"])
+                await asyncio.shield(self._write(job_id, deferred, bound, result.reports))
+                bound.info("job deferred", retry_in_s=round(delay, 3), error=result.fields["error"]["code"])
                 raise Retry(defer=delay)
 
         try:
             await asyncio.shield(
-                self._write(job_id, outcome.fields, bound, outcome.outcomes, route=route, parent=parent)
+                self._write(job_id, result.fields, bound, result.reports, route=route, parent=parent)
             )
         except Retry:
-            if outcome.fields["status"] == JobStatus.SUCCEEDED:
-                self.unwritten[job_id] = outcome.fields
+            if result.fields["status"] == JobStatus.SUCCEEDED:
+                self.unwritten[job_id] = result.fields
             raise
-        if outcome.fields["status"] == JobStatus.SUCCEEDED:
+        if result.fields["status"] == JobStatus.SUCCEEDED:
             bound.debug(
-                "job succeeded", provider=outcome.fields["provider"], cost=outcome.fields["usage"]["cost"]
+                "job succeeded", provider=result.fields["provider"], cost=result.fields["usage"]["cost"]
             )
         else:
-            error = outcome.fields["error"]
+            error = result.fields["error"]
             bound.warning("job failed", error=error["code"], message=error["message"])
 
-    async def _bounded_walk(self, walk: RouteWalk, now: float) -> Outcome:
+    async def _bounded_walk(self, walk: RouteWalk, now: float) -> PassResult:
         """The walk, bounded by the job's deadline and by arq's job timeout, whichever comes first."""
         left = walk.deadline_at - now
         if left <= 0:
-            return failed_outcome(
+            return failed_pass(
                 DeadlineExceeded("the job's deadline passed before it could run"), walk.attempts
             )
         try:
@@ -253,11 +240,11 @@ class JobRunner:
         except TimeoutError:
             if time.time() < walk.deadline_at - 0.05:
                 raise RunBudgetSpent from None
-            result = failed_outcome(DeadlineExceeded("the job's deadline passed while it ran"), walk.attempts)
-            result.outcomes = walk.outcomes
+            result = failed_pass(DeadlineExceeded("the job's deadline passed while it ran"), walk.attempts)
+            result.reports = walk.reports
             return result
 
-    async def _admit(self, dep: Deployment, job_id: str, est_tokens: int) -> str:
+    async def _admit(self, dep: Deployment, job_id: str, est_tokens: int) -> Admission:
         """Admission of a deployment reached after the ones before it failed (off the common path)."""
         try:
             return await self.store.admit(
@@ -270,7 +257,8 @@ class JobRunner:
                 self._probe_lease_ms,
             )
         except RedisError:
-            return "ok"  # Redis away: call rather than stall; the record write will wait for it
+            # Redis away: call rather than stall; the record write will wait for it
+            return Admission(AdmissionState.OK)
 
     async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
         adapter = ADAPTERS[dep.format]
@@ -311,26 +299,26 @@ class JobRunner:
         exc.message = redact(exc.message, self._secrets)[:MAX_ERROR_MESSAGE]
         exc.args = (exc.message,)
 
-    def _defer_delay(self, outcome: Outcome, passes: int, deadline_at: float) -> float | None:
+    def _defer_delay(self, result: PassResult, passes: int, deadline_at: float) -> float | None:
         """Seconds until the job should try its route again, or ``None`` to let it fail now.
 
         A job whose deployments are all open, limited or failing transiently waits (off its worker
         slot) until one is available again or a backoff passes, never earlier than a Retry-After it
         heard, until its deadline.
         """
-        if not outcome.retryable or passes + 1 >= self.settings.retry_passes:
+        if not result.retryable or passes + 1 >= self.settings.retry_passes:
             return None
         now = time.time()
         candidates = []
-        if outcome.available_at is not None:
-            candidates.append(outcome.available_at - now)
-        if outcome.calls_failed:
+        if result.available_at is not None:
+            candidates.append(result.available_at - now)
+        if result.calls_failed:
             candidates.append(
                 min(self.settings.retry_backoff_s * 2**passes, self.settings.retry_backoff_max_s)
             )
         delay = max(min(candidates) if candidates else self.settings.retry_backoff_s, 0.05)
-        if outcome.retry_after is not None and outcome.available_at is None:
-            delay = max(delay, min(outcome.retry_after, self.settings.retry_after_cap_s))
+        if result.retry_after is not None and result.available_at is None:
+            delay = max(delay, min(result.retry_after, self.settings.retry_after_cap_s))
         if now + delay >= deadline_at:
             return None
         return delay
@@ -378,20 +366,20 @@ class JobRunner:
         job_id: str,
         fields: dict[str, Any],
         bound: Any,
-        outcomes: list[str] | None = None,
+        reports: list[BreakerReport] | None = None,
         *,
         route: list[str] | None = None,
         parent: str | None = None,
     ) -> None:
-        """Write a record change and its breaker outcomes, riding out a Redis restart for a while.
+        """Write a record change and its breaker reports, riding out a Redis restart for a while.
 
         A change that ends the job settles its cost (once: the script ignores a job that already
         ended) and, for one side of a compare job, hands its parent a summary.
         """
-        settle = ""
+        settlement = None
         summary = b""
         if JobStatus(fields["status"]).terminal:
-            settle, summary = _settlement(job_id, fields, route, parent)
+            settlement, summary = _settlement(job_id, fields, route, parent)
             if route and fields.get("model") not in (None, route[0]) and not fields.get("cached"):
                 # a fallback's answer is not the requested model's: never cache it under that model
                 fields = {**fields, "no_cache": 1}
@@ -399,8 +387,8 @@ class JobRunner:
         delay = 0.1
         while True:
             try:
-                _, transitions = await self.store.finish(
-                    job_id, fields, outcomes or (), settle=settle, summary=summary
+                finished = await self.store.finish(
+                    job_id, fields, reports or (), settlement=settlement, summary=summary
                 )
                 break
             except RedisError as exc:
@@ -412,9 +400,14 @@ class JobRunner:
                 bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        for transition in transitions:
-            dep, state, reason = transition.split(":", 2)
-            log.warning("breaker state changed", deployment=dep, state=state, reason=reason, job_id=job_id)
+        for t in finished.transitions:
+            log.warning(
+                "breaker state changed",
+                deployment=t.deployment,
+                state=t.state,
+                reason=t.reason,
+                job_id=job_id,
+            )
 
 
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -428,14 +421,15 @@ def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _settlement(
     job_id: str, fields: dict[str, Any], route: list[str] | None, parent: str | None
-) -> tuple[str, bytes]:
-    """What a job that ends pays (``cost|model|prompt|completion``) and, if it is one side of a
-    compare job, the summary its parent shows."""
+) -> tuple[Settlement, bytes]:
+    """What a job that ends pays and, if it is one side of a compare job, the summary its parent shows."""
     usage = fields.get("usage") or {}
     model = fields.get("model") or (route[0] if route else "")
-    cost = int(usage.get("cost_nanos") or 0)
-    settle = (
-        f"{cost}|{model}|{int(usage.get('prompt_tokens') or 0)}|{int(usage.get('completion_tokens') or 0)}"
+    settle = Settlement(
+        cost_nanos=int(usage.get("cost_nanos") or 0),
+        model=model,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
     )
     if parent is None:
         return settle, b""
@@ -476,20 +470,18 @@ def _as_chunk(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def _interrupted(
-    call: dict[str, Any] | None, worker: bytes | str | None, *, measured: bool = False
+    call: dict[str, Any] | None, worker: str | None, *, measured: bool = False
 ) -> dict[str, Any]:
     """The attempt of a run that was cut short, from what its worker last said it was calling;
     its latency is known only when this process cut it (``measured``), not when a worker died."""
     call = call or {}
     started = call.get("started_at")
-    return {
-        "provider": call.get("provider", "unknown"),
-        "model": call.get("model", "unknown"),
-        "upstream_model": call.get("upstream_model", "unknown"),
-        "outcome": "interrupted",
-        "error_code": None,
-        "http_status": None,
-        "latency_ms": round((time.time() - started) * 1000, 3) if started and measured else None,
-        "started_at": started or 0.0,
-        "worker": worker.decode() if isinstance(worker, bytes) else worker,
-    }
+    return new_attempt(
+        provider=call.get("provider", "unknown"),
+        model=call.get("model", "unknown"),
+        upstream_model=call.get("upstream_model", "unknown"),
+        outcome="interrupted",
+        latency_ms=round((time.time() - started) * 1000, 3) if started and measured else None,
+        started_at=started or 0.0,
+        worker=worker or None,
+    )

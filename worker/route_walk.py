@@ -19,7 +19,16 @@ from typing import Any
 from config.catalog import Catalog, Deployment
 from config.prices import nanos_to_usd
 from config.settings import Settings
-from llm_router.contract import JobStatus
+from llm_router.circuit_breaker import (
+    UNCHECKED,
+    Admission,
+    AdmissionState,
+    BreakerReport,
+    Policy,
+    ReportKind,
+    breaker_report,
+)
+from llm_router.contract import JobStatus, new_attempt
 from llm_router.errors import (
     AllDeploymentsFailed,
     DeploymentDisabled,
@@ -27,34 +36,25 @@ from llm_router.errors import (
     RouterError,
     StreamInterrupted,
 )
-from worker.breaker import (
-    DISABLED,
-    LIMITED,
-    SUCCESS,
-    Policy,
-    RetryBudget,
-    backoff_s,
-    estimate_tokens,
-    outcome,
-    outcome_kind,
-)
+from worker.breaker import RetryBudget, backoff_s, report_kind
 from worker.providers import ADAPTERS, Completion
 
 # why a deployment was skipped without a call → the code its attempt records, and its breaker state
-_SKIPS: dict[str, tuple[str, str]] = {
-    "open": ("breaker_open", "open"),
-    "half_open": ("breaker_open", "half_open"),
-    "limited": ("rate_limited", "limited"),
-    "disabled": ("deployment_disabled", "disabled"),
-    "rate": ("rate_limit_reached", "closed"),
-    "tokens": ("rate_limit_reached", "closed"),
+_SKIPS: dict[AdmissionState, tuple[str, str]] = {
+    AdmissionState.OPEN: ("breaker_open", "open"),
+    AdmissionState.HALF_OPEN: ("breaker_open", "half_open"),
+    AdmissionState.LIMITED: ("rate_limited", "limited"),
+    AdmissionState.DISABLED: ("deployment_disabled", "disabled"),
+    AdmissionState.RATE: ("rate_limit_reached", "closed"),
+    AdmissionState.TOKENS: ("rate_limit_reached", "closed"),
 }
-_ADMITTED_STATE = {"ok": "closed", "probe": "half_open"}
+# the breaker state an attempt records for a deployment it was admitted to
+_ADMITTED_STATE = {AdmissionState.OK: "closed", AdmissionState.PROBE: "half_open"}
 
 
 @dataclass(slots=True)
-class Outcome:
-    """What one pass over the route came to: record fields, breaker outcomes, and what next."""
+class PassResult:
+    """What one pass over the route came to: record fields, breaker reports, and what next."""
 
     fields: dict[str, Any]
     retryable: bool = False
@@ -62,16 +62,16 @@ class Outcome:
     # wall-clock time when a skipped deployment becomes available again (all were skipped or limited)
     available_at: float | None = None
     calls_failed: bool = False
-    outcomes: list[str] = field(default_factory=list)
+    reports: list[BreakerReport] = field(default_factory=list)
 
 
 Call = Callable[[Deployment, dict[str, Any], float], Awaitable[Completion]]
-Admit = Callable[[Deployment, int], Awaitable[str]]
+Admit = Callable[[Deployment, int], Awaitable[Admission]]
 
 
 @dataclass(slots=True)
 class RouteWalk:
-    """The state of one pass; ``run`` returns its ``Outcome``."""
+    """The state of one pass; ``run`` returns its ``PassResult``."""
 
     job_id: str
     request: dict[str, Any]
@@ -79,7 +79,8 @@ class RouteWalk:
     route: list[str]
     attempts: list[dict[str, Any]]
     deadline_at: float
-    decisions: dict[str, str]
+    admissions: dict[str, Admission]  # what the start script said of the route's deployments
+    est_tokens: int  # what rate limits counted the job as (prompt estimate plus max output)
     clock_offset_s: float  # local time - Redis time, to read the scripts' until-times
     catalog: Catalog
     settings: Settings
@@ -93,10 +94,10 @@ class RouteWalk:
     inline_images: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     # the streamed variant of ``call``, for jobs with ``stream: true`` (publishes to the job's stream)
     stream: Call | None = None
-    outcomes: list[str] = field(default_factory=list)
+    reports: list[BreakerReport] = field(default_factory=list)
     _inlined: dict[str, Any] | None = None
 
-    async def run(self) -> Outcome:
+    async def run(self) -> PassResult:
         errors: list[RouterError] = []
         available: list[float] = []
         first = True
@@ -106,21 +107,21 @@ class RouteWalk:
             if window <= needs_context:
                 continue
             for dep in self.catalog.deployments(model_id):
-                decision = self.decisions.get(dep.id, "u")
-                if decision == "u":
-                    decision = await self.admit(dep, estimate_tokens(self.request_json))
-                if decision.startswith("s:"):
-                    _, why, until_ms = decision.split(":")
-                    if why == "disabled":  # our key or the model was refused: not worth waiting for
+                admission = self.admissions.get(dep.id, UNCHECKED)
+                if admission.state == AdmissionState.UNCHECKED:
+                    admission = await self.admit(dep, self.est_tokens)
+                if admission.skipped:
+                    if admission.state == AdmissionState.DISABLED:
+                        # our key or the model was refused: not worth waiting for
                         errors.append(
                             DeploymentDisabled(f"{dep.id} is out of rotation (key or model refused)")
                         )
                     else:
-                        available.append(int(until_ms) / 1000 + self.clock_offset_s)
-                    self._skipped(dep, model_id, why)
+                        available.append(admission.until_ms / 1000 + self.clock_offset_s)
+                    self._skipped(dep, model_id, admission.state)
                     first = False
                     continue
-                result = await self._try(dep, model_id, decision, errors)
+                result = await self._try(dep, model_id, admission.state, errors)
                 if result is not None:
                     if first:
                         result.fields["fallback_used"] = False
@@ -131,7 +132,7 @@ class RouteWalk:
                     needs_context = window  # this model's other deployments have the same window
                     break
                 if isinstance(last, StreamInterrupted):
-                    result = failed_outcome(last, self.attempts)
+                    result = failed_pass(last, self.attempts)
                     result.fields["partial_text"] = last.partial_text
                     # the provider bills what it streamed before the break: so does the tenant, on
                     # the same estimate as reservations (bytes / 4), marked as estimated
@@ -141,18 +142,18 @@ class RouteWalk:
                     last.spec.fallback
                     or (last.code == "content_filtered" and self.settings.fallback_on_content_filter)
                 ):
-                    return self._finish(failed_outcome(last, self.attempts))
+                    return self._finish(failed_pass(last, self.attempts))
         if not errors and not available:
             route = ", ".join(self.route)
             raise NoDeployment(f"no deployment of {route} is enabled: set a provider key (AISA_API_KEY, say)")
         return self._finish(self._nothing_left(errors, available))
 
     async def _try(
-        self, dep: Deployment, model_id: str, decision: str, errors: list[RouterError]
-    ) -> Outcome | None:
+        self, dep: Deployment, model_id: str, admitted: AdmissionState, errors: list[RouterError]
+    ) -> PassResult | None:
         """Call one deployment, retrying it while that is cheap; ``None`` when it did not answer."""
         policy = self.policies[dep.id]
-        probe = decision == "probe"
+        probe = admitted == AdmissionState.PROBE
         retries = 0 if probe else self.settings.same_deployment_retries
         attempt = 0
         while True:
@@ -175,24 +176,24 @@ class RouteWalk:
                 completion = await call(dep, request, self.deadline_at)
             except RouterError as exc:
                 self.scrub(exc)
-                self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(decision)))
+                self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(admitted)))
                 errors.append(exc)
-                kind = outcome_kind(exc)
+                kind = report_kind(exc)
                 until_ms = 0
-                if kind == LIMITED:
+                if kind == ReportKind.LIMITED:
                     wait = (
                         exc.retry_after
                         if exc.retry_after is not None
                         else self.settings.rate_limited_default_s
                     )
                     until_ms = int((time.time() + wait - self.clock_offset_s) * 1000)
-                elif kind == DISABLED:
+                elif kind == ReportKind.DISABLED:
                     until_ms = int(
                         (time.time() + self.settings.disable_cooldown_s - self.clock_offset_s) * 1000
                     )
-                self.outcomes.append(outcome(dep, kind, policy, probe=probe, until_ms=until_ms))
+                self.reports.append(breaker_report(dep, kind, policy, probe=probe, until_ms=until_ms))
                 probe = False
-                if kind != LIMITED and exc.retryable and attempt < retries:
+                if kind != ReportKind.LIMITED and exc.retryable and attempt < retries:
                     wait = (
                         exc.retry_after
                         if exc.retry_after is not None
@@ -209,21 +210,19 @@ class RouteWalk:
                         await asyncio.sleep(wait)
                         continue
                 return None
-            self.attempts.append(_attempt(dep, model_id, started, t0, None, _ADMITTED_STATE.get(decision)))
+            self.attempts.append(_attempt(dep, model_id, started, t0, None, _ADMITTED_STATE.get(admitted)))
             delta = 0
             if dep.tpm:
-                delta = (
-                    completion.prompt_tokens
-                    + completion.completion_tokens
-                    - estimate_tokens(self.request_json)
-                )
-            self.outcomes.append(outcome(dep, SUCCESS, policy, probe=probe, tokens_delta=delta))
+                delta = completion.prompt_tokens + completion.completion_tokens - self.est_tokens
+            self.reports.append(
+                breaker_report(dep, ReportKind.SUCCESS, policy, probe=probe, tokens_delta=delta)
+            )
             result = _succeeded(dep, model_id, completion, self.attempts)
             result.fields["fallback_used"] = True
             return result
 
-    def _skipped(self, dep: Deployment, model_id: str, why: str) -> None:
-        code, state = _SKIPS.get(why, ("breaker_open", why))
+    def _skipped(self, dep: Deployment, model_id: str, why: AdmissionState) -> None:
+        code, state = _SKIPS[why]
         last = self.attempts[-1] if self.attempts else None
         if (
             last
@@ -233,22 +232,21 @@ class RouteWalk:
         ):
             return  # a job waiting out an open breaker would otherwise list it on every pass
         self.attempts.append(
-            {
-                "provider": dep.provider,
-                "model": model_id,
-                "upstream_model": dep.upstream_model,
-                "outcome": "skipped",
-                "error_code": code,
-                "http_status": None,
-                "latency_ms": 0.0,
-                "started_at": time.time(),
-                "breaker": state,
-            }
+            new_attempt(
+                provider=dep.provider,
+                model=model_id,
+                upstream_model=dep.upstream_model,
+                outcome="skipped",
+                error_code=code,
+                latency_ms=0.0,
+                started_at=time.time(),
+                breaker=state,
+            )
         )
 
-    def _nothing_left(self, errors: list[RouterError], available: list[float]) -> Outcome:
+    def _nothing_left(self, errors: list[RouterError], available: list[float]) -> PassResult:
         if len(errors) == 1 and not available:
-            result = failed_outcome(errors[0], self.attempts)
+            result = failed_pass(errors[0], self.attempts)
         else:
             tried = [a for a in self.attempts[-(len(errors) + len(available)) :] if a["outcome"] != "success"]
             summary = ", ".join(f"{a['provider']}/{a['upstream_model']}: {a['error_code']}" for a in tried)
@@ -258,7 +256,7 @@ class RouteWalk:
                 f"every deployment failed or is unavailable ({summary}){last}"[:1000],
                 code=codes.pop() if len(codes) == 1 and not available else None,
             )
-            result = failed_outcome(error, self.attempts)
+            result = failed_pass(error, self.attempts)
         result.retryable = bool(available) or any(e.retryable for e in errors)
         result.calls_failed = bool(errors)
         retry_afters = [e.retry_after for e in errors if e.retry_after is not None]
@@ -266,30 +264,30 @@ class RouteWalk:
         result.available_at = min(available) if available else None
         return result
 
-    def _finish(self, result: Outcome) -> Outcome:
-        result.outcomes = self.outcomes
+    def _finish(self, result: PassResult) -> PassResult:
+        result.reports = self.reports
         return result
 
 
 def _attempt(
     dep: Deployment, model_id: str, started: float, t0: float, exc: RouterError | None, breaker: str | None
 ) -> dict[str, Any]:
-    return {
-        "provider": dep.provider,
-        "model": model_id,
-        "upstream_model": dep.upstream_model,
-        "outcome": "success" if exc is None else "error",
-        "error_code": None if exc is None else exc.code,
-        "http_status": 200 if exc is None else exc.http_status,
-        "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-        "started_at": started,
-        "breaker": breaker,
-    }
+    return new_attempt(
+        provider=dep.provider,
+        model=model_id,
+        upstream_model=dep.upstream_model,
+        outcome="success" if exc is None else "error",
+        error_code=None if exc is None else exc.code,
+        http_status=200 if exc is None else exc.http_status,
+        latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+        started_at=started,
+        breaker=breaker,
+    )
 
 
 def _succeeded(
     dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
-) -> Outcome:
+) -> PassResult:
     nanos = dep.price.cost_nanos(
         completion.prompt_tokens,
         completion.completion_tokens,
@@ -310,7 +308,7 @@ def _succeeded(
         "cost": cost,
         "cost_nanos": nanos,
     }
-    return Outcome(
+    return PassResult(
         {
             "status": JobStatus.SUCCEEDED,
             "finished_at": time.time(),
@@ -339,11 +337,11 @@ def estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str
     }
 
 
-def failed_outcome(exc: RouterError, attempts: list[dict[str, Any]]) -> Outcome:
+def failed_pass(exc: RouterError, attempts: list[dict[str, Any]]) -> PassResult:
     fields = {
         "status": JobStatus.FAILED,
         "finished_at": time.time(),
         "attempts": list(attempts),
         "error": exc.to_dict(),
     }
-    return Outcome(fields, retryable=exc.retryable, retry_after=exc.retry_after, calls_failed=True)
+    return PassResult(fields, retryable=exc.retryable, retry_after=exc.retry_after, calls_failed=True)

@@ -193,7 +193,7 @@ def _print_answer(record: Any, as_json: bool) -> int:
 
 
 async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
-    from llm_router.breakers import BreakerBoard
+    from llm_router.circuit_breaker import BreakerBoard
     from llm_router.redis_client import connect_redis
 
     redis = await connect_redis(settings)

@@ -14,6 +14,7 @@ import pytest
 from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits, RouterError
 from llm_router.keys import credits_key
+from llm_router.store import Settlement
 from producer.producer import Producer, Submitted
 from producer.validation import cache_key
 
@@ -138,14 +139,14 @@ async def test_an_overrun_is_charged_and_then_new_jobs_are_refused(producer: Pro
     actual = reserve * 3
     usage = {"prompt_tokens": 5, "completion_tokens": 50, "cost_nanos": actual, "cost": actual / 1e9}
     fields = {"status": "succeeded", "usage": usage, "model": "gpt-4o-mini", "finished_at": 1.0}
-    await producer.store.finish(sub.job_id, fields, settle=f"{actual}|gpt-4o-mini|5|50")
+    await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
     balance = await ledger.show(tenant)
     assert balance is not None
     assert balance.spent == pytest.approx(actual / 1e9)
     assert balance.available == pytest.approx((reserve * 1.5 - actual) / 1e9) and balance.available < 0
     assert (await producer.get(sub.job_id)).usage.credits_remaining < 0
     # a second finish of the same job never charges again
-    await producer.store.finish(sub.job_id, fields, settle=f"{actual}|gpt-4o-mini|5|50")
+    await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
     assert (await ledger.show(tenant)).spent == pytest.approx(actual / 1e9)
     refused = (await producer.submit_many([dict(job)], tenant=tenant))[0]
     assert isinstance(refused, InsufficientCredits)

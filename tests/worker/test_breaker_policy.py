@@ -1,13 +1,16 @@
-"""The worker's side of breakers: policies from settings and catalog, outcomes, the retry budget."""
+"""The worker's side of breakers: policies from settings and catalog, report kinds, the retry budget."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import orjson
+
 from config.catalog import BreakerSpec, Catalog
 from config.settings import Settings
+from llm_router.circuit_breaker import Policy, ReportKind, breaker_report
 from llm_router.errors import AuthFailed, Overloaded, RateLimited, UpstreamInvalidRequest
-from worker.breaker import Policy, RetryBudget, estimate_tokens, outcome, outcome_kind, routing_table
+from worker.breaker import RetryBudget, report_kind, routing_table
 
 
 def test_policy_takes_settings_and_lets_the_catalog_override(sim_catalog: Catalog) -> None:
@@ -19,20 +22,35 @@ def test_policy_takes_settings_and_lets_the_catalog_override(sim_catalog: Catalo
     assert (tuned.consecutive, tuned.probes, tuned.cooldown_ms) == (2, 3, 2500)
 
 
-def test_outcome_kinds_follow_the_taxonomy() -> None:
-    assert outcome_kind(None) == "s"
-    assert outcome_kind(Overloaded("x")) == "f"
-    assert outcome_kind(RateLimited("x")) == "l"
-    assert outcome_kind(AuthFailed("x")) == "d"
-    assert outcome_kind(UpstreamInvalidRequest("x")) == "n"
+def test_report_kinds_follow_the_taxonomy() -> None:
+    assert report_kind(None) == ReportKind.SUCCESS
+    assert report_kind(Overloaded("x")) == ReportKind.FAILURE
+    assert report_kind(RateLimited("x")) == ReportKind.LIMITED
+    assert report_kind(AuthFailed("x")) == ReportKind.DISABLED
+    assert report_kind(UpstreamInvalidRequest("x")) == ReportKind.NEUTRAL
 
 
-def test_outcome_line_has_the_fifteen_fields_the_lua_reads(sim_catalog: Catalog) -> None:
+def test_a_report_names_every_field_the_lua_reads(sim_catalog: Catalog) -> None:
     dep = sim_catalog.deployments("gpt-4o")[0]
-    line = outcome(dep, "f", Policy.for_deployment(dep, Settings(_env_file=None)), probe=True, until_ms=5)
-    fields = line.split("|")
-    assert len(fields) == 15 and fields[:4] == [dep.id, "f", "1", "5"]
-    assert 80 <= int(fields[13]) <= 120  # cooldown jitter, percent
+    policy = Policy.for_deployment(dep, Settings(_env_file=None))
+    report = orjson.loads(breaker_report(dep, ReportKind.FAILURE, policy, probe=True, until_ms=5).encode())
+    assert (report["dep"], report["kind"], report["probe"], report["until_ms"]) == (
+        dep.id,
+        "failure",
+        True,
+        5,
+    )
+    assert set(report["policy"]) == {
+        "window_ms",
+        "bucket_ms",
+        "rate_pct",
+        "min_calls",
+        "consecutive",
+        "cooldown_ms",
+        "max_cooldown_ms",
+        "probes",
+    }
+    assert 80 <= report["jitter_pct"] <= 120  # cooldowns of many deployments must not end in step
 
 
 def test_routing_table_lists_enabled_deployments_in_order(sim_catalog: Catalog) -> None:
@@ -40,11 +58,6 @@ def test_routing_table_lists_enabled_deployments_in_order(sim_catalog: Catalog) 
     assert key.startswith("llm-router:routing:")
     assert table["gpt-4o"].split(";")[0] == f"{sim_catalog.deployments('gpt-4o')[0].id}|0|0|1"
     assert routing_table(sim_catalog, Settings(_env_file=None))[0] == key  # the same config, the same key
-
-
-def test_token_estimate_counts_bytes_and_max_output() -> None:
-    assert estimate_tokens(b'{"max_tokens":100,"model":"m"}') == 30 // 4 + 100
-    assert estimate_tokens(b'{"max_completion_tokens":7,"max_tokens":100}') == 44 // 4 + 7
 
 
 def test_retry_budget_caps_retries_at_a_share_of_calls() -> None:

@@ -1,0 +1,413 @@
+"""The circuit breaker of every deployment, shared by the fleet: its state machine, its rate limits,
+what a job's scripts send it and answer with, and the board that people read.
+
+```
+             N consecutive failures, or a failure rate over the window
+   closed ─────────────────────────────────────────────────────────────▶ open
+     ▲  ▲                                                                │ cooldown passes
+     │  │ `probes` successes in a row                                    ▼ (cooldown x 2 per trip,
+     │  └──────────────────────────────────── half_open ◀────────────────┘  capped, jittered)
+     │                                          │ a probe fails: open again
+     │  Retry-After passes                      └──────────────────────────▶ open
+   limited ◀── a 429 (Retry-After, or a default wait)
+   disabled ◀── our key or the model refused upstream (401/403/404/402), until a cooldown
+```
+
+In ``half_open`` at most ``probes`` jobs hold a probe lease and call the deployment; the others skip
+it. Rate limits are GCRA on requests (``rpm``) and estimated tokens (``tpm``) per minute.
+
+Every worker process on every machine shares one state per deployment, changed only inside the Lua
+below (``BREAKER_LUA``), on Redis' own clock (``TIME``): no read-modify-write race, no clock skew.
+Admission rides on a job's start script and reports on its finish script (``llm_router.record_lua``):
+no extra round trip on the common path. Keys (``llm_router.keys``): ``sick`` (deployments not
+closed: ``state|until_ms``), ``breaker:<dep>`` (window buckets ``n:<i>``/``f:<i>``, consecutive
+failures ``c``, ``trips``, half-open successes ``hs``), ``probes:<dep>`` (probe leases),
+``rpm:<dep>``/``tpm:<dep>`` (GCRA arrival times), ``routing:<digest>`` (model → deployments with
+their limits, published by workers).
+
+The Python side is typed: an ``Admission`` per deployment (decoded from the scripts' replies), a
+``BreakerReport`` per call (encoded for the finish script), a ``Transition`` per state change, and
+``BreakerBoard`` for ``llm-router breakers``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from config.catalog import BreakerSpec, Deployment
+from config.settings import Settings
+from llm_router.keys import BREAKER_PREFIX, SICK_KEY, breaker_key, probes_key
+
+# needs LUA_PRELUDE (llm_router.lua) before it
+BREAKER_LUA = r"""
+-- May `job` call `dep` now?  Returns the admission state and, for a skip, when to try again (ms):
+-- 'ok' | 'probe' (a half-open probe lease is held) | 'open' | 'half_open' | 'limited' | 'disabled'
+-- | 'rate' | 'tokens'.  An open breaker whose cooldown passed turns half-open here.
+local function admit(dep, rpm, tpm, probes, now, job, est_tokens, lease_ms)
+  local sick = redis.call('HGET', SICK, dep)
+  local half = false
+  if sick then
+    local state, until_ms = string.match(sick, '^([%a_]+)|(%d+)')
+    until_ms = tonumber(until_ms)
+    if state == 'open' then
+      if now < until_ms then return 'open', until_ms end
+      redis.call('HSET', SICK, dep, 'half_open|0')
+      redis.call('HSET', BREAKER .. dep, 'hs', 0)
+      half = true
+    elseif state == 'half_open' then
+      half = true
+    elseif now < until_ms then
+      return state, until_ms  -- limited or disabled
+    else
+      redis.call('HDEL', SICK, dep)
+    end
+  end
+  local probes_key = PROBES .. dep
+  if half then
+    redis.call('ZREMRANGEBYSCORE', probes_key, '-inf', now)
+    if not redis.call('ZSCORE', probes_key, job) and redis.call('ZCARD', probes_key) >= probes then
+      return 'half_open', now + 1000
+    end
+  end
+  if rpm > 0 then
+    local key = RPM .. dep
+    local interval = 60000 / rpm
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat > now then return 'rate', tat + 1 end
+    redis.call('SET', key, fmt(now + interval), 'PX', fmt(interval + 60000))
+  end
+  if tpm > 0 and est_tokens > 0 then
+    local key = TPM .. dep
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    local new = tat + est_tokens * 60000 / tpm
+    if new - now > 60000 then return 'tokens', new - 60000 + 1 end
+    redis.call('SET', key, fmt(new), 'PX', fmt(new - now + 60000))
+  end
+  if half then
+    redis.call('ZADD', probes_key, now + lease_ms, job)
+    return 'probe', 0
+  end
+  return 'ok', 0
+end
+
+-- Admission of a job's route: its models' deployments in order (from the routing table), admitting
+-- the first that may be called and leaving the rest 'unchecked'.  Returns {dep, state, until_ms, …}.
+local function admit_route(route_json, routing_key, job, est_tokens, lease_ms, now)
+  local out = {}
+  local chosen = false
+  for model in string.gmatch(route_json, '"([^"]+)"') do
+    local row = redis.call('HGET', routing_key, model)
+    if row then
+      for dep, rpm, tpm, probes in string.gmatch(row, '([^|;]+)|(%d+)|(%d+)|(%d+)') do
+        local state, until_ms = 'unchecked', 0
+        if not chosen then
+          state, until_ms = admit(dep, tonumber(rpm), tonumber(tpm), tonumber(probes), now, job,
+                                  est_tokens, lease_ms)
+          if state == 'ok' or state == 'probe' then chosen = true end
+        end
+        out[#out + 1] = dep
+        out[#out + 1] = state
+        out[#out + 1] = fmt(until_ms)
+      end
+    end
+  end
+  return out
+end
+
+-- One call's report (a BreakerReport's JSON): count it, move the breaker, adjust the token budget.
+-- Returns {dep, new state, reason} when the state changed, else nil.
+local function record_report(json, now, job)
+  local r = cjson.decode(json)
+  local dep, kind, policy = r.dep, r.kind, r.policy
+  local bk = BREAKER .. dep
+  if r.probe then redis.call('ZREM', PROBES .. dep, job) end
+  if r.tpm > 0 and r.tokens_delta ~= 0 then
+    -- the call used more (or fewer) tokens than admission estimated: move the budget by the difference
+    local key = TPM .. dep
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat > 0 then
+      local ttl = redis.call('PTTL', key)
+      local new = tat + r.tokens_delta * 60000 / r.tpm
+      if new > now and ttl > 0 then redis.call('SET', key, fmt(new), 'PX', ttl) end
+    end
+  end
+  if kind == 'neutral' then return nil end
+  local current = redis.call('HGET', SICK, dep)
+  local state = 'closed'
+  if current then state = string.match(current, '^([%a_]+)') end
+  if kind == 'limited' then
+    if state ~= 'open' and state ~= 'half_open' then
+      redis.call('HSET', SICK, dep, 'limited|' .. fmt(r.until_ms))
+    end
+    return {dep, 'limited', 'rate limited upstream'}
+  end
+  if kind == 'disabled' then
+    redis.call('HSET', SICK, dep, 'disabled|' .. fmt(r.until_ms))
+    return {dep, 'disabled', 'key or model refused upstream'}
+  end
+  local bucket = policy.bucket_ms
+  local buckets = math.ceil(policy.window_ms / bucket)
+  local idx = math.floor(now / bucket)
+  redis.call('HDEL', bk, 'n:' .. (idx - buckets), 'f:' .. (idx - buckets))
+  redis.call('PEXPIRE', bk, policy.window_ms * 2 + 60000)
+  if kind == 'success' then
+    redis.call('HSET', bk, 'c', 0)
+    redis.call('HINCRBY', bk, 'n:' .. idx, 1)
+    if state == 'half_open' then
+      local successes = redis.call('HINCRBY', bk, 'hs', 1)
+      if successes >= policy.probes then
+        redis.call('HDEL', SICK, dep)
+        redis.call('HSET', bk, 'trips', 0, 'hs', 0)
+        for i = idx - buckets, idx do redis.call('HDEL', bk, 'n:' .. i, 'f:' .. i) end
+        return {dep, 'closed', 'probes succeeded'}
+      end
+    end
+    return nil
+  end
+  -- a failure
+  redis.call('HINCRBY', bk, 'n:' .. idx, 1)
+  redis.call('HINCRBY', bk, 'f:' .. idx, 1)
+  local consecutive = redis.call('HINCRBY', bk, 'c', 1)
+  if state == 'open' then return nil end
+  local why = nil
+  if state == 'half_open' then
+    why = 'a probe failed'
+  elseif consecutive >= policy.consecutive then
+    why = consecutive .. ' consecutive failures'
+  else
+    local calls, failures = 0, 0
+    for i = idx - buckets + 1, idx do
+      calls = calls + tonumber(redis.call('HGET', bk, 'n:' .. i) or '0')
+      failures = failures + tonumber(redis.call('HGET', bk, 'f:' .. i) or '0')
+    end
+    if calls >= policy.min_calls and failures * 100 >= policy.rate_pct * calls then
+      why = failures .. ' of ' .. calls .. ' calls failed'
+    end
+  end
+  if not why then return nil end
+  local trips = redis.call('HINCRBY', bk, 'trips', 1)
+  local cooldown = math.min(policy.cooldown_ms * 2 ^ (trips - 1), policy.max_cooldown_ms) * r.jitter_pct / 100
+  redis.call('HSET', SICK, dep, 'open|' .. fmt(now + cooldown))
+  redis.call('HSET', bk, 'hs', 0)
+  return {dep, 'open', why}
+end
+"""
+
+
+class AdmissionState(StrEnum):
+    """What admission said about one deployment for one job."""
+
+    OK = "ok"  # call it
+    PROBE = "probe"  # call it: this job holds one of its half-open probe leases
+    UNCHECKED = "unchecked"  # after the admitted one: admitted on the way if the walk reaches it
+    OPEN = "open"
+    HALF_OPEN = "half_open"  # every probe lease is taken
+    LIMITED = "limited"  # a 429's Retry-After
+    DISABLED = "disabled"  # our key or the model was refused upstream
+    RATE = "rate"  # the deployment's requests-per-minute limit
+    TOKENS = "tokens"  # its tokens-per-minute limit
+
+    @property
+    def admitted(self) -> bool:
+        return self in (AdmissionState.OK, AdmissionState.PROBE)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One deployment's admission: its state and, for a skip, when it is worth trying (Redis ms)."""
+
+    state: AdmissionState
+    until_ms: int = 0
+
+    @property
+    def skipped(self) -> bool:
+        return self.state not in (AdmissionState.OK, AdmissionState.PROBE, AdmissionState.UNCHECKED)
+
+
+UNCHECKED = Admission(AdmissionState.UNCHECKED)
+
+
+def decode_admission(state: bytes | str, until_ms: bytes | str | int) -> Admission:
+    return Admission(AdmissionState(state.decode() if isinstance(state, bytes) else state), int(until_ms))
+
+
+def decode_admissions(flat: list[Any]) -> dict[str, Admission]:
+    """``admit_route``'s reply (``dep, state, until_ms, …``) by deployment."""
+    return {
+        (flat[i].decode() if isinstance(flat[i], bytes) else flat[i]): decode_admission(
+            flat[i + 1], flat[i + 2]
+        )
+        for i in range(0, len(flat), 3)
+    }
+
+
+class ReportKind(StrEnum):
+    """What one call's outcome means for its deployment's breaker."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # counts toward opening the breaker
+    NEUTRAL = "neutral"  # the caller's fault (a 400, a content filter): the breaker does not count it
+    LIMITED = "limited"  # a 429: unavailable until its Retry-After
+    DISABLED = "disabled"  # our key or the model refused: out of rotation until a cooldown
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A deployment's breaker thresholds, in the integer units the Lua reads."""
+
+    window_ms: int
+    bucket_ms: int
+    rate_pct: int
+    min_calls: int
+    consecutive: int
+    cooldown_ms: int
+    max_cooldown_ms: int
+    probes: int
+
+    @classmethod
+    def for_deployment(cls, dep: Deployment, settings: Settings) -> Policy:
+        """The catalog's ``breaker:`` block over the ``LLM_ROUTER_BREAKER_*`` settings."""
+        spec = dep.breaker or BreakerSpec()
+
+        def pick(name: str) -> float:
+            value = getattr(spec, name)
+            return float(value if value is not None else getattr(settings, f"breaker_{name}"))
+
+        return cls(
+            window_ms=int(pick("window_s") * 1000),
+            bucket_ms=max(int(settings.breaker_bucket_s * 1000), 1),
+            rate_pct=int(pick("failure_rate") * 100),
+            min_calls=int(pick("min_calls")),
+            consecutive=int(pick("consecutive")),
+            cooldown_ms=int(pick("cooldown_s") * 1000),
+            max_cooldown_ms=int(pick("max_cooldown_s") * 1000),
+            probes=int(pick("probes")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerReport:
+    """What one call did to its deployment, for the finish script's ``record_report``."""
+
+    deployment: str
+    kind: ReportKind
+    policy: Policy
+    probe: bool = False  # the call held a half-open probe lease (released now)
+    until_ms: int = 0  # LIMITED/DISABLED: until when, on Redis' clock
+    tokens_delta: int = 0  # billed tokens minus the admission estimate (moves the tpm budget)
+    tpm: int = 0
+    # cooldowns of many deployments must not end in step
+    jitter_pct: int = 100
+
+    def encode(self) -> bytes:
+        p = self.policy
+        return orjson.dumps(
+            {
+                "dep": self.deployment,
+                "kind": self.kind.value,
+                "probe": self.probe,
+                "until_ms": max(self.until_ms, 0),
+                "tokens_delta": self.tokens_delta,
+                "tpm": self.tpm,
+                "jitter_pct": self.jitter_pct,
+                "policy": {
+                    "window_ms": p.window_ms,
+                    "bucket_ms": p.bucket_ms,
+                    "rate_pct": p.rate_pct,
+                    "min_calls": p.min_calls,
+                    "consecutive": p.consecutive,
+                    "cooldown_ms": p.cooldown_ms,
+                    "max_cooldown_ms": p.max_cooldown_ms,
+                    "probes": p.probes,
+                },
+            }
+        )
+
+
+def breaker_report(
+    dep: Deployment,
+    kind: ReportKind,
+    policy: Policy,
+    *,
+    probe: bool,
+    until_ms: int = 0,
+    tokens_delta: int = 0,
+) -> BreakerReport:
+    """The report of one call to ``dep`` (with the jitter its cooldown gets if it opens the breaker)."""
+    return BreakerReport(
+        deployment=dep.id,
+        kind=kind,
+        policy=policy,
+        probe=probe,
+        until_ms=until_ms,
+        tokens_delta=tokens_delta,
+        tpm=dep.tpm or 0,
+        jitter_pct=random.randint(80, 120),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A breaker that changed state, and why."""
+
+    deployment: str
+    state: str
+    reason: str
+
+
+def decode_transitions(replies: list[Any]) -> list[Transition]:
+    return [Transition(*(v.decode() if isinstance(v, bytes) else str(v) for v in t)) for t in replies]
+
+
+class BreakerBoard:
+    """Reading and resetting the fleet's breakers (``llm-router breakers``)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def list(self, *, window_s: float, bucket_s: float) -> list[dict[str, Any]]:
+        """Every deployment with breaker state: its state, time to half-open, and window counts."""
+        sick = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(SICK_KEY)).items()}
+        names = set(sick)
+        async for key in self.redis.scan_iter(match=f"{BREAKER_PREFIX}*", count=500):
+            names.add(key.decode().removeprefix(BREAKER_PREFIX))
+        now_s, now_us = await self.redis.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        current = now_ms // int(bucket_s * 1000)
+        first = current - int(window_s // bucket_s) + 1
+        out = []
+        for name in sorted(names):
+            fields = {
+                k.decode(): v.decode() for k, v in (await self.redis.hgetall(breaker_key(name))).items()
+            }
+            state, _, until = sick.get(name, "closed|0").partition("|")
+            calls = sum(int(v) for k, v in fields.items() if k.startswith("n:") and int(k[2:]) >= first)
+            failures = sum(int(v) for k, v in fields.items() if k.startswith("f:") and int(k[2:]) >= first)
+            until_ms = int(until or 0)
+            out.append(
+                {
+                    "deployment": name,
+                    "state": state,
+                    "calls_in_window": calls,
+                    "failures_in_window": failures,
+                    "consecutive_failures": int(fields.get("c", 0)),
+                    "trips": int(fields.get("trips", 0)),
+                    "seconds_to_retry": max(until_ms - now_ms, 0) / 1000 if state != "half_open" else 0.0,
+                }
+            )
+        return out
+
+    async def reset(self, name: str) -> bool:
+        """Close one breaker and clear its counts; ``False`` when it had no state."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(SICK_KEY, name)
+            pipe.delete(breaker_key(name), probes_key(name))
+            removed, deleted = await pipe.execute()
+        return bool(removed or deleted)
