@@ -37,7 +37,7 @@ from llm_router.circuit_breaker import (
     decode_transitions,
 )
 from llm_router.contract import JobRecord, JobStatus
-from llm_router.keys import RECORD_PREFIX, RUN_JOB, record_key, stream_key, workers_key
+from llm_router.keys import RECORD_PREFIX, RUN_JOB, record_key, stream_key, worker_info_key, workers_key
 from llm_router.record_lua import (
     ADMIT_LUA,
     CANCEL_LUA,
@@ -454,6 +454,32 @@ class Store:
 
     async def live_workers(self, ttl_s: float) -> int:
         return int(await self.redis.zcount(self.workers_key, time.time() - ttl_s, "+inf"))
+
+
+class LeaseWrites:
+    """The record and heartbeat writes of a worker's lease keeper, a thread with a synchronous Redis
+    pipeline of its own (it must keep beating while the event loop is busy): the keys and fields are
+    the store's, whoever sends them."""
+
+    def __init__(self, queue_name: str, worker_id: str) -> None:
+        self.workers_key = workers_key(queue_name)
+        self.worker_id = worker_id
+        self.info_key = worker_info_key(worker_id)
+
+    def inflight(self, pipe: Any, job_id: str, call: dict[str, Any]) -> None:
+        """The call a job is making, so a run cut short still shows that attempt."""
+        pipe.hset(record_key(job_id), "inflight", orjson.dumps(call))
+
+    def heartbeat(self, pipe: Any, now: float, info: bytes, ttl_ms: int) -> None:
+        """This worker is live on its queue (producers count live workers from these)."""
+        pipe.zadd(self.workers_key, {self.worker_id: now})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now - 3600)
+        pipe.set(self.info_key, info, px=ttl_ms)
+
+    def gone(self, pipe: Any) -> None:
+        """This worker stopped: off the live list at once."""
+        pipe.zrem(self.workers_key, self.worker_id)
+        pipe.delete(self.info_key)
 
 
 def encode_field(name: str, value: Any) -> bytes | str | int | float:

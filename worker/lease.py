@@ -26,7 +26,7 @@ import redis
 import structlog
 from arq.constants import in_progress_key_prefix
 
-from llm_router.keys import record_key, worker_info_key, workers_key
+from llm_router.store import LeaseWrites
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -51,7 +51,7 @@ class LeaseKeeper(threading.Thread):
         self._client = redis.Redis.from_url(
             redis_url, socket_timeout=max(interval_s, 1.0), socket_connect_timeout=2
         )
-        self._workers_key = workers_key(queue_name)
+        self._writes = LeaseWrites(queue_name, worker_id)
         self.worker_id = worker_id
         self._held = held
         self._inflight = inflight
@@ -84,13 +84,11 @@ class LeaseKeeper(threading.Thread):
             pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
         for job_id, call in list(self._inflight.items()):
             if self._written.get(job_id) != id(call):
-                pipe.hset(record_key(job_id), "inflight", orjson.dumps(call))
+                self._writes.inflight(pipe, job_id, call)
                 self._written[job_id] = id(call)
         for job_id in [j for j in self._written if j not in self._inflight]:
             del self._written[job_id]
-        pipe.zadd(self._workers_key, {self.worker_id: now})
-        pipe.zremrangebyscore(self._workers_key, "-inf", now - 3600)
-        pipe.set(worker_info_key(self.worker_id), self._info, px=self._heartbeat_ttl_ms)
+        self._writes.heartbeat(pipe, now, self._info, self._heartbeat_ttl_ms)
         if self._routing and self.beats % self._routing_every == 0:
             # the routing table the start script admits routes from; re-published now and then so a
             # Redis that lost it (restarted without persistence) has it back within a minute
@@ -107,8 +105,7 @@ class LeaseKeeper(threading.Thread):
             self.join(timeout=5)
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.zrem(self._workers_key, self.worker_id)
-            pipe.delete(worker_info_key(self.worker_id))
+            self._writes.gone(pipe)
             pipe.execute()
         except redis.RedisError:
             pass
