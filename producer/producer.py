@@ -32,7 +32,7 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from llm_router.keys import workers_key
-from llm_router.redis_client import connect_redis
+from llm_router.redis_client import redis_client
 from llm_router.store import Store
 from producer.validation import PreparedJob, Validator
 from producer.vision import vision_to_chat
@@ -105,7 +105,7 @@ class Producer:
     @classmethod
     async def connect(cls, settings: Settings | None = None, catalog: Catalog | None = None) -> Producer:
         settings = settings or Settings()
-        redis = await connect_redis(settings)
+        redis = redis_client(settings)
         return cls(redis, catalog or Catalog.load(settings), settings)
 
     async def close(self) -> None:
