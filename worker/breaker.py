@@ -22,7 +22,7 @@ from llm_router.keys import routing_key
 
 # outcome kinds, by what an upstream error means for the deployment
 SUCCESS, FAILURE, NEUTRAL, LIMITED, DISABLED, RELEASE = "s", "f", "n", "l", "d", "r"
-_DISABLING = frozenset({"auth_failed", "not_found", "provider_out_of_credits"})
+_DISABLING = frozenset({"auth_failed", "upstream_not_found", "provider_out_of_credits"})
 _MAX_TOKENS = re.compile(rb'"max_completion_tokens":(\d+)|"max_tokens":(\d+)')
 
 

@@ -197,7 +197,7 @@ async def test_compare_runs_each_model_and_shows_them_side_by_side(e2e: Producer
         assert sides[name]["cost"] > 0 and sides[name]["latency"] > 0
     # fallback is off in a comparison: the failing model reports its error, nobody answers for it
     failed = sides["claude-sonnet-4-5"]
-    assert failed["error"]["code"] == "invalid_request"
+    assert failed["error"]["code"] == "upstream_invalid_request"
     assert failed["response"] is None and failed["cost"] == 0
 
 

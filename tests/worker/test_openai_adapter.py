@@ -125,7 +125,7 @@ ERRORS = [
     ),
     (403, {}, {"error": {"message": "forbidden"}}, "auth_failed", None),
     (402, {}, {"error": {"message": "no credits"}}, "provider_out_of_credits", None),
-    (404, {}, {"error": {"message": "no such model", "code": "model_not_found"}}, "not_found", None),
+    (404, {}, {"error": {"message": "no such model", "code": "model_not_found"}}, "upstream_not_found", None),
     (
         400,
         {},
@@ -140,8 +140,14 @@ ERRORS = [
         "content_filtered",
         None,
     ),
-    (400, {}, {"error": {"message": "bad temperature", "param": "temperature"}}, "invalid_request", None),
-    (418, {}, {}, "invalid_request", None),
+    (
+        400,
+        {},
+        {"error": {"message": "bad temperature", "param": "temperature"}},
+        "upstream_invalid_request",
+        None,
+    ),
+    (418, {}, {}, "upstream_invalid_request", None),
 ]
 
 
