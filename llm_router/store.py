@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
+from config.cost import nanos_to_usd
 from llm_router.autopipe import AutoPipeline
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.keys import RECORD_PREFIX, RUN_JOB, record_key, stream_key, workers_key
@@ -344,7 +345,7 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = v.decode()
     if credits_nanos is not None:
         usage = data.get("usage") or {}
-        data["usage"] = {**usage, "credits_remaining": credits_nanos / 1e9}
+        data["usage"] = {**usage, "credits_remaining": nanos_to_usd(credits_nanos)}
     if children or "pending" in raw or b"pending" in raw:
         order = {m: i for i, m in enumerate(data.get("route") or ())}
         children.sort(key=lambda c: order.get(c.get("model"), len(order)))

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import (
@@ -225,7 +226,8 @@ class Producer:
             elif outcome == -2:
                 results[index] = InsufficientCredits(
                     f"tenant '{prepared.tenant}' has too little credit for this job, which may cost up to "
-                    f"${prepared.reserve_nanos / 1e9:.6f} (see `llm-router credits show {prepared.tenant}`)",
+                    f"${nanos_to_usd(prepared.reserve_nanos):.6f} "
+                    f"(see `llm-router credits show {prepared.tenant}`)",
                     param="tenant",
                 )
             elif outcome == -3:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.catalog import Catalog, Deployment
-from config.prices import nanos_to_usd
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import JobStatus
 from llm_router.errors import (

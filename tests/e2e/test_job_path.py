@@ -11,7 +11,7 @@ from genai_prices import Usage, calc_price
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Catalog
-from config.prices import nanos_to_usd
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.errors import IdempotencyConflict, InvalidRequest, JobNotCancellable, NoWorkers
 from llm_router.simulator import count_prompt_tokens

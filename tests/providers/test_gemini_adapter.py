@@ -17,7 +17,7 @@ from google.genai import types as gtypes
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.contract import RESERVED_KEYS, ChatJob
 from llm_router.errors import RouterError
 from worker.providers import ADAPTERS

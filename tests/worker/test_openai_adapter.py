@@ -7,7 +7,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.errors import RouterError
 from worker.providers import openai as adapter
 
