@@ -123,7 +123,7 @@ CLASSES = [
     ),
     pytest.param(
         {"kind": "status", "status": 504},
-        [("a", "upstream_error"), ("a", "upstream_error"), ("b", None)],
+        [("a", "timeout"), ("a", "timeout"), ("b", None)],
         None,
         id="504",
     ),

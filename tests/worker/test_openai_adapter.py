@@ -115,7 +115,7 @@ ERRORS = [
     (502, {}, b"<html>bad gateway</html>", "upstream_error", None),
     (503, {}, {"error": {"message": "busy"}}, "overloaded", None),
     (529, {}, {"error": {"message": "overloaded"}}, "overloaded", None),
-    (504, {}, {}, "upstream_error", None),
+    (504, {}, {}, "timeout", None),
     (
         401,
         {},
