@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.prices import FREE, Price, price_from_genai_prices, price_from_rates
+from config.cost import FREE, Price, price_from_genai_prices, price_from_rates
 from config.routes import RouteSpec
 from config.settings import Settings
 

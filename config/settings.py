@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = 30.0
     breaker_max_cooldown_s: float = 300.0
     breaker_probes: int = 1
-    # a 429 without Retry-After marks the deployment unavailable this long; auth_failed/not_found longer
+    # a 429 without Retry-After marks the deployment unavailable this long (auth_failed and
+    # upstream_not_found longer)
     rate_limited_default_s: float = 1.0
     # a provider's content filter ends the job unless this lets another model try
     fallback_on_content_filter: bool = False

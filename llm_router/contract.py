@@ -222,16 +222,6 @@ class ChatJob(BaseModel):
             raise _FieldError("top_logprobs", "top_logprobs needs logprobs: true")
         return self
 
-    def upstream_body(self) -> dict[str, Any]:
-        """The OpenAI body without our reserved keys (what an adapter translates)."""
-        return self.model_dump(mode="json", exclude_none=True, exclude=set(RESERVED_KEYS))
-
-    def has_images(self) -> bool:
-        return any(
-            isinstance(m.content, list) and any(isinstance(p, ImagePart) for p in m.content)
-            for m in self.messages
-        )
-
     def image_count(self) -> int:
         return sum(
             sum(isinstance(p, ImagePart) for p in m.content)

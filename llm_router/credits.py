@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from redis.asyncio import Redis
 
+from config.cost import nanos_to_usd, usd_to_nanos
 from llm_router.errors import InvalidRequest
 from llm_router.keys import credits_key, usage_key
-
-NANOS = 1_000_000_000
-
-
-def usd_to_nanos(amount: str | float | Decimal) -> int:
-    try:
-        value = Decimal(str(amount))
-    except InvalidOperation:
-        raise InvalidRequest(f"'{amount}' is not an amount in USD", param="amount") from None
-    if not value.is_finite():
-        raise InvalidRequest(f"'{amount}' is not an amount in USD", param="amount")
-    return int((value * NANOS).to_integral_value())
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +50,16 @@ class UsageRow:
 
 
 def _balance(tenant: str, raw: dict[bytes, bytes]) -> Balance:
-    def usd(name: str) -> float:
-        return int(raw.get(name.encode(), b"0")) / NANOS
+    def nanos(name: str) -> int:
+        return int(raw.get(name.encode(), b"0"))
 
     return Balance(
         tenant=tenant,
-        balance=usd("balance"),
-        reserved=usd("reserved"),
-        available=usd("balance") - usd("reserved"),
-        spent=usd("spent"),
-        added=usd("added"),
+        balance=nanos_to_usd(nanos("balance")),
+        reserved=nanos_to_usd(nanos("reserved")),
+        available=nanos_to_usd(nanos("balance") - nanos("reserved")),  # subtracted exactly, then shown
+        spent=nanos_to_usd(nanos("spent")),
+        added=nanos_to_usd(nanos("added")),
     )
 
 
@@ -83,7 +72,10 @@ class Ledger:
     async def add(self, tenant: str, amount_usd: str | float | Decimal) -> Balance:
         """Top up (or, with a negative amount, correct) a tenant's credit; the tenant is metered
         from now on."""
-        nanos = usd_to_nanos(amount_usd)
+        try:
+            nanos = usd_to_nanos(amount_usd)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="amount") from None
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(credits_key(tenant), "balance", nanos)
             pipe.hincrby(credits_key(tenant), "added", nanos)
@@ -130,7 +122,7 @@ class Ledger:
                         failed=c.get("failed", 0),
                         prompt_tokens=c.get("prompt", 0),
                         completion_tokens=c.get("completion", 0),
-                        cost=c.get("cost", 0) / NANOS,
+                        cost=nanos_to_usd(c.get("cost", 0)),
                     )
                 )
         return rows

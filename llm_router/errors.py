@@ -34,8 +34,8 @@ parses messages: it reads these attributes, which come from one table (``ERROR_T
         ├── ContextLengthExceeded       context_length_exceeded
         ├── ContentFiltered             content_filtered
         ├── AuthFailed                  auth_failed
-        ├── UpstreamNotFound            not_found
-        ├── UpstreamInvalidRequest      invalid_request (400: the provider refused the caller's request)
+        ├── UpstreamNotFound            upstream_not_found
+        ├── UpstreamInvalidRequest      upstream_invalid_request (400: the provider refused the request)
         ├── ProviderOutOfCredits        provider_out_of_credits
         ├── NoDeployment                no_deployment
         ├── DeploymentDisabled          deployment_disabled
@@ -68,11 +68,10 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "model_not_found": ErrorSpec(404, "not_found_error"),
     "idempotency_conflict": ErrorSpec(409, "conflict_error"),
     "payload_too_large": ErrorSpec(413, "invalid_request_error"),
-    "authentication_failed": ErrorSpec(401, "authentication_error"),
-    "permission_denied": ErrorSpec(403, "permission_error"),
     "insufficient_credits": ErrorSpec(402, "insufficient_credits_error"),
     "too_many_queued": ErrorSpec(429, "rate_limit_error"),
     "invalid_api_key": ErrorSpec(401, "authentication_error"),
+    "not_found": ErrorSpec(404, "not_found_error"),
     "method_not_allowed": ErrorSpec(405, "invalid_request_error"),
     "job_not_found": ErrorSpec(404, "not_found_error"),
     "job_not_cancellable": ErrorSpec(409, "conflict_error"),
@@ -81,6 +80,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "wait_timeout": ErrorSpec(408, "server_error"),
     "no_workers": ErrorSpec(503, "server_error"),
     "internal_error": ErrorSpec(500, "server_error"),
+    # the provider refused the caller's request: the caller's fault (400, the type OpenAI's SDKs map
+    # to BadRequestError, like our own invalid_request), final: no retry, no breaker, no fallback
+    "upstream_invalid_request": ErrorSpec(400, "invalid_request_error"),
     # upstream outcomes: retry same deployment / count against breaker / move on to fallback
     "rate_limited": ErrorSpec(502, "upstream_error", retryable=True, breaker=False, fallback=True),
     "overloaded": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
@@ -91,7 +93,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "context_length_exceeded": ErrorSpec(502, "upstream_error", fallback=True),
     "content_filtered": ErrorSpec(502, "upstream_error"),
     "auth_failed": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
-    "not_found": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
+    "upstream_not_found": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "provider_out_of_credits": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
     "no_deployment": ErrorSpec(502, "upstream_error"),
     # a deployment skipped without a call: open breaker or rate limit (it will be back), or out of
@@ -210,17 +212,10 @@ class InvalidApiKey(AccessError):
     code = "invalid_api_key"
 
 
-# "not_found" is also an upstream outcome (a model gone at the provider, 502 on a job); over the
-# HTTP API the same code names an id the caller cannot see, with status 404
-_NOT_FOUND_SPEC = ErrorSpec(404, "not_found_error")
-
-
 class ResourceNotFound(AccessError):
-    code = "not_found"
+    """An id the caller cannot see: unknown, expired, or another tenant's (the same answer)."""
 
-    @property
-    def spec(self) -> ErrorSpec:
-        return _NOT_FOUND_SPEC
+    code = "not_found"
 
 
 class JobError(RouterError):
@@ -294,13 +289,18 @@ class AuthFailed(UpstreamFailure):
 
 
 class UpstreamNotFound(UpstreamFailure):
-    code = "not_found"
+    """The provider answered 404: the deployment's model (or its URL) is gone there."""
+
+    code = "upstream_not_found"
 
 
 class UpstreamInvalidRequest(UpstreamFailure):
-    """The provider refused the caller's request: the caller's fault, so no breaker, no fallback."""
+    """The provider refused the caller's request: the caller's fault, so no breaker, no fallback.
 
-    code = "invalid_request"
+    Its own code (not ``invalid_request``) so a record tells whether we or the provider refused;
+    status and type are the same, which is what clients branch on."""
+
+    code = "upstream_invalid_request"
 
 
 class ProviderOutOfCredits(UpstreamFailure):
@@ -328,15 +328,20 @@ class AllDeploymentsFailed(UpstreamFailure):
 
 
 def _index(root: type[RouterError]) -> dict[str, type[RouterError]]:
+    """Code → the one leaf class raising it (the bases' codes are only defaults)."""
     found: dict[str, type[RouterError]] = {}
     stack = [root]
     while stack:
         klass = stack.pop()
-        found.setdefault(klass.code, klass)
-        stack.extend(klass.__subclasses__())
+        subclasses = klass.__subclasses__()
+        stack.extend(subclasses)
+        if subclasses:
+            continue
+        if klass.code in found:
+            other = found[klass.code].__name__
+            raise TypeError(f"{klass.__name__} and {other} share the code {klass.code!r}")
+        found[klass.code] = klass
     return found
 
 
 _BY_CODE = _index(RouterError)
-_BY_CODE["invalid_request"] = InvalidRequest
-_BY_CODE["not_found"] = UpstreamNotFound

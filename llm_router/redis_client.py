@@ -17,8 +17,3 @@ def redis_url(settings: Settings) -> str:
 def redis_client(settings: Settings) -> Redis:
     """A client with a connection pool; commands reconnect on their own after a dropped connection."""
     return Redis.from_url(redis_url(settings), health_check_interval=30, socket_connect_timeout=5)
-
-
-async def connect_redis(settings: Settings) -> Redis:
-    """``redis_client`` for async callers (connections open on first use)."""
-    return redis_client(settings)

@@ -27,6 +27,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
+from config.cost import nanos_to_usd
 from llm_router.autopipe import AutoPipeline
 from llm_router.circuit_breaker import (
     Admission,
@@ -79,7 +80,7 @@ class NewJob:
     deadline_at: float
     metadata: dict[str, Any] | None = None
     reserve_nanos: int = 0  # the worst-case cost held from the tenant's credit until the job settles
-    prompt_tokens: int = 0  # estimated without a tokenizer (the cost module's one estimate)
+    prompt_tokens: int = 0  # estimated without a tokenizer (config.cost.prompt_tokens)
     # what rate limits count the job as before it runs: prompt_tokens plus its max output, if set
     est_tokens: int = 0
     routed_by: str | None = None  # a route chose the model: which rule
@@ -520,7 +521,7 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = v.decode()
     if credits_nanos is not None:
         usage = data.get("usage") or {}
-        data["usage"] = {**usage, "credits_remaining": credits_nanos / 1e9}
+        data["usage"] = {**usage, "credits_remaining": nanos_to_usd(credits_nanos)}
     if children or "pending" in raw or b"pending" in raw:
         order = {m: i for i, m in enumerate(data.get("route") or ())}
         children.sort(key=lambda c: order.get(c.get("model"), len(order)))

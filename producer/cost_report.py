@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.cost import nanos_to_usd
 from llm_router.errors import RouterError
 from producer.validation import Validator
 
@@ -28,8 +29,8 @@ class ModelEstimate:
             "model": self.model,
             "jobs": self.jobs,
             "prompt_tokens": self.prompt_tokens,
-            "cost_low": self.low_nanos / 1e9,
-            "cost_high": self.high_nanos / 1e9,
+            "cost_low": nanos_to_usd(self.low_nanos),
+            "cost_high": nanos_to_usd(self.high_nanos),
         }
 
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import (
@@ -32,7 +33,7 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from llm_router.keys import workers_key
-from llm_router.redis_client import connect_redis
+from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
 from producer.validation import Validator
 from producer.vision import vision_to_chat
@@ -105,7 +106,7 @@ class Producer:
     @classmethod
     async def connect(cls, settings: Settings | None = None, catalog: Catalog | None = None) -> Producer:
         settings = settings or Settings()
-        redis = await connect_redis(settings)
+        redis = redis_client(settings)
         return cls(redis, catalog or Catalog.load(settings), settings)
 
     async def close(self) -> None:
@@ -217,7 +218,8 @@ class Producer:
             elif outcome == SubmitReply.NO_CREDIT:
                 results[index] = InsufficientCredits(
                     f"tenant '{prepared.tenant}' has too little credit for this job, which may cost up to "
-                    f"${prepared.reserve_nanos / 1e9:.6f} (see `llm-router credits show {prepared.tenant}`)",
+                    f"${nanos_to_usd(prepared.reserve_nanos):.6f} "
+                    f"(see `llm-router credits show {prepared.tenant}`)",
                     param="tenant",
                 )
             elif outcome == SubmitReply.QUEUE_FULL:

@@ -14,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from config.catalog import Catalog
+from config.cost import CostModel, prompt_tokens
 from config.routes import Need, NoCapableModel, choose
 from config.settings import Settings
 from llm_router.contract import ChatJob, invalid_from_validation
@@ -25,7 +26,6 @@ from llm_router.errors import (
     UnsupportedCapability,
 )
 from llm_router.store import NewJob, body_digest
-from producer.estimate import CostModel, prompt_tokens
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 

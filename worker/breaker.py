@@ -19,7 +19,7 @@ from llm_router.circuit_breaker import Policy, ReportKind
 from llm_router.errors import RouterError
 from llm_router.keys import routing_key
 
-_DISABLING = frozenset({"auth_failed", "not_found", "provider_out_of_credits"})
+_DISABLING = frozenset({"auth_failed", "upstream_not_found", "provider_out_of_credits"})
 
 
 def routing_table(catalog: Catalog, settings: Settings) -> tuple[str, dict[str, str]]:

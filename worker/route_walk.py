@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.catalog import Catalog, Deployment
-from config.prices import nanos_to_usd
+from config.cost import call_usage, prompt_tokens, text_tokens
 from config.settings import Settings
 from llm_router.circuit_breaker import (
     UNCHECKED,
@@ -288,26 +288,17 @@ def _attempt(
 def _succeeded(
     dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
 ) -> PassResult:
-    nanos = dep.price.cost_nanos(
+    usage = call_usage(
+        dep.price,
         completion.prompt_tokens,
         completion.completion_tokens,
-        completion.cached_tokens,
-        completion.cache_write_tokens,
+        cached_tokens=completion.cached_tokens,
+        cache_write_tokens=completion.cache_write_tokens,
+        reasoning_tokens=completion.reasoning_tokens,
     )
-    cost = nanos_to_usd(nanos)
     response = completion.response
     response["model"] = model_id
-    response["usage"]["cost"] = cost
-    usage = {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        "cached_tokens": completion.cached_tokens,
-        "cache_write_tokens": completion.cache_write_tokens,
-        "reasoning_tokens": completion.reasoning_tokens,
-        "cost": cost,
-        "cost_nanos": nanos,
-    }
+    response["usage"]["cost"] = usage["cost"]
     return PassResult(
         {
             "status": JobStatus.SUCCEEDED,
@@ -323,18 +314,8 @@ def _succeeded(
 
 def estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
     """What a call that streamed ``text`` and then broke (or was aborted) costs, by the reservation's
-    estimate (bytes / 4), marked as estimated: the provider's own usage never came."""
-    prompt = -(-len(request_json) // 4)
-    completion = -(-len(text.encode()) // 4)
-    nanos = dep.price.cost_nanos(prompt, completion)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "cost": nanos_to_usd(nanos),
-        "cost_nanos": nanos,
-        "estimated": True,
-    }
+    estimate, marked as estimated: the provider's own usage never came."""
+    return call_usage(dep.price, prompt_tokens(request_json), text_tokens(text), estimated=True)
 
 
 def failed_pass(exc: RouterError, attempts: list[dict[str, Any]]) -> PassResult:

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from config.catalog import Catalog
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.testing.redis_server import RedisServer, RedisServerMissing
 from llm_router.testing.sim_env import simulated_env
@@ -204,13 +205,13 @@ def _print_table(console: Console, records: list[Any], wall_s: float) -> None:
             status,
             f"{r.latency_ms or 0:,.0f}",
             str(tokens),
-            f"{nanos / 1e9:.9f}",
+            f"{nanos_to_usd(nanos):.9f}",
         )
     console.print(table)
     ok = sum(r.status == "succeeded" for r in records)
     fallbacks = sum(1 for r in records if r.fallback_used)
     console.print(
         f"[bold]totals:[/bold] {len(records)} jobs, {ok} succeeded, {len(records) - ok} failed, "
-        f"{fallbacks} answered after a fallback, {total_tokens:,} tokens, ${total_nanos / 1e9:.9f}, "
+        f"{fallbacks} answered after a fallback, {total_tokens:,} tokens, ${nanos_to_usd(total_nanos):.9f}, "
         f"{wall_s:.2f} s wall ({len(records) / wall_s:.0f} jobs/s)"
     )

@@ -194,9 +194,9 @@ def _print_answer(record: Any, as_json: bool) -> int:
 
 async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
     from llm_router.circuit_breaker import BreakerBoard
-    from llm_router.redis_client import connect_redis
+    from llm_router.redis_client import redis_client
 
-    redis = await connect_redis(settings)
+    redis = redis_client(settings)
     try:
         board = BreakerBoard(redis)
         if args.action == "reset":

@@ -62,9 +62,9 @@ def print_estimate(lines: list[tuple[int, bytes]], settings: Settings, as_json: 
 
 async def _credits(args: argparse.Namespace, settings: Settings) -> int:
     from llm_router.credits import Ledger
-    from llm_router.redis_client import connect_redis
+    from llm_router.redis_client import redis_client
 
-    redis = await connect_redis(settings)
+    redis = redis_client(settings)
     try:
         ledger = Ledger(redis)
         if args.action == "add":
@@ -92,13 +92,13 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     from llm_router.credits import Ledger
-    from llm_router.redis_client import connect_redis
+    from llm_router.redis_client import redis_client
 
     try:
         since = dt.date.fromisoformat(args.since) if args.since else None
     except ValueError:
         raise InvalidRequest(f"--since {args.since!r} is not a date (YYYY-MM-DD)", param="since") from None
-    redis = await connect_redis(settings)
+    redis = redis_client(settings)
     try:
         rows = await Ledger(redis).usage(tenant=args.tenant, since=since)
     finally:

@@ -41,7 +41,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 async def keys(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
-    from llm_router.redis_client import connect_redis
+    from llm_router.redis_client import redis_client
     from producer.http.auth import ApiKeys
 
     if args.action in ("create", "revoke") and not args.name:
@@ -50,7 +50,7 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
         what = "a tenant" if args.action == "create" else "a key prefix (see `llm-router keys list`)"
         print(f"error: keys {args.action} needs {what}", file=sys.stderr)
         return 2
-    redis = await connect_redis(settings)
+    redis = redis_client(settings)
     try:
         store = ApiKeys(redis, keys_file=settings.api_keys_file)
         if args.action == "create":

@@ -30,7 +30,7 @@ from llm_router.redis_client import redis_client
 from producer.http import batches, gemini_api, jobs_api, openai_api, openapi
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
-from producer.http.errors import JSON, error_response, json_response
+from producer.http.errors import JSON, error_response
 from producer.producer import Producer
 
 log = structlog.get_logger("producer.http")
@@ -43,15 +43,10 @@ GEMINI_SUFFIXES = (":generateContent", ":streamGenerateContent")
 
 
 def _method_not_allowed(request: web.Request, exc: web.HTTPMethodNotAllowed) -> web.Response:
-    body = {
-        "error": {
-            "code": "method_not_allowed",
-            "message": f"{request.method} is not allowed on {request.path}",
-            "type": "invalid_request_error",
-            "param": None,
-        }
-    }
-    return json_response(body, status=405, headers={"Allow": ",".join(sorted(exc.allowed_methods))})
+    error = RouterError(f"{request.method} is not allowed on {request.path}", code="method_not_allowed")
+    response = error_response(error)
+    response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    return response
 
 
 @web.middleware

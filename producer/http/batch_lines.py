@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from config.cost import nanos_to_usd
 from llm_router.contract import JobRecord, JobStatus
 
 MAX_CUSTOM_ID = 512
@@ -194,7 +195,7 @@ class UsageSum:
             "output_tokens": self.completion,
             "output_tokens_details": {"reasoning_tokens": self.reasoning},
             "total_tokens": self.prompt + self.completion,
-            "cost": self.cost_nanos / 1e9,
+            "cost": nanos_to_usd(self.cost_nanos),
         }
 
 

@@ -30,7 +30,6 @@ from producer.http.errors import json_response
 META_FIELDS = ("tenant", "filename", "purpose", "bytes", "created_at", "expires_at")
 # purposes we accept on upload; batch outputs are written by the server only
 UPLOAD_PURPOSES = frozenset({"batch"})
-PURPOSES = frozenset({"batch", "batch_output"})
 READ_CHUNK = 256 * 1024
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
 SWEEP_GRACE_S = 300.0  # a disk file younger than this may be an upload whose hash is not written yet

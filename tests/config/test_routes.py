@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import orjson
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -12,7 +11,6 @@ from pydantic import ValidationError
 from config.catalog import Catalog, CatalogFile
 from config.routes import Need, NoCapableModel, RouteSpec, choose
 from config.settings import DEFAULT_CATALOG, Settings
-from producer.estimate import IMAGE_TOKENS, prompt_tokens
 from producer.validation import Validator
 
 TEXT = Need(prompt_tokens=100, max_output=None, vision=False, tools=False, stream=False)
@@ -83,16 +81,6 @@ def test_auto_respects_the_context_window_of_a_long_prompt(tmp_path) -> None:
     assert short.route[0] == "gpt-4o-mini"  # the cheaper one while the prompt fits
     assert long.route[0] == "gemini-2.5-pro"
     assert catalog.models["gpt-4o-mini"].capabilities.context_window < long.prompt_tokens
-
-
-def test_prompt_tokens_count_images_by_the_image_not_by_its_bytes() -> None:
-    data = "data:image/png;base64," + "A" * 40_000
-    with_image = orjson.dumps(
-        {"messages": [{"content": [{"image_url": {"url": data}, "type": "image_url"}]}]}
-    )
-    without = orjson.dumps({"messages": [{"content": [{"image_url": {"url": ""}, "type": "image_url"}]}]})
-    assert prompt_tokens(with_image, images=1) == prompt_tokens(without) + IMAGE_TOKENS
-    assert prompt_tokens(b"x" * 401) == 101
 
 
 def test_the_reservation_is_the_worst_case_of_the_whole_chain() -> None:

@@ -11,7 +11,7 @@ from genai_prices import Usage, calc_price
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Catalog
-from config.prices import nanos_to_usd
+from config.cost import nanos_to_usd
 from config.settings import Settings
 from llm_router.errors import IdempotencyConflict, InvalidRequest, JobNotCancellable, NoWorkers
 from llm_router.simulator import count_prompt_tokens
@@ -278,7 +278,7 @@ async def test_failed_interactive_chat_raises_typed_error(e2e: Producer, sim) ->
             await e2e.chat("gpt-3.5-turbo", [{"role": "user", "content": "hi"}])
     finally:
         await sim.faults()
-    assert info.value.code == "invalid_request" and info.value.record.status == "failed"
+    assert info.value.code == "upstream_invalid_request" and info.value.record.status == "failed"
     assert len(info.value.record.attempts) == 1  # a caller error neither retries nor falls back
 
 

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from config.cost import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits, RouterError
 from llm_router.keys import credits_key
@@ -56,19 +57,19 @@ async def test_jobs_settle_their_cost_and_release_their_reservations(e2e: Produc
     raw = await e2e.redis.hgetall(credits_key(tenant))
     assert int(raw[b"spent"]) == spent_nanos  # the ledger is the sum of the records, to the nano-dollar
     assert int(raw[b"reserved"]) == 0
-    assert int(raw[b"balance"]) == 5 * 10**9 - spent_nanos
+    assert int(raw[b"balance"]) == 5 * NANOS_PER_USD - spent_nanos
     # each record says what was available when it settled (others' reservations held back); the
     # last one to settle saw the final balance
     remaining = [r.usage.credits_remaining for r in records]
     assert any(x == pytest.approx(balance.available, abs=1e-9) for x in remaining)
-    assert balance.available == pytest.approx(5 - spent_nanos / 1e9, abs=1e-9)
+    assert balance.available == nanos_to_usd(5 * NANOS_PER_USD - spent_nanos)
     assert all(0 < x <= 5 for x in remaining)
 
     rows = await ledger.usage(tenant=tenant)
     assert sum(r.jobs for r in rows) == 20
     assert sum(r.prompt_tokens for r in rows) == sum(r.usage.prompt_tokens for r in records)
     assert sum(r.completion_tokens for r in rows) == sum(r.usage.completion_tokens for r in records)
-    assert sum(round(r.cost * 1e9) for r in rows) == spent_nanos
+    assert sum(usd_to_nanos(r.cost) for r in rows) == spent_nanos
     assert {r.model for r in rows} == {"gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4.1"}
 
 
@@ -77,7 +78,7 @@ async def test_a_bulk_submit_runs_the_lines_that_fit_and_refuses_the_rest(e2e: P
     ledger = Ledger(e2e.redis)
     job = {"model": "gpt-4.1", "messages": HI, "max_tokens": 1000}
     reserve = e2e.validator.prepare(dict(job), now=0).reserve_nanos
-    await ledger.add(tenant, str(reserve * 3.5 / 1e9))
+    await ledger.add(tenant, nanos_to_usd(reserve * 7 // 2))
     results = await e2e.submit_many([dict(job) for _ in range(6)], tenant=tenant)
     created = [r for r in results if isinstance(r, Submitted)]
     refused = [r for r in results if isinstance(r, RouterError)]
@@ -113,7 +114,7 @@ async def test_concurrent_producers_never_overspend(producer: Producer) -> None:
     ledger = Ledger(producer.redis)
     job = {"model": "claude-opus-4-1", "messages": HI, "max_tokens": 500}
     reserve = producer.validator.prepare(dict(job), now=0).reserve_nanos
-    await ledger.add(tenant, str(reserve * 40 / 1e9))
+    await ledger.add(tenant, nanos_to_usd(reserve * 40))
     producers = [await Producer.connect(producer.settings, producer.catalog) for _ in range(6)]
     try:
         batches = await asyncio.gather(
@@ -133,21 +134,21 @@ async def test_an_overrun_is_charged_and_then_new_jobs_are_refused(producer: Pro
     ledger = Ledger(producer.redis)
     job = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 10}
     reserve = producer.validator.prepare(dict(job), now=0).reserve_nanos
-    await ledger.add(tenant, str(reserve * 1.5 / 1e9))
+    await ledger.add(tenant, nanos_to_usd(reserve * 3 // 2))
     sub = await producer.submit(dict(job), tenant=tenant)
     # the provider answered with more than the estimate allowed for: the real cost is charged
     actual = reserve * 3
-    usage = {"prompt_tokens": 5, "completion_tokens": 50, "cost_nanos": actual, "cost": actual / 1e9}
+    usage = {"prompt_tokens": 5, "completion_tokens": 50, "cost_nanos": actual, "cost": nanos_to_usd(actual)}
     fields = {"status": "succeeded", "usage": usage, "model": "gpt-4o-mini", "finished_at": 1.0}
     await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
     balance = await ledger.show(tenant)
     assert balance is not None
-    assert balance.spent == pytest.approx(actual / 1e9)
-    assert balance.available == pytest.approx((reserve * 1.5 - actual) / 1e9) and balance.available < 0
+    assert balance.spent == nanos_to_usd(actual)
+    assert balance.available == nanos_to_usd(reserve * 3 // 2 - actual) and balance.available < 0
     assert (await producer.get(sub.job_id)).usage.credits_remaining < 0
     # a second finish of the same job never charges again
     await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
-    assert (await ledger.show(tenant)).spent == pytest.approx(actual / 1e9)
+    assert (await ledger.show(tenant)).spent == nanos_to_usd(actual)
     refused = (await producer.submit_many([dict(job)], tenant=tenant))[0]
     assert isinstance(refused, InsufficientCredits)
     await ledger.add(tenant, "1")
@@ -198,7 +199,7 @@ async def test_compare_runs_each_model_and_shows_them_side_by_side(e2e: Producer
         assert sides[name]["cost"] > 0 and sides[name]["latency"] > 0
     # fallback is off in a comparison: the failing model reports its error, nobody answers for it
     failed = sides["claude-sonnet-4-5"]
-    assert failed["error"]["code"] == "invalid_request"
+    assert failed["error"]["code"] == "upstream_invalid_request"
     assert failed["response"] is None and failed["cost"] == 0
 
 

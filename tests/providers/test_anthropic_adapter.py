@@ -11,7 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.contract import ChatJob
 from llm_router.errors import RouterError
 from worker.providers import ADAPTERS
@@ -607,7 +607,7 @@ ERRORS = [
         404,
         {},
         {"type": "error", "error": {"type": "not_found_error", "message": "model: x"}},
-        "not_found",
+        "upstream_not_found",
         None,
     ),
     (
@@ -617,7 +617,7 @@ ERRORS = [
             "type": "error",
             "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"},
         },
-        "invalid_request",
+        "upstream_invalid_request",
         None,
     ),
     (
@@ -657,7 +657,7 @@ ERRORS = [
         413,
         {},
         {"type": "error", "error": {"type": "request_too_large", "message": "too big"}},
-        "invalid_request",
+        "upstream_invalid_request",
         None,
     ),
     (

@@ -17,7 +17,7 @@ from google.genai import types as gtypes
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.contract import RESERVED_KEYS, ChatJob
 from llm_router.errors import RouterError
 from worker.providers import ADAPTERS
@@ -603,14 +603,14 @@ ERRORS = [
         404,
         {},
         _google_error(404, "NOT_FOUND", "models/gemini-9 is not found for API version v1beta"),
-        "not_found",
+        "upstream_not_found",
         None,
     ),
     (
         400,
         {},
         _google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
-        "invalid_request",
+        "upstream_invalid_request",
         None,
     ),
     (
@@ -631,7 +631,7 @@ ERRORS = [
         400,
         {},
         [_google_error(400, "FAILED_PRECONDITION", "User location is not supported for the API use.")],
-        "invalid_request",
+        "upstream_invalid_request",
         None,
     ),
 ]

@@ -11,7 +11,7 @@ from google.genai import types as gtypes
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Catalog, Deployment
-from config.prices import FREE
+from config.cost import FREE
 from config.settings import Settings
 from llm_router.contract import ChatJob
 from llm_router.errors import InvalidRequest

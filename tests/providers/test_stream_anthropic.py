@@ -14,7 +14,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.errors import BadResponse, RouterError
 from worker.providers import ADAPTERS
 from worker.providers.sse import SSEDecoder

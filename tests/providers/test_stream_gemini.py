@@ -18,7 +18,7 @@ from google.genai import types as gtypes
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.errors import BadResponse, RouterError
 from worker.providers import ADAPTERS
 from worker.providers.sse import SSEDecoder

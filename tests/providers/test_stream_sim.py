@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.simulator import FaultRule, SimServer, start_simulator
 from worker.providers import ADAPTERS
 from worker.providers.base import Completion, HttpCall

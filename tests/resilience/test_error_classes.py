@@ -123,7 +123,7 @@ CLASSES = [
     ),
     pytest.param(
         {"kind": "status", "status": 504},
-        [("a", "upstream_error"), ("a", "upstream_error"), ("b", None)],
+        [("a", "timeout"), ("a", "timeout"), ("b", None)],
         None,
         id="504",
     ),
@@ -157,7 +157,9 @@ CLASSES = [
     pytest.param(
         {"kind": "status", "status": 403}, [("a", "auth_failed"), ("b", None)], "disabled", id="403"
     ),
-    pytest.param({"kind": "status", "status": 404}, [("a", "not_found"), ("b", None)], "disabled", id="404"),
+    pytest.param(
+        {"kind": "status", "status": 404}, [("a", "upstream_not_found"), ("b", None)], "disabled", id="404"
+    ),
     pytest.param(
         {"kind": "status", "status": 402},
         [("a", "provider_out_of_credits"), ("b", None)],
@@ -189,7 +191,7 @@ async def test_error_class_retries_and_fallback(rig, redis, fault, expected, mar
 @pytest.mark.parametrize(
     ("fault", "code"),
     [
-        pytest.param({"kind": "status", "status": 400}, "invalid_request", id="caller-error"),
+        pytest.param({"kind": "status", "status": 400}, "upstream_invalid_request", id="caller-error"),
         pytest.param(
             {"kind": "status", "status": 400, "error_code": "content_policy_violation"},
             "content_filtered",

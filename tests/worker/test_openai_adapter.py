@@ -7,7 +7,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
-from config.prices import FREE
+from config.cost import FREE
 from llm_router.errors import RouterError
 from worker.providers import openai as adapter
 
@@ -115,7 +115,7 @@ ERRORS = [
     (502, {}, b"<html>bad gateway</html>", "upstream_error", None),
     (503, {}, {"error": {"message": "busy"}}, "overloaded", None),
     (529, {}, {"error": {"message": "overloaded"}}, "overloaded", None),
-    (504, {}, {}, "upstream_error", None),
+    (504, {}, {}, "timeout", None),
     (
         401,
         {},
@@ -125,7 +125,7 @@ ERRORS = [
     ),
     (403, {}, {"error": {"message": "forbidden"}}, "auth_failed", None),
     (402, {}, {"error": {"message": "no credits"}}, "provider_out_of_credits", None),
-    (404, {}, {"error": {"message": "no such model", "code": "model_not_found"}}, "not_found", None),
+    (404, {}, {"error": {"message": "no such model", "code": "model_not_found"}}, "upstream_not_found", None),
     (
         400,
         {},
@@ -140,8 +140,14 @@ ERRORS = [
         "content_filtered",
         None,
     ),
-    (400, {}, {"error": {"message": "bad temperature", "param": "temperature"}}, "invalid_request", None),
-    (418, {}, {}, "invalid_request", None),
+    (
+        400,
+        {},
+        {"error": {"message": "bad temperature", "param": "temperature"}},
+        "upstream_invalid_request",
+        None,
+    ),
+    (418, {}, {}, "upstream_invalid_request", None),
 ]
 
 

@@ -54,7 +54,7 @@ from llm_router.errors import (
 )
 from worker.providers.base import Completion, HttpCall
 from worker.providers.stream import usage_counts
-from worker.providers.wire import json_answer, retry_after
+from worker.providers.wire import json_answer, retry_after, status_error
 
 NEEDS_IMAGE_BYTES = False  # URL image sources are fetched by Anthropic itself
 DEFAULT_VERSION = "2023-06-01"
@@ -157,6 +157,7 @@ TOOL_CHOICE: dict[str, dict[str, str]] = {
 }
 
 # error.type → error class; the HTTP status decides when the type is missing or unknown
+# (``wire.STATUS_ERRORS``)
 ERROR_TYPES: dict[str, type[RouterError]] = {
     "invalid_request_error": UpstreamInvalidRequest,
     "authentication_error": AuthFailed,
@@ -168,21 +169,6 @@ ERROR_TYPES: dict[str, type[RouterError]] = {
     "api_error": UpstreamError,
     "timeout_error": UpstreamTimeout,
     "overloaded_error": Overloaded,
-}
-_BY_STATUS: dict[int, type[RouterError]] = {
-    400: UpstreamInvalidRequest,
-    401: AuthFailed,
-    402: ProviderOutOfCredits,
-    403: AuthFailed,
-    404: UpstreamNotFound,
-    408: UpstreamTimeout,
-    413: UpstreamInvalidRequest,
-    429: RateLimited,
-    500: UpstreamError,
-    502: UpstreamError,
-    503: Overloaded,
-    504: UpstreamTimeout,
-    529: Overloaded,
 }
 # Anthropic reports a prompt over the context window only as an invalid_request_error whose
 # message starts with one of these (it has no error code for it): the one place a message is read
@@ -525,7 +511,7 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
             message = f"HTTP {status}: {body[:2000].decode('utf-8', 'replace')}"
     klass = ERROR_TYPES.get(str(kind)) if kind else None
     if klass is None:
-        klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
+        klass = status_error(status)
     if klass is UpstreamInvalidRequest and message.lower().startswith(CONTEXT_MESSAGES):
         klass = ContextLengthExceeded
     return klass(message, http_status=status, retry_after=retry_after(headers))

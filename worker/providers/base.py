@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from config.catalog import Deployment
 from worker.providers.sse import SSEEvent
 
 
@@ -52,21 +51,3 @@ class StreamParser(Protocol):
     def completion(self) -> Completion: ...
 
     def partial_text(self) -> str: ...
-
-
-class Adapter(Protocol):
-    """A wire format: pure translation between our request and the provider's HTTP exchange.
-
-    A request module may also set ``NEEDS_IMAGE_BYTES = True`` when its provider cannot fetch image URLs
-    itself: the worker then inlines https images as data URIs before ``build_request``.
-    """
-
-    def build_request(self, request: dict[str, Any], deployment: Deployment) -> HttpCall: ...
-
-    def parse_response(
-        self, status: int, headers: dict[str, str], body: bytes, request: dict[str, Any]
-    ) -> Completion: ...
-
-    def build_stream_request(self, request: dict[str, Any], deployment: Deployment) -> HttpCall: ...
-
-    def stream_parser(self, request: dict[str, Any], deployment: Deployment) -> StreamParser: ...

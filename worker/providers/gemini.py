@@ -58,7 +58,7 @@ from llm_router.errors import (
 )
 from worker.providers.base import Completion, HttpCall
 from worker.providers.stream import usage_counts
-from worker.providers.wire import json_answer, retry_after
+from worker.providers.wire import json_answer, retry_after, status_error
 
 NEEDS_IMAGE_BYTES = True
 
@@ -142,16 +142,6 @@ ERROR_REASONS: dict[str, type[RouterError]] = {
     "CONSUMER_SUSPENDED": AuthFailed,
     "SERVICE_DISABLED": AuthFailed,
     "BILLING_DISABLED": ProviderOutOfCredits,
-}
-_BY_STATUS: dict[int, type[RouterError]] = {
-    400: UpstreamInvalidRequest,
-    401: AuthFailed,
-    403: AuthFailed,
-    404: UpstreamNotFound,
-    429: RateLimited,
-    500: UpstreamError,
-    503: Overloaded,
-    504: UpstreamTimeout,
 }
 # Gemini reports a prompt over the context window only as INVALID_ARGUMENT with this message
 CONTEXT_MESSAGES = ("the input token count",)
@@ -536,7 +526,7 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
     if klass is None:
         klass = ERROR_STATUSES.get(str(state)) if state else None
     if klass is None:
-        klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
+        klass = status_error(status)
     if klass is UpstreamInvalidRequest and message.lower().startswith(CONTEXT_MESSAGES):
         klass = ContextLengthExceeded
     wait = retry_after(headers)

@@ -27,41 +27,20 @@ from llm_router.errors import (
     BadResponse,
     ContentFiltered,
     ContextLengthExceeded,
-    Overloaded,
     ProviderOutOfCredits,
-    RateLimited,
     RouterError,
-    UpstreamError,
-    UpstreamInvalidRequest,
     UpstreamNotFound,
-    UpstreamTimeout,
 )
 from worker.providers.base import Completion, HttpCall
 from worker.providers.sse import SSEEvent
 from worker.providers.stream import ChunkStream, event_json, stream_error, usage_counts
-from worker.providers.wire import json_answer, retry_after
+from worker.providers.wire import json_answer, retry_after, status_error
 
 # what we never forward: our reserved keys, and streaming (this path reads whole answers)
 _DROP = frozenset(RESERVED_KEYS | {"stream", "stream_options"})
 
-# HTTP status → error class; the vendor's error code can refine it (_BY_CODE)
-_BY_STATUS: dict[int, type[RouterError]] = {
-    400: UpstreamInvalidRequest,
-    401: AuthFailed,
-    402: ProviderOutOfCredits,
-    403: AuthFailed,
-    404: UpstreamNotFound,
-    408: UpstreamTimeout,
-    413: UpstreamInvalidRequest,
-    422: UpstreamInvalidRequest,
-    429: RateLimited,
-    500: UpstreamError,
-    502: UpstreamError,
-    503: Overloaded,
-    504: UpstreamError,
-    529: Overloaded,
-}
-
+# the vendor's error.code (else error.type) → error class; the HTTP status decides when it is missing
+# or unknown (``wire.STATUS_ERRORS``)
 _BY_CODE: dict[str, type[RouterError]] = {
     "context_length_exceeded": ContextLengthExceeded,
     "string_above_max_length": ContextLengthExceeded,
@@ -216,7 +195,7 @@ def classify_error(status: int, headers: dict[str, str], body: bytes) -> RouterE
             message = f"HTTP {status}: {body[:2000].decode('utf-8', 'replace')}"
     klass = _BY_CODE.get(str(code)) if code else None
     if klass is None:
-        klass = _BY_STATUS.get(status) or (UpstreamError if status >= 500 else UpstreamInvalidRequest)
+        klass = status_error(status)
     # the whole message: the worker removes keys from it before it cuts it to length
     return klass(message, http_status=status, retry_after=retry_after(headers))
 

@@ -1,0 +1,304 @@
+"""What things cost: prices, the cost of one call, the estimate before a job runs, and money in USD.
+
+**Money** is integer: a price is pico-dollars (1e-12 USD) per token and a cost is nano-dollars
+(1e-9 USD), so the hot path multiplies and adds integers, sums never drift (a tenant's ledger is
+the exact sum of its jobs' costs, in Redis as in Python) and a cost is rounded once per request,
+half up. Money becomes USD only at the edge, through ``nanos_to_usd`` / ``usd_to_nanos``.
+
+**Prices** are data resolved once at start-up, never fetched: from ``genai-prices``' bundled
+snapshot (offline; its ``UpdatePrices`` is never started), or from the catalog where it has none or
+a gateway differs. Tiered prices follow genai-prices' cliff model: once a request's input tokens
+pass a tier's start, all its tokens pay that tier.
+
+**A call's cost** (``call_usage``) is its billed token counts at its deployment's ``Price``: the
+provider's own counts when the call succeeded, the estimate below (marked ``estimated``) when a
+stream broke before the provider's usage came.
+
+**The estimate before a job runs** needs no download (no tiktoken encodings) and no per-model
+tokenizer, so it works on a locked-down host and costs a microsecond a job:
+
+* **prompt tokens** (``prompt_tokens``) = ⌈bytes of the job's canonical JSON request / 4⌉, less the
+  bytes of any image data, plus ``IMAGE_TOKENS`` per image. Four bytes a token is OpenAI's own rule
+  of thumb for English; counting the JSON (keys, quotes, tool schemas) rather than the text alone
+  leans high, which is the right side for a reservation.
+* **worst case** (``CostModel.worst_case``) = those prompt tokens plus the job's ``max_tokens``
+  (``max_completion_tokens``), or the model's maximum output when it sets none, priced at the
+  dearest deployment of every model in its fallback chain. A job reserves this much of its
+  tenant's credit.
+* **prompt only** (``CostModel.prompt_only``) = the prompt tokens at the first deployment of its
+  model, with no output: the low end of ``llm-router submit --estimate``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the catalog holds Prices: it imports this module, not the other way round
+    from config.catalog import Catalog
+
+PICO_PER_USD_PER_MTOK = Decimal(1_000_000)  # $1 per 1M tokens is 1e6 pico-dollars per token
+NANOS_PER_USD = 1_000_000_000
+
+# per image: above OpenAI's 765 for a 1024x1024 high-detail image and Anthropic's ~1,600 for the
+# largest image it takes without resizing; Gemini counts 258
+IMAGE_TOKENS = 1_600
+BYTES_PER_TOKEN = 4
+_DATA = re.compile(rb'"url":"(data:[^"]*|https?://[^"]*)"')
+
+
+# -- money ------------------------------------------------------------------------------------
+
+
+def nanos_to_usd(nanos: int) -> float:
+    """USD as a JSON number, exact to 1e-9 (the float nearest the decimal value)."""
+    return float(Decimal(nanos) / NANOS_PER_USD)
+
+
+def usd_to_nanos(amount: str | float | Decimal) -> int:
+    """Nano-dollars of an amount in USD (``"12.50"``, ``0.1``), rounded half even to the nano-dollar.
+
+    A float goes through its shortest repr (``0.1`` is 100,000,000, not 100,000,000.000000005...);
+    ``ValueError`` when the amount is not a finite number.
+    """
+    try:
+        value = Decimal(str(amount))
+    except InvalidOperation:
+        raise ValueError(f"'{amount}' is not an amount in USD") from None
+    if not value.is_finite():
+        raise ValueError(f"'{amount}' is not an amount in USD")
+    return int((value * NANOS_PER_USD).to_integral_value())
+
+
+# -- prices -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Rates (pico-USD per token) that apply once input tokens exceed ``start``."""
+
+    start: int
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int = -1  # -1: same as input (providers that do not charge cache writes apart)
+
+    @property
+    def cache_write_rate(self) -> int:
+        return self.input if self.cache_write < 0 else self.cache_write
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A deployment's price: tiers sorted by ``start`` (the first starts at 0) and where it came from."""
+
+    tiers: tuple[Tier, ...]
+    source: str
+
+    def tier_for(self, input_tokens: int) -> Tier:
+        chosen = self.tiers[0]
+        for tier in self.tiers[1:]:
+            if input_tokens > tier.start:
+                chosen = tier
+        return chosen
+
+    def cost_nanos(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
+        """Nano-dollars for one request, rounded half up once.
+
+        ``prompt_tokens`` counts the whole prompt (OpenAI's meaning); ``cached_tokens`` is the part
+        read from a cache and ``cache_write_tokens`` the part written to one, each at its own rate.
+        Reasoning (thinking) tokens are output tokens and belong in ``completion_tokens``.
+        """
+        tier = self.tier_for(prompt_tokens)
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        picos = (
+            (prompt_tokens - cached - written) * tier.input
+            + cached * tier.cache_read
+            + written * tier.cache_write_rate
+            + completion_tokens * tier.output
+        )
+        return (picos + 500) // 1000
+
+    def per_mtok_usd(self) -> dict[str, float]:
+        """Base-tier prices in USD per 1M tokens, for display."""
+        base = self.tiers[0]
+        scale = float(PICO_PER_USD_PER_MTOK)
+        return {
+            "input_usd_per_mtok": base.input / scale,
+            "output_usd_per_mtok": base.output / scale,
+            "cache_read_usd_per_mtok": base.cache_read / scale,
+            "cache_write_usd_per_mtok": base.cache_write_rate / scale,
+        }
+
+
+def _pico(usd_per_mtok: Decimal | float | int | str | None) -> int:
+    if usd_per_mtok is None:
+        return 0
+    return int((Decimal(str(usd_per_mtok)) * PICO_PER_USD_PER_MTOK).to_integral_value())
+
+
+def price_from_rates(
+    input_usd_per_mtok: float | str,
+    output_usd_per_mtok: float | str,
+    cache_read_usd_per_mtok: float | str | None = None,
+    cache_write_usd_per_mtok: float | str | None = None,
+    *,
+    source: str,
+) -> Price:
+    """A flat price from USD-per-1M-token rates (catalog overrides)."""
+    cache = cache_read_usd_per_mtok if cache_read_usd_per_mtok is not None else input_usd_per_mtok
+    write = _pico(cache_write_usd_per_mtok) if cache_write_usd_per_mtok is not None else -1
+    return Price(
+        tiers=(Tier(0, _pico(input_usd_per_mtok), _pico(output_usd_per_mtok), _pico(cache), write),),
+        source=source,
+    )
+
+
+FREE = Price(tiers=(Tier(0, 0, 0, 0),), source="free")
+
+
+def price_from_genai_prices(provider_id: str, model_ref: str, when: datetime | None = None) -> Price | None:
+    """Resolve a price from genai-prices' bundled snapshot; ``None`` when it does not know the model."""
+    from genai_prices import data_snapshot, types
+
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        provider, model = snapshot.find_provider_model(model_ref, None, provider_id, None)
+    except LookupError:
+        return None
+    except Exception:  # genai-prices raises its own error types for unknown refs
+        return None
+    mp = model.get_prices(when or datetime.now(tz=UTC))
+
+    def rates(value: object) -> tuple[Decimal, dict[int, Decimal]]:
+        if isinstance(value, types.TieredPrices):
+            return value.base, {t.start: t.price for t in value.tiers}
+        if value is None:
+            return Decimal(0), {}
+        return Decimal(str(value)), {}
+
+    inp, inp_t = rates(getattr(mp, "input_mtok", None))
+    out, out_t = rates(getattr(mp, "output_mtok", None))
+    raw_cache = getattr(mp, "cache_read_mtok", None)
+    cache, cache_t = rates(raw_cache) if raw_cache is not None else (inp, inp_t)
+    raw_write = getattr(mp, "cache_write_mtok", None)
+    write, write_t = rates(raw_write) if raw_write is not None else (None, {})
+    starts = sorted(set(inp_t) | set(out_t) | set(cache_t) | set(write_t))
+    tiers = [Tier(0, _pico(inp), _pico(out), _pico(cache), -1 if write is None else _pico(write))]
+    for start in starts:
+        prev = tiers[-1]
+        tiers.append(
+            Tier(
+                start,
+                _pico(inp_t[start]) if start in inp_t else prev.input,
+                _pico(out_t[start]) if start in out_t else prev.output,
+                _pico(cache_t[start]) if start in cache_t else prev.cache_read,
+                _pico(write_t[start]) if start in write_t else prev.cache_write,
+            )
+        )
+    return Price(tiers=tuple(tiers), source=f"genai-prices:{provider.id}/{model_ref}")
+
+
+# -- one call ---------------------------------------------------------------------------------
+
+
+def call_usage(
+    price: Price,
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    estimated: bool = False,
+) -> dict[str, Any]:
+    """One call's billed token counts and their cost, as a record's ``usage`` (``contract.Usage``).
+
+    The counts mean what ``Price.cost_nanos`` says; ``estimated`` marks counts from the estimate
+    (``prompt_tokens``/``text_tokens``) rather than the provider's usage, and is left out otherwise.
+    """
+    nanos = price.cost_nanos(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cached_tokens": cached_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "cost": nanos_to_usd(nanos),
+        "cost_nanos": nanos,
+    }
+    if estimated:
+        usage["estimated"] = True
+    return usage
+
+
+# -- estimates --------------------------------------------------------------------------------
+
+
+def prompt_tokens(request: bytes, images: int | None = None) -> int:
+    """Estimated prompt tokens of a job's canonical JSON request (see the module's doc); ``images``
+    is the number of image parts, counted from the JSON when not given."""
+    if images is None:
+        images = sum(1 for _ in _DATA.finditer(request))
+    size = len(request)
+    if images:
+        size -= sum(len(m.group(1)) for m in _DATA.finditer(request))
+    return -(-max(size, 0) // BYTES_PER_TOKEN) + images * IMAGE_TOKENS
+
+
+def text_tokens(text: str) -> int:
+    """Estimated tokens of generated text (what a broken stream published): ⌈UTF-8 bytes / 4⌉."""
+    return -(-len(text.encode()) // BYTES_PER_TOKEN)
+
+
+class CostModel:
+    """Prices of the catalog's models for estimates, read once; answers in nano-USD."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        # per route: its distinct (tiers as (start, input, output) picos, model's max output), so
+        # a job's reservation is a few multiplications, not a price lookup per deployment
+        self._rows: dict[tuple[str, ...], list[tuple[tuple[tuple[int, int, int], ...], int]]] = {}
+
+    def _route_rows(self, route: tuple[str, ...]) -> list[tuple[tuple[tuple[int, int, int], ...], int]]:
+        rows = self._rows.get(route)
+        if rows is None:
+            distinct: dict[tuple[tuple[tuple[int, int, int], ...], int], None] = {}
+            for model_id in route:
+                max_out = self.catalog.models[model_id].capabilities.max_output
+                for dep in self.catalog.deployments(model_id):
+                    tiers = tuple((t.start, t.input, t.output) for t in dep.price.tiers)
+                    distinct[(tiers, max_out)] = None
+            rows = self._rows[route] = list(distinct)
+        return rows
+
+    def worst_case(self, route: list[str] | tuple[str, ...], prompt: int, max_output: int | None) -> int:
+        """The most the job can cost on any deployment of its chain: its reservation."""
+        worst = 0
+        for tiers, model_max in self._route_rows(tuple(route)):
+            _, rate_in, rate_out = tiers[0]
+            for start, tier_in, tier_out in tiers[1:]:  # as Price.tier_for: the last tier passed
+                if prompt > start:
+                    rate_in, rate_out = tier_in, tier_out
+            out = min(max_output, model_max) if max_output else model_max
+            picos = prompt * rate_in + out * rate_out
+            if picos > worst:
+                worst = picos
+        return (worst + 500) // 1000
+
+    def prompt_only(self, model_id: str, prompt: int) -> int:
+        """The prompt alone at the model's first deployment: the least the job can cost."""
+        deps = self.catalog.deployments(model_id)
+        return deps[0].price.cost_nanos(prompt, 0) if deps else 0
+
+    def typical(self, model_id: str, prompt: int, output: int) -> int:
+        """A request's cost at the model's first deployment (how ``auto`` routes rank models)."""
+        deps = self.catalog.deployments(model_id)
+        return deps[0].price.cost_nanos(prompt, output) if deps else 1 << 62
