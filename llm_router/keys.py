@@ -6,7 +6,9 @@ own keys (its job, in-progress and retry keys, its abort set) keep arq's names (
 
 All amounts are integer nano-USD. What lives where:
 
-* ``job:<id>`` hash: a job's record (``llm_router.store``); ``stream:<id>``: its token stream.
+* ``job:<tenant>/<id>`` hash: a job's record (``llm_router.store``); ``stream:<tenant>/<id>``: its
+  token stream. Jobs live inside their tenant (``scoped_id``): the same id under two tenants is two
+  jobs, and queues, arq's keys and workers all use the scoped id; users see the job id alone.
 * ``<queue>:workers`` sorted set: live workers of a queue by last heartbeat; ``worker:<id>``: one
   worker's info, expiring with its heartbeat.
 * ``credits:<tenant>`` hash (``balance``, ``reserved``, ``spent``, ``added``); ``active:<tenant>``:
@@ -54,13 +56,28 @@ ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
 
 
-def record_key(job_id: str) -> str:
-    return RECORD_PREFIX + job_id
+DEFAULT_TENANT = "default"
 
 
-def stream_key(job_id: str) -> str:
+def scoped_id(tenant: str, job_id: str) -> str:
+    """A job's id inside its tenant, which storage, queues and workers use. Neither a tenant nor a
+    job id may contain ``/`` (``contract``), so the pair reads back unambiguously."""
+    return f"{tenant}/{job_id}"
+
+
+def split_scoped(scoped: str) -> tuple[str, str]:
+    """(tenant, job id) of a scoped id."""
+    tenant, _, job_id = scoped.partition("/")
+    return tenant, job_id
+
+
+def record_key(scoped: str) -> str:
+    return RECORD_PREFIX + scoped
+
+
+def stream_key(scoped: str) -> str:
     """The job's token stream: OpenAI ``chat.completion.chunk`` entries, then an end or error entry."""
-    return STREAM_PREFIX + job_id
+    return STREAM_PREFIX + scoped
 
 
 def workers_key(queue_name: str) -> str:

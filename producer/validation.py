@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from config.catalog import Catalog
-from config.cost import CostModel, prompt_tokens
+from config.cost import CostModel, demand_of, prompt_tokens
 from config.routes import Need, NoCapableModel, choose
 from config.settings import Settings
 from llm_router.contract import ChatJob, invalid_from_validation
@@ -25,6 +25,7 @@ from llm_router.errors import (
     RouterError,
     UnsupportedCapability,
 )
+from llm_router.keys import DEFAULT_TENANT
 from llm_router.store import NewJob, body_digest
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
@@ -165,11 +166,12 @@ class Validator:
             route=route,
             route_json=route_json,
             model_requested=job.model,
-            tenant=job.tenant or "default",
+            tenant=job.tenant or DEFAULT_TENANT,
+            tenant_given=job.tenant is not None,
             created_at=now,
             deadline_at=now + (job.deadline_s or default_deadline),
             metadata=job.metadata,
-            reserve_nanos=self.costs.worst_case(route_key, prompt, max_out),
+            reserve_nanos=self.costs.worst_case(route_key, demand_of(obj, prompt)),
             prompt_tokens=prompt,
             est_tokens=prompt + (max_out or 0),
             routed_by=routed_by,

@@ -35,6 +35,7 @@ from llm_router.errors import (
     RouterError,
     UpstreamTimeout,
 )
+from llm_router.keys import split_scoped
 from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
 from worker.breaker import RetryBudget, routing_table
@@ -95,7 +96,11 @@ class JobRunner:
         self.aborting: Any = lambda job_id: False
 
     async def run(self, job_id: str) -> None:
-        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
+        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
+
+        ``job_id`` is the scoped id the queue holds (``keys.scoped_id``); logs show the job's own id
+        and its tenant apart.
+        """
         now = time.time()
         try:
             started = await self.store.start(
@@ -119,7 +124,8 @@ class JobRunner:
         attempts: list[dict[str, Any]] = orjson.loads(started.attempts) if started.attempts else []
         passes = started.passes
         deadline_at = started.deadline_at
-        bound = log.bind(job_id=job_id, model=route[0], run=started.runs)
+        tenant, public_id = split_scoped(job_id)
+        bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
         if started.previous_status == "running":  # the run before was cut short: its worker died mid-job
             call = orjson.loads(started.inflight) if started.inflight else None
             attempts.append(_interrupted(call, started.previous_worker))
@@ -401,13 +407,7 @@ class JobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         for t in finished.transitions:
-            log.warning(
-                "breaker state changed",
-                deployment=t.deployment,
-                state=t.state,
-                reason=t.reason,
-                job_id=job_id,
-            )
+            bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
 
 
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -437,7 +437,7 @@ def _settlement(
     response = fields.get("response") or {}
     message = ((response.get("choices") or [{}])[0]).get("message") or {}
     summary = {
-        "job_id": job_id,
+        "job_id": split_scoped(job_id)[1],
         "model": route[0] if route else model,
         "status": JobStatus(fields["status"]).value,
         "content": message.get("content"),

@@ -109,11 +109,13 @@ async def stream_generate_content(request: web.Request) -> web.StreamResponse:
     async with start_interactive(request, job) as started:
         writer = _Writer(request, {JOB_ID_HEADER: started.job_id})
         try:
-            async for chunk in follow_stream(producer, started.job_id, timeout_s=started.wait_s):
+            async for chunk in follow_stream(
+                producer, started.job_id, tenant=started.tenant, timeout_s=started.wait_s
+            ):
                 piece = chunk_to_gemini(chunk)
                 if piece is not None:
                     await writer.write(piece)
-            record = await producer.get(started.job_id)
+            record = await producer.get(started.job_id, tenant=started.tenant)
         except (JobFailed, WaitTimeout) as exc:
             error = record_error(exc.record.error) if isinstance(exc, JobFailed) else exc
             if writer.response is None:

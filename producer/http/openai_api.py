@@ -24,7 +24,6 @@ from llm_router.errors import (
     InvalidRequest,
     ModelNotFound,
     NoWorkers,
-    ResourceNotFound,
     RouterError,
     WaitTimeout,
 )
@@ -33,6 +32,7 @@ from producer.http.errors import (
     SSE_DONE,
     error_body,
     error_response,
+    idempotency_key,
     json_response,
     read_json,
     record_error,
@@ -49,11 +49,13 @@ WAIT_SLACK_S = 5.0  # beyond the job's deadline: the worker fails it with deadli
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """An interactive job on its way: its id, when to stop waiting for it, and its end's event."""
+    """An interactive job on its way: its id and tenant, when to stop waiting for it, and its end's
+    event."""
 
     job_id: str
     wait_s: float
     ended: asyncio.Event
+    tenant: str
 
 
 @asynccontextmanager
@@ -70,11 +72,16 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
         raise NoWorkers("no live llm-router worker serves the interactive queue")
     job = without_tenant(job)
     given = job.get("job_id")
-    # the id is chosen here so the waiter is registered before the job exists
-    job_id = given if isinstance(given, str) else os.urandom(16).hex()
+    key = idempotency_key(request)
+    if key is not None and given is not None and given != key:
+        raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
+    # the id is chosen here so the waiter is registered before the job exists; a retry with the same
+    # Idempotency-Key finds the first job (and its answer) instead of running a second one
+    job_id = given if isinstance(given, str) else key or os.urandom(16).hex()
     if given is None:
         job = {**job, "job_id": job_id}
-    with waiter.watch(job_id) as event:
+    tenant: str = request["tenant"]
+    with waiter.watch(producer.scoped(job_id, tenant)) as event:
         result = (
             await submit_jobs(producer, settings, [job], request["tenant"], interactive=True, notify=True)
         )[0]
@@ -82,15 +89,14 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
             raise result
         deadline = job.get("deadline_s")
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
-        yield Started(job_id, wait_s + WAIT_SLACK_S, event)
+        yield Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
 
 
 async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
     waiter: EndedWaiter = request.app["ended"]
-    record = await waiter.wait(started.job_id, started.ended, started.wait_s)
-    if record.tenant != request["tenant"]:  # ids are tenant-checked at submit; never show another's
-        raise ResourceNotFound(f"no job '{started.job_id}'", param="job_id")
+    producer: Producer = request.app["producer"]
+    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
     if record.status != JobStatus.SUCCEEDED:
         raise record_error(record.error)
     return record
@@ -133,7 +139,9 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
     response: web.StreamResponse | None = None
     usage_chunk: dict[str, Any] | None = None
     try:
-        async for chunk in follow_stream(producer, started.job_id, timeout_s=started.wait_s):
+        async for chunk in follow_stream(
+            producer, started.job_id, tenant=started.tenant, timeout_s=started.wait_s
+        ):
             if response is None:
                 response = await start_sse(request, headers)
             if chunk.get("usage") and not chunk.get("choices"):
@@ -141,7 +149,7 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
                 continue
             await response.write(sse_data(chunk))
         if usage_chunk is not None and response is not None:
-            record = await producer.get(started.job_id)
+            record = await producer.get(started.job_id, tenant=started.tenant)
             usage_chunk["usage"] = completion_with_usage(record)["usage"]
             await response.write(sse_data(usage_chunk))
     except (JobFailed, WaitTimeout) as exc:

@@ -34,7 +34,7 @@ async def test_sigkill_mid_job_another_worker_finishes_it_within_the_lease(
         first = fleet.start()
         await until(durable.live_workers, what="first worker")
         sub = await durable.submit({"model": "gpt-4o", "fallbacks": [], "messages": HI})
-        key = record_key(sub.job_id)
+        key = record_key(durable.scoped(sub.job_id))
         await until(lambda: redis.hget(key, "inflight"), what="the job's call in flight")
         holder = await redis.hget(key, "worker")
         fleet.start()
@@ -192,7 +192,7 @@ async def _changed(redis, key: str, holder: bytes) -> bool:
 
 
 async def _count_done(producer: Producer, ids: list[str], n: int) -> bool:
-    statuses = await producer.store.statuses(ids)
+    statuses = await producer.store.statuses([producer.scoped(j) for j in ids])
     return sum(s == "succeeded" for s in statuses) >= n
 
 
@@ -214,7 +214,8 @@ async def test_workers_sharing_a_queue_all_take_jobs(until, durable: Producer, f
         ids = [s.job_id for s in subs]
 
         async def four_running() -> bool:
-            return sum(s == "running" for s in await durable.store.statuses(ids)) >= 4
+            scoped = [durable.scoped(j) for j in ids]
+            return sum(s == "running" for s in await durable.store.statuses(scoped)) >= 4
 
         await until(four_running, timeout=10, what="4 jobs running across two workers")
         records = await durable.wait_many(ids, timeout=30)
