@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     usage_ttl_days: int = 400
     cache_default_ttl_s: int = 3600
 
+    # images per job, and their bytes (inline data and fetched URLs): Anthropic's own request limits
+    # (100 images, 32 MB), the strictest of the large providers; a tenant's policy may change them
+    max_images_per_job: int = 100
+    max_image_bytes_per_job: int = 32 * 1024 * 1024
+    # a job whose runs end by worker death more than this many times fails (worker_lost)
+    max_lost_runs: int = 3
+
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout_s: float = 10.0

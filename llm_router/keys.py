@@ -20,6 +20,7 @@ All amounts are integer nano-USD. What lives where:
 * ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata).
 * ``file:<id>``, ``files:<tenant>``, ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``,
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
+* ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
 """
@@ -51,6 +52,7 @@ BATCH_PREFIX = PREFIX + "batch:"
 ACTIVE_BATCHES_PREFIX = PREFIX + "batches:active:"
 TENANT_BATCHES_PREFIX = PREFIX + "batches:tenant:"
 ROLE_PREFIX = PREFIX + "role:"
+TENANT_POLICY_PREFIX = PREFIX + "tenant:"
 
 ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
@@ -137,6 +139,10 @@ def active_batches_key(queue_name: str) -> str:
 
 def tenant_batches_key(tenant: str) -> str:
     return TENANT_BATCHES_PREFIX + tenant
+
+
+def tenant_policy_key(tenant: str) -> str:
+    return TENANT_POLICY_PREFIX + tenant
 
 
 def role_key(name: str) -> str:

@@ -31,7 +31,9 @@ class Knob:
 
 
 KNOBS: dict[str, Knob] = {
-    "max_queued": Knob(int, "tenant_max_queued", "jobs queued or running at once; past it, 429 too_many_queued"),
+    "max_queued": Knob(
+        int, "tenant_max_queued", "jobs queued or running at once; past it, 429 too_many_queued"
+    ),
     "max_images_per_job": Knob(int, "max_images_per_job", "image parts in one job"),
     "max_image_bytes_per_job": Knob(
         int, "max_image_bytes_per_job", "bytes of image data in one job (inline data, and fetched URLs)"
@@ -43,7 +45,9 @@ def parse_value(name: str, raw: str) -> int | float | str | bool:
     """``raw`` (from the command line) as knob ``name``'s type; ``InvalidRequest`` naming it if not."""
     knob = KNOBS.get(name)
     if knob is None:
-        raise InvalidRequest(f"unknown tenant setting {name!r}; known: {', '.join(sorted(KNOBS))}", param=name)
+        raise InvalidRequest(
+            f"unknown tenant setting {name!r}; known: {', '.join(sorted(KNOBS))}", param=name
+        )
     try:
         if knob.type is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
