@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from config.catalog import Catalog
 from config.routes import Need, NoCapableModel, choose
 from config.settings import Settings
-from llm_router.contract import ChatJob, invalid_from_validation
+from llm_router.contract import ChatJob, image_urls, invalid_from_validation, normalise_data_uris
 from llm_router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -25,6 +25,7 @@ from llm_router.errors import (
     UnsupportedCapability,
 )
 from llm_router.store import NewJob, body_digest
+from llm_router.urls import AddressGuard, UnsafeURL, parse_url
 from producer.estimate import CostModel, prompt_tokens
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
@@ -41,6 +42,10 @@ class Validator:
         self.settings = settings
         self._routes: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...], bytes]] = {}
         self.costs = CostModel(catalog)
+        # the worker's image guard: an image URL it would refuse to fetch is refused at submit
+        self.image_guard = AddressGuard.of(
+            allow_private=settings.image_fetch_allow_private, allowlist=settings.image_fetch_networks
+        )
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -85,11 +90,26 @@ class Validator:
             obj = vision_to_chat(obj, allow_files=allow_files, max_bytes=self.settings.max_body_bytes)
         elif "messages" not in obj and "contents" in obj:  # a Gemini-native generateContent body
             obj = gemini_to_chat(obj)
+        obj = normalise_data_uris(obj)
         try:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
+        if job.has_images():
+            self._check_image_urls(obj)
         return self._prepare(job, obj, now=now, interactive=interactive, new_id=new_id)
+
+    def _check_image_urls(self, obj: dict[str, Any]) -> None:
+        """What the worker's guard would refuse is refused now, naming the image (the contract
+        already ran the same parser): http:// when the setting forbids it, a refused IP literal."""
+        for param, url in image_urls(obj):
+            parsed = parse_url(url)
+            if parsed.scheme == "http" and not self.settings.image_urls_allow_http:
+                raise InvalidRequest("http:// image URLs are not accepted here; use https://", param=param)
+            try:
+                self.image_guard.check_url(parsed)
+            except UnsafeURL as exc:
+                raise InvalidRequest(f"Invalid value for '{param}': {exc}", param=param) from None
 
     def _prepare(
         self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
@@ -153,13 +173,15 @@ class Validator:
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
-        extra: list[Any] | None = None
+        extra: list[Any] = []
         if routed_by is not None:
-            extra = ["routed_by", routed_by]
+            extra += ["routed_by", routed_by]
+        ignored = job.ignored_fields()
+        if ignored:
+            extra += ["ignored", ",".join(ignored)]
         cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
         if cache == "force" or (cache is True and job.temperature == 0):
             ttl = job.cache_ttl_s or (route_spec.cache_ttl_s if route_spec else None)
-            extra = extra or []
             extra += [
                 "cache_key",
                 f"{job.tenant or 'default'}:{cache_key(model_id, obj)}",
@@ -179,7 +201,7 @@ class Validator:
             metadata=job.metadata,
             reserve_nanos=self.costs.worst_case(route_key, prompt, max_out),
             prompt_tokens=prompt,
-            extra=extra,
+            extra=extra or None,
         )
 
     def _route_for(
@@ -256,7 +278,20 @@ class Validator:
 
 # reserved keys and fields that do not change what a model answers: two requests that differ only
 # in these share a cache entry
-_NOT_IN_CACHE_KEY = frozenset({"model", "stream", "stream_options", "user"}) | {
+_NOT_IN_CACHE_KEY = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "user",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+    }
+) | {
     "job_id",
     "fallbacks",
     "deadline_s",
