@@ -42,10 +42,9 @@ class Validator:
         self.settings = settings
         self._routes: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...], bytes]] = {}
         self.costs = CostModel(catalog)
-        # the worker's image guard: an image URL it would refuse to fetch is refused at submit
-        self.image_guard = AddressGuard.of(
-            allow_private=settings.image_fetch_allow_private, allowlist=settings.image_fetch_networks
-        )
+        # what no worker may ever fetch (cloud metadata addresses) is refused at submit; private
+        # addresses depend on the fetching worker's settings (and a provider fetches them itself)
+        self.image_guard = AddressGuard(allow_private=True)
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -100,8 +99,8 @@ class Validator:
         return self._prepare(job, obj, now=now, interactive=interactive, new_id=new_id)
 
     def _check_image_urls(self, obj: dict[str, Any]) -> None:
-        """What the worker's guard would refuse is refused now, naming the image (the contract
-        already ran the same parser): http:// when the setting forbids it, a refused IP literal."""
+        """What the worker would refuse is refused now, naming the image (the contract already ran
+        the worker's parser): http:// when the setting forbids it, a cloud metadata address."""
         for param, url in image_urls(obj):
             parsed = parse_url(url)
             if parsed.scheme == "http" and not self.settings.image_urls_allow_http:

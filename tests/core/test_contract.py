@@ -680,7 +680,5 @@ def test_http_image_urls_are_accepted_unless_the_setting_forbids_them(sim_catalo
             }
         ],
     }
-    with pytest.raises(RouterError):
-        Validator(sim_catalog, Settings(_env_file=None)).prepare(private, now=1.0)
-    allowed = Settings(_env_file=None, image_fetch_allowlist="10.0.0.0/8")
-    Validator(sim_catalog, allowed).prepare(private, now=1.0)
+    # private addresses depend on the fetching worker's settings (and a provider fetches its own)
+    Validator(sim_catalog, Settings(_env_file=None)).prepare(private, now=1.0)
