@@ -196,6 +196,10 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
         counts = _read_usage(usage)
     except BadResponse as exc:
         raise BadResponse(exc.message, http_status=status) from None
+    for choice in choices:
+        if choice["message"].get("annotations") == []:
+            # nothing to say: a stream of the same answer carries none, and the records agree
+            del choice["message"]["annotations"]
     if "functions" in request:
         _to_legacy_functions(choices)
     data.setdefault("object", "chat.completion")
