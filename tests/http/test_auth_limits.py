@@ -45,7 +45,15 @@ async def test_other_key_headers(api: Any) -> None:
         body = {"contents": [{"parts": [{"text": "hi"}]}]}
         for kwargs in ({"params": {"key": key}}, {"headers": {"x-goog-api-key": key}}):
             r = await s.post(path, json=body, **kwargs)
-            assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+            error = (await r.json())["error"]  # Google's shape on the Gemini front
+            assert r.status == 404 and (error["code"], error["status"]) == (404, "NOT_FOUND")
+            assert error["details"][0]["reason"] == "MODEL_NOT_FOUND"
+        # and on every Gemini route, models.list included (google-genai sends its key this way)
+        for kwargs in ({"params": {"key": key}}, {"headers": {"x-goog-api-key": key}}):
+            r = await s.get(f"{api.url}/v1beta/models", **kwargs)
+            assert r.status == 200 and (await r.json())["models"]
+        r = await s.get(f"{api.url}/v1beta/models")
+        assert r.status == 401 and (await r.json())["error"]["status"] == "UNAUTHENTICATED"
 
 
 async def test_keys_cli_create_list_revoke(api: Any, until: Any) -> None:
