@@ -105,7 +105,7 @@ def _api_key(request: web.Request) -> str | None:
         return token.strip()
     if key := request.headers.get("x-api-key"):
         return key
-    if gemini_api.is_gemini_path(request.path):  # Google's clients send their key these ways
+    if gemini_api.is_gemini_request(request):  # Google's clients send their key these ways
         return request.headers.get("x-goog-api-key") or request.query.get("key")
     return None
 

@@ -1,6 +1,7 @@
 """The Gemini front: ``:generateContent``, ``:streamGenerateContent``, ``models.list`` and ``models.get``
-under ``/v1beta`` (Google's default, what google-genai and LiteLLM's ``gemini/`` provider call) and
-``/v1`` (the generate routes; ``GET /v1/models`` is the OpenAI front's list).
+under ``/v1beta`` (Google's default, what LiteLLM's ``gemini/`` provider calls) and ``/v1`` (what
+google-genai calls on a custom host). ``GET /v1/models[/{model}]`` is the OpenAI front's, but a caller
+sending its key Google's way is answered here (``is_gemini_request``).
 
 It answers like Google's API, so Google's clients need nothing changed: the key may come as
 ``x-goog-api-key`` or ``?key=`` (besides ``Authorization: Bearer``) on every route; errors are
@@ -65,6 +66,22 @@ def is_gemini_path(path: str) -> bool:
     return path.startswith("/v1beta/") or path == "/v1beta" or path.endswith(GENERATE_SUFFIXES)
 
 
+def uses_google_key(request: web.Request) -> bool:
+    """The caller sends its key Google's way (``x-goog-api-key`` or ``?key=``) and no other way."""
+    if "Authorization" in request.headers or "x-api-key" in request.headers:
+        return False
+    return bool(request.headers.get("x-goog-api-key") or request.query.get("key"))
+
+
+def is_gemini_request(request: web.Request) -> bool:
+    """A request the Gemini front answers: its routes, and ``GET /v1/models[/{model}]`` from a
+    caller using Google's key (google-genai with a custom host lists models there, where the
+    OpenAI front answers everyone else)."""
+    if is_gemini_path(request.path):
+        return True
+    return request.method == "GET" and request.path.startswith("/v1/models") and uses_google_key(request)
+
+
 def gemini_error_body(exc: RouterError) -> dict[str, Any]:
     """Google's error object for ``exc``; our code and param ride in an ``ErrorInfo`` detail."""
     metadata = {"code": exc.code, **({"param": exc.param} if exc.param else {})}
@@ -95,7 +112,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def gemini_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors on the Gemini front's routes in Google's shape (inside the app's error middleware)."""
-    if not is_gemini_path(request.path):
+    if not is_gemini_request(request):
         return await handler(request)
     try:
         return await handler(request)
@@ -259,7 +276,7 @@ async def get_model(request: web.Request) -> web.Response:
     catalog: Catalog = request.app["catalog"]
     name = request.match_info["model"].removeprefix("models/")
     model_id = catalog.resolve(name)
-    if model_id is None and name not in catalog.routes:
+    if model_id is None and name not in catalog.routes:  # routes are listed as models too
         raise ModelNotFound(f"Model '{name}' is not available", param="model")
     return json_response(gemini_model(catalog, model_id or name))
 
