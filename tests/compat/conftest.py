@@ -237,3 +237,10 @@ def front(
     finally:
         server.stop()
         worker.stop()
+
+
+@pytest.fixture
+def compat_run(request: pytest.FixtureRequest) -> tuple[list[Case], int, int]:
+    """(the cases recorded so far, how many compat tests were collected, how many were deselected)."""
+    config = request.config
+    return config.stash[RESULTS], config.stash[DECLARED], config.stash[DESELECTED]
