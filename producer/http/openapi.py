@@ -227,6 +227,13 @@ SCHEMAS: dict[str, Any] = {
             "usage": {"type": "object", "nullable": True},
             "error": {"type": "object", "nullable": True},
             "attempts": {"type": "array", "items": {"type": "object"}},
+            "cached": {"type": "boolean"},
+            "ignored": {
+                "type": "array",
+                "items": {"type": "string"},
+                "nullable": True,
+                "description": "request fields accepted from OpenAI's API that no provider sees (`store`)",
+            },
         },
     },
     "GeminiRequest": {
