@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: demo test bench chaos lint venv redis clean
+.PHONY: demo test bench chaos lint venv redis clean compat-matrix
 
 demo: $(STAMP) redis
 	$(BIN)/llm-router demo
@@ -24,6 +24,10 @@ chaos: $(STAMP) redis
 	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
+
+# the README's client compatibility matrix, written from a run of tests/compat (make test checks it)
+compat-matrix: $(STAMP) redis
+	LLM_ROUTER_COMPAT_WRITE_README=1 $(BIN)/python -m pytest -q tests/compat
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

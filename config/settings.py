@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout_s: float = 10.0
     image_fetch_allow_private: bool = False  # loopback, private, link-local and metadata addresses
+    # networks (comma-separated CIDRs) image fetches may reach even when private ones are refused
+    image_fetch_allowlist: str = ""
+    # http:// image URLs (fetched by the worker through the guard, or by the provider): off refuses them
+    image_urls_allow_http: bool = True
 
     @model_validator(mode="after")
     def _derived_names(self) -> Settings:
@@ -124,6 +128,11 @@ class Settings(BaseSettings):
         if kind == "bulk":
             return self.queue_name
         raise ValueError(f"unknown queue {kind!r} (interactive or bulk)")
+
+    @property
+    def image_fetch_networks(self) -> tuple[str, ...]:
+        """``image_fetch_allowlist`` as CIDR strings."""
+        return tuple(n.strip() for n in self.image_fetch_allowlist.split(",") if n.strip())
 
     @property
     def effective_lease_refresh_s(self) -> float:

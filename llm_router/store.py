@@ -98,6 +98,9 @@ class NewJob:
     notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
     tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
+    ignored: str | None = (
+        None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
+    )
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -112,6 +115,8 @@ class NewJob:
             out += ("notify", 1)
         if self.queue is not None:
             out += ("queue", self.queue)
+        if self.ignored is not None:
+            out += ("ignored", self.ignored)
         return out
 
 

@@ -42,8 +42,9 @@ from worker.breaker import RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
+from worker.providers.stream import completion_chunks
 from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
-from worker.streaming import ChunkPublisher, stream_call
+from worker.streaming import ChunkPublisher, stream_call, wants_usage
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -345,8 +346,16 @@ class JobRunner:
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         response["usage"] = {**usage, "cost": 0.0}
         if request.get("stream"):
-            publisher = ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
-            publisher.add([_as_chunk(response)])
+            # exactly what a live stream of this answer publishes (tool-call indexes, finish, usage
+            # chunk only when asked): one converter for both
+            publisher = ChunkPublisher(
+                self.store,
+                job_id,
+                route[0],
+                self.settings.stream_maxlen,
+                include_usage=wants_usage(request),
+            )
+            publisher.add(completion_chunks(response))
             await publisher.drain()
         fields = {
             "status": JobStatus.SUCCEEDED,
@@ -449,24 +458,6 @@ def _settlement(
         "error": fields.get("error"),
     }
     return settle, orjson.dumps(summary)
-
-
-def _as_chunk(response: dict[str, Any]) -> dict[str, Any]:
-    """A whole ``chat.completion`` as one ``chat.completion.chunk`` (a cached answer, streamed)."""
-    choices = []
-    for choice in response.get("choices") or ():
-        message = choice.get("message") or {}
-        delta = {k: v for k, v in message.items() if v is not None}
-        choices.append(
-            {"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}
-        )
-    return {
-        "id": response.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": response.get("created", 0),
-        "model": response.get("model", ""),
-        "choices": choices,
-    }
 
 
 def _interrupted(

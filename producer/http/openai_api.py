@@ -172,7 +172,12 @@ def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """The catalog's models in OpenAI's list format, then its routes (``auto``, ``code``, …), which a
-    request may name as its model; aliases resolve on use but are not listed."""
+    request may name as its model; aliases resolve on use but are not listed. A caller that sends
+    its key Google's way (google-genai) gets Gemini's format."""
+    from producer.http import gemini_api  # it imports this module
+
+    if gemini_api.is_gemini_request(request):
+        return await gemini_api.list_models(request)
     catalog: Catalog = request.app["catalog"]
     data = [model_object(catalog, m) for m in catalog.models]
     data += [route_object(name) for name in catalog.routes]
@@ -185,6 +190,10 @@ def route_object(name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models/{model}")
 async def get_model(request: web.Request) -> web.Response:
+    from producer.http import gemini_api  # it imports this module
+
+    if gemini_api.is_gemini_request(request):
+        return await gemini_api.get_model(request)
     catalog: Catalog = request.app["catalog"]
     name = request.match_info["model"]
     model_id = catalog.resolve(name)
