@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # (100 images, 32 MB), the strictest of the large providers; a tenant's policy may change them
     max_images_per_job: int = 100
     max_image_bytes_per_job: int = 32 * 1024 * 1024
+    # jobs of one worker process holding fetched images at once: with the per-job cap, what bounds
+    # a worker's image memory
+    image_inline_jobs: int = 8
     # a job whose runs end by worker death more than this many times fails (worker_lost)
     max_lost_runs: int = 3
 

@@ -68,6 +68,11 @@ local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attemp
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
+local lost_runs = 0
+if status == 'running' then
+  -- the run before this one never ended: its worker died (or lost Redis) with the job
+  lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
+end
 redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
 redis.call('HSETNX', record, 'started_at', now)
 local runs = redis.call('HINCRBY', record, 'runs', 1)
@@ -82,7 +87,7 @@ return {'status', status, 'request', request, 'route', route, 'deadline_at', dea
         'attempts', attempts, 'runs', runs, 'passes', passes or '0', 'inflight', inflight or '',
         'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
         'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
-        'est_tokens', est_tokens}
+        'est_tokens', est_tokens, 'lost_runs', lost_runs}
 """
 )
 

@@ -149,6 +149,7 @@ class Started:
     parent: str | None
     cancel_requested: bool
     est_tokens: int
+    lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -175,6 +176,7 @@ class Started:
             parent=v["parent"].decode() or None,
             cancel_requested=bool(v["cancel_requested"]),
             est_tokens=int(v["est_tokens"]),
+            lost_runs=int(v["lost_runs"]),
         )
 
 
@@ -525,7 +527,7 @@ def decode_record(scoped: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = orjson.loads(v)
         elif name in FLOAT_FIELDS:
             data[name] = float(v)
-        elif name in ("runs", "passes"):
+        elif name in ("runs", "passes", "lost_runs"):
             data[name] = int(v)
         elif name == "cached":
             data[name] = v == b"1"

@@ -35,6 +35,7 @@ from llm_router.errors import (
 from llm_router.keys import DEFAULT_TENANT, scoped_id, workers_key
 from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
+from llm_router.tenants import TenantPolicies
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -112,6 +113,7 @@ class Producer:
             usage_ttl_s=settings.usage_ttl_days * 86400,
         )
         self.validator = Validator(catalog, settings)
+        self.policies = TenantPolicies(redis, settings)
 
     @classmethod
     async def connect(

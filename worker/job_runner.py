@@ -34,6 +34,7 @@ from llm_router.errors import (
     JobCancelled,
     RouterError,
     UpstreamTimeout,
+    WorkerLost,
 )
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
@@ -132,6 +133,20 @@ class JobRunner:
             attempts.append(_interrupted(call, started.previous_worker))
             bound.warning("job resumed after an interrupted run", previous_worker=started.previous_worker)
         parent = started.parent
+        if started.lost_runs > self.settings.max_lost_runs:
+            # a poison job (one that kills its worker, an OOM say) must not take the fleet down one
+            # worker at a time: it fails, and its reservation is released
+            lost = WorkerLost(
+                f"the job's runs ended with their worker's death {started.lost_runs} times; "
+                "it is not run again"
+            )
+            await asyncio.shield(
+                self._write(job_id, failed_pass(lost, attempts).fields, bound, route=route, parent=parent)
+            )
+            bound.error(
+                "job failed: its runs kept ending with their worker's death", lost_runs=started.lost_runs
+            )
+            return
         unwritten = self.unwritten.pop(job_id, None)
         if unwritten is not None:
             # an answer this process got but could not store: store it rather than pay for it twice
@@ -171,7 +186,8 @@ class JobRunner:
             stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
         )
         try:
-            result = await self._bounded_walk(walk, now)
+            async with self.images.scope():  # its fetched images are let go with the walk
+                result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}
             await asyncio.shield(self._write(job_id, back, bound, walk.reports))
