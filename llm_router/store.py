@@ -141,7 +141,6 @@ class Started:
     attempts: bytes
     runs: int
     passes: int
-    inflight: bytes  # the call an interrupted run was making ('' if none)
     previous_worker: str
     admissions: dict[str, Admission]  # deployment → what admission said, for the route
     redis_now_ms: int
@@ -168,7 +167,6 @@ class Started:
             attempts=v["attempts"] or b"",
             runs=int(v["runs"]),
             passes=int(v["passes"]),
-            inflight=v["inflight"] or b"",
             previous_worker=(v["previous_worker"] or b"").decode(),
             admissions=decode_admissions(v["admissions"]),
             redis_now_ms=int(v["redis_now_ms"]),

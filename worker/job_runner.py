@@ -128,9 +128,9 @@ class JobRunner:
         deadline_at = started.deadline_at
         tenant, public_id = split_scoped(job_id)
         bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
-        if started.previous_status == "running":  # the run before was cut short: its worker died mid-job
-            call = orjson.loads(started.inflight) if started.inflight else None
-            attempts.append(_interrupted(call, started.previous_worker))
+        if started.previous_status == "running":
+            # the run before was cut short, its worker dead mid-job: the start script recorded the
+            # interrupted attempt
             bound.warning("job resumed after an interrupted run", previous_worker=started.previous_worker)
         parent = started.parent
         if started.lost_runs > self.settings.max_lost_runs:

@@ -91,6 +91,14 @@ class RedisServer:
         self.stop(cleanup=False)
         self.start(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: Redis dies without a word (its AOF keeps what ``everysec`` had synced); ``start``
+        brings it back on the same port and data dir."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def stop(self, *, cleanup: bool = True) -> None:
         if self.proc is not None:
             terminate(self.proc)
