@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # worker
     max_jobs: int = 200
     poll_delay_s: float = 0.05
+    # workers claim when woken (a submit publishes), when slots free behind a full claim, when a
+    # deferred job comes due, and, for what a lost wake-up missed, every this many seconds
+    claim_safety_poll_s: float = 1.0
+    # a producer waiting for jobs hears their ends; it re-reads what it still waits for this often
+    wait_safety_poll_s: float = 5.0
     queue_read_limit: int | None = None
     job_timeout_s: float = 1800
     call_timeout_s: float = 120

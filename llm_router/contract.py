@@ -19,7 +19,17 @@ from llm_router.urls import UnsafeURL, parse_url
 
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
 RESERVED_KEYS = frozenset(
-    {"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache", "cache_ttl_s", "answer_format"}
+    {
+        "job_id",
+        "fallbacks",
+        "deadline_s",
+        "tenant",
+        "metadata",
+        "cache",
+        "cache_ttl_s",
+        "answer_format",
+        "priority",
+    }
 )
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -238,6 +248,9 @@ class ChatJob(BaseModel):
     cache_ttl_s: Annotated[int, Field(ge=1, le=365 * 24 * 3600)] | None = None
     # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI)
     answer_format: Literal["openai", "gemini"] | None = None
+    # its band in the queue: high jobs are claimed before normal ones, across the fleet and inside
+    # the tenant (tenants still share each band fairly)
+    priority: Literal["high", "normal", "low"] | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -494,6 +507,7 @@ class JobRecord(BaseModel):
     runs: int = 0
     passes: int = 0
     lost_runs: int = 0  # runs that ended with their worker's death (see worker_lost)
+    priority: Literal["high", "normal", "low"] = "normal"
     fallback_used: bool = False
     partial_text: str | None = None  # what a stream published before it broke (stream_interrupted)
     routed_by: str | None = None  # when `model` named a route: the rule that chose the model

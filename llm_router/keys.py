@@ -22,7 +22,9 @@ All amounts are integer nano-USD. What lives where:
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
-* ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
+* ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
+  ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
+* ``ENDED_CHANNEL:<tenant>``: every job publishes its scoped id here when it ends.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
 
 
 DEFAULT_TENANT = "default"
+
+
+def ended_channel(tenant: str) -> str:
+    """Where a tenant's jobs announce their end (their scoped ids)."""
+    return f"{ENDED_CHANNEL}:{tenant}"
+
+
+ENDED_PATTERN = ENDED_CHANNEL + ":*"  # every tenant's ends (the HTTP API's one subscription)
 
 
 def scoped_id(tenant: str, job_id: str) -> str:
@@ -139,6 +149,41 @@ def active_batches_key(queue_name: str) -> str:
 
 def tenant_batches_key(tenant: str) -> str:
     return TENANT_BATCHES_PREFIX + tenant
+
+
+# A queue (``<queue>`` is its name, e.g. ``llm-router:queue``) is several keys, so that a claim
+# costs the same however many jobs are held, and tenants share it fairly (see ``worker.claims``):
+PRIORITIES = ("high", "normal", "low")  # bands, served in this order
+
+
+def ready_key(queue: str, band: str, tenant: str) -> str:
+    """A tenant's due jobs of one priority band, oldest first (scored by enqueue time)."""
+    return f"{queue}:ready:{band}:{tenant}"
+
+
+def active_tenants_key(queue: str, band: str) -> str:
+    """Tenants with due jobs in a band, scored by their virtual time (weighted fair share)."""
+    return f"{queue}:tenants:{band}"
+
+
+def vclock_key(queue: str, band: str) -> str:
+    """The band's virtual clock: where a tenant that becomes active starts."""
+    return f"{queue}:vclock:{band}"
+
+
+def delayed_key(queue: str) -> str:
+    """Jobs not due yet (deferred), scored by when they are."""
+    return f"{queue}:delayed"
+
+
+def leases_key(queue: str) -> str:
+    """Jobs a worker holds, scored by when its lease ends (renewed while it runs them)."""
+    return f"{queue}:leases"
+
+
+def wake_channel(queue: str) -> str:
+    """Published when jobs become due on ``queue``: idle workers wake instead of polling."""
+    return f"{queue}:wake"
 
 
 def tenant_policy_key(tenant: str) -> str:

@@ -16,7 +16,7 @@ Keys (``llm_router.keys``), all amounts integer nano-dollars:
 * ``active:<tenant>``: the tenant's jobs queued or running (its queue limit counts these).
 * ``usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``, ``…|prompt``,
   ``…|completion``, ``…|cost``; bumped by the same script that settles.
-* ``ENDED``: a job created with ``notify`` publishes its id here when it ends.
+* ``ENDED:<tenant>``: every job publishes its scoped id here when it ends.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ SETTLE_LUA = r"""
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent.
 -- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
 local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
-  local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'notify', 'parent',
-                       'model_requested')
-  local tenant, reserved, metered, notify, parent = r[1] or 'default', r[2] or '0', r[3], r[4], r[5]
+  local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested')
+  local tenant, reserved, metered, parent = r[1] or 'default', r[2] or '0', r[3], r[4]
   local cost = tonumber(settle.cost) or 0
   if metered then
     local ck = CREDITS .. tenant
@@ -56,7 +55,7 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
     redis.call('HSET', record, 'credits_remaining', fmt(tonumber(v[1] or '0') - tonumber(v[2] or '0')))
   end
   local model = settle.model
-  if model == nil or model == '' then model = r[6] or 'unknown' end
+  if model == nil or model == '' then model = r[5] or 'unknown' end
   local uk = USAGE .. fmt(now / 86400000)
   local f = tenant .. '|' .. model .. '|'
   redis.call('HINCRBY', uk, f .. 'jobs', 1)
@@ -67,7 +66,8 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   if cost > 0 then redis.call('HINCRBY', uk, f .. 'cost', fmt(cost)) end
   redis.call('EXPIRE', uk, usage_ttl)
   redis.call('DECR', ACTIVE .. tenant)
-  if notify then redis.call('PUBLISH', ENDED, job_id) end
+  -- whoever waits for it (a producer, the HTTP API) hears it ended; nobody polls
+  redis.call('PUBLISH', ENDED .. ':' .. tenant, job_id)
   if parent then
     local pk = RECORD .. parent
     if redis.call('EXISTS', pk) == 1 then
@@ -79,7 +79,7 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
       redis.call('HSET', pk, 'child:' .. job_id, summary)
       if redis.call('HINCRBY', pk, 'pending', -1) <= 0 then
         redis.call('HSET', pk, 'status', 'succeeded', 'finished_at', string.format('%.3f', now / 1000))
-        if redis.call('HEXISTS', pk, 'notify') == 1 then redis.call('PUBLISH', ENDED, parent) end
+        redis.call('PUBLISH', ENDED .. ':' .. tenant, parent)
       end
     end
   end

@@ -13,15 +13,18 @@ from __future__ import annotations
 from llm_router.circuit_breaker import BREAKER_LUA
 from llm_router.ledger_lua import RESERVE_LUA, SETTLE_LUA
 from llm_router.lua import LUA_PRELUDE
+from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
-# Returns 1 created, 0 the same job exists (nothing reserved again), -1 another job has this id,
-# -2 the tenant's credit does not cover the reservation, -3 the tenant's queue is full.
+# Creates the record and makes the job due in its queue.  Returns 1 created, 0 the same job exists
+# (nothing reserved again), -1 another job has this id, -2 the tenant's credit does not cover the
+# reservation, -3 the tenant's queue is full.
 SUBMIT_LUA = (
     LUA_PRELUDE
     + RESERVE_LUA
+    + READY_LUA
     + """
-local record, arq_job, queue = KEYS[1], KEYS[2], KEYS[3]
-local digest, record_ttl_s, arq_payload, score_ms, arq_ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local record = KEYS[1]
+local queue, digest, record_ttl_s, score_ms, band = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local job_id, request, route, model_requested, tenant = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local created_at, deadline_at, metadata, reserve_nanos = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local max_queued, est_tokens = tonumber(ARGV[15]), ARGV[16]
@@ -44,8 +47,7 @@ if metered then redis.call('HSET', record, 'metered', 1, 'reserved', reserve_nan
 if #ARGV >= OPTIONAL_FIELDS then redis.call('HSET', record, unpack(ARGV, OPTIONAL_FIELDS, #ARGV)) end
 redis.call('INCR', ACTIVE .. tenant)
 redis.call('EXPIRE', record, record_ttl_s)
-redis.call('SET', arq_job, arq_payload, 'PX', arq_ttl_ms)
-redis.call('ZADD', queue, score_ms, job_id)
+make_ready(queue, job_id, band, tenant, score_ms)
 return 1
 """
 )
@@ -170,34 +172,36 @@ return out
 """
 )
 
-# A queued job ends cancelled here (its reservation released); a running one (or one a worker has
-# claimed) is marked and handed to arq's abort set, and its worker ends it.  Returns 1 cancelled,
-# 'aborting', -2 no record, or the status of a job that already ended.
+# A queued job ends cancelled here (off its queue, its reservation released); a running one (or one
+# a worker has claimed) is marked and handed to arq's abort set, and its worker ends it.  Returns 1
+# cancelled, 'aborting', -2 no record, or the status of a job that already ended.
 CANCEL_LUA = (
     LUA_PRELUDE
     + SETTLE_LUA
+    + READY_LUA
+    + QUEUE_LUA
     + """
-local record, arq_job, queue, in_progress = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local job_id, now, error_json, usage_ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local record = KEYS[1]
+local queue, job_id, now, error_json, usage_ttl_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local status = redis.call('HGET', record, 'status')
 if not status then return -2 end
-if (status == 'queued' or status == 'deferred') and redis.call('EXISTS', in_progress) == 0 then
-  -- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
-  redis.call('ZREM', redis.call('HGET', record, 'queue') or queue, job_id)
-  redis.call('DEL', arq_job)
-  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'error', error_json)
-  job_ended(record, job_id, 'cancelled', {}, usage_ttl_s, '', now_ms())
-  return 1
-end
-if status == 'queued' or status == 'deferred' or status == 'running' then
+if status ~= 'queued' and status ~= 'deferred' and status ~= 'running' then return status end
+-- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
+local own = redis.call('HGET', record, 'queue') or queue
+if redis.call('ZSCORE', own .. ':leases', job_id) then
+  -- a worker holds it: arq's abort reaches its task, and the worker ends it cancelled
   redis.call('HSET', record, 'cancel_requested', 1)
   redis.call('ZADD', ABORT_SET, now_ms(), job_id)
   return 'aborting'
 end
-return status
+unready(own, job_id)
+redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'error', error_json)
+job_ended(record, job_id, 'cancelled', {}, usage_ttl_s, '', now_ms())
+return 1
 """
 )
+
 
 # A side of a compare job refused at submit counts as ended, as job_ended does for a side that ran:
 # one script, so the last side to end completes the parent exactly once.  Returns 1, or 0 when the
@@ -214,7 +218,7 @@ if redis.call('HINCRBY', parent_record, 'pending', -1) <= 0 then
   local t = redis.call('TIME')
   local at = t[1] .. '.' .. string.format('%06d', t[2])
   redis.call('HSET', parent_record, 'status', 'succeeded', 'finished_at', at)
-  if redis.call('HEXISTS', parent_record, 'notify') == 1 then redis.call('PUBLISH', ENDED, parent_id) end
+  redis.call('PUBLISH', ENDED .. ':' .. (string.match(parent_id, '^([^/]*)/') or 'default'), parent_id)
 end
 return 1
 """

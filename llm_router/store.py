@@ -2,10 +2,10 @@
 
 A job's record is a Redis hash at ``keys.record_key(id)``; JSON-valued fields are orjson bytes. Each
 state change is one Lua script of ``llm_router.record_lua`` (atomic, one round trip): ``submit``
-creates the record and writes arq's job in the same step (SET-NX semantics on the record make it the
-idempotency key), ``start`` marks a job running and returns its request, ``finish`` writes the
-outcome unless the job already ended, ``cancel`` takes a queued job off arq's queue. Scripts run on
-Redis' own clock-free inputs: times are passed in by the caller.
+creates the record and makes the job due in its queue in the same step (SET-NX semantics on the
+record make it the idempotency key), ``start`` marks a job running and returns its request,
+``finish`` writes the outcome unless the job already ended, ``cancel`` takes a queued job off its
+queue. Scripts run on Redis' own clock-free inputs: times are passed in by the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -39,11 +38,12 @@ from llm_router.circuit_breaker import (
 )
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.keys import (
-    RUN_JOB,
+    leases_key,
     record_key,
     scoped_id,
     split_scoped,
     stream_key,
+    wake_channel,
     worker_info_key,
     workers_key,
 )
@@ -62,15 +62,6 @@ FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
 
 def body_digest(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=16).hexdigest()
-
-
-# arq_job_payload's bytes, by formatting: job ids are restricted to characters JSON needs no escape for
-_ARQ_JOB = b'{"t":null,"f":"' + RUN_JOB.encode() + b'","a":["%s"],"k":{},"et":%d}'
-
-
-def arq_job_payload(job_id: str, enqueue_ms: int) -> bytes:
-    """arq's own job format (what ``enqueue_job`` writes), JSON instead of pickle."""
-    return orjson.dumps({"t": None, "f": RUN_JOB, "a": [job_id], "k": {}, "et": enqueue_ms})
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a µs per job in bulk submits
@@ -95,7 +86,7 @@ class NewJob:
     cache_key: str | None = None  # the response cache's key within the tenant, and its TTL
     cache_ttl: int = 0
     parent: str | None = None  # the compare job this job is one side of (its id, in the same tenant)
-    notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
+    priority: str = "normal"  # its band in the queue: high, normal or low
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
     tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
     ignored: str | None = (
@@ -111,8 +102,8 @@ class NewJob:
             out += ("cache_key", f"{self.tenant}:{self.cache_key}", "cache_ttl", self.cache_ttl)
         if self.parent is not None:
             out += ("parent", scoped_id(self.tenant, self.parent))
-        if self.notify:
-            out += ("notify", 1)
+        if self.priority != "normal":  # the queue's scripts read it back when they requeue the job
+            out += ("priority", self.priority)
         if self.queue is not None:
             out += ("queue", self.queue)
         if self.ignored is not None:
@@ -248,23 +239,20 @@ class Store:
 
         ``max_queued`` refuses the job (-3) while its tenant has that many jobs queued or running.
         """
-        enqueue_ms = int(job.created_at * 1000)
         job_id = scoped_id(job.tenant, job.job_id)
-        # record and arq job outlive the deadline by the record TTL: a worker always finds the job
-        # to fail it with deadline_exceeded, however long the backlog, and the outcome stays readable
+        # the record outlives the deadline by the record TTL: a worker always finds the job to fail
+        # it with deadline_exceeded, however long the backlog, and the outcome stays readable
         ttl_s = self.record_ttl_s + int(job.deadline_at - job.created_at) + 1
         return (
             "EVALSHA",
             self._submit.sha,
-            3,
+            1,
             record_key(job_id),
-            job_key_prefix + job_id,
             queue_name or self.queue_name,
             job.digest,
             ttl_s,
-            _ARQ_JOB % (job_id.encode(), enqueue_ms),
-            enqueue_ms,
-            ttl_s * 1000,
+            int(job.created_at * 1000),
+            job.priority,
             job_id,
             job.request,
             job.route_json,
@@ -288,16 +276,18 @@ class Store:
         """
         if not batch:
             return []
+        # one wake-up per queue the batch filled: idle workers claim at once instead of polling
+        wakes = [("PUBLISH", wake_channel(q), 1) for q in dict.fromkeys(str(c[4]) for c in batch)]
         if pack_command is None:  # pragma: no cover - hiredis is a dependency
             async with self.redis.pipeline(transaction=False) as pipe:
-                for command in batch:
+                for command in (*batch, *wakes):
                     pipe.execute_command(*command)
-                return [SubmitReply(int(r)) for r in await pipe.execute()]
-        packed = b"".join([pack_command(command) for command in batch])
+                return [SubmitReply(int(r)) for r in (await pipe.execute())[: len(batch)]]
+        packed = b"".join([pack_command(command) for command in (*batch, *wakes)])
         for _ in range(2):
-            results, missing_script = await self._send_raw(packed, len(batch))
+            results, missing_script = await self._send_raw(packed, len(batch) + len(wakes))
             if not missing_script:
-                return [SubmitReply(r) for r in results]
+                return [SubmitReply(r) for r in results[: len(batch)]]
             await self.redis.script_load(SUBMIT_LUA)  # Redis restarted and lost its scripts
         raise RuntimeError("Redis keeps refusing the submit script")
 
@@ -382,7 +372,6 @@ class Store:
         created_at: float,
         deadline_at: float,
         pending: int,
-        notify: bool = False,
     ) -> bool:
         """A compare job: no queue entry of its own; it ends when its last child does (``job_ended``
         in the scripts writes each child's summary into it). ``False`` if the id is taken."""
@@ -399,8 +388,6 @@ class Store:
             "attempts": b"[]",
             "pending": pending,
         }
-        if notify:
-            fields["notify"] = 1
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "digest", body_digest(request))
             pipe.hset(key, mapping=fields)
@@ -439,10 +426,8 @@ class Store:
 
     async def cancel(self, job_id: str, error: dict[str, Any]) -> tuple[CancelReply, str | None]:
         """Cancel a job: (what happened, the status of a job that had already ended)."""
-        keys = [record_key(job_id), job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
-        res = await self.pipe.eval(
-            self._cancel, keys, [job_id, time.time(), orjson.dumps(error), self.usage_ttl_s]
-        )
+        args = [self.queue_name, job_id, time.time(), orjson.dumps(error), self.usage_ttl_s]
+        res = await self.pipe.eval(self._cancel, [record_key(job_id)], args)
         if res == 1:
             return CancelReply.CANCELLED, None
         if res == -2:
@@ -481,9 +466,17 @@ class LeaseWrites:
     the store's, whoever sends them."""
 
     def __init__(self, queue_name: str, worker_id: str) -> None:
+        self.leases_key = leases_key(queue_name)
         self.workers_key = workers_key(queue_name)
         self.worker_id = worker_id
         self.info_key = worker_info_key(worker_id)
+
+    def renew(self, pipe: Any, job_ids: list[str], lease_ms: int) -> None:
+        """Every held job's lease runs ``lease_ms`` from now (one command; a job no longer held,
+        ended or taken back after a lapse, is left alone)."""
+        if job_ids:
+            until = int(time.time() * 1000) + lease_ms
+            pipe.zadd(self.leases_key, dict.fromkeys(job_ids, until), xx=True)
 
     def inflight(self, pipe: Any, job_id: str, call: dict[str, Any]) -> None:
         """The call a job is making, so a run cut short still shows that attempt."""
@@ -557,7 +550,6 @@ _INTERNAL_FIELDS = frozenset(
         "inflight",
         "metered",
         "reserved",
-        "notify",
         "cache_key",
         "cache_ttl",
         "no_cache",

@@ -32,7 +32,7 @@ from llm_router.errors import (
     TooManyQueued,
     WaitTimeout,
 )
-from llm_router.keys import DEFAULT_TENANT, scoped_id, workers_key
+from llm_router.keys import DEFAULT_TENANT, ended_channel, scoped_id, split_scoped, workers_key
 from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
 from llm_router.tenants import TenantPolicies
@@ -145,7 +145,6 @@ class Producer:
         interactive: bool = False,
         allow_files: bool = False,
         tenant: str | None = None,
-        notify: bool = False,
         max_queued: int | None = None,
     ) -> Submitted:
         """Validate and enqueue one job; raises the job's ``RouterError`` if it is refused."""
@@ -155,7 +154,6 @@ class Producer:
                 interactive=interactive,
                 allow_files=allow_files,
                 tenant=tenant,
-                notify=notify,
                 max_queued=max_queued,
             )
         )[0]
@@ -170,7 +168,6 @@ class Producer:
         interactive: bool = False,
         allow_files: bool = False,
         tenant: str | None = None,
-        notify: bool = False,
         max_queued: int | None = None,
         parent: str | None = None,
         ids: Iterable[str] | None = None,
@@ -181,8 +178,8 @@ class Producer:
         A refused job's slot holds its error; the other jobs are enqueued all the same.
         ``allow_files`` lets vision jobs name local image files (for callers on this machine).
         ``interactive`` jobs go to the interactive queue with the interactive deadline. ``tenant``
-        replaces any tenant the jobs name (the HTTP API passes its caller's). ``notify`` publishes
-        each job's id on ``ENDED_CHANNEL`` when it ends. ``max_queued`` refuses a job with
+        replaces any tenant the jobs name (the HTTP API passes its caller's). Every job publishes its
+        end on its tenant's ``ended`` channel (``wait`` listens there). ``max_queued`` refuses a job with
         ``too_many_queued`` while its tenant has that many queued or running. Each job reserves its
         worst-case cost from its tenant's credit, if the tenant has credits, or is refused with
         ``insufficient_credits``. ``ids`` are the ids of jobs that name none (random by default).
@@ -208,7 +205,6 @@ class Producer:
                 prepared.tenant = self.tenant
             if interactive:  # a cancel from any producer must find the job's queue
                 prepared.queue = queue
-            prepared.notify = notify
             prepared.parent = parent
             results.append(Submitted(prepared.job_id, False, prepared.tenant))  # until Redis answers
             chunk.append((len(results) - 1, prepared))
@@ -301,55 +297,98 @@ class Producer:
         timeout: float | None,
         on_progress: Callable[[int, int], None] | None,
     ) -> list[JobRecord]:
+        """Waits by listening: every job publishes its end on its tenant's channel, so a waiter
+        subscribes, reads the statuses once (for jobs that ended before it listened), then only
+        crosses off the ids it hears, with a slow sweep of what is left (``wait_safety_poll_s``) for
+        a notice lost to a Redis restart."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = list(dict.fromkeys(job_ids))
-        done = 0
-        delay = 0.005
-        while pending:
-            window = pending[:WAIT_WINDOW]
-            try:
-                statuses = await self.store.statuses(window)
-            except RedisError as exc:
-                log.warning("redis unavailable while waiting, retrying", error=repr(exc))
-                statuses = None
-                delay = max(delay, 0.2)
-            if statuses is not None:
-                finished = 0
-                still: list[str] = []
-                for job_id, status in zip(window, statuses, strict=True):
-                    if status is None:
-                        raise JobNotFound(f"no job '{_public(job_id)}' (unknown or expired)", param="job_id")
-                    if status in TERMINAL_VALUES:
-                        finished += 1
-                    else:
-                        still.append(job_id)
-                if finished:
-                    done += finished
-                    # a poll of many ids costs the producer and Redis ~1 µs an id: poll a big
-                    # window less often (a bulk wait does not need 5 ms granularity)
-                    delay = min(0.005 + len(window) * 0.00005, 0.1)
-                    pending = still + pending[len(window) :]
+        pending = dict.fromkeys(job_ids)
+        total = len(pending)
+        channels = sorted({ended_channel(split_scoped(j)[0]) for j in pending})
+        pubsub = None
+        next_sweep = 0.0  # sweep at once: after (re)subscribing, what ended before is only in Redis
+        try:
+            while pending:
+                if pubsub is None:
+                    try:
+                        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.subscribe(*channels)
+                    except RedisError as exc:
+                        log.warning("redis unavailable while waiting, retrying", error=repr(exc))
+                        await self._close_quietly(pubsub)
+                        pubsub = None
+                        await self._sleep_until(0.5, deadline, timeout, len(pending))
+                        continue
+                    next_sweep = 0.0
+                now = time.monotonic()
+                if now >= next_sweep:
+                    try:
+                        await self._sweep(pending)
+                    except RedisError as exc:
+                        log.warning("redis unavailable while waiting, retrying", error=repr(exc))
+                        await self._close_quietly(pubsub)
+                        pubsub = None
+                        continue
+                    next_sweep = now + self.settings.wait_safety_poll_s
                     if on_progress:
-                        on_progress(done, done + len(pending))
-                    if still and len(window) == WAIT_WINDOW:
-                        continue  # the window moved on: look at the next ids at once
-            if not pending:
-                break
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(
-                        f"{len(pending)} job(s) not finished within {timeout} s", param="timeout"
-                    )
-                await asyncio.sleep(min(delay, left))  # wake at the deadline for one last look
-            else:
-                await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+                        on_progress(total - len(pending), total)
+                    continue
+                wait = next_sweep - now
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                    if wait <= 0:
+                        raise WaitTimeout(
+                            f"{len(pending)} job(s) not finished within {timeout} s", param="timeout"
+                        )
+                try:
+                    message = await pubsub.get_message(timeout=wait)
+                    heard = 0
+                    while message is not None:  # take every notice already here before looking again
+                        job_id = message["data"].decode()
+                        if job_id in pending:
+                            del pending[job_id]
+                            heard += 1
+                        message = await pubsub.get_message(timeout=0)
+                except (RedisError, OSError) as exc:
+                    log.warning("job-end notices lost, listening again", error=repr(exc))
+                    await self._close_quietly(pubsub)
+                    pubsub = None
+                    continue
+                if heard and on_progress:
+                    on_progress(total - len(pending), total)
+        finally:
+            await self._close_quietly(pubsub)
         records = await self._read_many(job_ids, deadline)
         missing = [j for j, r in zip(job_ids, records, strict=True) if r is None]
         if missing:
             raise JobNotFound(f"no job '{_public(missing[0])}' (expired while waiting)", param="job_id")
         return records  # type: ignore[return-value]
+
+    async def _sweep(self, pending: dict[str, None]) -> None:
+        """Cross off the pending jobs that ended (a pipelined status read, a window at a time)."""
+        ids = list(pending)
+        for start in range(0, len(ids), WAIT_WINDOW):
+            window = ids[start : start + WAIT_WINDOW]
+            for job_id, status in zip(window, await self.store.statuses(window), strict=True):
+                if status is None:
+                    raise JobNotFound(f"no job '{_public(job_id)}' (unknown or expired)", param="job_id")
+                if status in TERMINAL_VALUES:
+                    pending.pop(job_id, None)
+
+    @staticmethod
+    async def _close_quietly(pubsub: Any) -> None:
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    @staticmethod
+    async def _sleep_until(delay: float, deadline: float | None, timeout: float | None, left: int) -> None:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"{left} job(s) not finished within {timeout} s", param="timeout")
+            delay = min(delay, remaining)
+        await asyncio.sleep(delay)
 
     async def _read_many(self, job_ids: list[str], deadline: float | None) -> list[JobRecord | None]:
         delay = 0.2
@@ -414,7 +453,6 @@ class Producer:
         fallback: bool = False,
         tenant: str | None = None,
         interactive: bool = True,
-        notify: bool = False,
         **params: Any,
     ) -> str:
         """Submit one prompt to each model as a compare job; returns the parent's id.
@@ -449,7 +487,6 @@ class Producer:
             created_at=now,
             deadline_at=now + deadline_s,
             pending=len(models),
-            notify=notify,
         )
         children = [
             {

@@ -211,6 +211,7 @@ class Validator:
             cache_key=cached_as,
             cache_ttl=cache_ttl,
             ignored=",".join(ignored) if ignored else None,
+            priority=job.priority or "normal",
         )
 
     def _route_for(

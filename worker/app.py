@@ -95,10 +95,12 @@ def build_worker(
         "redis_settings": RedisSettings.from_dsn(url),
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
+        # the loop's tick while jobs run (aborts, health); an idle worker sleeps until woken
         "poll_delay": min(poll_delay, TICK_S),
-        "read_every_s": poll_delay,
+        "safety_poll_s": settings.claim_safety_poll_s,
         # a cancel of a running job goes through arq's abort set (one read per poll, not per job)
         "allow_abort_jobs": True,
+        # arq's read window, which our claims do not use: concurrency grows with the workers
         "queue_read_limit": settings.effective_queue_read_limit,
         "keep_result": 0,
         "max_tries": UNBOUNDED_TRIES,

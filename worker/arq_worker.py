@@ -1,21 +1,25 @@
-"""arq's ``Worker`` with what durability and throughput need; arq's poll loop, signals, shutdown
-grace, health checks and abort set are kept.
+"""arq's ``Worker`` on our queue (``worker.claims``); arq's run loop, signals, shutdown grace, health
+checks and abort set are kept.
 
-* **Claiming** (``start_jobs``): one Lua script claims every due job of a poll with a short lease
-  (see ``worker.lease``), in one round trip, where arq claims each job with a WATCH/MULTI of three
-  round trips and an in-progress TTL of the job timeout + 10 s that nobody refreshes.
+* **Claiming** (``_poll_iteration``): one Lua script leases up to a free slot's worth of due jobs
+  (fairly across tenants, high priority first); held jobs are in no ready queue, so every worker
+  fills its slots whatever arq's ``queue_read_limit`` is, and a claim costs the same however many
+  jobs the fleet holds.
+* **Waking, not polling**: a worker claims when something may be there to take: a wake-up published
+  by a submit (or a job put back), slots freed while the last claim had filled them all (a backlog),
+  a deferred job coming due, or a slow safety look (``safety_poll_s``) for what a lost message missed.
+  Between those it sleeps on an event: an idle worker costs neither CPU nor Redis reads.
 * **Redis outages** (``_poll_iteration``): arq lets a connection error end the worker process; here
-  the poll loop logs it, backs off and carries on, so a worker survives a Redis restart.
-* **Refilling** (``_poll_iteration``): the loop ticks every 10 ms but reads the queue every
-  ``poll_delay`` unless many slots came free, so a wide worker refills within a tick of a wave.
-* **Running** (``run_job``, ``finish_job``): every job is ``run_llm_job(job_id)``, whose record holds
-  everything; arq's per-job reads and result serialisation are skipped, and its end-of-run
-  bookkeeping is one script on the store's auto-pipeline.
+  the loop logs it, backs off and carries on, so a worker survives a Redis restart.
+* **Running** (``run_job``): every job is ``run_llm_job(job_id)``, whose record holds everything;
+  arq's per-job reads and result serialisation are skipped, and the end of a run is one script on
+  the store's auto-pipeline (``Claims.end_run``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from signal import Signals
@@ -23,11 +27,14 @@ from typing import Any
 
 import structlog
 from arq import Retry, Worker
-from arq.utils import timestamp_ms
+from arq.connections import create_pool
+from arq.utils import poll
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.errors import JobCancelled
+from llm_router.keys import wake_channel
 from llm_router.store import Settlement, Store
 from worker.claims import Claims
 
@@ -43,23 +50,24 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class LeasedWorker(Worker):
-    """An arq worker whose job claims are leases, and which outlives Redis restarts."""
+    """An arq worker whose jobs come from our queue as leases, and which outlives Redis restarts."""
 
-    def __init__(self, *args: Any, lease_s: float, read_every_s: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lease_s: float, safety_poll_s: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # the loop ticks every poll_delay, but reads the queue only every read_every_s, unless a
-        # fortieth of the slots came free since the last read: a wide worker refills its slots within
-        # a tick of a wave of jobs ending, an idle one costs Redis no more reads
-        self.read_every_s = read_every_s or self.poll_delay_s
-        self._last_read = 0.0
-        self._freed = 0
-        self._wake_after = max(1, self.max_jobs // 40)
         self.lease_ms = int(lease_s * 1000)
+        self.safety_poll_s = safety_poll_s
         self._store: Store | None = None
         self._claims: Claims | None = None
         self._run: Callable[[str], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
+        # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
+        self._wakeup = asyncio.Event()
+        self._backlog = False
+        self._next_look = 0.0  # loop time of the next safety look (or of a deferred job coming due)
+        self._freed = 0
+        self._refill_after = max(1, self.max_jobs // 40)  # a wide worker claims in batches
+        self._listener: asyncio.Task[None] | None = None
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -70,63 +78,91 @@ class LeasedWorker(Worker):
         super().handle_sig_wait_for_completion(signum)
 
     async def _cancel_aborted_jobs(self) -> None:
-        # arq reads its abort set on every poll: a round trip per poll, 200 a second for the
-        # interactive queue's worker; a cancel can wait a quarter of a second
+        # arq reads its abort set on every poll; a cancel can wait a quarter of a second
         now = self.loop.time()
-        if now < self._next_abort_check:
+        if now < self._next_abort_check or not self.job_tasks:
             return
         self._next_abort_check = now + ABORT_CHECK_S
         await super()._cancel_aborted_jobs()
 
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        # arq's MULTI of up to six commands as one script on the store's auto-pipeline; results are
-        # never kept (keep_result=0), so there is none to write
-        if self._claims is None or result_data is not None:
-            await super().finish_job(
-                job_id,
-                finish,
-                result_data,
-                result_timeout_s,
-                keep_result_forever,
-                incr_score,
-                keep_in_progress,
-            )
-            return
-        await self._claims.arq_finish(
-            job_id,
-            done=finish,
-            incr_score=incr_score,
-            keep_in_progress_ms=None if keep_in_progress is None else int(keep_in_progress * 1000),
-        )
-
     def use_store(
         self, store: Store, claims: Claims, run: Callable[[str], Awaitable[None]] | None = None
     ) -> None:
-        """The store (records), claims and arq's bookkeeping; ``run`` runs one job by id (the runner)."""
+        """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner)."""
         self._store = store
         self._claims = claims
         self._run = run
+        self._listener = self.loop.create_task(self._listen_for_work(), name="wake-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await super().close()
+
+    async def _listen_for_work(self) -> None:
+        """Sets the wake-up event when the queue gets due work (one subscription per worker)."""
+        assert self._store is not None
+        delay = 0.1
+        while True:
+            pubsub = self._store.redis.pubsub()
+            try:
+                await pubsub.subscribe(wake_channel(self.queue_name))
+                self._wakeup.set()  # whatever came while we were not listening
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    due_ms = int(message["data"])
+                    if due_ms > 1:  # a deferred job: look again when it is due
+                        at = self.loop.time() + max(due_ms / 1000 - time.time(), 0)
+                        self._next_look = min(self._next_look, at)
+                    else:
+                        self._wakeup.set()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ValueError) as exc:
+                log.debug("wake-ups lost, listening again", error=repr(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def main(self) -> None:
+        """arq's ``main`` (pool, start-up, the poll loop) with a burst mode that knows our queue: a
+        burst worker stops once nothing is ready, delayed or held and its own jobs have ended."""
+        if not self.burst:
+            await super().main()
+            return
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        async for _ in poll(self.poll_delay_s):
+            await self._poll_iteration()
+            if not self.tasks and self._claims is not None and await self._claims.empty():
+                return
 
     async def run_job(self, job_id: str, score: int) -> None:
         """Run one claimed job: the runner reads everything from the record, so arq's per-job reads
-        (the job payload, its try counter, the abort flag: a MULTI of four commands) and its result
-        serialisation are skipped; the end of the run is one script on the auto-pipeline."""
-        if self._run is None or self._store is None:
+        (the job payload, its try counter, the abort flag) and its result serialisation are
+        skipped; the end of the run is one script on the auto-pipeline."""
+        if self._run is None or self._claims is None:
             await super().run_job(job_id, score)
             return
         task = asyncio.current_task()
         assert task is not None
         self.job_tasks[job_id] = task  # where arq's abort check finds it
-        done, incr_score = True, None
+        done, due_ms = True, None
         try:
             async with asyncio.timeout(self.job_timeout_s):
                 await self._run(job_id)
@@ -134,7 +170,7 @@ class LeasedWorker(Worker):
         except Retry as exc:
             done = False
             if exc.defer_score:
-                incr_score = exc.defer_score + (timestamp_ms() - score)
+                due_ms = int(time.time() * 1000) + exc.defer_score
             self.jobs_retried += 1
         except asyncio.CancelledError:
             if job_id in self.aborting_tasks:  # a cancel of the running job: it has ended
@@ -143,8 +179,9 @@ class LeasedWorker(Worker):
                 # the runner ends it cancelled when the abort lands in the walk; landing anywhere else
                 # (its start, a deferral's write) must still end it, or its reservation and queue
                 # slot would never be released (the script ignores a job that already ended)
-                ended = {**ABORTED, "finished_at": time.time()}
-                await asyncio.shield(self._store.finish(job_id, ended, settlement=NOTHING_PAID))
+                if self._store is not None:
+                    ended = {**ABORTED, "finished_at": time.time()}
+                    await asyncio.shield(self._store.finish(job_id, ended, settlement=NOTHING_PAID))
             else:  # stopping: the runner put the job back; it runs again
                 done = False
                 self.jobs_retried += 1
@@ -158,50 +195,70 @@ class LeasedWorker(Worker):
             self.jobs_retried += 1
         finally:
             self.job_tasks.pop(job_id, None)
-        await asyncio.shield(
-            self._claims.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
-        )
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or self._claims is None:
-            return
-        # all of the poll's candidates: the front of the queue may be held by other workers
-        candidates = [j for j in (b.decode() for b in job_ids) if j not in self.tasks]
-        for job_id, score in await self._claims.claim(candidates, self.lease_ms, free):
-            # job_counter and the semaphore move together, as in arq; only claimed jobs count
-            await self.sem.acquire()
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(self._job_done)
-            self.tasks[job_id] = task
+        await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
 
     def _job_done(self, _task: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()
         self._freed += 1
+        if self._backlog and self._freed >= self._refill_after:
+            self._wakeup.set()
 
     async def _poll_iteration(self) -> None:
         self._reap()
-        now = self.loop.time()
-        if self._freed < self._wake_after and now - self._last_read < self.read_every_s:
+        if self._claims is None:
             return
-        self._last_read = now
-        self._freed = 0
-        try:
-            await super()._poll_iteration()
-        except REDIS_DOWN as exc:
-            self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
-            log.warning("redis unavailable, retrying", retry_in_s=self._outage_s, error=repr(exc))
-            await asyncio.sleep(self._outage_s)
-        else:
+        now = self.loop.time()
+        room = self.max_jobs - self.job_counter
+        if room <= 0 or not (self._wakeup.is_set() or now >= self._next_look):
+            # nothing to take: sleep until a wake-up, the next look, or a tick while jobs run (their
+            # aborts and the health check are looked at between)
+            wait = max(self._next_look - now, 0.0)
+            if self.tasks or room <= 0:
+                wait = min(wait, self.poll_delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+            now = self.loop.time()
+            room = self.max_jobs - self.job_counter
+        if room > 0 and (self._wakeup.is_set() or now >= self._next_look):
+            self._wakeup.clear()
+            self._freed = 0
+            try:
+                await self._claim(room, now)
+            except REDIS_DOWN as exc:
+                self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
+                log.warning("redis unavailable, retrying", retry_in_s=self._outage_s, error=repr(exc))
+                await asyncio.sleep(self._outage_s)
+                self._wakeup.set()
+                return
             if self._outage_s:
                 log.info("redis is back")
             self._outage_s = 0.0
+        try:
+            await self._cancel_aborted_jobs()
+            await self.heart_beat()
+        except REDIS_DOWN as exc:
+            log.warning("redis unavailable", error=repr(exc))
+
+    async def _claim(self, room: int, now: float) -> None:
+        assert self._claims is not None
+        claimed = await self._claims.claim(self.lease_ms, room)
+        for job_id in claimed.jobs:
+            # job_counter and the semaphore move together, as in arq
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, 0))
+            task.add_done_callback(self._job_done)
+            self.tasks[job_id] = task
+        # all the room taken: more may be due, claim again as slots free; else sleep until told
+        self._backlog = len(claimed.jobs) == room
+        self._next_look = now + self.safety_poll_s
+        if claimed.next_due_ms is not None:
+            due = now + max(claimed.next_due_ms / 1000 - time.time(), 0)
+            self._next_look = min(self._next_look, due)
 
     def _reap(self) -> None:
-        """Drop finished job tasks before arq sees them: arq re-raises a task's error from its poll,
-        one per poll, which would stall polling after an outage killed many tasks at once. A job
-        whose task died keeps its queue entry; its lease lapses and a worker runs it again."""
+        """Drop finished job tasks: a job whose task died keeps its lease until it lapses, and a
+        worker runs it again."""
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]

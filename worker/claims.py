@@ -1,92 +1,151 @@
-"""arq's own queue, as this worker uses it: claiming due jobs with a lease, and arq's bookkeeping
-at the end of a run. Both are Lua scripts on the worker's auto-pipeline (``Store.pipe``), where arq
-itself claims each job with a WATCH/MULTI of three round trips and ends each run with a MULTI.
+"""Taking jobs from a queue and giving them back: the worker's side of ``llm_router.queue_lua``.
+
+A claim is one Lua script per poll (on the worker's auto-pipeline, ``Store.pipe``): it puts due
+delayed jobs and lapsed leases back in their ready queues, then takes up to ``room`` jobs, band by
+band (``high``, ``normal``, ``low``), each from the tenant whose virtual time is smallest (weighted
+fair share), and leases them to this worker. Its cost does not depend on how many jobs are held,
+and every worker of the fleet can fill all its slots whatever arq's ``queue_read_limit`` is. The end
+of a run is another script: done (the job leaves the queue), or again (now, or later: deferred).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from llm_router.autopipe import AutoPipeline
+from llm_router.keys import PRIORITIES, TENANT_POLICY_PREFIX, active_tenants_key, delayed_key, leases_key
+from llm_router.lua import LUA_PRELUDE
+from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
-# KEYS: arq queue, then one arq in-progress key per job.  ARGV: now ms, lease ms, how many to claim
-# at most, then the job ids.  Claims due jobs that no other worker holds, with a short lease that the
-# holder's lease keeper refreshes, until it has claimed enough; returns the claimed ids and scores.
-# Every worker reads the same front of the queue, so the script walks past jobs others hold rather
-# than each worker trying only as many as it has room for.  One round trip for a whole poll, where
-# arq's own claim costs three per job.
-CLAIM_LUA = """
+# Returns {claimed job…, next_due_ms}: the jobs now leased to this worker, then when the queue's next
+# delayed job is due ('' when none is), so an idle worker can sleep until then.
+CLAIM_LUA = (
+    LUA_PRELUDE
+    + READY_LUA
+    + QUEUE_LUA
+    + f"local POLICY = '{TENANT_POLICY_PREFIX}'\n"
+    + r"""
+local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+                                         tonumber(ARGV[5])
+
+promote(queue, now, most)
 local out = {}
-local now = tonumber(ARGV[1])
-local room = tonumber(ARGV[3])
-for i = 4, #ARGV do
-  if room <= 0 then break end
-  local key = KEYS[i - 2]
-  if redis.call('EXISTS', key) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if score and tonumber(score) <= now then
-      redis.call('SET', key, '1', 'PX', ARGV[2])
-      out[#out + 1] = ARGV[i]
-      out[#out + 1] = score
+local leases = queue .. ':leases'
+local weights = {}
+for _, band in ipairs(BANDS) do
+  local active = queue .. ':tenants:' .. band
+  local vclock = nil
+  while room > 0 do
+    local head = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
+    if #head == 0 then break end
+    local tenant, vtime = head[1], tonumber(head[2])
+    local ready = queue .. ':ready:' .. band .. ':' .. tenant
+    local job = redis.call('ZPOPMIN', ready)
+    if #job == 0 then
+      redis.call('ZREM', active, tenant)
+    else
+      redis.call('ZADD', leases, now + lease_ms, job[1])
+      out[#out + 1] = job[1]
       room = room - 1
+      vclock = vtime
+      local weight = weights[tenant]
+      if not weight then
+        weight = tonumber(redis.call('HGET', POLICY .. tenant, 'weight') or '1') or 1
+        if weight <= 0 then weight = 1 end
+        weights[tenant] = weight
+      end
+      if redis.call('ZCARD', ready) == 0 then
+        redis.call('ZREM', active, tenant)
+      else
+        redis.call('ZADD', active, vtime + 1 / weight, tenant)
+      end
     end
   end
+  if vclock then redis.call('SET', queue .. ':vclock:' .. band, vclock) end
+  if room <= 0 then break end
 end
+local next_due = redis.call('ZRANGE', queue .. ':delayed', 0, 0, 'WITHSCORES')
+out[#out + 1] = next_due[2] or ''
 return out
 """
+)
 
-# arq's own end of a job run (``Worker.finish_job``'s MULTI) as one script, so it rides the worker's
-# auto-pipeline with the record writes.  KEYS: in-progress, retry, job, queue, abort set.  ARGV: job
-# id, 1 if the job is done with (else it runs again), score increment ('' for none), keep the
-# in-progress key this many ms ('' to delete it).
-ARQ_FINISH_LUA = """
-if ARGV[4] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-elseif ARGV[3] ~= '' then
-  redis.call('ZINCRBY', KEYS[4], ARGV[3], ARGV[1])
+# The end of a run.  ARGV: queue, job, outcome ('done' | 'again'), due ms ('' or not later than now:
+# due at once).  'done' takes the job off the queue; 'again' puts it back, ready now or delayed.
+END_RUN_LUA = (
+    LUA_PRELUDE
+    + READY_LUA
+    + QUEUE_LUA
+    + r"""
+local queue, job, outcome, due = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local held = redis.call('ZREM', queue .. ':leases', job) == 1
+if outcome == 'done' then
+  redis.call('ZREM', ABORT_SET, job)
+  return 1
+end
+if not held then return 0 end  -- its lease lapsed: another worker has it, or the queue has it back
+local now = now_ms()
+if due and due > now then
+  redis.call('ZADD', queue .. ':delayed', due, job)
+  redis.call('PUBLISH', queue .. ':wake', due)  -- idle workers learn when to look again
+else
+  local band, tenant = band_of(job)
+  make_ready(queue, job, band, tenant, 0)  -- a job put back goes in front
+  redis.call('PUBLISH', queue .. ':wake', 1)
 end
 return 1
 """
+)
+
+MOVES_PER_CLAIM = 1000  # delayed jobs and lapsed leases a claim puts back at most (bounded work)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim took, and when the queue's next delayed job is due (ms; ``None``: none is)."""
+
+    jobs: list[str]
+    next_due_ms: int | None
 
 
 class Claims:
-    """Claims and end-of-run bookkeeping on one arq queue."""
+    """Claims and end-of-run bookkeeping on one queue, and the lease renewals of held jobs."""
 
     def __init__(self, redis: Redis, pipe: AutoPipeline, queue_name: str) -> None:
         self.queue_name = queue_name
+        self.leases_key = leases_key(queue_name)
+        self._redis = redis
         self._pipe = pipe
         self._claim = redis.register_script(CLAIM_LUA)
-        self._arq_finish = redis.register_script(ARQ_FINISH_LUA)
+        self._end_run = redis.register_script(END_RUN_LUA)
 
-    async def claim(self, job_ids: list[str], lease_ms: int, room: int) -> list[tuple[str, int]]:
-        """Claim up to ``room`` due, unheld jobs of ``job_ids`` with a lease; returns (job id, score)."""
-        if not job_ids or room <= 0:
-            return []
-        keys = [self.queue_name, *(in_progress_key_prefix + j for j in job_ids)]
-        flat = await self._pipe.eval(self._claim, keys, [int(time.time() * 1000), lease_ms, room, *job_ids])
-        return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+    async def claim(self, lease_ms: int, room: int) -> Claimed:
+        """Lease up to ``room`` due jobs to this worker (fairly across tenants, by priority)."""
+        if room <= 0:
+            return Claimed([], None)
+        now_ms = int(time.time() * 1000)
+        flat = await self._pipe.eval(
+            self._claim, [], [self.queue_name, now_ms, lease_ms, room, MOVES_PER_CLAIM]
+        )
+        due = flat[-1]
+        return Claimed([j.decode() for j in flat[:-1]], int(float(due)) if due else None)
 
-    async def arq_finish(
-        self, job_id: str, *, done: bool, incr_score: int | None, keep_in_progress_ms: int | None
-    ) -> None:
-        """arq's bookkeeping after a run (see ``ARQ_FINISH_LUA``)."""
-        keys = [
-            in_progress_key_prefix + job_id,
-            retry_key_prefix + job_id,
-            job_key_prefix + job_id,
-            self.queue_name,
-            abort_jobs_ss,
-        ]
-        args = [
-            job_id,
-            "1" if done else "0",
-            "" if incr_score is None else incr_score,
-            "" if keep_in_progress_ms is None else keep_in_progress_ms,
-        ]
-        await self._pipe.eval(self._arq_finish, keys, args)
+    async def empty(self) -> bool:
+        """Nothing ready, delayed or held on this queue (a burst worker's signal to stop)."""
+        q = self.queue_name
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for band in PRIORITIES:
+                pipe.zcard(active_tenants_key(q, band))
+            pipe.zcard(delayed_key(q))
+            pipe.zcard(self.leases_key)
+            counts = await pipe.execute()
+        return not any(counts)
+
+    async def end_run(self, job_id: str, *, done: bool, due_ms: int | None = None) -> None:
+        """The run is over: the job leaves the queue (``done``), or goes back to it, due at once or
+        at ``due_ms`` (a deferral)."""
+        args = [self.queue_name, job_id, "done" if done else "again", "" if due_ms is None else due_ms]
+        await self._pipe.eval(self._end_run, [], args)

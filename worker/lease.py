@@ -1,10 +1,11 @@
 """Leases on running jobs and the worker's heartbeat, kept by a thread of their own.
 
-A worker claims a job by writing arq's in-progress key with a short TTL (the lease, ``lease_s``),
-where arq itself would use the job timeout + 10 s and never refresh it. This thread refreshes the
-leases of every job the worker holds, every ``lease_s / 3``, in one pipelined round trip for all of
-them, so a worker that dies (SIGKILL, OOM, a lost host) loses its jobs to another worker within
-``lease_s``, whatever their length; a live worker keeps them for as long as they run.
+A worker claims a job by leasing it (the queue's ``leases`` set, scored by when the lease ends,
+``lease_s`` after the claim; see ``worker.claims``), where arq itself would hold it for the job
+timeout + 10 s and never refresh it. This thread renews the leases of every job the worker holds,
+every ``lease_s / 3``, in one command for all of them, so a worker that dies (SIGKILL, OOM, a lost
+host) loses its jobs to another worker within ``lease_s``, whatever their length; a live worker
+keeps them for as long as they run.
 
 It is a thread, not a task on the event loop, so that a loop that is busy or blocked for longer
 than the lease does not let another worker run the same job at the same time. The same round trip
@@ -24,7 +25,6 @@ from typing import Any
 import orjson
 import redis
 import structlog
-from arq.constants import in_progress_key_prefix
 
 from llm_router.store import LeaseWrites
 
@@ -79,9 +79,7 @@ class LeaseKeeper(threading.Thread):
         now = time.time()
         held = list(self._held())
         pipe = self._client.pipeline(transaction=False)
-        for job_id in held:
-            # PEXPIRE only touches an existing key: a job that finished meanwhile stays finished
-            pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
+        self._writes.renew(pipe, held, self._lease_ms)
         for job_id, call in list(self._inflight.items()):
             if self._written.get(job_id) != id(call):
                 self._writes.inflight(pipe, job_id, call)

@@ -1,12 +1,13 @@
 """Waiting for jobs to end by notification: one pub/sub subscription per server process.
 
-A job submitted with ``notify=True`` has its id PUBLISHed on ``ENDED_CHANNEL`` when it reaches a
-terminal status. The server holds one subscription for all its waiters and wakes the waiters of that
-id; a waiter then reads the record. A handler registers (``watch``) before it submits, so no
-notification can slip past it, and reads the record once after submitting, which covers a job that
-already existed (an idempotent resubmission) and ended before. Pub/sub is at-most-once: a message
-lost while Redis restarts would leave a waiter hanging, so every resubscription wakes every waiter,
-and each waiter re-reads its record every ``recheck_s`` anyway (a safety net, not the mechanism).
+Every job has its scoped id PUBLISHed on its tenant's ``ended`` channel when it reaches a terminal
+status. The server holds one subscription (a pattern over every tenant's channel) for all its
+waiters and wakes the waiters of that id; a waiter then reads the record. A handler registers
+(``watch``) before it submits, so no notification can slip past it, and reads the record once after
+submitting, which covers a job that already existed (an idempotent resubmission) and ended before.
+Pub/sub is at-most-once: a message lost while Redis restarts would leave a waiter hanging, so every
+resubscription wakes every waiter, and each waiter re-reads its record every ``recheck_s`` anyway (a
+safety net, not the mechanism).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, WaitTimeout
-from llm_router.keys import ENDED_CHANNEL, split_scoped
+from llm_router.keys import ENDED_PATTERN, split_scoped
 from llm_router.store import Store
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
@@ -100,12 +101,12 @@ class EndedWaiter:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(ENDED_CHANNEL)
+                await pubsub.psubscribe(ENDED_PATTERN)
                 self.subscribed.set()
                 delay = 0.05
                 self._wake_all()  # whatever ended while we were not subscribed
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    if message.get("type") == "pmessage":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:

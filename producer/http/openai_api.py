@@ -82,9 +82,7 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
         job = {**job, "job_id": job_id}
     tenant: str = request["tenant"]
     with waiter.watch(producer.scoped(job_id, tenant)) as event:
-        result = (
-            await submit_jobs(producer, settings, [job], request["tenant"], interactive=True, notify=True)
-        )[0]
+        result = (await submit_jobs(producer, settings, [job], request["tenant"], interactive=True))[0]
         if isinstance(result, RouterError):
             raise result
         deadline = job.get("deadline_s")

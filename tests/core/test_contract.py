@@ -346,22 +346,6 @@ def test_catalog_fallbacks_apply_unless_the_job_names_its_own(sim_catalog) -> No
     assert text_only.route == ["grok-4", "gpt-4.1"]  # grok-3 reads no images
 
 
-def test_the_arq_job_written_at_submit_is_arqs_own_format(sim_catalog) -> None:
-    from arq.jobs import deserialize_job
-
-    from llm_router.store import RUN_JOB, Store, arq_job_payload
-
-    store = Store(__import__("redis.asyncio", fromlist=["Redis"]).Redis(), queue_name="q", record_ttl_s=60)
-    job = Validator(sim_catalog, Settings(_env_file=None)).prepare(
-        {"model": "gpt-4o", "messages": USER, "job_id": "a.b:c-d_1"}, now=1234.5678
-    )
-    command = store.submit_command(job)
-    payload = command[8]
-    assert payload == arq_job_payload("default/a.b:c-d_1", 1234567)  # the job inside its tenant
-    parsed = deserialize_job(payload, deserializer=orjson.loads)
-    assert (parsed.function, list(parsed.args), parsed.kwargs) == (RUN_JOB, ["default/a.b:c-d_1"], {})
-
-
 STRICT_AND_EDGE: list[tuple[str, Any, str, str | None]] = [
     (
         "max_tokens as a string",

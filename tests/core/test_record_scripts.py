@@ -9,14 +9,17 @@ from typing import Any
 
 import orjson
 import pytest
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 
 from llm_router.circuit_breaker import AdmissionState
 from llm_router.keys import (
-    ENDED_CHANNEL,
     active_key,
+    active_tenants_key,
     credits_key,
+    ended_channel,
+    leases_key,
+    ready_key,
     record_key,
     routing_key,
     stream_key,
@@ -74,22 +77,22 @@ async def credit(redis: Redis, tenant: str, balance: int) -> None:
 # -- submit -------------------------------------------------------------------------------------
 
 
-async def test_submit_creates_the_record_the_arq_job_and_the_queue_entry(store: Store, bare_redis: Redis):
-    job = new_job(est_tokens=42, routed_by="auto: cheapest", cache_key="abc", cache_ttl=30, notify=True)
+async def test_submit_creates_the_record_and_makes_the_job_due(store: Store, bare_redis: Redis):
+    job = new_job(est_tokens=42, routed_by="auto: cheapest", cache_key="abc", cache_ttl=30, priority="high")
     assert await submit(store, job) == SubmitReply.CREATED
     rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "queued" and rec["tenant"] == "t" and rec["est_tokens"] == "42"
     assert rec["request"].encode() == REQUEST and rec["attempts"] == "[]"
-    assert (rec["routed_by"], rec["cache_key"], rec["cache_ttl"], rec["notify"]) == (
+    assert (rec["routed_by"], rec["cache_key"], rec["cache_ttl"], rec["priority"]) == (
         "auto: cheapest",
         "t:abc",  # a cache is per tenant
         "30",
-        "1",
+        "high",
     )
     assert "metered" not in rec  # a tenant without credits is not metered
-    assert await bare_redis.zscore(QUEUE, "t/j1") == int(job.created_at * 1000)
-    payload = orjson.loads(await bare_redis.get(job_key_prefix + "t/j1"))
-    assert payload["f"] == "run_llm_job" and payload["a"] == ["t/j1"]  # the job inside its tenant
+    # due in its tenant's ready queue of its band, the tenant in the band's active set
+    assert await bare_redis.zscore(ready_key(QUEUE, "high", "t"), "t/j1") == int(job.created_at * 1000)
+    assert await bare_redis.zscore(active_tenants_key(QUEUE, "high"), "t") == 0
     assert 100 < await bare_redis.ttl(record_key("t/j1")) <= 100 + 61  # the record TTL past the deadline
     assert await bare_redis.get(active_key("t")) == b"1"
 
@@ -250,10 +253,10 @@ async def test_a_failed_job_releases_its_reservation_and_counts_as_failed(store,
 
 
 async def test_finish_caches_the_answer_ends_the_stream_and_notifies(store: Store, bare_redis: Redis):
-    await submit(store, new_job(cache_key="k", cache_ttl=30, notify=True))
+    await submit(store, new_job(cache_key="k", cache_ttl=30))
     await bare_redis.xadd(stream_key("t/j1"), {"c": b"{}"})
     pubsub = bare_redis.pubsub()
-    await pubsub.subscribe(ENDED_CHANNEL)
+    await pubsub.subscribe(ended_channel("t"))
     await pubsub.get_message(timeout=1)  # the subscription's confirmation
     await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
     assert orjson.loads(await bare_redis.get("llm-router:cache:t:k")) == {"id": "r"}
@@ -295,8 +298,8 @@ async def test_cancel_of_a_queued_job_ends_it_and_releases_its_reservation(store
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
     assert await store.cancel("t/j1", ERROR) == (CancelReply.CANCELLED, None)
-    assert await bare_redis.zscore(QUEUE, "t/j1") is None
-    assert await bare_redis.exists(job_key_prefix + "t/j1") == 0
+    assert await bare_redis.zscore(ready_key(QUEUE, "normal", "t"), "t/j1") is None
+    assert await bare_redis.zscore(active_tenants_key(QUEUE, "normal"), "t") is None
     assert (await fields_of(bare_redis, "t/j1"))["status"] == "cancelled"
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"0"
     assert await bare_redis.get(active_key("t")) == b"0"
@@ -306,7 +309,7 @@ async def test_cancel_of_a_queued_job_ends_it_and_releases_its_reservation(store
 
 async def test_cancel_of_a_held_job_hands_it_to_the_abort_set(store: Store, bare_redis: Redis):
     await submit(store, new_job())
-    await bare_redis.set(in_progress_key_prefix + "t/j1", 1)  # a worker claimed it
+    await bare_redis.zadd(leases_key(QUEUE), {"t/j1": 1})  # a worker claimed it
     assert await store.cancel("t/j1", ERROR) == (CancelReply.ABORTING, None)
     assert await bare_redis.zscore(abort_jobs_ss, "t/j1") is not None
     rec = await fields_of(bare_redis, "t/j1")
@@ -317,7 +320,7 @@ async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Red
     job = new_job(queue="interactive-q")
     await store.submit_batch([store.submit_command(job, "interactive-q")])
     assert await store.cancel("t/j1", ERROR) == (CancelReply.CANCELLED, None)
-    assert await bare_redis.zscore("interactive-q", "t/j1") is None
+    assert await bare_redis.zscore(ready_key("interactive-q", "normal", "t"), "t/j1") is None
 
 
 async def test_submit_replies_come_back_in_order_under_concurrency(store: Store):
@@ -326,3 +329,14 @@ async def test_submit_replies_come_back_in_order_under_concurrency(store: Store)
     assert sorted(replies[:50] + replies[50:]) == sorted(
         [SubmitReply.CREATED] * 50 + [SubmitReply.EXISTS] * 50
     )
+
+
+async def test_a_submit_wakes_the_queues_idle_workers_once_per_batch(store: Store, bare_redis: Redis):
+    pubsub = bare_redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{QUEUE}:wake")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation (ignored: None)
+    await store.submit_batch([store.submit_command(new_job(f"w{i}")) for i in range(5)])
+    first = await pubsub.get_message(timeout=2)
+    assert first is not None and first["data"] == b"1"
+    assert await pubsub.get_message(timeout=0.2) is None  # one wake-up for the whole batch
+    await pubsub.aclose()
