@@ -38,7 +38,11 @@ from llm_router.circuit_breaker import (
 )
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.keys import (
+    PRIORITIES,
+    active_tenants_key,
+    delayed_key,
     leases_key,
+    ready_key,
     record_key,
     scoped_id,
     split_scoped,
@@ -455,6 +459,22 @@ class Store:
                 pipe.hget(record_key(job_id), "status")
             raws = await pipe.execute()
         return [r.decode() if r else None for r in raws]
+
+    async def queued(self, queue_name: str | None = None) -> int:
+        """Jobs waiting on a queue (due or deferred, not held): a tenant's ready queues summed over
+        the tenants with due work, plus the delayed set. Costs a read per active tenant."""
+        q = queue_name or self.queue_name
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for band in PRIORITIES:
+                pipe.zrange(active_tenants_key(q, band), 0, -1)
+            pipe.zcard(delayed_key(q))
+            *tenants, delayed = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for band, names in zip(PRIORITIES, tenants, strict=True):
+                for tenant in names:
+                    pipe.zcard(ready_key(q, band, tenant.decode()))
+            counts = await pipe.execute()
+        return int(sum(counts)) + int(delayed)
 
     async def live_workers(self, ttl_s: float) -> int:
         return int(await self.redis.zcount(self.workers_key, time.time() - ttl_s, "+inf"))

@@ -208,7 +208,8 @@ class LeasedWorker(Worker):
         if self._claims is None:
             return
         now = self.loop.time()
-        room = self.max_jobs - self.job_counter
+        # SIGTERM (arq's allow_pick_jobs off): no new jobs, the running ones get their grace period
+        room = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
         if room <= 0 or not (self._wakeup.is_set() or now >= self._next_look):
             # nothing to take: sleep until a wake-up, the next look, or a tick while jobs run (their
             # aborts and the health check are looked at between)
@@ -218,7 +219,7 @@ class LeasedWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
             now = self.loop.time()
-            room = self.max_jobs - self.job_counter
+            room = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
         if room > 0 and (self._wakeup.is_set() or now >= self._next_look):
             self._wakeup.clear()
             self._freed = 0

@@ -16,6 +16,7 @@ import pytest
 from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits
 from llm_router.keys import credits_key, record_key
+from llm_router.store import Store
 from producer.producer import Producer, Submitted
 
 PNG = base64.b64encode(
@@ -192,7 +193,7 @@ async def test_a_cut_off_bulk_submit_keeps_its_handles_and_resumes(
 
         redis = Redis.from_url(server.url)
         try:
-            queued = await redis.zcard(e2e.settings.queue_name)
+            queued = await Store(redis, queue_name=e2e.settings.queue_name, record_ttl_s=60).queued()
             records = await redis.exists(*(record_key(f"default/{i}") for i in ids))
         finally:
             await redis.aclose()

@@ -255,10 +255,10 @@ async def test_legacy_functions_get_function_call_back(e2e: Producer) -> None:
 async def test_cancel_a_queued_job(producer: Producer, redis) -> None:
     # `producer` has a queue of its own that no worker serves, so the job stays queued
     sub = await producer.submit({"model": "gpt-4o", "messages": [{"role": "user", "content": "never"}]})
-    assert await redis.zcard(producer.settings.queue_name) == 1
+    assert await producer.store.queued() == 1
     record = await producer.cancel(sub.job_id)
     assert record.status == "cancelled" and record.error["code"] == "cancelled"
-    assert await redis.zcard(producer.settings.queue_name) == 0
+    assert await producer.store.queued() == 0
     assert not await redis.exists(f"arq:job:{sub.job_id}")
     with pytest.raises(JobNotCancellable):
         await producer.cancel(sub.job_id)
@@ -268,7 +268,7 @@ async def test_chat_without_worker_fails_fast(producer: Producer) -> None:
     with pytest.raises(NoWorkers) as info:
         await asyncio.wait_for(producer.chat("gpt-4o", [{"role": "user", "content": "hi"}]), timeout=5)
     assert (info.value.code, info.value.status) == ("no_workers", 503)
-    assert await producer.redis.zcard(producer.settings.queue_name) == 0
+    assert await producer.store.queued() == 0
 
 
 async def test_failed_interactive_chat_raises_typed_error(e2e: Producer, sim) -> None:

@@ -315,10 +315,10 @@ async def _status_is(producer: Producer, sub: Submitted, status: str) -> bool:
 async def test_cancel_finds_an_interactive_job_on_its_own_queue(producer: Producer) -> None:
     sub = await producer.submit({"model": "gpt-4o-mini", "messages": HI}, interactive=True)
     queue = producer.settings.interactive_queue_name
-    assert await producer.redis.zscore(queue, producer.scoped(sub.job_id)) is not None
+    assert await producer.store.queued(queue) == 1
     records = await producer.cancel_many([sub.job_id, "no-such-job"])
     assert records[0].status == "cancelled" and records[1].code == "job_not_found"
-    assert await producer.redis.zscore(queue, producer.scoped(sub.job_id)) is None
+    assert await producer.store.queued(queue) == 0
 
 
 async def test_a_job_id_names_a_job_inside_its_tenant(producer: Producer) -> None:

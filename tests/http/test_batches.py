@@ -367,14 +367,14 @@ async def test_ten_thousand_lines_enqueue_once_even_when_enqueued_again(
     took = time.monotonic() - started
     batch = await runner.load(batch_id)
     assert batch is not None and batch["status"] == "in_progress" and batch["total"] == n
-    assert await redis.zcard(producer.settings.queue_name) == n
+    assert await producer.store.queued() == n
     assert took < 5, f"enqueuing {n} lines took {took:.2f} s"
 
     # a server that died after enqueuing, before recording it: the next one enqueues again
     await redis.hdel(batch_work_key(batch_id), "done")
     assert await runner.update(batch_id, ["in_progress"], {"status": "validating"}) == 1
     await runner.ingest(batch_id)
-    assert await redis.zcard(producer.settings.queue_name) == n  # the same jobs, found, not made twice
+    assert await producer.store.queued() == n  # the same jobs, found, not made twice
     assert (await runner.load(batch_id) or {})["status"] == "in_progress"
 
     # a finished line counts at the next read; then cancelling ends every other one
@@ -388,7 +388,7 @@ async def test_ten_thousand_lines_enqueue_once_even_when_enqueued_again(
     batch = await runner.advance(batch_id)  # all ended: finalize
     assert batch is not None and batch["status"] == "cancelled", batch
     assert time.monotonic() - started < 10
-    assert await redis.zcard(producer.settings.queue_name) == 0
+    assert await producer.store.queued() == 0
     errors = (await runner.files.content(who, batch["error_file_id"])).splitlines()
     assert len(errors) == n
     assert {orjson.loads(e)["error"]["code"] for e in errors} == {"batch_cancelled"}
@@ -399,12 +399,12 @@ async def test_a_batch_past_its_window_expires(runner: BatchRunner, producer: Pr
     who = tenant()
     batch_id = await _new_batch(runner, who, jsonl([line(f"e{i}", f"expire {i}") for i in range(4)]))
     await runner.ingest(batch_id)
-    assert await redis.zcard(producer.settings.queue_name) == 4
+    assert await producer.store.queued() == 4
     assert await runner.update(batch_id, ["in_progress"], {"expires_at": int(time.time()) - 1}) == 1
     batch = await runner.advance(batch_id)
     assert batch is not None and batch["status"] == "expired" and batch["expired_at"]
     assert (batch["total"], batch["completed"], batch["failed"]) == (4, 0, 4)
-    assert await redis.zcard(producer.settings.queue_name) == 0  # its queued jobs will not run
+    assert await producer.store.queued() == 0  # its queued jobs will not run
     errors = [orjson.loads(x) for x in (await runner.files.content(who, batch["error_file_id"])).splitlines()]
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
         (f"e{i}", "batch_expired") for i in range(4)
@@ -420,7 +420,7 @@ async def test_two_servers_finalize_a_batch_once(
     other = BatchRunner(redis, producer, FileStore(redis, ttl_s=600), ttl_s=600)
     batch_id = await _new_batch(runner, who, jsonl([line(f"t{i}", f"twice {i}") for i in range(300)]))
     await asyncio.gather(runner.ingest(batch_id), other.ingest(batch_id))
-    assert await redis.zcard(producer.settings.queue_name) == 300
+    assert await producer.store.queued() == 300
     for i in range(300):  # every job ends (cancelled on its own): the batch is complete
         await producer.cancel(job_id_for(batch_id, i), tenant=who)
     first, second = await asyncio.gather(runner.advance(batch_id), other.advance(batch_id))

@@ -19,7 +19,7 @@ async def test_waiter_wakes_on_notification(producer: Producer, until: Any) -> N
         job_id = f"ended-{time.monotonic_ns()}"
         scoped = producer.scoped(job_id)  # what the end notice names: the id inside its tenant
         with waiter.watch(scoped) as event:
-            await producer.submit({**job, "job_id": job_id}, notify=True)  # no worker: stays queued
+            await producer.submit({**job, "job_id": job_id})  # no worker: stays queued
             waiting = asyncio.create_task(waiter.wait(scoped, event, timeout=20))
             # the waiter has read the queued record and sleeps on its event (asyncio.Event's waiters)
             await until(lambda: event._waiters, timeout=5, what="the waiter to block")

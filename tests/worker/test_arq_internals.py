@@ -11,30 +11,18 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import version
 
-import orjson
 import pytest
 from arq import Retry, constants
-from arq.jobs import deserialize_job
 from arq.worker import Worker
 
 from config.settings import Settings
-from llm_router.keys import RUN_JOB
 from worker.app import build_worker
 
 # method → the parameters our override and our callers pass (arq calls these with these names)
 OVERRIDDEN = {
+    "main": ["self"],
     "run_job": ["self", "job_id", "score"],
-    "start_jobs": ["self", "job_ids"],
-    "finish_job": [
-        "self",
-        "job_id",
-        "finish",
-        "result_data",
-        "result_timeout_s",
-        "keep_result_forever",
-        "incr_score",
-        "keep_in_progress",
-    ],
+    "heart_beat": ["self"],
     "_poll_iteration": ["self"],
     "_cancel_aborted_jobs": ["self"],
     "handle_sig_wait_for_completion": ["self", "signum"],
@@ -58,6 +46,11 @@ ATTRIBUTES = [
     "jobs_retried",
     "jobs_failed",
     "allow_abort_jobs",
+    "allow_pick_jobs",
+    "burst",
+    "_pool",
+    "redis_settings",
+    "expires_extra_ms",
 ]
 
 
@@ -71,14 +64,15 @@ def test_each_overridden_method_keeps_its_signature(name: str, params: list[str]
     assert list(inspect.signature(getattr(Worker, name)).parameters) == params
 
 
-def test_the_poll_loop_still_hands_claims_and_aborts_to_our_overrides() -> None:
-    # LeasedWorker claims in start_jobs and throttles _cancel_aborted_jobs; arq's loop must call both
-    source = inspect.getsource(Worker._poll_iteration)
-    assert "await self.start_jobs(job_ids)" in source
-    assert "await self._cancel_aborted_jobs()" in source
-    assert "self.job_counter < self.max_jobs" in source
-    # arq re-raises a finished task's error from its poll: LeasedWorker._reap drops them first
-    assert "t.result()" in source
+def test_arqs_run_loop_still_calls_our_poll_iteration() -> None:
+    # LeasedWorker claims, sleeps until woken and checks aborts in _poll_iteration; arq's main loop
+    # (which it keeps outside burst mode) must call it through arq.utils.poll, and SIGTERM must still
+    # stop it taking jobs through allow_pick_jobs
+    source = inspect.getsource(Worker.main)
+    assert "async for _ in poll(self.poll_delay_s):" in source
+    assert "await self._poll_iteration()" in source
+    assert "await self.on_startup(self.ctx)" in source and "self.ctx['redis'] = self.pool" in source
+    assert "self.allow_pick_jobs = False" in inspect.getsource(Worker.handle_sig_wait_for_completion)
 
 
 def test_abort_marks_jobs_in_aborting_tasks_and_cancels_their_task() -> None:
@@ -95,17 +89,8 @@ def test_the_state_we_read_exists_on_a_built_worker() -> None:
     assert isinstance(worker.aborting_tasks, set)
 
 
-def test_arqs_key_names_are_what_our_scripts_write() -> None:
-    assert constants.job_key_prefix == "arq:job:"
-    assert constants.in_progress_key_prefix == "arq:in-progress:"
-    assert constants.retry_key_prefix == "arq:retry:"
+def test_arqs_abort_set_is_where_our_cancel_script_writes() -> None:
     assert constants.abort_jobs_ss == "arq:abort"
-
-
-def test_arq_reads_the_job_format_we_write_at_submit() -> None:
-    payload = orjson.dumps({"t": None, "f": RUN_JOB, "a": ["j1"], "k": {}, "et": 1})
-    job = deserialize_job(payload, deserializer=orjson.loads)
-    assert (job.function, list(job.args), job.kwargs, job.job_try) == (RUN_JOB, ["j1"], {}, None)
 
 
 def test_retry_still_carries_a_defer_score() -> None:
