@@ -21,18 +21,26 @@ Bands are served strictly in order, tenants fairly within a band. The functions 
 
 from __future__ import annotations
 
-from llm_router.keys import PRIORITIES
+from llm_router.keys import PRIORITIES, TENANT_POLICY_PREFIX
+
+# claims a tenant that becomes active gets ahead of the band's backlog (see make_ready)
+NEWCOMER_LEAD = 25
 
 # the submit script's part (bulk submits run it per job, so it defines nothing else); needs
 # LUA_PRELUDE (llm_router.lua) before it
-READY_LUA = r"""
+READY_LUA = f"local NEWCOMER_LEAD = {NEWCOMER_LEAD}\nlocal POLICY = '{TENANT_POLICY_PREFIX}'\n" + r"""
 -- a job becomes due: into its tenant's ready queue (by `seq`: enqueue time, 0 for the front), its
--- tenant into the band's active set at the band's virtual clock if it was not there
+-- tenant into the band's active set if it was not there, a little behind the band's virtual clock:
+-- a tenant that was idle gets its first few jobs in ahead of a backlog (as a scheduler favours a
+-- task that slept), then shares equally
 local function make_ready(queue, job, band, tenant, seq)
   redis.call('ZADD', queue .. ':ready:' .. band .. ':' .. tenant, seq, job)
   local active = queue .. ':tenants:' .. band
   if not redis.call('ZSCORE', active, tenant) then
-    redis.call('ZADD', active, redis.call('GET', queue .. ':vclock:' .. band) or 0, tenant)
+    local vclock = tonumber(redis.call('GET', queue .. ':vclock:' .. band) or '0')
+    local weight = tonumber(redis.call('HGET', POLICY .. tenant, 'weight') or '1') or 1
+    if weight <= 0 then weight = 1 end
+    redis.call('ZADD', active, vclock - NEWCOMER_LEAD / weight, tenant)  -- NEWCOMER_LEAD claims ahead
   end
 end
 """

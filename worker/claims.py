@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from llm_router.autopipe import AutoPipeline
-from llm_router.keys import PRIORITIES, TENANT_POLICY_PREFIX, active_tenants_key, delayed_key, leases_key
+from llm_router.keys import PRIORITIES, active_tenants_key, delayed_key, leases_key
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
@@ -26,7 +26,6 @@ CLAIM_LUA = (
     LUA_PRELUDE
     + READY_LUA
     + QUEUE_LUA
-    + f"local POLICY = '{TENANT_POLICY_PREFIX}'\n"
     + r"""
 local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                          tonumber(ARGV[5])
