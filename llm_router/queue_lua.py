@@ -51,11 +51,12 @@ QUEUE_LUA = (
     + ", ".join(f"'{b}'" for b in PRIORITIES)
     + r"""}
 
--- a job's band and tenant, from its record (the band is 'normal' unless the job asked otherwise)
+-- a job's band and tenant, from its record (the band is 'normal' unless the job asked otherwise),
+-- and its creation (ms): a job put back goes in front, at its own age
 local function band_of(job)
   local tenant = string.match(job, '^([^/]*)/') or 'default'
-  local band = redis.call('HGET', RECORD .. job, 'priority') or 'normal'
-  return band, tenant
+  local r = redis.call('HMGET', RECORD .. job, 'priority', 'created_at')
+  return r[1] or 'normal', tenant, math.floor(tonumber(r[2] or '0') * 1000)
 end
 
 -- a job that is not held off its ready queue or the delayed set
@@ -72,13 +73,12 @@ end
 local function promote(queue, now, most)
   for _, set in ipairs({queue .. ':delayed', queue .. ':leases'}) do
     local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, most)
-    -- a deferred job goes behind the others; one whose worker died, in front
-    local seq = now
-    if set == queue .. ':leases' then seq = 0 end
+    -- a deferred job goes behind the others; one whose worker died, in front (at its creation)
+    local lapsed = set == queue .. ':leases'
     for _, job in ipairs(due) do
       redis.call('ZREM', set, job)
-      local band, tenant = band_of(job)
-      make_ready(queue, job, band, tenant, seq)
+      local band, tenant, created = band_of(job)
+      make_ready(queue, job, band, tenant, lapsed and created or now)
     end
   end
 end

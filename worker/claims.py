@@ -91,8 +91,8 @@ if due and due > now then
   redis.call('ZADD', queue .. ':delayed', due, job)
   redis.call('PUBLISH', queue .. ':wake', due)  -- idle workers learn when to look again
 else
-  local band, tenant = band_of(job)
-  make_ready(queue, job, band, tenant, 0)  -- a job put back goes in front
+  local band, tenant, created = band_of(job)
+  make_ready(queue, job, band, tenant, created)  -- a job put back goes in front, at its own age
   redis.call('PUBLISH', queue .. ':wake', 1)
 end
 return 1
