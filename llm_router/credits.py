@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest
-from llm_router.keys import credits_key, usage_key
+from llm_router.keys import METERED_KEY, credits_key, usage_key
 
 NANOS = 1_000_000_000
 
@@ -88,6 +88,7 @@ class Ledger:
             pipe.hincrby(credits_key(tenant), "balance", nanos)
             pipe.hincrby(credits_key(tenant), "added", nanos)
             pipe.hincrby(credits_key(tenant), "reserved", 0)
+            pipe.sadd(METERED_KEY, tenant)  # the credits-reserved gauge sums over these, never a SCAN
             pipe.hgetall(credits_key(tenant))
             *_, raw = await pipe.execute()
         return _balance(tenant, raw)

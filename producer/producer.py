@@ -34,6 +34,7 @@ from llm_router.errors import (
 from llm_router.keys import workers_key
 from llm_router.redis_client import connect_redis
 from llm_router.store import Store
+from llm_router.tracing import job_trace_fields
 from producer.validation import PreparedJob, Validator
 from producer.vision import vision_to_chat
 
@@ -174,6 +175,7 @@ class Producer:
             extra += ["notify", 1]
         if parent is not None:
             extra += ["parent", parent]
+        extra += job_trace_fields(self.settings)  # the active span's context: the worker joins its trace
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, PreparedJob]] = []
         in_flight: asyncio.Task[None] | None = None

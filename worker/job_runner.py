@@ -36,6 +36,7 @@ from llm_router.errors import (
 )
 from llm_router.redact import redact
 from llm_router.store import Store
+from worker import observe
 from worker.breaker import Policy, RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
@@ -95,6 +96,7 @@ class JobRunner:
 
     async def run(self, job_id: str) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
+        observe.job_begins(self, job_id)
         now = time.time()
         try:
             started = await self.store.start(
@@ -135,6 +137,7 @@ class JobRunner:
         passes = int(passes_b)
         deadline_at = float(deadline_b)
         bound = log.bind(job_id=job_id, model=route[0], run=runs)
+        await observe.job_started(request, route, runs, attempts)
         if prev == b"running":  # the run before this one was cut short: its worker died mid-job
             attempts.append(_interrupted(orjson.loads(inflight_b) if inflight_b else None, prev_worker))
             bound.warning("job resumed after an interrupted run", previous_worker=prev_worker.decode())
@@ -388,6 +391,7 @@ class JobRunner:
         A change that ends the job settles its cost (once: the script ignores a job that already
         ended) and, for one side of a compare job, hands its parent a summary.
         """
+        observe.recording(fields)
         settle = ""
         summary = b""
         if JobStatus(fields["status"]).terminal:
