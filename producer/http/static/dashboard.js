@@ -240,6 +240,16 @@
     $("job-error").textContent = body.error ? JSON.stringify(body.error, null, 2) : "–";
   }
 
+  // a table is rebuilt only when what it shows changed: rows under the pointer stay put (a click
+  // lands on the row that was pressed), and an idle page does no DOM work
+  const shown = {};
+  function changed(name, value) {
+    const text = JSON.stringify(value);
+    if (shown[name] === text) return false;
+    shown[name] = text;
+    return true;
+  }
+
   function onSample(sample) {
     samples += 1;
     document.body.dataset.samples = String(samples);
@@ -260,10 +270,10 @@
       success_rate: sample.success_rate,
     });
     redraw();
-    renderQueues(sample);
-    renderBreakers(sample.breakers || []);
-    renderCost(sample);
-    renderJobs(sample);
+    if (changed("queues", sample.queues)) renderQueues(sample);
+    if (changed("breakers", sample.breakers)) renderBreakers(sample.breakers || []);
+    if (changed("cost", [sample.cost_by_model, sample.cost_by_tenant, sample.jobs_today, sample.credits_reserved])) renderCost(sample);
+    if (changed("jobs", [sample.queued, sample.recent])) renderJobs(sample);
   }
 
   setupCharts();
