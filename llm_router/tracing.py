@@ -18,6 +18,11 @@ so the worker's spans join the caller's trace. Spans of a job, on the worker::
 A job submitted outside any span is the root of its own trace. A job deferred and run again keeps
 its trace: the first run's span context is written into the record with the deferral.
 
+The worker knows every span's start and end only once the run is over (the calls are read back
+from the record's attempts), so it hands finished spans (``emit``) straight to the provider's span
+processor: no live span objects, locks or per-span sampling on the hot path. A new trace is sampled
+once per job (``sample_root``); an unsampled job costs a random id.
+
 The process's provider and exporter are process-wide resources (a thread, a connection), so one
 ``Tracing`` per process is built from the settings on first use (``process_tracing``); tests put
 their own in place with ``install``.
@@ -26,6 +31,7 @@ their own in place with ``install``.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +42,8 @@ from config.settings import Settings
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import (
         NonRecordingSpan,
         Span,
@@ -94,11 +102,24 @@ def wanted(settings: Settings, env: Mapping[str, str] = os.environ) -> bool:
 
 
 class Tracing:
-    """A tracer and what llm-router does with it: trace contexts in records, job and call spans."""
+    """A tracer and what llm-router does with it: trace contexts in records, job and call spans.
 
-    def __init__(self, tracer: Any, provider: Any = None) -> None:
+    ``root_ratio`` is the share of new traces kept, decided here before the SDK is asked for a span
+    (the provider then keeps every root it is given): a trace that is not kept costs a random id
+    and no span object, where the SDK's own sampler would build a span only to drop it. A trace a
+    caller started keeps the caller's decision. ``None``: the provider's sampler decides (the
+    application set up its own provider).
+    """
+
+    def __init__(self, tracer: Any, provider: Any = None, *, root_ratio: float | None = None) -> None:
         self.tracer = tracer
         self.provider = provider
+        self.root_ratio = root_ratio
+        # where finished spans go: the provider's processors (the SDK keeps them under this name)
+        self.processor = getattr(provider, "_active_span_processor", None)
+        self.resource = getattr(provider, "resource", None)
+        self.sampler = getattr(provider, "sampler", None)
+        self.scope = InstrumentationScope(TRACER_NAME)
 
     @classmethod
     def with_exporter(
@@ -108,14 +129,13 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
         provider = TracerProvider(
-            resource=Resource.create({"service.name": service}),
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+            resource=Resource.create({"service.name": service}), sampler=ParentBased(ALWAYS_ON)
         )
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        return cls(provider.get_tracer(TRACER_NAME), provider)
+        return cls(provider.get_tracer(TRACER_NAME), provider, root_ratio=sample_ratio)
 
     def current_traceparent(self) -> str | None:
         """The active span's context as a W3C ``traceparent``, or ``None`` outside any span."""
@@ -134,13 +154,23 @@ class Tracing:
         attributes: Mapping[str, Any] | None = None,
     ) -> Span:
         """A span under ``parent`` (a ``traceparent``, a span, or none: a new trace), started at
-        ``start_s`` (Unix seconds) or now; the sampler decides whether it records."""
+        ``start_s`` (Unix seconds) or now. Under a parent that is not sampled, and for a new trace
+        the ratio leaves out, it is a non-recording span carrying the context on (cheap)."""
         if isinstance(parent, str):
-            ctx = context_of(parent)
-        elif parent is not None:
-            ctx = otel_trace.set_span_in_context(parent)
-        else:
+            parsed = parse_traceparent(parent)
+            if parsed is not None and not parsed[2] & 1:
+                return NonRecordingSpan(_remote(*parsed))
+            parent = None if parsed is None else NonRecordingSpan(_remote(*parsed))
+        elif parent is not None and not parent.get_span_context().trace_flags.sampled:
+            return parent
+        if parent is None:
+            if self.root_ratio is not None and random.random() >= self.root_ratio:
+                return NonRecordingSpan(
+                    SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False)
+                )
             ctx = otel_context.Context()  # never the caller's ambient context: the parent is explicit
+        else:
+            ctx = otel_trace.set_span_in_context(parent, otel_context.Context())
         return self.tracer.start_span(
             name,
             context=ctx,
@@ -158,12 +188,70 @@ class Tracing:
     def deactivate(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
 
+    def sample_root(self, trace_id: int, name: str) -> bool:
+        """Whether a new trace is kept: by the ratio, else by the provider's sampler."""
+        if self.root_ratio is not None:
+            # TraceIdRatioBased's rule: the low 64 bits of the trace id under the ratio's share
+            return (trace_id & _LOW64) < round(self.root_ratio * (_LOW64 + 1))
+        if self.sampler is not None:
+            return bool(self.sampler.should_sample(None, trace_id, name).decision.is_sampled())
+        return True
+
+    @property
+    def can_emit(self) -> bool:
+        return self.processor is not None
+
+    def emit(
+        self,
+        name: str,
+        *,
+        trace_id: int,
+        span_id: int,
+        parent_id: int | None,
+        remote_parent: bool = False,
+        kind: str = "internal",
+        start_s: float,
+        end_s: float,
+        attributes: Mapping[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """A finished, sampled span with the given ids, to the provider's span processors."""
+        ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = (
+            SpanContext(trace_id, parent_id, is_remote=remote_parent, trace_flags=_SAMPLED)
+            if parent_id
+            else None
+        )
+        attrs = dict(attributes) if attributes else {}
+        status = _UNSET_STATUS
+        if error is not None:
+            attrs["error.type"] = error[0]
+            status = Status(StatusCode.ERROR, error[1] or error[0])
+        self.processor.on_end(  # type: ignore[union-attr]
+            ReadableSpan(
+                name=name,
+                context=ctx,
+                parent=parent,
+                resource=self.resource,
+                attributes=attrs,
+                kind=_KINDS[kind],
+                status=status,
+                start_time=int(start_s * 1e9),
+                end_time=int(end_s * 1e9),
+                instrumentation_scope=self.scope,
+            )
+        )
+
     def shutdown(self) -> None:
         if self.provider is not None and hasattr(self.provider, "shutdown"):
             self.provider.shutdown()
 
 
+_LOW64 = (1 << 64) - 1
+
 if otel_trace is not None:
+    _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+    _UNSET_STATUS = Status(StatusCode.UNSET)
     _KINDS = {
         "internal": SpanKind.INTERNAL,
         "server": SpanKind.SERVER,
@@ -191,14 +279,8 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
     return trace_id, span_id, flags
 
 
-def context_of(traceparent: str | None) -> Any:
-    """An OpenTelemetry context whose parent is the remote span ``traceparent`` names (or an empty one)."""
-    parsed = parse_traceparent(traceparent) if traceparent else None
-    if parsed is None:
-        return otel_context.Context()
-    trace_id, span_id, flags = parsed
-    span = NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags)))
-    return otel_trace.set_span_in_context(span, otel_context.Context())
+def _remote(trace_id: int, span_id: int, flags: int) -> Any:
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF))
 
 
 def traceparent_of(span: Span) -> str:
@@ -220,17 +302,17 @@ def attempt_attributes(attempt: Mapping[str, Any], request: Mapping[str, Any]) -
         "gen_ai.provider.name": name,
         "gen_ai.system": name,  # the older name of the same attribute; many backends still read it
         "gen_ai.request.model": str(attempt.get("upstream_model") or attempt.get("model") or ""),
-        "llm_router.provider": provider,
         "llm_router.model": str(attempt.get("model") or ""),
-        "llm_router.outcome": str(attempt.get("outcome") or ""),
     }
+    if attempt.get("outcome") not in ("success", "error"):  # skipped (breaker, limit) or interrupted
+        attrs["llm_router.outcome"] = str(attempt.get("outcome"))
     for key, attr in GENAI_REQUEST.items():
         value = request.get(key)
         if isinstance(value, (bool, int, float)) and not (key == "stream" and value is False):
             attrs[attr] = value
     if attempt.get("http_status") is not None:
         attrs["http.response.status_code"] = int(attempt["http_status"])
-    if attempt.get("breaker"):
+    if attempt.get("breaker") not in (None, "closed"):  # a half-open probe, say
         attrs["llm_router.breaker"] = str(attempt["breaker"])
     return attrs
 
@@ -242,11 +324,9 @@ def response_attributes(fields: Mapping[str, Any], upstream_model: str | None) -
     response = fields.get("response") or {}
     if upstream_model:
         attrs["gen_ai.response.model"] = upstream_model
-    if response.get("id"):
-        attrs["gen_ai.response.id"] = str(response["id"])
     reasons = [str(c.get("finish_reason")) for c in response.get("choices") or () if c.get("finish_reason")]
     if reasons:
-        attrs["gen_ai.response.finish_reasons"] = reasons
+        attrs["gen_ai.response.finish_reasons"] = tuple(reasons)
     if usage:
         attrs["gen_ai.usage.input_tokens"] = int(usage.get("prompt_tokens") or 0)
         attrs["gen_ai.usage.output_tokens"] = int(usage.get("completion_tokens") or 0)
@@ -304,7 +384,7 @@ def _build(settings: Settings, service: str) -> Tracing | None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
     except ImportError:
         log.warning(
             "traces asked for, but opentelemetry-sdk is not installed: pip install 'llm-router[otel]'"
@@ -312,19 +392,17 @@ def _build(settings: Settings, service: str) -> Tracing | None:
         return None
     current = otel_trace.get_tracer_provider()
     if isinstance(current, TracerProvider):  # the application set up its own: spans go there
-        return Tracing(current.get_tracer(TRACER_NAME))
+        return Tracing(current.get_tracer(TRACER_NAME), current)
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service}
-    provider = TracerProvider(
-        resource=Resource.create(attributes),
-        sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
-    )
+    # every root it is given is kept: Tracing.start samples new traces before asking for a span
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(ALWAYS_ON))
     exporter = _exporter()
     if exporter is None:
         return None
     provider.add_span_processor(BatchSpanProcessor(exporter))
     otel_trace.set_tracer_provider(provider)
     log.info("tracing on", service=attributes.get("service.name"), sample_ratio=settings.otel_sample_ratio)
-    return Tracing(provider.get_tracer(TRACER_NAME), provider)
+    return Tracing(provider.get_tracer(TRACER_NAME), provider, root_ratio=settings.otel_sample_ratio)
 
 
 def _exporter() -> Any:
@@ -361,6 +439,60 @@ class _Discard:
     @staticmethod
     def deactivate(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
+
+    def sample_root(self, trace_id: int, name: str) -> bool:
+        """Whether a new trace is kept: by the ratio, else by the provider's sampler."""
+        if self.root_ratio is not None:
+            # TraceIdRatioBased's rule: the low 64 bits of the trace id under the ratio's share
+            return (trace_id & _LOW64) < round(self.root_ratio * (_LOW64 + 1))
+        if self.sampler is not None:
+            return bool(self.sampler.should_sample(None, trace_id, name).decision.is_sampled())
+        return True
+
+    @property
+    def can_emit(self) -> bool:
+        return self.processor is not None
+
+    def emit(
+        self,
+        name: str,
+        *,
+        trace_id: int,
+        span_id: int,
+        parent_id: int | None,
+        remote_parent: bool = False,
+        kind: str = "internal",
+        start_s: float,
+        end_s: float,
+        attributes: Mapping[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """A finished, sampled span with the given ids, to the provider's span processors."""
+        ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = (
+            SpanContext(trace_id, parent_id, is_remote=remote_parent, trace_flags=_SAMPLED)
+            if parent_id
+            else None
+        )
+        attrs = dict(attributes) if attributes else {}
+        status = _UNSET_STATUS
+        if error is not None:
+            attrs["error.type"] = error[0]
+            status = Status(StatusCode.ERROR, error[1] or error[0])
+        self.processor.on_end(  # type: ignore[union-attr]
+            ReadableSpan(
+                name=name,
+                context=ctx,
+                parent=parent,
+                resource=self.resource,
+                attributes=attrs,
+                kind=_KINDS[kind],
+                status=status,
+                start_time=int(start_s * 1e9),
+                end_time=int(end_s * 1e9),
+                instrumentation_scope=self.scope,
+            )
+        )
 
     def shutdown(self) -> None:
         return None

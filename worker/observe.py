@@ -4,7 +4,8 @@ The job's code calls one-line hooks; everything else is here:
 
 * ``job_begins(runner, job_id)``, the first line of ``JobRunner.run``: the job's context for log
   lines; reads the record's tenant, trace context and times alongside the start script (queued
-  first, it goes out in the same write on the auto-pipeline: no extra round trip); in flight +1.
+  just before it, it goes out in the same write on the auto-pipeline: no extra round trip); in
+  flight +1.
 * ``await job_started(request, route, runs, attempts)``, in ``JobRunner.run`` once the start script
   answered: the queue wait; the job's span (joining the caller's trace).
 * ``first_token()``, in ``worker.streaming.stream_call``: a streamed call's first token.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from typing import Any
@@ -79,9 +81,9 @@ class JobObs:
         "request",
         "route",
         "runs",
-        "span",
         "started_at",
         "tenant",
+        "trace",
         "traceparent",
         "write_started",
     )
@@ -91,7 +93,7 @@ class JobObs:
         self.job_id = job_id
         self.queue = queue
         self.inflight = inflight
-        self.meta: asyncio.Task[Any] | None = None
+        self.meta: asyncio.Future[Any] | None = None
         self.begun = time.time()
         self.tenant: str | None = None
         self.traceparent: str | None = None
@@ -105,7 +107,8 @@ class JobObs:
         self.fields: dict[str, Any] | None = None
         self.write_started = 0.0
         self.first_token_at: float | None = None
-        self.span: Any = None
+        # (trace id, this run's span id, parent span id or 0, sampled): decided when the run starts
+        self.trace: tuple[int, int, int, bool] | None = None
         self.recording = False
 
     def log_fields(self) -> dict[str, Any]:
@@ -122,8 +125,8 @@ class JobObs:
         elif attempts:
             out["provider"] = attempts[-1].get("provider")
             out["attempt"] = len(attempts)
-        if self.recording:
-            out["trace_id"] = f"{self.span.get_span_context().trace_id:032x}"
+        if self.recording and self.trace is not None:
+            out["trace_id"] = f"{self.trace[0]:032x}"
         return out
 
 
@@ -138,7 +141,7 @@ class Observer:
         self.metrics = metrics
         self.tracing = tracing
         self.labels = {settings.queue_name: "bulk", settings.interactive_queue_name: "interactive"}
-        self.recent: deque[bytes] = deque(maxlen=RECENT_MAX)
+        self.recent: deque[tuple[Any, ...]] = deque(maxlen=RECENT_MAX)
         self.server: MetricsServer | None = None
         self._users = 0
         self._flusher: asyncio.Task[None] | None = None
@@ -206,7 +209,7 @@ class Observer:
     async def _write_recent(self, redis: Redis) -> None:
         if not self.recent:
             return
-        batch = list(self.recent)
+        batch = [_summary(*entry) for entry in self.recent]
         self.recent.clear()
         try:
             async with redis.pipeline(transaction=False) as pipe:
@@ -231,8 +234,6 @@ class Observer:
                 obs.meta.cancel()
         fields = obs.fields
         if fields is None:
-            if obs.span is not None:
-                obs.span.end()
             return
         status = _status(fields["status"])
         attempts = fields.get("attempts") or ()
@@ -241,12 +242,12 @@ class Observer:
         model = str(fields.get("model") or route0)
         if m is not None:
             self._record(m, obs, fields, status, new, route0, model, now)
-        if status in TERMINAL:
-            self.recent.append(_summary(obs, fields, status, model, len(attempts), now))
+        if status in TERMINAL:  # encoded when written: at most RECENT_MAX a second, whatever the rate
+            self.recent.append(
+                (obs.job_id, obs.tenant, obs.created_at, fields, status, model, len(attempts), now)
+            )
         if obs.recording:
             self._spans(obs, fields, status, new, model, now)
-        elif obs.span is not None:
-            obs.span.end()
 
     def _record(
         self,
@@ -307,67 +308,113 @@ class Observer:
         model: str,
         now: float,
     ) -> None:
-        assert self.tracing is not None
-        span = obs.span
+        """The run's spans, all finished: the job, its queue wait (first run), each call, the record."""
+        tracing = self.tracing
+        assert tracing is not None and obs.trace is not None
+        trace_id, span_id, parent_id, _ = obs.trace
         request = obs.request or {}
+        first = obs.runs == 1 and obs.created_at is not None
+        start = obs.created_at if first else obs.begun
+        if first:
+            tracing.emit(
+                "llm_router.queue_wait",
+                trace_id=trace_id,
+                span_id=_span_id(),
+                parent_id=span_id,
+                start_s=obs.created_at,  # type: ignore[arg-type]
+                end_s=obs.started_at or obs.begun,
+            )
         for a in new:
             latency = a.get("latency_ms")
             if latency is None:  # a call cut short by a worker that died: its length is unknown
                 continue
-            start = float(a.get("started_at") or now)
-            call = self.tracing.start(
-                f"chat {a.get('upstream_model') or a.get('model')}",
-                parent=span,
-                kind="client",
-                start_s=start,
-                attributes=tr.attempt_attributes(a, request),
-            )
+            began = float(a.get("started_at") or now)
+            attrs = tr.attempt_attributes(a, request)
+            error = None
             if a.get("outcome") == "success":
-                call.set_attributes(tr.response_attributes(fields, a.get("upstream_model")))
+                attrs.update(tr.response_attributes(fields, a.get("upstream_model")))
                 if obs.first_token_at is not None:
-                    call.set_attribute("gen_ai.response.time_to_first_chunk", obs.first_token_at - start)
+                    attrs["gen_ai.response.time_to_first_chunk"] = obs.first_token_at - began
             elif a.get("error_code"):
-                tr.set_error(call, str(a["error_code"]))
-            call.end(int((start + latency / 1000) * 1e9))
-        record = self.tracing.start(
+                error = (str(a["error_code"]), "")
+            tracing.emit(
+                f"chat {a.get('upstream_model') or a.get('model')}",
+                trace_id=trace_id,
+                span_id=_span_id(),
+                parent_id=span_id,
+                kind="client",
+                start_s=began,
+                end_s=began + latency / 1000,
+                attributes=attrs,
+                error=error,
+            )
+        tracing.emit(
             "llm_router.record",
-            parent=span,
+            trace_id=trace_id,
+            span_id=_span_id(),
+            parent_id=span_id,
             start_s=obs.write_started or now,
-            attributes={"llm_router.status": status},
+            end_s=now,
         )
-        record.end()
-        span.set_attribute("llm_router.status", status)
-        if status in TERMINAL:
-            span.set_attribute("gen_ai.response.model", model)
-            if fields.get("provider"):
-                span.set_attribute("llm_router.provider", str(fields["provider"]))
-            usage = fields.get("usage") or {}
-            if usage:
-                span.set_attribute("gen_ai.usage.input_tokens", int(usage.get("prompt_tokens") or 0))
-                span.set_attribute("gen_ai.usage.output_tokens", int(usage.get("completion_tokens") or 0))
-                span.set_attribute("llm_router.cost_usd", float(usage.get("cost") or 0.0))
+        attrs = {
+            "llm_router.job_id": obs.job_id,
+            "llm_router.tenant": obs.tenant or "default",
+            "llm_router.run": obs.runs,
+            "llm_router.queue": obs.queue,
+            "llm_router.status": status,
+            "gen_ai.request.model": (obs.route or [model])[0],
+        }
+        usage = fields.get("usage") or {}
+        if status in TERMINAL and usage:
+            attrs["gen_ai.usage.input_tokens"] = int(usage.get("prompt_tokens") or 0)
+            attrs["gen_ai.usage.output_tokens"] = int(usage.get("completion_tokens") or 0)
+            attrs["llm_router.cost_usd"] = float(usage.get("cost") or 0.0)
+        if fields.get("provider"):
+            attrs["llm_router.provider"] = str(fields["provider"])
         error = fields.get("error")
-        if status == "failed" and error:
-            tr.set_error(span, str(error.get("code")), str(error.get("message") or "")[:200])
-        span.end()
+        tracing.emit(
+            "llm_router.job",
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id or None,
+            remote_parent=bool(parent_id),
+            kind="consumer",
+            start_s=start if start is not None else now,
+            end_s=now,
+            attributes=attrs,
+            error=(str(error.get("code")), str(error.get("message") or "")[:200])
+            if status == "failed" and error
+            else None,
+        )
+
+
+def _span_id() -> int:
+    return random.getrandbits(64) or 1
 
 
 def _summary(
-    obs: JobObs, fields: dict[str, Any], status: str, model: str, attempts: int, now: float
+    job_id: str,
+    tenant: str | None,
+    created_at: float | None,
+    fields: dict[str, Any],
+    status: str,
+    model: str,
+    attempts: int,
+    now: float,
 ) -> bytes:
     """A line of the dashboard's recent jobs (the record itself is one click away)."""
     usage = fields.get("usage") or {}
     error = fields.get("error") or {}
     return orjson.dumps(
         {
-            "id": obs.job_id,
-            "tenant": obs.tenant or "default",
+            "id": job_id,
+            "tenant": tenant or "default",
             "status": status,
             "model": model,
             "provider": fields.get("provider"),
             "cost": usage.get("cost", 0.0),
             "tokens": usage.get("total_tokens", 0),
-            "created_at": obs.created_at,
+            "created_at": created_at,
             "finished_at": fields.get("finished_at", now),
             "error": error.get("code"),
             "attempts": attempts,
@@ -403,8 +450,7 @@ def job_begins(runner: Any, job_id: str) -> None:
         obs = JobObs(observer, job_id, observer.labels.get(runner.store.queue_name, "bulk"), runner.inflight)
         if pack_command is not None:
             # queued now, it goes out in the same write as the start script the runner sends next
-            packed = pack_command(("HMGET", record_key(job_id), *_META))
-            obs.meta = asyncio.get_running_loop().create_task(runner.store.pipe.call(packed))
+            obs.meta = runner.store.pipe.send(pack_command(("HMGET", record_key(job_id), *_META)))
         bind_job(obs)
         if observer.metrics is not None:
             observer.metrics.in_flight.inc((obs.queue,), 1)
@@ -432,44 +478,31 @@ async def job_started(
             obs.meta = None
             obs.tenant = tenant.decode() if tenant else "default"
             obs.traceparent = traceparent.decode() if traceparent else None
-            obs.created_at, obs.started_at = _float(created), _float(started)
-            if obs.started_at is None and obs.runs == 1:
-                # the read ran before the start script (Redis had lost its scripts and the start was
-                # sent again): this run is the first, and it began when this hook saw it begin
-                obs.started_at = obs.begun
+            obs.created_at = _float(created)
+            # the read went out just before the start script: a first run started as it began here;
+            # a later run reads when the first one started
+            obs.started_at = obs.begun if obs.runs == 1 else _float(started)
         observer = obs.observer
         first = obs.runs == 1 and obs.created_at is not None and obs.started_at is not None
         if first and observer.metrics is not None:
             observer.metrics.queue_wait.observe((obs.queue,), max(obs.started_at - obs.created_at, 0.0))  # type: ignore[operator]
         if observer.tracing is not None:
-            _start_span(observer.tracing, obs, first)
+            _start_trace(observer.tracing, obs)
     except Exception:
         log.warning("observing a job failed", exc_info=True)
 
 
-def _start_span(tracing: tr.Tracing, obs: JobObs, first: bool) -> None:
-    route = obs.route or ["unknown"]
-    span = tracing.start(
-        "llm_router.job",
-        parent=obs.traceparent,
-        kind="consumer",
-        # the first run's span starts when the job was created: its trace covers the queue wait
-        start_s=obs.created_at if first else None,
-        attributes={
-            "llm_router.job_id": obs.job_id,
-            "llm_router.tenant": obs.tenant or "default",
-            "llm_router.run": obs.runs,
-            "llm_router.queue": obs.queue,
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": route[0],
-        },
-    )
-    obs.span = span
-    obs.recording = span.is_recording()
-    if obs.recording and first:
-        tracing.start("llm_router.queue_wait", parent=span, start_s=obs.created_at).end(
-            int(obs.started_at * 1e9)  # type: ignore[operator]
-        )
+def _start_trace(tracing: tr.Tracing, obs: JobObs) -> None:
+    """This run's place in a trace: under the record's trace context, or a new trace (sampled once)."""
+    parsed = tr.parse_traceparent(obs.traceparent) if obs.traceparent else None
+    if parsed is not None:
+        trace_id, parent_id, flags = parsed
+        sampled = bool(flags & 1)
+    else:
+        trace_id, parent_id = random.getrandbits(128) or 1, 0
+        sampled = tracing.sample_root(trace_id, "llm_router.job")
+    obs.trace = (trace_id, _span_id(), parent_id, sampled)
+    obs.recording = sampled and tracing.can_emit
 
 
 def first_token() -> None:
@@ -487,12 +520,13 @@ def recording(fields: dict[str, Any]) -> None:
     obs.fields = fields
     obs.write_started = time.time()
     if (
-        obs.span is not None
+        obs.trace is not None
         and obs.traceparent is None
         and _status(fields.get("status")) not in TERMINAL
         and tr.TRACEPARENT_FIELD not in fields
     ):
-        fields[tr.TRACEPARENT_FIELD] = tr.traceparent_of(obs.span)
+        trace_id, span_id, _, sampled = obs.trace
+        fields[tr.TRACEPARENT_FIELD] = tr.format_traceparent(trace_id, span_id, int(sampled))
 
 
 def job_done() -> None:
