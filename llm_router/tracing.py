@@ -10,10 +10,10 @@ A job carries its caller's W3C trace context in its record (``TRACEPARENT_FIELD`
 submit when a span is active: the HTTP request's, or one of the caller's own; never sent upstream),
 so the worker's spans join the caller's trace. Spans of a job, on the worker::
 
-    llm_router.job (CONSUMER; the first run's starts when the job was created)
+    llm_router.job (CONSUMER)           the first run's starts when the job was created; it ends
+                                        when the outcome is written (``llm_router.record_ms``)
       llm_router.queue_wait             created → first started
       chat {upstream model} (CLIENT)    one per provider call, GenAI semantic-convention attributes
-      llm_router.record                 the write of the outcome
 
 A job submitted outside any span is the root of its own trace. A job deferred and run again keeps
 its trace: the first run's span context is written into the record with the deferral.

@@ -138,7 +138,8 @@ async def test_a_job_submitted_in_a_span_joins_its_trace(traced: Traced) -> None
     assert attrs["http.response.status_code"] == 200
     latency = record.attempts[0].latency_ms
     assert (call.end_time - call.start_time) / 1e6 == pytest.approx(latency, abs=1)  # type: ignore[operator]
-    assert _one(spans, "llm_router.record").parent.span_id == job.context.span_id  # type: ignore[union-attr]
+    assert job.end_time >= call.end_time and job.attributes["llm_router.record_ms"] >= 0  # type: ignore[operator]
+    assert len(spans) == 4  # the caller's, the job's, its queue wait, its call
     # the trace context rides in the record, not in what goes upstream
     assert "traceparent" not in record.request
     raw = await traced.producer.redis.hget(record_key(sub.job_id), "traceparent")
