@@ -5,7 +5,8 @@ as in ``bench/throughput.py``'s "ours" row, under four configurations:
 
 * **off**: no metrics port, no tracing (what every job pays anyway: the job's log context and the
   dashboard's recent-jobs list);
-* **metrics**: ``LLM_ROUTER_METRICS_PORT=0`` (every job recorded; a scrape every second meanwhile);
+* **metrics**: ``LLM_ROUTER_METRICS_PORT=0`` (every job recorded; scraped every 2 s meanwhile, where
+  Prometheus would every 15-60 s);
 * **traces 10 %** and **traces 100 %**: ``LLM_ROUTER_OTEL=1`` with that sampling ratio, spans sent
   by OTLP/HTTP to a local sink that counts them (metrics off).
 
@@ -16,7 +17,11 @@ CPU per job; traces at 10 % within 5 %. ``--baseline-src DIR`` adds a fifth conf
 same drain with the code in DIR (say an export of the commit before this change), to see what
 "off" itself costs.
 
-Prints a table and writes ``bench/results/observability-DATE.json``. Run with ``make bench``.
+The drain's figures move with whatever else the machine runs; a second table measures the worker's
+hooks alone, in this process (the calls a run makes around a job with one call, Redis' reply
+already there, spans encoded for OTLP): the CPU each configuration adds per job, steadier.
+
+Prints the tables and writes ``bench/results/observability-DATE.json``. Run with ``make bench``.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ def drain(env: dict[str, str], src: Path, scrape: bool) -> dict[str, Any]:
     if scrape:
         port = None
         while proc.poll() is None:
-            time.sleep(0.05 if port is None else 1.0)
+            time.sleep(0.05 if port is None else 2.0)
             port = port or _metrics_port(proc)
             if port is not None:
                 try:
@@ -204,6 +209,136 @@ async def run(n: int, rounds: int, baseline: Path | None) -> dict[str, Any]:
     return summarize(runs, n, rounds)
 
 
+# -- the hooks alone, in this process -----------------------------------------------------------------
+
+HOOK_FIELDS = {
+    "status": "succeeded",
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "response": {"id": "chatcmpl-1", "choices": [{"index": 0, "finish_reason": "stop"}]},
+    "usage": {
+        "prompt_tokens": 14,
+        "completion_tokens": 33,
+        "total_tokens": 47,
+        "cost": 2.2e-5,
+        "cost_nanos": 22_000,
+    },
+    "fallback_used": False,
+}
+
+
+class _Encode:
+    """A span exporter that encodes spans as OTLP/HTTP would, and sends them nowhere."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+async def _hook_cost(config: str, n: int) -> float:
+    """CPU µs per job of the worker's hooks (job_begins … job_done) under ``config``: the same
+    calls a run makes, around a job that made one call, with Redis' reply already there."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+    from config.settings import DEFAULT_CATALOG
+    from llm_router import tracing
+    from llm_router.testing.sim_env import SIM_KEYS
+    from worker import observe
+
+    loop = asyncio.get_running_loop()
+    reply = [b"acme", None, str(time.time()).encode(), None]
+
+    class Pipe:
+        def send(self, packed: bytes) -> asyncio.Future[Any]:
+            future = loop.create_future()
+            future.set_result(reply)
+            return future
+
+    class Store:
+        queue_name = "bench"
+        pipe = Pipe()
+
+    class Runner:
+        store = Store()
+        inflight: dict[str, Any] = {}
+
+    provider = None
+    tracing.reset()
+    observe.uninstall()
+    if config.startswith("traces"):
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": "bench"}), sampler=ParentBased(ALWAYS_ON)
+        )
+        provider.add_span_processor(BatchSpanProcessor(_Encode(), max_queue_size=1_000_000))
+        ratio = 1.0 if "100" in config else 0.1
+        tracing.install(tracing.Tracing(provider.get_tracer("bench"), provider, root_ratio=ratio))
+    if config != "none":
+        settings = Settings(
+            _env_file=None, queue_name="bench", metrics_port=0 if config == "metrics" else None
+        )
+        observe.install(settings, Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream="http://sim"))
+    runner = Runner()
+    request = {**CHAT}
+
+    async def job(i: int) -> None:
+        observe.job_begins(runner, f"job-{i}")
+        attempts: list[dict[str, Any]] = []
+        await observe.job_started(request, ["gpt-4o-mini"], 1, attempts)
+        now = time.time()
+        attempts.append(
+            {
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "upstream_model": "gpt-4o-mini",
+                "outcome": "success",
+                "error_code": None,
+                "http_status": 200,
+                "latency_ms": 1.5,
+                "started_at": now,
+                "breaker": "closed",
+            }
+        )
+        observe.recording({**HOOK_FIELDS, "finished_at": now, "attempts": attempts})
+        observe.job_done()
+
+    for i in range(500):
+        await job(i)
+    t0 = time.process_time()
+    for i in range(n):
+        await job(i)
+    if provider is not None:
+        provider.force_flush()  # the export thread's encoding counts too
+    cost = (time.process_time() - t0) / n * 1e6
+    observe.uninstall()
+    tracing.reset()
+    if provider is not None:
+        provider.shutdown()
+    return cost
+
+
+async def hooks(n: int, rounds: int) -> dict[str, float]:
+    """The median over ``rounds`` of each configuration's hook cost, less that of no hooks at all."""
+    configs = ("none", *CONFIGS)
+    costs: dict[str, list[float]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for config in configs:
+            costs[config].append(await _hook_cost(config, n))
+    none = statistics.median(costs["none"])
+    return {c: statistics.median(v) - none for c, v in costs.items() if c != "none"}
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]], n: int, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -240,6 +375,22 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int, rounds: int) -> dic
 
 
 TARGETS = {"metrics": 0.03, "traces 10 %": 0.05}
+
+
+def report_hooks(r: dict[str, Any]) -> None:
+    off_cpu = r["configs"]["off"]["median_cpu_us_per_job"]
+    table = Table(title="the worker's hooks alone, in one process (CPU µs per job added; median of rounds)")
+    for col in ("config", "µs/job", "of the drain's off CPU/job", "vs off"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    off_hooks = r["hooks"]["off"]
+    for config, us in r["hooks"].items():
+        table.add_row(
+            config,
+            f"{us:.1f}",
+            f"{us / off_cpu:.1%}",
+            f"{(us - off_hooks) / off_cpu:+.1%}" if config != "off" else "",
+        )
+    Console(width=120).print(table)
 
 
 def report(r: dict[str, Any]) -> None:
@@ -281,9 +432,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-src", type=Path, help="a source tree to drain with as 'baseline'")
+    parser.add_argument("--hook-jobs", type=int, default=20_000, help="jobs per in-process hook measurement")
     args = parser.parse_args()
     results = uvloop.run(run(args.jobs, args.rounds, args.baseline_src))
+    results["hooks"] = uvloop.run(hooks(args.hook_jobs, max(args.rounds, 3)))
     report(results)
+    report_hooks(results)
     write_json("observability", results)
 
 

@@ -10,9 +10,9 @@ A job carries its caller's W3C trace context in its record (``TRACEPARENT_FIELD`
 submit when a span is active: the HTTP request's, or one of the caller's own; never sent upstream),
 so the worker's spans join the caller's trace. Spans of a job, on the worker::
 
-    llm_router.job (CONSUMER)           the first run's starts when the job was created; it ends
-                                        when the outcome is written (``llm_router.record_ms``)
-      llm_router.queue_wait             created → first started
+    llm_router.job (CONSUMER)           the first run's starts when the job was created (its
+                                        queue wait: the ``started`` event, ``llm_router.queue_wait_ms``)
+                                        and ends when the outcome is written (``llm_router.record_ms``)
       chat {upstream model} (CLIENT)    one per provider call, GenAI semantic-convention attributes
 
 A job submitted outside any span is the root of its own trace. A job deferred and run again keeps
@@ -21,7 +21,9 @@ its trace: the first run's span context is written into the record with the defe
 The worker knows every span's start and end only once the run is over (the calls are read back
 from the record's attempts), so it hands finished spans (``emit``) straight to the provider's span
 processor: no live span objects, locks or per-span sampling on the hot path. A new trace is sampled
-once per job (``sample_root``); an unsampled job costs a random id.
+once per job (``sample_root``); an unsampled job costs a random id. A sampled job is a span and one
+per call (the OTLP exporter spends ~30-80 µs of CPU per span, so the queue wait and the record's
+write are a span's event and attributes rather than spans of their own).
 
 The process's provider and exporter are process-wide resources (a thread, a connection), so one
 ``Tracing`` per process is built from the settings on first use (``process_tracing``); tests put
@@ -42,7 +44,7 @@ from config.settings import Settings
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import (
         NonRecordingSpan,
@@ -214,8 +216,10 @@ class Tracing:
         end_s: float,
         attributes: Mapping[str, Any] | None = None,
         error: tuple[str, str] | None = None,
+        events: Mapping[str, float] | None = None,
     ) -> None:
-        """A finished, sampled span with the given ids, to the provider's span processors."""
+        """A finished, sampled span with the given ids, to the provider's span processors;
+        ``events`` are named moments in it (Unix seconds)."""
         ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
         parent = (
             SpanContext(trace_id, parent_id, is_remote=remote_parent, trace_flags=_SAMPLED)
@@ -234,6 +238,7 @@ class Tracing:
                 parent=parent,
                 resource=self.resource,
                 attributes=attrs,
+                events=tuple(Event(k, timestamp=int(t * 1e9)) for k, t in events.items()) if events else (),
                 kind=_KINDS[kind],
                 status=status,
                 start_time=int(start_s * 1e9),
@@ -302,7 +307,6 @@ def attempt_attributes(attempt: Mapping[str, Any], request: Mapping[str, Any]) -
         "gen_ai.provider.name": name,
         "gen_ai.system": name,  # the older name of the same attribute; many backends still read it
         "gen_ai.request.model": str(attempt.get("upstream_model") or attempt.get("model") or ""),
-        "llm_router.model": str(attempt.get("model") or ""),
     }
     if attempt.get("outcome") not in ("success", "error"):  # skipped (breaker, limit) or interrupted
         attrs["llm_router.outcome"] = str(attempt.get("outcome"))
@@ -310,7 +314,7 @@ def attempt_attributes(attempt: Mapping[str, Any], request: Mapping[str, Any]) -
         value = request.get(key)
         if isinstance(value, (bool, int, float)) and not (key == "stream" and value is False):
             attrs[attr] = value
-    if attempt.get("http_status") is not None:
+    if attempt.get("http_status") not in (None, 200):  # an error's status (a success's is 200)
         attrs["http.response.status_code"] = int(attempt["http_status"])
     if attempt.get("breaker") not in (None, "closed"):  # a half-open probe, say
         attrs["llm_router.breaker"] = str(attempt["breaker"])
@@ -334,7 +338,6 @@ def response_attributes(fields: Mapping[str, Any], upstream_model: str | None) -
             attrs["gen_ai.usage.cache_read.input_tokens"] = int(usage["cached_tokens"])
         if usage.get("reasoning_tokens"):
             attrs["gen_ai.usage.reasoning.output_tokens"] = int(usage["reasoning_tokens"])
-        attrs["llm_router.cost_usd"] = float(usage.get("cost") or 0.0)
     return attrs
 
 
@@ -466,8 +469,10 @@ class _Discard:
         end_s: float,
         attributes: Mapping[str, Any] | None = None,
         error: tuple[str, str] | None = None,
+        events: Mapping[str, float] | None = None,
     ) -> None:
-        """A finished, sampled span with the given ids, to the provider's span processors."""
+        """A finished, sampled span with the given ids, to the provider's span processors;
+        ``events`` are named moments in it (Unix seconds)."""
         ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
         parent = (
             SpanContext(trace_id, parent_id, is_remote=remote_parent, trace_flags=_SAMPLED)
@@ -486,6 +491,7 @@ class _Discard:
                 parent=parent,
                 resource=self.resource,
                 attributes=attrs,
+                events=tuple(Event(k, timestamp=int(t * 1e9)) for k, t in events.items()) if events else (),
                 kind=_KINDS[kind],
                 status=status,
                 start_time=int(start_s * 1e9),

@@ -191,7 +191,10 @@ class Observer:
             return
         provider = self.tracing.provider if self.tracing is not None else None
         if provider is not None and hasattr(provider, "force_flush"):
-            await asyncio.get_running_loop().run_in_executor(None, provider.force_flush, 5000)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, provider.force_flush, 5000)
+            except Exception as exc:  # a collector that is away must not hold the worker's stop
+                log.warning("spans not flushed", error=repr(exc))
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(BaseException):
@@ -312,23 +315,12 @@ class Observer:
         model: str,
         now: float,
     ) -> None:
-        """The run's spans, all finished: the job (ending when its record is written), its queue wait
-        (first run), each provider call."""
+        """The run's spans, finished: the job's (from its creation on the first run: the queue wait
+        is its ``started`` event; to the record's write) and one per provider call."""
         tracing = self.tracing
         assert tracing is not None and obs.trace is not None
         trace_id, span_id, parent_id, _ = obs.trace
         request = obs.request or {}
-        first = obs.runs == 1 and obs.created_at is not None
-        start = obs.created_at if first else obs.begun
-        if first:
-            tracing.emit(
-                "llm_router.queue_wait",
-                trace_id=trace_id,
-                span_id=_span_id(),
-                parent_id=span_id,
-                start_s=obs.created_at,  # type: ignore[arg-type]
-                end_s=obs.started_at or obs.begun,
-            )
         for a in new:
             latency = a.get("latency_ms")
             if latency is None:  # a call cut short by a worker that died: its length is unknown
@@ -353,24 +345,21 @@ class Observer:
                 attributes=attrs,
                 error=error,
             )
-        # the record's write ends the job's span; its length is an attribute, not a span of its own
-        # (a span costs the exporter ~30-90 µs of CPU to encode and send: a sampled job keeps to three)
+        started = obs.started_at or obs.begun
+        first = obs.runs == 1 and obs.created_at is not None
         attrs = {
             "llm_router.job_id": obs.job_id,
             "llm_router.tenant": obs.tenant or "default",
             "llm_router.run": obs.runs,
-            "llm_router.queue": obs.queue,
             "llm_router.status": status,
             "gen_ai.request.model": (obs.route or [model])[0],
             "llm_router.record_ms": round((now - (obs.write_started or now)) * 1000, 3),
         }
+        if first:
+            attrs["llm_router.queue_wait_ms"] = round((started - obs.created_at) * 1000, 3)  # type: ignore[operator]
         usage = fields.get("usage") or {}
-        if status in TERMINAL and usage:
-            attrs["gen_ai.usage.input_tokens"] = int(usage.get("prompt_tokens") or 0)
-            attrs["gen_ai.usage.output_tokens"] = int(usage.get("completion_tokens") or 0)
+        if status in TERMINAL and usage:  # the tokens are on the call's span
             attrs["llm_router.cost_usd"] = float(usage.get("cost") or 0.0)
-        if fields.get("provider"):
-            attrs["llm_router.provider"] = str(fields["provider"])
         error = fields.get("error")
         tracing.emit(
             "llm_router.job",
@@ -379,12 +368,13 @@ class Observer:
             parent_id=parent_id or None,
             remote_parent=bool(parent_id),
             kind="consumer",
-            start_s=start if start is not None else now,
+            start_s=obs.created_at if first else started,  # type: ignore[arg-type]
             end_s=now,
             attributes=attrs,
             error=(str(error.get("code")), str(error.get("message") or "")[:200])
             if status == "failed" and error
             else None,
+            events={"started": started} if first else None,
         )
 
 
