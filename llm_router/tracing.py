@@ -44,8 +44,6 @@ from config.settings import Settings
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
-    from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import (
         NonRecordingSpan,
         Span,
@@ -121,6 +119,11 @@ class Tracing:
         self.processor = getattr(provider, "_active_span_processor", None)
         self.resource = getattr(provider, "resource", None)
         self.sampler = getattr(provider, "sampler", None)
+        # the SDK's span types, imported only when tracing is on (import must stay cheap)
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self._span_type, self._event_type = ReadableSpan, Event
         self.scope = InstrumentationScope(TRACER_NAME)
 
     @classmethod
@@ -232,13 +235,15 @@ class Tracing:
             attrs["error.type"] = error[0]
             status = Status(StatusCode.ERROR, error[1] or error[0])
         self.processor.on_end(  # type: ignore[union-attr]
-            ReadableSpan(
+            self._span_type(
                 name=name,
                 context=ctx,
                 parent=parent,
                 resource=self.resource,
                 attributes=attrs,
-                events=tuple(Event(k, timestamp=int(t * 1e9)) for k, t in events.items()) if events else (),
+                events=tuple(self._event_type(k, timestamp=int(t * 1e9)) for k, t in events.items())
+                if events
+                else (),
                 kind=_KINDS[kind],
                 status=status,
                 start_time=int(start_s * 1e9),
@@ -485,13 +490,15 @@ class _Discard:
             attrs["error.type"] = error[0]
             status = Status(StatusCode.ERROR, error[1] or error[0])
         self.processor.on_end(  # type: ignore[union-attr]
-            ReadableSpan(
+            self._span_type(
                 name=name,
                 context=ctx,
                 parent=parent,
                 resource=self.resource,
                 attributes=attrs,
-                events=tuple(Event(k, timestamp=int(t * 1e9)) for k, t in events.items()) if events else (),
+                events=tuple(self._event_type(k, timestamp=int(t * 1e9)) for k, t in events.items())
+                if events
+                else (),
                 kind=_KINDS[kind],
                 status=status,
                 start_time=int(start_s * 1e9),
