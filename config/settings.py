@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     image_inline_jobs: int = 8
     # a job whose runs end by worker death more than this many times fails (worker_lost)
     max_lost_runs: int = 3
+    # observability: metrics (`/metrics` on the server; on a worker when metrics_port is set, 0 picking
+    # a free port), traces (OpenTelemetry, the `[otel]` extra: on with `otel` or the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT), health and the dashboard
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_tenant_label: bool = False  # `tenant` on tokens and cost: one series per tenant and model
+    metrics_scan_limit: int = 1000  # queue entries a scrape looks at to find the oldest waiting job
+    metrics_read_timeout_s: float = 2.0  # a scrape's Redis reads; past it the fleet gauges are left out
+    otel: bool = False
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    ready_timeout_s: float = 1.0  # /readyz: Redis must answer a PING within this
+    health_timeout_s: float = 2.0  # `llm-router health`: Redis must answer within this
+    health_max_age_s: float = 300.0  # `llm-router health`: an older waiting job means degraded
+    admin_tenants: str = ""  # comma-separated tenants every key of which is an admin key (the dashboard)
+    dashboard_refresh_s: float = 2.0  # how often the dashboard's live view is sampled and pushed
 
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024
@@ -136,6 +151,10 @@ class Settings(BaseSettings):
     def image_fetch_networks(self) -> tuple[str, ...]:
         """``image_fetch_allowlist`` as CIDR strings."""
         return tuple(n.strip() for n in self.image_fetch_allowlist.split(",") if n.strip())
+
+    @property
+    def admin_tenant_set(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.admin_tenants.split(",") if t.strip())
 
     @property
     def effective_lease_refresh_s(self) -> float:

@@ -55,6 +55,7 @@ from llm_router.record_lua import (
     START_LUA,
     SUBMIT_LUA,
 )
+from llm_router.tracing import TRACEPARENT_FIELD
 
 JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
@@ -98,9 +99,9 @@ class NewJob:
     notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
     tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
-    ignored: str | None = (
-        None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
-    )
+    # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
+    ignored: str | None = None
+    traceparent: str | None = None  # the submitter's trace context: the worker's spans join its trace
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -117,6 +118,8 @@ class NewJob:
             out += ("queue", self.queue)
         if self.ignored is not None:
             out += ("ignored", self.ignored)
+        if self.traceparent is not None:
+            out += (TRACEPARENT_FIELD, self.traceparent)
         return out
 
 

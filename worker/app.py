@@ -20,6 +20,7 @@ from config.settings import Settings
 from llm_router.keys import RUN_JOB
 from llm_router.redis_client import redis_url
 from llm_router.store import Store
+from worker import observe
 from worker.arq_worker import LeasedWorker
 from worker.claims import Claims
 from worker.http import create_session
@@ -52,6 +53,7 @@ def build_worker(
     catalog.deployments(next(iter(catalog.models)))  # resolve every price now, not on the first job
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     url = redis_url(settings)
+    observer = observe.install(settings, catalog)
 
     async def startup(ctx: dict[str, Any]) -> None:
         store = Store(
@@ -78,8 +80,11 @@ def build_worker(
         keeper.beat()  # seen as live before the first job arrives
         keeper.start()
         ctx.update(session=session, store=store, runner=runner, keeper=keeper)
+        await observer.start(ctx["redis"])  # metrics port, recent jobs (once per process)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "runner" in ctx:
+            await observer.release()
         if "keeper" in ctx:
             ctx["keeper"].stop()
         if "runner" in ctx:

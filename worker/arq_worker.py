@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.errors import JobCancelled
 from llm_router.store import Settlement, Store
+from worker import observe
 from worker.claims import Claims
 
 log = structlog.get_logger("llm_router.worker")
@@ -158,6 +159,7 @@ class LeasedWorker(Worker):
             self.jobs_retried += 1
         finally:
             self.job_tasks.pop(job_id, None)
+            observe.job_done()
         await asyncio.shield(
             self._claims.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
         )

@@ -8,11 +8,13 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["producer"]``: a ``producer.producer.Producer`` on that client
 * ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
+* ``app["metrics"]``, ``app["fleet"]``, ``app["tracing"]``: ``producer.http.observability``
 
-Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404;
-the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``), body limit (a
-declared body over the limit answers 413 unread), authentication (sets ``request["tenant"]`` on
-every ``/v1`` and ``/v1beta`` request; handlers read the tenant only from there).
+Middlewares, outermost first: observability (counts, times and traces every request), errors
+(every failure is the JSON error object, unknown routes 404; the Gemini front's routes answer in
+Google's shape, ``gemini_api.gemini_errors``), body limit (a declared body over the limit answers
+413 unread), authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request;
+handlers read the tenant only from there).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
 from llm_router.redis_client import redis_client
-from producer.http import batches, gemini_api, jobs_api, openai_api, openapi
+from producer.http import batches, dashboard, gemini_api, jobs_api, observability, openai_api, openapi
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
-from producer.http.errors import JSON, error_response
+from producer.http.errors import error_response
 from producer.producer import Producer
 
 log = structlog.get_logger("producer.http")
@@ -113,14 +115,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.Response(body=b'{"status":"ok"}', content_type=JSON)
-
-
 def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = None) -> web.Application:
     """The application; ``redis`` is the caller's client (closed by the caller), else one of its own."""
     app = web.Application(
-        middlewares=[error_middleware, gemini_api.gemini_errors, limit_middleware, auth_middleware],
+        middlewares=[
+            observability.middleware,
+            error_middleware,
+            gemini_api.gemini_errors,
+            limit_middleware,
+            auth_middleware,
+        ],
         # aiohttp's own cap for read()/post(): the largest route's; JSON routes cap lower themselves
         client_max_size=body_limit(settings, FILES_PATH),
     )
@@ -132,7 +136,11 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app["redis"] = client
     app["producer"] = producer
     app["ended"] = EndedWaiter(client, producer.store)
-    app["api_keys"] = None if settings.auth_disabled else ApiKeys(client, keys_file=settings.api_keys_file)
+    app["api_keys"] = (
+        None
+        if settings.auth_disabled
+        else ApiKeys(client, keys_file=settings.api_keys_file, admin_tenants=settings.admin_tenant_set)
+    )
 
     async def startup(app: web.Application) -> None:
         await app["ended"].start()
@@ -144,7 +152,8 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    app.router.add_get("/healthz", health)
+    observability.setup(app)  # /metrics, /healthz, /readyz
+    dashboard.setup(app)  # /dashboard
     app.router.add_get("/openapi.json", openapi.serve)
     app.router.add_routes(jobs_api.routes)
     app.router.add_routes(openai_api.routes)

@@ -29,8 +29,16 @@ async def _calls(sim, credential: str, model: str) -> int:
 async def test_sigkill_mid_job_another_worker_finishes_it_within_the_lease(
     until, durable: Producer, fleet: Fleet, sim, redis
 ):
+    # the first call hangs long enough for the kill to land mid-call however slow the machine is;
+    # the next one (the second worker's) answers at once
     await sim.faults(
-        {"credential": "sk-sim-openai", "model": "gpt-4o", "kind": "latency", "latency_ms": 1500}
+        {
+            "credential": "sk-sim-openai",
+            "model": "gpt-4o",
+            "kind": "latency",
+            "latency_ms": 60_000,
+            "count": 1,
+        }
     )
     try:
         first = fleet.start()
