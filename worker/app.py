@@ -67,6 +67,7 @@ def build_worker(
             queue_name=queue_name,
             record_ttl_s=settings.record_ttl_s,
             usage_ttl_s=settings.usage_ttl_days * 86400,
+            stream_ttl_s=settings.stream_ttl_s,
         )
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
