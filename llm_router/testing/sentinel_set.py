@@ -107,6 +107,16 @@ class SentinelSet:
         node.kill()
         return node
 
+    def demote_primary(self) -> int:
+        """A failover the sentinels run while the primary is alive (``SENTINEL FAILOVER``): the old
+        primary becomes a replica, and clients still connected to it get ``READONLY``. Returns its port."""
+        port = self.primary_port()
+        if port is None:
+            raise RuntimeError("no sentinel names a primary")
+        with redis.Redis(port=self.sentinel_ports[0], socket_timeout=5) as s:
+            s.execute_command("SENTINEL", "FAILOVER", MASTER)
+        return port
+
     def wait_for_new_primary(self, old_port: int, timeout: float = 30.0) -> int:
         """Wait until the sentinels name a primary other than ``old_port`` that takes writes."""
         deadline = time.monotonic() + timeout

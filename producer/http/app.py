@@ -184,7 +184,7 @@ async def _check_when_reachable(app: web.Application, client: Redis, settings: S
             signal.raise_signal(signal.SIGTERM)
             return
         except (RedisError, OSError):
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)
 
 
 def run_server(settings: Settings, host: str, port: int) -> None:
