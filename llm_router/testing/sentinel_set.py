@@ -32,12 +32,14 @@ class SentinelSet:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
         appendonly: bool = True,
+        password: str | None = None,
     ) -> None:
         self.replica_count = replicas
         self.sentinel_count = sentinels
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.appendonly = appendonly
+        self.password = password  # required by the nodes and the sentinels alike (as Bitnami's chart does)
         self.nodes: list[RedisServer] = []
         self.sentinel_ports: list[int] = []
         self._sentinels: list[subprocess.Popen[bytes]] = []
@@ -58,13 +60,20 @@ class SentinelSet:
 
     def env(self) -> dict[str, str]:
         """Environment naming this set (``REDIS_URL`` must be absent beside it)."""
-        return {"LLM_ROUTER_REDIS_SENTINELS": self.sentinels, "LLM_ROUTER_REDIS_SENTINEL_MASTER": MASTER}
+        env = {"LLM_ROUTER_REDIS_SENTINELS": self.sentinels, "LLM_ROUTER_REDIS_SENTINEL_MASTER": MASTER}
+        if self.password:
+            env.update(
+                LLM_ROUTER_REDIS_PASSWORD=self.password, LLM_ROUTER_REDIS_SENTINEL_PASSWORD=self.password
+            )
+        return env
 
     def primary_port(self) -> int | None:
         """The primary's port as the first sentinel that answers names it."""
         for port in self.sentinel_ports:
             try:
-                with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as s:
+                with redis.Redis(
+                    port=port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+                ) as s:
                     addr = s.sentinel_get_master_addr_by_name(MASTER)
             except redis.RedisError:
                 continue
@@ -113,7 +122,7 @@ class SentinelSet:
         port = self.primary_port()
         if port is None:
             raise RuntimeError("no sentinel names a primary")
-        with redis.Redis(port=self.sentinel_ports[0], socket_timeout=5) as s:
+        with redis.Redis(port=self.sentinel_ports[0], password=self.password, socket_timeout=5) as s:
             s.execute_command("SENTINEL", "FAILOVER", MASTER)
         return port
 
@@ -149,6 +158,8 @@ class SentinelSet:
         data.mkdir()
         # a replica's first sync starts at once, not after Redis' 5 s wait for more replicas
         args = ("--repl-diskless-sync-delay", "0", *args)
+        if self.password:
+            args = (*args, "--requirepass", self.password, "--masterauth", self.password)
         return RedisServer(appendonly=self.appendonly, data_dir=data, extra_args=args)
 
     def _start_sentinel(self, i: int, primary_port: int) -> None:
@@ -171,7 +182,7 @@ class SentinelSet:
             f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
-            f"sentinel myid {_sentinel_id(i)}\n" + known
+            f"sentinel myid {_sentinel_id(i)}\n" + known + self._auth_lines()
         )
         binary = self.nodes[0].binary
         if binary is None:
@@ -179,9 +190,18 @@ class SentinelSet:
         proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
         self._sentinels.append(proc)
 
+    def _auth_lines(self) -> str:
+        if not self.password:
+            return ""
+        return (
+            f"requirepass {self.password}\n"  # clients of the sentinels
+            f"sentinel sentinel-pass {self.password}\n"  # the sentinels among themselves
+            f"sentinel auth-pass {MASTER} {self.password}\n"  # the sentinels to the nodes
+        )
+
     def _replicas_synced(self) -> bool:
         for node in self.nodes[1:]:
-            with redis.Redis(port=node.port, socket_timeout=1) as r:
+            with redis.Redis(port=node.port, password=self.password, socket_timeout=1) as r:
                 if r.info("replication").get("master_link_status") != "up":
                     return False
         return True
@@ -189,7 +209,9 @@ class SentinelSet:
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
             try:
-                with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as s:
+                with redis.Redis(
+                    port=port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+                ) as s:
                     state = s.sentinel_master(MASTER)
             except redis.RedisError:
                 return False
@@ -201,7 +223,9 @@ class SentinelSet:
 
     def _is_writable(self, port: int) -> bool:
         try:
-            with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as r:
+            with redis.Redis(
+                port=port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+            ) as r:
                 return r.info("replication").get("role") == "master"
         except redis.RedisError:
             return False

@@ -71,3 +71,29 @@ async def test_every_client_follows_the_primary_through_a_failover(sentinels: Se
         await client.aclose()
         await pool.aclose()
         blocking.close()
+
+
+async def test_passwords_for_the_nodes_and_the_sentinels_come_from_their_settings():
+    with SentinelSet(password="s3cret-pw") as sentinels:
+        env = sentinels.env()
+        settings = Settings(
+            _env_file=None,
+            redis_sentinels=env["LLM_ROUTER_REDIS_SENTINELS"],
+            redis_password=env["LLM_ROUTER_REDIS_PASSWORD"],
+            redis_sentinel_password=env["LLM_ROUTER_REDIS_SENTINEL_PASSWORD"],
+        )
+        client = redis_client(settings)
+        blocking = sync_redis_client(settings)
+        try:
+            await client.set("k", "v")
+            assert blocking.get("k") == b"v"
+        finally:
+            await client.aclose()
+            blocking.close()
+        # the sentinels' own password missing: no primary can be found, and the error says why
+        without = redis_client(settings.model_copy(update={"redis_sentinel_password": None}))
+        try:
+            with pytest.raises(RedisError, match=r"(?i)auth"):
+                await without.ping()
+        finally:
+            await without.aclose()
