@@ -12,7 +12,9 @@ process, for ``--jobs`` jobs (10,000) each of a short prompt (a 40-byte chat lin
   divided by its entries (``XLEN``), kept ``LLM_ROUTER_STREAM_TTL_S`` after the job ends;
 * **Redis CPU and commands**: ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) and
   ``total_commands_processed`` deltas over the submit and over the run, per job (Lua's inner calls
-  count as commands).
+  count as commands);
+* **an idle worker**: what one worker process with nothing to do costs Redis per second (its polls,
+  abort checks and heartbeats), serving the bulk queue, and the interactive queue (polled every 5 ms).
 
 Prints a table and writes ``bench/results/sizing-DATE.json``. ``python bench/redis_sizing.py``.
 """
@@ -131,6 +133,24 @@ async def one_kind(
     }
 
 
+async def idle_worker(
+    redis: Redis, env: dict[str, str], tmp: Path, queues: str, seconds: float
+) -> dict[str, float]:
+    """Redis CPU ms and commands per second that one idle worker process costs."""
+    with open(tmp / f"idle-{queues}.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "llm_router.cli", "worker", "--queues", queues], env=env, stderr=log
+        )
+        try:
+            await asyncio.sleep(5)  # started and polling
+            _, cpu0, cmd0 = await _stats(redis)
+            await asyncio.sleep(seconds)
+            _, cpu1, cmd1 = await _stats(redis)
+        finally:
+            terminate(worker)
+    return {"redis_cpu_ms_per_s": (cpu1 - cpu0) / seconds * 1000, "commands_per_s": (cmd1 - cmd0) / seconds}
+
+
 def _simulator() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -170,6 +190,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 results["streamed"] = await one_kind(
                     redis, server.url, env, tmp, args.stream_jobs, SHORT, True
                 )
+                await redis.flushdb()
+                for queues in ("bulk", "interactive"):
+                    results[f"idle_{queues}"] = await idle_worker(redis, env, tmp, queues, args.idle_s)
             finally:
                 await redis.aclose()
     finally:
@@ -206,6 +229,13 @@ def report(r: dict[str, Any]) -> None:
     table.add_row(
         "streamed job finished: used_memory per job (B)", f"{st['finished_bytes_per_job']:,.0f}", ""
     )
+    for queues in ("bulk", "interactive"):
+        idle = r[f"idle_{queues}"]
+        table.add_row(
+            f"an idle worker on the {queues} queue, per second",
+            f"{idle['redis_cpu_ms_per_s']:.1f} ms CPU",
+            f"{idle['commands_per_s']:,.0f} commands",
+        )
     Console(width=120).print(table)
 
 
@@ -213,6 +243,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--stream-jobs", type=int, default=1_000)
+    p.add_argument("--idle-s", type=float, default=10.0, help="how long each idle worker is watched")
     args = p.parse_args()
     import tempfile
 
