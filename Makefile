@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: demo test bench chaos lint venv redis clean
+.PHONY: demo test bench chaos lint venv redis clean compat-matrix
 
 demo: $(STAMP) redis
 	$(BIN)/llm-router demo
@@ -18,15 +18,20 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/breakers.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_latency.py
+	$(BIN)/python bench/images.py
 	$(BIN)/python bench/redis_sizing.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis
-	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
+	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FAILOVER_JOBS=2000 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FAILOVER_JOBS=2000 LLM_ROUTER_FAILOVER_LEASE_S=1 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
+
+# the README's client compatibility matrix, written from a run of tests/compat (make test checks it)
+compat-matrix: $(STAMP) redis
+	LLM_ROUTER_COMPAT_WRITE_README=1 $(BIN)/python -m pytest -q tests/compat
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -21,10 +21,14 @@ tokenizer, so it works on a locked-down host and costs a microsecond a job:
   bytes of any image data, plus ``IMAGE_TOKENS`` per image. Four bytes a token is OpenAI's own rule
   of thumb for English; counting the JSON (keys, quotes, tool schemas) rather than the text alone
   leans high, which is the right side for a reservation.
-* **worst case** (``CostModel.worst_case``) = those prompt tokens plus the job's ``max_tokens``
-  (``max_completion_tokens``), or the model's maximum output when it sets none, priced at the
-  dearest deployment of every model in its fallback chain. A job reserves this much of its
-  tenant's credit.
+* **worst case** (``CostModel.worst_case`` of a ``Demand``, built from the request by
+  ``demand_of``: the one place every field that multiplies cost enters) = the prompt tokens (plus
+  ``TOOL_PROMPT_TOKENS`` when the job offers tools: providers add a tool-use system prompt) and the
+  job's ``max_tokens`` (``max_completion_tokens``), or the model's maximum output when it sets none,
+  plus the reasoning budget ``reasoning_effort`` may spend beyond it, times ``n`` choices (each is
+  billed its own output), times the attempts the job may pay for (hedges, a stream continued on a
+  fallback), priced at the dearest deployment of every model in its fallback chain. A job reserves
+  this much of its tenant's credit.
 * **prompt only** (``CostModel.prompt_only``) = the prompt tokens at the first deployment of its
   model, with no output: the low end of ``llm-router submit --estimate``.
 """
@@ -46,6 +50,12 @@ NANOS_PER_USD = 1_000_000_000
 # per image: above OpenAI's 765 for a 1024x1024 high-detail image and Anthropic's ~1,600 for the
 # largest image it takes without resizing; Gemini counts 258
 IMAGE_TOKENS = 1_600
+# Anthropic's tool-use system prompt is 346 tokens (tool_choice auto/none) on Claude 4 models; other
+# providers add less for function definitions, whose JSON the byte estimate already counts
+TOOL_PROMPT_TOKENS = 350
+# the most thinking a reasoning_effort may buy beyond max_tokens: Gemini's thinkingBudget
+# (24,576 at "high") is not part of maxOutputTokens; OpenAI's and Anthropic's are within it
+REASONING_ALLOWANCE: dict[str, int] = {"minimal": 512, "low": 1_024, "medium": 8_192, "high": 24_576}
 BYTES_PER_TOKEN = 4
 _DATA = re.compile(rb'"url":"(data:[^"]*|https?://[^"]*)"')
 
@@ -258,6 +268,33 @@ def text_tokens(text: str) -> int:
     return -(-len(text.encode()) // BYTES_PER_TOKEN)
 
 
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a request can make a provider bill at most: the inputs of its worst-case cost."""
+
+    prompt_tokens: int  # the estimate, images included, tool-use prompt included
+    max_output: int | None  # max_tokens / max_completion_tokens; None: the model's maximum
+    extra_output: int = 0  # thinking a reasoning_effort may spend beyond max_output
+    choices: int = 1  # n: every choice is billed its own output
+    attempts: int = 1  # calls the job may pay for in full (hedged attempts, continuations)
+
+
+def demand_of(request: dict[str, Any], prompt: int) -> Demand:
+    """The one function every cost-multiplying field of a request enters (see the module's doc):
+    ``n``, images (in ``prompt``), tools, reasoning budgets. A later field that multiplies cost
+    (a hedge, a continuation, a lane's re-dispatch) is added here and to the overspend test."""
+    max_out = request.get("max_completion_tokens") or request.get("max_tokens")
+    if request.get("tools") or request.get("functions"):
+        prompt += TOOL_PROMPT_TOKENS
+    effort = request.get("reasoning_effort")
+    return Demand(
+        prompt_tokens=prompt,
+        max_output=max_out if isinstance(max_out, int) else None,
+        extra_output=REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,
+        choices=max(int(request.get("n") or 1), 1),
+    )
+
+
 class CostModel:
     """Prices of the catalog's models for estimates, read once; answers in nano-USD."""
 
@@ -279,16 +316,18 @@ class CostModel:
             rows = self._rows[route] = list(distinct)
         return rows
 
-    def worst_case(self, route: list[str] | tuple[str, ...], prompt: int, max_output: int | None) -> int:
+    def worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
         """The most the job can cost on any deployment of its chain: its reservation."""
         worst = 0
+        prompt = demand.prompt_tokens
         for tiers, model_max in self._route_rows(tuple(route)):
             _, rate_in, rate_out = tiers[0]
             for start, tier_in, tier_out in tiers[1:]:  # as Price.tier_for: the last tier passed
                 if prompt > start:
                     rate_in, rate_out = tier_in, tier_out
-            out = min(max_output, model_max) if max_output else model_max
-            picos = prompt * rate_in + out * rate_out
+            out = min(demand.max_output, model_max) if demand.max_output else model_max
+            out = (out + demand.extra_output) * demand.choices
+            picos = (prompt * rate_in + out * rate_out) * demand.attempts
             if picos > worst:
                 worst = picos
         return (worst + 500) // 1000

@@ -115,10 +115,24 @@ class Settings(BaseSettings):
     usage_ttl_days: int = 400
     cache_default_ttl_s: int = 3600
 
+    # images per job, and their bytes (inline data and fetched URLs): Anthropic's own request limits
+    # (100 images, 32 MB), the strictest of the large providers; a tenant's policy may change them
+    max_images_per_job: int = 100
+    max_image_bytes_per_job: int = 32 * 1024 * 1024
+    # jobs of one worker process holding fetched images at once: with the per-job cap, what bounds
+    # a worker's image memory
+    image_inline_jobs: int = 8
+    # a job whose runs end by worker death more than this many times fails (worker_lost)
+    max_lost_runs: int = 3
+
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout_s: float = 10.0
     image_fetch_allow_private: bool = False  # loopback, private, link-local and metadata addresses
+    # networks (comma-separated CIDRs) image fetches may reach even when private ones are refused
+    image_fetch_allowlist: str = ""
+    # http:// image URLs (fetched by the worker through the guard, or by the provider): off refuses them
+    image_urls_allow_http: bool = True
 
     @model_validator(mode="after")
     def _derived_names(self) -> Settings:
@@ -133,6 +147,11 @@ class Settings(BaseSettings):
         if kind == "bulk":
             return self.queue_name
         raise ValueError(f"unknown queue {kind!r} (interactive or bulk)")
+
+    @property
+    def image_fetch_networks(self) -> tuple[str, ...]:
+        """``image_fetch_allowlist`` as CIDR strings."""
+        return tuple(n.strip() for n in self.image_fetch_allowlist.split(",") if n.strip())
 
     @property
     def effective_lease_refresh_s(self) -> float:

@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm_router.errors import InvalidRequest
+from llm_router.urls import UnsafeURL, parse_url
 
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
 RESERVED_KEYS = frozenset(
@@ -22,7 +23,14 @@ RESERVED_KEYS = frozenset(
 )
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-DATA_URI_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/]+={0,2}")
+# base64 in either alphabet: Google's SDKs send the URL-safe one (``-``, ``_``); normalised at submit
+DATA_URI_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/_-]+={0,2}")
+_URLSAFE = str.maketrans("-_", "+/")
+
+# keys of an assistant message that only answers carry (``refusal``, ``annotations``, ``audio``):
+# clients append the answer's message to the next request, so they are accepted back, never sent
+# upstream (the adapters drop them; an OpenAI-format upstream gets ``refusal`` only when it says one)
+ECHOED_MESSAGE_KEYS = frozenset({"refusal", "annotations", "audio"})
 
 
 class JobStatus(StrEnum):
@@ -51,18 +59,31 @@ class TextPart(_Part):
     text: str
 
 
+class RefusalPart(_Part):
+    """An assistant's refusal, echoed back in a conversation's history."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 class ImageURL(_Part):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
     @field_validator("url")
     @classmethod
-    def _https_or_data(cls, url: str) -> str:
-        if url.startswith("https://") and len(url) > len("https://") and not any(c.isspace() for c in url):
-            return url
-        if url.startswith("data:") and DATA_URI_RE.fullmatch(url):
-            return url
-        raise ValueError("image_url.url must be an https:// URL or a data:image/...;base64, URI")
+    def _http_or_data(cls, url: str) -> str:
+        if url.startswith("data:"):
+            if DATA_URI_RE.fullmatch(url):
+                return url
+            raise ValueError("image_url.url must be an http(s) URL or a data:image/...;base64, URI")
+        try:
+            parse_url(url)  # the parser the worker fetches with: what it would refuse, we refuse now
+        except UnsafeURL as exc:
+            raise ValueError(
+                f"image_url.url must be an http(s) URL or a data:image/...;base64, URI: {exc}"
+            ) from None
+        return url
 
 
 class ImagePart(_Part):
@@ -70,7 +91,7 @@ class ImagePart(_Part):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart | RefusalPart, Field(discriminator="type")]
 
 
 class FunctionCall(_Part):
@@ -89,24 +110,34 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = None  # on any role (OpenAI's on most); never needed upstream
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None
+    # response-only keys of an assistant message, accepted when a client echoes an answer back
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
         if self.content is None and not (
-            self.role == "assistant" and (self.tool_calls or self.function_call)
+            self.role == "assistant" and (self.tool_calls or self.function_call or self.refusal)
         ):
             raise ValueError("content is required (null only for an assistant message with tool calls)")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
+        if self.role != "assistant":
+            for key in ECHOED_MESSAGE_KEYS:
+                if getattr(self, key) is not None:
+                    raise _FieldError(key, f"only assistant messages carry {key}")
         if isinstance(self.content, list):
-            if self.role not in ("user", "system", "developer", "assistant"):
-                raise ValueError(f"a {self.role} message takes text content")
+            if self.role == "function":
+                raise ValueError("a function message takes text content")
             if self.role != "user" and any(isinstance(p, ImagePart) for p in self.content):
                 raise ValueError("only user messages may carry images")
+            if self.role != "assistant" and any(isinstance(p, RefusalPart) for p in self.content):
+                raise ValueError("only assistant messages may carry refusal parts")
         return self
 
 
@@ -147,6 +178,11 @@ Unit = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
+class StreamOptions(_Part):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # OpenAI's padding of chunks: our chunks carry none
+
+
 class ChatJob(BaseModel):
     """A chat job: the OpenAI chat-completions body plus our reserved keys."""
 
@@ -171,11 +207,25 @@ class ChatJob(BaseModel):
     user: str | None = None
     n: Annotated[int, Field(ge=1, le=16)] | None = None
     stream: bool | None = None
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    # OpenAI's newer fields: passed to OpenAI's own API (and gateways in front of it), translated or
+    # dropped for the others (see OPENAI_ONLY_FIELDS and the README's field table)
+    store: bool | None = None  # every job is stored: its record is the stored completion
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     # reserved job keys: ours, never sent upstream
     job_id: str | None = None
@@ -222,6 +272,10 @@ class ChatJob(BaseModel):
             raise _FieldError("top_logprobs", "top_logprobs needs logprobs: true")
         return self
 
+    def ignored_fields(self) -> list[str]:
+        """Fields of this job that no provider will see (noted in the record as ``ignored``)."""
+        return sorted(name for name in NEVER_SENT_FIELDS if getattr(self, name) is not None)
+
     def image_count(self) -> int:
         return sum(
             sum(isinstance(p, ImagePart) for p in m.content)
@@ -238,6 +292,74 @@ class ChatJob(BaseModel):
         return None
 
 
+# accepted from OpenAI's API, never sent to a provider: `store` (every job is stored already)
+NEVER_SENT_FIELDS = frozenset({"store"})
+# OpenAI API fields that only OpenAI's own API (and gateways in front of it) takes; other
+# OpenAI-format vendors refuse unknown fields, so the adapter drops these for them
+OPENAI_ONLY_FIELDS = frozenset(
+    {
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+        "verbosity",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "moderation",
+    }
+)
+
+
+def normalise_data_uris(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with URL-safe base64 image data rewritten to the standard alphabet (a copy, only when
+    one needs it): providers and our own checks then see one form."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        return obj
+    changed = False
+    out = []
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            parts = [_standard_part(p) for p in content]
+            if any(a is not b for a, b in zip(parts, content, strict=True)):
+                msg = {**msg, "content": parts}
+                changed = True
+        out.append(msg)
+    return {**obj, "messages": out} if changed else obj
+
+
+def _standard_part(part: Any) -> Any:
+    if not (isinstance(part, dict) and part.get("type") == "image_url"):
+        return part
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return part
+    head, sep, data = url.partition(";base64,")
+    if not sep or not ("-" in data or "_" in data or len(data) % 4):
+        return part
+    data = data.rstrip("=").translate(_URLSAFE)
+    data += "=" * (-len(data) % 4)
+    return {**part, "image_url": {**image, "url": f"{head};base64,{data}"}}
+
+
+def image_urls(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """(param, url) of every image URL of a chat body (data URIs excluded)."""
+    found = []
+    for i, msg in enumerate(obj.get("messages") or ()):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for k, part in enumerate(content if isinstance(content, list) else ()):
+            image = part.get("image_url") if isinstance(part, dict) else None
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(url, str) and not url.startswith("data:"):
+                found.append((f"messages[{i}].content[{k}].image_url.url", url))
+    return found
+
+
 class _FieldError(ValueError):
     """A cross-field check that knows which field is wrong."""
 
@@ -250,7 +372,7 @@ class _FieldError(ValueError):
 _LOC_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|literal|function-.*|.*\[.*|[A-Z][A-Za-z]*)$")
 
 
-_PART_TAGS = frozenset({"text", "image_url"})  # discriminator values of ContentPart
+_PART_TAGS = frozenset({"text", "image_url", "refusal"})  # discriminator values of ContentPart
 
 
 def param_from_loc(loc: tuple[int | str, ...]) -> str:
@@ -275,7 +397,10 @@ def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
     for err in errors:
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _FieldError):
-            return InvalidRequest(str(ctx_err), param=ctx_err.param)
+            # a nested model's check (a message's) names its field relative to that model
+            where = param_from_loc(tuple(err["loc"]))
+            param = f"{where}.{ctx_err.param}" if where else ctx_err.param
+            return InvalidRequest(str(ctx_err), param=param)
     # the deepest location is the most specific one; unions report one error per member
     err = max(
         errors, key=lambda e: len([p for p in e["loc"] if not (isinstance(p, str) and _LOC_TAG.match(p))])
@@ -368,13 +493,21 @@ class JobRecord(BaseModel):
     metadata: dict[str, Any] | None = None
     runs: int = 0
     passes: int = 0
+    lost_runs: int = 0  # runs that ended with their worker's death (see worker_lost)
     fallback_used: bool = False
     partial_text: str | None = None  # what a stream published before it broke (stream_interrupted)
     routed_by: str | None = None  # when `model` named a route: the rule that chose the model
     cached: bool = False  # answered from the response cache, without a provider call
     parent: str | None = None  # the compare job this job is one side of
+    # fields of the request accepted from OpenAI's API that no provider sees (``store``)
+    ignored: list[str] | None = None
     # a compare job: one entry per model (content, latency, tokens, cost, error), in its order
     comparison: list[dict[str, Any]] | None = None
+
+    @field_validator("ignored", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return [v for v in value.split(",") if v] if isinstance(value, str) else value
 
     @property
     def latency_ms(self) -> float | None:

@@ -6,7 +6,9 @@ own keys (its job, in-progress and retry keys, its abort set) keep arq's names (
 
 All amounts are integer nano-USD. What lives where:
 
-* ``job:<id>`` hash: a job's record (``llm_router.store``); ``stream:<id>``: its token stream.
+* ``job:<tenant>/<id>`` hash: a job's record (``llm_router.store``); ``stream:<tenant>/<id>``: its
+  token stream. Jobs live inside their tenant (``scoped_id``): the same id under two tenants is two
+  jobs, and queues, arq's keys and workers all use the scoped id; users see the job id alone.
 * ``<queue>:workers`` sorted set: live workers of a queue by last heartbeat; ``worker:<id>``: one
   worker's info, expiring with its heartbeat.
 * ``credits:<tenant>`` hash (``balance``, ``reserved``, ``spent``, ``added``); ``active:<tenant>``:
@@ -18,6 +20,7 @@ All amounts are integer nano-USD. What lives where:
 * ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata).
 * ``file:<id>``, ``files:<tenant>``, ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``,
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
+* ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
 """
@@ -49,18 +52,34 @@ BATCH_PREFIX = PREFIX + "batch:"
 ACTIVE_BATCHES_PREFIX = PREFIX + "batches:active:"
 TENANT_BATCHES_PREFIX = PREFIX + "batches:tenant:"
 ROLE_PREFIX = PREFIX + "role:"
+TENANT_POLICY_PREFIX = PREFIX + "tenant:"
 
 ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
 
 
-def record_key(job_id: str) -> str:
-    return RECORD_PREFIX + job_id
+DEFAULT_TENANT = "default"
 
 
-def stream_key(job_id: str) -> str:
+def scoped_id(tenant: str, job_id: str) -> str:
+    """A job's id inside its tenant, which storage, queues and workers use. Neither a tenant nor a
+    job id may contain ``/`` (``contract``), so the pair reads back unambiguously."""
+    return f"{tenant}/{job_id}"
+
+
+def split_scoped(scoped: str) -> tuple[str, str]:
+    """(tenant, job id) of a scoped id."""
+    tenant, _, job_id = scoped.partition("/")
+    return tenant, job_id
+
+
+def record_key(scoped: str) -> str:
+    return RECORD_PREFIX + scoped
+
+
+def stream_key(scoped: str) -> str:
     """The job's token stream: OpenAI ``chat.completion.chunk`` entries, then an end or error entry."""
-    return STREAM_PREFIX + job_id
+    return STREAM_PREFIX + scoped
 
 
 def workers_key(queue_name: str) -> str:
@@ -120,6 +139,10 @@ def active_batches_key(queue_name: str) -> str:
 
 def tenant_batches_key(tenant: str) -> str:
     return TENANT_BATCHES_PREFIX + tenant
+
+
+def tenant_policy_key(tenant: str) -> str:
+    return TENANT_POLICY_PREFIX + tenant
 
 
 def role_key(name: str) -> str:

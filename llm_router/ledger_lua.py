@@ -72,7 +72,9 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
     local pk = RECORD .. parent
     if redis.call('EXISTS', pk) == 1 then
       if summary == '' then
-        summary = cjson.encode({job_id = job_id, model = model, status = status})
+        -- users see the job id without its tenant (keys.scoped_id)
+        local public_id = string.match(job_id, '^[^/]*/(.*)$') or job_id
+        summary = cjson.encode({job_id = public_id, model = model, status = status})
       end
       redis.call('HSET', pk, 'child:' .. job_id, summary)
       if redis.call('HINCRBY', pk, 'pending', -1) <= 0 then

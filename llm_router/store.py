@@ -38,7 +38,15 @@ from llm_router.circuit_breaker import (
     decode_transitions,
 )
 from llm_router.contract import JobRecord, JobStatus
-from llm_router.keys import RECORD_PREFIX, RUN_JOB, record_key, stream_key, worker_info_key, workers_key
+from llm_router.keys import (
+    RUN_JOB,
+    record_key,
+    scoped_id,
+    split_scoped,
+    stream_key,
+    worker_info_key,
+    workers_key,
+)
 from llm_router.record_lua import (
     ADMIT_LUA,
     CANCEL_LUA,
@@ -86,9 +94,13 @@ class NewJob:
     routed_by: str | None = None  # a route chose the model: which rule
     cache_key: str | None = None  # the response cache's key within the tenant, and its TTL
     cache_ttl: int = 0
-    parent: str | None = None  # the compare job this job is one side of
+    parent: str | None = None  # the compare job this job is one side of (its id, in the same tenant)
     notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
+    tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
+    ignored: str | None = (
+        None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
+    )
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -98,11 +110,13 @@ class NewJob:
         if self.cache_key is not None:  # a cache is per tenant
             out += ("cache_key", f"{self.tenant}:{self.cache_key}", "cache_ttl", self.cache_ttl)
         if self.parent is not None:
-            out += ("parent", self.parent)
+            out += ("parent", scoped_id(self.tenant, self.parent))
         if self.notify:
             out += ("notify", 1)
         if self.queue is not None:
             out += ("queue", self.queue)
+        if self.ignored is not None:
+            out += ("ignored", self.ignored)
         return out
 
 
@@ -127,7 +141,6 @@ class Started:
     attempts: bytes
     runs: int
     passes: int
-    inflight: bytes  # the call an interrupted run was making ('' if none)
     previous_worker: str
     admissions: dict[str, Admission]  # deployment → what admission said, for the route
     redis_now_ms: int
@@ -135,6 +148,7 @@ class Started:
     parent: str | None
     cancel_requested: bool
     est_tokens: int
+    lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -153,7 +167,6 @@ class Started:
             attempts=v["attempts"] or b"",
             runs=int(v["runs"]),
             passes=int(v["passes"]),
-            inflight=v["inflight"] or b"",
             previous_worker=(v["previous_worker"] or b"").decode(),
             admissions=decode_admissions(v["admissions"]),
             redis_now_ms=int(v["redis_now_ms"]),
@@ -161,6 +174,7 @@ class Started:
             parent=v["parent"].decode() or None,
             cancel_requested=bool(v["cancel_requested"]),
             est_tokens=int(v["est_tokens"]),
+            lost_runs=int(v["lost_runs"]),
         )
 
 
@@ -204,7 +218,11 @@ class Settlement:
 
 
 class Store:
-    """Typed access to records; one instance per process, sharing the caller's Redis client."""
+    """Typed access to records; one instance per process, sharing the caller's Redis client.
+
+    Every job id a ``Store`` method takes is scoped (``keys.scoped_id(tenant, job_id)``): a job lives
+    inside its tenant. ``NewJob`` carries the two apart.
+    """
 
     def __init__(
         self,
@@ -239,7 +257,7 @@ class Store:
         ``max_queued`` refuses the job (-3) while its tenant has that many jobs queued or running.
         """
         enqueue_ms = int(job.created_at * 1000)
-        job_id = job.job_id
+        job_id = scoped_id(job.tenant, job.job_id)
         # record and arq job outlive the deadline by the record TTL: a worker always finds the job
         # to fail it with deadline_exceeded, however long the backlog, and the outcome stays readable
         ttl_s = self.record_ttl_s + int(job.deadline_at - job.created_at) + 1
@@ -247,7 +265,7 @@ class Store:
             "EVALSHA",
             self._submit.sha,
             3,
-            RECORD_PREFIX + job_id,
+            record_key(job_id),
             job_key_prefix + job_id,
             queue_name or self.queue_name,
             job.digest,
@@ -507,8 +525,8 @@ def encode_field(name: str, value: Any) -> bytes | str | int | float:
     return orjson.dumps(value)
 
 
-def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-    data: dict[str, Any] = {"id": job_id}
+def decode_record(scoped: str, raw: dict[bytes, bytes]) -> JobRecord:
+    data: dict[str, Any] = {"id": split_scoped(scoped)[1]}
     children: list[Any] = []
     credits_nanos: int | None = None
     for k, v in raw.items():
@@ -517,7 +535,7 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = orjson.loads(v)
         elif name in FLOAT_FIELDS:
             data[name] = float(v)
-        elif name in ("runs", "passes"):
+        elif name in ("runs", "passes", "lost_runs"):
             data[name] = int(v)
         elif name == "cached":
             data[name] = v == b"1"
@@ -527,6 +545,8 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             children.append(orjson.loads(v))
         elif name in _INTERNAL_FIELDS:
             continue
+        elif name == "parent":
+            data[name] = split_scoped(v.decode())[1]
         else:
             data[name] = v.decode()
     if credits_nanos is not None:

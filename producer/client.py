@@ -10,15 +10,23 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import RouterError
+from llm_router.keys import DEFAULT_TENANT
 from producer.producer import Producer, Submitted
 
 
 class Client:
-    """Blocking wrapper around ``Producer``; not for use inside a running event loop."""
+    """Blocking wrapper around ``Producer``; not for use inside a running event loop. ``tenant`` is
+    the tenant of its jobs and reads (``default`` unless given), as for ``Producer.connect``."""
 
-    def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        catalog: Catalog | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
+    ) -> None:
         self._runner = asyncio.Runner()
-        self._producer: Producer = self._runner.run(Producer.connect(settings, catalog))
+        self._producer: Producer = self._runner.run(Producer.connect(settings, catalog, tenant=tenant))
 
     def close(self) -> None:
         self._runner.run(self._producer.close())
@@ -40,17 +48,19 @@ class Client:
     def submit_many(self, jobs: Iterable[dict[str, Any] | bytes | str]) -> list[Submitted | RouterError]:
         return self._runner.run(self._producer.submit_many(jobs))
 
-    def get(self, job_id: str) -> JobRecord:
-        return self._runner.run(self._producer.get(job_id))
+    def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
+        return self._runner.run(self._producer.get(job_id, tenant=tenant))
 
-    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        return self._runner.run(self._producer.wait(job_id, timeout))
+    def wait(self, job_id: str, timeout: float | None = None, *, tenant: str | None = None) -> JobRecord:
+        return self._runner.run(self._producer.wait(job_id, timeout, tenant=tenant))
 
-    def wait_many(self, job_ids: Sequence[str], timeout: float | None = None) -> list[JobRecord]:
-        return self._runner.run(self._producer.wait_many(job_ids, timeout))
+    def wait_many(
+        self, job_ids: Sequence[str | Submitted], timeout: float | None = None, *, tenant: str | None = None
+    ) -> list[JobRecord]:
+        return self._runner.run(self._producer.wait_many(job_ids, timeout, tenant=tenant))
 
-    def cancel(self, job_id: str) -> JobRecord:
-        return self._runner.run(self._producer.cancel(job_id))
+    def cancel(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
+        return self._runner.run(self._producer.cancel(job_id, tenant=tenant))
 
     def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         """The OpenAI ``chat.completion`` for one chat; raises ``JobFailed`` when the job fails."""

@@ -32,9 +32,10 @@ from llm_router.errors import (
     TooManyQueued,
     WaitTimeout,
 )
-from llm_router.keys import workers_key
+from llm_router.keys import DEFAULT_TENANT, scoped_id, workers_key
 from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
+from llm_router.tenants import TenantPolicies
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -46,10 +47,12 @@ log = structlog.get_logger("llm_router.producer")
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """The outcome of one submitted job: its id and whether this call created it."""
+    """The outcome of one submitted job: its id, whether this call created it, and its tenant (a job
+    id names a job only inside its tenant)."""
 
     job_id: str
     created: bool
+    tenant: str = DEFAULT_TENANT
 
 
 def _ids() -> Iterator[str]:
@@ -89,12 +92,20 @@ def comparison_by_model(record: JobRecord, models: Sequence[str]) -> dict[str, d
 
 
 class Producer:
-    """Submits jobs to Redis and reads their records; safe to share across tasks."""
+    """Submits jobs to Redis and reads their records; safe to share across tasks.
 
-    def __init__(self, redis: Redis, catalog: Catalog, settings: Settings) -> None:
+    A job id names a job inside its tenant: reads, waits, cancels and streams take ``tenant``
+    (default: the producer's own, ``default`` unless given to ``connect``). Another tenant's job
+    behaves exactly like one that does not exist.
+    """
+
+    def __init__(
+        self, redis: Redis, catalog: Catalog, settings: Settings, *, tenant: str = DEFAULT_TENANT
+    ) -> None:
         self.redis = redis
         self.catalog = catalog
         self.settings = settings
+        self.tenant = tenant
         self.store = Store(
             redis,
             queue_name=settings.queue_name,
@@ -102,12 +113,19 @@ class Producer:
             usage_ttl_s=settings.usage_ttl_days * 86400,
         )
         self.validator = Validator(catalog, settings)
+        self.policies = TenantPolicies(redis, settings)
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None, catalog: Catalog | None = None) -> Producer:
+    async def connect(
+        cls, settings: Settings | None = None, catalog: Catalog | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> Producer:
         settings = settings or Settings()
         redis = redis_client(settings)
-        return cls(redis, catalog or Catalog.load(settings), settings)
+        return cls(redis, catalog or Catalog.load(settings), settings, tenant=tenant)
+
+    def scoped(self, job_id: str, tenant: str | None = None) -> str:
+        """The id the store knows the job by (``keys.scoped_id``)."""
+        return scoped_id(tenant or self.tenant, job_id)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -155,6 +173,8 @@ class Producer:
         notify: bool = False,
         max_queued: int | None = None,
         parent: str | None = None,
+        ids: Iterable[str] | None = None,
+        on_settled: Callable[[list[Submitted | RouterError], int], None] | None = None,
     ) -> list[Submitted | RouterError]:
         """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
 
@@ -165,40 +185,48 @@ class Producer:
         each job's id on ``ENDED_CHANNEL`` when it ends. ``max_queued`` refuses a job with
         ``too_many_queued`` while its tenant has that many queued or running. Each job reserves its
         worst-case cost from its tenant's credit, if the tenant has credits, or is refused with
-        ``insufficient_credits``.
+        ``insufficient_credits``. ``ids`` are the ids of jobs that name none (random by default).
+        ``on_settled(results, n)`` is called as chunks are accepted: ``results[:n]`` are final then,
+        so a caller can hand out ids before the whole submit is over (or cut off).
         """
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, NewJob]] = []
         in_flight: asyncio.Task[None] | None = None
-        ids = _ids()
+        new_ids = iter(ids) if ids is not None else _ids()
         for job in jobs:
             try:
                 prepared = self.validator.prepare(
-                    job, now=time.time(), interactive=interactive, new_id=next(ids)
+                    job, now=time.time(), interactive=interactive, new_id=next(new_ids)
                 )
             except RouterError as exc:
                 results.append(exc)
                 continue
             if tenant is not None:
                 prepared.tenant = tenant
+            elif not prepared.tenant_given:
+                prepared.tenant = self.tenant
             if interactive:  # a cancel from any producer must find the job's queue
                 prepared.queue = queue
             prepared.notify = notify
             prepared.parent = parent
-            results.append(Submitted(prepared.job_id, False))  # placeholder until Redis answers
+            results.append(Submitted(prepared.job_id, False, prepared.tenant))  # until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:
                 # one chunk in Redis while the next is validated: the two sides work at once
                 if in_flight is not None:
                     await in_flight
-                in_flight = asyncio.create_task(self._flush(chunk, results, queue, max_queued or 0))
+                in_flight = asyncio.create_task(
+                    self._flush(chunk, results, queue, max_queued or 0, on_settled)
+                )
                 chunk = []
                 await asyncio.sleep(0)  # let the flush send its commands before validating on
         if in_flight is not None:
             await in_flight
         if chunk:
-            await self._flush(chunk, results, queue, max_queued or 0)
+            await self._flush(chunk, results, queue, max_queued or 0, on_settled)
+        if on_settled is not None:
+            on_settled(results, len(results))  # refusals after the last chunk
         return results
 
     async def _flush(
@@ -207,6 +235,7 @@ class Producer:
         results: list[Submitted | RouterError],
         queue: str,
         max_queued: int,
+        on_settled: Callable[[list[Submitted | RouterError], int], None] | None = None,
     ) -> None:
         batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
@@ -228,31 +257,50 @@ class Producer:
                     retry_after=1.0,
                 )
             else:
-                results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED)
+                results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED, prepared.tenant)
+        if on_settled is not None:
+            on_settled(results, chunk[-1][0] + 1)
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> JobRecord:
-        record = await self.store.get(job_id)
+    async def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
+        record = await self.store.get(self.scoped(job_id, tenant))
         if record is None:
             raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
         return record
 
-    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+    async def wait(
+        self, job_id: str, timeout: float | None = None, *, tenant: str | None = None
+    ) -> JobRecord:
         """The job's final record; polls with backoff up to ``timeout`` seconds, then ``WaitTimeout``."""
-        return (await self.wait_many([job_id], timeout=timeout))[0]
+        return (await self.wait_many([job_id], timeout=timeout, tenant=tenant))[0]
 
     async def wait_many(
         self,
-        job_ids: Sequence[str],
+        job_ids: Sequence[str | Submitted],
         timeout: float | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> list[JobRecord]:
-        """Final records of many jobs, in the order given.
+        """Final records of many jobs, in the order given (ids of ``tenant``, or ``Submitted`` results,
+        which carry their own).
 
         Polls one pipelined status read at a time (at most ``WAIT_WINDOW`` ids, oldest first), backing
         off while nothing changes, and rides out a Redis restart until ``timeout``.
         """
+        scoped = [
+            self.scoped(j.job_id, j.tenant) if isinstance(j, Submitted) else self.scoped(j, tenant)
+            for j in job_ids
+        ]
+        return await self._wait_scoped(scoped, timeout, on_progress)
+
+    async def _wait_scoped(
+        self,
+        job_ids: list[str],
+        timeout: float | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> list[JobRecord]:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(dict.fromkeys(job_ids))
         done = 0
@@ -270,7 +318,7 @@ class Producer:
                 still: list[str] = []
                 for job_id, status in zip(window, statuses, strict=True):
                     if status is None:
-                        raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+                        raise JobNotFound(f"no job '{_public(job_id)}' (unknown or expired)", param="job_id")
                     if status in TERMINAL_VALUES:
                         finished += 1
                     else:
@@ -297,10 +345,10 @@ class Producer:
             else:
                 await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        records = await self._read_many(list(job_ids), deadline)
+        records = await self._read_many(job_ids, deadline)
         missing = [j for j, r in zip(job_ids, records, strict=True) if r is None]
         if missing:
-            raise JobNotFound(f"no job '{missing[0]}' (expired while waiting)", param="job_id")
+            raise JobNotFound(f"no job '{_public(missing[0])}' (expired while waiting)", param="job_id")
         return records  # type: ignore[return-value]
 
     async def _read_many(self, job_ids: list[str], deadline: float | None) -> list[JobRecord | None]:
@@ -314,12 +362,14 @@ class Producer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def cancel_many(self, job_ids: Sequence[str]) -> list[JobRecord | RouterError]:
+    async def cancel_many(
+        self, job_ids: Sequence[str], *, tenant: str | None = None
+    ) -> list[JobRecord | RouterError]:
         """Cancel many jobs (their scripts go to Redis together); per id, the record or the error."""
 
         async def one(job_id: str) -> JobRecord | RouterError:
             try:
-                return await self.cancel(job_id)
+                return await self.cancel(job_id, tenant=tenant)
             except RouterError as exc:
                 return exc
 
@@ -328,7 +378,7 @@ class Producer:
             out.extend(await asyncio.gather(*(one(j) for j in job_ids[i : i + 500])))
         return out
 
-    async def cancel(self, job_id: str) -> JobRecord:
+    async def cancel(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
         """Cancel a job: a queued one ends ``cancelled`` now; a running one is aborted (arq's abort)
         and its worker ends it ``cancelled``, settling what its provider already answered; an ended
         one is ``job_not_cancellable``. Returns the record as it is after the call."""
@@ -339,12 +389,12 @@ class Producer:
             "param": None,
             "type": "invalid_request_error",
         }
-        reply, ended = await self.store.cancel(job_id, error)
+        reply, ended = await self.store.cancel(self.scoped(job_id, tenant), error)
         if reply == CancelReply.NOT_FOUND:
             raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
         if reply == CancelReply.ALREADY_ENDED:
             raise JobNotCancellable(f"job '{job_id}' is {ended}; it has ended")
-        return await self.get(job_id)
+        return await self.get(job_id, tenant=tenant)
 
     async def live_workers(self, queue: str | None = None) -> int:
         """Workers that beat recently on a queue (the bulk queue unless named)."""
@@ -389,12 +439,13 @@ class Producer:
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
         request = orjson.dumps({"compare": list(models), "messages": messages, **params})
+        tenant = tenant or params.pop("tenant", None) or self.tenant
         await self.store.create_parent(
-            parent_id,
+            scoped_id(tenant, parent_id),
             request=request,
             route=route,
             model_requested="compare:" + ",".join(models),
-            tenant=tenant or params.get("tenant") or "default",
+            tenant=tenant,
             created_at=now,
             deadline_at=now + deadline_s,
             pending=len(models),
@@ -417,24 +468,24 @@ class Producer:
         except BaseException as exc:
             # the parent must still end: the sides that were not created count as refused
             with contextlib.suppress(Exception):
-                created = await self.store.statuses([c["job_id"] for c in children])
+                created = await self.store.statuses([scoped_id(tenant, c["job_id"]) for c in children])
                 failure = RouterError(f"not submitted: {exc!r}")
                 results = [
                     Submitted(c["job_id"], True) if st else failure
                     for c, st in zip(children, created, strict=True)
                 ]
-                await self._refuse_sides(parent_id, route, results)
+                await self._refuse_sides(tenant, parent_id, route, results)
             raise
-        await self._refuse_sides(parent_id, route, results)
+        await self._refuse_sides(tenant, parent_id, route, results)
         return parent_id
 
     async def _refuse_sides(
-        self, parent_id: str, route: list[str], results: list[Submitted | RouterError]
+        self, tenant: str, parent_id: str, route: list[str], results: list[Submitted | RouterError]
     ) -> None:
         for i, result in enumerate(results):
             if isinstance(result, RouterError):
                 await self.store.child_refused(
-                    parent_id,
+                    scoped_id(tenant, parent_id),
                     f"{parent_id}-{i}",
                     {
                         "job_id": f"{parent_id}-{i}",
@@ -451,9 +502,12 @@ class Producer:
         (seconds), ``cost`` (USD) and ``error`` (the error object, or ``None``)."""
         if await self._interactive_workers() == 0:
             raise NoWorkers("no live llm-router worker on the interactive queue (`llm-router worker`)")
-        parent_id = await self.compare(models, [{"role": "user", "content": message}], **params)
+        tenant = params.pop("tenant", None) or self.tenant
+        parent_id = await self.compare(
+            models, [{"role": "user", "content": message}], tenant=tenant, **params
+        )
         wait_s = timeout if timeout is not None else self.settings.interactive_deadline_s + 5
-        record = await self.wait(parent_id, timeout=wait_s)
+        record = await self.wait(parent_id, timeout=wait_s, tenant=tenant)
         return comparison_by_model(record, models)
 
     # -- the product's interactive calls --------------------------------------------------------
@@ -476,15 +530,18 @@ class Producer:
         record = await self.run_interactive(job, timeout=timeout)
         return record.response or {}
 
-    async def stream(self, job_id: str, *, block_ms: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, job_id: str, *, block_ms: int = 1000, tenant: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """The job's ``chat.completion.chunk`` objects as they come; a late follower gets them all
         from the start. Ends when the job ends; raises ``JobFailed`` if it failed (``stream_interrupted``
         after some chunks, say)."""
+        scoped = self.scoped(job_id, tenant)
         after = "0-0"
         ended = False
         while True:
             try:
-                entries = await self.store.read_stream(job_id, after, block_ms=0 if ended else block_ms)
+                entries = await self.store.read_stream(scoped, after, block_ms=0 if ended else block_ms)
             except RedisError as exc:
                 log.warning("redis unavailable while streaming, retrying", error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -494,21 +551,21 @@ class Producer:
                 if b"c" in fields:
                     yield orjson.loads(fields[b"c"])
                 elif b"end" in fields:  # written with the final record: the outcome is readable now
-                    await self._raise_unless_succeeded(job_id)
+                    await self._raise_unless_succeeded(job_id, tenant)
                     return
                 # an error entry comes before the record is final; its end entry follows
             if ended:  # drained what raced with the end: done
-                await self._raise_unless_succeeded(job_id)
+                await self._raise_unless_succeeded(job_id, tenant)
                 return
             if not entries:
-                record = await self.store.get(job_id)
+                record = await self.store.get(scoped)
                 if record is None:
                     raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
                 # a job that ended without streaming (failed before a token, cancelled) has no end entry
                 ended = record.status in TERMINAL
 
-    async def _raise_unless_succeeded(self, job_id: str) -> None:
-        record = await self.get(job_id)
+    async def _raise_unless_succeeded(self, job_id: str, tenant: str | None) -> None:
+        record = await self.get(job_id, tenant=tenant)
         if record.status != JobStatus.SUCCEEDED:
             raise JobFailed(record)
 
@@ -524,7 +581,7 @@ class Producer:
         submitted = await self.submit(
             {"model": model, "messages": messages, **params, "stream": True}, interactive=True
         )
-        async for chunk in self.stream(submitted.job_id):
+        async for chunk in self.stream(submitted.job_id, tenant=submitted.tenant):
             for choice in chunk.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:
@@ -538,7 +595,11 @@ class Producer:
         wait_s = (
             timeout if timeout is not None else job.get("deadline_s") or self.settings.interactive_deadline_s
         )
-        record = await self.wait(submitted.job_id, timeout=float(wait_s) + 5)
+        record = await self.wait(submitted.job_id, timeout=float(wait_s) + 5, tenant=submitted.tenant)
         if record.status != JobStatus.SUCCEEDED:
             raise JobFailed(record)
         return record
+
+
+def _public(scoped: str) -> str:
+    return scoped.partition("/")[2]

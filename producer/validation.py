@@ -14,10 +14,10 @@ import orjson
 from pydantic import ValidationError
 
 from config.catalog import Catalog
-from config.cost import CostModel, prompt_tokens
+from config.cost import CostModel, demand_of, prompt_tokens
 from config.routes import Need, NoCapableModel, choose
 from config.settings import Settings
-from llm_router.contract import ChatJob, invalid_from_validation
+from llm_router.contract import ChatJob, image_urls, invalid_from_validation, normalise_data_uris
 from llm_router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -25,7 +25,9 @@ from llm_router.errors import (
     RouterError,
     UnsupportedCapability,
 )
+from llm_router.keys import DEFAULT_TENANT
 from llm_router.store import NewJob, body_digest
+from llm_router.urls import AddressGuard, UnsafeURL, parse_url
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
@@ -40,6 +42,9 @@ class Validator:
         self.settings = settings
         self._routes: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...], bytes]] = {}
         self.costs = CostModel(catalog)
+        # what no worker may ever fetch (cloud metadata addresses) is refused at submit; private
+        # addresses depend on the fetching worker's settings (and a provider fetches them itself)
+        self.image_guard = AddressGuard(allow_private=True)
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -84,11 +89,39 @@ class Validator:
             obj = vision_to_chat(obj, allow_files=allow_files, max_bytes=self.settings.max_body_bytes)
         elif "messages" not in obj and "contents" in obj:  # a Gemini-native generateContent body
             obj = gemini_to_chat(obj)
+        obj = normalise_data_uris(obj)
         try:
             job = ChatJob.model_validate(obj)
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
+        if job.first_image_param() is not None:
+            self._check_images(job, obj)
         return self._prepare(job, obj, now=now, interactive=interactive, new_id=new_id)
+
+    def _check_images(self, job: ChatJob, obj: dict[str, Any]) -> None:
+        """What the worker would refuse is refused now, naming the image (the contract already ran
+        the worker's parser): more images or inline image bytes than a job may carry (a worker
+        holds a job's images in memory), http:// when the setting forbids it, a metadata address."""
+        limit = self.settings.max_images_per_job
+        inline = 0
+        for n, (param, url) in enumerate(image_urls(obj), start=1):
+            if n > limit:
+                raise InvalidRequest(f"a job carries at most {limit} images", param=param)
+            if url.startswith("data:"):
+                inline += (len(url) - url.index(",") - 1) * 3 // 4
+                if inline > self.settings.max_image_bytes_per_job:
+                    raise PayloadTooLarge(
+                        f"the job's images hold over {self.settings.max_image_bytes_per_job} bytes",
+                        param=param,
+                    )
+        for param, url in image_urls(obj):
+            parsed = parse_url(url)
+            if parsed.scheme == "http" and not self.settings.image_urls_allow_http:
+                raise InvalidRequest("http:// image URLs are not accepted here; use https://", param=param)
+            try:
+                self.image_guard.check_url(parsed)
+            except UnsafeURL as exc:
+                raise InvalidRequest(f"Invalid value for '{param}': {exc}", param=param) from None
 
     def _prepare(
         self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
@@ -152,6 +185,7 @@ class Validator:
         default_deadline = (
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
+        ignored = job.ignored_fields()
         cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
         cached_as, cache_ttl = None, 0
         if cache == "force" or (cache is True and job.temperature == 0):
@@ -165,16 +199,18 @@ class Validator:
             route=route,
             route_json=route_json,
             model_requested=job.model,
-            tenant=job.tenant or "default",
+            tenant=job.tenant or DEFAULT_TENANT,
+            tenant_given=job.tenant is not None,
             created_at=now,
             deadline_at=now + (job.deadline_s or default_deadline),
             metadata=job.metadata,
-            reserve_nanos=self.costs.worst_case(route_key, prompt, max_out),
+            reserve_nanos=self.costs.worst_case(route_key, demand_of(obj, prompt)),
             prompt_tokens=prompt,
             est_tokens=prompt + (max_out or 0),
             routed_by=routed_by,
             cache_key=cached_as,
             cache_ttl=cache_ttl,
+            ignored=",".join(ignored) if ignored else None,
         )
 
     def _route_for(
@@ -251,7 +287,20 @@ class Validator:
 
 # reserved keys and fields that do not change what a model answers: two requests that differ only
 # in these share a cache entry
-_NOT_IN_CACHE_KEY = frozenset({"model", "stream", "stream_options", "user"}) | {
+_NOT_IN_CACHE_KEY = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "user",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+    }
+) | {
     "job_id",
     "fallbacks",
     "deadline_s",

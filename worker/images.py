@@ -4,17 +4,26 @@ A job's image URL is the caller's input, and the worker runs inside someone's ne
 naively it could read a cloud metadata endpoint or an internal service. ``ImageFetcher`` therefore
 has a session of its own (not the providers' one) whose every connection goes through the guard:
 
-* only ``http``/``https`` URLs, the job's own and every redirect target (redirects are followed
-  here, one hop at a time, each target checked again, at most ``MAX_REDIRECTS``);
+* the job's URL and every redirect target go through the core's parser and guard
+  (``llm_router.urls``, which the producer also checks URLs with at submit): only unambiguous
+  ``http``/``https`` URLs (redirects are followed here, one hop at a time, each target checked
+  again, at most ``MAX_REDIRECTS``), and aiohttp must read the same host and port from it;
 * a host name is resolved by ``GuardedResolver``, which drops addresses the policy refuses and
   fails when none is left (so the connection goes only to an address that was checked: no DNS
   rebinding between check and connect); an IP literal is checked before the request;
-* refused unless ``image_fetch_allow_private``: loopback, private (RFC 1918, ULA), link-local,
-  CGNAT (100.64/10), multicast, unspecified and reserved ranges, and IPv6 forms embedding them;
-  refused always: the cloud metadata addresses (``METADATA``);
+* refused unless ``image_fetch_allow_private`` or listed in ``image_fetch_allowlist`` (the
+  guard's policy, see ``llm_router.urls``): loopback, private, link-local, CGNAT, multicast,
+  reserved, and IPv6 forms embedding them; refused always: the cloud metadata addresses;
 * the answer must be 200 with an ``image/*`` content type and at most ``image_fetch_max_bytes``
   (checked against Content-Length and again while reading); the whole fetch, redirects included,
   takes at most ``image_fetch_timeout_s``.
+
+A job's images are held in memory until its call is made, so one job must not be able to take a
+worker down (a job of 40 URLs of 20 MB once took one to 3.7 GB, and the next worker after it): a job
+fetches at most ``max_images_per_job`` images, ``FETCHES_PER_JOB`` at a time, ``max_image_bytes_per_job``
+bytes in all; and at most ``image_inline_jobs`` jobs of a worker process hold fetched images at once
+(``scope``: a job takes a slot at its first fetch and gives it back when its walk ends), so a
+worker's image memory is bounded by their product whatever its jobs ask for.
 
 A failed fetch is the caller's problem, raised as ``InvalidRequest`` naming the image's param.
 """
@@ -23,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -35,52 +46,35 @@ from yarl import URL
 
 from config.settings import Settings
 from llm_router.errors import InvalidRequest
+from llm_router.urls import AddressGuard, IPNetwork, UnsafeURL, address_allowed, parse_url
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["GuardedResolver", "ImageFetcher", "RefusedAddress", "address_allowed"]
 
 MAX_REDIRECTS = 5
+FETCHES_PER_JOB = 4
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 
-# cloud metadata and host-agent endpoints: refused even when private addresses are allowed
-METADATA: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
-        "169.254.170.2/32",  # AWS ECS task metadata
-        "fd00:ec2::254/128",  # AWS IMDS over IPv6
-        "100.100.100.200/32",  # Alibaba Cloud
-        "168.63.129.16/32",  # Azure WireServer
-    )
-)
+
+class _Scope:
+    """One job's hold on the worker's image memory: the slot it took, if it fetched."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self) -> None:
+        self.slot = False
 
 
-def address_allowed(ip: IPAddress, *, allow_private: bool, exempt: Iterable[IPNetwork] = ()) -> bool:
-    """Whether the guard lets a connection go to ``ip``."""
-    for embedded in _embedded_v4(ip):
-        if not address_allowed(embedded, allow_private=allow_private, exempt=exempt):
-            return False
-    if any(ip in net for net in METADATA if net.version == ip.version):
-        return False
-    if allow_private or any(ip in net for net in exempt if net.version == ip.version):
-        return True
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("image_scope", default=None)
 
 
-def _embedded_v4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64): each is checked too."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-    if ip.teredo:
-        found.append(ip.teredo[1])
-    if ip in _NAT64:
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return found
+class _JobBytes:
+    """Bytes a job's images may still take."""
 
+    __slots__ = ("left",)
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+    def __init__(self, limit: int) -> None:
+        self.left = limit
 
 
 class RefusedAddress(OSError):
@@ -90,20 +84,13 @@ class RefusedAddress(OSError):
 class GuardedResolver(AbstractResolver):
     """Resolves through aiohttp's default resolver and keeps only the addresses the guard allows."""
 
-    def __init__(self, *, allow_private: bool, exempt: Iterable[IPNetwork] = ()) -> None:
+    def __init__(self, guard: AddressGuard) -> None:
         self._inner = DefaultResolver()
-        self._allow_private = allow_private
-        self._exempt = tuple(exempt)
+        self._guard = guard
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [
-            r
-            for r in results
-            if address_allowed(
-                ipaddress.ip_address(r["host"]), allow_private=self._allow_private, exempt=self._exempt
-            )
-        ]
+        allowed = [r for r in results if self._guard.allows(ipaddress.ip_address(r["host"]))]
         if not allowed:
             raise RefusedAddress(f"{host} resolves only to addresses that are refused (private or internal)")
         return allowed
@@ -115,14 +102,30 @@ class GuardedResolver(AbstractResolver):
 class ImageFetcher:
     """Replaces https image URLs in a request by ``data:`` URIs; one per worker process.
 
-    ``exempt`` networks are allowed even when private addresses are not (an internal image CDN,
-    or a test server).
+    ``exempt`` networks (added to the ``image_fetch_allowlist`` setting) are allowed even when private
+    addresses are not (an internal image CDN, or a test server).
     """
 
     def __init__(self, settings: Settings, *, exempt: Iterable[IPNetwork | str] = ()) -> None:
         self.settings = settings
-        self._exempt = tuple(ipaddress.ip_network(n) for n in exempt)
+        self.guard = AddressGuard.of(
+            allow_private=settings.image_fetch_allow_private,
+            allowlist=(*settings.image_fetch_networks, *exempt),
+        )
         self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(max(settings.image_inline_jobs, 1))
+
+    @contextlib.asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        """One job's run: the memory slot its fetched images take is given back when it ends."""
+        held = _Scope()
+        token = _SCOPE.set(held)
+        try:
+            yield
+        finally:
+            _SCOPE.reset(token)
+            if held.slot:
+                self._slots.release()
 
     async def inline(self, request: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``request`` whose http(s) image URLs are data URIs; data URIs pass through."""
@@ -135,7 +138,23 @@ class ImageFetcher:
                     targets.setdefault(url, f"messages[{i}].content[{k}].image_url.url")
         if not targets:
             return request
-        fetched = await asyncio.gather(*(self._data_uri(url, param) for url, param in targets.items()))
+        if len(targets) > self.settings.max_images_per_job:
+            param = list(targets.values())[self.settings.max_images_per_job]
+            raise InvalidRequest(
+                f"a job carries at most {self.settings.max_images_per_job} images", param=param
+            )
+        held = _SCOPE.get()
+        if held is not None and not held.slot:
+            await self._slots.acquire()  # released by scope() when the job's walk ends
+            held.slot = True
+        budget = _JobBytes(self.settings.max_image_bytes_per_job)
+        gate = asyncio.Semaphore(FETCHES_PER_JOB)
+
+        async def one(url: str, param: str) -> str:
+            async with gate:
+                return await self._data_uri(url, param, budget)
+
+        fetched = await asyncio.gather(*(one(url, param) for url, param in targets.items()))
         inlined = dict(zip(targets, fetched, strict=True))
         messages = []
         for msg in request["messages"]:
@@ -150,34 +169,40 @@ class ImageFetcher:
             await self._session.close()
             self._session = None
 
-    async def _data_uri(self, url: str, param: str) -> str:
-        mime, data = await self.fetch(url, param=param)
+    async def _data_uri(self, url: str, param: str, budget: _JobBytes) -> str:
+        mime, data = await self.fetch(url, param=param, budget=budget)
         return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
-    async def fetch(self, url: str, *, param: str | None = None) -> tuple[str, bytes]:
+    async def fetch(
+        self, url: str, *, param: str | None = None, budget: _JobBytes | None = None
+    ) -> tuple[str, bytes]:
         """(content type, bytes) of the image at ``url``, following checked redirects."""
         try:
             async with asyncio.timeout(self.settings.image_fetch_timeout_s):
-                return await self._follow(url, param)
+                return await self._follow(url, param, budget)
         except TimeoutError:
             raise InvalidRequest(
                 f"fetching the image timed out after {self.settings.image_fetch_timeout_s:g} s", param=param
             ) from None
 
-    async def _follow(self, url: str, param: str | None) -> tuple[str, bytes]:
+    async def _follow(self, url: str, param: str | None, budget: _JobBytes | None) -> tuple[str, bytes]:
         session = self._get_session()
-        target = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_target(target, param)
+            target = self._check_target(url, param)
             try:
                 async with session.get(target, allow_redirects=False) as resp:
                     if resp.status in _REDIRECTS:
                         location = resp.headers.get("Location")
                         if not location:
                             raise InvalidRequest("the image URL redirects nowhere", param=param)
-                        target = target.join(URL(location))
+                        try:
+                            url = str(target.join(URL(location)))
+                        except ValueError:
+                            raise InvalidRequest(
+                                "the image URL redirects to a malformed URL", param=param
+                            ) from None
                         continue
-                    return await self._read(resp, param)
+                    return await self._read(resp, param, budget)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, RefusedAddress):
                     raise InvalidRequest(
@@ -194,21 +219,23 @@ class ImageFetcher:
                 ) from None
         raise InvalidRequest(f"the image URL redirects more than {MAX_REDIRECTS} times", param=param)
 
-    def _check_target(self, target: URL, param: str | None) -> None:
-        if target.scheme not in ("http", "https") or not target.host:
-            raise InvalidRequest("image URLs (and their redirects) must be http(s) URLs", param=param)
+    def _check_target(self, url: str, param: str | None) -> URL:
+        """The URL to request, once the core's parser and guard accept it (a host name is checked
+        by the resolver, on every address it resolves to)."""
         try:
-            ip = ipaddress.ip_address(target.host)
-        except ValueError:
-            return  # a host name: the resolver checks what it resolves to
-        if not address_allowed(
-            ip, allow_private=self.settings.image_fetch_allow_private, exempt=self._exempt
-        ):
-            raise InvalidRequest(
-                f"the image URL's address {ip} is not allowed (private or internal)", param=param
-            )
+            parsed = parse_url(url)
+            self.guard.check_url(parsed)
+        except UnsafeURL as exc:
+            raise InvalidRequest(f"the image URL (or a redirect) is refused: {exc}", param=param) from None
+        target = URL(parsed.url)
+        # the same host for both parsers, or the guard checked another host than the one we reach
+        if (target.host or "").rstrip(".").lower() != parsed.host or (target.port or 0) != parsed.port:
+            raise InvalidRequest("the image URL is ambiguous (its host parses two ways)", param=param)
+        return target
 
-    async def _read(self, resp: aiohttp.ClientResponse, param: str | None) -> tuple[str, bytes]:
+    async def _read(
+        self, resp: aiohttp.ClientResponse, param: str | None, budget: _JobBytes | None
+    ) -> tuple[str, bytes]:
         if resp.status != 200:
             raise InvalidRequest(f"fetching the image failed: HTTP {resp.status}", param=param)
         mime = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -226,13 +253,18 @@ class ImageFetcher:
             data += chunk
             if len(data) > limit:
                 raise InvalidRequest(f"the image is over the limit of {limit} bytes", param=param)
+            if budget is not None:
+                budget.left -= len(chunk)
+                if budget.left < 0:
+                    raise InvalidRequest(
+                        f"the job's images are over {self.settings.max_image_bytes_per_job} bytes in all",
+                        param=param,
+                    )
         return mime, bytes(data)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            resolver = GuardedResolver(
-                allow_private=self.settings.image_fetch_allow_private, exempt=self._exempt
-            )
+            resolver = GuardedResolver(self.guard)
             connector = aiohttp.TCPConnector(resolver=resolver, limit=64, ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -34,15 +34,18 @@ from llm_router.errors import (
     JobCancelled,
     RouterError,
     UpstreamTimeout,
+    WorkerLost,
 )
+from llm_router.keys import split_scoped
 from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
 from worker.breaker import RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
+from worker.providers.stream import completion_chunks
 from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
-from worker.streaming import ChunkPublisher, stream_call
+from worker.streaming import ChunkPublisher, stream_call, wants_usage
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -95,7 +98,11 @@ class JobRunner:
         self.aborting: Any = lambda job_id: False
 
     async def run(self, job_id: str) -> None:
-        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``."""
+        """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
+
+        ``job_id`` is the scoped id the queue holds (``keys.scoped_id``); logs show the job's own id
+        and its tenant apart.
+        """
         now = time.time()
         try:
             started = await self.store.start(
@@ -119,12 +126,27 @@ class JobRunner:
         attempts: list[dict[str, Any]] = orjson.loads(started.attempts) if started.attempts else []
         passes = started.passes
         deadline_at = started.deadline_at
-        bound = log.bind(job_id=job_id, model=route[0], run=started.runs)
-        if started.previous_status == "running":  # the run before was cut short: its worker died mid-job
-            call = orjson.loads(started.inflight) if started.inflight else None
-            attempts.append(_interrupted(call, started.previous_worker))
+        tenant, public_id = split_scoped(job_id)
+        bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
+        if started.previous_status == "running":
+            # the run before was cut short, its worker dead mid-job: the start script recorded the
+            # interrupted attempt
             bound.warning("job resumed after an interrupted run", previous_worker=started.previous_worker)
         parent = started.parent
+        if started.lost_runs > self.settings.max_lost_runs:
+            # a poison job (one that kills its worker, an OOM say) must not take the fleet down one
+            # worker at a time: it fails, and its reservation is released
+            lost = WorkerLost(
+                f"the job's runs ended with their worker's death {started.lost_runs} times; "
+                "it is not run again"
+            )
+            await asyncio.shield(
+                self._write(job_id, failed_pass(lost, attempts).fields, bound, route=route, parent=parent)
+            )
+            bound.error(
+                "job failed: its runs kept ending with their worker's death", lost_runs=started.lost_runs
+            )
+            return
         unwritten = self.unwritten.pop(job_id, None)
         if unwritten is not None:
             # an answer this process got but could not store: store it rather than pay for it twice
@@ -164,7 +186,8 @@ class JobRunner:
             stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
         )
         try:
-            result = await self._bounded_walk(walk, now)
+            async with self.images.scope():  # its fetched images are let go with the walk
+                result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}
             await asyncio.shield(self._write(job_id, back, bound, walk.reports))
@@ -339,8 +362,16 @@ class JobRunner:
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         response["usage"] = {**usage, "cost": 0.0}
         if request.get("stream"):
-            publisher = ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
-            publisher.add([_as_chunk(response)])
+            # exactly what a live stream of this answer publishes (tool-call indexes, finish, usage
+            # chunk only when asked): one converter for both
+            publisher = ChunkPublisher(
+                self.store,
+                job_id,
+                route[0],
+                self.settings.stream_maxlen,
+                include_usage=wants_usage(request),
+            )
+            publisher.add(completion_chunks(response))
             await publisher.drain()
         fields = {
             "status": JobStatus.SUCCEEDED,
@@ -401,13 +432,7 @@ class JobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         for t in finished.transitions:
-            log.warning(
-                "breaker state changed",
-                deployment=t.deployment,
-                state=t.state,
-                reason=t.reason,
-                job_id=job_id,
-            )
+            bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
 
 
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -437,7 +462,7 @@ def _settlement(
     response = fields.get("response") or {}
     message = ((response.get("choices") or [{}])[0]).get("message") or {}
     summary = {
-        "job_id": job_id,
+        "job_id": split_scoped(job_id)[1],
         "model": route[0] if route else model,
         "status": JobStatus(fields["status"]).value,
         "content": message.get("content"),
@@ -449,24 +474,6 @@ def _settlement(
         "error": fields.get("error"),
     }
     return settle, orjson.dumps(summary)
-
-
-def _as_chunk(response: dict[str, Any]) -> dict[str, Any]:
-    """A whole ``chat.completion`` as one ``chat.completion.chunk`` (a cached answer, streamed)."""
-    choices = []
-    for choice in response.get("choices") or ():
-        message = choice.get("message") or {}
-        delta = {k: v for k, v in message.items() if v is not None}
-        choices.append(
-            {"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}
-        )
-    return {
-        "id": response.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": response.get("created", 0),
-        "model": response.get("model", ""),
-        "choices": choices,
-    }
 
 
 def _interrupted(

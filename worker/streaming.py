@@ -29,21 +29,40 @@ from worker.providers.sse import SSEDecoder
 log = structlog.get_logger("llm_router.worker")
 
 
+def wants_usage(request: dict[str, Any]) -> bool:
+    """Whether the caller asked for the usage chunk (``stream_options.include_usage``), as OpenAI's
+    API wants it asked: without it a stream carries no chunk with ``choices: []``."""
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 class ChunkPublisher:
     """Appends a job's chunks to its Redis stream in as few round trips as the tokens allow: whatever
-    arrives while one write is in flight goes out together in the next."""
+    arrives while one write is in flight goes out together in the next.
 
-    def __init__(self, store: Store, job_id: str, model_id: str, maxlen: int) -> None:
+    Every format's stream ends with a usage chunk (the record needs it); it is published only when
+    the caller asked for it (``include_usage``, set from the request by whoever streams), so a
+    live stream and a cached answer streamed end the way OpenAI's API ends them.
+    """
+
+    def __init__(
+        self, store: Store, job_id: str, model_id: str, maxlen: int, *, include_usage: bool = False
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.model_id = model_id
         self.maxlen = maxlen
+        self.include_usage = include_usage
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self.text: list[str] = []  # the answer's text so far: what is paid for if the job is aborted
 
     def add(self, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:
+            if not self.include_usage:
+                if "usage" in chunk and not chunk.get("choices"):
+                    continue  # the usage chunk nobody asked for
+                chunk.pop("usage", None)  # OpenAI's `"usage": null` on every chunk, when it was asked
             chunk["model"] = self.model_id  # the catalog model, as in the record
             for choice in chunk.get("choices") or ():
                 content = (choice.get("delta") or {}).get("content")
@@ -84,6 +103,7 @@ async def stream_call(
 ) -> Completion:
     """One streamed call: its chunks published as they come, its assembled completion returned."""
     adapter: Any = ADAPTERS[dep.format]
+    publisher.include_usage = wants_usage(request)
     call = adapter.build_stream_request(request, dep)
     parser = adapter.stream_parser(request, dep)
     decoder = SSEDecoder()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ import orjson
 from redis.exceptions import RedisError
 
 from config.settings import Settings
+from llm_router.contract import JOB_ID_RE
 from llm_router.errors import RouterError, WaitTimeout
+from llm_router.keys import DEFAULT_TENANT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
@@ -42,6 +45,11 @@ def _record_json(record: Any) -> dict[str, Any]:
 
 
 async def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Submit a JSONL file. The submit has an id; a line without its own ``job_id`` gets
+    ``<submit id>-<line>``, so ``--resume SUBMIT_ID`` re-sends the file and only lines not yet accepted
+    become jobs (the others are found, never run or charged twice). Ids are printed, and written to
+    ``--out``, chunk by chunk as Redis accepts them: a submit cut off half way still hands out the
+    ids of what it queued."""
     from producer.producer import Producer, Submitted
 
     try:
@@ -57,37 +65,67 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         from llm_router.cli.money import print_estimate
 
         return print_estimate(numbered, settings, args.json)
-    async with await Producer.connect(settings) as producer:
-        results = await producer.submit_many(
-            [line for _, line in numbered], allow_files=True, tenant=args.tenant
-        )
-        code = EXIT_OK
-        ids: list[str] = []
-        for (n, _), res in zip(numbered, results, strict=True):
+    submit_id = args.resume or secrets.token_hex(8)
+    if not JOB_ID_RE.fullmatch(f"{submit_id}-1"):
+        raise UsageError(f"--resume {submit_id!r} is not a submit id")
+    _err(f"submit {submit_id} (if it is cut off: llm-router submit {args.file} --resume {submit_id})")
+    out = open(args.out, "wb") if args.out else None  # noqa: SIM115 - closed below, rewritten at the end
+    printed = 0
+    code = EXIT_OK
+
+    def settled(results: list[Any], upto: int) -> None:
+        nonlocal printed, code
+        for (n, _), res in zip(numbered[printed:upto], results[printed:upto], strict=True):
             if isinstance(res, Submitted):
                 print(res.job_id)
-                ids.append(res.job_id)
+                if out is not None:
+                    out.write(orjson.dumps({"line": n, "job_id": res.job_id, "tenant": res.tenant}) + b"\n")
             else:
                 _err(f"line {n}: {res.code}: {res.message}")
                 code = EXIT_FAILED
+                if out is not None:
+                    out.write(orjson.dumps({"line": n, "error": res.to_dict()}) + b"\n")
+        printed = max(printed, upto)
         sys.stdout.flush()
-        if not (args.wait or args.out):
-            return code
-        records = await _wait_with_progress(producer, ids, args.timeout)
-        by_id = {r.id: r for r in records}
-        if any(r.status != "succeeded" for r in records):
-            code = EXIT_FAILED
-        if args.out:
-            with open(args.out, "wb") as fh:
-                for (n, _), res in zip(numbered, results, strict=True):
-                    if isinstance(res, Submitted):
-                        fh.write(orjson.dumps(_record_json(by_id[res.job_id])) + b"\n")
-                    else:
-                        fh.write(orjson.dumps({"line": n, "error": res.to_dict()}) + b"\n")
-        return code
+        if out is not None:
+            out.flush()
+
+    try:
+        async with await Producer.connect(settings) as producer:
+            results = await producer.submit_many(
+                [line for _, line in numbered],
+                allow_files=True,
+                tenant=args.tenant,
+                ids=(f"{submit_id}-{n}" for n, _ in numbered),
+                on_settled=settled,
+            )
+            if out is not None:
+                out.close()
+                out = None
+            if not (args.wait or args.out):
+                return code
+            accepted = [r for r in results if isinstance(r, Submitted)]
+            records = await _wait_with_progress(producer, accepted, args.timeout)
+    finally:
+        if out is not None:
+            out.close()
+    by_job = {(s.tenant, s.job_id): r for s, r in zip(accepted, records, strict=True)}
+    if any(r.status != "succeeded" for r in records):
+        code = EXIT_FAILED
+    if args.out:
+        # the handles file becomes the results file, in one rename: never half one, half the other
+        tmp = Path(f"{args.out}.partial")
+        with open(tmp, "wb") as fh:
+            for (n, _), res in zip(numbered, results, strict=True):
+                if isinstance(res, Submitted):
+                    fh.write(orjson.dumps(_record_json(by_job[(res.tenant, res.job_id)])) + b"\n")
+                else:
+                    fh.write(orjson.dumps({"line": n, "error": res.to_dict()}) + b"\n")
+        tmp.replace(args.out)
+    return code
 
 
-async def _wait_with_progress(producer: Any, ids: list[str], timeout: float | None) -> list[Any]:
+async def _wait_with_progress(producer: Any, ids: list[Any], timeout: float | None) -> list[Any]:
     if not ids:
         return []
     if not sys.stderr.isatty():
@@ -106,7 +144,7 @@ async def _wait_with_progress(producer: Any, ids: list[str], timeout: float | No
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
     from producer.producer import Producer
 
-    async with await Producer.connect(settings) as producer:
+    async with await Producer.connect(settings, tenant=args.tenant) as producer:
         r = await producer.get(args.id)
         cost = f"{r.usage.cost:.9f}" if r.usage else "-"
         print(f"{r.id} {r.status.value} {r.model or r.route[0]} {r.provider or '-'} {cost}")
@@ -116,7 +154,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
 async def _result(args: argparse.Namespace, settings: Settings) -> int:
     from producer.producer import Producer
 
-    async with await Producer.connect(settings) as producer:
+    async with await Producer.connect(settings, tenant=args.tenant) as producer:
         r = (
             await producer.wait(args.id, timeout=args.wait)
             if args.wait is not None
@@ -129,7 +167,7 @@ async def _result(args: argparse.Namespace, settings: Settings) -> int:
 async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from producer.producer import Producer
 
-    async with await Producer.connect(settings) as producer:
+    async with await Producer.connect(settings, tenant=args.tenant) as producer:
         r = await producer.cancel(args.id)
         print(f"{r.id} {r.status.value}")
         return EXIT_OK
@@ -295,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     s.add_argument("--tenant", help="the tenant every job belongs to (replaces the lines' own)")
     s.add_argument(
+        "--resume",
+        metavar="SUBMIT_ID",
+        help="re-send a submit that was cut off: only lines not yet accepted become jobs",
+    )
+    s.add_argument(
         "--estimate", action="store_true", help="print what the file would cost, per model; enqueue nothing"
     )
     s.add_argument("--json", action="store_true", help="with --estimate: JSON instead of a table")
@@ -302,15 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="one line: id, status, model, provider, cost")
     s.add_argument("id")
+    s.add_argument("--tenant", default=DEFAULT_TENANT, help="the job's tenant (a job id names a job in it)")
     s.set_defaults(handler=_status)
 
     s = sub.add_parser("result", help="the job's record as JSON")
     s.add_argument("id")
+    s.add_argument("--tenant", default=DEFAULT_TENANT, help="the job's tenant")
     s.add_argument("--wait", type=float, default=None, metavar="SECONDS")
     s.set_defaults(handler=_result)
 
     s = sub.add_parser("cancel", help="cancel a queued job")
     s.add_argument("id")
+    s.add_argument("--tenant", default=DEFAULT_TENANT, help="the job's tenant")
     s.set_defaults(handler=_cancel)
 
     s = sub.add_parser("chat", help="one chat completion through the queue")
@@ -374,10 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from llm_router.cli.money import add_commands as add_money_commands  # credits, usage, compare
     from llm_router.cli.serve import add_commands as add_server_commands  # serve, keys
+    from llm_router.cli.tenants import add_commands as add_tenant_commands  # tenants set|show
 
     add_money_commands(sub)
 
     add_server_commands(sub)
+    add_tenant_commands(sub)
     return p
 
 

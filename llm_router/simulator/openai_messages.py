@@ -28,7 +28,11 @@ _MESSAGE_KEYS = {
     "system": frozenset({"role", "content", "name"}),
     "developer": frozenset({"role", "content", "name"}),
     "user": frozenset({"role", "content", "name"}),
-    "assistant": frozenset({"role", "content", "name", "tool_calls", "function_call", "refusal", "audio"}),
+    # an answer's message appended back as it came (the SDKs' documented tool loop): OpenAI takes
+    # its response-only keys (annotations) back without complaint
+    "assistant": frozenset(
+        {"role", "content", "name", "tool_calls", "function_call", "refusal", "audio", "annotations"}
+    ),
     "tool": frozenset({"role", "content", "tool_call_id"}),
     "function": frozenset({"role", "content", "name"}),
 }

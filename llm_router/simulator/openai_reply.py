@@ -27,6 +27,8 @@ from llm_router.simulator.openai_request import ChatRequest
 from llm_router.simulator.tokens import count_prompt_tokens, count_text_tokens
 
 SYSTEM_FINGERPRINT = "fp_llmrouter_sim"
+# the tier OpenAI reports having served a request in ("auto" and "default" are served as default)
+_SERVED_TIER = {"flex": "flex", "priority": "priority", "scale": "scale"}
 _CHUNK_CHARS = 24
 _DONE = b"data: [DONE]\n\n"
 _CALL_FINISH = {"tool": "tool_calls", "function": "function_call"}
@@ -67,7 +69,8 @@ class Reply:
     created: int
     model: str
     choices: list[_Choice]
-    usage: dict[str, int]
+    usage: dict[str, Any]
+    service_tier: str = "default"
 
 
 def plan_reply(req: ChatRequest) -> Reply:
@@ -83,7 +86,20 @@ def plan_reply(req: ChatRequest) -> Reply:
         created=int(time.time()),
         model=req.model,
         choices=choices,
-        usage={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        usage={
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            # OpenAI's usage always carries its details, zero when nothing was cached or reasoned
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        service_tier=_SERVED_TIER.get(req.service_tier or "", "default"),
     )
 
 
@@ -97,6 +113,7 @@ def completion_body(reply: Reply) -> bytes:
             "model": reply.model,
             "choices": [_choice_json(i, c) for i, c in enumerate(reply.choices)],
             "usage": reply.usage,
+            "service_tier": reply.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
     )
@@ -109,6 +126,7 @@ def stream_events(reply: Reply, include_usage: bool) -> list[bytes]:
         "object": "chat.completion.chunk",
         "created": reply.created,
         "model": reply.model,
+        "service_tier": reply.service_tier,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     # With include_usage OpenAI sends "usage": null on every chunk but the last.
@@ -153,9 +171,16 @@ def _function_to_call(req: ChatRequest) -> _Target | None:
 def _plan_choice(req: ChatRequest, prompt_digest: bytes, digest: bytes, target: _Target | None) -> _Choice:
     if target is not None:
         arguments = orjson.dumps(sample_json(target.parameters, digest)).decode()
+        finish = _CALL_FINISH[target.style]
+        if req.max_tokens is not None:
+            # OpenAI counts a call's arguments against max_tokens too: a call that does not fit is
+            # cut (its arguments no longer valid JSON) and the choice ends with "length"
+            room = max(req.max_tokens - count_text_tokens(target.name), 0)
+            arguments, cut = truncate_to_tokens(arguments, room)
+            finish = "length" if cut else finish
         call = _Call(target.style, target.name, arguments, f"call_{digest.hex()[:24]}")
         tokens = count_text_tokens(call.name) + count_text_tokens(arguments)
-        return _Choice(None, call, _CALL_FINISH[call.style], tokens)
+        return _Choice(None, call, finish, tokens)
     text = _text(req, prompt_digest, digest)
     text = cut_at_stop(text, req.stop)
     cut = False
@@ -178,7 +203,12 @@ def _text(req: ChatRequest, prompt_digest: bytes, digest: bytes) -> str:
 
 
 def _choice_json(index: int, choice: _Choice) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": choice.content, "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.content,
+        "refusal": None,
+        "annotations": [],
+    }
     call = choice.call
     if call is not None and call.style == "tool":
         message["tool_calls"] = [

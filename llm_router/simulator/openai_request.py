@@ -52,6 +52,7 @@ class ChatRequest:
     function_call: Any
     response_format: dict[str, Any] | None
     seed: int | None
+    service_tier: str | None = None
 
 
 def validate_chat_request(body: Any) -> ChatRequest:
@@ -84,6 +85,7 @@ def validate_chat_request(body: Any) -> ChatRequest:
         function_call=body.get("function_call"),
         response_format=body.get("response_format"),
         seed=body.get("seed"),
+        service_tier=body.get("service_tier"),
     )
 
 
@@ -252,8 +254,8 @@ _PARAMS: dict[str, Checker] = {
     "logprobs": boolean,
     "top_logprobs": integer(0, 20),
     "logit_bias": json_object,
-    "reasoning_effort": enum("none", "minimal", "low", "medium", "high", "xhigh"),
-    "service_tier": enum("auto", "default", "flex", "scale", "priority"),
+    "reasoning_effort": enum("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "service_tier": enum("auto", "default", "flex", "scale", "priority", "fast"),
     "modalities": string_list,
     "metadata": json_object,
     "store": boolean,
@@ -262,5 +264,8 @@ _PARAMS: dict[str, Checker] = {
     "verbosity": enum("low", "medium", "high"),
     "web_search_options": json_object,
     "prompt_cache_key": string,
+    "prompt_cache_retention": enum("in_memory", "24h"),
+    "prompt_cache_options": json_object,
+    "moderation": json_object,
     "safety_identifier": string,
 }

@@ -100,7 +100,8 @@ class RedisServer:
         self.start(timeout)
 
     def kill(self) -> None:
-        """SIGKILL: no AOF rewrite, no goodbye to replicas; the data dir is kept for a restart."""
+        """SIGKILL: Redis dies without a word (its AOF keeps what ``everysec`` had synced); ``start``
+        brings it back on the same port and data dir."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()

@@ -9,9 +9,10 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
 
-Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404),
-body limit (a declared body over the limit answers 413 unread), authentication (sets
-``request["tenant"]`` on every ``/v1`` request; handlers read the tenant only from there).
+Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404;
+the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``), body limit (a
+declared body over the limit answers 413 unread), authentication (sets ``request["tenant"]`` on
+every ``/v1`` and ``/v1beta`` request; handlers read the tenant only from there).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TENANT = "default"
 FILES_PATH = "/v1/files"
 MULTIPART_SLACK = 1024 * 1024  # a file upload's form fields and boundaries around the file itself
-GEMINI_SUFFIXES = (":generateContent", ":streamGenerateContent")
 
 
 def _method_not_allowed(request: web.Request, exc: web.HTTPMethodNotAllowed) -> web.Response:
@@ -103,14 +103,14 @@ def _api_key(request: web.Request) -> str | None:
         return token.strip()
     if key := request.headers.get("x-api-key"):
         return key
-    if request.path.endswith(GEMINI_SUFFIXES):  # Google's clients send their key these ways
+    if gemini_api.is_gemini_request(request):  # Google's clients send their key these ways
         return request.headers.get("x-goog-api-key") or request.query.get("key")
     return None
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") or request.path == "/v1":
+    if request.path.startswith(("/v1/", "/v1beta/")) or request.path in ("/v1", "/v1beta"):
         keys: ApiKeys | None = request.app["api_keys"]
         request["tenant"] = DEFAULT_TENANT if keys is None else await keys.tenant_for(_api_key(request))
     return await handler(request)
@@ -123,7 +123,7 @@ async def health(request: web.Request) -> web.Response:
 def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = None) -> web.Application:
     """The application; ``redis`` is the caller's client (closed by the caller), else one of its own."""
     app = web.Application(
-        middlewares=[error_middleware, limit_middleware, auth_middleware],
+        middlewares=[error_middleware, gemini_api.gemini_errors, limit_middleware, auth_middleware],
         # aiohttp's own cap for read()/post(): the largest route's; JSON routes cap lower themselves
         client_max_size=body_limit(settings, FILES_PATH),
     )

@@ -37,7 +37,7 @@ import structlog
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
-from llm_router.keys import active_batches_key, batch_key, batch_work_key, tenant_batches_key
+from llm_router.keys import active_batches_key, batch_key, batch_work_key, scoped_id, tenant_batches_key
 from llm_router.roles import RoleLease
 from producer.http.batch_lines import (
     UsageSum,
@@ -307,7 +307,6 @@ class BatchRunner:
         valid = [ln for ln in lines if ln.error is None]
         window = batch["expires_at"] - batch["created_at"]  # the same on every retry: see job_for
         jobs: list[list[Any]] = []
-        settings = self.producer.settings
         for start in range(0, len(valid), SUBMIT_CHUNK):
             chunk = valid[start : start + SUBMIT_CHUNK]
             if not await lease.renew():
@@ -320,7 +319,7 @@ class BatchRunner:
             results = await self.producer.submit_many(
                 [job_for(batch_id, ln, window) for ln in chunk],
                 tenant=tenant,
-                max_queued=settings.tenant_max_queued,
+                max_queued=(await self.producer.policies.get(tenant)).get("max_queued"),
             )
             for ln, res in zip(chunk, results, strict=True):
                 if isinstance(res, RouterError):
@@ -388,13 +387,13 @@ class BatchRunner:
             if from_tracker:
                 self.spawn(batch_id, "ingest")
             return batch
-        progress = await self._read_progress(batch_id)
+        progress = await self._read_progress(batch_id, batch["tenant"])
         if progress is None:  # cancelled while being enqueued: enqueuing ends first
             if from_tracker:
                 self.spawn(batch_id, "ingest")
             return batch
         if status == "cancelling":
-            await self._cancel_pending(batch_id, progress)
+            await self._cancel_pending(batch_id, batch["tenant"], progress)
         # a cancelled batch ends once its jobs have; one whose aborted jobs linger (their worker
         # lost, say) ends anyway after a grace period, those jobs reported as cancelled with it
         gave_up = status == "cancelling" and time.time() - batch.get("cancelling_at", 0) > CANCEL_GRACE_S
@@ -402,7 +401,7 @@ class BatchRunner:
             await self.finalize(batch_id, "cancelled" if status == "cancelling" else "completed")
             return await self.load(batch_id)
         if status == "in_progress" and time.time() >= batch["expires_at"]:
-            await self._cancel_pending(batch_id, progress)
+            await self._cancel_pending(batch_id, batch["tenant"], progress)
             await self.finalize(batch_id, "expired")
             return await self.load(batch_id)
         counts = {
@@ -414,7 +413,7 @@ class BatchRunner:
             batch.update(counts)
         return batch
 
-    async def _read_progress(self, batch_id: str) -> _Progress | None:
+    async def _read_progress(self, batch_id: str, tenant: str) -> _Progress | None:
         progress = self._progress.get(batch_id)
         if progress is None:
             raw = await self.redis.hget(batch_work_key(batch_id), "jobs")
@@ -423,7 +422,7 @@ class BatchRunner:
             progress = self._progress.setdefault(batch_id, _Progress(pending=orjson.loads(raw)))
         async with progress.lock:  # the tracker and a reader may both be here: count each job once
             if progress.pending:
-                ids = [job_id_for(batch_id, p[0]) for p in progress.pending]
+                ids = [scoped_id(tenant, job_id_for(batch_id, p[0])) for p in progress.pending]
                 statuses = await self.producer.store.statuses(ids)
                 still = []
                 for pair, status in zip(progress.pending, statuses, strict=True):
@@ -436,7 +435,7 @@ class BatchRunner:
                 progress.pending = still
         return progress
 
-    async def _cancel_pending(self, batch_id: str, progress: _Progress) -> None:
+    async def _cancel_pending(self, batch_id: str, tenant: str, progress: _Progress) -> None:
         """Cancel the batch's unfinished jobs: queued ones end now, running ones are aborted."""
         now = time.monotonic()
         if now - progress.cancels_sent_at < CANCEL_RESEND_S:
@@ -447,7 +446,7 @@ class BatchRunner:
         async def cancel(job_id: str) -> None:
             async with gate:
                 with contextlib.suppress(RouterError):
-                    await self.producer.cancel(job_id)
+                    await self.producer.cancel(job_id, tenant=tenant)
 
         await asyncio.gather(*(cancel(job_id_for(batch_id, p[0])) for p in progress.pending))
 
@@ -490,7 +489,9 @@ class BatchRunner:
         usage = UsageSum()
         for start in range(0, len(jobs), READ_CHUNK):
             window = jobs[start : start + READ_CHUNK]
-            records = await self.producer.store.get_many([job_id_for(batch_id, j[0]) for j in window])
+            records = await self.producer.store.get_many(
+                [scoped_id(tenant, job_id_for(batch_id, j[0])) for j in window]
+            )
             for (index, custom_id), record in zip(window, records, strict=True):
                 ok, line = record_line(batch_id, index, custom_id, record, cuts.get(final))
                 if ok:

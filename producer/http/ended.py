@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, WaitTimeout
-from llm_router.keys import ENDED_CHANNEL
+from llm_router.keys import ENDED_CHANNEL, split_scoped
 from llm_router.store import Store
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
@@ -56,7 +56,8 @@ class EndedWaiter:
 
     @contextlib.contextmanager
     def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """Register for ``job_id``'s end; enter before submitting the job."""
+        """Register for ``job_id``'s end (a scoped id, as the scripts publish); enter before
+        submitting the job."""
         event = asyncio.Event()
         self._events.setdefault(job_id, set()).add(event)
         try:
@@ -76,12 +77,12 @@ class EndedWaiter:
             event.clear()  # before the read: a notification arriving after it sets the event again
             record = await self.store.get(job_id)
             if record is None:
-                raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
+                raise JobNotFound(f"no job '{split_scoped(job_id)[1]}' (unknown or expired)", param="job_id")
             if record.status in TERMINAL:
                 return record
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WaitTimeout(f"job '{job_id}' did not end within {timeout:.0f} s", param="job_id")
+                raise WaitTimeout(f"job '{record.id}' did not end within {timeout:.0f} s", param="job_id")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(self.recheck_s, left))
 
@@ -121,7 +122,12 @@ class EndedWaiter:
 
 
 async def follow_stream(
-    producer: Producer, job_id: str, *, recheck_s: float = 1.0, timeout_s: float | None = None
+    producer: Producer,
+    job_id: str,
+    *,
+    tenant: str,
+    recheck_s: float = 1.0,
+    timeout_s: float | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """``Producer.stream`` with a safety net: when no chunk came for ``recheck_s`` and the record has
     ended, the stream is over (a job's chunks are all written before its record ends), whatever the
@@ -130,7 +136,7 @@ async def follow_stream(
     Why: ``Producer.stream`` can block without end on a job that ended without writing a stream
     (failed before its first token, cancelled while queued); a relay must never hang its client.
     """
-    chunks = producer.stream(job_id)
+    chunks = producer.stream(job_id, tenant=tenant)
     step: asyncio.Future[dict[str, Any]] | None = None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
@@ -143,11 +149,11 @@ async def follow_stream(
                 if deadline is not None and time.monotonic() > deadline:
                     # no worker took the job in time (they died after the liveness check, say)
                     raise WaitTimeout(f"job '{job_id}' did not finish within {timeout_s} s", param="timeout")
-                if (await producer.store.statuses([job_id]))[0] in TERMINAL_VALUES:
+                if (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0] in TERMINAL_VALUES:
                     step.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await step
-                    record = await producer.get(job_id)
+                    record = await producer.get(job_id, tenant=tenant)
                     if record.status != JobStatus.SUCCEEDED:
                         raise JobFailed(record)
                     return

@@ -7,12 +7,14 @@ Errors are the foundation's error object in the product's shape, ``{"error": {"c
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from llm_router.contract import JOB_ID_RE
 from llm_router.errors import InvalidRequest, PayloadTooLarge, RouterError
 
 JSON = "application/json"
@@ -71,6 +73,24 @@ async def read_json(request: web.Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_KEY_AS_ID = 100  # room for "-<line>" after it in a bulk request
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The job id an ``Idempotency-Key`` header names in the caller's tenant, or ``None``.
+
+    A key that is a valid job id (the OpenAI SDKs send ``stainless-python-retry-<uuid>``) is used as
+    it is, so the client can read the job by it; any other key names the job by its digest.
+    """
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if not key:
+        return None
+    if len(key) <= MAX_KEY_AS_ID and JOB_ID_RE.fullmatch(key):
+        return key
+    return "key-" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 async def start_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:

@@ -19,6 +19,7 @@ from producer.http.errors import (
     SSE_DONE,
     error_body,
     error_response,
+    idempotency_key,
     json_response,
     read_json,
     retry_after,
@@ -47,24 +48,21 @@ async def submit_jobs(
             valid.append(without_tenant(job))
         else:
             results.append(InvalidRequest("a job must be a JSON object"))
+    max_queued = (await producer.policies.get(tenant)).get("max_queued") if valid else 0
     submitted = iter(
-        await producer.submit_many(valid, tenant=tenant, max_queued=settings.tenant_max_queued, **kwargs)
-        if valid
-        else []
+        await producer.submit_many(valid, tenant=tenant, max_queued=max_queued, **kwargs) if valid else []
     )
     return [r if r is not None else next(submitted) for r in results]
 
 
 async def owned_record(request: web.Request, job_id: str) -> JobRecord:
-    """The record of ``job_id`` if it belongs to the caller's tenant; else 404 ``not_found``."""
+    """The record of ``job_id`` in the caller's tenant; else 404 ``not_found`` (another tenant's job
+    is one this tenant does not have)."""
     producer: Producer = request.app["producer"]
     try:
-        record = await producer.get(job_id)
+        return await producer.get(job_id, tenant=request["tenant"])
     except JobNotFound:
-        record = None
-    if record is None or record.tenant != request["tenant"]:
-        raise ResourceNotFound(f"no job '{job_id}'", param="id")
-    return record
+        raise ResourceNotFound(f"no job '{job_id}'", param="id") from None
 
 
 def record_json(record: JobRecord) -> dict[str, Any]:
@@ -90,6 +88,12 @@ async def post_jobs(request: web.Request) -> web.Response:
                 f"{len(jobs)} jobs in one request; the limit is {settings.server_max_jobs_per_request}",
                 param="jobs",
             )
+        key = idempotency_key(request)
+        if key is not None:  # a retried bulk request names the same jobs: line i is <key>-<i>
+            jobs = [
+                {**job, "job_id": f"{key}-{i}"} if isinstance(job, dict) and "job_id" not in job else job
+                for i, job in enumerate(jobs)
+            ]
         results = await submit_jobs(producer, settings, jobs, tenant)
         lines = [
             {"id": r.job_id, "created": r.created}
@@ -105,6 +109,11 @@ async def post_jobs(request: web.Request) -> web.Response:
         )
     if not isinstance(body, dict):
         raise InvalidRequest('send a job object or {"jobs": [...]}')
+    key = idempotency_key(request)
+    if key is not None:
+        if body.get("job_id", key) != key:
+            raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
+        body = {**body, "job_id": key}
     result = (await submit_jobs(producer, settings, [body], tenant))[0]
     if isinstance(result, RouterError):
         raise result
@@ -124,7 +133,7 @@ async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     await owned_record(request, job_id)
     producer: Producer = request.app["producer"]
-    return json_response(record_json(await producer.cancel(job_id)))
+    return json_response(record_json(await producer.cancel(job_id, tenant=request["tenant"])))
 
 
 @routes.get("/v1/jobs/{id}/events")
@@ -136,9 +145,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     producer: Producer = request.app["producer"]
     response = await start_sse(request)
     try:
-        async for chunk in follow_stream(producer, job_id):
+        async for chunk in follow_stream(producer, job_id, tenant=request["tenant"]):
             await response.write(sse_data(chunk))
-        record = await producer.get(job_id)
+        record = await producer.get(job_id, tenant=request["tenant"])
     except JobFailed as exc:
         record = exc.record
     except RouterError as exc:  # expired while we followed it

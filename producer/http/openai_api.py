@@ -24,7 +24,6 @@ from llm_router.errors import (
     InvalidRequest,
     ModelNotFound,
     NoWorkers,
-    ResourceNotFound,
     RouterError,
     WaitTimeout,
 )
@@ -33,6 +32,7 @@ from producer.http.errors import (
     SSE_DONE,
     error_body,
     error_response,
+    idempotency_key,
     json_response,
     read_json,
     record_error,
@@ -49,11 +49,13 @@ WAIT_SLACK_S = 5.0  # beyond the job's deadline: the worker fails it with deadli
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """An interactive job on its way: its id, when to stop waiting for it, and its end's event."""
+    """An interactive job on its way: its id and tenant, when to stop waiting for it, and its end's
+    event."""
 
     job_id: str
     wait_s: float
     ended: asyncio.Event
+    tenant: str
 
 
 @asynccontextmanager
@@ -70,11 +72,16 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
         raise NoWorkers("no live llm-router worker serves the interactive queue")
     job = without_tenant(job)
     given = job.get("job_id")
-    # the id is chosen here so the waiter is registered before the job exists
-    job_id = given if isinstance(given, str) else os.urandom(16).hex()
+    key = idempotency_key(request)
+    if key is not None and given is not None and given != key:
+        raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
+    # the id is chosen here so the waiter is registered before the job exists; a retry with the same
+    # Idempotency-Key finds the first job (and its answer) instead of running a second one
+    job_id = given if isinstance(given, str) else key or os.urandom(16).hex()
     if given is None:
         job = {**job, "job_id": job_id}
-    with waiter.watch(job_id) as event:
+    tenant: str = request["tenant"]
+    with waiter.watch(producer.scoped(job_id, tenant)) as event:
         result = (
             await submit_jobs(producer, settings, [job], request["tenant"], interactive=True, notify=True)
         )[0]
@@ -82,15 +89,14 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
             raise result
         deadline = job.get("deadline_s")
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
-        yield Started(job_id, wait_s + WAIT_SLACK_S, event)
+        yield Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
 
 
 async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
     waiter: EndedWaiter = request.app["ended"]
-    record = await waiter.wait(started.job_id, started.ended, started.wait_s)
-    if record.tenant != request["tenant"]:  # ids are tenant-checked at submit; never show another's
-        raise ResourceNotFound(f"no job '{started.job_id}'", param="job_id")
+    producer: Producer = request.app["producer"]
+    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
     if record.status != JobStatus.SUCCEEDED:
         raise record_error(record.error)
     return record
@@ -133,7 +139,9 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
     response: web.StreamResponse | None = None
     usage_chunk: dict[str, Any] | None = None
     try:
-        async for chunk in follow_stream(producer, started.job_id, timeout_s=started.wait_s):
+        async for chunk in follow_stream(
+            producer, started.job_id, tenant=started.tenant, timeout_s=started.wait_s
+        ):
             if response is None:
                 response = await start_sse(request, headers)
             if chunk.get("usage") and not chunk.get("choices"):
@@ -141,7 +149,7 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
                 continue
             await response.write(sse_data(chunk))
         if usage_chunk is not None and response is not None:
-            record = await producer.get(started.job_id)
+            record = await producer.get(started.job_id, tenant=started.tenant)
             usage_chunk["usage"] = completion_with_usage(record)["usage"]
             await response.write(sse_data(usage_chunk))
     except (JobFailed, WaitTimeout) as exc:
@@ -164,7 +172,12 @@ def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """The catalog's models in OpenAI's list format, then its routes (``auto``, ``code``, …), which a
-    request may name as its model; aliases resolve on use but are not listed."""
+    request may name as its model; aliases resolve on use but are not listed. A caller that sends
+    its key Google's way (google-genai) gets Gemini's format."""
+    from producer.http import gemini_api  # it imports this module
+
+    if gemini_api.is_gemini_request(request):
+        return await gemini_api.list_models(request)
     catalog: Catalog = request.app["catalog"]
     data = [model_object(catalog, m) for m in catalog.models]
     data += [route_object(name) for name in catalog.routes]
@@ -177,6 +190,10 @@ def route_object(name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models/{model}")
 async def get_model(request: web.Request) -> web.Response:
+    from producer.http import gemini_api  # it imports this module
+
+    if gemini_api.is_gemini_request(request):
+        return await gemini_api.get_model(request)
     catalog: Catalog = request.app["catalog"]
     name = request.match_info["model"]
     model_id = catalog.resolve(name)

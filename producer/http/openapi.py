@@ -1,7 +1,11 @@
 """The OpenAPI 3.0 document of the HTTP API, served at ``/openapi.json``.
 
-Written by hand as data (not generated from handlers), so it states the contract the server is held
-to: the schemathesis test fuzzes the server against it. Helpers below only remove repetition.
+Paths and answers are written by hand as data (not generated from handlers), so the document states
+the contract the server is held to: the schemathesis test fuzzes the server against it. The chat
+request is not a hand copy: ``ChatRequest`` and the schemas it refers to are the job contract's own
+(``ChatJob.model_json_schema()``), converted to OpenAPI 3.0's dialect (``nullable``, boolean
+``exclusiveMinimum``, ``enum`` for ``const``), so a field added to the contract is documented at once
+and ``additionalProperties: false`` says where the contract refuses unknown keys.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from llm_router.contract import ChatJob
 
 ERROR_CODES: dict[int, str] = {
     400: "Invalid request (`invalid_request`, `unsupported_capability`; `param` names the field)",
@@ -67,60 +73,67 @@ def _body(schema: dict[str, Any], content_type: str = "application/json") -> dic
     return {"required": True, "content": {content_type: {"schema": schema}}}
 
 
-MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-        "content": {
-            "nullable": True,
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
-        },
-        "name": {"type": "string"},
-        "tool_calls": {"type": "array", "items": {"type": "object"}},
-        "tool_call_id": {"type": "string"},
-    },
-}
+_DEFS = "#/$defs/"
+_COMPONENTS = "#/components/schemas/"
 
-CHAT_REQUEST = {
-    "type": "object",
-    "description": "An OpenAI chat-completions body plus llm-router's reserved keys (see the README's job "
-    "contract). Unknown keys are refused. `tenant` is ignored over HTTP: the API key decides.",
-    "required": ["model", "messages"],
-    "example": {
+
+def openapi30(schema: Any) -> Any:
+    """A pydantic (JSON Schema 2020-12) schema in OpenAPI 3.0's dialect, refs pointing at components."""
+    if isinstance(schema, list):
+        return [openapi30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref":
+            out[key] = value.replace(_DEFS, _COMPONENTS)
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        elif key == "discriminator":
+            mapping = {k: v.replace(_DEFS, _COMPONENTS) for k, v in value.get("mapping", {}).items()}
+            out[key] = {**value, "mapping": mapping}
+        elif key in ("title", "$defs"):
+            continue
+        elif key in ("properties", "patternProperties"):
+            out[key] = {name: openapi30(sub) for name, sub in value.items()}
+        else:
+            out[key] = openapi30(value)
+    members = out.get("anyOf")
+    if isinstance(members, list) and {"type": "null"} in members:
+        rest = [m for m in members if m != {"type": "null"}]
+        del out["anyOf"]
+        if out.get("default", 0) is None:
+            del out["default"]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            out = {**rest[0], **out}
+        elif len(rest) == 1:
+            out["allOf"] = rest  # a $ref takes no siblings in 3.0
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    return out
+
+
+def contract_schemas() -> dict[str, Any]:
+    """``ChatRequest`` and the schemas it refers to, from the job contract."""
+    raw = ChatJob.model_json_schema()
+    schemas = {name: openapi30(sub) for name, sub in raw.get("$defs", {}).items()}
+    request = openapi30(raw)
+    request["description"] = (
+        "An OpenAI chat-completions body plus llm-router's reserved keys (see the README's job contract "
+        "and its field table): every request field of OpenAI's chat API is accepted; unknown keys are "
+        "refused. `tenant` is ignored over HTTP: the API key decides."
+    )
+    request["example"] = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 16,
-    },
-    "properties": {
-        "model": {"type": "string", "description": "a catalog model or alias"},
-        "messages": {"type": "array", "minItems": 1, "items": MESSAGE},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "stop": {
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
-        },
-        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object"},
-        "tools": {"type": "array", "items": {"type": "object"}},
-        "tool_choice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-        "functions": {"type": "array", "items": {"type": "object"}},
-        "function_call": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-        "response_format": {"type": "object"},
-        "seed": {"type": "integer"},
-        "user": {"type": "string"},
-        "n": {"type": "integer", "minimum": 1, "maximum": 16},
-        "job_id": {"type": "string", "description": "idempotency key"},
-        "fallbacks": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
-        "deadline_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-        "tenant": {"type": "string", "description": "ignored over HTTP"},
-        "metadata": {"type": "object"},
-    },
-}
+    }
+    return {**schemas, "ChatRequest": request}
+
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -139,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "ChatRequest": CHAT_REQUEST,
+    **contract_schemas(),
     "ChatCompletion": {
         "type": "object",
         "required": ["id", "object", "model", "choices"],
@@ -214,6 +227,13 @@ SCHEMAS: dict[str, Any] = {
             "usage": {"type": "object", "nullable": True},
             "error": {"type": "object", "nullable": True},
             "attempts": {"type": "array", "items": {"type": "object"}},
+            "cached": {"type": "boolean"},
+            "ignored": {
+                "type": "array",
+                "items": {"type": "string"},
+                "nullable": True,
+                "description": "request fields accepted from OpenAI's API that no provider sees (`store`)",
+            },
         },
     },
     "GeminiRequest": {
@@ -228,6 +248,47 @@ SCHEMAS: dict[str, Any] = {
             "generationConfig": {"type": "object"},
             "tools": {"type": "array", "items": {"type": "object"}},
             "toolConfig": {"type": "object"},
+        },
+    },
+    "GoogleError": {
+        "type": "object",
+        "required": ["error"],
+        "description": "Google's error shape, on the Gemini front's routes; our stable code is the "
+        "ErrorInfo detail's `reason` (upper case) and `metadata.code`",
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "status"],
+                "properties": {
+                    "code": {"type": "integer"},
+                    "message": {"type": "string"},
+                    "status": {"type": "string", "description": "google.rpc.Code name, e.g. NOT_FOUND"},
+                    "details": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        },
+    },
+    "GeminiModel": {
+        "type": "object",
+        "required": ["name", "supportedGenerationMethods"],
+        "properties": {
+            "name": {"type": "string", "description": "models/<id>"},
+            "baseModelId": {"type": "string"},
+            "version": {"type": "string"},
+            "displayName": {"type": "string"},
+            "description": {"type": "string"},
+            "inputTokenLimit": {"type": "integer"},
+            "outputTokenLimit": {"type": "integer"},
+            "supportedGenerationMethods": {"type": "array", "items": {"type": "string"}},
+            "thinking": {"type": "boolean"},
+        },
+    },
+    "GeminiModelList": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {"type": "array", "items": _ref("GeminiModel")},
+            "nextPageToken": {"type": "string"},
         },
     },
     "GeminiResponse": {
@@ -297,6 +358,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _SECURED = [{"bearer": []}]
+# Google's clients send their key as a header or a query parameter; a bearer token works too
+_GEMINI_SECURED = [{"googApiKey": []}, {"googQueryKey": []}, {"bearer": []}]
 
 PATHS: dict[str, Any] = {
     "/v1/jobs": {
@@ -382,39 +445,6 @@ PATHS: dict[str, Any] = {
             "summary": "One model",
             "operationId": "getModel",
             "responses": {"200": _json(_ref("Model"), "the model"), **_errors()},
-        },
-    },
-    "/v1/models/{model}:generateContent": {
-        "parameters": [_path_id("model", "a catalog model or alias", "gpt-4o-mini")],
-        "post": {
-            "summary": "Gemini-native generateContent on any catalog model",
-            "operationId": "generateContent",
-            "requestBody": _body(_ref("GeminiRequest")),
-            "responses": {
-                "200": _json(_ref("GeminiResponse"), "a GenerateContentResponse"),
-                **_errors(402, 408, 409, 429, 499, 502, 503, 504),
-            },
-        },
-    },
-    "/v1/models/{model}:streamGenerateContent": {
-        "parameters": [
-            _path_id("model", "a catalog model or alias", "gpt-4o-mini"),
-            {"name": "alt", "in": "query", "required": False, "schema": {"type": "string", "enum": ["sse"]}},
-        ],
-        "post": {
-            "summary": "Gemini-native streamGenerateContent: SSE with alt=sse, else a JSON array",
-            "operationId": "streamGenerateContent",
-            "requestBody": _body(_ref("GeminiRequest")),
-            "responses": {
-                "200": {
-                    "description": "GenerateContentResponse pieces",
-                    "content": {
-                        "text/event-stream": {"schema": {"type": "string"}},
-                        "application/json": {"schema": {"type": "array", "items": _ref("GeminiResponse")}},
-                    },
-                },
-                **_errors(402, 408, 409, 429, 499, 502, 503, 504),
-            },
         },
     },
     "/v1/files": {
@@ -535,6 +565,93 @@ PATHS: dict[str, Any] = {
 }
 
 
+def _gemini_errors(*statuses: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in (400, 401, 404, 405, 413, *statuses):
+        schema = _ref("GoogleError")
+        if status == 413:  # a declared body over the limit is refused before any route, in our shape
+            schema = {"oneOf": [_ref("GoogleError"), _ref("Error")]}
+        out[str(status)] = {
+            "description": ERROR_CODES[status],
+            "content": {"application/json": {"schema": schema}},
+        }
+    return out
+
+
+_GEMINI_MODEL = _path_id("model", "a catalog model, alias or route (optionally `models/...`)", "gpt-4o-mini")
+
+
+def _gemini_paths() -> dict[str, Any]:
+    """The Gemini front: the generate routes under /v1beta (Google's default) and /v1, and
+    models.list/get under /v1beta; Google's key header or query parameter, Google's error shape."""
+    paths: dict[str, Any] = {}
+    for prefix in ("/v1beta", "/v1"):
+        tag = "" if prefix == "/v1beta" else "V1"
+        paths[f"{prefix}/models/{{model}}:generateContent"] = {
+            "parameters": [_GEMINI_MODEL],
+            "post": {
+                "summary": "Gemini generateContent on any catalog model",
+                "operationId": f"generateContent{tag}",
+                "requestBody": _body(_ref("GeminiRequest")),
+                "responses": {
+                    "200": _json(_ref("GeminiResponse"), "a GenerateContentResponse"),
+                    **_gemini_errors(402, 408, 409, 429, 499, 502, 503, 504),
+                },
+            },
+        }
+        paths[f"{prefix}/models/{{model}}:streamGenerateContent"] = {
+            "parameters": [
+                _GEMINI_MODEL,
+                {
+                    "name": "alt",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["sse"]},
+                },
+            ],
+            "post": {
+                "summary": "Gemini streamGenerateContent: SSE with alt=sse, else a JSON array",
+                "operationId": f"streamGenerateContent{tag}",
+                "requestBody": _body(_ref("GeminiRequest")),
+                "responses": {
+                    "200": {
+                        "description": "GenerateContentResponse pieces",
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}},
+                            "application/json": {
+                                "schema": {"type": "array", "items": _ref("GeminiResponse")}
+                            },
+                        },
+                    },
+                    **_gemini_errors(402, 408, 409, 429, 499, 502, 503, 504),
+                },
+            },
+        }
+    paths["/v1beta/models"] = {
+        "get": {
+            "summary": "models.list: the catalog's models and routes as Gemini Model objects",
+            "operationId": "listGeminiModels",
+            "parameters": [
+                {"name": "pageSize", "in": "query", "required": False, "schema": {"type": "integer"}},
+                {"name": "pageToken", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_ref("GeminiModelList"), "the models"), **_gemini_errors()},
+        }
+    }
+    paths["/v1beta/models/{model}"] = {
+        "parameters": [_GEMINI_MODEL],
+        "get": {
+            "summary": "models.get: one model as a Gemini Model object",
+            "operationId": "getGeminiModel",
+            "responses": {"200": _json(_ref("GeminiModel"), "the model"), **_gemini_errors()},
+        },
+    }
+    return {
+        p: {k: ({**v, "security": _GEMINI_SECURED} if k in ("get", "post") else v) for k, v in ops.items()}
+        for p, ops in paths.items()
+    }
+
+
 def _secure(paths: dict[str, Any]) -> dict[str, Any]:
     methods = ("get", "post", "delete")
     return {
@@ -555,12 +672,17 @@ DOCUMENT: dict[str, Any] = {
     },
     "servers": [{"url": "/"}],
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "googApiKey": {"type": "apiKey", "in": "header", "name": "x-goog-api-key"},
+            "googQueryKey": {"type": "apiKey", "in": "query", "name": "key"},
+        },
         "schemas": SCHEMAS,
     },
     "security": _SECURED,
     "paths": {
         **_secure(PATHS),
+        **_gemini_paths(),
         "/openapi.json": {
             "get": {
                 "summary": "This document",

@@ -75,8 +75,9 @@ async def test_jobs_survive_killed_workers_a_redis_restart_and_a_flaky_upstream(
             }
             for i in range(JOBS)
         ]
-        ids = [s.job_id for s in await producer.submit_many(jobs, tenant=tenant)]
-        waiter = asyncio.create_task(producer.wait_many(ids, timeout=600))
+        subs = await producer.submit_many(jobs, tenant=tenant)
+        ids = [producer.scoped(s.job_id, tenant) for s in subs]  # what the store knows them by
+        waiter = asyncio.create_task(producer.wait_many(subs, timeout=600))
         for victim, after in KILLS:
             await until(lambda n=after: _done(producer, ids, n), timeout=300, what=f"{after} jobs done")
             fleet.procs[victim].proc.send_signal(signal.SIGKILL)
@@ -146,7 +147,8 @@ async def test_sigterm_to_every_worker_mid_run_then_restart_loses_nothing(
             {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"term {i}"}]}
             for i in range(200)
         ]
-        ids = [s.job_id for s in await producer.submit_many(jobs, tenant=tenant)]
+        subs = await producer.submit_many(jobs, tenant=tenant)
+        ids = [producer.scoped(s.job_id, tenant) for s in subs]
         await until(lambda: _done(producer, ids, 30), timeout=60, what="30 jobs done")
         await until(lambda: _running(producer, ids, 10), timeout=60, what="10 jobs in flight")
         for p in fleet.procs:
@@ -155,7 +157,7 @@ async def test_sigterm_to_every_worker_mid_run_then_restart_loses_nothing(
         assert codes == [0, 0, 0]
         for _ in range(3):
             fleet.start(max_jobs=10)
-        records = await producer.wait_many(ids, timeout=120)
+        records = await producer.wait_many(subs, timeout=120)
         ledger = await producer.redis.hgetall(credits_key(tenant))
     finally:
         await sim.faults()

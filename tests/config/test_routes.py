@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from config.catalog import Catalog, CatalogFile
+from config.cost import Demand
 from config.routes import Need, NoCapableModel, RouteSpec, choose
 from config.settings import DEFAULT_CATALOG, Settings
 from producer.validation import Validator
@@ -93,7 +94,7 @@ def test_the_reservation_is_the_worst_case_of_the_whole_chain() -> None:
     assert alone.reserve_nanos < opus.reserve_nanos <= chained.reserve_nanos
     # the chain's dearest model prices the reservation
     assert chained.reserve_nanos == validator.costs.worst_case(
-        ["claude-opus-4-1"], chained.prompt_tokens, 1000
+        ["claude-opus-4-1"], Demand(chained.prompt_tokens, 1000)
     )
     # no max_tokens: the model's whole output is reserved
     open_ended = validator.prepare({**job, "max_tokens": None, "fallbacks": []}, now=0)

@@ -29,7 +29,7 @@ async def test_the_start_script_admits_with_the_producers_number(sim_catalog: Ca
     await store.submit_batch([store.submit_command(job)])
     # a 600-token-per-minute deployment: the job's estimate moves its budget by exactly that many tokens
     await bare_redis.hset("llm-router:routing:r", "gpt-4o", "d|0|600|1")
-    started = await store.start(job.job_id, "w", 1.0, "llm-router:routing:r")
+    started = await store.start(f"{job.tenant}/{job.job_id}", "w", 1.0, "llm-router:routing:r")
     assert isinstance(started, Started) and started.est_tokens == job.est_tokens
     now_ms, tat = int(started.redis_now_ms), int(await bare_redis.get("llm-router:tpm:d"))
     assert abs(tat - (now_ms + job.est_tokens * 60_000 // 600)) <= 2

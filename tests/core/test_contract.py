@@ -79,18 +79,67 @@ INVALID: list[tuple[str, Any, str, str | None]] = [
         "temprature",
     ),
     (
-        "http image",
+        # a URL two parsers read differently (the worker's fetcher would refuse it): refused at submit
+        "backslash in the image URL's authority",
         {
             "model": "gpt-4o",
             "messages": [
                 {
                     "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}],
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "http://example.com\\@10.0.0.1/a.png"}}
+                    ],
                 }
             ],
         },
         "invalid_request",
         "messages[0].content[0].image_url.url",
+    ),
+    (
+        "image URL at the cloud metadata address",
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/a.png"}}],
+                }
+            ],
+        },
+        "invalid_request",
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "image URL with a numeric host",
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://2130706433/"}}],
+                }
+            ],
+        },
+        "invalid_request",
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "refusal on a user message",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi", "refusal": "no"}]},
+        "invalid_request",
+        "messages[0].refusal",
+    ),
+    (
+        "a typo of an OpenAI field",
+        {"model": "gpt-4o", "messages": USER, "stor": True},
+        "invalid_request",
+        "stor",
+    ),
+    (
+        "unknown stream option",
+        {"model": "gpt-4o", "messages": USER, "stream": True, "stream_options": {"include_usge": True}},
+        "invalid_request",
+        "stream_options.include_usge",
     ),
     (
         "image to a text-only model",
@@ -308,9 +357,9 @@ def test_the_arq_job_written_at_submit_is_arqs_own_format(sim_catalog) -> None:
     )
     command = store.submit_command(job)
     payload = command[8]
-    assert payload == arq_job_payload("a.b:c-d_1", 1234567)
+    assert payload == arq_job_payload("default/a.b:c-d_1", 1234567)  # the job inside its tenant
     parsed = deserialize_job(payload, deserializer=orjson.loads)
-    assert (parsed.function, list(parsed.args), parsed.kwargs) == (RUN_JOB, ["a.b:c-d_1"], {})
+    assert (parsed.function, list(parsed.args), parsed.kwargs) == (RUN_JOB, ["default/a.b:c-d_1"], {})
 
 
 STRICT_AND_EDGE: list[tuple[str, Any, str, str | None]] = [
@@ -472,3 +521,165 @@ def test_body_limit_counts_bytes_and_images_read_from_files(sim_catalog, tmp_pat
 def test_settings_repr_hides_the_redis_password() -> None:
     settings = Settings(_env_file=None, redis_url="redis://:hunter2@127.0.0.1:6379/0")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+# one valid value for every request field of OpenAI's chat API (the installed SDK's own list):
+# none may be refused, whatever the model it goes to
+OPENAI_FIELD_VALUES: dict[str, Any] = {
+    "audio": {"voice": "alloy", "format": "wav"},
+    "frequency_penalty": 0.5,
+    "logit_bias": {"50256": -100},
+    "logprobs": True,
+    "max_completion_tokens": 100,
+    "max_tokens": 100,
+    "metadata": {"k": "v"},
+    "modalities": ["text"],
+    "moderation": {"model": "omni-moderation-latest"},
+    "n": 2,
+    "parallel_tool_calls": False,
+    "prediction": {"type": "content", "content": "hi"},
+    "presence_penalty": 0.5,
+    "prompt_cache_key": "conversation-1",
+    "prompt_cache_options": {"mode": "implicit", "ttl": "30m"},
+    "prompt_cache_retention": "24h",
+    "reasoning_effort": "xhigh",
+    "response_format": {"type": "json_object"},
+    "safety_identifier": "user-hash",
+    "seed": 7,
+    "service_tier": "flex",
+    "stop": ["\n"],
+    "store": True,
+    "stream": True,
+    "stream_options": {"include_usage": True, "include_obfuscation": False},
+    "temperature": 0.2,
+    "tool_choice": "auto",
+    "tools": [TOOL],
+    "top_logprobs": 2,
+    "top_p": 0.9,
+    "user": "u1",
+    "verbosity": "low",
+    "web_search_options": {"search_context_size": "low"},
+    "function_call": "auto",
+    "functions": [TOOL["function"]],
+}
+_NEEDS = {
+    "top_logprobs": {"logprobs": True},
+    "tool_choice": {"tools": [TOOL]},
+    "stream_options": {"stream": True},
+}
+
+
+def test_every_openai_request_field_has_a_value_here() -> None:
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+
+    # `stream` is declared on the streaming and non-streaming subclasses
+    assert set(CompletionCreateParamsBase.__annotations__) | {"stream"} == set(OPENAI_FIELD_VALUES) | {
+        "model",
+        "messages",
+    }
+
+
+@pytest.mark.parametrize("field", sorted(OPENAI_FIELD_VALUES))
+@pytest.mark.parametrize("model", ["gpt-4o", "claude-sonnet-4-5", "gemini-2.5-flash"])
+def test_no_field_openai_accepts_is_refused(sim_catalog, field: str, model: str) -> None:
+    if field in ("function_call",):
+        extra = {"functions": OPENAI_FIELD_VALUES["functions"]}
+    else:
+        extra = _NEEDS.get(field, {})
+    job = {"model": model, "messages": USER, **extra, field: OPENAI_FIELD_VALUES[field]}
+    prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(job, now=1.0)
+    assert orjson.loads(prepared.request)[field] == OPENAI_FIELD_VALUES[field]
+
+
+def test_store_is_accepted_and_noted_as_ignored(sim_catalog) -> None:
+    from llm_router.contract import JobRecord
+
+    prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(
+        {"model": "gpt-4o", "messages": USER, "store": True}, now=1.0
+    )
+    assert prepared.ignored == "store"
+    fields = prepared.optional_fields()
+    assert fields[fields.index("ignored") + 1] == "store"
+    record = JobRecord.model_validate(
+        {
+            "id": "j",
+            "status": "queued",
+            "request": {},
+            "model_requested": "gpt-4o",
+            "route": ["gpt-4o"],
+            "created_at": 1.0,
+            "deadline_at": 2.0,
+            "ignored": prepared.ignored,
+        }
+    )
+    assert record.ignored == ["store"]
+
+
+def test_an_answer_echoed_back_is_accepted(sim_catalog) -> None:
+    """The SDKs' documented tool loop appends the answer's message (with ``refusal``, ``annotations``)
+    and a tool result whose content is a list of text parts; ``name`` may come on any role."""
+    from openai.types.chat import ChatCompletionMessage
+
+    answer = ChatCompletionMessage.model_validate(
+        {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "annotations": [],
+            "audio": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        }
+    )
+    messages = [
+        {"role": "system", "content": "be brief", "name": "sys"},
+        {"role": "user", "content": "hi", "name": "alice"},
+        answer.model_dump(),  # every key, nulls included
+        {"role": "tool", "tool_call_id": "c1", "name": "f", "content": [{"type": "text", "text": "42"}]},
+        answer.model_dump(exclude_none=True) | {"tool_calls": None, "content": "done"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}], "refusal": "I can't."},
+        {"role": "user", "content": "and?"},
+    ]
+    prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(
+        {"model": "gpt-4o", "messages": messages}, now=1.0
+    )
+    assert orjson.loads(prepared.request)["messages"][2]["annotations"] == []
+
+
+def test_url_safe_base64_is_normalised(sim_catalog) -> None:
+    data = bytes(range(250, 256)) * 3  # encodes with "+" and "/" in the standard alphabet
+    standard = base64.b64encode(data).decode()
+    url_safe = base64.urlsafe_b64encode(data).decode().rstrip("=")
+    assert "-" in url_safe or "_" in url_safe
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{url_safe}"}}
+    prepared = Validator(sim_catalog, Settings(_env_file=None)).prepare(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": [image]}]}, now=1.0
+    )
+    url = orjson.loads(prepared.request)["messages"][0]["content"][0]["image_url"]["url"]
+    assert url == f"data:image/png;base64,{standard}"
+
+
+def test_http_image_urls_are_accepted_unless_the_setting_forbids_them(sim_catalog) -> None:
+    job = {
+        "model": "gpt-4o",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}],
+            }
+        ],
+    }
+    Validator(sim_catalog, Settings(_env_file=None)).prepare(job, now=1.0)
+    with pytest.raises(RouterError) as info:
+        Validator(sim_catalog, Settings(_env_file=None, image_urls_allow_http=False)).prepare(job, now=1.0)
+    assert (info.value.code, info.value.param) == ("invalid_request", "messages[0].content[0].image_url.url")
+    private = {
+        **job,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "http://10.0.0.1/a.png"}}],
+            }
+        ],
+    }
+    # private addresses depend on the fetching worker's settings (and a provider fetches its own)
+    Validator(sim_catalog, Settings(_env_file=None)).prepare(private, now=1.0)

@@ -77,7 +77,7 @@ async def credit(redis: Redis, tenant: str, balance: int) -> None:
 async def test_submit_creates_the_record_the_arq_job_and_the_queue_entry(store: Store, bare_redis: Redis):
     job = new_job(est_tokens=42, routed_by="auto: cheapest", cache_key="abc", cache_ttl=30, notify=True)
     assert await submit(store, job) == SubmitReply.CREATED
-    rec = await fields_of(bare_redis, "j1")
+    rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "queued" and rec["tenant"] == "t" and rec["est_tokens"] == "42"
     assert rec["request"].encode() == REQUEST and rec["attempts"] == "[]"
     assert (rec["routed_by"], rec["cache_key"], rec["cache_ttl"], rec["notify"]) == (
@@ -87,10 +87,10 @@ async def test_submit_creates_the_record_the_arq_job_and_the_queue_entry(store: 
         "1",
     )
     assert "metered" not in rec  # a tenant without credits is not metered
-    assert await bare_redis.zscore(QUEUE, "j1") == int(job.created_at * 1000)
-    payload = orjson.loads(await bare_redis.get(job_key_prefix + "j1"))
-    assert payload["f"] == "run_llm_job" and payload["a"] == ["j1"]
-    assert 100 < await bare_redis.ttl(record_key("j1")) <= 100 + 61  # the record TTL past the deadline
+    assert await bare_redis.zscore(QUEUE, "t/j1") == int(job.created_at * 1000)
+    payload = orjson.loads(await bare_redis.get(job_key_prefix + "t/j1"))
+    assert payload["f"] == "run_llm_job" and payload["a"] == ["t/j1"]  # the job inside its tenant
+    assert 100 < await bare_redis.ttl(record_key("t/j1")) <= 100 + 61  # the record TTL past the deadline
     assert await bare_redis.get(active_key("t")) == b"1"
 
 
@@ -100,16 +100,17 @@ async def test_submit_is_idempotent_per_tenant_and_body(store: Store, bare_redis
     assert await bare_redis.get(active_key("t")) == b"1"  # counted once
     other_body = new_job(request=REQUEST.replace(b"hi", b"ho"))
     assert await submit(store, other_body) == SubmitReply.CONFLICT
-    assert await submit(store, new_job(tenant="someone-else")) == SubmitReply.CONFLICT
+    # another tenant's id is a free one: its own job, never a conflict (nor an oracle of the first)
+    assert await submit(store, new_job(tenant="someone-else")) == SubmitReply.CREATED
 
 
 async def test_submit_reserves_from_a_metered_tenant_and_refuses_past_its_credit(store, bare_redis):
     await credit(bare_redis, "t", 1000)
     assert await submit(store, new_job("a", reserve_nanos=600)) == SubmitReply.CREATED
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"600"
-    assert (await fields_of(bare_redis, "a"))["reserved"] == "600"
+    assert (await fields_of(bare_redis, "t/a"))["reserved"] == "600"
     assert await submit(store, new_job("b", reserve_nanos=600)) == SubmitReply.NO_CREDIT
-    assert await bare_redis.exists(record_key("b")) == 0
+    assert await bare_redis.exists(record_key("t/b")) == 0
     assert await submit(store, new_job("a", reserve_nanos=600)) == SubmitReply.EXISTS  # not reserved again
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"600"
 
@@ -125,35 +126,53 @@ async def test_submit_refuses_a_tenant_at_its_queue_limit(store: Store, bare_red
 
 
 async def test_start_marks_running_and_reads_what_the_worker_needs(store: Store, bare_redis: Redis):
-    assert await store.start("missing", "w1", 1.0) is None
+    assert await store.start("t/missing", "w1", 1.0) is None
     await submit(store, new_job(est_tokens=7))
-    first = await store.start("j1", "w1", 123.0)
+    first = await store.start("t/j1", "w1", 123.0)
     assert isinstance(first, Started)
     assert (first.previous_status, first.runs, first.passes, first.est_tokens) == ("queued", 1, 0, 7)
     assert first.request == REQUEST and orjson.loads(first.route) == ["m"]
     assert not first.cached and first.parent is None and not first.cancel_requested
     assert abs(first.redis_now_ms / 1000 - time.time()) < 5
-    rec = await fields_of(bare_redis, "j1")
+    rec = await fields_of(bare_redis, "t/j1")
     assert (rec["status"], rec["worker"], rec["started_at"]) == ("running", "w1", "123.0")
-    await bare_redis.hset(record_key("j1"), "inflight", b'{"provider":"p"}')
-    second = await store.start("j1", "w2", 456.0)
+    call = {"provider": "p", "model": "m", "upstream_model": "um", "started_at": 122.5}
+    await bare_redis.hset(record_key("t/j1"), "inflight", orjson.dumps(call))
+    second = await store.start("t/j1", "w2", 456.0)
     assert isinstance(second, Started)
     assert (second.previous_status, second.previous_worker, second.runs) == ("running", "w1", 2)
-    assert second.inflight == b'{"provider":"p"}'
-    assert (await fields_of(bare_redis, "j1"))["started_at"] == "123.0"  # the first start stays
+    # the run its worker never ended is in the record from now on, as the call it was making
+    (attempt,) = orjson.loads(second.attempts)
+    assert attempt == {
+        "provider": "p",
+        "model": "m",
+        "upstream_model": "um",
+        "outcome": "interrupted",
+        "worker": "w1",
+        "breaker": None,
+        "error_code": None,
+        "http_status": None,
+        "latency_ms": None,
+        "started_at": 122.5,
+    }
+    assert second.lost_runs == 1 and orjson.loads((await fields_of(bare_redis, "t/j1"))["attempts"]) == [
+        attempt
+    ]
+    assert "inflight" not in await fields_of(bare_redis, "t/j1")
+    assert (await fields_of(bare_redis, "t/j1"))["started_at"] == "123.0"  # the first start stays
 
 
 async def test_start_of_an_ended_job_returns_its_status(store: Store, bare_redis: Redis):
     await submit(store, new_job())
-    await bare_redis.hset(record_key("j1"), "status", "succeeded")
-    assert await store.start("j1", "w", 1.0) == "succeeded"
-    assert (await fields_of(bare_redis, "j1"))["status"] == "succeeded"
+    await bare_redis.hset(record_key("t/j1"), "status", "succeeded")
+    assert await store.start("t/j1", "w", 1.0) == "succeeded"
+    assert (await fields_of(bare_redis, "t/j1"))["status"] == "succeeded"
 
 
 async def test_start_admits_the_first_deployment_of_the_route(store: Store, bare_redis: Redis):
     await bare_redis.hset(routing_key("r"), "m", "dep-a|0|0|1;dep-b|0|0|1")
     await submit(store, new_job())
-    started = await store.start("j1", "w", 1.0, routing_key("r"))
+    started = await store.start("t/j1", "w", 1.0, routing_key("r"))
     assert isinstance(started, Started)
     assert {d: a.state for d, a in started.admissions.items()} == {
         "dep-a": AdmissionState.OK,
@@ -162,7 +181,7 @@ async def test_start_admits_the_first_deployment_of_the_route(store: Store, bare
     # dep-a's breaker is open: it is skipped with its retry time, and dep-b admitted instead
     until = int(time.time() * 1000) + 60_000
     await bare_redis.hset("llm-router:sick", "dep-a", f"open|{until}")
-    again = await store.start("j1", "w", 1.0, routing_key("r"))
+    again = await store.start("t/j1", "w", 1.0, routing_key("r"))
     assert isinstance(again, Started)
     assert again.admissions["dep-a"].state == AdmissionState.OPEN
     assert again.admissions["dep-a"].until_ms == until
@@ -173,11 +192,11 @@ async def test_start_serves_a_cached_answer_or_a_pending_cancel_without_admissio
     await bare_redis.hset(routing_key("r"), "m", "dep-a|0|0|1")
     await submit(store, new_job("c", cache_key="k", cache_ttl=10))
     await bare_redis.set("llm-router:cache:t:k", b'{"answer":1}')
-    cached = await store.start("c", "w", 1.0, routing_key("r"))
+    cached = await store.start("t/c", "w", 1.0, routing_key("r"))
     assert isinstance(cached, Started) and cached.cached == b'{"answer":1}' and cached.admissions == {}
     await submit(store, new_job("x"))
-    await bare_redis.hset(record_key("x"), "cancel_requested", 1)
-    held = await store.start("x", "w", 1.0, routing_key("r"))
+    await bare_redis.hset(record_key("t/x"), "cancel_requested", 1)
+    held = await store.start("t/x", "w", 1.0, routing_key("r"))
     assert isinstance(held, Started) and held.cancel_requested and held.admissions == {}
 
 
@@ -190,32 +209,32 @@ async def test_finish_writes_once_and_settles_once(store: Store, bare_redis: Red
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
     settle = Settlement(cost_nanos=1_234, model="m", prompt_tokens=10, completion_tokens=20)
-    done = await store.finish("j1", SUCCEEDED, settlement=settle)
+    done = await store.finish("t/j1", SUCCEEDED, settlement=settle)
     assert done.reply == FinishReply.WRITTEN and done.transitions == []
     ledger = {k.decode(): int(v) for k, v in (await bare_redis.hgetall(credits_key("t"))).items()}
     assert ledger == {"balance": 10_000 - 1_234, "reserved": 0, "spent": 1_234}
-    rec = await fields_of(bare_redis, "j1")
+    rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "succeeded" and rec["credits_remaining"] == str(10_000 - 1_234)
     assert await bare_redis.get(active_key("t")) == b"0"
     day = int(time.time() // 86400)
     usage = {k.decode(): int(v) for k, v in (await bare_redis.hgetall(usage_key(day))).items()}
     assert usage == {"t|m|jobs": 1, "t|m|prompt": 10, "t|m|completion": 20, "t|m|cost": 1_234}
-    assert 90 < await bare_redis.ttl(record_key("j1")) <= 100  # kept the record TTL from the end
+    assert 90 < await bare_redis.ttl(record_key("t/j1")) <= 100  # kept the record TTL from the end
     # a second run's finish (a duplicate delivery) changes nothing and charges nothing
-    again = await store.finish("j1", {**SUCCEEDED, "model": "other"}, settlement=settle)
+    again = await store.finish("t/j1", {**SUCCEEDED, "model": "other"}, settlement=settle)
     assert again.reply == FinishReply.ALREADY_ENDED
     assert int(await bare_redis.hget(credits_key("t"), "spent")) == 1_234
-    assert (await fields_of(bare_redis, "j1"))["model"] == "m"
+    assert (await fields_of(bare_redis, "t/j1"))["model"] == "m"
 
 
 async def test_finish_of_an_unfinished_change_neither_settles_nor_shortens_the_ttl(store, bare_redis):
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
-    ttl = await bare_redis.ttl(record_key("j1"))
-    done = await store.finish("j1", {"status": "deferred", "passes": 1})
+    ttl = await bare_redis.ttl(record_key("t/j1"))
+    done = await store.finish("t/j1", {"status": "deferred", "passes": 1})
     assert done.reply == FinishReply.WRITTEN
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"5000"
-    assert await bare_redis.ttl(record_key("j1")) >= ttl - 1
+    assert await bare_redis.ttl(record_key("t/j1")) >= ttl - 1
     assert (await store.finish("nope", SUCCEEDED)).reply == FinishReply.NO_RECORD
 
 
@@ -223,7 +242,7 @@ async def test_a_failed_job_releases_its_reservation_and_counts_as_failed(store,
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
     failed = {"status": "failed", "error": {"code": "x"}, "finished_at": 2.0}
-    await store.finish("j1", failed, settlement=Settlement(0, "", 0, 0))
+    await store.finish("t/j1", failed, settlement=Settlement(0, "", 0, 0))
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"0"
     assert await bare_redis.hget(credits_key("t"), "spent") == b"0"
     day = int(time.time() // 86400)
@@ -232,39 +251,39 @@ async def test_a_failed_job_releases_its_reservation_and_counts_as_failed(store,
 
 async def test_finish_caches_the_answer_ends_the_stream_and_notifies(store: Store, bare_redis: Redis):
     await submit(store, new_job(cache_key="k", cache_ttl=30, notify=True))
-    await bare_redis.xadd(stream_key("j1"), {"c": b"{}"})
+    await bare_redis.xadd(stream_key("t/j1"), {"c": b"{}"})
     pubsub = bare_redis.pubsub()
     await pubsub.subscribe(ENDED_CHANNEL)
     await pubsub.get_message(timeout=1)  # the subscription's confirmation
-    await store.finish("j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
+    await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
     assert orjson.loads(await bare_redis.get("llm-router:cache:t:k")) == {"id": "r"}
     assert 0 < await bare_redis.ttl("llm-router:cache:t:k") <= 30
-    last = (await bare_redis.xrevrange(stream_key("j1"), count=1))[0][1]
+    last = (await bare_redis.xrevrange(stream_key("t/j1"), count=1))[0][1]
     assert last == {b"end": b"succeeded"}
     message = await pubsub.get_message(timeout=2)
-    assert message is not None and message["data"] == b"j1"
+    assert message is not None and message["data"] == b"t/j1"
     await pubsub.aclose()
 
 
 async def test_a_fallbacks_answer_is_never_cached_under_the_requested_model(store, bare_redis):
     await submit(store, new_job(cache_key="k", cache_ttl=30))
-    await store.finish("j1", {**SUCCEEDED, "no_cache": 1}, settlement=Settlement(0, "m", 0, 0))
+    await store.finish("t/j1", {**SUCCEEDED, "no_cache": 1}, settlement=Settlement(0, "m", 0, 0))
     assert await bare_redis.exists("llm-router:cache:t:k") == 0
 
 
 async def test_the_last_side_to_end_completes_its_compare_parent(store: Store, bare_redis: Redis):
     assert await store.create_parent(
-        "p", request=b"{}", route=["a", "b"], model_requested="compare", tenant="t",
+        "t/p", request=b"{}", route=["a", "b"], model_requested="compare", tenant="t",
         created_at=1.0, deadline_at=61.0, pending=2,
     )  # fmt: skip
     await submit(store, new_job("p-a", parent="p"))
     await submit(store, new_job("p-b", parent="p"))
-    await store.finish("p-a", SUCCEEDED, settlement=Settlement(0, "a", 0, 0), summary=b'{"model":"a"}')
-    assert (await fields_of(bare_redis, "p"))["status"] == "running"
-    await store.child_refused("p", "p-b", {"model": "b", "status": "failed"})
-    parent = await fields_of(bare_redis, "p")
+    await store.finish("t/p-a", SUCCEEDED, settlement=Settlement(0, "a", 0, 0), summary=b'{"model":"a"}')
+    assert (await fields_of(bare_redis, "t/p"))["status"] == "running"
+    await store.child_refused("t/p", "p-b", {"model": "b", "status": "failed"})
+    parent = await fields_of(bare_redis, "t/p")
     assert parent["status"] == "succeeded" and parent["pending"] == "0"
-    assert orjson.loads(parent["child:p-a"]) == {"model": "a"}
+    assert orjson.loads(parent["child:t/p-a"]) == {"model": "a"}
 
 
 # -- cancel -------------------------------------------------------------------------------------
@@ -275,30 +294,30 @@ ERROR = {"code": "cancelled", "message": "by the client"}
 async def test_cancel_of_a_queued_job_ends_it_and_releases_its_reservation(store, bare_redis):
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
-    assert await store.cancel("j1", ERROR) == (CancelReply.CANCELLED, None)
-    assert await bare_redis.zscore(QUEUE, "j1") is None
-    assert await bare_redis.exists(job_key_prefix + "j1") == 0
-    assert (await fields_of(bare_redis, "j1"))["status"] == "cancelled"
+    assert await store.cancel("t/j1", ERROR) == (CancelReply.CANCELLED, None)
+    assert await bare_redis.zscore(QUEUE, "t/j1") is None
+    assert await bare_redis.exists(job_key_prefix + "t/j1") == 0
+    assert (await fields_of(bare_redis, "t/j1"))["status"] == "cancelled"
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"0"
     assert await bare_redis.get(active_key("t")) == b"0"
-    assert await store.cancel("j1", ERROR) == (CancelReply.ALREADY_ENDED, "cancelled")
+    assert await store.cancel("t/j1", ERROR) == (CancelReply.ALREADY_ENDED, "cancelled")
     assert await store.cancel("nope", ERROR) == (CancelReply.NOT_FOUND, None)
 
 
 async def test_cancel_of_a_held_job_hands_it_to_the_abort_set(store: Store, bare_redis: Redis):
     await submit(store, new_job())
-    await bare_redis.set(in_progress_key_prefix + "j1", 1)  # a worker claimed it
-    assert await store.cancel("j1", ERROR) == (CancelReply.ABORTING, None)
-    assert await bare_redis.zscore(abort_jobs_ss, "j1") is not None
-    rec = await fields_of(bare_redis, "j1")
+    await bare_redis.set(in_progress_key_prefix + "t/j1", 1)  # a worker claimed it
+    assert await store.cancel("t/j1", ERROR) == (CancelReply.ABORTING, None)
+    assert await bare_redis.zscore(abort_jobs_ss, "t/j1") is not None
+    rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "queued" and rec["cancel_requested"] == "1"
 
 
 async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Redis):
     job = new_job(queue="interactive-q")
     await store.submit_batch([store.submit_command(job, "interactive-q")])
-    assert await store.cancel("j1", ERROR) == (CancelReply.CANCELLED, None)
-    assert await bare_redis.zscore("interactive-q", "j1") is None
+    assert await store.cancel("t/j1", ERROR) == (CancelReply.CANCELLED, None)
+    assert await bare_redis.zscore("interactive-q", "t/j1") is None
 
 
 async def test_submit_replies_come_back_in_order_under_concurrency(store: Store):

@@ -57,8 +57,9 @@ def test_submit_prints_ids_in_order_refuses_bad_lines_and_writes_out(env, tmp_pa
     ids = res.stdout.split()
     assert len(ids) == 3
     err = res.stderr.strip().splitlines()
-    assert err[0].startswith("line 2: model_not_found: Model 'gpt-9' is not available")
-    assert err[1].startswith("line 4: invalid_request: malformed JSON")
+    assert err[0].startswith("submit ") and "--resume" in err[0]  # how to resume a cut-off submit
+    assert err[1].startswith("line 2: model_not_found: Model 'gpt-9' is not available")
+    assert err[2].startswith("line 4: invalid_request: malformed JSON")
     rows = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert [r.get("id") or r["line"] for r in rows] == [ids[0], 2, ids[1], 4, ids[2]]
     assert rows[1]["error"]["code"] == "model_not_found" and rows[1]["error"]["param"] == "model"

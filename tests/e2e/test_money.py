@@ -13,7 +13,7 @@ import pytest
 
 from config.cost import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from llm_router.credits import Ledger
-from llm_router.errors import InsufficientCredits, RouterError
+from llm_router.errors import InsufficientCredits, JobNotFound, RouterError
 from llm_router.keys import credits_key
 from llm_router.store import Settlement
 from producer.producer import Producer, Submitted
@@ -46,7 +46,7 @@ async def test_jobs_settle_their_cost_and_release_their_reservations(e2e: Produc
         for i, m in enumerate(["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4.1"] * 5)
     ]
     results = await e2e.submit_many(jobs, tenant=tenant)
-    ids = [r.job_id for r in results if isinstance(r, Submitted)]
+    ids = [r for r in results if isinstance(r, Submitted)]
     assert len(ids) == 20
     records = await e2e.wait_many(ids, timeout=30)
     assert all(r.status == "succeeded" for r in records)
@@ -85,11 +85,11 @@ async def test_a_bulk_submit_runs_the_lines_that_fit_and_refuses_the_rest(e2e: P
     assert len(created) == 3 and len(refused) == 3
     assert all(isinstance(r, InsufficientCredits) and r.status == 402 for r in refused)
     assert "may cost up to" in refused[0].message and refused[0].param == "tenant"
-    records = await e2e.wait_many([r.job_id for r in created], timeout=30)
+    records = await e2e.wait_many(created, timeout=30)
     assert all(r.status == "succeeded" for r in records)
     # reservations were released: the credit left covers another job now
     again = await e2e.submit({**job, "messages": [{"role": "user", "content": "one more"}]}, tenant=tenant)
-    assert (await e2e.wait(again.job_id, timeout=30)).status == "succeeded"
+    assert (await e2e.wait(again.job_id, timeout=30, tenant=tenant)).status == "succeeded"
 
 
 async def test_a_resubmit_reserves_once_and_a_cancel_releases(producer: Producer) -> None:
@@ -103,7 +103,7 @@ async def test_a_resubmit_reserves_once_and_a_cancel_releases(producer: Producer
     assert first.created and not again.created
     reserve = producer.validator.prepare(dict(job), now=0).reserve_nanos
     assert int(await producer.redis.hget(credits_key(tenant), "reserved")) == reserve
-    record = await producer.cancel(first.job_id)
+    record = await producer.cancel(first.job_id, tenant=tenant)
     assert record.status == "cancelled"
     assert int(await producer.redis.hget(credits_key(tenant), "reserved")) == 0
     assert record.usage is not None and record.usage.credits_remaining == pytest.approx(1.0)
@@ -140,14 +140,18 @@ async def test_an_overrun_is_charged_and_then_new_jobs_are_refused(producer: Pro
     actual = reserve * 3
     usage = {"prompt_tokens": 5, "completion_tokens": 50, "cost_nanos": actual, "cost": nanos_to_usd(actual)}
     fields = {"status": "succeeded", "usage": usage, "model": "gpt-4o-mini", "finished_at": 1.0}
-    await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
+    await producer.store.finish(
+        producer.scoped(sub.job_id, tenant), fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50)
+    )
     balance = await ledger.show(tenant)
     assert balance is not None
     assert balance.spent == nanos_to_usd(actual)
     assert balance.available == nanos_to_usd(reserve * 3 // 2 - actual) and balance.available < 0
-    assert (await producer.get(sub.job_id)).usage.credits_remaining < 0
+    assert (await producer.get(sub.job_id, tenant=tenant)).usage.credits_remaining < 0
     # a second finish of the same job never charges again
-    await producer.store.finish(sub.job_id, fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50))
+    await producer.store.finish(
+        producer.scoped(sub.job_id, tenant), fields, settlement=Settlement(actual, "gpt-4o-mini", 5, 50)
+    )
     assert (await ledger.show(tenant)).spent == nanos_to_usd(actual)
     refused = (await producer.submit_many([dict(job)], tenant=tenant))[0]
     assert isinstance(refused, InsufficientCredits)
@@ -249,7 +253,7 @@ async def test_the_response_cache_hits_misses_and_expires(e2e: Producer, sim, un
 
     async def run(job: dict) -> object:
         sub = await e2e.submit(job)
-        return await e2e.wait(sub.job_id, timeout=30)
+        return await e2e.wait(sub.job_id, timeout=30, tenant=sub.tenant)
 
     first = await run({**base, "cache": True})
     hit = await run({**base, "cache": True})
@@ -293,35 +297,43 @@ async def test_a_running_job_can_be_cancelled(e2e: Producer, sim, until) -> None
     await sim.faults({"model": "gpt-4.1-mini", "kind": "latency", "latency_ms": 5000})
     try:
         sub = await e2e.submit({"model": "gpt-4.1-mini", "messages": HI, "fallbacks": []}, tenant=tenant)
-        await until(lambda: _status_is(e2e, sub.job_id, "running"), timeout=10, what="the job to start")
-        await e2e.cancel(sub.job_id)
-        await until(lambda: _status_is(e2e, sub.job_id, "cancelled"), timeout=10, what="the abort")
+        await until(lambda: _status_is(e2e, sub, "running"), timeout=10, what="the job to start")
+        await e2e.cancel(sub.job_id, tenant=tenant)
+        await until(lambda: _status_is(e2e, sub, "cancelled"), timeout=10, what="the abort")
     finally:
         await sim.faults()
-    record = await e2e.get(sub.job_id)
+    record = await e2e.get(sub.job_id, tenant=tenant)
     assert record.error["code"] == "cancelled"
     assert record.attempts[-1].outcome == "interrupted"
     assert int(await e2e.redis.hget(credits_key(tenant), "reserved")) == 0
 
 
-async def _status_is(producer: Producer, job_id: str, status: str) -> bool:
-    return (await producer.get(job_id)).status == status
+async def _status_is(producer: Producer, sub: Submitted, status: str) -> bool:
+    return (await producer.get(sub.job_id, tenant=sub.tenant)).status == status
 
 
 async def test_cancel_finds_an_interactive_job_on_its_own_queue(producer: Producer) -> None:
     sub = await producer.submit({"model": "gpt-4o-mini", "messages": HI}, interactive=True)
     queue = producer.settings.interactive_queue_name
-    assert await producer.redis.zscore(queue, sub.job_id) is not None
+    assert await producer.redis.zscore(queue, producer.scoped(sub.job_id)) is not None
     records = await producer.cancel_many([sub.job_id, "no-such-job"])
     assert records[0].status == "cancelled" and records[1].code == "job_not_found"
-    assert await producer.redis.zscore(queue, sub.job_id) is None
+    assert await producer.redis.zscore(queue, producer.scoped(sub.job_id)) is None
 
 
-async def test_a_job_id_belongs_to_its_tenant(producer: Producer) -> None:
+async def test_a_job_id_names_a_job_inside_its_tenant(producer: Producer) -> None:
     job = {"model": "gpt-4o-mini", "messages": HI, "job_id": f"order-{uuid.uuid4().hex[:8]}"}
     mine = await producer.submit(dict(job), tenant="alice")
     assert mine.created
     assert not (await producer.submit(dict(job), tenant="alice")).created  # idempotent for alice
-    theirs = (await producer.submit_many([dict(job)], tenant="bob"))[0]
-    # bob's identical body is not "the same job": he never gets alice's record or answer
-    assert isinstance(theirs, RouterError) and theirs.code == "idempotency_conflict"
+    # bob's id is a free one, whatever alice holds: no conflict (an oracle of alice's ids), no squat
+    theirs = await producer.submit({**job, "messages": [{"role": "user", "content": "other"}]}, tenant="bob")
+    assert theirs.created and theirs.tenant == "bob"
+    alices = await producer.get(job["job_id"], tenant="alice")
+    bobs = await producer.get(job["job_id"], tenant="bob")
+    assert (alices.tenant, bobs.tenant) == ("alice", "bob")
+    assert alices.request["messages"] != bobs.request["messages"]
+    with pytest.raises(JobNotFound):  # nobody else reads either of them
+        await producer.get(job["job_id"], tenant="carol")
+    await producer.cancel_many([job["job_id"]], tenant="alice")
+    assert (await producer.get(job["job_id"], tenant="bob")).status == "queued"  # bob's is untouched

@@ -39,13 +39,24 @@ async def test_other_key_headers(api: Any) -> None:
     key = api.key_for("acme")
     async with aiohttp.ClientSession() as s:
         assert (await s.get(f"{api.url}/v1/models", headers={"x-api-key": key})).status == 200
-        # Google's ways of sending a key count only on the Gemini endpoint
-        assert (await s.get(f"{api.url}/v1/models?key={key}")).status == 401
+        # Google's ways of sending a key count only on the Gemini front, which answers a model list
+        # asked for with Google's key (google-genai on a custom host) in Gemini's format
+        r = await s.get(f"{api.url}/v1/models?key={key}")
+        assert r.status == 200 and "models/gpt-4o-mini" in {m["name"] for m in (await r.json())["models"]}
+        assert (await s.post(f"{api.url}/v1/jobs?key={key}", json={})).status == 401
         path = f"{api.url}/v1/models/no-such-model:generateContent"
         body = {"contents": [{"parts": [{"text": "hi"}]}]}
         for kwargs in ({"params": {"key": key}}, {"headers": {"x-goog-api-key": key}}):
             r = await s.post(path, json=body, **kwargs)
-            assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+            error = (await r.json())["error"]  # Google's shape on the Gemini front
+            assert r.status == 404 and (error["code"], error["status"]) == (404, "NOT_FOUND")
+            assert error["details"][0]["reason"] == "MODEL_NOT_FOUND"
+        # and on every Gemini route, models.list included (google-genai sends its key this way)
+        for kwargs in ({"params": {"key": key}}, {"headers": {"x-goog-api-key": key}}):
+            r = await s.get(f"{api.url}/v1beta/models", **kwargs)
+            assert r.status == 200 and (await r.json())["models"]
+        r = await s.get(f"{api.url}/v1beta/models")
+        assert r.status == 401 and (await r.json())["error"]["status"] == "UNAUTHENTICATED"
 
 
 async def test_keys_cli_create_list_revoke(api: Any, until: Any) -> None:

@@ -378,7 +378,7 @@ async def test_ten_thousand_lines_enqueue_once_even_when_enqueued_again(
     assert (await runner.load(batch_id) or {})["status"] == "in_progress"
 
     # a finished line counts at the next read; then cancelling ends every other one
-    record = await producer.cancel(job_id_for(batch_id, 7))
+    record = await producer.cancel(job_id_for(batch_id, 7), tenant=who)
     assert record.status == "cancelled"
     batch = await runner.advance(batch_id)
     assert batch is not None and (batch["completed"], batch["failed"]) == (0, 1)
@@ -422,7 +422,7 @@ async def test_two_servers_finalize_a_batch_once(
     await asyncio.gather(runner.ingest(batch_id), other.ingest(batch_id))
     assert await redis.zcard(producer.settings.queue_name) == 300
     for i in range(300):  # every job ends (cancelled on its own): the batch is complete
-        await producer.cancel(job_id_for(batch_id, i))
+        await producer.cancel(job_id_for(batch_id, i), tenant=who)
     first, second = await asyncio.gather(runner.advance(batch_id), other.advance(batch_id))
     ended = await runner.load(batch_id)
     assert ended is not None and ended["status"] == "completed" and ended["failed"] == 300

@@ -17,9 +17,10 @@ async def test_waiter_wakes_on_notification(producer: Producer, until: Any) -> N
     try:
         job = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
         job_id = f"ended-{time.monotonic_ns()}"
-        with waiter.watch(job_id) as event:
+        scoped = producer.scoped(job_id)  # what the end notice names: the id inside its tenant
+        with waiter.watch(scoped) as event:
             await producer.submit({**job, "job_id": job_id}, notify=True)  # no worker: stays queued
-            waiting = asyncio.create_task(waiter.wait(job_id, event, timeout=20))
+            waiting = asyncio.create_task(waiter.wait(scoped, event, timeout=20))
             # the waiter has read the queued record and sleeps on its event (asyncio.Event's waiters)
             await until(lambda: event._waiters, timeout=5, what="the waiter to block")
             started = time.monotonic()
@@ -27,6 +28,6 @@ async def test_waiter_wakes_on_notification(producer: Producer, until: Any) -> N
             record = await waiting
         assert record.status == "cancelled"
         assert time.monotonic() - started < 2
-        assert job_id not in waiter._events  # nothing left behind once the handler is done
+        assert scoped not in waiter._events  # nothing left behind once the handler is done
     finally:
         await waiter.close()

@@ -85,4 +85,6 @@ async def test_gemini_errors(api: Any) -> None:
             json=body,
             headers={"x-goog-api-key": api.key_for("acme")},
         )
-        assert r.status == 400 and (await r.json())["error"]["param"] == "cachedContent"
+        error = (await r.json())["error"]
+        assert r.status == 400 and error["status"] == "INVALID_ARGUMENT"
+        assert error["details"][0]["metadata"]["param"] == "cachedContent"

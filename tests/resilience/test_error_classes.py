@@ -19,7 +19,7 @@ from arq import Retry
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.keys import SICK_KEY
+from llm_router.keys import DEFAULT_TENANT, SICK_KEY, scoped_id
 from llm_router.simulator import FaultRule, SimConfig, SimServer, start_simulator
 from producer.producer import Producer
 from worker.breaker import routing_table
@@ -180,7 +180,7 @@ async def test_error_class_retries_and_fallback(rig, redis, fault, expected, mar
     producer, runner, sim = rig
     sim.add_faults([FaultRule(credential=A, model="m", **fault)])
     sub = await producer.submit({"model": "m", "messages": HI})
-    await runner.run(sub.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     record = await producer.get(sub.job_id)
     assert record.status == "succeeded", record.error
     assert _codes(record) == expected
@@ -203,7 +203,7 @@ async def test_final_errors_neither_retry_nor_fall_back_nor_trip(rig, redis, fau
     producer, runner, sim = rig
     sim.add_faults([FaultRule(credential=A, model="m", **fault)])
     sub = await producer.submit({"model": "m", "messages": HI})
-    await runner.run(sub.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     record = await producer.get(sub.job_id)
     assert record.status == "failed" and record.error["code"] == code
     assert _codes(record) == [("a", code)]
@@ -223,7 +223,7 @@ async def test_retry_after_as_an_http_date_defers_the_job_until_then(rig, redis)
         )
     sub = await producer.submit({"model": "m", "fallbacks": [], "messages": HI})
     with pytest.raises(Retry) as info:
-        await runner.run(sub.job_id)
+        await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     assert 2500 <= info.value.defer_score <= 4500  # until the date (HTTP dates have 1 s resolution)
     record = await producer.get(sub.job_id)
     assert record.status == "deferred" and _codes(record) == [("a", "rate_limited"), ("b", "rate_limited")]
@@ -234,7 +234,7 @@ async def test_a_route_out_of_rotation_fails_at_once_instead_of_waiting(rig) -> 
     for cred in (A, B):
         sim.add_faults([FaultRule(credential=cred, model="m", kind="status", status=401)])
     first = await producer.submit({"model": "m", "fallbacks": [], "messages": HI})
-    await runner.run(first.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, first.job_id))
     record = await producer.get(first.job_id)
     assert record.status == "failed" and record.error["code"] == "auth_failed"
     # both deployments are now out of rotation for the fleet: the next job is refused without a call
@@ -242,7 +242,7 @@ async def test_a_route_out_of_rotation_fails_at_once_instead_of_waiting(rig) -> 
     second = await producer.submit(
         {"model": "m", "fallbacks": [], "messages": [{"role": "user", "content": "2"}]}
     )
-    await runner.run(second.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, second.job_id))
     record = await producer.get(second.job_id)
     assert record.status == "failed" and record.error["code"] == "deployment_disabled"
     assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "skipped"), ("b", "skipped")]

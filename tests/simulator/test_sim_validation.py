@@ -200,7 +200,7 @@ INVALID: list[tuple[str, Any, str | None, Any]] = [
     ("seed a string", body(seed="7"), "seed", "invalid_type"),
     ("user a number", body(user=7), "user", "invalid_type"),
     ("top_logprobs without logprobs", body(top_logprobs=3), "top_logprobs", ...),
-    ("reasoning_effort unknown", body(reasoning_effort="max"), "reasoning_effort", "invalid_value"),
+    ("reasoning_effort unknown", body(reasoning_effort="extreme"), "reasoning_effort", "invalid_value"),
 ]
 
 

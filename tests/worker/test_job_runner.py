@@ -14,6 +14,7 @@ from arq import Retry
 
 from config.catalog import Catalog, CatalogError
 from config.settings import Settings
+from llm_router.keys import DEFAULT_TENANT, scoped_id
 from llm_router.redact import redact_url
 from llm_router.simulator import FaultRule, SimConfig, SimServer, start_simulator
 from producer.producer import Producer
@@ -104,7 +105,7 @@ async def setup(redis_server, sim: SimServer, dead_port: int, tmp_path: Path):
 async def test_a_connect_timeout_falls_back_instead_of_ending_the_job(setup) -> None:
     producer, runner, _ = setup
     sub = await producer.submit({"model": "m", "messages": HI, "deadline_s": 60})
-    await runner.run(sub.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     record = await producer.get(sub.job_id)
     assert record.status == "succeeded" and record.provider == "sim"
     # a timeout retries the same deployment once (a short wait, within the retry budget), then falls back
@@ -120,7 +121,7 @@ async def test_deferral_waits_at_least_the_retry_after_heard(setup) -> None:
     sim.add_faults([FaultRule(model="solo", kind="status", status=429, retry_after=7)])
     sub = await producer.submit({"model": "solo", "messages": HI})
     with pytest.raises(Retry) as info:
-        await runner.run(sub.job_id)
+        await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     assert info.value.defer_score == 7000  # not the 0.5 s backoff
     record = await producer.get(sub.job_id)
     assert record.status == "deferred" and record.passes == 1
@@ -134,7 +135,9 @@ async def test_a_crash_in_our_code_fails_the_job_visibly(setup, monkeypatch) -> 
 
     monkeypatch.setattr("worker.route_walk._succeeded", boom)
     sub = await producer.submit({"model": "solo", "messages": HI})
-    await runner.run(sub.job_id)  # returns normally: arq must not be the one to drop the job
+    await runner.run(
+        scoped_id(DEFAULT_TENANT, sub.job_id)
+    )  # returns normally: arq must not be the one to drop the job
     record = await producer.get(sub.job_id)
     assert record.status == "failed" and record.error["code"] == "internal_error"
 
@@ -145,7 +148,7 @@ async def test_a_run_that_reaches_the_job_timeout_is_run_again_not_failed(setup)
     runner._run_budget_s = 0.5
     sub = await producer.submit({"model": "solo", "messages": HI, "deadline_s": 600})
     with pytest.raises(Retry):
-        await runner.run(sub.job_id)
+        await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     record = await producer.get(sub.job_id)
     assert record.status == "queued" and record.error is None
 
@@ -154,7 +157,7 @@ async def test_upstream_keys_never_reach_the_record(setup) -> None:
     producer, runner, sim = setup
     sim.add_faults([FaultRule(model="solo", kind="status", status=400)])
     sub = await producer.submit({"model": "solo", "messages": HI})
-    await runner.run(sub.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, sub.job_id))
     record = await producer.get(sub.job_id)
     assert record.status == "failed" and "sk-sim-0123456789abcdef" not in record.model_dump_json()
 
@@ -186,10 +189,10 @@ async def test_images_are_fetched_for_providers_that_need_bytes_and_guarded(setu
     producer, runner, _ = setup
     job = {"prompt": "what is this?", "image": "https://127.0.0.1/cat.png"}
     gem = await producer.submit({"model": "gem", **job})
-    await runner.run(gem.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, gem.job_id))
     refused = await producer.get(gem.job_id)
     assert refused.status == "failed" and refused.error["code"] == "invalid_request"
     assert refused.error["param"] == "messages[0].content[1].image_url.url"
     plain = await producer.submit({"model": "solo", **job})
-    await runner.run(plain.job_id)
+    await runner.run(scoped_id(DEFAULT_TENANT, plain.job_id))
     assert (await producer.get(plain.job_id)).status == "succeeded"

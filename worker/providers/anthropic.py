@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from config.catalog import Deployment
+from llm_router.contract import NEVER_SENT_FIELDS, OPENAI_ONLY_FIELDS
 from llm_router.errors import (
     AuthFailed,
     BadResponse,
@@ -95,6 +96,8 @@ DROPPED = frozenset(
         "seed",
         "stream",
         "stream_options",
+        *OPENAI_ONLY_FIELDS - {"safety_identifier"},
+        *NEVER_SENT_FIELDS,
     }
 )
 # handled by code below (structural), or ours
@@ -110,12 +113,21 @@ STRUCTURAL = frozenset(
         "response_format",
         "reasoning_effort",
         "user",
+        "safety_identifier",  # metadata.user_id, as `user` (which wins)
         "n",
     }
 )
 
 # reasoning_effort → extended thinking budget (tokens); thinking needs budget_tokens < max_tokens
-THINKING_BUDGET: dict[str, int] = {"low": 1024, "medium": 4096, "high": 16384}
+# ("none" and an unknown value: no thinking)
+THINKING_BUDGET: dict[str, int] = {
+    "minimal": 1024,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+    "xhigh": 32768,
+    "max": 32768,
+}
 # thinking is incompatible with these sampling parameters (Anthropic refuses them)
 _NOT_WITH_THINKING = ("temperature", "top_p")
 
@@ -135,7 +147,14 @@ class Dialect:
 DIALECTS: dict[str, Dialect] = {
     "anthropic-reasoning": Dialect(
         drop=frozenset({"temperature", "top_p"}),
-        effort={"minimal": "low", "low": "low", "medium": "medium", "high": "high"},
+        effort={
+            "minimal": "low",
+            "low": "low",
+            "medium": "medium",
+            "high": "high",
+            "xhigh": "high",
+            "max": "high",
+        },
     ),
 }
 
@@ -193,8 +212,9 @@ def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     _map_params(request, body)
     if request.get("n", 1) not in (None, 1):
         raise InvalidRequest("Anthropic returns one choice: n must be 1", param="n")
-    if isinstance(request.get("user"), str):
-        body["metadata"] = {"user_id": request["user"]}
+    user = request.get("user") or request.get("safety_identifier")
+    if isinstance(user, str):
+        body["metadata"] = {"user_id": user}
     body.setdefault("max_tokens", deployment.max_output)
     system, messages = _messages(request["messages"])
     if system:

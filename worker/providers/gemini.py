@@ -41,6 +41,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from config.catalog import Deployment
+from llm_router.contract import NEVER_SENT_FIELDS, OPENAI_ONLY_FIELDS
 from llm_router.errors import (
     AuthFailed,
     BadResponse,
@@ -77,7 +78,15 @@ def _as_list(value: Any) -> list[str]:
 
 # reasoning_effort → thinkingBudget; every value is valid on 2.5 Pro (128..32768), Flash (0..24576)
 # and Flash-Lite (512..24576); Gemini 3 still accepts thinkingBudget
-THINKING_BUDGET: dict[str, int] = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+# ("none" leaves the model's default: 2.5 Pro cannot stop thinking)
+THINKING_BUDGET: dict[str, int] = {
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 24576,
+    "max": 24576,
+}
 
 _GEN = "generationConfig"
 PARAMS: dict[str, Param] = {
@@ -94,7 +103,17 @@ PARAMS: dict[str, Param] = {
     "top_logprobs": Param((_GEN, "logprobs")),
     "reasoning_effort": Param((_GEN, "thinkingConfig"), lambda e: {"thinkingBudget": THINKING_BUDGET[e]}),
 }
-DROPPED = frozenset({"logit_bias", "user", "parallel_tool_calls", "stream", "stream_options"})
+DROPPED = frozenset(
+    {
+        "logit_bias",
+        "user",
+        "parallel_tool_calls",
+        "stream",
+        "stream_options",
+        *OPENAI_ONLY_FIELDS,
+        *NEVER_SENT_FIELDS,
+    }
+)
 STRUCTURAL = frozenset(
     {"model", "messages", "tools", "tool_choice", "functions", "function_call", "response_format"}
 )
@@ -212,7 +231,7 @@ def _call(body: dict[str, Any], deployment: Deployment, method: str) -> HttpCall
 def _map_params(request: dict[str, Any], body: dict[str, Any]) -> None:
     for name, param in PARAMS.items():
         value = request.get(name)
-        if value is None:
+        if value is None or (name == "reasoning_effort" and value not in THINKING_BUDGET):
             continue
         *parents, leaf = param.to
         target = body

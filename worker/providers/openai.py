@@ -5,6 +5,11 @@ turns the answer into a ``Completion`` or raises the classified error (``classif
 Legacy ``functions`` requests are sent as ``tools`` (many OpenAI-compatible servers dropped
 ``functions``) and their answers are turned back into ``function_call``.
 
+Request fields: everything of OpenAI's chat API is passed, but ``store`` (never sent: the record is
+the stored completion) and, for vendors other than OpenAI itself, OpenAI's newer fields
+(``OPENAI_ONLY_FIELDS``: ``service_tier``, ``prompt_cache_key``, ``verbosity``, ...), which they
+refuse; what only answers carry (``annotations``, a null ``refusal``) is dropped from messages.
+
 Streaming: ``build_stream_request`` asks for SSE with ``stream_options.include_usage``;
 ``stream_parser`` passes the upstream chunks through (their usage ends the answer) and is done at
 ``[DONE]``, or at a usage chunk after a finish reason. An error object mid-stream (``data:
@@ -21,7 +26,7 @@ from typing import Any
 import orjson
 
 from config.catalog import Deployment
-from llm_router.contract import RESERVED_KEYS
+from llm_router.contract import ECHOED_MESSAGE_KEYS, NEVER_SENT_FIELDS, OPENAI_ONLY_FIELDS, RESERVED_KEYS
 from llm_router.errors import (
     AuthFailed,
     BadResponse,
@@ -36,8 +41,11 @@ from worker.providers.sse import SSEEvent
 from worker.providers.stream import ChunkStream, event_json, stream_error, usage_counts
 from worker.providers.wire import json_answer, retry_after, status_error
 
-# what we never forward: our reserved keys, and streaming (this path reads whole answers)
-_DROP = frozenset(RESERVED_KEYS | {"stream", "stream_options"})
+# what we never forward: our reserved keys, fields no provider sees, and streaming (set per call)
+_DROP = frozenset(RESERVED_KEYS | NEVER_SENT_FIELDS | {"stream", "stream_options"})
+# providers whose API takes OpenAI's newer fields (OPENAI_ONLY_FIELDS) and an assistant message's
+# `audio` and `refusal`; OpenAI-compatible vendors refuse unknown fields, so they never get them
+OPENAI_EXTENSION_PROVIDERS = frozenset({"openai"})
 
 # the vendor's error.code (else error.type) → error class; the HTTP status decides when it is missing
 # or unknown (``wire.STATUS_ERRORS``)
@@ -104,8 +112,13 @@ def build_stream_request(request: dict[str, Any], deployment: Deployment) -> Htt
 
 
 def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
-    body = {k: v for k, v in request.items() if k not in _DROP}
+    native = deployment.provider in OPENAI_EXTENSION_PROVIDERS
+    drop = _DROP if native else _DROP | OPENAI_ONLY_FIELDS
+    body = {k: v for k, v in request.items() if k not in drop}
     body["model"] = deployment.upstream_model
+    body["messages"] = [_message(m, native) for m in request["messages"]]
+    if "parallel_tool_calls" in body and not (body.get("tools") or body.get("functions")):
+        del body["parallel_tool_calls"]  # meaningless without tools, and OpenAI refuses it then
     functions = body.pop("functions", None)
     if functions is not None:
         body["tools"] = [{"type": "function", "function": f} for f in functions]
@@ -118,6 +131,23 @@ def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     if rules is not None:
         apply_rules(body, rules)
     return body
+
+
+def _message(message: dict[str, Any], native: bool) -> dict[str, Any]:
+    """A message as the upstream takes it: what only answers carry (echoed back by clients) is
+    dropped, but for OpenAI's own API a stated refusal or an audio reference; ``name`` is not sent
+    on tool messages (OpenAI's schema has none there)."""
+    echoed = ECHOED_MESSAGE_KEYS & message.keys()
+    if not echoed and not (message.get("role") == "tool" and "name" in message):
+        return message
+    out = {k: v for k, v in message.items() if k not in ECHOED_MESSAGE_KEYS}
+    if native:
+        for key in ("refusal", "audio"):
+            if message.get(key) is not None:
+                out[key] = message[key]
+    if out.get("role") == "tool":
+        out.pop("name", None)
+    return out
 
 
 def _call(body: dict[str, Any], deployment: Deployment) -> HttpCall:
@@ -145,6 +175,10 @@ def parse_response(status: int, headers: dict[str, str], body: bytes, request: d
         counts = _read_usage(usage)
     except BadResponse as exc:
         raise BadResponse(exc.message, http_status=status) from None
+    for choice in choices:
+        if choice["message"].get("annotations") == []:
+            # nothing to say: a stream of the same answer carries none, and the records agree
+            del choice["message"]["annotations"]
     if "functions" in request:
         _to_legacy_functions(choices)
     data.setdefault("object", "chat.completion")

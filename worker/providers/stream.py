@@ -8,7 +8,8 @@ Each format module translates its upstream events into OpenAI ``chat.completion.
   as legacy ``function_call`` deltas for ``functions`` requests (as ``parse_response`` does for
   whole answers), and feeds every chunk to
 * ``ChunkAssembler``, which rebuilds the whole ``chat.completion`` from the chunks: text and
-  refusal concatenated, tool calls reassembled by index, logprobs joined, the last usage kept.
+  refusal concatenated, annotations joined, tool calls reassembled by index, logprobs joined, the
+  last usage kept.
 
 So the record of a streamed job is exactly what its followers saw, concatenated.
 ``completion_chunks`` goes the other way (a whole answer as chunks) and ``chunk`` builds one.
@@ -127,6 +128,8 @@ def completion_chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
         for key in ("content", "refusal"):
             if message.get(key) is not None:
                 d[key] = message[key]
+        if message.get("annotations"):
+            d["annotations"] = message["annotations"]
         if message.get("tool_calls"):
             d["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
         if message.get("function_call"):
@@ -157,6 +160,7 @@ class _Choice:
     role: str = "assistant"
     content: list[str] | None = None  # None until a delta carries a string (a tool-only answer)
     refusal: list[str] | None = None
+    annotations: list[Any] | None = None  # citations (web search), as OpenAI streams them
     calls: dict[int, _Call] = field(default_factory=dict)
     function_call: _Call | None = None
     logprobs: dict[str, Any] | None = None
@@ -203,6 +207,8 @@ class ChunkAssembler:
                     setattr(choice, key, parts)
                 parts.append(text)
                 self.started = self.started or bool(text)
+        if isinstance(d.get("annotations"), list) and d["annotations"]:
+            choice.annotations = [*(choice.annotations or ()), *d["annotations"]]
         for call_delta in d.get("tool_calls") or ():
             call = choice.calls.setdefault(call_delta.get("index", 0), _Call())
             _merge_call(call, call_delta)
@@ -273,6 +279,8 @@ def _choice_json(index: int, choice: _Choice) -> dict[str, Any]:
         "content": "".join(choice.content) if choice.content is not None else None,
         "refusal": "".join(choice.refusal) if choice.refusal else None,
     }
+    if choice.annotations:
+        message["annotations"] = choice.annotations
     if choice.calls:
         message["tool_calls"] = [
             {"id": c.id, "type": c.type, "function": {"name": c.name, "arguments": c.arguments}}

@@ -1,0 +1,123 @@
+"""Per-tenant policy: one Redis hash per tenant, each key falling back to a process setting.
+
+``llm-router tenants set TENANT key=value…`` writes it, ``llm-router tenants show TENANT`` reads it,
+and every part of the system that needs a per-tenant knob reads it here, through ``TenantPolicies``
+(which caches each tenant's policy a few seconds: a submit path must not pay a Redis read per job).
+A knob is a row of ``KNOBS``: its type, the setting it falls back to, and what it means. A knob
+added by a later feature is one more row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from llm_router.errors import InvalidRequest
+from llm_router.keys import tenant_policy_key
+
+
+@dataclass(frozen=True, slots=True)
+class Knob:
+    """One per-tenant setting: its type, the process setting it falls back to, and its meaning."""
+
+    type: type
+    setting: str
+    help: str
+    minimum: int | float | None = 0
+
+
+KNOBS: dict[str, Knob] = {
+    "max_queued": Knob(
+        int, "tenant_max_queued", "jobs queued or running at once; past it, 429 too_many_queued"
+    ),
+    "max_images_per_job": Knob(int, "max_images_per_job", "image parts in one job"),
+    "max_image_bytes_per_job": Knob(
+        int, "max_image_bytes_per_job", "bytes of image data in one job (inline data, and fetched URLs)"
+    ),
+}
+
+
+def parse_value(name: str, raw: str) -> int | float | str | bool:
+    """``raw`` (from the command line) as knob ``name``'s type; ``InvalidRequest`` naming it if not."""
+    knob = KNOBS.get(name)
+    if knob is None:
+        raise InvalidRequest(
+            f"unknown tenant setting {name!r}; known: {', '.join(sorted(KNOBS))}", param=name
+        )
+    try:
+        if knob.type is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            value: Any = raw.lower() in ("true", "1", "yes")
+        else:
+            value = knob.type(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} takes a {knob.type.__name__}, not {raw!r}", param=name) from None
+    if knob.minimum is not None and isinstance(value, int | float) and value < knob.minimum:
+        raise InvalidRequest(f"{name} must be at least {knob.minimum}", param=name)
+    return value
+
+
+class TenantPolicy:
+    """One tenant's effective knobs: what it set, else the process settings."""
+
+    def __init__(self, tenant: str, stored: dict[str, str], settings: Settings) -> None:
+        self.tenant = tenant
+        self.stored = stored
+        self._settings = settings
+
+    def get(self, name: str) -> Any:
+        knob = KNOBS[name]
+        raw = self.stored.get(name)
+        if raw is None:
+            return getattr(self._settings, knob.setting)
+        return parse_value(name, raw)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Every knob with its effective value and whether the tenant set it."""
+        return {
+            name: {"value": self.get(name), "set": name in self.stored, "help": knob.help}
+            for name, knob in sorted(KNOBS.items())
+        }
+
+
+class TenantPolicies:
+    """Reads and writes tenants' policies; reads are cached ``cache_s`` seconds per process."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, cache_s: float = 5.0) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, TenantPolicy]] = {}
+
+    async def get(self, tenant: str) -> TenantPolicy:
+        now = time.monotonic()
+        hit = self._cache.get(tenant)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        raw = await self.redis.hgetall(tenant_policy_key(tenant))
+        policy = TenantPolicy(tenant, {k.decode(): v.decode() for k, v in raw.items()}, self.settings)
+        if len(self._cache) > 10_000:  # many tenants: keep memory bounded
+            self._cache.clear()
+        self._cache[tenant] = (now, policy)
+        return policy
+
+    async def set(self, tenant: str, values: dict[str, str]) -> TenantPolicy:
+        """Set knobs (validated first: nothing is written when one is wrong); an empty value unsets."""
+        parsed = {name: parse_value(name, raw) for name, raw in values.items() if raw != ""}
+        unset = [name for name, raw in values.items() if raw == ""]
+        for name in unset:
+            if name not in KNOBS:
+                parse_value(name, "")  # the unknown-knob error
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if parsed:
+                pipe.hset(tenant_policy_key(tenant), mapping={k: str(v) for k, v in parsed.items()})
+            if unset:
+                pipe.hdel(tenant_policy_key(tenant), *unset)
+            await pipe.execute()
+        self._cache.pop(tenant, None)
+        return await self.get(tenant)
