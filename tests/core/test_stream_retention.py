@@ -8,6 +8,7 @@ import time
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from llm_router.keys import scoped_id
 from llm_router.store import NewJob, Settlement, Store, SubmitReply, body_digest
 
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m","stream":true}'
@@ -49,13 +50,14 @@ async def test_a_stream_expires_its_own_ttl_after_the_last_chunk_and_after_the_e
     store = Store(bare_redis, queue_name="q", record_ttl_s=RECORD_TTL_S, stream_ttl_s=STREAM_TTL_S)
     (created,) = await store.submit_batch([store.submit_command(_job("j1"), max_queued=0)])
     assert created == SubmitReply.CREATED
-    await store.publish("j1", [b'{"c":1}', b'{"c":2}'], maxlen=100)
+    job_id = scoped_id("t", "j1")  # a Store takes ids inside their tenant
+    await store.publish(job_id, [b'{"c":1}', b'{"c":2}'], maxlen=100)
     stream = await _stream(bare_redis)
     assert 0 < await bare_redis.ttl(stream) <= STREAM_TTL_S  # while written: from the last chunk
 
     await bare_redis.expire(stream, 5)  # the finish must set the stream's TTL, not keep what it had
     done = {"status": "succeeded", "finished_at": time.time(), "response": {"id": "r"}, "model": "m"}
-    await store.finish("j1", done, settlement=Settlement(0, "m", 0, 0))
+    await store.finish(job_id, done, settlement=Settlement(0, "m", 0, 0))
     assert STREAM_TTL_S - 5 < await bare_redis.ttl(stream) <= STREAM_TTL_S
     last = (await bare_redis.xrevrange(stream, count=1))[0][1]
     assert last == {b"end": b"succeeded"}

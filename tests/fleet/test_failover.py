@@ -76,7 +76,7 @@ async def test_a_sentinel_failover_mid_run_loses_nothing_and_charges_nothing_twi
     print(f"\nfailover: {json.dumps(asdict(outcome))}")
     assert outcome.lost == 0 and outcome.stuck == 0, outcome
     assert outcome.charged_twice_nanos == 0 and outcome.reserved_left_nanos == 0, outcome
-    assert outcome.submit_exit == 0, outcome
+    assert outcome.submit_exit == 0 and outcome.waiter_saw_other_outcome == 0, outcome
     assert outcome.statuses == {"succeeded": JOBS}, outcome
     assert outcome.failover_s < 15, outcome
 
@@ -91,6 +91,7 @@ async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, unti
 
     run = uuid.uuid4().hex[:6]
     ids = [f"fo-{run}-{i}" for i in range(JOBS)]
+    scoped = [producer.scoped(job_id, tenant) for job_id in ids]  # the store's ids: inside the tenant
     lines = [
         {
             "job_id": job_id,
@@ -112,15 +113,15 @@ async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, unti
         submit_env, "submit", str(jsonl), "--wait", "--tenant", tenant, "--out", str(out), "--timeout", "900"
     )
 
-    await until(lambda: _ended(producer, ids, JOBS // 3), timeout=300, what=f"{JOBS // 3} jobs ended")
+    await until(lambda: _ended(producer, scoped, JOBS // 3), timeout=300, what=f"{JOBS // 3} jobs ended")
     old = sentinels.primary_port()
-    ended_before = await _count_ended(producer, ids)
+    ended_before = await _count_ended(producer, scoped)
     killed = time.monotonic()
     await asyncio.to_thread(sentinels.kill_primary)
     await asyncio.to_thread(sentinels.wait_for_new_primary, old, 60)
     failover_s = time.monotonic() - killed
     await until(
-        lambda: _ended(producer, ids, ended_before + 1), timeout=120, what="a job ending after the kill"
+        lambda: _ended(producer, scoped, ended_before + 1), timeout=120, what="a job ending after the kill"
     )
     resumed_s = time.monotonic() - killed
 
@@ -128,8 +129,8 @@ async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, unti
     submit_s = time.monotonic() - started
     assert [w.pid for w in workers] == pids and all(w.alive() for w in workers), "a worker died"
 
-    statuses = await _retry(lambda: producer.store.statuses(ids))
-    records = [r for r in await _retry(lambda: producer.store.get_many(ids)) if r is not None]
+    statuses = await _retry(lambda: producer.store.statuses(scoped))
+    records = [r for r in await _retry(lambda: producer.store.get_many(scoped)) if r is not None]
     ledger = {k.decode(): int(v) for k, v in (await producer.redis.hgetall(credits_key(tenant))).items()}
     calls = (await sim.calls())["total"] - calls_before
     seen = {}
