@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import traceback
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -166,8 +167,9 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         loop.run_until_complete(_run_all(workers))
     except Exception as exc:
         fatal = _fatal(exc, settings)
-        if fatal.code == "internal_error":
-            log.exception("worker stopped", reason=fatal.message)
+        if fatal.code == "internal_error":  # a bug: the traceback goes to the log too
+            trace = "".join(traceback.format_exception(exc))
+            log.error("worker stopped", reason=fatal.message, traceback=trace)
         else:
             log.error("worker stopped", reason=fatal.message, code=fatal.code)
         raise fatal from exc

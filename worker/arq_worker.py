@@ -217,8 +217,9 @@ class LeasedWorker(Worker):
                 self._refused_since = now
             elif now - self._refused_since > self.refusal_limit_s:
                 raise RedisUnusable(f"{reason} (for {now - self._refused_since:.0f} s)") from exc
-            # the refusing connection stays open: drop it, so the next one finds where Redis is now
-            await self.pool.connection_pool.disconnect()
+            # a refusing connection stays open: drop the idle ones (running jobs' exchanges are left
+            # alone), so the next connection finds where Redis is now
+            await self.pool.connection_pool.disconnect(inuse_connections=False)
             await self._back_off("redis refuses writes, retrying", exc)
         else:
             if self._outage_s:
