@@ -8,6 +8,8 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["producer"]``: a ``producer.producer.Producer`` on that client
 * ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
+* ``app["refused"]``: why the server stopped serving (an evicting Redis found after start), raised by
+  ``run_server``
 
 Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404;
 the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``), body limit (a
