@@ -21,6 +21,17 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "LLM_ROUTER_REDIS_URL")
     )
+    # Redis through Sentinel instead of one URL: "host:port,host:port" and the name the sentinels know
+    # the primary by (a `redis+sentinel://host:port,host:port/name/db` REDIS_URL says the same)
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
+    # passwords kept out of the URL (and out of a ConfigMap): the data nodes', and the sentinels' own
+    # when they require one (Sentinel's requirepass is separate from the data nodes')
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # an evicting Redis (maxmemory-policy other than noeviction) silently drops queued jobs, answers
+    # and credit records: processes refuse to start on one unless this is set
+    accept_eviction: bool = False
     config: Path = Field(default=DEFAULT_CATALOG, description="catalog YAML (LLM_ROUTER_CONFIG)")
     upstream: str | None = Field(
         default=None, description="replaces the origin of every provider URL (LLM_ROUTER_UPSTREAM)"
@@ -62,13 +73,18 @@ class Settings(BaseSettings):
     lease_refresh_s: float | None = None
     # on SIGTERM: stop taking jobs, let running ones finish this long, then put the rest back
     shutdown_grace_s: float = 25.0
-    # how long a finished job's record write keeps retrying while Redis is away
+    # how long a finished job's record write keeps retrying while Redis is away, how long a worker
+    # waits for Redis at start, and how long it rides out a Redis that refuses writes (a read-only
+    # replica, out of memory) before it exits with the reason
     redis_retry_s: float = 60.0
 
     # streaming: a stream must start within this, then never go quiet longer than this
     stream_ttft_s: float = 30.0
     stream_idle_s: float = 30.0
     stream_maxlen: int = 20_000  # entries kept per job stream (a whole answer, chunk by chunk)
+    # a job's token stream is kept this long after its last chunk (and after the job ends): the
+    # record holds the whole answer, the stream only serves followers
+    stream_ttl_s: int = 3600
 
     # circuit breakers (per deployment, fleet-wide; the catalog may override per provider/deployment)
     breaker_window_s: float = 60.0

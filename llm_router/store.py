@@ -228,12 +228,20 @@ class Store:
     """
 
     def __init__(
-        self, redis: Redis, *, queue_name: str, record_ttl_s: int, usage_ttl_s: int = 400 * 86400
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        record_ttl_s: int,
+        usage_ttl_s: int = 400 * 86400,
+        stream_ttl_s: int = 3600,
     ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.record_ttl_s = record_ttl_s
         self.usage_ttl_s = usage_ttl_s
+        # a token stream outlives its last chunk, and the job's end, by this (the record keeps the answer)
+        self.stream_ttl_s = stream_ttl_s
         self._submit = redis.register_script(SUBMIT_LUA)
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
@@ -366,6 +374,7 @@ class Store:
             settlement.encode() if settlement is not None else b"",
             self.usage_ttl_s,
             summary,
+            self.stream_ttl_s,
         ]
         for name, value in fields.items():
             argv.append(name)
@@ -418,12 +427,13 @@ class Store:
         )
 
     async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
-        """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
+        """Append chunks (JSON) to the job's stream in one round trip, capped, expiring ``stream_ttl_s``
+        after the last chunk."""
         key = stream_key(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in chunks:
                 pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
-            pipe.expire(key, self.record_ttl_s)
+            pipe.expire(key, self.stream_ttl_s)
             await pipe.execute()
 
     async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
 * ``app["metrics"]``, ``app["fleet"]``, ``app["tracing"]``: ``producer.http.observability``
+* ``app["refused"]``: why the server stopped serving (an evicting Redis found after start), raised by
+  ``run_server``
 
 Middlewares, outermost first: observability (counts, times and traces every request), errors
 (every failure is the JSON error object, unknown routes 404; the Gemini front's routes answer in
@@ -20,15 +22,18 @@ handlers read the tenant only from there).
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
+from llm_router.errors import InvalidRequest, PayloadTooLarge, RedisUnusable, ResourceNotFound, RouterError
+from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
 from producer.http import batches, dashboard, gemini_api, jobs_api, observability, openai_api, openapi
 from producer.http.auth import ApiKeys
@@ -142,10 +147,24 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
         else ApiKeys(client, keys_file=settings.api_keys_file, admin_tenants=settings.admin_tenant_set)
     )
 
+    later: list[asyncio.Task[None]] = []
+    app["refused"] = []  # why the server refused to go on serving (see _check_when_reachable)
+
     async def startup(app: web.Application) -> None:
+        # an evicting Redis loses jobs silently: refuse to serve on one (RedisUnusable ends run_app)
+        try:
+            await check_eviction_policy(client, accept_eviction=settings.accept_eviction)
+        except (RedisError, OSError) as exc:
+            # Redis away at start: serve (not ready) and check once it answers
+            log.warning(
+                "Redis unreachable at start; its eviction policy is checked when it answers", error=str(exc)
+            )
+            later.append(asyncio.create_task(_check_when_reachable(app, client, settings)))
         await app["ended"].start()
 
     async def cleanup(app: web.Application) -> None:
+        for task in later:
+            task.cancel()
         await app["ended"].close()
         if own_redis:
             await client.aclose()
@@ -162,8 +181,25 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     return app
 
 
+async def _check_when_reachable(app: web.Application, client: Redis, settings: Settings) -> None:
+    delay = 0.5
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await check_eviction_policy(client, accept_eviction=settings.accept_eviction)
+            return
+        except RedisUnusable as exc:
+            # stop serving: run_server raises it once aiohttp has shut down
+            log.error("refusing to serve", reason=exc.message)
+            app["refused"].append(exc)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        except (RedisError, OSError):
+            delay = min(delay * 2, 1.0)
+
+
 def run_server(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop."""
+    """Serve until SIGINT/SIGTERM, on uvloop; raises ``RedisUnusable`` when Redis may lose jobs."""
     import uvloop
 
     catalog = Catalog.load(settings)
@@ -185,3 +221,5 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         print=None,
         shutdown_timeout=10,
     )
+    if app["refused"]:
+        raise app["refused"][0]
