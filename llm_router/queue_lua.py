@@ -28,7 +28,9 @@ NEWCOMER_LEAD = 25
 
 # the submit script's part (bulk submits run it per job, so it defines nothing else); needs
 # LUA_PRELUDE (llm_router.lua) before it
-READY_LUA = f"local NEWCOMER_LEAD = {NEWCOMER_LEAD}\nlocal POLICY = '{TENANT_POLICY_PREFIX}'\n" + r"""
+READY_LUA = (
+    f"local NEWCOMER_LEAD = {NEWCOMER_LEAD}\nlocal POLICY = '{TENANT_POLICY_PREFIX}'\n"
+    + r"""
 -- a job becomes due: into its tenant's ready queue (by `seq`: enqueue time, 0 for the front), its
 -- tenant into the band's active set if it was not there, a little behind the band's virtual clock:
 -- a tenant that was idle gets its first few jobs in ahead of a backlog (as a scheduler favours a
@@ -44,6 +46,7 @@ local function make_ready(queue, job, band, tenant, seq)
   end
 end
 """
+)
 
 # needs LUA_PRELUDE and READY_LUA before it
 QUEUE_LUA = (

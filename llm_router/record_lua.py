@@ -131,8 +131,8 @@ FINISH_LUA = (
     + """
 local record, stream = KEYS[1], KEYS[2]
 local record_ttl_s, job_id, field_count = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local settlement, usage_ttl_s, summary = ARGV[4], ARGV[5], ARGV[6]
-local FIELDS = 7  -- field/value pairs from here (field_count of them), then one report per call
+local settlement, usage_ttl_s, summary, stream_ttl_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local FIELDS = 8  -- field/value pairs from here (field_count of them), then one report per call
 local REPORTS = FIELDS + field_count
 
 local now = now_ms()
@@ -164,7 +164,7 @@ if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   if redis.call('EXISTS', stream) == 1 then
     -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
     redis.call('XADD', stream, '*', 'end', ended)
-    redis.call('EXPIRE', stream, record_ttl_s)
+    redis.call('EXPIRE', stream, stream_ttl_s)
   end
 end
 out[1] = 1

@@ -59,6 +59,7 @@ from llm_router.record_lua import (
     START_LUA,
     SUBMIT_LUA,
 )
+from llm_router.tracing import TRACEPARENT_FIELD
 
 JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
@@ -93,9 +94,9 @@ class NewJob:
     priority: str = "normal"  # its band in the queue: high, normal or low
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
     tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
-    ignored: str | None = (
-        None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
-    )
+    # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
+    ignored: str | None = None
+    traceparent: str | None = None  # the submitter's trace context: the worker's spans join its trace
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -112,6 +113,8 @@ class NewJob:
             out += ("queue", self.queue)
         if self.ignored is not None:
             out += ("ignored", self.ignored)
+        if self.traceparent is not None:
+            out += (TRACEPARENT_FIELD, self.traceparent)
         return out
 
 
@@ -220,12 +223,20 @@ class Store:
     """
 
     def __init__(
-        self, redis: Redis, *, queue_name: str, record_ttl_s: int, usage_ttl_s: int = 400 * 86400
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        record_ttl_s: int,
+        usage_ttl_s: int = 400 * 86400,
+        stream_ttl_s: int = 3600,
     ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.record_ttl_s = record_ttl_s
         self.usage_ttl_s = usage_ttl_s
+        # a token stream outlives its last chunk, and the job's end, by this (the record keeps the answer)
+        self.stream_ttl_s = stream_ttl_s
         self._submit = redis.register_script(SUBMIT_LUA)
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
@@ -357,6 +368,7 @@ class Store:
             settlement.encode() if settlement is not None else b"",
             self.usage_ttl_s,
             summary,
+            self.stream_ttl_s,
         ]
         for name, value in fields.items():
             argv.append(name)
@@ -406,12 +418,13 @@ class Store:
         )
 
     async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
-        """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
+        """Append chunks (JSON) to the job's stream in one round trip, capped, expiring ``stream_ttl_s``
+        after the last chunk."""
         key = stream_key(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in chunks:
                 pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
-            pipe.expire(key, self.record_ttl_s)
+            pipe.expire(key, self.stream_ttl_s)
             await pipe.execute()
 
     async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:

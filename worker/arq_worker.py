@@ -10,7 +10,11 @@ checks and abort set are kept.
   a deferred job coming due, or a slow safety look (``safety_poll_s``) for what a lost message missed.
   Between those it sleeps on an event: an idle worker costs neither CPU nor Redis reads.
 * **Redis outages** (``_poll_iteration``): arq lets a connection error end the worker process; here
-  the loop logs it, backs off and carries on, so a worker survives a Redis restart.
+  the loop logs it, backs off and carries on, so a worker survives a Redis restart or a failover
+  (``LOADING`` included). A Redis that answers but refuses writes (``READONLY`` from a demoted
+  primary, ``OOM``…) is ridden out the same way, reconnecting each time so an endpoint that moved to
+  the new primary is followed, for ``refusal_limit_s``; past it the worker stops with
+  ``RedisUnusable`` and the reason, and its process exits non-zero.
 * **Running** (``run_job``): every job is ``run_llm_job(job_id)``, whose record holds everything;
   arq's per-job reads and result serialisation are skipped, and the end of a run is one script on
   the store's auto-pipeline (``Claims.end_run``).
@@ -29,13 +33,15 @@ import structlog
 from arq import Retry, Worker
 from arq.connections import create_pool
 from arq.utils import poll
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llm_router.errors import JobCancelled
+from llm_router.errors import JobCancelled, RedisUnusable
 from llm_router.keys import wake_channel
+from llm_router.redis_checks import write_refusal
 from llm_router.store import Settlement, Store
+from worker import observe
 from worker.claims import Claims
 
 log = structlog.get_logger("llm_router.worker")
@@ -52,7 +58,14 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 class LeasedWorker(Worker):
     """An arq worker whose jobs come from our queue as leases, and which outlives Redis restarts."""
 
-    def __init__(self, *args: Any, lease_s: float, safety_poll_s: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lease_s: float,
+        safety_poll_s: float = 1.0,
+        refusal_limit_s: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lease_ms = int(lease_s * 1000)
         self.safety_poll_s = safety_poll_s
@@ -68,6 +81,8 @@ class LeasedWorker(Worker):
         self._freed = 0
         self._refill_after = max(1, self.max_jobs // 40)  # a wide worker claims in batches
         self._listener: asyncio.Task[None] | None = None
+        self.refusal_limit_s = refusal_limit_s
+        self._refused_since: float | None = None
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -78,9 +93,10 @@ class LeasedWorker(Worker):
         super().handle_sig_wait_for_completion(signum)
 
     async def _cancel_aborted_jobs(self) -> None:
-        # arq reads its abort set on every poll; a cancel can wait a quarter of a second
+        # arq reads its abort set on every poll; a cancel can wait a quarter of a second (while Redis
+        # refuses writes it runs, and writes, on every poll: a poll that passes proves Redis is back)
         now = self.loop.time()
-        if now < self._next_abort_check or not self.job_tasks:
+        if (now < self._next_abort_check or not self.job_tasks) and self._refused_since is None:
             return
         self._next_abort_check = now + ABORT_CHECK_S
         await super()._cancel_aborted_jobs()
@@ -195,6 +211,7 @@ class LeasedWorker(Worker):
             self.jobs_retried += 1
         finally:
             self.job_tasks.pop(job_id, None)
+            observe.job_done()
         await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
 
     def _job_done(self, _task: asyncio.Task[Any]) -> None:
@@ -220,25 +237,40 @@ class LeasedWorker(Worker):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
             now = self.loop.time()
             room = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
-        if room > 0 and (self._wakeup.is_set() or now >= self._next_look):
-            self._wakeup.clear()
-            self._freed = 0
-            try:
+        try:
+            if room > 0 and (self._wakeup.is_set() or now >= self._next_look):
+                self._wakeup.clear()
+                self._freed = 0
                 await self._claim(room, now)
-            except REDIS_DOWN as exc:
-                self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
-                log.warning("redis unavailable, retrying", retry_in_s=self._outage_s, error=repr(exc))
-                await asyncio.sleep(self._outage_s)
-                self._wakeup.set()
-                return
+            await self._cancel_aborted_jobs()
+            await self.heart_beat()
+        except AuthenticationError:
+            raise  # our credentials are refused: nothing to wait for
+        except REDIS_DOWN as exc:
+            self._wakeup.set()  # look again once Redis is back
+            await self._back_off("redis unavailable, retrying", exc)
+        except ResponseError as exc:
+            if (reason := write_refusal(exc)) is None:
+                raise
+            if self._refused_since is None:
+                self._refused_since = now
+            elif now - self._refused_since > self.refusal_limit_s:
+                raise RedisUnusable(f"{reason} (for {now - self._refused_since:.0f} s)") from exc
+            # a refusing connection stays open: drop the idle ones (running jobs' exchanges are left
+            # alone), so the next connection finds where Redis is now
+            await self.pool.connection_pool.disconnect(inuse_connections=False)
+            self._wakeup.set()
+            await self._back_off("redis refuses writes, retrying", exc)
+        else:
             if self._outage_s:
                 log.info("redis is back")
             self._outage_s = 0.0
-        try:
-            await self._cancel_aborted_jobs()
-            await self.heart_beat()
-        except REDIS_DOWN as exc:
-            log.warning("redis unavailable", error=repr(exc))
+            self._refused_since = None
+
+    async def _back_off(self, what: str, exc: Exception) -> None:
+        self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
+        log.warning(what, retry_in_s=self._outage_s, error=repr(exc))
+        await asyncio.sleep(self._outage_s)
 
     async def _claim(self, room: int, now: float) -> None:
         assert self._claims is not None

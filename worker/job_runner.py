@@ -39,6 +39,7 @@ from llm_router.errors import (
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
+from worker import observe
 from worker.breaker import RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
@@ -103,6 +104,7 @@ class JobRunner:
         ``job_id`` is the scoped id the queue holds (``keys.scoped_id``); logs show the job's own id
         and its tenant apart.
         """
+        observe.job_begins(self, job_id)
         now = time.time()
         try:
             started = await self.store.start(
@@ -128,6 +130,7 @@ class JobRunner:
         deadline_at = started.deadline_at
         tenant, public_id = split_scoped(job_id)
         bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
+        await observe.job_started(request, route, started.runs, attempts)
         if started.previous_status == "running":
             # the run before was cut short, its worker dead mid-job: the start script recorded the
             # interrupted attempt
@@ -407,6 +410,7 @@ class JobRunner:
         A change that ends the job settles its cost (once: the script ignores a job that already
         ended) and, for one side of a compare job, hands its parent a summary.
         """
+        observe.recording(fields)
         settlement = None
         summary = b""
         if JobStatus(fields["status"]).terminal:
