@@ -21,9 +21,12 @@ from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
 # Returns {claimed job…, next_due_ms}: the jobs now leased to this worker, then when the queue's next
-# delayed job is due ('' when none is), so an idle worker can sleep until then.
+# delayed job is due ('' when none is), so an idle worker can sleep until then. The shebang declares
+# it a writing script (no flags): a read-only replica or an out-of-memory Redis refuses it before it
+# runs, even on an empty queue, which is how an idle worker learns its Redis was demoted.
 CLAIM_LUA = (
-    LUA_PRELUDE
+    "#!lua\n"
+    + LUA_PRELUDE
     + READY_LUA
     + QUEUE_LUA
     + r"""

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from config.settings import Settings
 from llm_router.autopipe import AutoPipeline
-from llm_router.keys import ENDED_CHANNEL
+from llm_router.keys import ended_channel
 from llm_router.redis_client import redis_client, sync_redis_client
 from llm_router.store import Store
 from llm_router.testing.sentinel_set import SentinelSet
@@ -63,8 +63,8 @@ async def test_every_client_follows_the_primary_through_a_failover(sentinels: Se
         assert await _until_ok(lambda: pipe.call(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")) == b"after"
         # the subscription comes back on the new primary: a job's end still wakes its waiter
         await asyncio.wait_for(waiter.subscribed.wait(), 30)
-        with waiter.watch("job-1") as ended:
-            await client.publish(ENDED_CHANNEL, "job-1")
+        with waiter.watch("t/job-1") as ended:
+            await client.publish(ended_channel("t"), "t/job-1")
             await asyncio.wait_for(ended.wait(), 5)
     finally:
         await waiter.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from llm_router.keys import active_tenants_key, ready_key
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
 from llm_router.testing.worker_procs import WorkerProcess, terminate
@@ -187,7 +188,8 @@ def test_health_says_healthy_degraded_or_down(obs_fleet: ObsFleet, redis_server:
     queue = f"health-{uuid.uuid4().hex[:6]}"
     client = sync_redis.Redis.from_url(redis_server.url)
     now = time.time()
-    client.zadd(queue, {"old-job": (now - 120) * 1000})
+    client.zadd(ready_key(queue, "normal", "t"), {"t/old-job": (now - 120) * 1000})
+    client.zadd(active_tenants_key(queue, "normal"), {"t": 0})
     client.zadd(f"{queue}:interactive:workers", {"some-worker": now})
     env = {
         **obs_fleet.env,
