@@ -10,7 +10,8 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
 
 Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404;
-the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``), body limit (a
+the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``, the Messages
+front's in Anthropic's, ``messages_api.anthropic_errors``), body limit (a
 declared body over the limit answers 413 unread), authentication (sets ``request["tenant"]`` on
 every ``/v1`` and ``/v1beta`` request; handlers read the tenant only from there).
 """
@@ -28,7 +29,7 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
 from llm_router.redis_client import redis_client
-from producer.http import batches, gemini_api, jobs_api, openai_api, openapi
+from producer.http import batches, gemini_api, jobs_api, messages_api, openai_api, openapi, responses_api
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
 from producer.http.errors import JSON, error_response
@@ -120,7 +121,13 @@ async def health(request: web.Request) -> web.Response:
 def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = None) -> web.Application:
     """The application; ``redis`` is the caller's client (closed by the caller), else one of its own."""
     app = web.Application(
-        middlewares=[error_middleware, gemini_api.gemini_errors, limit_middleware, auth_middleware],
+        middlewares=[
+            error_middleware,
+            gemini_api.gemini_errors,
+            messages_api.anthropic_errors,
+            limit_middleware,
+            auth_middleware,
+        ],
         # aiohttp's own cap for read()/post(): the largest route's; JSON routes cap lower themselves
         client_max_size=body_limit(settings, FILES_PATH),
     )
@@ -149,6 +156,8 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app.router.add_routes(jobs_api.routes)
     app.router.add_routes(openai_api.routes)
     app.router.add_routes(gemini_api.routes)
+    app.router.add_routes(responses_api.routes)
+    app.router.add_routes(messages_api.routes)
     batches.setup(app)
     return app
 
