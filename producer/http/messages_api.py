@@ -12,9 +12,11 @@ is Anthropic's: errors (authentication and body limits included: ``anthropic_err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
+import structlog
 from aiohttp import web
 
 from config.settings import Settings
@@ -26,6 +28,7 @@ from producer.messages_answer import MessageEvents, anthropic_error, message_obj
 from producer.messages_format import MESSAGE_PREFIX, messages_param, messages_to_chat
 
 routes = web.RouteTableDef()
+log = structlog.get_logger("producer.http")
 PATH = "/v1/messages"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,6 +68,11 @@ async def anthropic_errors(request: web.Request, handler: Handler) -> web.Stream
         )
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise  # the client went away mid-answer: nothing to answer, nothing to log
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return anthropic_error_response(RouterError("internal server error"))
 
 
 @contextlib.contextmanager

@@ -33,8 +33,8 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from producer.http.ended import EndedWaiter
-from producer.http.errors import idempotency_key, json_response, read_json
-from producer.http.front_stream import relay_events
+from producer.http.errors import idempotency_key, json_response, read_json, start_sse
+from producer.http.front_stream import relay_events, sse_events
 from producer.http.jobs_api import owned_record, submit_jobs
 from producer.http.openai_api import JOB_ID_HEADER, WAIT_SLACK_S, Started, start_interactive, wait_answer
 from producer.producer import Producer
@@ -131,16 +131,20 @@ async def get_response(request: web.Request) -> web.StreamResponse:
     skip = request.query.get("starting_after")
     if skip is not None and not skip.lstrip("-").isdigit():
         raise InvalidRequest("starting_after must be an integer", param="starting_after")
+    skip_through = int(skip) if skip is not None else None
+    headers = {JOB_ID_HEADER: response_id}
+    if record.status == JobStatus.SUCCEEDED and not record.request.get("stream"):
+        # a job that did not stream has no chunks to follow: its events come from the record alone
+        response = await start_sse(request, headers)
+        await response.write(sse_events(ResponseEvents(record).finish(record), skip_through))
+        await response.write_eof()
+        return response
     producer: Producer = request.app["producer"]
     waiter: EndedWaiter = request.app["ended"]
     with waiter.watch(producer.scoped(response_id, request["tenant"])) as ended:
         started = Started(response_id, _wait_s(record), ended, request["tenant"])
         return await relay_events(
-            request,
-            started,
-            ResponseEvents(record),
-            {JOB_ID_HEADER: response_id},
-            skip_through=int(skip) if skip is not None else None,
+            request, started, ResponseEvents(record), headers, skip_through=skip_through
         )
 
 
