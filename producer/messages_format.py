@@ -115,6 +115,7 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("messages: a non-empty list of messages is required", param="messages")
     out: list[dict[str, Any]] = []
+    calls: set[str] = set()  # tool_use ids so far: a result must answer one (Anthropic refuses others)
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -131,7 +132,16 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(content, list):
             raise InvalidRequest("content must be a string or a list of blocks", param=f"{where}.content")
         blocks = [_block(b, f"{where}.content[{k}]") for k, b in enumerate(content)]
-        out.extend(_assistant(blocks, where) if role == "assistant" else _user(blocks, where))
+        turn = _assistant(blocks, where) if role == "assistant" else _user(blocks, where)
+        for block in blocks:
+            if block["type"] == "tool_use":
+                calls.add(block["id"])
+            elif block["type"] == "tool_result" and block["tool_use_id"] not in calls:
+                raise InvalidRequest(
+                    f"tool_result block(s) with id {block['tool_use_id']!r} answer no earlier tool_use block",
+                    param=f"{block['_at']}.tool_use_id",
+                )
+        out.extend(turn)
     return out
 
 

@@ -118,15 +118,32 @@ def responses_to_chat(body: dict[str, Any], *, history: list[dict[str, Any]] | N
         if not isinstance(body["background"], bool):
             raise InvalidRequest("background must be a boolean", param="background")
         front["background"] = body["background"]
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidRequest("metadata must be an object of strings", param="metadata")
-    if metadata and FRONT_KEY in metadata:
-        raise InvalidRequest(f"the metadata key {FRONT_KEY!r} is reserved", param=f"metadata.{FRONT_KEY}")
+    metadata = _metadata(body.get("metadata"))
     if metadata or front:
         job["metadata"] = {**(metadata or {}), **({FRONT_KEY: front} if front else {})}
     job["answer_format"] = ANSWER_FORMAT
     return job
+
+
+# OpenAI's documented limits: what a Response's metadata may hold, every client can read back
+MAX_METADATA = (16, 64, 512)  # pairs, key length, value length
+
+
+def _metadata(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    pairs, key_len, value_len = MAX_METADATA
+    if not isinstance(raw, dict) or len(raw) > pairs:
+        raise InvalidRequest(f"metadata is an object of at most {pairs} string pairs", param="metadata")
+    for key, value in raw.items():
+        if key == FRONT_KEY:
+            raise InvalidRequest(f"the metadata key {FRONT_KEY!r} is reserved", param=f"metadata.{key}")
+        if len(key) > key_len or not isinstance(value, str) or len(value) > value_len:
+            raise InvalidRequest(
+                f"metadata keys are at most {key_len} characters, values strings of at most {value_len}",
+                param=f"metadata.{key}",
+            )
+    return raw
 
 
 # -- input items --------------------------------------------------------------------------------

@@ -320,6 +320,20 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         "thinking.budget_tokens",
     ),
     (
+        "result-for-no-call",
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": "x"}],
+                }
+            ],
+        },
+        "messages[0].content[0].tool_use_id",
+    ),
+    (
         "system-image",
         {"model": "m", "max_tokens": 5, "messages": HI, "system": [{"type": "image"}]},
         "system[0]",

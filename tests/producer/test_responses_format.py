@@ -392,6 +392,12 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
         f"metadata.{FRONT_KEY}",
     ),
     ("background-not-bool", {"model": "m", "input": "hi", "background": "yes"}, "background"),
+    ("metadata-not-strings", {"model": "m", "input": "hi", "metadata": {"n": 1}}, "metadata.n"),
+    (
+        "metadata-too-many",
+        {"model": "m", "input": "hi", "metadata": {str(i): "v" for i in range(17)}},
+        "metadata",
+    ),
 ]
 
 
