@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: demo test bench chaos lint venv redis clean compat-matrix
+.PHONY: demo test bench chaos lint venv redis chromium clean compat-matrix
 
 demo: $(STAMP) redis
 	$(BIN)/llm-router demo
 
-test: $(STAMP) redis
+test: $(STAMP) redis chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) redis
@@ -18,10 +18,15 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/breakers.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_latency.py
+	$(BIN)/python bench/images.py
+	$(BIN)/python bench/observability.py
+	$(BIN)/python bench/redis_sizing.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis
-	LLM_ROUTER_CHAOS_JOBS=5000 $(BIN)/python -m pytest -q -s tests/chaos
+	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
+	LLM_ROUTER_FAILOVER_JOBS=2000 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
+	LLM_ROUTER_FAILOVER_JOBS=2000 LLM_ROUTER_FAILOVER_LEASE_S=1 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
 
@@ -48,6 +53,13 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT_INSTALL) redis-server; \
 	  else echo "redis-server is missing; run: sudo apt-get update && sudo apt-get install -y redis-server"; exit 1; fi; }
+
+# Debian's chromium and chromedriver for the dashboard's browser test (nothing downloads a browser):
+# installed when we are root, else the one command to run (the test skips without them, fails under CI=true)
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT_INSTALL) chromium chromium-driver; \
+	  else echo "chromium is missing; run: sudo apt-get update && sudo apt-get install -y chromium chromium-driver"; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

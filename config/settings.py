@@ -21,6 +21,17 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "LLM_ROUTER_REDIS_URL")
     )
+    # Redis through Sentinel instead of one URL: "host:port,host:port" and the name the sentinels know
+    # the primary by (a `redis+sentinel://host:port,host:port/name/db` REDIS_URL says the same)
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
+    # passwords kept out of the URL (and out of a ConfigMap): the data nodes', and the sentinels' own
+    # when they require one (Sentinel's requirepass is separate from the data nodes')
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # an evicting Redis (maxmemory-policy other than noeviction) silently drops queued jobs, answers
+    # and credit records: processes refuse to start on one unless this is set
+    accept_eviction: bool = False
     config: Path = Field(default=DEFAULT_CATALOG, description="catalog YAML (LLM_ROUTER_CONFIG)")
     upstream: str | None = Field(
         default=None, description="replaces the origin of every provider URL (LLM_ROUTER_UPSTREAM)"
@@ -62,13 +73,18 @@ class Settings(BaseSettings):
     lease_refresh_s: float | None = None
     # on SIGTERM: stop taking jobs, let running ones finish this long, then put the rest back
     shutdown_grace_s: float = 25.0
-    # how long a finished job's record write keeps retrying while Redis is away
+    # how long a finished job's record write keeps retrying while Redis is away, how long a worker
+    # waits for Redis at start, and how long it rides out a Redis that refuses writes (a read-only
+    # replica, out of memory) before it exits with the reason
     redis_retry_s: float = 60.0
 
     # streaming: a stream must start within this, then never go quiet longer than this
     stream_ttft_s: float = 30.0
     stream_idle_s: float = 30.0
     stream_maxlen: int = 20_000  # entries kept per job stream (a whole answer, chunk by chunk)
+    # a job's token stream is kept this long after its last chunk (and after the job ends): the
+    # record holds the whole answer, the stream only serves followers
+    stream_ttl_s: int = 3600
 
     # circuit breakers (per deployment, fleet-wide; the catalog may override per provider/deployment)
     breaker_window_s: float = 60.0
@@ -103,8 +119,26 @@ class Settings(BaseSettings):
     # (100 images, 32 MB), the strictest of the large providers; a tenant's policy may change them
     max_images_per_job: int = 100
     max_image_bytes_per_job: int = 32 * 1024 * 1024
+    # jobs of one worker process holding fetched images at once: with the per-job cap, what bounds
+    # a worker's image memory
+    image_inline_jobs: int = 8
     # a job whose runs end by worker death more than this many times fails (worker_lost)
     max_lost_runs: int = 3
+    # observability: metrics (`/metrics` on the server; on a worker when metrics_port is set, 0 picking
+    # a free port), traces (OpenTelemetry, the `[otel]` extra: on with `otel` or the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT), health and the dashboard
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_tenant_label: bool = False  # `tenant` on tokens and cost: one series per tenant and model
+    metrics_scan_limit: int = 1000  # queue entries a scrape looks at to find the oldest waiting job
+    metrics_read_timeout_s: float = 2.0  # a scrape's Redis reads; past it the fleet gauges are left out
+    otel: bool = False
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    ready_timeout_s: float = 1.0  # /readyz: Redis must answer a PING within this
+    health_timeout_s: float = 2.0  # `llm-router health`: Redis must answer within this
+    health_max_age_s: float = 300.0  # `llm-router health`: an older waiting job means degraded
+    admin_tenants: str = ""  # comma-separated tenants every key of which is an admin key (the dashboard)
+    dashboard_refresh_s: float = 2.0  # how often the dashboard's live view is sampled and pushed
 
     # images: the worker fetches an image URL only for a provider that needs the bytes (SSRF-guarded)
     image_fetch_max_bytes: int = 20 * 1024 * 1024
@@ -133,6 +167,10 @@ class Settings(BaseSettings):
     def image_fetch_networks(self) -> tuple[str, ...]:
         """``image_fetch_allowlist`` as CIDR strings."""
         return tuple(n.strip() for n in self.image_fetch_allowlist.split(",") if n.strip())
+
+    @property
+    def admin_tenant_set(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.admin_tenants.split(",") if t.strip())
 
     @property
     def effective_lease_refresh_s(self) -> float:

@@ -38,11 +38,17 @@ class AutoPipeline:
 
     async def call(self, packed: bytes) -> Any:
         """Send one packed command and return its reply (a Redis error reply is raised)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return await self.send(packed)
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command now, in order, and return the future of its reply (no task of
+        its own: a caller that reads something alongside its next command pays only the future)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((packed, future))
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send())
-        return await future
+            self._sender = loop.create_task(self._send())
+        return future
 
     async def eval(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """One EVALSHA of a registered script, packed by hiredis (redis-py's packer was a sixth of a

@@ -33,6 +33,7 @@ The Python side is typed: an ``Admission`` per deployment (decoded from the scri
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -372,12 +373,21 @@ class BreakerBoard:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def list(self, *, window_s: float, bucket_s: float) -> list[dict[str, Any]]:
-        """Every deployment with breaker state: its state, time to half-open, and window counts."""
+    async def list(
+        self, *, window_s: float, bucket_s: float, names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every deployment with breaker state: its state, time to half-open, and window counts.
+
+        ``names`` limits it to those deployments (a dashboard refreshing every few seconds), where
+        the default finds them with a SCAN of the keyspace.
+        """
         sick = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(SICK_KEY)).items()}
-        names = set(sick)
-        async for key in self.redis.scan_iter(match=f"{BREAKER_PREFIX}*", count=500):
-            names.add(key.decode().removeprefix(BREAKER_PREFIX))
+        if names is not None:
+            names = set(names)
+        else:
+            names = set(sick)
+            async for key in self.redis.scan_iter(match=f"{BREAKER_PREFIX}*", count=500):
+                names.add(key.decode().removeprefix(BREAKER_PREFIX))
         now_s, now_us = await self.redis.time()
         now_ms = now_s * 1000 + now_us // 1000
         current = now_ms // int(bucket_s * 1000)

@@ -494,6 +494,7 @@ class JobRecord(BaseModel):
     metadata: dict[str, Any] | None = None
     runs: int = 0
     passes: int = 0
+    lost_runs: int = 0  # runs that ended with their worker's death (see worker_lost)
     fallback_used: bool = False
     partial_text: str | None = None  # what a stream published before it broke (stream_interrupted)
     routed_by: str | None = None  # when `model` named a route: the rule that chose the model

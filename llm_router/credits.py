@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from config.cost import nanos_to_usd, usd_to_nanos
 from llm_router.errors import InvalidRequest
-from llm_router.keys import credits_key, usage_key
+from llm_router.keys import METERED_KEY, credits_key, usage_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ class Ledger:
             pipe.hincrby(credits_key(tenant), "balance", nanos)
             pipe.hincrby(credits_key(tenant), "added", nanos)
             pipe.hincrby(credits_key(tenant), "reserved", 0)
+            pipe.sadd(METERED_KEY, tenant)  # the credits-reserved gauge sums over these, never a SCAN
             pipe.hgetall(credits_key(tenant))
             *_, raw = await pipe.execute()
         return _balance(tenant, raw)

@@ -23,7 +23,9 @@ parses messages: it reads these attributes, which come from one table (``ERROR_T
     │   ├── DeadlineExceeded            deadline_exceeded (504)
     │   ├── JobCancelled                cancelled (499)
     │   ├── WaitTimeout                 wait_timeout (408)
-    │   └── NoWorkers                   no_workers (503)
+    │   ├── NoWorkers                   no_workers (503)
+    │   └── WorkerLost                  worker_lost (500)
+    ├── RedisUnusable               redis_unusable (503): a process cannot work with its Redis
     └── UpstreamFailure             a provider's fault; a failed job reports status 502
         ├── RateLimited                 rate_limited
         ├── Overloaded                  overloaded
@@ -79,7 +81,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "cancelled": ErrorSpec(499, "invalid_request_error"),
     "wait_timeout": ErrorSpec(408, "server_error"),
     "no_workers": ErrorSpec(503, "server_error"),
+    "worker_lost": ErrorSpec(500, "server_error"),
     "internal_error": ErrorSpec(500, "server_error"),
+    "redis_unusable": ErrorSpec(503, "server_error"),
     # the provider refused the caller's request: the caller's fault (400, the type OpenAI's SDKs map
     # to BadRequestError, like our own invalid_request), final: no retry, no breaker, no fallback
     "upstream_invalid_request": ErrorSpec(400, "invalid_request_error"),
@@ -244,6 +248,19 @@ class WaitTimeout(JobError):
 
 class NoWorkers(JobError):
     code = "no_workers"
+
+
+class WorkerLost(JobError):
+    """The job's runs kept ending with their worker's death: it fails rather than take down more."""
+
+    code = "worker_lost"
+
+
+class RedisUnusable(RouterError):
+    """Redis cannot be used safely or at all: unreachable, a read-only replica, out of memory, or set
+    to evict keys; the process stops with this reason rather than run on it."""
+
+    code = "redis_unusable"
 
 
 class UpstreamFailure(RouterError):

@@ -17,7 +17,10 @@ All amounts are integer nano-USD. What lives where:
 * ``routing:<digest>`` hash: a catalog's routing table; ``sick`` hash: deployments not closed;
   ``breaker:<dep>`` hash: a breaker's window; ``probes:<dep>``: half-open probe leases;
   ``rpm:<dep>``/``tpm:<dep>``: rate limits (GCRA).
-* ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata).
+* ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata);
+  ``apikeys:admin`` set: the hashes of admin keys (the dashboard).
+* ``metered`` set: tenants that have a credit hash (what the credits-reserved gauge sums over);
+  ``recent`` list: the latest ended jobs' summaries, newest first (the dashboard), capped.
 * ``file:<id>``, ``files:<tenant>``, ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``,
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
@@ -46,6 +49,9 @@ RPM_PREFIX = PREFIX + "rpm:"
 TPM_PREFIX = PREFIX + "tpm:"
 APIKEYS_KEY = PREFIX + "apikeys"
 APIKEY_META_KEY = PREFIX + "apikeys:meta"
+APIKEY_ADMINS_KEY = PREFIX + "apikeys:admin"
+METERED_KEY = PREFIX + "metered"
+RECENT_KEY = PREFIX + "recent"
 FILE_PREFIX = PREFIX + "file:"
 TENANT_FILES_PREFIX = PREFIX + "files:"
 BATCH_PREFIX = PREFIX + "batch:"

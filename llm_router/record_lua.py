@@ -68,6 +68,25 @@ local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attemp
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
+local lost_runs = 0
+if status == 'running' then
+  -- the run before this one never ended: its worker died (or lost Redis) with the job. Its attempt
+  -- goes into the record now, from what that worker last said it was calling, so it is kept
+  -- whatever becomes of this run too
+  lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
+  local call = {}
+  if inflight then call = cjson.decode(inflight) end
+  local list = cjson.decode(attempts or '[]')
+  list[#list + 1] = {
+    provider = call.provider or 'unknown', model = call.model or 'unknown',
+    upstream_model = call.upstream_model or 'unknown', outcome = 'interrupted',
+    worker = previous_worker or cjson.null, breaker = cjson.null, error_code = cjson.null,
+    http_status = cjson.null, latency_ms = cjson.null, started_at = call.started_at or 0,
+  }
+  attempts = cjson.encode(list)
+  redis.call('HSET', record, 'attempts', attempts)
+  redis.call('HDEL', record, 'inflight')
+end
 redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
 redis.call('HSETNX', record, 'started_at', now)
 local runs = redis.call('HINCRBY', record, 'runs', 1)
@@ -79,10 +98,10 @@ if cached == '' and not cancel_requested then
   admissions = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms), redis_now)
 end
 return {'status', status, 'request', request, 'route', route, 'deadline_at', deadline_at,
-        'attempts', attempts, 'runs', runs, 'passes', passes or '0', 'inflight', inflight or '',
+        'attempts', attempts, 'runs', runs, 'passes', passes or '0',
         'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
         'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
-        'est_tokens', est_tokens}
+        'est_tokens', est_tokens, 'lost_runs', lost_runs}
 """
 )
 
@@ -110,8 +129,8 @@ FINISH_LUA = (
     + """
 local record, stream = KEYS[1], KEYS[2]
 local record_ttl_s, job_id, field_count = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local settlement, usage_ttl_s, summary = ARGV[4], ARGV[5], ARGV[6]
-local FIELDS = 7  -- field/value pairs from here (field_count of them), then one report per call
+local settlement, usage_ttl_s, summary, stream_ttl_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local FIELDS = 8  -- field/value pairs from here (field_count of them), then one report per call
 local REPORTS = FIELDS + field_count
 
 local now = now_ms()
@@ -143,7 +162,7 @@ if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   if redis.call('EXISTS', stream) == 1 then
     -- the job's stream ends after its record is written: a follower that sees the end reads the outcome
     redis.call('XADD', stream, '*', 'end', ended)
-    redis.call('EXPIRE', stream, record_ttl_s)
+    redis.call('EXPIRE', stream, stream_ttl_s)
   end
 end
 out[1] = 1

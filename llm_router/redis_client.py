@@ -1,19 +1,260 @@
-"""Redis connections: one client per process, built from the settings."""
+"""Redis connections: every client of ours is built here from the settings.
+
+One place decides where Redis is (one URL, or a primary found through Sentinel), its credentials and
+the socket timeouts, for the async clients (producer, server, CLI, the worker's scripts and its
+auto-pipeline, pub/sub, arq's own pool: ``redis_client``) and the lease keeper's thread
+(``sync_redis_client``).
+
+Two ways to name Redis:
+
+* ``REDIS_URL=redis://[:password@]host:6379/0`` (``rediss://`` for TLS, ``unix://``): one endpoint.
+* Sentinel: ``LLM_ROUTER_REDIS_SENTINELS=host:26379,host:26379,…`` and
+  ``LLM_ROUTER_REDIS_SENTINEL_MASTER`` (default ``mymaster``), or the same as one URL,
+  ``REDIS_URL=redis+sentinel://[:password@]host:26379,host:26379/mymaster/0`` (``rediss+sentinel``
+  for TLS to the data nodes). A client asks the sentinels for the primary on every new connection;
+  a connection to a primary that was demoted turns ``READONLY`` into a connection error and is
+  dropped, so after a failover every client finds the new primary by itself.
+
+Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
+in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
+for the sentinels themselves when they require one (Sentinel's ``requirepass`` is its own; Bitnami's
+chart sets it to the data nodes' password).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import redis as sync_redis
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel as SyncSentinel
+from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
 
 from config.settings import Settings
 from llm_router.errors import RouterError
 
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+# a sentinel that does not answer within this is skipped for the next one
+SENTINEL_TIMEOUT_S = 2.0
+
+R = TypeVar("R", bound=Redis)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is: one URL, or sentinels and the name of the primary they watch."""
+
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+    ssl: bool = False
+
+    def __str__(self) -> str:  # for logs and errors: never the password
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"primary '{self.master}' of sentinels {hosts} (db {self.db})"
+        return _without_password(self.url or "")
+
+
+def redis_target(settings: Settings) -> RedisTarget:
+    """Where the settings say Redis is; a ``RouterError`` naming the setting when they say it wrong."""
+    url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    sentinel_password = (
+        settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None
+    )
+    if settings.redis_sentinels:
+        if url:
+            raise _config_error(
+                "set REDIS_URL or LLM_ROUTER_REDIS_SENTINELS, not both "
+                "(a Sentinel set can also be one URL: redis+sentinel://host:26379,host:26379/mymaster/0)",
+                "LLM_ROUTER_REDIS_SENTINELS",
+            )
+        return RedisTarget(
+            sentinels=_host_ports(settings.redis_sentinels, "LLM_ROUTER_REDIS_SENTINELS"),
+            master=settings.redis_sentinel_master,
+            password=password,
+            sentinel_password=sentinel_password,
+        )
+    if not url:
+        raise _config_error(
+            "REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0), nor LLM_ROUTER_REDIS_SENTINELS",
+            "REDIS_URL",
+        )
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in SENTINEL_SCHEMES:
+        return _sentinel_url(rest, SENTINEL_SCHEMES[scheme.lower()], password, sentinel_password)
+    return RedisTarget(url=url, password=password)
+
 
 def redis_url(settings: Settings) -> str:
-    if not settings.redis_url:
-        raise RouterError("REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0)", code="internal_error")
-    return settings.redis_url.get_secret_value()
+    """The one URL of a Redis named by URL (the benchmarks' arq pools); Sentinel has none."""
+    target = redis_target(settings)
+    if target.url is None:
+        raise _config_error("Redis is named through Sentinel here, not by one URL", "REDIS_URL")
+    return target.url
 
 
-def redis_client(settings: Settings) -> Redis:
-    """A client with a connection pool; commands reconnect on their own after a dropped connection."""
-    return Redis.from_url(redis_url(settings), health_check_interval=30, socket_connect_timeout=5)
+def redis_client(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = 5.0,
+    health_check_interval: float = 30,
+    redis_class: type[R] = Redis,  # type: ignore[assignment]
+) -> R:
+    """An async client with a connection pool; commands reconnect on their own after a dropped
+    connection (to the current primary, with Sentinel). ``redis_class``: a subclass such as arq's
+    ``ArqRedis``. ``socket_timeout`` bounds each reply; keep it ``None`` (or above the longest
+    ``BLOCK``) on a client that reads streams."""
+    target = redis_target(settings)
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+        "health_check_interval": health_check_interval,
+    }
+    if target.url is not None:
+        if target.password:  # the URL's own password wins
+            options["password"] = target.password
+        return redis_class.from_url(target.url, **options)
+    sentinel = Sentinel(
+        target.sentinels,
+        sentinel_kwargs=_sentinel_options(target, socket_connect_timeout),
+        **_node_options(target),
+        **options,
+    )
+    return sentinel.master_for(target.master, redis_class=redis_class, connection_pool_class=_SentinelPool)
+
+
+def sync_redis_client(
+    settings: Settings,
+    *,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = 5.0,
+) -> sync_redis.Redis:
+    """A blocking client (for a thread of its own, such as the lease keeper), built as ``redis_client``."""
+    target = redis_target(settings)
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+    }
+    if target.url is not None:
+        if target.password:
+            options["password"] = target.password
+        return sync_redis.Redis.from_url(target.url, **options)
+    sentinel = SyncSentinel(
+        target.sentinels,
+        sentinel_kwargs=_sentinel_options(target, socket_connect_timeout),
+        **_node_options(target),
+        **options,
+    )
+    return sentinel.master_for(target.master, connection_pool_class=_SyncSentinelPool)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Closing the client closes its connections to the sentinels too."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # a full close (a change of primary only drops idle connections)
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+class _SyncSentinelPool(SyncSentinelConnectionPool):
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        if inuse_connections:
+            for client in self.sentinel_manager.sentinels:
+                client.close()
+
+
+def _node_options(target: RedisTarget) -> dict[str, Any]:
+    options: dict[str, Any] = {"db": target.db}
+    if target.username:
+        options["username"] = target.username
+    if target.password:
+        options["password"] = target.password
+    if target.ssl:
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_options(target: RedisTarget, connect_timeout: float | None) -> dict[str, Any]:
+    timeout = min(connect_timeout or SENTINEL_TIMEOUT_S, SENTINEL_TIMEOUT_S)
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if target.sentinel_password:
+        options["password"] = target.sentinel_password
+    return options
+
+
+def _sentinel_url(rest: str, ssl: bool, password: str | None, sentinel_password: str | None) -> RedisTarget:
+    """``[[user]:password@]host:port,host:port/master[/db]`` (after ``redis+sentinel://``)."""
+    field = "REDIS_URL"
+    rest = rest.split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    username = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) or password
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise _config_error(
+            "a redis+sentinel:// URL names the primary after the sentinels: "
+            "redis+sentinel://host:26379,host:26379/mymaster/0",
+            field,
+        )
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise _config_error(
+                f"the database in a redis+sentinel:// URL is a number, not {parts[1]!r}", field
+            )
+        db = int(parts[1])
+    return RedisTarget(
+        sentinels=_host_ports(netloc, field),
+        master=unquote(parts[0]),
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=sentinel_password,
+        ssl=ssl,
+    )
+
+
+def _host_ports(text: str, field: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")  # [::1]:26379
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _config_error(f"{item!r} is not host:port (e.g. redis-sentinel-0:26379)", field)
+        out.append((host, int(port)))
+    if not out:
+        raise _config_error("no sentinel given (host:port,host:port,…)", field)
+    return tuple(out)
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+def _config_error(message: str, setting: str) -> RouterError:
+    return RouterError(message, param=setting, code="internal_error")

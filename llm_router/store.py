@@ -55,6 +55,7 @@ from llm_router.record_lua import (
     START_LUA,
     SUBMIT_LUA,
 )
+from llm_router.tracing import TRACEPARENT_FIELD
 
 JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
@@ -98,9 +99,9 @@ class NewJob:
     notify: bool = False  # publish the id on ENDED_CHANNEL when the job ends
     queue: str | None = None  # the job's queue when it is not the bulk one (a cancel must find it)
     tenant_given: bool = True  # the job named its tenant (else a producer's default tenant applies)
-    ignored: str | None = (
-        None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
-    )
+    # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
+    ignored: str | None = None
+    traceparent: str | None = None  # the submitter's trace context: the worker's spans join its trace
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -117,6 +118,8 @@ class NewJob:
             out += ("queue", self.queue)
         if self.ignored is not None:
             out += ("ignored", self.ignored)
+        if self.traceparent is not None:
+            out += (TRACEPARENT_FIELD, self.traceparent)
         return out
 
 
@@ -141,7 +144,6 @@ class Started:
     attempts: bytes
     runs: int
     passes: int
-    inflight: bytes  # the call an interrupted run was making ('' if none)
     previous_worker: str
     admissions: dict[str, Admission]  # deployment → what admission said, for the route
     redis_now_ms: int
@@ -149,6 +151,7 @@ class Started:
     parent: str | None
     cancel_requested: bool
     est_tokens: int
+    lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -167,7 +170,6 @@ class Started:
             attempts=v["attempts"] or b"",
             runs=int(v["runs"]),
             passes=int(v["passes"]),
-            inflight=v["inflight"] or b"",
             previous_worker=(v["previous_worker"] or b"").decode(),
             admissions=decode_admissions(v["admissions"]),
             redis_now_ms=int(v["redis_now_ms"]),
@@ -175,6 +177,7 @@ class Started:
             parent=v["parent"].decode() or None,
             cancel_requested=bool(v["cancel_requested"]),
             est_tokens=int(v["est_tokens"]),
+            lost_runs=int(v["lost_runs"]),
         )
 
 
@@ -225,12 +228,20 @@ class Store:
     """
 
     def __init__(
-        self, redis: Redis, *, queue_name: str, record_ttl_s: int, usage_ttl_s: int = 400 * 86400
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        record_ttl_s: int,
+        usage_ttl_s: int = 400 * 86400,
+        stream_ttl_s: int = 3600,
     ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.record_ttl_s = record_ttl_s
         self.usage_ttl_s = usage_ttl_s
+        # a token stream outlives its last chunk, and the job's end, by this (the record keeps the answer)
+        self.stream_ttl_s = stream_ttl_s
         self._submit = redis.register_script(SUBMIT_LUA)
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
@@ -363,6 +374,7 @@ class Store:
             settlement.encode() if settlement is not None else b"",
             self.usage_ttl_s,
             summary,
+            self.stream_ttl_s,
         ]
         for name, value in fields.items():
             argv.append(name)
@@ -415,12 +427,13 @@ class Store:
         )
 
     async def publish(self, job_id: str, chunks: Sequence[bytes], *, maxlen: int) -> None:
-        """Append chunks (JSON) to the job's stream in one round trip, capped and expiring with the record."""
+        """Append chunks (JSON) to the job's stream in one round trip, capped, expiring ``stream_ttl_s``
+        after the last chunk."""
         key = stream_key(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in chunks:
                 pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
-            pipe.expire(key, self.record_ttl_s)
+            pipe.expire(key, self.stream_ttl_s)
             await pipe.execute()
 
     async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:
@@ -525,7 +538,7 @@ def decode_record(scoped: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = orjson.loads(v)
         elif name in FLOAT_FIELDS:
             data[name] = float(v)
-        elif name in ("runs", "passes"):
+        elif name in ("runs", "passes", "lost_runs"):
             data[name] = int(v)
         elif name == "cached":
             data[name] = v == b"1"

@@ -35,6 +35,8 @@ from llm_router.errors import (
 from llm_router.keys import DEFAULT_TENANT, scoped_id, workers_key
 from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
+from llm_router.tenants import TenantPolicies
+from llm_router.tracing import job_trace_fields
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -112,6 +114,7 @@ class Producer:
             usage_ttl_s=settings.usage_ttl_days * 86400,
         )
         self.validator = Validator(catalog, settings)
+        self.policies = TenantPolicies(redis, settings)
 
     @classmethod
     async def connect(
@@ -192,6 +195,8 @@ class Producer:
         chunk: list[tuple[int, NewJob]] = []
         in_flight: asyncio.Task[None] | None = None
         new_ids = iter(ids) if ids is not None else _ids()
+        trace = job_trace_fields(self.settings)  # the active span's context: the worker joins its trace
+        traceparent = trace[1] if trace else None
         for job in jobs:
             try:
                 prepared = self.validator.prepare(
@@ -208,6 +213,7 @@ class Producer:
                 prepared.queue = queue
             prepared.notify = notify
             prepared.parent = parent
+            prepared.traceparent = traceparent
             results.append(Submitted(prepared.job_id, False, prepared.tenant))  # until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:

@@ -5,7 +5,11 @@ grace, health checks and abort set are kept.
   (see ``worker.lease``), in one round trip, where arq claims each job with a WATCH/MULTI of three
   round trips and an in-progress TTL of the job timeout + 10 s that nobody refreshes.
 * **Redis outages** (``_poll_iteration``): arq lets a connection error end the worker process; here
-  the poll loop logs it, backs off and carries on, so a worker survives a Redis restart.
+  the poll loop logs it, backs off and carries on, so a worker survives a Redis restart or a
+  failover (``LOADING`` included). A Redis that answers but refuses writes (``READONLY`` from a
+  demoted primary, ``OOM``…) is ridden out the same way, reconnecting each time so an endpoint that
+  moved to the new primary is followed, for ``refusal_limit_s``; past it the worker stops with
+  ``RedisUnusable`` and the reason, and its process exits non-zero.
 * **Refilling** (``_poll_iteration``): the loop ticks every 10 ms but reads the queue every
   ``poll_delay`` unless many slots came free, so a wide worker refills within a tick of a wave.
 * **Running** (``run_job``, ``finish_job``): every job is ``run_llm_job(job_id)``, whose record holds
@@ -24,11 +28,14 @@ from typing import Any
 import structlog
 from arq import Retry, Worker
 from arq.utils import timestamp_ms
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llm_router.errors import JobCancelled
+from llm_router.errors import JobCancelled, RedisUnusable
+from llm_router.redis_checks import write_refusal
 from llm_router.store import Settlement, Store
+from worker import observe
 from worker.claims import Claims
 
 log = structlog.get_logger("llm_router.worker")
@@ -45,7 +52,14 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 class LeasedWorker(Worker):
     """An arq worker whose job claims are leases, and which outlives Redis restarts."""
 
-    def __init__(self, *args: Any, lease_s: float, read_every_s: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lease_s: float,
+        read_every_s: float | None = None,
+        refusal_limit_s: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         # the loop ticks every poll_delay, but reads the queue only every read_every_s, unless a
         # fortieth of the slots came free since the last read: a wide worker refills its slots within
@@ -60,6 +74,8 @@ class LeasedWorker(Worker):
         self._run: Callable[[str], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
+        self.refusal_limit_s = refusal_limit_s
+        self._refused_since: float | None = None
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -72,8 +88,10 @@ class LeasedWorker(Worker):
     async def _cancel_aborted_jobs(self) -> None:
         # arq reads its abort set on every poll: a round trip per poll, 200 a second for the
         # interactive queue's worker; a cancel can wait a quarter of a second
+        # while Redis refuses writes this runs (and writes) on every poll, so a poll that passes
+        # proves Redis takes writes again
         now = self.loop.time()
-        if now < self._next_abort_check:
+        if now < self._next_abort_check and self._refused_since is None:
             return
         self._next_abort_check = now + ABORT_CHECK_S
         await super()._cancel_aborted_jobs()
@@ -158,6 +176,7 @@ class LeasedWorker(Worker):
             self.jobs_retried += 1
         finally:
             self.job_tasks.pop(job_id, None)
+            observe.job_done()
         await asyncio.shield(
             self._claims.arq_finish(job_id, done=done, incr_score=incr_score, keep_in_progress_ms=None)
         )
@@ -189,14 +208,31 @@ class LeasedWorker(Worker):
         self._freed = 0
         try:
             await super()._poll_iteration()
+        except AuthenticationError:
+            raise  # our credentials are refused: nothing to wait for
         except REDIS_DOWN as exc:
-            self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
-            log.warning("redis unavailable, retrying", retry_in_s=self._outage_s, error=repr(exc))
-            await asyncio.sleep(self._outage_s)
+            await self._back_off("redis unavailable, retrying", exc)
+        except ResponseError as exc:
+            if (reason := write_refusal(exc)) is None:
+                raise
+            if self._refused_since is None:
+                self._refused_since = now
+            elif now - self._refused_since > self.refusal_limit_s:
+                raise RedisUnusable(f"{reason} (for {now - self._refused_since:.0f} s)") from exc
+            # a refusing connection stays open: drop the idle ones (running jobs' exchanges are left
+            # alone), so the next connection finds where Redis is now
+            await self.pool.connection_pool.disconnect(inuse_connections=False)
+            await self._back_off("redis refuses writes, retrying", exc)
         else:
             if self._outage_s:
                 log.info("redis is back")
             self._outage_s = 0.0
+            self._refused_since = None
+
+    async def _back_off(self, what: str, exc: Exception) -> None:
+        self._outage_s = min(max(self._outage_s * 2, 0.1), 2.0)
+        log.warning(what, retry_in_s=self._outage_s, error=repr(exc))
+        await asyncio.sleep(self._outage_s)
 
     def _reap(self) -> None:
         """Drop finished job tasks before arq sees them: arq re-raises a task's error from its poll,

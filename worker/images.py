@@ -18,6 +18,13 @@ has a session of its own (not the providers' one) whose every connection goes th
   (checked against Content-Length and again while reading); the whole fetch, redirects included,
   takes at most ``image_fetch_timeout_s``.
 
+A job's images are held in memory until its call is made, so one job must not be able to take a
+worker down (a job of 40 URLs of 20 MB once took one to 3.7 GB, and the next worker after it): a job
+fetches at most ``max_images_per_job`` images, ``FETCHES_PER_JOB`` at a time, ``max_image_bytes_per_job``
+bytes in all; and at most ``image_inline_jobs`` jobs of a worker process hold fetched images at once
+(``scope``: a job takes a slot at its first fetch and gives it back when its walk ends), so a
+worker's image memory is bounded by their product whatever its jobs ask for.
+
 A failed fetch is the caller's problem, raised as ``InvalidRequest`` naming the image's param.
 """
 
@@ -25,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -42,8 +51,30 @@ from llm_router.urls import AddressGuard, IPNetwork, UnsafeURL, address_allowed,
 __all__ = ["GuardedResolver", "ImageFetcher", "RefusedAddress", "address_allowed"]
 
 MAX_REDIRECTS = 5
+FETCHES_PER_JOB = 4
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
+
+
+class _Scope:
+    """One job's hold on the worker's image memory: the slot it took, if it fetched."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self) -> None:
+        self.slot = False
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("image_scope", default=None)
+
+
+class _JobBytes:
+    """Bytes a job's images may still take."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
 
 
 class RefusedAddress(OSError):
@@ -82,6 +113,19 @@ class ImageFetcher:
             allowlist=(*settings.image_fetch_networks, *exempt),
         )
         self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(max(settings.image_inline_jobs, 1))
+
+    @contextlib.asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        """One job's run: the memory slot its fetched images take is given back when it ends."""
+        held = _Scope()
+        token = _SCOPE.set(held)
+        try:
+            yield
+        finally:
+            _SCOPE.reset(token)
+            if held.slot:
+                self._slots.release()
 
     async def inline(self, request: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``request`` whose http(s) image URLs are data URIs; data URIs pass through."""
@@ -94,7 +138,23 @@ class ImageFetcher:
                     targets.setdefault(url, f"messages[{i}].content[{k}].image_url.url")
         if not targets:
             return request
-        fetched = await asyncio.gather(*(self._data_uri(url, param) for url, param in targets.items()))
+        if len(targets) > self.settings.max_images_per_job:
+            param = list(targets.values())[self.settings.max_images_per_job]
+            raise InvalidRequest(
+                f"a job carries at most {self.settings.max_images_per_job} images", param=param
+            )
+        held = _SCOPE.get()
+        if held is not None and not held.slot:
+            await self._slots.acquire()  # released by scope() when the job's walk ends
+            held.slot = True
+        budget = _JobBytes(self.settings.max_image_bytes_per_job)
+        gate = asyncio.Semaphore(FETCHES_PER_JOB)
+
+        async def one(url: str, param: str) -> str:
+            async with gate:
+                return await self._data_uri(url, param, budget)
+
+        fetched = await asyncio.gather(*(one(url, param) for url, param in targets.items()))
         inlined = dict(zip(targets, fetched, strict=True))
         messages = []
         for msg in request["messages"]:
@@ -109,21 +169,23 @@ class ImageFetcher:
             await self._session.close()
             self._session = None
 
-    async def _data_uri(self, url: str, param: str) -> str:
-        mime, data = await self.fetch(url, param=param)
+    async def _data_uri(self, url: str, param: str, budget: _JobBytes) -> str:
+        mime, data = await self.fetch(url, param=param, budget=budget)
         return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
-    async def fetch(self, url: str, *, param: str | None = None) -> tuple[str, bytes]:
+    async def fetch(
+        self, url: str, *, param: str | None = None, budget: _JobBytes | None = None
+    ) -> tuple[str, bytes]:
         """(content type, bytes) of the image at ``url``, following checked redirects."""
         try:
             async with asyncio.timeout(self.settings.image_fetch_timeout_s):
-                return await self._follow(url, param)
+                return await self._follow(url, param, budget)
         except TimeoutError:
             raise InvalidRequest(
                 f"fetching the image timed out after {self.settings.image_fetch_timeout_s:g} s", param=param
             ) from None
 
-    async def _follow(self, url: str, param: str | None) -> tuple[str, bytes]:
+    async def _follow(self, url: str, param: str | None, budget: _JobBytes | None) -> tuple[str, bytes]:
         session = self._get_session()
         for _ in range(MAX_REDIRECTS + 1):
             target = self._check_target(url, param)
@@ -140,7 +202,7 @@ class ImageFetcher:
                                 "the image URL redirects to a malformed URL", param=param
                             ) from None
                         continue
-                    return await self._read(resp, param)
+                    return await self._read(resp, param, budget)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, RefusedAddress):
                     raise InvalidRequest(
@@ -171,7 +233,9 @@ class ImageFetcher:
             raise InvalidRequest("the image URL is ambiguous (its host parses two ways)", param=param)
         return target
 
-    async def _read(self, resp: aiohttp.ClientResponse, param: str | None) -> tuple[str, bytes]:
+    async def _read(
+        self, resp: aiohttp.ClientResponse, param: str | None, budget: _JobBytes | None
+    ) -> tuple[str, bytes]:
         if resp.status != 200:
             raise InvalidRequest(f"fetching the image failed: HTTP {resp.status}", param=param)
         mime = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -189,6 +253,13 @@ class ImageFetcher:
             data += chunk
             if len(data) > limit:
                 raise InvalidRequest(f"the image is over the limit of {limit} bytes", param=param)
+            if budget is not None:
+                budget.left -= len(chunk)
+                if budget.left < 0:
+                    raise InvalidRequest(
+                        f"the job's images are over {self.settings.max_image_bytes_per_job} bytes in all",
+                        param=param,
+                    )
         return mime, bytes(data)
 
     def _get_session(self) -> aiohttp.ClientSession:

@@ -34,10 +34,12 @@ from llm_router.errors import (
     JobCancelled,
     RouterError,
     UpstreamTimeout,
+    WorkerLost,
 )
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
+from worker import observe
 from worker.breaker import RetryBudget, routing_table
 from worker.http import send
 from worker.images import ImageFetcher
@@ -102,6 +104,7 @@ class JobRunner:
         ``job_id`` is the scoped id the queue holds (``keys.scoped_id``); logs show the job's own id
         and its tenant apart.
         """
+        observe.job_begins(self, job_id)
         now = time.time()
         try:
             started = await self.store.start(
@@ -127,11 +130,26 @@ class JobRunner:
         deadline_at = started.deadline_at
         tenant, public_id = split_scoped(job_id)
         bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
-        if started.previous_status == "running":  # the run before was cut short: its worker died mid-job
-            call = orjson.loads(started.inflight) if started.inflight else None
-            attempts.append(_interrupted(call, started.previous_worker))
+        await observe.job_started(request, route, started.runs, attempts)
+        if started.previous_status == "running":
+            # the run before was cut short, its worker dead mid-job: the start script recorded the
+            # interrupted attempt
             bound.warning("job resumed after an interrupted run", previous_worker=started.previous_worker)
         parent = started.parent
+        if started.lost_runs > self.settings.max_lost_runs:
+            # a poison job (one that kills its worker, an OOM say) must not take the fleet down one
+            # worker at a time: it fails, and its reservation is released
+            lost = WorkerLost(
+                f"the job's runs ended with their worker's death {started.lost_runs} times; "
+                "it is not run again"
+            )
+            await asyncio.shield(
+                self._write(job_id, failed_pass(lost, attempts).fields, bound, route=route, parent=parent)
+            )
+            bound.error(
+                "job failed: its runs kept ending with their worker's death", lost_runs=started.lost_runs
+            )
+            return
         unwritten = self.unwritten.pop(job_id, None)
         if unwritten is not None:
             # an answer this process got but could not store: store it rather than pay for it twice
@@ -171,7 +189,8 @@ class JobRunner:
             stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
         )
         try:
-            result = await self._bounded_walk(walk, now)
+            async with self.images.scope():  # its fetched images are let go with the walk
+                result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}
             await asyncio.shield(self._write(job_id, back, bound, walk.reports))
@@ -391,6 +410,7 @@ class JobRunner:
         A change that ends the job settles its cost (once: the script ignores a job that already
         ended) and, for one side of a compare job, hands its parent a summary.
         """
+        observe.recording(fields)
         settlement = None
         summary = b""
         if JobStatus(fields["status"]).terminal:

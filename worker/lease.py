@@ -37,7 +37,7 @@ class LeaseKeeper(threading.Thread):
     def __init__(
         self,
         *,
-        redis_url: str,
+        client: redis.Redis,
         queue_name: str,
         worker_id: str,
         held: Callable[[], Iterable[str]],
@@ -48,9 +48,8 @@ class LeaseKeeper(threading.Thread):
         routing: tuple[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__(name="llm-router-lease-keeper", daemon=True)
-        self._client = redis.Redis.from_url(
-            redis_url, socket_timeout=max(interval_s, 1.0), socket_connect_timeout=2
-        )
+        # its own blocking client (``llm_router.redis_client.sync_redis_client``), closed by stop()
+        self._client = client
         self._writes = LeaseWrites(queue_name, worker_id)
         self.worker_id = worker_id
         self._held = held
@@ -73,6 +72,8 @@ class LeaseKeeper(threading.Thread):
                 self.beat()
             except redis.RedisError as exc:  # Redis away: keep trying; leases of a live worker resume
                 log.warning("lease refresh failed", worker_id=self.worker_id, error=repr(exc))
+                # a refusal (READONLY from an endpoint that moved) keeps its connection: reconnect
+                self._client.connection_pool.disconnect()
             self._stopped.wait(self._interval_s)
 
     def beat(self) -> None:
@@ -89,7 +90,7 @@ class LeaseKeeper(threading.Thread):
         for job_id in [j for j in self._written if j not in self._inflight]:
             del self._written[job_id]
         self._writes.heartbeat(pipe, now, self._info, self._heartbeat_ttl_ms)
-        if self._routing and self.beats % self._routing_every == 0:
+        if self._routing and self._routing[1] and self.beats % self._routing_every == 0:
             # the routing table the start script admits routes from; re-published now and then so a
             # Redis that lost it (restarted without persistence) has it back within a minute
             key, table = self._routing

@@ -22,6 +22,7 @@ from config.catalog import Deployment
 from config.settings import Settings
 from llm_router.errors import BadResponse, RouterError, StreamInterrupted, UpstreamTimeout
 from llm_router.store import Store
+from worker import observe
 from worker.http import transport_error
 from worker.providers import ADAPTERS, Completion
 from worker.providers.sse import SSEDecoder
@@ -140,6 +141,7 @@ async def stream_call(
                     if held:
                         chunks, held = [*held, *chunks], []
                     publisher.add(chunks)
+                    observe.first_token()
                     if parser.done:
                         break
         if not parser.done:

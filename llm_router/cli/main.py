@@ -418,12 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(handler=_demo)
 
+    from llm_router.cli.health import add_commands as add_health_commands  # health
     from llm_router.cli.money import add_commands as add_money_commands  # credits, usage, compare
     from llm_router.cli.serve import add_commands as add_server_commands  # serve, keys
+    from llm_router.cli.tenants import add_commands as add_tenant_commands  # tenants set|show
 
     add_money_commands(sub)
 
     add_server_commands(sub)
+    add_tenant_commands(sub)
+    add_health_commands(sub)
     return p
 
 

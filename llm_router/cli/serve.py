@@ -26,6 +26,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("action", choices=["create", "list", "revoke"])
     s.add_argument("name", nargs="?", help="create: the tenant; revoke: the key's prefix from `keys list`")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--admin", action="store_true", help="create: the key also opens the dashboard")
     s.set_defaults(handler=keys)
 
 
@@ -52,9 +53,9 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     redis = redis_client(settings)
     try:
-        store = ApiKeys(redis, keys_file=settings.api_keys_file)
+        store = ApiKeys(redis, keys_file=settings.api_keys_file, admin_tenants=settings.admin_tenant_set)
         if args.action == "create":
-            key = await store.create(args.name)
+            key = await store.create(args.name, admin=args.admin)
             # the one place a key is ever shown: stdout only, never logged
             print(key)
             print(f"tenant {args.name}: keep this key now, it cannot be shown again", file=sys.stderr)
@@ -68,7 +69,13 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
         await redis.aclose()
     if args.json:
         out: list[dict[str, Any]] = [
-            {"prefix": r.prefix, "tenant": r.tenant, "created_at": r.created_at, "source": r.source}
+            {
+                "prefix": r.prefix,
+                "tenant": r.tenant,
+                "created_at": r.created_at,
+                "source": r.source,
+                "admin": r.admin,
+            }
             for r in rows
         ]
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -77,5 +84,5 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
         created = (
             datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M") if r.created_at else "-"
         )
-        print(f"{r.prefix}…  {r.tenant}  {created}  {r.source}")
+        print(f"{r.prefix}…  {r.tenant}  {created}  {r.source}{'  admin' if r.admin else ''}")
     return 0

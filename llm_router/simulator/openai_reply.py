@@ -171,9 +171,16 @@ def _function_to_call(req: ChatRequest) -> _Target | None:
 def _plan_choice(req: ChatRequest, prompt_digest: bytes, digest: bytes, target: _Target | None) -> _Choice:
     if target is not None:
         arguments = orjson.dumps(sample_json(target.parameters, digest)).decode()
+        finish = _CALL_FINISH[target.style]
+        if req.max_tokens is not None:
+            # OpenAI counts a call's arguments against max_tokens too: a call that does not fit is
+            # cut (its arguments no longer valid JSON) and the choice ends with "length"
+            room = max(req.max_tokens - count_text_tokens(target.name), 0)
+            arguments, cut = truncate_to_tokens(arguments, room)
+            finish = "length" if cut else finish
         call = _Call(target.style, target.name, arguments, f"call_{digest.hex()[:24]}")
         tokens = count_text_tokens(call.name) + count_text_tokens(arguments)
-        return _Choice(None, call, _CALL_FINISH[call.style], tokens)
+        return _Choice(None, call, finish, tokens)
     text = _text(req, prompt_digest, digest)
     text = cut_at_stop(text, req.stop)
     cut = False

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from llm_router.testing.worker_procs import terminate
@@ -29,13 +30,19 @@ class RedisServer:
     """Starts ``redis-server`` with its own temp dir; ``stop()`` (or leaving the ``with``) ends it."""
 
     def __init__(
-        self, *, port: int | None = None, appendonly: bool = False, data_dir: Path | None = None
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        data_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RedisServerMissing()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)  # e.g. ["--replicaof", "127.0.0.1", "6379"]
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="llm-router-redis-")
         self.data_dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,6 +72,7 @@ class RedisServer:
             "yes",
             "--loglevel",
             "warning",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -82,7 +90,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, with or without a password
         except OSError:
             return False
 
@@ -90,6 +98,14 @@ class RedisServer:
         """Stop (Redis writes its AOF on the way down) and start again on the same port and data dir."""
         self.stop(cleanup=False)
         self.start(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis dies without a word (its AOF keeps what ``everysec`` had synced); ``start``
+        brings it back on the same port and data dir."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self, *, cleanup: bool = True) -> None:
         if self.proc is not None:

@@ -8,31 +8,48 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["producer"]``: a ``producer.producer.Producer`` on that client
 * ``app["ended"]``: ``producer.http.ended.EndedWaiter``, job-end notifications for waiters
 * ``app["api_keys"]``: ``producer.http.auth.ApiKeys`` (``None`` when auth is disabled)
+* ``app["metrics"]``, ``app["fleet"]``, ``app["tracing"]``: ``producer.http.observability``
+* ``app["refused"]``: why the server stopped serving (an evicting Redis found after start), raised by
+  ``run_server``
 
-Middlewares, outermost first: errors (every failure is the JSON error object, unknown routes 404;
-the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``, the Messages
-front's in Anthropic's, ``messages_api.anthropic_errors``), body limit (a
-declared body over the limit answers 413 unread), authentication (sets ``request["tenant"]`` on
-every ``/v1`` and ``/v1beta`` request; handlers read the tenant only from there).
+Middlewares, outermost first: observability (counts, times and traces every request), errors
+(every failure is the JSON error object, unknown routes 404; the Gemini front's routes answer in
+Google's shape, ``gemini_api.gemini_errors``, the Messages front's in Anthropic's,
+``messages_api.anthropic_errors``), body limit (a declared body over the limit answers 413 unread),
+authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request; handlers read
+the tenant only from there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
+from llm_router.errors import InvalidRequest, PayloadTooLarge, RedisUnusable, ResourceNotFound, RouterError
+from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
-from producer.http import batches, gemini_api, jobs_api, messages_api, openai_api, openapi, responses_api
+from producer.http import (
+    batches,
+    dashboard,
+    gemini_api,
+    jobs_api,
+    messages_api,
+    observability,
+    openai_api,
+    openapi,
+    responses_api,
+)
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
-from producer.http.errors import JSON, error_response
+from producer.http.errors import error_response
 from producer.producer import Producer
 
 log = structlog.get_logger("producer.http")
@@ -114,14 +131,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.Response(body=b'{"status":"ok"}', content_type=JSON)
-
-
 def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = None) -> web.Application:
     """The application; ``redis`` is the caller's client (closed by the caller), else one of its own."""
     app = web.Application(
         middlewares=[
+            observability.middleware,
             error_middleware,
             gemini_api.gemini_errors,
             messages_api.anthropic_errors,
@@ -139,19 +153,38 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app["redis"] = client
     app["producer"] = producer
     app["ended"] = EndedWaiter(client, producer.store)
-    app["api_keys"] = None if settings.auth_disabled else ApiKeys(client, keys_file=settings.api_keys_file)
+    app["api_keys"] = (
+        None
+        if settings.auth_disabled
+        else ApiKeys(client, keys_file=settings.api_keys_file, admin_tenants=settings.admin_tenant_set)
+    )
+
+    later: list[asyncio.Task[None]] = []
+    app["refused"] = []  # why the server refused to go on serving (see _check_when_reachable)
 
     async def startup(app: web.Application) -> None:
+        # an evicting Redis loses jobs silently: refuse to serve on one (RedisUnusable ends run_app)
+        try:
+            await check_eviction_policy(client, accept_eviction=settings.accept_eviction)
+        except (RedisError, OSError) as exc:
+            # Redis away at start: serve (not ready) and check once it answers
+            log.warning(
+                "Redis unreachable at start; its eviction policy is checked when it answers", error=str(exc)
+            )
+            later.append(asyncio.create_task(_check_when_reachable(app, client, settings)))
         await app["ended"].start()
 
     async def cleanup(app: web.Application) -> None:
+        for task in later:
+            task.cancel()
         await app["ended"].close()
         if own_redis:
             await client.aclose()
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    app.router.add_get("/healthz", health)
+    observability.setup(app)  # /metrics, /healthz, /readyz
+    dashboard.setup(app)  # /dashboard
     app.router.add_get("/openapi.json", openapi.serve)
     app.router.add_routes(jobs_api.routes)
     app.router.add_routes(openai_api.routes)
@@ -162,8 +195,25 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     return app
 
 
+async def _check_when_reachable(app: web.Application, client: Redis, settings: Settings) -> None:
+    delay = 0.5
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await check_eviction_policy(client, accept_eviction=settings.accept_eviction)
+            return
+        except RedisUnusable as exc:
+            # stop serving: run_server raises it once aiohttp has shut down
+            log.error("refusing to serve", reason=exc.message)
+            app["refused"].append(exc)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        except (RedisError, OSError):
+            delay = min(delay * 2, 1.0)
+
+
 def run_server(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop."""
+    """Serve until SIGINT/SIGTERM, on uvloop; raises ``RedisUnusable`` when Redis may lose jobs."""
     import uvloop
 
     catalog = Catalog.load(settings)
@@ -185,3 +235,5 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         print=None,
         shutdown_timeout=10,
     )
+    if app["refused"]:
+        raise app["refused"][0]

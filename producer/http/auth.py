@@ -6,6 +6,10 @@ keeps only its SHA-256 (hex) in the hash ``APIKEYS_KEY`` (hash → tenant) and, 
 without holding it. An optional YAML file (``api_keys_file``: ``{key: tenant}``) adds keys read at start;
 they are hashed on load too. The server caches lookups for ``CACHE_TTL_S`` so a revoked key stops working
 within that long, and a hot key costs no Redis round trip per request.
+
+**Admin keys** open the dashboard (``/dashboard``): a key created with ``keys create TENANT --admin``
+(its hash is also in ``APIKEY_ADMINS_KEY``), or any key of a tenant listed in
+``LLM_ROUTER_ADMIN_TENANTS``. An admin key is still its tenant's key for the ``/v1`` API.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import yaml
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidApiKey, InvalidRequest
-from llm_router.keys import APIKEY_META_KEY, APIKEYS_KEY
+from llm_router.keys import APIKEY_ADMINS_KEY, APIKEY_META_KEY, APIKEYS_KEY
 
 KEY_PREFIX = "lr-"
 SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 6  # what `keys list` shows: enough to tell keys apart, useless to use
@@ -50,13 +54,17 @@ class KeyInfo:
     tenant: str
     created_at: float | None
     source: str  # "redis" or "file"
+    admin: bool = False
 
 
 class ApiKeys:
     """Create, list, revoke and look up keys; one instance per process (it holds the lookup cache)."""
 
-    def __init__(self, redis: Redis, *, keys_file: Path | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, keys_file: Path | None = None, admin_tenants: frozenset[str] = frozenset()
+    ) -> None:
         self.redis = redis
+        self.admin_tenants = admin_tenants
         self._file: dict[str, str] = {}  # hash → tenant, from api_keys_file
         self._file_prefixes: dict[str, str] = {}
         if keys_file is not None:
@@ -74,15 +82,20 @@ class ApiKeys:
             self._file[digest] = check_tenant(tenant)
             self._file_prefixes[digest] = key[:SHOWN_PREFIX_LEN]
 
-    async def create(self, tenant: str) -> str:
-        """A new key for ``tenant``; the only time the key exists outside its holder's hands."""
+    async def create(self, tenant: str, *, admin: bool = False) -> str:
+        """A new key for ``tenant`` (``admin``: it also opens the dashboard); the only time the key
+        exists outside its holder's hands."""
         check_tenant(tenant)
         key = KEY_PREFIX + secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
         digest = key_hash(key)
-        meta = orjson.dumps({"prefix": key[:SHOWN_PREFIX_LEN], "tenant": tenant, "created_at": time.time()})
+        info: dict[str, Any] = {"prefix": key[:SHOWN_PREFIX_LEN], "tenant": tenant, "created_at": time.time()}
+        if admin:
+            info["admin"] = True
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(APIKEYS_KEY, digest, tenant)
-            pipe.hset(APIKEY_META_KEY, digest, meta)
+            pipe.hset(APIKEY_META_KEY, digest, orjson.dumps(info))
+            if admin:
+                pipe.sadd(APIKEY_ADMINS_KEY, digest)
             await pipe.execute()
         return key
 
@@ -99,11 +112,18 @@ class ApiKeys:
                     tenant=tenant.decode(),
                     created_at=meta.get("created_at"),
                     source="redis",
+                    admin=bool(meta.get("admin")) or tenant.decode() in self.admin_tenants,
                 )
             )
         for digest, tenant in self._file.items():
             out.append(
-                KeyInfo(prefix=self._file_prefixes[digest], tenant=tenant, created_at=None, source="file")
+                KeyInfo(
+                    prefix=self._file_prefixes[digest],
+                    tenant=tenant,
+                    created_at=None,
+                    source="file",
+                    admin=tenant in self.admin_tenants,
+                )
             )
         return sorted(out, key=lambda k: (k.tenant, k.prefix))
 
@@ -123,6 +143,7 @@ class ApiKeys:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(APIKEYS_KEY, digest)
             pipe.hdel(APIKEY_META_KEY, digest)
+            pipe.srem(APIKEY_ADMINS_KEY, digest)
             await pipe.execute()
         return KeyInfo(
             prefix=meta["prefix"], tenant=meta["tenant"], created_at=meta.get("created_at"), source="redis"
@@ -148,3 +169,15 @@ class ApiKeys:
             self._cache.clear()
         self._cache[digest] = (tenant, now + CACHE_TTL_S)
         return tenant
+
+    async def is_admin(self, key: str | None) -> bool:
+        """Whether ``key`` is a valid admin key (see the module docstring)."""
+        if not key:
+            return False
+        try:
+            tenant = await self.tenant_for(key)
+        except InvalidApiKey:
+            return False
+        if tenant in self.admin_tenants:
+            return True
+        return bool(await self.redis.sismember(APIKEY_ADMINS_KEY, key_hash(key)))

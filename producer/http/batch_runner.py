@@ -307,7 +307,6 @@ class BatchRunner:
         valid = [ln for ln in lines if ln.error is None]
         window = batch["expires_at"] - batch["created_at"]  # the same on every retry: see job_for
         jobs: list[list[Any]] = []
-        settings = self.producer.settings
         for start in range(0, len(valid), SUBMIT_CHUNK):
             chunk = valid[start : start + SUBMIT_CHUNK]
             if not await lease.renew():
@@ -320,7 +319,7 @@ class BatchRunner:
             results = await self.producer.submit_many(
                 [job_for(batch_id, ln, window) for ln in chunk],
                 tenant=tenant,
-                max_queued=settings.tenant_max_queued,
+                max_queued=(await self.producer.policies.get(tenant)).get("max_queued"),
             )
             for ln, res in zip(chunk, results, strict=True):
                 if isinstance(res, RouterError):

@@ -48,10 +48,9 @@ async def submit_jobs(
             valid.append(without_tenant(job))
         else:
             results.append(InvalidRequest("a job must be a JSON object"))
+    max_queued = (await producer.policies.get(tenant)).get("max_queued") if valid else 0
     submitted = iter(
-        await producer.submit_many(valid, tenant=tenant, max_queued=settings.tenant_max_queued, **kwargs)
-        if valid
-        else []
+        await producer.submit_many(valid, tenant=tenant, max_queued=max_queued, **kwargs) if valid else []
     )
     return [r if r is not None else next(submitted) for r in results]
 

@@ -715,6 +715,30 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}, "the server is up")},
             }
         },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis answers within a timeout (not whether workers are live)",
+                "operationId": "ready",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "Redis answered"),
+                    "503": _json({"type": "object"}, "Redis did not answer in time"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     },
 }
 

@@ -136,11 +136,29 @@ async def test_start_marks_running_and_reads_what_the_worker_needs(store: Store,
     assert abs(first.redis_now_ms / 1000 - time.time()) < 5
     rec = await fields_of(bare_redis, "t/j1")
     assert (rec["status"], rec["worker"], rec["started_at"]) == ("running", "w1", "123.0")
-    await bare_redis.hset(record_key("t/j1"), "inflight", b'{"provider":"p"}')
+    call = {"provider": "p", "model": "m", "upstream_model": "um", "started_at": 122.5}
+    await bare_redis.hset(record_key("t/j1"), "inflight", orjson.dumps(call))
     second = await store.start("t/j1", "w2", 456.0)
     assert isinstance(second, Started)
     assert (second.previous_status, second.previous_worker, second.runs) == ("running", "w1", 2)
-    assert second.inflight == b'{"provider":"p"}'
+    # the run its worker never ended is in the record from now on, as the call it was making
+    (attempt,) = orjson.loads(second.attempts)
+    assert attempt == {
+        "provider": "p",
+        "model": "m",
+        "upstream_model": "um",
+        "outcome": "interrupted",
+        "worker": "w1",
+        "breaker": None,
+        "error_code": None,
+        "http_status": None,
+        "latency_ms": None,
+        "started_at": 122.5,
+    }
+    assert second.lost_runs == 1 and orjson.loads((await fields_of(bare_redis, "t/j1"))["attempts"]) == [
+        attempt
+    ]
+    assert "inflight" not in await fields_of(bare_redis, "t/j1")
     assert (await fields_of(bare_redis, "t/j1"))["started_at"] == "123.0"  # the first start stays
 
 

@@ -605,6 +605,22 @@ def test_config_defaults_to_sentinel_and_holds_no_secret() -> None:
     assert not leaked, f"secrets belong in a Secret: {leaked}"
 
 
+def test_the_redis_variables_are_the_ones_the_processes_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import Settings
+    from llm_router.redis_client import redis_target
+
+    config = objects_of("ConfigMap")["llm-router-config"]["data"]
+    secret = objects_of("Secret")["llm-router-redis-example"]["stringData"]
+    for name in [n for n in os.environ if "REDIS" in n]:
+        monkeypatch.delenv(name)
+    for name, value in {**config, **secret}.items():
+        if "REDIS" in name:
+            monkeypatch.setenv(name, value)
+    target = redis_target(Settings(_env_file=None))
+    assert len(target.sentinels) == 3 and target.master == config["LLM_ROUTER_REDIS_SENTINEL_MASTER"]
+    assert (target.password, target.sentinel_password) == ("REPLACE_ME", "REPLACE_ME")
+
+
 def test_secrets_are_examples_of_the_ones_the_deployments_read() -> None:
     secrets = objects_of("Secret")
     assert secrets and all(n.endswith("-example") for n in secrets), f"only examples: {sorted(secrets)}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from pathlib import Path
 
 from config.catalog import Catalog
 from config.settings import Settings
+from llm_router.credits import Ledger
 from llm_router.keys import record_key
 from llm_router.testing.redis_server import RedisServer
 from llm_router.testing.worker_procs import Fleet
@@ -27,8 +29,16 @@ async def _calls(sim, credential: str, model: str) -> int:
 async def test_sigkill_mid_job_another_worker_finishes_it_within_the_lease(
     until, durable: Producer, fleet: Fleet, sim, redis
 ):
+    # the first call hangs long enough for the kill to land mid-call however slow the machine is;
+    # the next one (the second worker's) answers at once
     await sim.faults(
-        {"credential": "sk-sim-openai", "model": "gpt-4o", "kind": "latency", "latency_ms": 1500}
+        {
+            "credential": "sk-sim-openai",
+            "model": "gpt-4o",
+            "kind": "latency",
+            "latency_ms": 60_000,
+            "count": 1,
+        }
     )
     try:
         first = fleet.start()
@@ -222,3 +232,37 @@ async def test_workers_sharing_a_queue_all_take_jobs(until, durable: Producer, f
     finally:
         await sim.faults()
     assert all(r.status == "succeeded" for r in records)
+
+
+async def test_a_job_that_keeps_killing_its_worker_fails_worker_lost(
+    until, durable: Producer, fleet: Fleet, sim
+):
+    """A poison job (one whose every run ends with its worker's death) ends ``worker_lost`` with its
+    reservation released, instead of taking the fleet down one worker at a time."""
+    await sim.faults(
+        {"credential": "sk-sim-openai", "model": "gpt-4.1-mini", "kind": "latency", "latency_ms": 30_000}
+    )
+    tenant = f"poison-{uuid.uuid4().hex[:6]}"
+    await Ledger(durable.redis).add(tenant, "1")
+    try:
+        sub = await durable.submit({"model": "gpt-4.1-mini", "fallbacks": [], "messages": HI}, tenant=tenant)
+        key = record_key(durable.scoped(sub.job_id, tenant))
+        for death in range(2):  # LLM_ROUTER_MAX_LOST_RUNS=1: the second lost run is one too many
+            worker = fleet.start(LLM_ROUTER_MAX_LOST_RUNS="1")
+            await until(
+                lambda: redis_field(durable, key, "inflight"), what=f"the job's call, run {death + 1}"
+            )
+            worker.kill()  # the job "killed" it, as an OOM would
+            await durable.redis.hdel(key, "inflight")
+        fleet.start(LLM_ROUTER_MAX_LOST_RUNS="1")
+        record = await durable.wait(sub.job_id, timeout=30, tenant=tenant)
+    finally:
+        await sim.faults()
+    assert record.status == "failed" and record.error["code"] == "worker_lost"
+    assert record.lost_runs == 2 and [a.outcome for a in record.attempts] == ["interrupted"] * 2
+    balance = await Ledger(durable.redis).show(tenant)
+    assert balance is not None and balance.reserved == 0 and balance.spent == 0
+
+
+async def redis_field(producer: Producer, key: str, field: str) -> bytes | None:
+    return await producer.redis.hget(key, field)

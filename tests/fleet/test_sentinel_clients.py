@@ -1,0 +1,99 @@
+"""Every kind of client we build finds the new primary after a failover by itself: the async client
+(producer, server, CLI, the worker's scripts and auto-pipeline), arq's pool, the lease keeper's
+blocking client and the server's pub/sub subscription. Nothing is rebuilt or restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.exceptions import RedisError
+
+from config.settings import Settings
+from llm_router.autopipe import AutoPipeline
+from llm_router.keys import ENDED_CHANNEL
+from llm_router.redis_client import redis_client, sync_redis_client
+from llm_router.store import Store
+from llm_router.testing.sentinel_set import SentinelSet
+from producer.http.ended import EndedWaiter
+from worker.app import arq_pool
+
+
+@pytest.fixture
+def sentinels():
+    with SentinelSet(down_after_ms=1000, failover_timeout_ms=3000) as s:
+        yield s
+
+
+async def _until_ok(call, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except (RedisError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("failover", ["primary killed", "primary demoted"])
+async def test_every_client_follows_the_primary_through_a_failover(sentinels: SentinelSet, failover: str):
+    settings = Settings(_env_file=None, redis_sentinels=sentinels.sentinels)
+    client = redis_client(settings)
+    pool = arq_pool(settings, "q")
+    blocking = sync_redis_client(settings, socket_timeout=1)
+    pipe = AutoPipeline(client)
+    waiter = EndedWaiter(client, Store(client, queue_name="q", record_ttl_s=60), recheck_s=60)
+    await waiter.start()
+    try:
+        await client.set("k", "before")
+        assert await pool.get("k") == b"before" and blocking.get("k") == b"before"
+        old = sentinels.primary_port()
+        if failover == "primary killed":
+            await asyncio.to_thread(sentinels.kill_primary)
+        else:  # alive, now a replica: connections to it answer writes with READONLY
+            await asyncio.to_thread(sentinels.demote_primary)
+        new = await asyncio.to_thread(sentinels.wait_for_new_primary, old, 60)
+        assert new != old
+
+        await _until_ok(lambda: client.set("k", "after"))
+        assert await _until_ok(lambda: pool.get("k")) == b"after"
+        assert await _until_ok(lambda: asyncio.to_thread(blocking.get, "k")) == b"after"
+        assert await _until_ok(lambda: pipe.call(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")) == b"after"
+        # the subscription comes back on the new primary: a job's end still wakes its waiter
+        await asyncio.wait_for(waiter.subscribed.wait(), 30)
+        with waiter.watch("job-1") as ended:
+            await client.publish(ENDED_CHANNEL, "job-1")
+            await asyncio.wait_for(ended.wait(), 5)
+    finally:
+        await waiter.close()
+        await client.aclose()
+        await pool.aclose()
+        blocking.close()
+
+
+async def test_passwords_for_the_nodes_and_the_sentinels_come_from_their_settings():
+    with SentinelSet(password="s3cret-pw") as sentinels:
+        env = sentinels.env()
+        settings = Settings(
+            _env_file=None,
+            redis_sentinels=env["LLM_ROUTER_REDIS_SENTINELS"],
+            redis_password=env["LLM_ROUTER_REDIS_PASSWORD"],
+            redis_sentinel_password=env["LLM_ROUTER_REDIS_SENTINEL_PASSWORD"],
+        )
+        client = redis_client(settings)
+        blocking = sync_redis_client(settings)
+        try:
+            await client.set("k", "v")
+            assert blocking.get("k") == b"v"
+        finally:
+            await client.aclose()
+            blocking.close()
+        # the sentinels' own password missing: no primary can be found, and the error says why
+        without = redis_client(settings.model_copy(update={"redis_sentinel_password": None}))
+        try:
+            with pytest.raises(RedisError, match=r"(?i)auth"):
+                await without.ping()
+        finally:
+            await without.aclose()
