@@ -246,8 +246,9 @@ class ChatJob(BaseModel):
     # the shared response cache: true (deterministic requests only: temperature 0) or "force"
     cache: bool | Literal["force"] | None = None
     cache_ttl_s: Annotated[int, Field(ge=1, le=365 * 24 * 3600)] | None = None
-    # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI)
-    answer_format: Literal["openai", "gemini"] | None = None
+    # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI):
+    # the chat front's, Gemini's, the Responses API's or Anthropic's Messages
+    answer_format: Literal["openai", "gemini", "responses", "anthropic"] | None = None
     # its band in the queue: high jobs are claimed before normal ones, across the fleet and inside
     # the tenant (tenants still share each band fairly)
     priority: Literal["high", "normal", "low"] | None = None

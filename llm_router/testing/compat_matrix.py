@@ -18,6 +18,7 @@ WRITE_ENV = "LLM_ROUTER_COMPAT_WRITE_README"
 
 CLIENT_NAMES = {
     "openai": "OpenAI SDK (`openai`)",
+    "anthropic": "Anthropic SDK (`anthropic`)",
     "google-genai": "`google-genai`",
     "langchain": "LangChain (`langchain-openai`)",
     "litellm": "LiteLLM (as a client)",

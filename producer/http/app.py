@@ -14,9 +14,10 @@ Keys on the application, for every module that adds routes (the batch and files 
 
 Middlewares, outermost first: observability (counts, times and traces every request), errors
 (every failure is the JSON error object, unknown routes 404; the Gemini front's routes answer in
-Google's shape, ``gemini_api.gemini_errors``), body limit (a declared body over the limit answers
-413 unread), authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request;
-handlers read the tenant only from there).
+Google's shape, ``gemini_api.gemini_errors``, the Messages front's in Anthropic's,
+``messages_api.anthropic_errors``), body limit (a declared body over the limit answers 413 unread),
+authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request; handlers read
+the tenant only from there).
 """
 
 from __future__ import annotations
@@ -35,7 +36,17 @@ from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, RedisUnusable, ResourceNotFound, RouterError
 from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
-from producer.http import batches, dashboard, gemini_api, jobs_api, observability, openai_api, openapi
+from producer.http import (
+    batches,
+    dashboard,
+    gemini_api,
+    jobs_api,
+    messages_api,
+    observability,
+    openai_api,
+    openapi,
+    responses_api,
+)
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
 from producer.http.errors import error_response
@@ -127,6 +138,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
             observability.middleware,
             error_middleware,
             gemini_api.gemini_errors,
+            messages_api.anthropic_errors,
             limit_middleware,
             auth_middleware,
         ],
@@ -177,6 +189,8 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app.router.add_routes(jobs_api.routes)
     app.router.add_routes(openai_api.routes)
     app.router.add_routes(gemini_api.routes)
+    app.router.add_routes(responses_api.routes)
+    app.router.add_routes(messages_api.routes)
     batches.setup(app)
     return app
 

@@ -59,11 +59,15 @@ class Started:
 
 
 @asynccontextmanager
-async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncIterator[Started]:
+async def start_interactive(
+    request: web.Request, job: dict[str, Any], *, id_prefix: str = ""
+) -> AsyncIterator[Started]:
     """Submit ``job`` (tenant from the key) to the interactive queue with end notification.
 
     Refuses with ``no_workers`` when no worker serves the interactive queue (the job would wait for
-    nobody). The job's end is watched from before it is submitted until the context exits.
+    nobody). The job's end is watched from before it is submitted until the context exits. A job
+    that names no id gets ``id_prefix`` before its key or random id (``resp_``, ``msg_``: the ids
+    the Responses and Messages SDKs expect).
     """
     settings: Settings = request.app["settings"]
     producer: Producer = request.app["producer"]
@@ -77,7 +81,7 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
         raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
     # the id is chosen here so the waiter is registered before the job exists; a retry with the same
     # Idempotency-Key finds the first job (and its answer) instead of running a second one
-    job_id = given if isinstance(given, str) else key or os.urandom(16).hex()
+    job_id = given if isinstance(given, str) else id_prefix + (key or os.urandom(16).hex())
     if given is None:
         job = {**job, "job_id": job_id}
     tenant: str = request["tenant"]

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from llm_router.contract import ChatJob
+from producer.http import openapi_fronts
 
 ERROR_CODES: dict[int, str] = {
     400: "Invalid request (`invalid_request`, `unsupported_capability`; `param` names the field)",
@@ -152,7 +153,8 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    **contract_schemas(),
+    **(_contract := contract_schemas()),
+    **openapi_fronts.schemas(_contract["ChatRequest"]["properties"]),
     "ChatCompletion": {
         "type": "object",
         "required": ["id", "object", "model", "choices"],
@@ -358,6 +360,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _SECURED = [{"bearer": []}]
+# Anthropic's clients send their key as x-api-key
+_ANTHROPIC_SECURED = [{"anthropicKey": []}, {"bearer": []}]
 # Google's clients send their key as a header or a query parameter; a bearer token works too
 _GEMINI_SECURED = [{"googApiKey": []}, {"googQueryKey": []}, {"bearer": []}]
 
@@ -660,15 +664,25 @@ def _secure(paths: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fronts() -> dict[str, Any]:
+    """The Responses and Messages fronts (``openapi_fronts``): bearer keys; Messages also x-api-key."""
+    fronts = openapi_fronts.paths(_errors, _path_id, _body, _json)
+    messages = fronts.pop("/v1/messages")
+    messages["post"]["security"] = _ANTHROPIC_SECURED
+    return {**_secure(fronts), "/v1/messages": messages}
+
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
         "title": "llm-router HTTP API",
         "version": "1",
-        "description": "LLM work as durable jobs: an OpenAI-compatible front (chat completions, models, "
-        "Batch API with files), a Gemini-native endpoint and /v1/jobs for any language. Every /v1 "
-        "request needs `Authorization: Bearer <key>` (the key decides the tenant); errors are "
-        '`{"error": {"code", "message", "type", "param"}}`.',
+        "description": "LLM work as durable jobs: an OpenAI-compatible front (chat completions, the "
+        "Responses API, models, Batch API with files), Anthropic's Messages API, a Gemini-native "
+        "endpoint and /v1/jobs for any language. Every /v1 request needs `Authorization: Bearer <key>` "
+        "(or `x-api-key`; the key decides the tenant); errors are "
+        '`{"error": {"code", "message", "type", "param"}}` (Anthropic\'s shape on /v1/messages, '
+        "Google's on the Gemini routes).",
     },
     "servers": [{"url": "/"}],
     "components": {
@@ -676,12 +690,14 @@ DOCUMENT: dict[str, Any] = {
             "bearer": {"type": "http", "scheme": "bearer"},
             "googApiKey": {"type": "apiKey", "in": "header", "name": "x-goog-api-key"},
             "googQueryKey": {"type": "apiKey", "in": "query", "name": "key"},
+            "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
         },
         "schemas": SCHEMAS,
     },
     "security": _SECURED,
     "paths": {
         **_secure(PATHS),
+        **_fronts(),
         **_gemini_paths(),
         "/openapi.json": {
             "get": {

@@ -19,6 +19,19 @@ from schemathesis.generation import GenerationMode
 
 EXAMPLES = int(os.environ.get("LLM_ROUTER_FUZZ_HTTP_EXAMPLES", "8"))
 DOCUMENTED_5XX = {502, 503}
+# the Messages front answers a job's failure and missing capacity with Anthropic's 5xx (500 api_error,
+# 504, 529); a crash is a 500 too there, told apart by its code, and fails here like anywhere
+ANTHROPIC_5XX = {500, 504, 529}
+
+
+def documented_5xx(path: str, response: requests.Response) -> bool:
+    if response.status_code in DOCUMENTED_5XX:
+        return True
+    return (
+        path == "/v1/messages"
+        and response.status_code in ANTHROPIC_5XX
+        and response.json()["error"].get("code") != "internal_error"
+    )
 
 
 def test_openapi_document_holds_under_fuzzing(api: Any) -> None:
@@ -44,7 +57,7 @@ def test_openapi_document_holds_under_fuzzing(api: Any) -> None:
                 label = case.operation.label
                 response = case.call(base_url=api.url, session=session, headers=headers, timeout=15)
                 seen.setdefault(label, set()).add(response.status_code)
-                assert response.status_code < 500 or response.status_code in DOCUMENTED_5XX, (
+                assert response.status_code < 500 or documented_5xx(case.operation.path, response), (
                     label,
                     response.status_code,
                     response.text[:500],
