@@ -19,7 +19,17 @@ from llm_router.urls import UnsafeURL, parse_url
 
 # keys of a job that are ours, not the provider's; the adapters never send them upstream
 RESERVED_KEYS = frozenset(
-    {"job_id", "fallbacks", "deadline_s", "tenant", "metadata", "cache", "cache_ttl_s", "answer_format"}
+    {
+        "job_id",
+        "fallbacks",
+        "deadline_s",
+        "tenant",
+        "metadata",
+        "cache",
+        "cache_ttl_s",
+        "answer_format",
+        "webhook",
+    }
 )
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -183,6 +193,23 @@ class StreamOptions(_Part):
     include_obfuscation: bool | None = None  # OpenAI's padding of chunks: our chunks carry none
 
 
+class Webhook(_Part):
+    """Where a job (or a batch) tells its caller that it ended: a signed POST (Standard Webhooks) of
+    its summary to ``url``, and of its whole response when ``include`` asks (``llm_router.webhooks``)."""
+
+    url: str
+    include: Annotated[list[Literal["response"]], Field(max_length=1)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        try:
+            parse_url(url)  # the parser the deliverer sends with
+        except UnsafeURL as exc:
+            raise ValueError(f"webhook.url must be an http(s) URL: {exc}") from None
+        return url
+
+
 class ChatJob(BaseModel):
     """A chat job: the OpenAI chat-completions body plus our reserved keys."""
 
@@ -238,6 +265,8 @@ class ChatJob(BaseModel):
     cache_ttl_s: Annotated[int, Field(ge=1, le=365 * 24 * 3600)] | None = None
     # the wire format the caller wants the answer in when it reads it over HTTP (records stay OpenAI)
     answer_format: Literal["openai", "gemini"] | None = None
+    # told when the job ends; false: not even the tenant's default endpoint
+    webhook: Webhook | Literal[False] | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -502,6 +531,7 @@ class JobRecord(BaseModel):
     ignored: list[str] | None = None
     # a compare job: one entry per model (content, latency, tokens, cost, error), in its order
     comparison: list[dict[str, Any]] | None = None
+    webhook: dict[str, Any] | None = None  # where the job's end is told ({"url", "include"})
 
     @field_validator("ignored", mode="before")
     @classmethod

@@ -22,6 +22,11 @@ All amounts are integer nano-USD. What lives where:
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
+* ``webhooks:due`` sorted set: webhook deliveries by when they are due (``llm_router.webhooks``):
+  ``j|<tenant>/<job id>`` or ``b|<batch id>``, a replay with ``|r<n>`` after it; ``webhooks:retry``
+  hash: a delivery's attempts so far and since when; ``webhooks:disabled`` hash: endpoints that
+  answered 410 (``<tenant> <url>``). A delivery's attempts are fields ``webhook:…`` of its job's
+  record (or its batch's hash).
 * ``ENDED_CHANNEL``: a job created with ``notify`` publishes its id here when it ends.
 """
 
@@ -53,6 +58,10 @@ ACTIVE_BATCHES_PREFIX = PREFIX + "batches:active:"
 TENANT_BATCHES_PREFIX = PREFIX + "batches:tenant:"
 ROLE_PREFIX = PREFIX + "role:"
 TENANT_POLICY_PREFIX = PREFIX + "tenant:"
+WEBHOOKS_DUE_KEY = PREFIX + "webhooks:due"
+WEBHOOKS_RETRY_KEY = PREFIX + "webhooks:retry"
+WEBHOOKS_DISABLED_KEY = PREFIX + "webhooks:disabled"
+WEBHOOKS_ROLE = "webhooks"  # the role (``role_key``) of the one process that delivers webhooks
 
 ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
@@ -173,5 +182,7 @@ LUA_KEYS = "\n".join(
         ("TPM", TPM_PREFIX),
         ("ENDED", ENDED_CHANNEL),
         ("ABORT_SET", abort_jobs_ss),
+        ("BATCH", BATCH_PREFIX),
+        ("WEBHOOKS_DUE", WEBHOOKS_DUE_KEY),
     )
 )

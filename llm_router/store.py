@@ -56,7 +56,7 @@ from llm_router.record_lua import (
     SUBMIT_LUA,
 )
 
-JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
+JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata", "webhook")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
 
 
@@ -101,6 +101,9 @@ class NewJob:
     ignored: str | None = (
         None  # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
     )
+    # JSON {"url", "include"}: the job's end is delivered there (``llm_router.webhooks``); b"" when
+    # the job asked for none, so its tenant's default endpoint does not apply either
+    webhook: bytes | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -117,6 +120,8 @@ class NewJob:
             out += ("queue", self.queue)
         if self.ignored is not None:
             out += ("ignored", self.ignored)
+        if self.webhook:
+            out += ("webhook", self.webhook)
         return out
 
 

@@ -25,6 +25,7 @@ from worker.claims import Claims
 from worker.http import create_session
 from worker.job_runner import JobRunner
 from worker.lease import LeaseKeeper
+from worker.webhooks.deliverer import start_deliveries, stop_deliveries
 
 # our record and the job's deadline decide when a job is done, not arq's try counter: every
 # deferral or re-run spends one of arq's tries, and when they run out arq drops the job unseen
@@ -42,10 +43,12 @@ def build_worker(
     catalog: Catalog | None = None,
     *,
     queue: str = "bulk",
+    deliver_webhooks: bool = False,
     **overrides: Any,
 ) -> LeasedWorker:
     """An arq worker for one queue of llm-router jobs (``bulk`` or ``interactive``); ``overrides``
-    go to arq (``burst=True`` in tests, say)."""
+    go to arq (``burst=True`` in tests, say). ``deliver_webhooks`` also contends for the webhook
+    delivery role (a task beside the jobs, never a job slot: ``worker.webhooks``)."""
     queue_name = settings.queue_for(queue)
     poll_delay = settings.interactive_poll_delay_s if queue == "interactive" else settings.poll_delay_s
     catalog = catalog or Catalog.load(settings)
@@ -78,8 +81,11 @@ def build_worker(
         keeper.beat()  # seen as live before the first job arrives
         keeper.start()
         ctx.update(session=session, store=store, runner=runner, keeper=keeper)
+        if deliver_webhooks:
+            ctx["webhooks"] = start_deliveries(ctx["redis"], settings)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        await stop_deliveries(ctx.get("webhooks"))
         if "keeper" in ctx:
             ctx["keeper"].stop()
         if "runner" in ctx:
@@ -130,11 +136,22 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     catalog = Catalog.load(settings)
+    webhooks = settings.webhooks_in_worker  # one contender per process: the first queue's worker
     if len(queues) == 1:
-        build_worker(settings, catalog, queue=queues[0], **overrides).run()
+        build_worker(settings, catalog, queue=queues[0], deliver_webhooks=webhooks, **overrides).run()
         return
     # arq's own signal handlers would replace each other: one handler tells every worker
-    workers = [build_worker(settings, catalog, queue=q, handle_signals=False, **overrides) for q in queues]
+    workers = [
+        build_worker(
+            settings,
+            catalog,
+            queue=q,
+            handle_signals=False,
+            deliver_webhooks=webhooks and i == 0,
+            **overrides,
+        )
+        for i, q in enumerate(queues)
+    ]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_all, workers, sig)
     try:

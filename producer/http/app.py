@@ -28,7 +28,7 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
 from llm_router.redis_client import redis_client
-from producer.http import batches, gemini_api, jobs_api, openai_api, openapi
+from producer.http import batches, gemini_api, jobs_api, openai_api, openapi, webhooks_api
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
 from producer.http.errors import JSON, error_response
@@ -150,6 +150,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app.router.add_routes(openai_api.routes)
     app.router.add_routes(gemini_api.routes)
     batches.setup(app)
+    webhooks_api.setup(app)
     return app
 
 
