@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # a taken delivery is due again this long after, should its deliverer die with it
     webhook_lease_s: float = 60.0
     webhook_role_ttl_s: float = 10.0  # another process takes over deliveries this long after a death
+    # how soon the deliverer sees what `llm-router webhooks` changed (a rotation, an enabled endpoint)
+    webhook_refresh_s: float = 2.0
     # per endpoint (URL): attempts in flight, and deliveries waiting in the deliverer's memory
     webhook_endpoint_concurrency: int = 8
     webhook_endpoint_queue: int = 256

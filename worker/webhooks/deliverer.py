@@ -55,7 +55,6 @@ from worker.webhooks.sender import USER_AGENT, Answer, Sender
 
 log = structlog.get_logger("worker.webhooks")
 
-DISABLED_REFRESH_S = 2.0  # how soon an endpoint enabled by `webhooks enable` is delivered to again
 RECORD_MARGIN_S = 3600.0  # retries stop this long before the record (which holds the log) expires
 CLOSE_TIMEOUT_S = 2.0
 
@@ -81,7 +80,7 @@ class Deliverer:
         self.settings = settings
         self.outbox = Outbox(redis)
         self.pipe = AutoPipeline(redis)
-        self.policies = TenantPolicies(redis, settings, cache_s=2.0)
+        self.policies = TenantPolicies(redis, settings, cache_s=settings.webhook_refresh_s)
         self.master = master_key(settings)
         self.sender = sender or Sender(settings)
         self.endpoints: dict[str, Endpoint] = {}
@@ -112,7 +111,7 @@ class Deliverer:
     async def turn(self) -> bool:
         """One turn: write outcomes, take what is due, dispatch it. ``True`` when it took a full batch."""
         await self.flush()
-        if time.monotonic() - self._disabled_at > DISABLED_REFRESH_S:
+        if time.monotonic() - self._disabled_at > self.settings.webhook_refresh_s:
             self.disabled = set(await self.outbox.disabled())
             self._disabled_at = time.monotonic()
         free = self.settings.webhook_max_in_flight - len(self.held)
