@@ -64,8 +64,13 @@ async def test_a_batch_reports_its_end_once_and_its_lines_do_not(
     assert (data["id"], data["object"], data["status"]) == (created.id, "batch", "completed")
     assert data["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
     assert data["output_file_id"] == batch.output_file_id and data["metadata"] == {"run": "one"}
-    log = await batch_log(system, t, created.id)
-    assert log["state"] == "delivered" and log["event"] == "batch.completed"
+
+    async def logged() -> dict[str, Any] | None:
+        log = await batch_log(system, t, created.id)
+        return log if log["state"] == "delivered" else None
+
+    log = await until(logged, timeout=5, what="the delivery logged")
+    assert log["event"] == "batch.completed"
     assert log["webhook_id"] == call.headers["webhook-id"]
     assert receiver.calls["default"] == []  # five lines ended: none reported on its own
 

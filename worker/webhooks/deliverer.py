@@ -51,7 +51,7 @@ from llm_router.webhooks.outbox import (
 )
 from llm_router.webhooks.signing import SecretState, derive_key, master_key, sign
 from worker.webhooks.endpoints import Endpoint, Verdict
-from worker.webhooks.sender import USER_AGENT, Answer, Sender
+from worker.webhooks.sender import Answer, Sender
 
 log = structlog.get_logger("worker.webhooks")
 
@@ -215,8 +215,6 @@ class Deliverer:
                 "webhook-id": delivery.msg_id,
                 "webhook-timestamp": str(now),
                 "webhook-signature": sign(keys, delivery.msg_id, now, delivery.body),
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
             }
             self.stats["attempts"] += 1
             answer = await self.sender.post(delivery.url, delivery.body, headers)

@@ -1,30 +1,33 @@
 """One attempt at a webhook: a POST through the SSRF guard, bounded in time and in what it reads.
 
 * the URL goes through the core's parser and the webhook guard (an IP literal is checked before
-  connecting; a host name on every address it resolves to, by ``GuardedResolver``: no DNS
-  rebinding between check and connect), and aiohttp must read the same host from it;
+  connecting; a host name on every address it resolves to, by ``GuardedResolver``: the connection
+  goes to an address that was checked, so no DNS rebinding between check and connect);
 * redirects are not followed (a receiver answers, it does not send us elsewhere);
 * the whole attempt takes at most ``webhook_timeout_s``, connecting ``webhook_connect_timeout_s``;
   at most ``webhook_max_response_bytes`` of the answer are read (its first 200 characters are kept
   when it is not a 2xx);
-* no proxy from the environment, no cookies kept between receivers.
+* no proxy from the environment, no cookies: nothing of one receiver reaches another.
+
+The HTTP is ``http11``'s small keep-alive client (see there why not aiohttp's).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-
-import aiohttp
-from yarl import URL
 
 from config.settings import Settings
 from llm_router.urls import UnsafeURL, parse_url
 from llm_router.webhooks.spec import webhook_guard
 from worker.images import GuardedResolver, RefusedAddress
+from worker.webhooks.http11 import Client, ConnectTimeout, HTTPError, Target
 
 USER_AGENT = "llm-router-webhooks/1"
+FIXED_HEADERS = f"User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n".encode()
 KEPT_CHARS = 200
 
 
@@ -63,82 +66,70 @@ def retry_after_s(value: str | None) -> float | None:
 
 
 class Sender:
-    """Sends attempts; one per deliverer (one session, its connections kept alive per receiver)."""
+    """Sends attempts; one per deliverer (its connections kept alive per receiver)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.guard = webhook_guard(settings)
-        self.timeout = aiohttp.ClientTimeout(
-            total=settings.webhook_timeout_s, sock_connect=settings.webhook_connect_timeout_s
-        )
+        self.timeout_s = settings.webhook_timeout_s
+        self.connect_timeout_s = min(settings.webhook_connect_timeout_s, settings.webhook_timeout_s)
         self.max_bytes = settings.webhook_max_response_bytes
-        self._targets: dict[str, URL | str] = {}  # url → what to request, or why it is refused
-        self._session: aiohttp.ClientSession | None = None
+        self.client = Client(GuardedResolver(self.guard), ssl_context=ssl_context)
+        self._targets: dict[str, Target | str] = {}  # url → where to send, or why it is refused
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         target = self._target(url)
         if isinstance(target, str):
             return Answer(None, 0.0, target, refused=True)
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
         started = time.perf_counter()
         try:
-            async with self._get_session().post(
-                target, data=body, headers=headers, allow_redirects=False, timeout=self.timeout
-            ) as resp:
-                head = await resp.content.read(self.max_bytes)
-                status = resp.status
-                wait = retry_after_s(resp.headers.get("Retry-After")) if status >= 300 else None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, RefusedAddress):
-                return Answer(None, _ms(started), f"refused: {exc.os_error}", refused=True)
-            return Answer(None, _ms(started), f"cannot connect: {exc.os_error.strerror or exc.os_error}")
+            async with asyncio.timeout(self.timeout_s):
+                resp = await self.client.post(
+                    target, lines, body, connect_timeout=self.connect_timeout_s, max_bytes=self.max_bytes
+                )
+        except RefusedAddress as exc:
+            return Answer(None, _ms(started), f"refused: {exc}", refused=True)
         except TimeoutError:
-            return Answer(None, _ms(started), f"no answer within {self.timeout.total:g} s")
-        except aiohttp.ClientError as exc:
-            return Answer(None, _ms(started), f"{type(exc).__name__}: {exc}"[:KEPT_CHARS])
-        if 200 <= status < 300:
-            return Answer(status, _ms(started))
-        text = head.decode(errors="replace")[:KEPT_CHARS] or None
-        return Answer(status, _ms(started), text, retry_after_s=wait)
+            return Answer(None, _ms(started), f"no answer within {self.timeout_s:g} s")
+        except ConnectTimeout as exc:
+            return Answer(None, _ms(started), f"cannot connect: {exc}")
+        except ssl.SSLError as exc:
+            return Answer(None, _ms(started), f"TLS: {exc.reason or exc}"[:KEPT_CHARS])
+        except ConnectionResetError:
+            return Answer(None, _ms(started), "the connection was closed before an answer")
+        except OSError as exc:
+            return Answer(None, _ms(started), f"cannot connect: {exc.strerror or exc}"[:KEPT_CHARS])
+        except HTTPError as exc:
+            return Answer(None, _ms(started), f"bad answer: {exc}"[:KEPT_CHARS])
+        if 200 <= resp.status < 300:
+            return Answer(resp.status, _ms(started))
+        text = resp.body.decode(errors="replace")[:KEPT_CHARS] or None
+        wait = retry_after_s(resp.headers.get("retry-after"))
+        return Answer(resp.status, _ms(started), text, retry_after_s=wait)
 
-    def _target(self, url: str) -> URL | str:
+    def _target(self, url: str) -> Target | str:
         target = self._targets.get(url)
         if target is None:
             if len(self._targets) > 10_000:
                 self._targets.clear()
-            target = self._targets[url] = _check(url, self)
+            target = self._targets[url] = self._check(url)
         return target
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self.guard), limit=0, ttl_dns_cache=60, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,  # a proxy would connect on our behalf, past the guard
-                cookie_jar=aiohttp.DummyCookieJar(),  # one receiver's cookies never go to another
-                auto_decompress=False,
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
+    def _check(self, url: str) -> Target | str:
+        """Where to send, or why not: the core's parser and the guard, and one reading of the host."""
+        try:
+            parsed = parse_url(url)
+            self.guard.check_url(parsed)
+        except UnsafeURL as exc:
+            return f"refused: {exc}"
+        target = Target.of(parsed.url, FIXED_HEADERS)
+        # the same host for both parsers, or the guard checked another host than the one we reach
+        if target.host != parsed.host or target.port != parsed.port:
+            return "refused: the URL is ambiguous (its host parses two ways)"
+        return target
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _check(url: str, sender: Sender) -> URL | str:
-    """The URL to request, or why not: the core's parser and the guard, and one reading of its host."""
-    try:
-        parsed = parse_url(url)
-        sender.guard.check_url(parsed)
-    except UnsafeURL as exc:
-        return f"refused: {exc}"
-    target = URL(parsed.url)
-    # the same host for both parsers, or the guard checked another host than the one we reach
-    if (target.host or "").rstrip(".").lower() != parsed.host or (target.port or 0) != parsed.port:
-        return "refused: the URL is ambiguous (its host parses two ways)"
-    return target
+        await self.client.close()
 
 
 def _ms(started: float) -> float:
