@@ -18,6 +18,7 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/breakers.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_latency.py
+	$(BIN)/python bench/webhooks.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # how soon the deliverer sees what `llm-router webhooks` changed (a rotation, an enabled endpoint)
     webhook_refresh_s: float = 2.0
     # per endpoint (URL): attempts in flight, and deliveries waiting in the deliverer's memory
-    webhook_endpoint_concurrency: int = 8
+    webhook_endpoint_concurrency: int = 16
     webhook_endpoint_queue: int = 256
     webhook_max_in_flight: int = 2048  # deliveries a deliverer holds, all endpoints
     # an endpoint's breaker: open after this many failures in a row (timeouts, refused connections,

@@ -36,7 +36,7 @@ from producer.http.auth import ApiKeys
 from producer.producer import Producer
 
 MASTER_KEY = "webhook-tests-master-key-" + "9" * 16
-HANG = -1  # a planned answer: never answer (until the test ends)
+HANG = -1  # a planned answer: none until ``Receiver.release()`` (then 200), or the test's end
 
 
 def webhook_env(redis_url: str, sim_url: str, queue: str) -> dict[str, str]:
@@ -111,12 +111,17 @@ class Receiver:
     calls: dict[str, list[Call]] = field(default_factory=lambda: defaultdict(list))
     plans: dict[str, list[int]] = field(default_factory=dict)
     runner: web.AppRunner | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/hook/{name}"
 
     def plan(self, name: str, *statuses: int) -> None:
         self.plans[name] = list(statuses)
+
+    def release(self) -> None:
+        """Answer every request held by a planned ``HANG`` (with 200)."""
+        self.released.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -127,7 +132,8 @@ class Receiver:
             Call(time.time(), {str(k): v for k, v in request.headers.items()}, body, status)
         )
         if status == HANG:
-            await asyncio.sleep(3600)
+            await self.released.wait()
+            status = 200
         headers = {"Retry-After": "0"} if status == 429 else None
         return web.Response(
             status=status, text="ok" if status < 300 else f"planned {status}", headers=headers

@@ -18,7 +18,7 @@ from llm_router.keys import WEBHOOKS_DUE_KEY, scoped_id
 from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
 
-from .conftest import MASTER_KEY, Receiver, System, job, secret_of, settings_of
+from .conftest import HANG, MASTER_KEY, Receiver, System, job, secret_of, settings_of
 
 
 def tenant() -> str:
@@ -104,6 +104,29 @@ async def test_three_500s_then_a_200_is_redelivered_until_it_lands(
     ]
     assert all(a["next_attempt_at"] for a in log["attempts"][:3])
     assert log["attempts"][0]["error"] == "planned 500"  # the receiver's own words, kept short
+
+
+async def test_a_hanging_receiver_holds_no_job_slot_and_delays_no_other_tenant(
+    system: System, receiver: Receiver, until
+) -> None:
+    slow, fast = tenant(), tenant()
+    receiver.plan("slow", *[HANG] * 40)
+    jobs = [job(f"slow {i}", {"url": receiver.url("slow")}) for i in range(40)]
+    subs = await system.producer.submit_many(jobs, tenant=slow)
+    records = await system.producer.wait_many(subs, timeout=15)  # every job ends: no slot is held
+    assert all(r.status == "succeeded" for r in records)
+    await until(lambda: len(receiver.calls["slow"]) >= 16, timeout=5, what="the slow endpoint's attempts")
+
+    started = time.monotonic()
+    other = await system.producer.submit(job("fast", {"url": receiver.url("fast")}), tenant=fast)
+    await settled(system, fast, other.job_id, until)
+    fast_s = time.monotonic() - started
+    # its concurrency (16) in flight; the other 24 wait in the deliverer's memory, holding nothing
+    assert len(receiver.calls["slow"]) == 16
+    receiver.release()
+    for sub in subs:
+        await settled(system, slow, sub.job_id, until)  # type: ignore[union-attr]
+    assert fast_s < 1.0, fast_s
 
 
 async def test_a_410_disables_the_endpoint_for_its_tenant_until_enabled(

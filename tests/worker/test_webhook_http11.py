@@ -94,7 +94,8 @@ class _AllowAll:
 async def post(
     client: Client, server: Server, path: str = "/hook", max_bytes: int = 4096
 ) -> tuple[int, bytes]:
-    target = Target.of(f"http://127.0.0.1:{server.port}{path}", FIXED_HEADERS)
+    url = f"http://127.0.0.1:{server.port}{path}"
+    target = Target.of("http", "127.0.0.1", server.port, url, FIXED_HEADERS)
     resp = await client.post(
         target, b"webhook-id: msg_1\r\n", b'{"a":1}', connect_timeout=2, max_bytes=max_bytes
     )
@@ -239,3 +240,11 @@ async def test_the_sender_guards_names_and_literals_and_bounds_time() -> None:
         await allowed.close()
         await strict.close()
         await hangs.stop()
+
+
+def test_the_request_line_is_ascii_and_goes_to_the_host_the_guard_checked() -> None:
+    idn = Target.of("https", "xn--bcher-kva.example", 443, "https://Bücher.example/hook/ä?x=ü", b"")
+    assert idn.head == b"POST /hook/%C3%A4?x=%C3%BC HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n"
+    assert (idn.host, idn.port) == ("xn--bcher-kva.example", 443)
+    v6 = Target.of("http", "::1", 8080, "http://[::1]:8080", b"X: y\r\n")
+    assert v6.head == b"POST / HTTP/1.1\r\nHost: [::1]:8080\r\nX: y\r\n"

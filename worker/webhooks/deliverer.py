@@ -31,10 +31,9 @@ import orjson
 import structlog
 from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from config.settings import Settings
-from llm_router.autopipe import AutoPipeline
 from llm_router.keys import WEBHOOKS_ROLE, split_scoped
 from llm_router.redact import redact_url
 from llm_router.roles import run_role
@@ -78,8 +77,8 @@ class Deliverer:
 
     def __init__(self, redis: Redis, settings: Settings, *, sender: Sender | None = None) -> None:
         self.settings = settings
+        self.redis = redis
         self.outbox = Outbox(redis)
-        self.pipe = AutoPipeline(redis)
         self.policies = TenantPolicies(redis, settings, cache_s=settings.webhook_refresh_s)
         self.master = master_key(settings)
         self.sender = sender or Sender(settings)
@@ -93,6 +92,7 @@ class Deliverer:
         self._keys: dict[tuple[str, int], bytes] = {}
         self._disabled_at = 0.0
         self._lease_ms = int(settings.webhook_lease_s * 1000)
+        self._closing = False
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class Deliverer:
         while True:
             try:
                 full = await self.turn()
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("webhooks: redis unavailable", error=repr(exc))
                 await asyncio.sleep(min(1.0, self.settings.webhook_poll_s * 10))
                 continue
@@ -131,10 +131,29 @@ class Deliverer:
             return
         commands, self.outcomes = self.outcomes, []
         try:
-            await asyncio.gather(*[self.pipe.call(pack_command(c)) for c in commands])
-        except RedisError:
+            await self._send(commands)
+        except (RedisError, OSError):
             self.outcomes[:0] = commands
             raise
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> None:
+        """One write of packed commands, then their replies (an error reply is one command's: a
+        delivery whose outcome Redis refused comes due again when its lease ends)."""
+        packed = b"".join([pack_command(c) for c in commands])
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in commands:
+                try:
+                    await conn.read_response()
+                except ResponseError as exc:
+                    log.error("webhooks: an outcome was refused", error=repr(exc))
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     def redis_ms(self) -> int:
         return int(time.time() * 1000 + self.offset_ms)
@@ -186,7 +205,10 @@ class Deliverer:
         since_ms = c.since_ms if c.since_ms is not None else ended_ms
         deadline_ms = min(
             since_ms + int(self.settings.webhook_max_age_s * 1000),
-            ended_ms + int((self.settings.record_ttl_s - RECORD_MARGIN_S) * 1000),
+            ended_ms
+            + int(
+                (self.settings.record_ttl_s - min(RECORD_MARGIN_S, self.settings.record_ttl_s / 10)) * 1000
+            ),
         )
         return Delivery(
             claimed=c,
@@ -233,7 +255,7 @@ class Deliverer:
 
     def after(self, endpoint: Endpoint) -> None:
         """An attempt ended: start what waits for the endpoint, or put it off if its breaker opened."""
-        while endpoint.waiting and endpoint.can_send():
+        while endpoint.waiting and endpoint.can_send() and not self._closing:
             self.start(endpoint.waiting.popleft(), endpoint)
         if endpoint.waiting and not endpoint.closed and endpoint.open_until > time.monotonic():
             at = self.redis_ms() + int((endpoint.open_until - time.monotonic()) * 1000)
@@ -323,6 +345,7 @@ class Deliverer:
     async def close(self) -> None:
         """Stop: attempts in flight are cut off, and everything held is due again at once (another
         holder sends it; a receiver may see a cut-off attempt twice), outcomes written if Redis lets."""
+        self._closing = True
         for task in list(self.attempting):
             task.cancel()
         await asyncio.gather(*self.attempting, return_exceptions=True)

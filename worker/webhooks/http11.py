@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 MAX_HEAD = 16 * 1024
 DNS_TTL_S = 60.0
@@ -61,17 +61,17 @@ class Target:
     head: bytes  # request line, Host, the fixed headers
 
     @classmethod
-    def of(cls, url: str, fixed: bytes) -> Target:
+    def of(cls, scheme: str, host: str, port: int, url: str, fixed: bytes) -> Target:
+        """``url``'s request target, sent to ``host`` (as the caller's parser read it: lower-case,
+        IDNs as punycode, IPv6 without brackets) and ``port``."""
         parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = (parts.hostname or "").rstrip(".").lower()
-        port = parts.port or (443 if scheme == "https" else 80)
         default = port == (443 if scheme == "https" else 80)
         shown = f"[{host}]" if ":" in host else host
         hostport = shown if default else f"{shown}:{port}"
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        path = "".join(c if ord(c) < 128 else quote(c) for c in path)  # the request line is ASCII
         head = f"POST {path} HTTP/1.1\r\nHost: {hostport}\r\n".encode() + fixed
         return cls(scheme, host, port, head)
 

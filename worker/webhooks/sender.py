@@ -116,17 +116,14 @@ class Sender:
         return target
 
     def _check(self, url: str) -> Target | str:
-        """Where to send, or why not: the core's parser and the guard, and one reading of the host."""
+        """Where to send, or why not: the core's parser and the guard."""
         try:
             parsed = parse_url(url)
             self.guard.check_url(parsed)
         except UnsafeURL as exc:
             return f"refused: {exc}"
-        target = Target.of(parsed.url, FIXED_HEADERS)
-        # the same host for both parsers, or the guard checked another host than the one we reach
-        if target.host != parsed.host or target.port != parsed.port:
-            return "refused: the URL is ambiguous (its host parses two ways)"
-        return target
+        # the host the guard checked is the one we connect to: nothing parses the URL's host again
+        return Target.of(parsed.scheme, parsed.host, parsed.port, parsed.url, FIXED_HEADERS)
 
     async def close(self) -> None:
         await self.client.close()
