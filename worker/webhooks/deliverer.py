@@ -88,7 +88,6 @@ class Deliverer:
         self.disabled: set[str] = set()
         self.attempting: set[asyncio.Task[None]] = set()
         self.offset_ms = 0.0  # Redis' clock minus ours
-        self.stats = {"attempts": 0, "delivered": 0, "retried": 0, "failed": 0, "disabled": 0}
         self._keys: dict[tuple[str, int], bytes] = {}
         self._disabled_at = 0.0
         self._lease_ms = int(settings.webhook_lease_s * 1000)
@@ -238,7 +237,6 @@ class Deliverer:
                 "webhook-timestamp": str(now),
                 "webhook-signature": sign(keys, delivery.msg_id, now, delivery.body),
             }
-            self.stats["attempts"] += 1
             answer = await self.sender.post(delivery.url, delivery.body, headers)
             self.conclude(delivery, answer)
         except RedisError as exc:  # the tenant's secret version could not be read: try again soon
@@ -286,10 +284,10 @@ class Deliverer:
             "next_attempt_at": None,
         }
         if answer.ok:
-            self.stats["delivered"] += 1
-        elif answer.status == 410 or not attempted:
+            self.outcomes.extend(ended_commands(c, orjson.dumps(entry)))
+            return
+        if answer.status == 410 or not attempted:
             entry["outcome"] = "disabled"
-            self.stats["disabled"] += 1
             if answer.status == 410:
                 info = {
                     "at": entry["at"],
@@ -307,11 +305,9 @@ class Deliverer:
             at = self.redis_ms() + delay_ms
             if answer.refused or at > delivery.deadline_ms:
                 entry["outcome"] = "failed"
-                self.stats["failed"] += 1
             else:
                 entry["outcome"] = "retrying"
                 entry["next_attempt_at"] = round((at - self.offset_ms) / 1000, 3)
-                self.stats["retried"] += 1
                 self.outcomes.extend(retry_commands(c, at, attempt, delivery.since_ms, orjson.dumps(entry)))
                 return
         self.outcomes.extend(ended_commands(c, orjson.dumps(entry)))
