@@ -26,6 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -35,7 +36,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from config.settings import Settings
 from llm_router.keys import WEBHOOKS_ROLE, split_scoped
-from llm_router.redact import redact_url
 from llm_router.roles import run_role
 from llm_router.tenants import TenantPolicies
 from llm_router.webhooks.events import job_body, webhook_id
@@ -243,7 +243,7 @@ class Deliverer:
             log.warning("webhooks: redis unavailable", error=repr(exc))
             self.put_off(delivery, 1000)
         except Exception:  # a bug: the delivery comes due again when its lease ends
-            log.exception("webhooks: attempt failed", url=redact_url(delivery.url))
+            log.exception("webhooks: attempt failed", url=_shown(delivery.url))
         finally:
             endpoint.in_flight -= 1
             self.held.pop(delivery.claimed.member, None)
@@ -298,7 +298,7 @@ class Deliverer:
                 self.outcomes.append(self.outbox.disable_command(delivery.tenant, delivery.url, info))
                 self.disabled.add(disabled_field(delivery.tenant, delivery.url))
                 log.warning(
-                    "webhook endpoint disabled (410)", tenant=delivery.tenant, url=redact_url(delivery.url)
+                    "webhook endpoint disabled (410)", tenant=delivery.tenant, url=_shown(delivery.url)
                 )
         else:
             delay_ms = self.backoff_ms(attempt, answer.retry_after_s)
@@ -352,6 +352,12 @@ class Deliverer:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.flush()
         await self.sender.close()
+
+
+def _shown(url: str) -> str:
+    """A receiver URL as logs may show it: no query (receivers put tokens there), no credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 async def run_deliveries(redis: Redis, settings: Settings) -> None:
