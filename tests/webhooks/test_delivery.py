@@ -183,9 +183,18 @@ async def test_a_replay_delivers_again_with_the_same_webhook_id(
 
 async def test_the_log_is_the_tenants_own(system: System, receiver: Receiver, until) -> None:
     t, other = tenant(), tenant()
-    sub = await system.producer.submit(job("mine", {"url": receiver.url("mine")}), tenant=t)
-    await settled(system, t, sub.job_id, until)
-    status, body = await http_log(system, other, sub.job_id)
+    headers = {"Authorization": f"Bearer {await system.key_for(t)}"}
+    async with (  # submitted over HTTP this time: /v1/jobs carries the key like every front
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{system.url}/v1/jobs", json=job("mine", {"url": receiver.url("mine")}), headers=headers
+        ) as r,
+    ):
+        assert r.status == 201, await r.text()
+        job_id = (await r.json())["id"]
+    await settled(system, t, job_id, until)
+    assert receiver.calls["mine"][0].verified(secret_of(t))["data"]["id"] == job_id
+    status, body = await http_log(system, other, job_id)
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = await http_log(system, t, "no-such-job")
     assert status == 404 and body["error"]["code"] == "not_found"
