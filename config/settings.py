@@ -154,6 +154,39 @@ class Settings(BaseSettings):
     # http:// image URLs (fetched by the worker through the guard, or by the provider): off refuses them
     image_urls_allow_http: bool = True
 
+    # webhooks (Standard Webhooks): signing secrets derive from this key, the tenant and a version
+    # (never stored); without it no process delivers, and deliveries wait in Redis
+    webhook_master_key: SecretStr | None = None
+    # networks (comma-separated CIDRs) webhook receivers may be on although private (an internal
+    # receiver; 127.0.0.1/32 in tests): every other private or internal address is refused
+    webhook_allow: str = ""
+    webhook_default_url: str = ""  # the endpoint of tenants that set none (`webhooks set` sets one)
+    webhooks_in_worker: bool = True  # `llm-router worker` also runs the delivery role
+    webhook_timeout_s: float = 10.0  # one attempt, connection included
+    webhook_connect_timeout_s: float = 5.0
+    webhook_max_response_bytes: int = 4096  # of a receiver's answer, read at most (kept: 200 chars)
+    # retries: exponential backoff with jitter from backoff_s to backoff_max_s (Retry-After honoured
+    # up to backoff_max_s) for at most max_age_s after the job ended
+    webhook_backoff_s: float = 5.0
+    webhook_backoff_max_s: float = 3600.0
+    webhook_max_age_s: float = 24 * 3600.0
+    webhook_poll_s: float = 0.05  # how often the deliverer looks for due deliveries
+    webhook_claim_batch: int = 200  # deliveries taken per look
+    # a taken delivery is due again this long after, should its deliverer die with it
+    webhook_lease_s: float = 60.0
+    webhook_role_ttl_s: float = 10.0  # another process takes over deliveries this long after a death
+    # how soon the deliverer sees what `llm-router webhooks` changed (a rotation, an enabled endpoint)
+    webhook_refresh_s: float = 2.0
+    # per endpoint (URL): attempts in flight, and deliveries waiting in the deliverer's memory
+    webhook_endpoint_concurrency: int = 16
+    webhook_endpoint_queue: int = 256
+    webhook_max_in_flight: int = 2048  # deliveries a deliverer holds, all endpoints
+    # an endpoint's breaker: open after this many failures in a row (timeouts, refused connections,
+    # 429 and 5xx), for a cooldown doubling after each failed probe
+    webhook_breaker_failures: int = 5
+    webhook_breaker_cooldown_s: float = 30.0
+    webhook_breaker_max_cooldown_s: float = 600.0
+
     @model_validator(mode="after")
     def _derived_names(self) -> Settings:
         if not self.interactive_queue_name:
@@ -176,6 +209,11 @@ class Settings(BaseSettings):
     @property
     def admin_tenant_set(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.admin_tenants.split(",") if t.strip())
+
+    @property
+    def webhook_networks(self) -> tuple[str, ...]:
+        """``webhook_allow`` as CIDR strings."""
+        return tuple(n.strip() for n in self.webhook_allow.split(",") if n.strip())
 
     @property
     def effective_lease_refresh_s(self) -> float:

@@ -29,6 +29,7 @@ RESERVED_KEYS = frozenset(
         "cache_ttl_s",
         "answer_format",
         "priority",
+        "webhook",
     }
 )
 
@@ -193,6 +194,23 @@ class StreamOptions(_Part):
     include_obfuscation: bool | None = None  # OpenAI's padding of chunks: our chunks carry none
 
 
+class Webhook(_Part):
+    """Where a job (or a batch) tells its caller that it ended: a signed POST (Standard Webhooks) of
+    its summary to ``url``, and of its whole response when ``include`` asks (``llm_router.webhooks``)."""
+
+    url: str
+    include: Annotated[list[Literal["response"]], Field(max_length=1)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        try:
+            parse_url(url)  # the parser the deliverer sends with
+        except UnsafeURL as exc:
+            raise ValueError(f"webhook.url must be an http(s) URL: {exc}") from None
+        return url
+
+
 class ChatJob(BaseModel):
     """A chat job: the OpenAI chat-completions body plus our reserved keys."""
 
@@ -252,6 +270,8 @@ class ChatJob(BaseModel):
     # its band in the queue: high jobs are claimed before normal ones, across the fleet and inside
     # the tenant (tenants still share each band fairly)
     priority: Literal["high", "normal", "low"] | None = None
+    # told when the job ends; false: not even the tenant's default endpoint
+    webhook: Webhook | Literal[False] | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -518,6 +538,7 @@ class JobRecord(BaseModel):
     ignored: list[str] | None = None
     # a compare job: one entry per model (content, latency, tokens, cost, error), in its order
     comparison: list[dict[str, Any]] | None = None
+    webhook: dict[str, Any] | None = None  # where the job's end is told ({"url", "include"})
 
     @field_validator("ignored", mode="before")
     @classmethod

@@ -28,6 +28,11 @@ All amounts are integer nano-USD. What lives where:
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
   ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
 * ``ENDED_CHANNEL:<tenant>``: every job publishes its scoped id here when it ends.
+* ``webhooks:due`` sorted set: webhook deliveries by when they are due (``llm_router.webhooks``):
+  ``j|<tenant>/<job id>`` or ``b|<batch id>``, a replay with ``|r<n>`` after it; ``webhooks:retry``
+  hash: a delivery's attempts so far and since when; ``webhooks:disabled`` hash: endpoints that
+  answered 410 (``<tenant> <url>``). A delivery's attempts are fields ``webhook:…`` of its job's
+  record (or its batch's hash).
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ ACTIVE_BATCHES_PREFIX = PREFIX + "batches:active:"
 TENANT_BATCHES_PREFIX = PREFIX + "batches:tenant:"
 ROLE_PREFIX = PREFIX + "role:"
 TENANT_POLICY_PREFIX = PREFIX + "tenant:"
+WEBHOOKS_DUE_KEY = PREFIX + "webhooks:due"
+WEBHOOKS_RETRY_KEY = PREFIX + "webhooks:retry"
+WEBHOOKS_DISABLED_KEY = PREFIX + "webhooks:disabled"
+WEBHOOKS_ROLE = "webhooks"  # the role (``role_key``) of the one process that delivers webhooks
 
 ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
@@ -224,5 +233,7 @@ LUA_KEYS = "\n".join(
         ("TPM", TPM_PREFIX),
         ("ENDED", ENDED_CHANNEL),
         ("ABORT_SET", abort_jobs_ss),
+        ("BATCH", BATCH_PREFIX),
+        ("WEBHOOKS_DUE", WEBHOOKS_DUE_KEY),
     )
 )

@@ -17,6 +17,8 @@ Keys (``llm_router.keys``), all amounts integer nano-dollars:
 * ``usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``, ``…|prompt``,
   ``…|completion``, ``…|cost``; bumped by the same script that settles.
 * ``ENDED:<tenant>``: every job publishes its scoped id here when it ends.
+* ``WEBHOOKS_DUE``: a job with a ``webhook`` is due for delivery there when it ends, in the same
+  step, so no crash comes between the end and the delivery task (``llm_router.webhooks``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ end
 # needs LUA_PRELUDE (llm_router.lua) before it
 SETTLE_LUA = r"""
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
--- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent.
+-- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent,
+-- and make its webhook (if any) due.
 -- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
 local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
-  local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested')
+  local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested',
+                       'webhook')
   local tenant, reserved, metered, parent = r[1] or 'default', r[2] or '0', r[3], r[4]
   local cost = tonumber(settle.cost) or 0
   if metered then
@@ -68,6 +72,7 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   redis.call('DECR', ACTIVE .. tenant)
   -- whoever waits for it (a producer, the HTTP API) hears it ended; nobody polls
   redis.call('PUBLISH', ENDED .. ':' .. tenant, job_id)
+  if r[6] then redis.call('ZADD', WEBHOOKS_DUE, 'NX', fmt(now), 'j|' .. job_id) end
   if parent then
     local pk = RECORD .. parent
     if redis.call('EXISTS', pk) == 1 then

@@ -61,7 +61,7 @@ from llm_router.record_lua import (
 )
 from llm_router.tracing import TRACEPARENT_FIELD
 
-JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata")
+JSON_FIELDS = ("request", "route", "attempts", "response", "usage", "error", "metadata", "webhook")
 FLOAT_FIELDS = ("created_at", "deadline_at", "started_at", "finished_at")
 
 
@@ -97,6 +97,9 @@ class NewJob:
     # request fields no provider sees, comma-separated (``ChatJob.ignored_fields``)
     ignored: str | None = None
     traceparent: str | None = None  # the submitter's trace context: the worker's spans join its trace
+    # JSON {"url", "include"}: the job's end is delivered there (``llm_router.webhooks``); b"" when
+    # the job asked for none, so its tenant's default endpoint does not apply either
+    webhook: bytes | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -115,6 +118,8 @@ class NewJob:
             out += ("ignored", self.ignored)
         if self.traceparent is not None:
             out += (TRACEPARENT_FIELD, self.traceparent)
+        if self.webhook:
+            out += ("webhook", self.webhook)
         return out
 
 

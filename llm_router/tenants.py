@@ -5,11 +5,16 @@ and every part of the system that needs a per-tenant knob reads it here, through
 (which caches each tenant's policy a few seconds: a submit path must not pay a Redis read per job).
 A knob is a row of ``KNOBS``: its type, the setting it falls back to, and what it means. A knob
 added by a later feature is one more row.
+
+Besides knobs the hash holds state a feature manages through its own commands, which ``tenants
+set`` refuses: ``webhook_secret_version`` and ``webhook_previous_until`` (``llm-router webhooks
+rotate``: which signing secrets sign, ``llm_router.webhooks.signing``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +23,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from llm_router.errors import InvalidRequest
 from llm_router.keys import tenant_policy_key
+from llm_router.urls import UnsafeURL, parse_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,14 @@ class Knob:
     setting: str
     help: str
     minimum: int | float | None = 0
+    check: Callable[[Any], None] | None = None  # raises ValueError saying what is wrong
+
+
+def _http_url(value: str) -> None:
+    try:
+        parse_url(value)
+    except UnsafeURL as exc:
+        raise ValueError(f"must be an http(s) URL: {exc}") from None
 
 
 KNOBS: dict[str, Knob] = {
@@ -37,6 +51,13 @@ KNOBS: dict[str, Knob] = {
     "max_images_per_job": Knob(int, "max_images_per_job", "image parts in one job"),
     "max_image_bytes_per_job": Knob(
         int, "max_image_bytes_per_job", "bytes of image data in one job (inline data, and fetched URLs)"
+    ),
+    "webhook_url": Knob(
+        str,
+        "webhook_default_url",
+        "where the tenant's bulk jobs and batches without a webhook of their own report their end "
+        "(`llm-router webhooks set`)",
+        check=_http_url,
     ),
 }
 
@@ -59,6 +80,11 @@ def parse_value(name: str, raw: str) -> int | float | str | bool:
         raise InvalidRequest(f"{name} takes a {knob.type.__name__}, not {raw!r}", param=name) from None
     if knob.minimum is not None and isinstance(value, int | float) and value < knob.minimum:
         raise InvalidRequest(f"{name} must be at least {knob.minimum}", param=name)
+    if knob.check is not None:
+        try:
+            knob.check(value)
+        except ValueError as exc:
+            raise InvalidRequest(f"{name} {exc}", param=name) from None
     return value
 
 

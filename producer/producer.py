@@ -37,6 +37,7 @@ from llm_router.redis_client import redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
 from llm_router.tenants import TenantPolicies
 from llm_router.tracing import job_trace_fields
+from llm_router.webhooks import spec as webhook_spec
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -173,6 +174,7 @@ class Producer:
         parent: str | None = None,
         ids: Iterable[str] | None = None,
         on_settled: Callable[[list[Submitted | RouterError], int], None] | None = None,
+        default_webhook: bool = True,
     ) -> list[Submitted | RouterError]:
         """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
 
@@ -185,8 +187,12 @@ class Producer:
         worst-case cost from its tenant's credit, if the tenant has credits, or is refused with
         ``insufficient_credits``. ``ids`` are the ids of jobs that name none (random by default).
         ``on_settled(results, n)`` is called as chunks are accepted: ``results[:n]`` are final then,
-        so a caller can hand out ids before the whole submit is over (or cut off).
+        so a caller can hand out ids before the whole submit is over (or cut off). A bulk job
+        without a ``webhook`` of its own reports its end to its tenant's default endpoint (the
+        ``webhook_url`` policy) unless ``default_webhook`` is off (a batch's lines: the batch
+        reports); interactive jobs and compare sides only ever to their own.
         """
+        use_default = default_webhook and not interactive and parent is None
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, NewJob]] = []
@@ -217,14 +223,14 @@ class Producer:
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.create_task(
-                    self._flush(chunk, results, queue, max_queued or 0, on_settled)
+                    self._flush(chunk, results, queue, max_queued or 0, on_settled, use_default)
                 )
                 chunk = []
                 await asyncio.sleep(0)  # let the flush send its commands before validating on
         if in_flight is not None:
             await in_flight
         if chunk:
-            await self._flush(chunk, results, queue, max_queued or 0, on_settled)
+            await self._flush(chunk, results, queue, max_queued or 0, on_settled, use_default)
         if on_settled is not None:
             on_settled(results, len(results))  # refusals after the last chunk
         return results
@@ -236,7 +242,10 @@ class Producer:
         queue: str,
         max_queued: int,
         on_settled: Callable[[list[Submitted | RouterError], int], None] | None = None,
+        use_default_webhook: bool = False,
     ) -> None:
+        if use_default_webhook:
+            await self._default_webhooks(chunk)
         batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
@@ -260,6 +269,17 @@ class Producer:
                 results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED, prepared.tenant)
         if on_settled is not None:
             on_settled(results, chunk[-1][0] + 1)
+
+    async def _default_webhooks(self, chunk: list[tuple[int, NewJob]]) -> None:
+        """Jobs without a webhook of their own get their tenant's default endpoint, if it has one
+        (policies are cached: no Redis read per chunk, let alone per job)."""
+        for tenant in {p.tenant for _, p in chunk if p.webhook is None}:
+            url = (await self.policies.get(tenant)).get("webhook_url")
+            if url:
+                spec = webhook_spec.encode(url)
+                for _, p in chunk:
+                    if p.webhook is None and p.tenant == tenant:
+                        p.webhook = spec
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from llm_router.errors import (
 from llm_router.keys import DEFAULT_TENANT
 from llm_router.store import NewJob, body_digest
 from llm_router.urls import AddressGuard, UnsafeURL, parse_url
+from llm_router.webhooks import spec as webhook_spec
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
@@ -45,6 +46,7 @@ class Validator:
         # what no worker may ever fetch (cloud metadata addresses) is refused at submit; private
         # addresses depend on the fetching worker's settings (and a provider fetches them itself)
         self.image_guard = AddressGuard(allow_private=True)
+        self.webhook_guard = webhook_spec.webhook_guard(settings)
 
     def parse(self, raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         """Raw JSON (a JSONL line, say) or a dict → a dict, enforcing the body size limit."""
@@ -212,6 +214,7 @@ class Validator:
             cache_ttl=cache_ttl,
             ignored=",".join(ignored) if ignored else None,
             priority=job.priority or "normal",
+            webhook=webhook_spec.of_job(job.webhook, self.webhook_guard) if job.webhook is not None else None,
         )
 
     def _route_for(
@@ -310,6 +313,7 @@ _NOT_IN_CACHE_KEY = frozenset(
     "cache",
     "cache_ttl_s",
     "answer_format",
+    "webhook",
 }
 
 

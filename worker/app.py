@@ -32,6 +32,7 @@ from worker.claims import Claims
 from worker.http import create_session
 from worker.job_runner import JobRunner
 from worker.lease import LeaseKeeper
+from worker.webhooks.deliverer import start_deliveries, stop_deliveries
 
 # our record and the job's deadline decide when a job is done, not arq's try counter: every
 # deferral or re-run spends one of arq's tries, and when they run out arq drops the job unseen
@@ -53,10 +54,12 @@ def build_worker(
     catalog: Catalog | None = None,
     *,
     queue: str = "bulk",
+    deliver_webhooks: bool = False,
     **overrides: Any,
 ) -> LeasedWorker:
     """An arq worker for one queue of llm-router jobs (``bulk`` or ``interactive``); ``overrides``
-    go to arq (``burst=True`` in tests, say)."""
+    go to arq (``burst=True`` in tests, say). ``deliver_webhooks`` also contends for the webhook
+    delivery role (a task beside the jobs, never a job slot: ``worker.webhooks``)."""
     queue_name = settings.queue_for(queue)
     poll_delay = settings.interactive_poll_delay_s if queue == "interactive" else settings.poll_delay_s
     catalog = catalog or Catalog.load(settings)
@@ -91,11 +94,13 @@ def build_worker(
         ctx.update(session=session, store=store, runner=runner, keeper=keeper)  # shutdown closes them
         keeper.beat()  # seen as live before the first job arrives
         keeper.start()
-        ctx.update(session=session, store=store, runner=runner, keeper=keeper)
         await observer.start(ctx["redis"])  # metrics port, recent jobs (once per process)
+        if deliver_webhooks:
+            ctx["webhooks"] = start_deliveries(ctx["redis"], settings)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         # each part once, whoever calls first (arq's close, or ours when arq's close failed)
+        await stop_deliveries(ctx.pop("webhooks", None))
         if "runner" in ctx:
             await observer.release()
         if keeper := ctx.pop("keeper", None):
@@ -167,8 +172,17 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         catalog = Catalog.load(settings)
         loop.run_until_complete(_preflight(settings))
         # arq's own signal handlers would replace each other: one handler tells every worker
+        webhooks = settings.webhooks_in_worker  # one contender per process: the first queue's worker
         workers = [
-            build_worker(settings, catalog, queue=q, handle_signals=False, **overrides) for q in queues
+            build_worker(
+                settings,
+                catalog,
+                queue=q,
+                handle_signals=False,
+                deliver_webhooks=webhooks and i == 0,
+                **overrides,
+            )
+            for i, q in enumerate(queues)
         ]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _stop_all, workers, sig)

@@ -422,12 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     from llm_router.cli.money import add_commands as add_money_commands  # credits, usage, compare
     from llm_router.cli.serve import add_commands as add_server_commands  # serve, keys
     from llm_router.cli.tenants import add_commands as add_tenant_commands  # tenants set|show
+    from llm_router.cli.webhooks import add_commands as add_webhook_commands  # webhooks …
 
     add_money_commands(sub)
 
     add_server_commands(sub)
     add_tenant_commands(sub)
     add_health_commands(sub)
+    add_webhook_commands(sub)
     return p
 
 

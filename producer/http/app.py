@@ -46,6 +46,7 @@ from producer.http import (
     openai_api,
     openapi,
     responses_api,
+    webhooks_api,
 )
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter
@@ -192,6 +193,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app.router.add_routes(responses_api.routes)
     app.router.add_routes(messages_api.routes)
     batches.setup(app)
+    webhooks_api.setup(app)
     return app
 
 

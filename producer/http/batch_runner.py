@@ -37,8 +37,16 @@ import structlog
 from redis.asyncio import Redis
 
 from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
-from llm_router.keys import active_batches_key, batch_key, batch_work_key, scoped_id, tenant_batches_key
+from llm_router.keys import (
+    WEBHOOKS_DUE_KEY,
+    active_batches_key,
+    batch_key,
+    batch_work_key,
+    scoped_id,
+    tenant_batches_key,
+)
 from llm_router.roles import RoleLease
+from llm_router.webhooks.events import batch_body
 from producer.http.batch_lines import (
     UsageSum,
     batch_error,
@@ -71,7 +79,7 @@ INT_FIELDS = frozenset(
     {"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at"}
     | {"expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "refused"}
 )
-JSON_FIELDS = frozenset({"errors", "metadata", "usage"})
+JSON_FIELDS = frozenset({"errors", "metadata", "usage", "webhook"})
 
 
 def derived_file_id(batch_id: str, kind: str) -> str:
@@ -90,9 +98,10 @@ redis.call('SADD', KEYS[3], ARGV[3])
 return 1
 """
 
-# KEYS: batch, active set, work.  ARGV: allowed statuses (comma-separated), ttl s ('' unless the
-# batch ends here), batch id, field/value pairs.  Writes only while the status is an allowed one:
-# returns 1, the status found, or -1 for no batch.
+# KEYS: batch, active set, work, webhook due set.  ARGV: allowed statuses (comma-separated), ttl s
+# ('' unless the batch ends here), batch id, field/value pairs.  Writes only while the status is an
+# allowed one: returns 1, the status found, or -1 for no batch.  A batch with a webhook that ends
+# here is due for delivery in the same step (``llm_router.webhooks.outbox``).
 UPDATE_LUA = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
@@ -103,12 +112,48 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
       redis.call('SREM', KEYS[2], ARGV[3])
       redis.call('EXPIRE', KEYS[1], ARGV[2])
       redis.call('EXPIRE', KEYS[3], ARGV[2])
+      if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
+        local t = redis.call('TIME')
+        local now = string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
+        redis.call('ZADD', KEYS[4], 'NX', now, 'b|' .. ARGV[3])
+      end
     end
     return 1
   end
 end
 return st
 """
+
+
+def batch_object(batch: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``batch`` object from the stored fields."""
+    return {
+        "id": batch["id"],
+        "object": "batch",
+        "endpoint": batch["endpoint"],
+        "errors": batch.get("errors"),
+        "input_file_id": batch["input_file_id"],
+        "completion_window": batch["completion_window"],
+        "status": batch["status"],
+        "output_file_id": batch.get("output_file_id"),
+        "error_file_id": batch.get("error_file_id"),
+        "created_at": batch["created_at"],
+        "in_progress_at": batch.get("in_progress_at"),
+        "expires_at": batch.get("expires_at"),
+        "finalizing_at": batch.get("finalizing_at"),
+        "completed_at": batch.get("completed_at"),
+        "failed_at": batch.get("failed_at"),
+        "expired_at": batch.get("expired_at"),
+        "cancelling_at": batch.get("cancelling_at"),
+        "cancelled_at": batch.get("cancelled_at"),
+        "request_counts": {
+            "total": batch.get("total", 0),
+            "completed": batch.get("completed", 0),
+            "failed": batch.get("failed", 0),
+        },
+        "metadata": batch.get("metadata"),
+        "usage": batch.get("usage"),
+    }
 
 
 def decode_batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -188,7 +233,7 @@ class BatchRunner:
     ) -> int | str:
         """Write ``fields`` if the status is one of ``allowed``; 1, else the status found (-1: none)."""
         res = await self._update(
-            keys=[batch_key(batch_id), self.active_key, batch_work_key(batch_id)],
+            keys=[batch_key(batch_id), self.active_key, batch_work_key(batch_id), WEBHOOKS_DUE_KEY],
             args=[",".join(allowed), self.ttl_s if ends else "", batch_id, *_encode(fields)],
         )
         return res.decode() if isinstance(res, bytes) else int(res)
@@ -320,6 +365,7 @@ class BatchRunner:
                 [job_for(batch_id, ln, window) for ln in chunk],
                 tenant=tenant,
                 max_queued=(await self.producer.policies.get(tenant)).get("max_queued"),
+                default_webhook=False,  # the batch reports its end, not each line
             )
             for ln, res in zip(chunk, results, strict=True):
                 if isinstance(res, RouterError):
@@ -361,11 +407,14 @@ class BatchRunner:
             await self.update(batch_id, ["cancelling"], counts)
 
     async def _fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
-        fields = {
+        fields: dict[str, Any] = {
             "status": "failed",
             "failed_at": int(time.time()),
             "errors": {"object": "list", "data": errors},
         }
+        batch = await self.load(batch_id)
+        if batch is not None:
+            fields = with_webhook_event(batch, fields)
         # a batch cancelled while its file was found unusable fails too: there is nothing to cancel
         await self.update(batch_id, ["validating", "cancelling"], fields, ends=True)
 
@@ -519,8 +568,19 @@ class BatchRunner:
                     file_id=file_id,
                 )
                 fields[f"{kind}_file_id"] = file_id
+        fields = with_webhook_event(batch, fields)
         await self.update(batch_id, ["in_progress", "finalizing", "cancelling"], fields, ends=True)
         log.info("batch ended", batch_id=batch_id, status=final, completed=len(outputs), errors=len(errors))
+
+
+def with_webhook_event(batch: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` that end ``batch``, plus, when it has a webhook, the event its end delivers (the
+    batch object as it will read, written in the same step as the end)."""
+    if not batch.get("webhook"):
+        return fields
+    ended = {**batch, **fields}
+    at = fields.get(f"{fields['status']}_at") or time.time()
+    return {**fields, "webhook_event": batch_body(batch_object(ended), at)}
 
 
 class LeaseLost(Exception):

@@ -9,7 +9,10 @@ answers 404, as an unknown one does. ``batch_runner`` holds the state and the wo
 ``setup(app)`` adds the routes and the tracker task that advances batches in the background.
 
 ``POST /v1/batches`` honours an ``Idempotency-Key`` header: the same key (per tenant) names the same
-batch, so a retried creation returns it instead of making another one.
+batch, so a retried creation returns it instead of making another one. It also takes ``webhook``
+(our extension: ``{"url": ...}``, or ``false`` for none): the batch's end is delivered there as a
+signed ``batch.completed`` / ``failed`` / ``expired`` / ``cancelled`` event (``llm_router.webhooks``);
+without it, to the tenant's default endpoint if it has one. Its lines report nothing themselves.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from llm_router.errors import IdempotencyConflict, InvalidRequest, RouterError
-from producer.http.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, BatchRunner
+from llm_router.webhooks import spec as webhook_spec
+from producer.http.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, BatchRunner, batch_object
 from producer.http.errors import json_response, read_json
 from producer.http.files import FILES, FileStore, list_object, setup_files
 
@@ -37,37 +42,6 @@ TICK_S = 0.5
 SWEEP_EVERY_S = 60.0  # how often disk files whose metadata expired are removed
 MAX_CREATE_BODY = 64 * 1024
 METADATA_KEYS = 16
-
-
-def batch_object(batch: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's ``batch`` object from the stored fields."""
-    return {
-        "id": batch["id"],
-        "object": "batch",
-        "endpoint": batch["endpoint"],
-        "errors": batch.get("errors"),
-        "input_file_id": batch["input_file_id"],
-        "completion_window": batch["completion_window"],
-        "status": batch["status"],
-        "output_file_id": batch.get("output_file_id"),
-        "error_file_id": batch.get("error_file_id"),
-        "created_at": batch["created_at"],
-        "in_progress_at": batch.get("in_progress_at"),
-        "expires_at": batch.get("expires_at"),
-        "finalizing_at": batch.get("finalizing_at"),
-        "completed_at": batch.get("completed_at"),
-        "failed_at": batch.get("failed_at"),
-        "expired_at": batch.get("expired_at"),
-        "cancelling_at": batch.get("cancelling_at"),
-        "cancelled_at": batch.get("cancelled_at"),
-        "request_counts": {
-            "total": batch.get("total", 0),
-            "completed": batch.get("completed", 0),
-            "failed": batch.get("failed", 0),
-        },
-        "metadata": batch.get("metadata"),
-        "usage": batch.get("usage"),
-    }
 
 
 def check_create(body: Any) -> tuple[str, str, str, dict[str, str] | None]:
@@ -116,6 +90,7 @@ async def create_batch(request: web.Request) -> web.Response:
     tenant: str = request["tenant"]
     body = await read_json(request, MAX_CREATE_BODY)  # a few fields: no need for the server's limit
     input_file_id, endpoint, window, metadata = check_create(body)
+    webhook = await _webhook_of(runner, tenant, body.get("webhook"))
     file = await request.app[FILES].meta(tenant, input_file_id)  # 404 for another tenant's file
     if file["purpose"] != "batch":
         raise InvalidRequest(
@@ -138,6 +113,8 @@ async def create_batch(request: web.Request) -> web.Response:
     }
     if metadata is not None:
         fields["metadata"] = metadata
+    if webhook:
+        fields["webhook"] = orjson.loads(webhook)
     if not await runner.create(batch_id, tenant, fields):
         existing = await runner.owned(tenant, batch_id)
         if (existing["input_file_id"], existing["endpoint"]) != (input_file_id, endpoint):
@@ -148,6 +125,16 @@ async def create_batch(request: web.Request) -> web.Response:
         return json_response(batch_object(existing))
     runner.spawn(batch_id, "ingest")
     return json_response(batch_object(fields))
+
+
+async def _webhook_of(runner: BatchRunner, tenant: str, raw: Any) -> bytes | None:
+    """The batch's webhook: its own (checked like a job's), else its tenant's default endpoint."""
+    producer = runner.producer
+    webhook = webhook_spec.of_batch(raw, producer.validator.webhook_guard)
+    if webhook is None:
+        url = (await producer.policies.get(tenant)).get("webhook_url")
+        webhook = webhook_spec.encode(url) if url else None
+    return webhook
 
 
 async def get_batch(request: web.Request) -> web.Response:

@@ -348,6 +348,43 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "WebhookLog": {
+        "type": "object",
+        "required": ["object", "state", "attempts"],
+        "properties": {
+            "object": {"type": "string", "enum": ["webhook.log"]},
+            "job_id": {"type": "string"},
+            "batch_id": {"type": "string"},
+            "url": {"type": "string", "nullable": True},
+            "include": {"type": "array", "items": {"type": "string"}},
+            "webhook_id": {"type": "string", "description": "the webhook-id header of every attempt"},
+            "event": {"type": "string", "nullable": True, "example": "job.succeeded"},
+            "state": {
+                "type": "string",
+                "enum": ["none", "waiting", "pending", "delivered", "retrying", "failed", "disabled"],
+            },
+            "next_attempt_at": {"type": "number", "nullable": True},
+            "attempts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "at": {"type": "number"},
+                        "delivery": {"type": "integer", "description": "0, or the replay's number"},
+                        "attempt": {"type": "integer"},
+                        "status": {"type": "integer", "nullable": True},
+                        "latency_ms": {"type": "number", "nullable": True},
+                        "error": {"type": "string", "nullable": True},
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["delivered", "retrying", "failed", "disabled"],
+                        },
+                        "next_attempt_at": {"type": "number", "nullable": True},
+                    },
+                },
+            },
+        },
+    },
     "List": {
         "type": "object",
         "required": ["object", "data"],
@@ -416,6 +453,14 @@ PATHS: dict[str, Any] = {
             "outcome (id, status, error, usage); `data: [DONE]` closes the stream.",
             "operationId": "jobEvents",
             "responses": {"200": _sse("the stream"), **_errors()},
+        },
+    },
+    "/v1/jobs/{id}/webhooks": {
+        "parameters": [_path_id("id", "job id")],
+        "get": {
+            "summary": "The job's webhook deliveries: state and every attempt",
+            "operationId": "jobWebhooks",
+            "responses": {"200": _json(_ref("WebhookLog"), "the delivery log"), **_errors()},
         },
     },
     "/v1/chat/completions": {
@@ -530,6 +575,15 @@ PATHS: dict[str, Any] = {
                         "endpoint": {"type": "string", "enum": ["/v1/chat/completions"]},
                         "completion_window": {"type": "string", "enum": ["24h"]},
                         "metadata": {"type": "object", "nullable": True},
+                        "webhook": {
+                            "description": "llm-router's extension: where the batch's end is delivered as a "
+                            "signed batch.completed|failed|expired|cancelled event (Standard Webhooks); "
+                            "false: nowhere, not even the tenant's default endpoint",
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/Webhook"},
+                                {"type": "boolean", "enum": [False]},
+                            ],
+                        },
                     },
                 }
             ),
@@ -556,6 +610,14 @@ PATHS: dict[str, Any] = {
             "summary": "One batch: status and request_counts",
             "operationId": "getBatch",
             "responses": {"200": _json(_ref("Batch"), "the batch"), **_errors()},
+        },
+    },
+    "/v1/batches/{batch_id}/webhooks": {
+        "parameters": [_path_id("batch_id", "batch id")],
+        "get": {
+            "summary": "The batch's webhook deliveries: state and every attempt",
+            "operationId": "batchWebhooks",
+            "responses": {"200": _json(_ref("WebhookLog"), "the delivery log"), **_errors()},
         },
     },
     "/v1/batches/{batch_id}/cancel": {
