@@ -149,6 +149,7 @@ class Started:
     cancel_requested: bool
     est_tokens: int
     lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
+    queue: str = ""  # the job's queue when it is not the bulk one (the interactive queue's name)
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -175,6 +176,7 @@ class Started:
             cancel_requested=bool(v["cancel_requested"]),
             est_tokens=int(v["est_tokens"]),
             lost_runs=int(v["lost_runs"]),
+            queue=(v.get("queue") or b"").decode(),
         )
 
 
@@ -422,6 +424,10 @@ class Store:
                 pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
             pipe.expire(key, self.record_ttl_s)
             await pipe.execute()
+
+    async def drop_stream(self, job_id: str) -> None:
+        """Forget what the job's stream carried: its answer starts over (nobody was following it)."""
+        await self.redis.delete(stream_key(job_id))
 
     async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:
         """The stream's error event: tokens were published, then the upstream stream broke."""
