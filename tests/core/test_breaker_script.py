@@ -230,15 +230,15 @@ async def test_a_long_outage_is_probed_at_least_every_max_cooldown(store: Store,
     gaps = []
     for probe in range(8):
         assert await admit(store, f"p{probe}") == Admission(AdmissionState.PROBE)
-        before = now_ms()
         assert await report(store, ReportKind.FAILURE, f"p{probe}", probe=True, jitter_pct=120) == [
             Transition(DEP, "open", "a probe failed")
         ]
+        after = now_ms()  # the script ran before this: its cooldown ends no later than after + it
         _, until = await sick(bare_redis) or ("", 0)
-        gaps.append(until - before)
+        gaps.append(until - after)
         await bare_redis.hset(SICK_KEY, DEP, f"open|{now_ms() - 1}")  # its cooldown passes
     assert max(gaps) <= POLICY.max_cooldown_ms
-    assert gaps[0] < gaps[1] <= gaps[-1]  # it still grows, from one cooldown to the cap
+    assert gaps[0] < gaps[-1] - 100  # it still grows, from one cooldown to the cap
     # the deployment comes back: the next probe succeeds and closes it
     assert await admit(store, "back") == Admission(AdmissionState.PROBE)
     assert await report(store, ReportKind.SUCCESS, "back", probe=True) == [
