@@ -25,6 +25,7 @@ chaos: $(STAMP) redis
 	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
+	LLM_ROUTER_FAILOVER_SCALE=1 $(BIN)/python -m pytest -q -s tests/failover
 
 # the README's client compatibility matrix, written from a run of tests/compat (make test checks it)
 compat-matrix: $(STAMP) redis
