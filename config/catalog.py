@@ -4,6 +4,11 @@ The catalog is data: providers (wire format, base URL, key variable), models (ca
 aliases, fallbacks, deployments in preference order) and price overrides. A deployment is a model on
 a provider; it is enabled only when its provider's key (or, for local servers, base URL) is set, so
 with only ``AISA_API_KEY`` every model runs through AIsa.
+
+Blocks that tune a deployment are set on its provider and overridden per deployment (some per model
+too), unset fields falling back to the ``LLM_ROUTER_*`` settings: ``breaker`` (thresholds, also per
+model), ``timeouts`` (a call's limits), ``retry_after`` (a 429's short wait, also per model) and
+``prefill`` (how it continues a cut answer, also per model).
 """
 
 from __future__ import annotations
@@ -76,9 +81,9 @@ class RetryAfterSpec(_Strict):
 
     ``wait``: ``auto`` waits it out and calls the same deployment again when the next deployment of
     the route serves another model (a fallback is a different answer), and moves on when the same
-    model is served elsewhere; ``always`` waits whenever the wait is short; ``never`` moves on at
-    once. ``max_s``: the longest wait sat out in the job's worker slot (unset:
-    ``LLM_ROUTER_MAX_INLINE_WAIT_S``)."""
+    model is served elsewhere (or, with nothing after it, defers the job off its worker slot);
+    ``always`` waits whenever the wait is short; ``never`` moves on at once. ``max_s``: the longest
+    wait sat out in the job's worker slot (unset: ``LLM_ROUTER_MAX_INLINE_WAIT_S``)."""
 
     wait: Literal["auto", "always", "never"] | None = None
     max_s: float | None = Field(default=None, ge=0)

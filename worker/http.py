@@ -83,7 +83,10 @@ async def open_response(
     headers do not come in time, else what the transport raised."""
     left = max(deadline_at - time.time(), 0.001)
     total = left if streamed else min(left, limits.total_s)
-    timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, limits.connect_s))
+    # no rounding of the limits up to whole seconds (aiohttp's default past 5 s): a limit is a limit
+    timeout = aiohttp.ClientTimeout(
+        total=total, sock_connect=min(total, limits.connect_s), ceil_threshold=float("inf")
+    )
     wait = limits.headers(streamed=streamed)
     try:
         async with asyncio.timeout(min(wait, total)):

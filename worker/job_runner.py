@@ -188,7 +188,6 @@ class JobRunner:
             inline_images=self.images.inline,
             stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
             publisher=publisher,
-            followed=followed,
         )
         try:
             async with self.images.scope():  # its fetched images are let go with the walk

@@ -114,9 +114,8 @@ class RouteWalk:
     inline_images: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     # the streamed variant of ``call``, for jobs with ``stream: true`` (publishes to the job's stream)
     stream: Call | None = None
-    # the job's stream, and whether a client follows it as it is written (``followed_stream``)
+    # the job's stream: a stream call raises ``stream_interrupted`` only when a client follows it
     publisher: ChunkPublisher | None = None
-    followed: bool = False
     reports: list[BreakerReport] = field(default_factory=list)
     _inlined: dict[str, Any] | None = None
     # the stream broke after tokens went out to a client: the walk is looking for a continuation

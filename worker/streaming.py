@@ -193,7 +193,7 @@ async def stream_call(
                 for event in decoder.feed(data):
                     heard = True
                     chunks = parser.feed(event)
-                    if getattr(parser, "skipped", 0) > skipped:
+                    if parser.skipped > skipped:
                         skipped = parser.skipped
                         log.warning(
                             "malformed stream event skipped",

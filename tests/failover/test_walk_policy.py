@@ -126,7 +126,6 @@ def walk(
         inline_images=no_images,
         stream=upstream if publisher is not None else None,
         publisher=publisher,
-        followed=publisher is not None,
     )
 
 
