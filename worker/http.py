@@ -88,17 +88,18 @@ async def open_response(
         total=total, sock_connect=min(total, limits.connect_s), ceil_threshold=float("inf")
     )
     wait = limits.headers(streamed=streamed)
+    if wait >= total:  # the call's own limit comes first (an unstreamed call's, by default)
+        return await session.request(
+            call.method, call.url, data=call.body, headers=call.headers, timeout=timeout
+        )
     try:
-        async with asyncio.timeout(min(wait, total)):
+        async with asyncio.timeout(wait):
             return await session.request(
                 call.method, call.url, data=call.body, headers=call.headers, timeout=timeout
             )
     except TimeoutError:
-        if wait < total:
-            raise UpstreamTimeout(
-                f"no response headers from {redact_url(call.url)} within {wait} s"
-            ) from None
-        raise
+        where = redact_url(call.url)
+        raise UpstreamTimeout(f"no response headers from {where} within {wait} s") from None
 
 
 async def send(
