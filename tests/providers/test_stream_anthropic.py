@@ -365,6 +365,7 @@ def test_a_malformed_event_is_skipped_and_the_stream_goes_on(bad: bytes) -> None
     parser, chunks = feed(BASIC[:cut] + bad + BASIC[cut:])
     assert parser.skipped == 1 and parser.done
     assert parser.completion().response == feed(BASIC)[0].completion().response
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in feed(BASIC)[1]]  # nothing lost
 
 
 def test_malformed_events_in_a_row_fail_the_stream() -> None:

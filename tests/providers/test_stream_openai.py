@@ -334,6 +334,7 @@ def test_a_malformed_chunk_is_skipped_and_the_stream_goes_on(bad: bytes) -> None
     parser, chunks = feed(TEXT[:cut] + bad + TEXT[cut:])
     assert parser.skipped == 1 and parser.done
     assert parser.completion().response == feed(TEXT)[0].completion().response
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in feed(TEXT)[1]]  # nothing lost
 
 
 def test_malformed_chunks_in_a_row_fail_the_stream() -> None:
