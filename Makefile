@@ -30,6 +30,7 @@ chaos: $(STAMP) redis
 	LLM_ROUTER_FAILOVER_JOBS=2000 LLM_ROUTER_FAILOVER_LEASE_S=1 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
+	LLM_ROUTER_FAILOVER_SCALE=1 $(BIN)/python -m pytest -q -s tests/failover
 
 # the README's client compatibility matrix, written from a run of tests/compat (make test checks it)
 compat-matrix: $(STAMP) redis

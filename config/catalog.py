@@ -4,6 +4,11 @@ The catalog is data: providers (wire format, base URL, key variable), models (ca
 aliases, fallbacks, deployments in preference order) and price overrides. A deployment is a model on
 a provider; it is enabled only when its provider's key (or, for local servers, base URL) is set, so
 with only ``AISA_API_KEY`` every model runs through AIsa.
+
+Blocks that tune a deployment are set on its provider and overridden per deployment (some per model
+too), unset fields falling back to the ``LLM_ROUTER_*`` settings: ``breaker`` (thresholds, also per
+model), ``timeouts`` (a call's limits), ``retry_after`` (a 429's short wait, also per model) and
+``prefill`` (how it continues a cut answer, also per model).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -23,10 +28,17 @@ from config.routes import RouteSpec
 from config.settings import Settings
 
 WireFormat = Literal["openai", "anthropic", "gemini"]
+# how a deployment continues a partial answer (a stream cut after tokens went to a client): the text
+# as a final assistant message (Anthropic's prefill, Gemini's model turn, OpenRouter), the same
+# message marked ``prefix: true`` (Mistral, DeepSeek), or not at all; unset, its wire format's default
+Prefill = Literal["last_message", "prefix", "none"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_B = TypeVar("_B", bound=_Strict)
 
 
 class PriceOverride(_Strict):
@@ -50,6 +62,33 @@ class BreakerSpec(_Strict):
     probes: int | None = None
 
 
+class TimeoutSpec(_Strict):
+    """A call's time limits in seconds; unset fields take the global settings (``worker.http.Timeouts``).
+
+    ``connect_s`` the TCP/TLS connect, ``headers_s`` the wait for the response headers (streamed and
+    unstreamed calls alike), ``first_token_s`` a stream's first event after its headers, ``idle_s``
+    the longest quiet between a stream's events, ``total_s`` an unstreamed call as a whole."""
+
+    connect_s: float | None = Field(default=None, gt=0)
+    headers_s: float | None = Field(default=None, gt=0)
+    first_token_s: float | None = Field(default=None, gt=0)
+    idle_s: float | None = Field(default=None, gt=0)
+    total_s: float | None = Field(default=None, gt=0)
+
+
+class RetryAfterSpec(_Strict):
+    """What a 429 with a short ``Retry-After`` does (per provider, model or deployment).
+
+    ``wait``: ``auto`` waits it out and calls the same deployment again when the next deployment of
+    the route serves another model (a fallback is a different answer), and moves on when the same
+    model is served elsewhere (or, with nothing after it, defers the job off its worker slot);
+    ``always`` waits whenever the wait is short; ``never`` moves on at once. ``max_s``: the longest
+    wait sat out in the job's worker slot (unset: ``LLM_ROUTER_MAX_INLINE_WAIT_S``)."""
+
+    wait: Literal["auto", "always", "never"] | None = None
+    max_s: float | None = Field(default=None, ge=0)
+
+
 class ProviderSpec(_Strict):
     format: WireFormat = "openai"
     base_url: str | None = None
@@ -71,6 +110,9 @@ class ProviderSpec(_Strict):
         default_factory=dict, description="static headers (anthropic-version, say)"
     )
     breaker: BreakerSpec | None = None
+    timeouts: TimeoutSpec | None = None
+    retry_after: RetryAfterSpec | None = None
+    prefill: Prefill | None = None
 
 
 class DeploymentSpec(_Strict):
@@ -80,6 +122,9 @@ class DeploymentSpec(_Strict):
     rpm: int | None = Field(default=None, gt=0, description="requests per minute, fleet-wide")
     tpm: int | None = Field(default=None, gt=0, description="tokens per minute, fleet-wide")
     breaker: BreakerSpec | None = None
+    timeouts: TimeoutSpec | None = None
+    retry_after: RetryAfterSpec | None = None
+    prefill: Prefill | None = None
 
 
 class Capabilities(_Strict):
@@ -94,6 +139,8 @@ class Capabilities(_Strict):
 class ModelSpec(_Strict):
     vendor: str
     breaker: BreakerSpec | None = None
+    retry_after: RetryAfterSpec | None = None
+    prefill: Prefill | None = None
     family: str = ""
     prices_ref: str | None = Field(default=None, description="model id in genai-prices, when it differs")
     price: PriceOverride | None = None
@@ -156,6 +203,9 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     breaker: BreakerSpec | None = None
+    timeouts: TimeoutSpec | None = None
+    retry_after: RetryAfterSpec | None = None
+    prefill: Prefill | None = None
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
         # the host only: a base URL may carry credentials (user:password@)
@@ -251,7 +301,10 @@ class Catalog:
                         max_output=model.capabilities.max_output,
                         rpm=dep.rpm,
                         tpm=dep.tpm,
-                        breaker=_merge_breaker(_merge_breaker(prov.breaker, model.breaker), dep.breaker),
+                        breaker=_merge(_merge(prov.breaker, model.breaker), dep.breaker),
+                        timeouts=_merge(prov.timeouts, dep.timeouts),
+                        retry_after=_merge(_merge(prov.retry_after, model.retry_after), dep.retry_after),
+                        prefill=dep.prefill or model.prefill or prov.prefill,
                     )
                 )
             out[model_id] = deps
@@ -288,8 +341,9 @@ class Catalog:
         )
 
 
-def _merge_breaker(provider: BreakerSpec | None, deployment: BreakerSpec | None) -> BreakerSpec | None:
-    """A deployment's own thresholds over its provider's; unset fields stay unset (global defaults)."""
-    if provider is None or deployment is None:
-        return deployment or provider
-    return provider.model_copy(update=deployment.model_dump(exclude_none=True))
+def _merge(outer: _B | None, inner: _B | None) -> _B | None:
+    """A block's inner fields (a deployment's) over its outer ones (its provider's); unset fields
+    stay unset (global defaults)."""
+    if outer is None or inner is None:
+        return inner or outer
+    return outer.model_copy(update=inner.model_dump(exclude_none=True))

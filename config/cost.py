@@ -279,10 +279,22 @@ class Demand:
     attempts: int = 1  # calls the job may pay for in full (hedged attempts, continuations)
 
 
-def demand_of(request: dict[str, Any], prompt: int) -> Demand:
+def followed_stream(request: dict[str, Any], interactive: bool) -> bool:
+    """Whether a client reads the job's stream as it is written: a streamed job on the interactive
+    queue (the HTTP chat endpoints and ``chat_stream`` submit there and follow at once). Such a
+    stream, cut after tokens went out, is continued on a fallback rather than restarted."""
+    return interactive and request.get("stream") is True
+
+
+def demand_of(
+    request: dict[str, Any], prompt: int, *, interactive: bool = False, continuations: int = 1
+) -> Demand:
     """The one function every cost-multiplying field of a request enters (see the module's doc):
-    ``n``, images (in ``prompt``), tools, reasoning budgets. A later field that multiplies cost
-    (a hedge, a continuation, a lane's re-dispatch) is added here and to the overspend test."""
+    ``n``, images (in ``prompt``), tools, reasoning budgets, and a followed stream's continuations
+    (``followed_stream``: each is a call billed on top of the partial answer before it; the worker
+    caps a continuation's output at what the first call had left, so each fits one more attempt).
+    A later field that multiplies cost (a hedge, a lane's re-dispatch) is added here and to the
+    overspend test."""
     max_out = request.get("max_completion_tokens") or request.get("max_tokens")
     if request.get("tools") or request.get("functions"):
         prompt += TOOL_PROMPT_TOKENS
@@ -292,6 +304,7 @@ def demand_of(request: dict[str, Any], prompt: int) -> Demand:
         max_output=max_out if isinstance(max_out, int) else None,
         extra_output=REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,
         choices=max(int(request.get("n") or 1), 1),
+        attempts=1 + max(continuations, 0) if followed_stream(request, interactive) else 1,
     )
 
 

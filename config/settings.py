@@ -59,14 +59,22 @@ class Settings(BaseSettings):
     wait_safety_poll_s: float = 5.0
     queue_read_limit: int | None = None
     job_timeout_s: float = 1800
-    call_timeout_s: float = 120
-    connect_timeout_s: float = 10
+    # the global defaults of the catalog's `timeouts:` block (connect_s, headers_s, total_s;
+    # first_token_s and idle_s are the stream settings below); see worker.http.Timeouts
+    call_timeout_s: float = 120  # total_s: an unstreamed call, from connect to its whole answer
+    connect_timeout_s: float = 10  # connect_s
+    # headers_s: how long any call (streamed or not) waits for its response headers; unset, a
+    # streamed call waits stream_ttft_s for them and an unstreamed one (whose headers come with its
+    # whole answer) call_timeout_s
+    headers_timeout_s: float | None = None
     # passes over the route after transient failures; the deadline bounds them in any case
     retry_passes: int = 1000
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 60.0
     # retries of the same deployment within a run (full jitter, Retry-After honoured), only while
-    # the wait is short and retries stay under a share of this worker's calls
+    # the wait is short and retries stay under a share of this worker's calls; the longest wait a
+    # job sits out in its worker slot, a 429's Retry-After included (the catalog's retry_after.max_s
+    # per model or deployment overrides it for 429s)
     same_deployment_retries: int = 1
     max_inline_wait_s: float = 2.0
     retry_budget_ratio: float = 0.2
@@ -83,13 +91,17 @@ class Settings(BaseSettings):
     # replica, out of memory) before it exits with the reason
     redis_retry_s: float = 60.0
 
-    # streaming: a stream must start within this, then never go quiet longer than this
+    # streaming: a stream must start within this, then never go quiet longer than this (the
+    # catalog's timeouts.first_token_s and timeouts.idle_s override them per provider/deployment)
     stream_ttft_s: float = 30.0
     stream_idle_s: float = 30.0
     stream_maxlen: int = 20_000  # entries kept per job stream (a whole answer, chunk by chunk)
     # a job's token stream is kept this long after its last chunk (and after the job ends): the
     # record holds the whole answer, the stream only serves followers
     stream_ttl_s: int = 3600
+    # a stream a client follows that breaks after tokens went out is continued on a fallback this
+    # many times at most (each continuation is a call the job's reservation covers)
+    max_continuations: int = 1
 
     # circuit breakers (per deployment, fleet-wide; the catalog may override per provider/deployment)
     breaker_window_s: float = 60.0
@@ -97,8 +109,10 @@ class Settings(BaseSettings):
     breaker_failure_rate: float = 0.5
     breaker_min_calls: int = 10
     breaker_consecutive: int = 5
-    breaker_cooldown_s: float = 30.0
-    breaker_max_cooldown_s: float = 300.0
+    # open for cooldown_s, doubled per trip up to max_cooldown_s (jitter only shortens it): a
+    # recovered deployment is probed, and carries traffic again, within max_cooldown_s of recovering
+    breaker_cooldown_s: float = 5.0
+    breaker_max_cooldown_s: float = 20.0
     breaker_probes: int = 1
     # a 429 without Retry-After marks the deployment unavailable this long (auth_failed and
     # upstream_not_found longer)

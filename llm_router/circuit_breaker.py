@@ -6,7 +6,7 @@ what a job's scripts send it and answer with, and the board that people read.
    closed ─────────────────────────────────────────────────────────────▶ open
      ▲  ▲                                                                │ cooldown passes
      │  │ `probes` successes in a row                                    ▼ (cooldown x 2 per trip,
-     │  └──────────────────────────────────── half_open ◀────────────────┘  capped, jittered)
+     │  └──────────────────────────────────── half_open ◀────────────────┘  jittered, capped)
      │                                          │ a probe fails: open again
      │  Retry-After passes                      └──────────────────────────▶ open
    limited ◀── a 429 (Retry-After, or a default wait)
@@ -15,6 +15,12 @@ what a job's scripts send it and answer with, and the board that people read.
 
 In ``half_open`` at most ``probes`` jobs hold a probe lease and call the deployment; the others skip
 it. Rate limits are GCRA on requests (``rpm``) and estimated tokens (``tpm``) per minute.
+
+The cadence is chosen so that recovery is seen: during an outage the dead deployment gets one probe
+per cooldown (5 s, 10 s, then every 20 s by default: a handful of calls a minute across the fleet,
+not one per job), and since the cooldown never exceeds ``max_cooldown`` (jitter only shortens it),
+a deployment that comes back is probed, closed and carrying traffic again within ``max_cooldown``
+plus one probe call of its return, however long it was down.
 
 Every worker process on every machine shares one state per deployment, changed only inside the Lua
 below (``BREAKER_LUA``), on Redis' own clock (``TIME``): no read-modify-write race, no clock skew.
@@ -194,7 +200,11 @@ local function record_report(json, now, job)
   end
   if not why then return nil end
   local trips = redis.call('HINCRBY', bk, 'trips', 1)
-  local cooldown = math.min(policy.cooldown_ms * 2 ^ (trips - 1), policy.max_cooldown_ms) * r.jitter_pct / 100
+  -- doubled per trip, but never past max_cooldown_ms whatever the jitter: a deployment that
+  -- recovers is probed again within max_cooldown_ms, however long it was down (growth must not
+  -- starve recovery)
+  local cooldown = math.min(policy.cooldown_ms * 2 ^ (trips - 1), policy.max_cooldown_ms)
+  cooldown = math.min(cooldown * r.jitter_pct / 100, policy.max_cooldown_ms)
   redis.call('HSET', SICK, dep, 'open|' .. fmt(now + cooldown))
   redis.call('HSET', bk, 'hs', 0)
   return {dep, 'open', why}
@@ -304,7 +314,7 @@ class BreakerReport:
     until_ms: int = 0  # LIMITED/DISABLED: until when, on Redis' clock
     tokens_delta: int = 0  # billed tokens minus the admission estimate (moves the tpm budget)
     tpm: int = 0
-    # cooldowns of many deployments must not end in step
+    # cooldowns of many deployments must not end in step; the cooldown is capped after it
     jitter_pct: int = 100
 
     def encode(self) -> bytes:
@@ -341,7 +351,8 @@ def breaker_report(
     until_ms: int = 0,
     tokens_delta: int = 0,
 ) -> BreakerReport:
-    """The report of one call to ``dep`` (with the jitter its cooldown gets if it opens the breaker)."""
+    """The report of one call to ``dep`` (with the jitter its cooldown gets if it opens the breaker:
+    -20 % to +0 %, so ``max_cooldown`` stays a maximum and capped cooldowns still spread out)."""
     return BreakerReport(
         deployment=dep.id,
         kind=kind,
@@ -350,7 +361,7 @@ def breaker_report(
         until_ms=until_ms,
         tokens_delta=tokens_delta,
         tpm=dep.tpm or 0,
-        jitter_pct=random.randint(80, 120),
+        jitter_pct=random.randint(80, 100),
     )
 
 

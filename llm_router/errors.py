@@ -1,9 +1,10 @@
 """One exception tree for llm-router, with stable codes.
 
 Every error carries a stable ``code``, an HTTP-like ``status``, an error ``type``, the ``param`` it
-concerns (if any), whether the same deployment may be ``retryable``, whether it counts against the
-deployment's ``breaker`` and whether ``fallback`` moves on to the next deployment. Nothing downstream
-parses messages: it reads these attributes, which come from one table (``ERROR_TABLE``).
+concerns (if any), whether the job may be tried again later (``retryable``: a deferred pass), whether
+the same deployment is worth a second call inside the job (``retry_here``), whether it counts against
+the deployment's ``breaker`` and whether ``fallback`` moves on to the next deployment. Nothing
+downstream parses messages: it reads these attributes, which come from one table (``ERROR_TABLE``).
 
     RouterError
     ├── RequestError                caller's fault; refused at enqueue, never retried
@@ -60,6 +61,9 @@ class ErrorSpec:
     retryable: bool = False
     breaker: bool = False
     fallback: bool = False
+    # a second call to the same deployment inside the job (a transient 5xx, a reset) is worth it;
+    # a deployment that was silent (a timeout) or rate limited (see the walk's 429 policy) moves on
+    retry_here: bool = False
 
 
 # The one table from code to status, type and policy. Upstream codes report status 502 on a job:
@@ -87,13 +91,24 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     # the provider refused the caller's request: the caller's fault (400, the type OpenAI's SDKs map
     # to BadRequestError, like our own invalid_request), final: no retry, no breaker, no fallback
     "upstream_invalid_request": ErrorSpec(400, "invalid_request_error"),
-    # upstream outcomes: retry same deployment / count against breaker / move on to fallback
+    # upstream outcomes: try again later / count against breaker / move on to fallback / call the
+    # same deployment again at once. A timeout (no headers, no first token, a stall) moves on: a
+    # deployment that was silent gets no second chance inside the job. A 429 waits only by the
+    # walk's Retry-After policy (per model in the catalog)
     "rate_limited": ErrorSpec(502, "upstream_error", retryable=True, breaker=False, fallback=True),
-    "overloaded": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
-    "upstream_error": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "overloaded": ErrorSpec(
+        502, "upstream_error", retryable=True, breaker=True, fallback=True, retry_here=True
+    ),
+    "upstream_error": ErrorSpec(
+        502, "upstream_error", retryable=True, breaker=True, fallback=True, retry_here=True
+    ),
     "timeout": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
-    "connection_error": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
-    "bad_response": ErrorSpec(502, "upstream_error", retryable=True, breaker=True, fallback=True),
+    "connection_error": ErrorSpec(
+        502, "upstream_error", retryable=True, breaker=True, fallback=True, retry_here=True
+    ),
+    "bad_response": ErrorSpec(
+        502, "upstream_error", retryable=True, breaker=True, fallback=True, retry_here=True
+    ),
     "context_length_exceeded": ErrorSpec(502, "upstream_error", fallback=True),
     "content_filtered": ErrorSpec(502, "upstream_error"),
     "auth_failed": ErrorSpec(502, "upstream_error", breaker=True, fallback=True),
@@ -105,8 +120,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "breaker_open": ErrorSpec(502, "upstream_error", retryable=True, fallback=True),
     "rate_limit_reached": ErrorSpec(502, "upstream_error", retryable=True, fallback=True),
     "deployment_disabled": ErrorSpec(502, "upstream_error", fallback=True),
-    # tokens were already published when the upstream stream broke: no fallback (the follower has
-    # seen them), but the deployment's breaker counts it
+    # tokens already went out to a client when the upstream stream broke: the deployment's breaker
+    # counts it; the walk continues the answer on a fallback that can take it as a prefill (never
+    # a plain fallback, which would start the answer over), else the job ends with the partial text
     "stream_interrupted": ErrorSpec(502, "upstream_error", breaker=True),
     "all_deployments_failed": ErrorSpec(502, "upstream_error", retryable=True),
 }
@@ -150,6 +166,10 @@ class RouterError(Exception):
     @property
     def retryable(self) -> bool:
         return self.spec.retryable
+
+    @property
+    def retry_here(self) -> bool:
+        return self.spec.retry_here
 
     def to_dict(self) -> dict[str, Any]:
         """The error object: the same shape in records, the CLI and the HTTP API."""
@@ -333,11 +353,16 @@ class DeploymentDisabled(UpstreamFailure):
 
 
 class StreamInterrupted(UpstreamFailure):
+    """Tokens went out to a client, then the upstream stream broke (``cause``: the code of how)."""
+
     code = "stream_interrupted"
 
-    def __init__(self, message: str, *, partial_text: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, partial_text: str = "", cause: str = "upstream_error", **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.partial_text = partial_text
+        self.cause = cause
 
 
 class AllDeploymentsFailed(UpstreamFailure):

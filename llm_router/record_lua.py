@@ -66,7 +66,7 @@ local status = redis.call('HGET', record, 'status')
 if not status then return nil end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
 local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
-                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens')
+                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue')
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
@@ -103,7 +103,7 @@ return {'status', status, 'request', request, 'route', route, 'deadline_at', dea
         'attempts', attempts, 'runs', runs, 'passes', passes or '0',
         'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
         'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
-        'est_tokens', est_tokens, 'lost_runs', lost_runs}
+        'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or ''}
 """
 )
 

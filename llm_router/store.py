@@ -152,6 +152,7 @@ class Started:
     cancel_requested: bool
     est_tokens: int
     lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
+    queue: str = ""  # the job's queue when it is not the bulk one (the interactive queue's name)
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -178,6 +179,7 @@ class Started:
             cancel_requested=bool(v["cancel_requested"]),
             est_tokens=int(v["est_tokens"]),
             lost_runs=int(v["lost_runs"]),
+            queue=(v.get("queue") or b"").decode(),
         )
 
 
@@ -431,6 +433,10 @@ class Store:
                 pipe.xadd(key, {"c": chunk}, maxlen=maxlen, approximate=True)
             pipe.expire(key, self.stream_ttl_s)
             await pipe.execute()
+
+    async def drop_stream(self, job_id: str) -> None:
+        """Forget what the job's stream carried: its answer starts over (nobody was following it)."""
+        await self.redis.delete(stream_key(job_id))
 
     async def publish_error(self, job_id: str, error: dict[str, Any]) -> None:
         """The stream's error event: tokens were published, then the upstream stream broke."""

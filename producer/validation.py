@@ -206,7 +206,12 @@ class Validator:
             created_at=now,
             deadline_at=now + (job.deadline_s or default_deadline),
             metadata=job.metadata,
-            reserve_nanos=self.costs.worst_case(route_key, demand_of(obj, prompt)),
+            reserve_nanos=self.costs.worst_case(
+                route_key,
+                demand_of(
+                    obj, prompt, interactive=interactive, continuations=self.settings.max_continuations
+                ),
+            ),
             prompt_tokens=prompt,
             est_tokens=prompt + (max_out or 0),
             routed_by=routed_by,

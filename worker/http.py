@@ -1,11 +1,21 @@
-"""The worker's one HTTP client: a shared aiohttp session, and transport failures mapped to the taxonomy."""
+"""The worker's one HTTP client: a shared aiohttp session, each call's time limits, and transport
+failures mapped to the taxonomy.
+
+Every call is bounded at each stage (``Timeouts``, resolved per deployment from the catalog's
+``timeouts:`` block over the global settings): the connect, the wait for the response headers (a
+provider that accepts the connection and never answers is abandoned there, streamed or not), then
+for an unstreamed call its whole exchange and for a stream its first event and every quiet gap.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 
 import aiohttp
 
+from config.catalog import Deployment, TimeoutSpec
 from config.settings import Settings
 from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
 from llm_router.redact import redact_url
@@ -23,6 +33,37 @@ _TRANSPORT_ERRORS: tuple[tuple[type[BaseException], type[RouterError]], ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """One deployment's time limits in seconds (the catalog's ``timeouts:`` block over the settings).
+
+    ``headers_s`` None: a streamed call waits ``first_token_s`` for its headers, an unstreamed one
+    ``total_s`` (its headers come with its whole answer); set, it bounds both alike."""
+
+    connect_s: float
+    headers_s: float | None
+    first_token_s: float
+    idle_s: float
+    total_s: float
+
+    @classmethod
+    def of(cls, dep: Deployment, settings: Settings) -> Timeouts:
+        spec = dep.timeouts or TimeoutSpec()
+        return cls(
+            connect_s=spec.connect_s or settings.connect_timeout_s,
+            headers_s=spec.headers_s or settings.headers_timeout_s,
+            first_token_s=spec.first_token_s or settings.stream_ttft_s,
+            idle_s=spec.idle_s or settings.stream_idle_s,
+            total_s=spec.total_s or settings.call_timeout_s,
+        )
+
+    def headers(self, *, streamed: bool) -> float:
+        """How long a call waits for its response headers."""
+        if self.headers_s is not None:
+            return min(self.headers_s, self.total_s) if not streamed else self.headers_s
+        return self.first_token_s if streamed else self.total_s
+
+
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """One session per process: pooled keep-alive connections sized for ``max_jobs`` calls in flight."""
     connector = aiohttp.TCPConnector(
@@ -34,21 +75,46 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-async def send(
-    session: aiohttp.ClientSession, call: HttpCall, timeout_s: float, connect_timeout_s: float = 10.0
-) -> tuple[int, dict[str, str], bytes]:
-    """Send ``call``; return status, lower-cased headers and the whole body, or raise a ``RouterError``."""
+async def open_response(
+    session: aiohttp.ClientSession, call: HttpCall, limits: Timeouts, *, deadline_at: float, streamed: bool
+) -> aiohttp.ClientResponse:
+    """Send ``call`` and wait for its response headers, within the deployment's limits and the job's
+    deadline; the caller reads (and releases) the response. Raises ``UpstreamTimeout`` when the
+    headers do not come in time, else what the transport raised."""
+    left = max(deadline_at - time.time(), 0.001)
+    total = left if streamed else min(left, limits.total_s)
+    # no rounding of the limits up to whole seconds (aiohttp's default past 5 s): a limit is a limit
+    timeout = aiohttp.ClientTimeout(
+        total=total, sock_connect=min(total, limits.connect_s), ceil_threshold=float("inf")
+    )
+    wait = limits.headers(streamed=streamed)
+    if wait >= total:  # the call's own limit comes first (an unstreamed call's, by default)
+        return await session.request(
+            call.method, call.url, data=call.body, headers=call.headers, timeout=timeout
+        )
     try:
-        async with session.request(
-            call.method,
-            call.url,
-            data=call.body,
-            headers=call.headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, connect_timeout_s)),
-        ) as resp:
+        async with asyncio.timeout(wait):
+            return await session.request(
+                call.method, call.url, data=call.body, headers=call.headers, timeout=timeout
+            )
+    except TimeoutError:
+        where = redact_url(call.url)
+        raise UpstreamTimeout(f"no response headers from {where} within {wait} s") from None
+
+
+async def send(
+    session: aiohttp.ClientSession, call: HttpCall, limits: Timeouts, *, deadline_at: float
+) -> tuple[int, dict[str, str], bytes]:
+    """Send an unstreamed ``call``; return status, lower-cased headers and the whole body, or raise a
+    ``RouterError``."""
+    try:
+        resp = await open_response(session, call, limits, deadline_at=deadline_at, streamed=False)
+        async with resp:
             body = await resp.read()
             headers = {k.lower(): v for k, v in resp.headers.items()}
             return resp.status, headers, body
+    except RouterError:
+        raise
     except Exception as exc:
         mapped = transport_error(exc, call.url)
         if mapped is None:

@@ -26,6 +26,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
+from config.cost import followed_stream
 from config.settings import Settings
 from llm_router.circuit_breaker import Admission, AdmissionState, BreakerReport, Policy
 from llm_router.contract import JobStatus, new_attempt
@@ -41,7 +42,7 @@ from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
 from worker import observe
 from worker.breaker import RetryBudget, routing_table
-from worker.http import send
+from worker.http import Timeouts, send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
@@ -92,6 +93,7 @@ class JobRunner:
         self.images = ImageFetcher(settings)
         self._model_by_deployment = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
         self._deployments = {d.id: d for m in catalog.models for d in catalog.deployments(m)}
+        self.timeouts = {d.id: Timeouts.of(d, settings) for d in self._deployments.values()}
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
         # answers this process got but could not store (Redis away past redis_retry_s), by job id
         self.unwritten: dict[str, dict[str, Any]] = {}
@@ -167,6 +169,7 @@ class JobRunner:
             if request.get("stream")
             else None
         )
+        followed = followed_stream(request, started.queue == self.settings.interactive_queue_name)
         walk = RouteWalk(
             job_id=job_id,
             request=request,
@@ -186,7 +189,8 @@ class JobRunner:
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
-            stream=self._stream_for(job_id, route[0], publisher) if publisher is not None else None,
+            stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
+            publisher=publisher,
         )
         try:
             async with self.images.scope():  # its fetched images are let go with the walk
@@ -294,7 +298,7 @@ class JobRunner:
             raise DeadlineExceeded("the job's deadline passed while it ran")
         try:
             status, headers, body = await send(
-                self.session, call, min(self.settings.call_timeout_s, left), self.settings.connect_timeout_s
+                self.session, call, self.timeouts[dep.id], deadline_at=deadline_at
             )
         except UpstreamTimeout:
             if time.time() >= deadline_at - 0.05:  # the job's deadline cut the call, not the provider
@@ -302,17 +306,19 @@ class JobRunner:
             raise
         return adapter.parse_response(status, headers, body, request)
 
-    def _stream_for(self, job_id: str, model_id: str, publisher: ChunkPublisher) -> Any:
+    def _stream_for(self, job_id: str, model_id: str, publisher: ChunkPublisher, followed: bool) -> Any:
 
         async def call(dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
-            publisher.model_id = self._model_of(dep, model_id)
+            if not publisher.continuing:  # a continuation goes on under the first call's model
+                publisher.model_id = self._model_of(dep, model_id)
             return await stream_call(
                 self.session,
                 dep,
                 request,
                 deadline_at=deadline_at,
-                settings=self.settings,
+                limits=self.timeouts[dep.id],
                 publisher=publisher,
+                followed=followed,
             )
 
         return call

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from llm_router.simulator.anthropic_request import MessagesRequest, validate_messages_request
 from llm_router.simulator.content import (
+    continue_from,
     cut_at_stop,
     reply_text,
     request_digest,
@@ -94,7 +95,7 @@ class AnthropicFormat:
         # from API version 2026-10-21 on, sampling parameters are no longer part of the request
         sampling = request.headers["anthropic-version"] < NO_SAMPLING_VERSION
         req = validate_messages_request(body, sampling=sampling)
-        return ChatCall(model=req.model, stream=req.stream, request=req)
+        return ChatCall(model=req.model, stream=req.stream, request=req, prefill=req.prefill is not None)
 
     def error(self, rejection: Rejection) -> web.Response:
         return web.Response(
@@ -170,7 +171,8 @@ class Reply:
 
 def plan(req: MessagesRequest, credential: str | None, cache: PromptCache) -> Reply:
     """The deterministic answer to ``req``, its usage and what it did to the prompt cache."""
-    digest = request_digest(req.model, req.system, req.messages)
+    asked = req.messages[:-1] if req.prefill is not None else req.messages
+    digest = request_digest(req.model, req.system, asked)
     content: list[dict[str, Any]] = []
     output = 0
     if req.thinking_budget:
@@ -180,7 +182,7 @@ def plan(req: MessagesRequest, credential: str | None, cache: PromptCache) -> Re
         content.append({"type": "thinking", "thinking": thought, "signature": signature})
         output += count_text_tokens(thought)
     stop_sequence = None
-    tool = _tool_to_call(req)
+    tool = _tool_to_call(req) if req.prefill is None else None
     if tool is not None:
         args = sample_json(tool.get("input_schema") or {}, digest)
         call_id = f"toolu_{digest.hex()[:24]}"
@@ -189,6 +191,8 @@ def plan(req: MessagesRequest, credential: str | None, cache: PromptCache) -> Re
         stop_reason = "tool_use"
     else:
         text = reply_text(req.model, digest, digest)
+        if req.prefill is not None:
+            text = continue_from(text, req.prefill)
         cut = cut_at_stop(text, req.stop_sequences)
         stop_reason = "end_turn"
         if cut != text:

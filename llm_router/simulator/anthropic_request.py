@@ -54,6 +54,7 @@ class MessagesRequest:
     thinking_budget: int | None
     stream: bool
     cache_control: dict[str, Any] | None = None
+    prefill: str | None = None  # the text of a final assistant message: Claude goes on from it
 
 
 def reject(path: str | None, problem: str) -> Rejection:
@@ -87,6 +88,7 @@ def validate_messages_request(body: Any, *, sampling: bool = True) -> MessagesRe
         for m in body["messages"]
     ]
     thinking = body.get("thinking") or {}
+    prefill = _prefill(messages, thinking)
     return MessagesRequest(
         model=body["model"],
         max_tokens=body["max_tokens"],
@@ -98,7 +100,25 @@ def validate_messages_request(body: Any, *, sampling: bool = True) -> MessagesRe
         thinking_budget=thinking.get("budget_tokens") if thinking.get("type") == "enabled" else None,
         stream=body.get("stream") is True,
         cache_control=body.get("cache_control"),
+        prefill=prefill,
     )
+
+
+def _prefill(messages: list[dict[str, Any]], thinking: dict[str, Any]) -> str | None:
+    """The text Claude continues (a final assistant message), refused as Anthropic refuses it."""
+    last = messages[-1]
+    if last["role"] != "assistant":
+        return None
+    text = "".join(b.get("text", "") for b in last["content"] if b.get("type") == "text")
+    if text != text.rstrip():
+        raise reject(None, "messages: final assistant content cannot end with trailing whitespace")
+    if thinking.get("type") == "enabled":
+        raise reject(
+            None,
+            "messages: when thinking is enabled, the final assistant message cannot be a prefill; "
+            "the conversation must end with a user message",
+        )
+    return text
 
 
 # -- value checks -----------------------------------------------------------------------------

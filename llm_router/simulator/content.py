@@ -44,6 +44,13 @@ def reply_text(model: str, prompt_digest: bytes, digest: bytes) -> str:
     return f"Simulated reply from {model} to prompt {prompt_digest[:4].hex()}: {words}."
 
 
+def continue_from(text: str, prefill: str) -> str:
+    """What a model says after an assistant ``prefill``: the rest of ``text`` (the answer it would
+    have given without one) when that answer starts with the prefill, else the whole answer. So a
+    deployment continuing another's cut answer of the same request completes it exactly."""
+    return text[len(prefill) :] if text.startswith(prefill) else text
+
+
 def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, bool]:
     """Cut ``text`` to at most ``max_tokens`` tokens (4 UTF-8 bytes each); report if it was cut."""
     data = text.encode("utf-8")

@@ -15,9 +15,17 @@ Gemini a 200 whose ``promptFeedback.blockReason`` is ``SAFETY`` and which has no
 Mid-stream kinds (``STREAM_KINDS``) spoil a streamed answer after its first ``after_chunks`` events
 (SSE events, whatever they carry) went out intact: ``cut`` closes the connection with no terminal
 event, ``stall`` sends nothing for ``stall_s`` seconds and then goes on (or, with ``stall_then:
-close``, closes), ``stream_error`` sends an error event in the format's own shape (picked by
-``status`` and ``error_code`` like a ``status`` fault's body) and ends the stream. They only match
-streamed requests: a plain request passes them by without using up their ``count``.
+close``, closes; with ``after_chunks: 0`` it is a first token ``stall_s`` late), ``stream_error``
+sends an error event in the format's own shape (picked by ``status`` and ``error_code`` like a
+``status`` fault's body) and ends the stream, ``malformed_event`` sends one event whose JSON is cut
+short and then the rest of the stream intact. They only match streamed requests: a plain request
+passes them by without using up their ``count``, unless the rule says ``stream: false``, which
+applies the same fault to a plain answer's body: ``cut`` truncates it, ``stall`` stops it halfway
+for ``stall_s``, ``malformed_event`` sends it malformed.
+
+``stream`` (true or false) restricts any rule to streamed or plain requests. ``refuse_prefill``
+matches only a request that ends with a partial answer to continue (an assistant prefill) and
+answers it the format's 400, as a model without prefill does; other requests pass it by.
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ FaultKind = Literal[
     "cut",
     "stall",
     "stream_error",
+    "malformed_event",
+    "refuse_prefill",
 ]
-STREAM_KINDS = frozenset({"cut", "stall", "stream_error"})
+STREAM_KINDS = frozenset({"cut", "stall", "stream_error", "malformed_event"})
 
 
 class FaultRule(BaseModel):
@@ -54,6 +64,8 @@ class FaultRule(BaseModel):
     """API key to match exactly; None matches any."""
     model: str | None = None
     """Requested model to match exactly; None matches any."""
+    stream: bool | None = None
+    """Match only streamed (true) or only plain (false) requests; None matches both."""
     kind: FaultKind
     status: int = Field(500, ge=400, le=599)
     """kind=status: the HTTP status, answered with the vendor's error body for it."""
@@ -76,7 +88,7 @@ class FaultRule(BaseModel):
     hang_s: float = Field(3600, ge=0)
     """kind=hang: how long to hold the request before closing the connection unanswered."""
     after_chunks: int = Field(0, ge=0)
-    """kind=cut/stall/stream_error: how many events of the stream go out intact first."""
+    """kind=cut/stall/stream_error/malformed_event: how many events go out intact first."""
     stall_s: float = Field(3600, ge=0)
     """kind=stall: how long the stream goes quiet."""
     stall_then: Literal["continue", "close"] = "continue"
@@ -135,7 +147,9 @@ class FaultBook:
             for e in self._entries
         ]
 
-    def decide(self, credential: str | None, model: str | None, *, stream: bool = False) -> Decision | None:
+    def decide(
+        self, credential: str | None, model: str | None, *, stream: bool = False, prefill: bool = False
+    ) -> Decision | None:
         """The fault plan for one request; None when it should be answered at once, normally."""
         if not self._entries and self._latency_hi <= 0:
             return None
@@ -145,7 +159,11 @@ class FaultBook:
             rule = entry.rule
             if not _matches(rule, credential, model) or not _active(entry, now):
                 continue
-            if rule.kind in STREAM_KINDS and not stream:
+            if rule.stream is not None and rule.stream != stream:
+                continue
+            if rule.kind in STREAM_KINDS and not stream and rule.stream is not False:
+                continue
+            if rule.kind == "refuse_prefill" and not prefill:
                 continue
             if rule.probability < 1 and self._rng.random() >= rule.probability:
                 continue

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from llm_router.simulator.content import (
     choice_digest,
+    continue_from,
     cut_at_stop,
     reply_text,
     request_digest,
@@ -119,7 +120,8 @@ class GeminiFormat:
             raise Rejection(
                 403, f"CachedContent not found (or permission denied): {req.body['cachedContent']}"
             )
-        return ChatCall(model=model, stream=request.path.endswith(_STREAM_METHOD), request=req)
+        streamed = request.path.endswith(_STREAM_METHOD)
+        return ChatCall(model=model, stream=streamed, request=req, prefill=req.prefill is not None)
 
     def error(self, rejection: Rejection) -> web.Response:
         return web.Response(
@@ -217,7 +219,9 @@ def answer(req: GenerateRequest, credential: str | None, cache: PromptCache) -> 
     """The GenerateContentResponse for ``req`` (deterministic, bar what the prompt cache remembers)."""
     body = req.body
     config = req.config
-    digest = request_digest(req.model, body.get("systemInstruction"), req.contents)
+    prefill = req.prefill
+    asked = req.contents[:-1] if prefill is not None else req.contents
+    digest = request_digest(req.model, body.get("systemInstruction"), asked)
     thinking = config.get("thinkingConfig") or {}
     thinks = bool(thinking.get("thinkingLevel")) or thinking.get("thinkingBudget", 0) != 0
     candidates, output, thoughts = [], 0, 0
@@ -233,7 +237,7 @@ def answer(req: GenerateRequest, credential: str | None, cache: PromptCache) -> 
             thoughts += count_text_tokens(thought)
             if thinking.get("includeThoughts"):
                 parts.append({"text": thought, "thought": True})
-        function = _function_to_call(body)
+        function = _function_to_call(body) if prefill is None else None
         finish = "STOP"
         if function is not None:
             args = sample_json(
@@ -242,7 +246,10 @@ def answer(req: GenerateRequest, credential: str | None, cache: PromptCache) -> 
             parts.append({"functionCall": {"name": function["name"], "args": args}})
             output += count_text_tokens(function["name"]) + count_json_tokens(args)
         else:
-            text = cut_at_stop(_text(req, digest, d), list(config.get("stopSequences") or ()))
+            text = _text(req, digest, d)
+            if prefill is not None:
+                text = continue_from(text, prefill)
+            text = cut_at_stop(text, list(config.get("stopSequences") or ()))
             if config.get("maxOutputTokens") is not None:
                 text, cut = truncate_to_tokens(text, config["maxOutputTokens"])
                 finish = "MAX_TOKENS" if cut else finish

@@ -146,6 +146,14 @@ class GenerateRequest:
     def config(self) -> dict[str, Any]:
         return self.body.get("generationConfig") or {}
 
+    @property
+    def prefill(self) -> str | None:
+        """The text of a final ``model`` turn: the answer goes on from it."""
+        last = self.contents[-1]
+        if last.get("role") != "model":
+            return None
+        return "".join(p["text"] for p in last.get("parts") or () if isinstance(p.get("text"), str))
+
 
 def invalid(message: str, param: str | None = None) -> Rejection:
     return Rejection(400, message, param=param)

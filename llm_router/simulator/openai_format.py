@@ -105,7 +105,7 @@ class OpenAIFormat:
         except orjson.JSONDecodeError:
             raise Rejection(400, _BAD_JSON) from None
         req = validate_chat_request(body)
-        return ChatCall(model=req.model, stream=req.stream, request=req)
+        return ChatCall(model=req.model, stream=req.stream, request=req, prefill=req.prefill is not None)
 
     def error(self, rejection: Rejection) -> web.Response:
         return web.Response(

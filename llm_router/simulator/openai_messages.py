@@ -30,8 +30,11 @@ _MESSAGE_KEYS = {
     "user": frozenset({"role", "content", "name"}),
     # an answer's message appended back as it came (the SDKs' documented tool loop): OpenAI takes
     # its response-only keys (annotations) back without complaint
+    # `prefix: true` on a final assistant message: the answer goes on from its content (the prefill
+    # of OpenAI-compatible servers such as Mistral's and DeepSeek's; OpenAI itself has none)
     "assistant": frozenset(
         {"role", "content", "name", "tool_calls", "function_call", "refusal", "audio", "annotations"}
+        | {"prefix"}
     ),
     "tool": frozenset({"role", "content", "tool_call_id"}),
     "function": frozenset({"role", "content", "name"}),

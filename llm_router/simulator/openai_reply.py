@@ -17,6 +17,7 @@ import orjson
 
 from llm_router.simulator.content import (
     choice_digest,
+    continue_from,
     cut_at_stop,
     reply_text,
     request_digest,
@@ -74,9 +75,11 @@ class Reply:
 
 
 def plan_reply(req: ChatRequest) -> Reply:
-    """Decide the deterministic content, calls, finish reasons and usage for ``req``."""
-    digest = request_digest(req.model, req.messages, req.seed)
-    target = _function_to_call(req)
+    """Decide the deterministic content, calls, finish reasons and usage for ``req``; a prefilled
+    request gets the rest of the answer it would have had without its prefill."""
+    asked = req.messages[:-1] if req.prefill is not None else req.messages
+    digest = request_digest(req.model, asked, req.seed)
+    target = _function_to_call(req) if req.prefill is None else None
     choices = [_plan_choice(req, digest, choice_digest(digest, i), target) for i in range(req.n)]
     offered = (req.tools or []) + (req.functions or [])
     prompt = count_prompt_tokens(req.messages, offered or None)
@@ -182,6 +185,8 @@ def _plan_choice(req: ChatRequest, prompt_digest: bytes, digest: bytes, target: 
         tokens = count_text_tokens(call.name) + count_text_tokens(arguments)
         return _Choice(None, call, finish, tokens)
     text = _text(req, prompt_digest, digest)
+    if req.prefill is not None:
+        text = continue_from(text, req.prefill)
     text = cut_at_stop(text, req.stop)
     cut = False
     if req.max_tokens is not None:

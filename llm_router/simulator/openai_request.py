@@ -53,6 +53,7 @@ class ChatRequest:
     response_format: dict[str, Any] | None
     seed: int | None
     service_tier: str | None = None
+    prefill: str | None = None  # a final assistant message with ``prefix: true``: the answer so far
 
 
 def validate_chat_request(body: Any) -> ChatRequest:
@@ -71,6 +72,8 @@ def validate_chat_request(body: Any) -> ChatRequest:
     _check_cross_fields(body)
     stop = body.get("stop")
     max_tokens = body.get("max_completion_tokens")
+    last = body["messages"][-1]
+    prefill = last.get("content") if last.get("role") == "assistant" and last.get("prefix") is True else None
     return ChatRequest(
         model=body["model"],
         messages=body["messages"],
@@ -86,6 +89,7 @@ def validate_chat_request(body: Any) -> ChatRequest:
         response_format=body.get("response_format"),
         seed=body.get("seed"),
         service_tier=body.get("service_tier"),
+        prefill=prefill if isinstance(prefill, str) else None,
     )
 
 

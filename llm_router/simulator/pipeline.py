@@ -3,8 +3,9 @@
 auth -> validation -> model allow-list -> fault decision (latency, then at most one fault) ->
 the format's answer. Every request is counted under its credential and model with the outcome
 it got. With no rules and zero latency the fault step is one check and nothing sleeps.
-Mid-stream faults (``cut``, ``stall``, ``stream_error``) become a ``StreamFault`` the format's
-stream writer applies.
+Mid-stream faults (``cut``, ``stall``, ``stream_error``, ``malformed_event``) become a
+``StreamFault`` the format's stream writer applies (or, on a plain request a rule targets with
+``stream: false``, the same fault to the answer's body).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from llm_router.simulator.faults import FaultRule
 from llm_router.simulator.state import STATE, SimState
-from llm_router.simulator.stream import hold
+from llm_router.simulator.stream import hold, stalled_body
 from llm_router.simulator.wire import ChatCall, Rejection, StreamFault, WireFormat
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,7 +38,7 @@ def chat_handler(fmt: WireFormat) -> Handler:
         except Rejection as rejection:
             state.calls.record(credential, fmt.peek_model(request, raw), str(rejection.status))
             return fmt.error(rejection)
-        decision = state.faults.decide(credential, call.model, stream=call.stream)
+        decision = state.faults.decide(credential, call.model, stream=call.stream, prefill=call.prefill)
         if decision is None:
             state.calls.record(credential, call.model, "200")
             return await fmt.respond(request, call)
@@ -121,21 +122,48 @@ async def _content_filter(
     return response
 
 
+# a fault's kind → how the stream writer spoils the stream
+_STREAM_FAULT = {"cut": "cut", "stall": "stall", "stream_error": "error", "malformed_event": "malformed"}
+_PREFILL_REFUSED = (
+    "This model does not support assistant message prefill. The conversation must end with a user message."
+)
+
+
 async def _mid_stream(
     request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
 ) -> web.StreamResponse:
+    if not call.stream:  # a rule aimed at plain requests (`stream: false`): the same fault, on the body
+        return await _PLAIN_FAULTS[rule.kind](request, fmt, call, rule, state, cred)
     state.calls.record(cred, call.model, rule.kind)
     error = b""
     if rule.kind == "stream_error":
         error = fmt.stream_error(Rejection(rule.status, model=call.model, code=rule.error_code))
     fault = StreamFault(
-        kind="error" if rule.kind == "stream_error" else rule.kind,  # type: ignore[arg-type]
+        kind=_STREAM_FAULT[rule.kind],  # type: ignore[arg-type]
         after=rule.after_chunks,
         stall_s=rule.stall_s,
         close=rule.stall_then == "close",
         error=error,
     )
     return await fmt.respond(request, call, fault)
+
+
+async def _stalled(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "stall")
+    full = await fmt.respond(request, call)
+    if not isinstance(full, web.Response):
+        return full
+    fault = StreamFault(kind="stall", stall_s=rule.stall_s, close=rule.stall_then == "close")
+    return await stalled_body(request, full, fault)
+
+
+async def _refuse_prefill(
+    request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
+) -> web.StreamResponse:
+    state.calls.record(cred, call.model, "400")
+    return fmt.error(Rejection(400, _PREFILL_REFUSED, model=call.model))
 
 
 _FAULTS = {
@@ -148,4 +176,13 @@ _FAULTS = {
     "cut": _mid_stream,
     "stall": _mid_stream,
     "stream_error": _mid_stream,
+    "malformed_event": _mid_stream,
+    "refuse_prefill": _refuse_prefill,
+}
+# mid-stream kinds on a plain answer
+_PLAIN_FAULTS = {
+    "cut": _truncated,
+    "stall": _stalled,
+    "malformed_event": _malformed,
+    "stream_error": _status,
 }

@@ -13,6 +13,7 @@ from llm_router.simulator.wire import StreamFault
 SSE_CONTENT_TYPE = "text/event-stream"
 _SSE_HEADERS = {"Content-Type": SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
 _HOLD_POLL_S = 0.05
+_MALFORMED_EVENT = b'data: {"id": "chatcmpl-garbled", "choices": [{"delta": {"cont\n\n'
 
 
 async def send_events(
@@ -42,12 +43,39 @@ async def _send_spoiled(
     if fault.kind == "error":
         await response.write(fault.error)
         return
+    if fault.kind == "malformed":
+        # a stray event whose JSON is cut short (a proxy's garbage, say), then the stream goes on
+        await response.write(_MALFORMED_EVENT)
+        await response.write(b"".join(events[fault.after :]))
+        return
     if fault.kind == "stall":
         await hold(request, fault.stall_s)
     if fault.kind == "cut" or fault.close:
         cut(request)
         raise ConnectionResetError("stream cut by a simulated fault")
     await response.write(b"".join(events[fault.after :]))
+
+
+async def stalled_body(
+    request: web.Request, response: web.Response, fault: StreamFault
+) -> web.StreamResponse:
+    """An unstreamed answer whose body stops halfway for ``stall_s`` (then the rest, or a closed
+    connection): a stall fault on a plain request."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    out = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+    out.content_length = len(body)
+    try:
+        await out.prepare(request)
+        await out.write(body[: len(body) // 2])
+        await hold(request, fault.stall_s)
+        if fault.close:
+            cut(request)
+            return out
+        await out.write(body[len(body) // 2 :])
+        await out.write_eof()
+    except ConnectionError:
+        pass
+    return out
 
 
 def broken_stream(events: Sequence[bytes]) -> web.Response:

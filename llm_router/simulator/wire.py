@@ -46,15 +46,17 @@ class ChatCall:
     model: str
     stream: bool
     request: Any
+    prefill: bool = False  # the request ends with a partial answer to continue (an assistant prefill)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamFault:
     """How to spoil a stream once ``after`` events went out intact: ``cut`` the connection,
-    ``stall`` for ``stall_s`` seconds (then the rest, or with ``close`` a closed connection), or
-    send ``error`` (one encoded event in the format's shape) and end there."""
+    ``stall`` for ``stall_s`` seconds (then the rest, or with ``close`` a closed connection), send
+    ``error`` (one encoded event in the format's shape) and end there, or send one ``malformed``
+    event (JSON cut short) and then the rest of the stream intact."""
 
-    kind: Literal["cut", "stall", "error"]
+    kind: Literal["cut", "stall", "error", "malformed"]
     after: int = 0
     stall_s: float = 0.0
     close: bool = False

@@ -196,3 +196,51 @@ async def test_tokens_per_minute_admit_a_minute_of_estimated_tokens(store: Store
     assert await admit(store, tpm=600, est=100) == Admission(AdmissionState.OK)
     assert await admit(store, tpm=600, est=100) == Admission(AdmissionState.OK)
     assert (await admit(store, tpm=600, est=100)).state == AdmissionState.TOKENS
+
+
+@pytest.mark.parametrize(
+    ("trips_before", "jitter_pct", "cooldown"),
+    [
+        (0, 80, 800),  # the first trip: the cooldown, shortened by the jitter
+        (0, 100, 1_000),
+        (1, 100, 2_000),  # doubled per trip
+        (1, 120, 2_400),  # a jitter over 100 % still lengthens it below the maximum
+        (2, 100, 3_000),  # capped at max_cooldown_ms
+        (2, 120, 3_000),  # ...whatever the jitter: max_cooldown_ms is a maximum
+        (9, 120, 3_000),
+        (9, 80, 2_400),  # at the cap a jitter below 100 % still spreads deployments out
+    ],
+)
+async def test_the_cooldown_is_capped_after_its_jitter(store, bare_redis, trips_before, jitter_pct, cooldown):
+    await bare_redis.hset(breaker_key(DEP), "trips", trips_before)
+    for _ in range(2):
+        await report(store, ReportKind.FAILURE)
+    before = now_ms()
+    assert await report(store, ReportKind.FAILURE, jitter_pct=jitter_pct) == [
+        Transition(DEP, "open", "3 consecutive failures")
+    ]
+    state, until = await sick(bare_redis) or ("", 0)
+    assert state == "open" and before + cooldown <= until <= now_ms() + cooldown
+
+
+async def test_a_long_outage_is_probed_at_least_every_max_cooldown(store: Store, bare_redis: Redis):
+    """However many probes fail during an outage (and whatever their jitter), the next one comes
+    within max_cooldown_ms: a deployment that recovers is seen again within that time."""
+    await open_and_expire(bare_redis)
+    gaps = []
+    for probe in range(8):
+        assert await admit(store, f"p{probe}") == Admission(AdmissionState.PROBE)
+        assert await report(store, ReportKind.FAILURE, f"p{probe}", probe=True, jitter_pct=120) == [
+            Transition(DEP, "open", "a probe failed")
+        ]
+        after = now_ms()  # the script ran before this: its cooldown ends no later than after + it
+        _, until = await sick(bare_redis) or ("", 0)
+        gaps.append(until - after)
+        await bare_redis.hset(SICK_KEY, DEP, f"open|{now_ms() - 1}")  # its cooldown passes
+    assert max(gaps) <= POLICY.max_cooldown_ms
+    assert gaps[0] < gaps[-1] - 100  # it still grows, from one cooldown to the cap
+    # the deployment comes back: the next probe succeeds and closes it
+    assert await admit(store, "back") == Admission(AdmissionState.PROBE)
+    assert await report(store, ReportKind.SUCCESS, "back", probe=True) == [
+        Transition(DEP, "closed", "probes succeeded")
+    ]

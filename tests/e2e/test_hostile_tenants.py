@@ -70,37 +70,62 @@ FIELDS: dict[str, dict[str, Any]] = {
         "reasoning_effort": "high",
         "messages": [{"role": "user", "content": TEXT}],
     },
+    # a followed stream cut after tokens goes on elsewhere (Gemini, down the chain, takes the prefill):
+    # two calls, each paying for the long prompt
+    "continuation": {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 40,
+        "stream": True,
+        "messages": [{"role": "user", "content": TEXT * 8}],
+    },
+}
+# fields whose jobs a client follows (the interactive queue), and the fault that makes them pay more
+INTERACTIVE = {"continuation"}
+FAULTS: dict[str, dict[str, Any]] = {
+    "continuation": {
+        "credential": "sk-sim-anthropic",
+        "model": "claude-sonnet-4-5",
+        "kind": "cut",
+        "after_chunks": 5,
+    },
 }
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
-async def test_concurrent_submits_never_spend_past_the_credit(e2e: Producer, field: str) -> None:
+async def test_concurrent_submits_never_spend_past_the_credit(e2e: Producer, sim, field: str) -> None:
     tenant = f"spend-{field}-{uuid.uuid4().hex[:6]}"
     job = FIELDS[field]
-    reserve = e2e.validator.prepare(dict(job), now=0).reserve_nanos
+    interactive = field in INTERACTIVE
+    reserve = e2e.validator.prepare(dict(job), now=0, interactive=interactive).reserve_nanos
     credit = reserve * 5  # room for five jobs' worst case at once
     ledger = Ledger(e2e.redis)
     await ledger.add(tenant, str(credit / 1e9))
     producers = [await Producer.connect(e2e.settings, e2e.catalog) for _ in range(6)]
+    if field in FAULTS:
+        await sim.faults(FAULTS[field])
     try:
         batches = await asyncio.gather(
             *(
                 p.submit_many(
                     [{**job, "messages": [*job["messages"], {"role": "user", "content": f"{i}-{k}"}]}] * 1,
                     tenant=tenant,
+                    interactive=interactive,
                 )
                 for i, p in enumerate(producers)
                 for k in range(10)
             )
         )
+        results = [r for batch in batches for r in batch]
+        accepted = [r for r in results if isinstance(r, Submitted)]
+        assert accepted and any(isinstance(r, InsufficientCredits) for r in results)
+        records = await e2e.wait_many(accepted, timeout=60)
     finally:
         for p in producers:
             await p.close()
-    results = [r for batch in batches for r in batch]
-    accepted = [r for r in results if isinstance(r, Submitted)]
-    assert accepted and any(isinstance(r, InsufficientCredits) for r in results)
-    records = await e2e.wait_many(accepted, timeout=60)
+        await sim.faults()
     assert all(r.status == "succeeded" for r in records), [r.error for r in records]
+    if field == "continuation":  # the fault did make jobs pay for two calls
+        assert any(r.attempts[0].error_code == "stream_interrupted" for r in records)
     raw = {k.decode(): int(v) for k, v in (await e2e.redis.hgetall(credits_key(tenant))).items()}
     # each job reserved its worst case; what it really cost may exceed that (an estimate), by at most
     # one job's overrun at any moment: never the 8-13x of a reservation that ignores a field

@@ -350,12 +350,32 @@ def test_refusal_without_content_is_content_filtered() -> None:
     assert info.value.code == "content_filtered"
 
 
+# one event that is not what Anthropic sends: skipped (counted), the stream goes on
+MALFORMED = [
+    b"event: message_start\ndata: {not json}\n\n",
+    ev("message_start", message="nope"),
+    ev("content_block_start", index=0, content_block={"type": "tool_use", "id": "t", "input": {}}),
+    ev("content_block_delta", index=[0], delta={"type": "text_delta", "text": "x"}),
+]
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_a_malformed_event_is_skipped_and_the_stream_goes_on(bad: bytes) -> None:
+    cut = BASIC.index(b"event: content_block_delta")
+    parser, chunks = feed(BASIC[:cut] + bad + BASIC[cut:])
+    assert parser.skipped == 1 and parser.done
+    assert parser.completion().response == feed(BASIC)[0].completion().response
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in feed(BASIC)[1]]  # nothing lost
+
+
+def test_malformed_events_in_a_row_fail_the_stream() -> None:
+    with pytest.raises(BadResponse, match="3 malformed events in a row"):
+        feed(BASIC[:200] + MALFORMED[0] * 3)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
-        b"event: message_start\ndata: {not json}\n\n",
-        ev("message_start", message="nope"),
-        ev("content_block_start", index=0, content_block={"type": "tool_use", "id": "t", "input": {}}),
         start("m", {"input_tokens": 1, "output_tokens": 1})
         + ev(
             "content_block_start",
@@ -365,9 +385,8 @@ def test_refusal_without_content_is_content_filtered() -> None:
         + json_delta(0, '{"a": ')
         + ev("content_block_stop", index=0),
         start("m", {"output_tokens": 1}) + end("end_turn", 3),  # no input_tokens
-        ev("content_block_delta", index=[0], delta={"type": "text_delta", "text": "x"}),
     ],
 )
-def test_malformed_events_are_bad_response(raw: bytes) -> None:
+def test_a_broken_answer_is_bad_response(raw: bytes) -> None:
     with pytest.raises(BadResponse):
         feed(raw)

@@ -258,22 +258,46 @@ def test_blocked_prompt_or_withheld_answer_is_content_filtered(event: dict[str, 
     assert info.value.code == "content_filtered"
 
 
+# one event that is not what Gemini sends: skipped (counted), the stream goes on
+MALFORMED = [
+    b'data: {"candidates": [{"content": \n\n',
+    b'data: {"candidates": {"0": 1}}\n\n',
+    b'data: {"promptFeedback": "blocked"}\n\n',
+]
+
+
+def feed_raw(raw: bytes) -> Any:
+    parser = adapter.stream_parser(REQUEST, DEP)
+    for event in SSEDecoder().feed(raw):
+        parser.feed(event)
+    return parser
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_a_malformed_event_is_skipped_and_the_stream_goes_on(bad: bytes) -> None:
+    raw = sse(*TEXT)
+    cut = raw.index(b"data: ", 10)  # after the first event
+    parser = feed_raw(raw[:cut] + bad + raw[cut:])
+    assert parser.skipped == 1 and parser.done
+    assert parser.completion().response == feed(TEXT)[0].completion().response
+
+
+def test_malformed_events_in_a_row_fail_the_stream() -> None:
+    with pytest.raises(BadResponse, match="3 malformed events in a row"):
+        feed_raw(MALFORMED[0] * 3)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
-        b'data: {"candidates": [{"content": \n\n',
-        b'data: {"candidates": {"0": 1}}\n\n',
-        b'data: {"promptFeedback": "blocked"}\n\n',
         b'data: {"candidates": [{"content": {"parts": [{"functionCall": {"args": {}}}]}}]}\n\n',
         b'data: {"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": "STOP"}],'
         b' "usageMetadata": {"promptTokenCount": "many"}}\n\n',
     ],
 )
-def test_malformed_events_are_bad_response(raw: bytes) -> None:
-    parser = adapter.stream_parser(REQUEST, DEP)
+def test_a_broken_answer_is_bad_response(raw: bytes) -> None:
     with pytest.raises(BadResponse):
-        for event in SSEDecoder().feed(raw):
-            parser.feed(event)
+        feed_raw(raw).completion()
 
 
 def test_a_null_candidate_index_means_the_lone_candidate_and_a_bad_one_is_refused() -> None:
@@ -292,6 +316,6 @@ def test_a_null_candidate_index_means_the_lone_candidate_and_a_bad_one_is_refuse
     except RouterError as exc:
         assert exc.code == "bad_response"
     bad = adapter.stream_parser({"model": "gemini-2.5-flash", "messages": []}, DEP)
-    with pytest.raises(BadResponse):
-        for event in SSEDecoder().feed(b'data: {"candidates":[{"index":"x","content":{}}]}\n\n'):
-            bad.feed(event)
+    for event in SSEDecoder().feed(b'data: {"candidates":[{"index":"x","content":{}}]}\n\n'):
+        assert bad.feed(event) == []  # a malformed event: skipped
+    assert bad.skipped == 1

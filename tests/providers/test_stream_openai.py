@@ -318,16 +318,25 @@ def test_error_events_are_classified(payload: dict[str, Any], name: str | None, 
     assert parser.partial_text() == "Hel"
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"cont\n\n',
-        b"data: [1, 2]\n\n",
-        b'data: {"choices": {"0": {}}}\n\n',
-        b'data: {"choices": [{"delta": "text"}]}\n\n',
-        b'data: {"choices": [{"index": 0, "delta": {"tool_calls": ["x"]}}]}\n\n',
-    ],
-)
-def test_malformed_chunks_are_bad_response(raw: bytes) -> None:
-    with pytest.raises(BadResponse):
-        feed(raw)
+# one chunk that is not what OpenAI sends: skipped (counted), the stream goes on
+MALFORMED = [
+    b'data: {"id": "chatcmpl-1", "choices": [{"delta": {"cont\n\n',
+    b"data: [1, 2]\n\n",
+    b'data: {"choices": {"0": {}}}\n\n',
+    b'data: {"choices": [{"delta": "text"}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"tool_calls": ["x"]}}]}\n\n',
+]
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_a_malformed_chunk_is_skipped_and_the_stream_goes_on(bad: bytes) -> None:
+    cut = TEXT.index(b"data: ", 10)  # after the first chunk
+    parser, chunks = feed(TEXT[:cut] + bad + TEXT[cut:])
+    assert parser.skipped == 1 and parser.done
+    assert parser.completion().response == feed(TEXT)[0].completion().response
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in feed(TEXT)[1]]  # nothing lost
+
+
+def test_malformed_chunks_in_a_row_fail_the_stream() -> None:
+    with pytest.raises(BadResponse, match="3 malformed events in a row"):
+        feed(MALFORMED[0] * 3)

@@ -123,13 +123,13 @@ CLASSES = [
     ),
     pytest.param(
         {"kind": "status", "status": 504},
-        [("a", "timeout"), ("a", "timeout"), ("b", None)],
+        [("a", "timeout"), ("b", None)],  # a silent deployment gets no second call: move on
         None,
         id="504",
     ),
     pytest.param(
         {"kind": "hang", "hang_s": 5},
-        [("a", "timeout"), ("a", "timeout"), ("b", None)],
+        [("a", "timeout"), ("b", None)],  # a silent deployment gets no second call: move on
         None,
         id="read-timeout",
     ),

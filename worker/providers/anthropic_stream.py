@@ -16,7 +16,7 @@ from llm_router.errors import (
 )
 from worker.providers.anthropic import FINISH_REASONS, _json_tool_name, _usage, classify_error
 from worker.providers.sse import SSEEvent
-from worker.providers.stream import ChunkStream, chunk, delta, event_json, stream_error
+from worker.providers.stream import ChunkStream, MalformedEvent, chunk, delta, event_json, stream_error
 
 
 def stream_parser(request: dict[str, Any], deployment: Deployment) -> ChunkStream:
@@ -62,7 +62,7 @@ class _Events:
     def _start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         message = data.get("message")
         if not isinstance(message, dict):
-            raise BadResponse("message_start carries no message")
+            raise MalformedEvent("message_start carries no message")
         self._id = str(message.get("id") or self._id)
         self._model = str(message.get("model") or self._model)
         self._merge_usage(message.get("usage"))
@@ -71,7 +71,7 @@ class _Events:
     def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block")
         if not isinstance(block, dict):
-            raise BadResponse("content_block_start carries no content block")
+            raise MalformedEvent("content_block_start carries no content block")
         index = data.get("index", len(self._blocks))
         kind = block.get("type")
         if kind == "text":
@@ -81,7 +81,7 @@ class _Events:
             self._blocks[index] = _Block("skip")
             return []
         if not isinstance(block.get("name"), str):
-            raise BadResponse("a tool_use block in the stream has no name")
+            raise MalformedEvent("a tool_use block in the stream has no name")
         initial = block.get("input")
         partial = orjson.dumps(initial).decode() if isinstance(initial, dict) and initial else ""
         if self._json_tool and self._calls == 0 and not self._json_block and block["name"] == self._json_tool:

@@ -34,11 +34,16 @@ class Completion:
 class StreamParser(Protocol):
     """One upstream stream being read: its events in, OpenAI ``chat.completion.chunk`` dicts out.
 
-    ``feed`` raises the format's classified ``RouterError`` for an error event and ``BadResponse``
-    for malformed data. ``done`` turns true on the format's terminal event (a stream that ends
-    without it is broken); ``started`` once a content or tool-call token was produced.
-    ``completion`` (once ``done``) is the whole answer as ``parse_response`` gives it.
+    ``feed`` raises the format's classified ``RouterError`` for an error event; a malformed event
+    is skipped and counted (``skipped``, ``last_skipped`` says why), and ``BadResponse`` comes only
+    when they do not stop, or the answer itself is broken. ``done`` turns true on the format's
+    terminal event (a stream that ends without it is broken); ``started`` once a content or
+    tool-call token was produced. ``completion`` (once ``done``) is the whole answer as
+    ``parse_response`` gives it.
     """
+
+    skipped: int
+    last_skipped: str
 
     @property
     def done(self) -> bool: ...

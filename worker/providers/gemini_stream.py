@@ -8,12 +8,11 @@ from typing import Any
 
 from config.catalog import Deployment
 from llm_router.errors import (
-    BadResponse,
     ContentFiltered,
 )
 from worker.providers.gemini import _answer_parts, _finish, _tool_call, _usage, classify_error
 from worker.providers.sse import SSEEvent
-from worker.providers.stream import ChunkStream, chunk, delta, event_json, stream_error
+from worker.providers.stream import ChunkStream, MalformedEvent, chunk, delta, event_json, stream_error
 
 
 def stream_parser(request: dict[str, Any], deployment: Deployment) -> ChunkStream:
@@ -59,7 +58,7 @@ class _Responses:
         if blocked and not candidates:
             raise ContentFiltered(f"Gemini blocked the prompt (blockReason {blocked})", http_status=200)
         if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
-            raise BadResponse("a stream event has malformed candidates")
+            raise MalformedEvent("a stream event has malformed candidates")
         choices = [c for pos, cand in enumerate(candidates) if (c := self._choice(pos, cand))]
         chunks = [chunk(self._id, self._created, self._model, choices)] if choices else []
         finished = [c for c in self._candidates.values() if c.finish is not None]
@@ -78,7 +77,7 @@ class _Responses:
         if index is None:  # absent (or null) for a lone candidate
             index = position
         elif type(index) is not int or index < 0:
-            raise BadResponse(f"a stream candidate has index {index!r}")
+            raise MalformedEvent(f"a stream candidate has index {index!r}")
         state = self._candidates.setdefault(index, _Candidate())
         content = candidate.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None

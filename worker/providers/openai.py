@@ -38,7 +38,7 @@ from llm_router.errors import (
 )
 from worker.providers.base import Completion, HttpCall
 from worker.providers.sse import SSEEvent
-from worker.providers.stream import ChunkStream, event_json, stream_error, usage_counts
+from worker.providers.stream import ChunkStream, MalformedEvent, event_json, stream_error, usage_counts
 from worker.providers.wire import json_answer, retry_after, status_error
 
 # what we never forward: our reserved keys, fields no provider sees, and streaming (set per call)
@@ -283,7 +283,7 @@ class _Chunks:
         if not isinstance(choices, list) or not all(
             isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices
         ):
-            raise BadResponse("a stream chunk has malformed choices")
+            raise MalformedEvent("a stream chunk has malformed choices")
         for choice in choices:
             if choice.get("finish_reason") == "error":
                 raise stream_error(classify_error, 500, {"error": {"message": "the stream ended in error"}})

@@ -13,6 +13,11 @@ Each format module translates its upstream events into OpenAI ``chat.completion.
 
 So the record of a streamed job is exactly what its followers saw, concatenated.
 ``completion_chunks`` goes the other way (a whole answer as chunks) and ``chunk`` builds one.
+
+One malformed event (JSON that does not parse, a shape the format never sends: ``MalformedEvent``)
+is skipped and counted (``ChunkStream.skipped``), and the stream goes on: a proxy's stray line must
+not cost an answer. The stream fails only when it does not recover: ``MAX_MALFORMED_IN_A_ROW``
+malformed events in a row, or an end without the format's terminal event.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ _LEGACY_FINISH = {"tool_calls": "function_call"}
 # upstream chunk keys that are transport padding, not part of the answer (OpenAI's obfuscation)
 _NOISE = frozenset({"obfuscation"})
 _HEAD_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+# a stream that sends this many malformed events in a row is not recovering: it fails (bad_response)
+MAX_MALFORMED_IN_A_ROW = 3
+
+
+class MalformedEvent(Exception):
+    """One event that is not what its format sends: skipped by ``ChunkStream``, never raised past it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +83,13 @@ def usage_counts(usage: dict[str, Any], *, cache_writes: bool = True) -> Counts:
 
 
 def event_json(event: SSEEvent) -> dict[str, Any]:
-    """An event's data as a JSON object; ``BadResponse`` when it is not one."""
+    """An event's data as a JSON object; ``MalformedEvent`` when it is not one."""
     try:
         data = orjson.loads(event.data)
     except orjson.JSONDecodeError:
-        raise BadResponse(f"malformed JSON in a stream event ({len(event.data)} chars)") from None
+        raise MalformedEvent(f"malformed JSON in a stream event ({len(event.data)} chars)") from None
     if not isinstance(data, dict):
-        raise BadResponse("a stream event's data is not a JSON object")
+        raise MalformedEvent("a stream event's data is not a JSON object")
     return data
 
 
@@ -318,6 +329,9 @@ class ChunkStream:
         self._translator = translator
         self._legacy = "functions" in request
         self._assembler = ChunkAssembler(read_usage)
+        self.skipped = 0  # malformed events skipped so far
+        self.last_skipped = ""  # why the last one was
+        self._in_a_row = 0
 
     @property
     def done(self) -> bool:
@@ -330,7 +344,8 @@ class ChunkStream:
         return self._assembler.started
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
-        """The chunks to publish for ``event`` (already counted into the completion)."""
+        """The chunks to publish for ``event`` (already counted into the completion); none for a
+        malformed event, which is skipped (``BadResponse`` once too many come in a row)."""
         try:
             chunks = self._translator.translate(event)
             for c in chunks:
@@ -339,12 +354,23 @@ class ChunkStream:
                 if self._legacy:
                     to_legacy(c)
                 self._assembler.add(c)
+        except MalformedEvent as exc:
+            return self._skip(str(exc))
         except RouterError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             # a value of the wrong type deep in an event: the upstream's fault, not a crash of ours
-            raise BadResponse(f"a malformed stream event ({type(exc).__name__}: {exc})") from None
+            return self._skip(f"a malformed stream event ({type(exc).__name__}: {exc})")
+        self._in_a_row = 0
         return chunks
+
+    def _skip(self, why: str) -> list[dict[str, Any]]:
+        self.skipped += 1
+        self._in_a_row += 1
+        self.last_skipped = why
+        if self._in_a_row >= MAX_MALFORMED_IN_A_ROW:
+            raise BadResponse(f"the stream sent {self._in_a_row} malformed events in a row; the last: {why}")
+        return []
 
     def completion(self) -> Completion:
         """The whole answer, as ``parse_response`` gives it for the same answer; call once ``done``."""
