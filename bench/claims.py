@@ -14,13 +14,18 @@ read window, fairness and priorities. One private ``redis-server``, the simulato
 6. **priorities**: 5,000 ``low`` jobs, then 50 ``high`` ones: when the high ones start.
 
 Prints a table and writes JSON to ``bench/results/``. Part of ``make bench``; ``--quick`` for a
-smaller run.
+smaller run. ``--baseline-src DIR`` runs rows 1-5 first with the code in DIR (say a checkout from
+before the queue's rewrite: ``git worktree add /tmp/before 6fd4555``), in a process of its own whose
+workers run that code too, and prints both columns; a baseline without tenants or priorities floods
+and submits as one tenant (its FIFO is what fairness is measured against) and skips row 6.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -40,9 +45,17 @@ from rich.table import Table
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord
-from llm_router.testing.redis_server import RedisServer, free_port
-from llm_router.testing.sim_env import simulated_env
 from producer.producer import Producer, Submitted
+
+try:
+    from llm_router.testing.redis_server import RedisServer, free_port
+    from llm_router.testing.sim_env import simulated_env
+except ImportError:  # a baseline tree from before the harness moved to llm_router/testing/
+    from llm_router.redis_server import RedisServer, free_port  # type: ignore[no-redef]
+    from llm_router.sim_env import simulated_env  # type: ignore[no-redef]
+
+# a baseline from before tenant-scoped ids: one tenant, waits by id
+TENANTS = "tenant" in inspect.signature(Producer.submit_many).parameters
 
 CHAT = {
     "model": "gpt-4o-mini",
@@ -124,6 +137,29 @@ async def _live(producer: Producer, n: int, queue: str | None = None) -> None:
     raise RuntimeError(f"{n} workers did not come up")
 
 
+def _tenant(name: str) -> dict[str, str]:
+    return {"tenant": name} if TENANTS else {}
+
+
+def _handles(subs: list[Any]) -> list[Any]:
+    """What ``wait_many`` takes: the submissions (they carry the tenant), or a baseline's ids."""
+    ok = [s for s in subs if isinstance(s, Submitted)]
+    return ok if TENANTS else [s.job_id for s in ok]
+
+
+def _peak(records: list[JobRecord]) -> int:
+    """Most jobs running at once, from the records' start and end times."""
+    events = sorted(
+        [(r.started_at or 0, 1) for r in records] + [(r.finished_at or 0, -1) for r in records],
+        key=lambda e: (e[0], e[1]),
+    )
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
 def _jobs(n: int, tag: str, **extra: Any) -> list[dict[str, Any]]:
     return [{**CHAT, "messages": [{"role": "user", "content": f"{tag} {i}"}], **extra} for i in range(n)]
 
@@ -148,7 +184,7 @@ async def redis_cost(server: RedisServer, base: dict[str, str], latency_ms: int,
                 calls0, cpu0 = await _redis_stats(redis)
                 t0 = time.perf_counter()
                 subs = await producer.submit_many(_jobs(n, f"cost{latency_ms}"))
-                records = await producer.wait_many([s for s in subs if isinstance(s, Submitted)], timeout=600)
+                records = await producer.wait_many(_handles(subs), timeout=600)
                 seconds = time.perf_counter() - t0
                 calls1, cpu1 = await _redis_stats(redis)
         finally:
@@ -231,27 +267,23 @@ async def scale_out(
                 LLM_ROUTER_QUEUE_NAME=queue, LLM_ROUTER_QUEUE_READ_LIMIT="50", LLM_ROUTER_LOG_LEVEL="ERROR"
             )
             producer = await _producer(server.url, queue, env)
-            redis = Redis.from_url(server.url)
             try:
                 with workers(env, count, 25):
                     await _live(producer, count)
                     n = n_per * count
                     subs = await producer.submit_many(_jobs(n, f"scale{count}"))
-                    peak = 0
-                    waiter = asyncio.create_task(
-                        producer.wait_many([s for s in subs if isinstance(s, Submitted)], timeout=600)
-                    )
-                    while not waiter.done():
-                        peak = max(peak, int(await redis.zcard(f"{queue}:leases")))
-                        await asyncio.sleep(0.1)
-                    records = await waiter
+                    records = await producer.wait_many(_handles(subs), timeout=600)
             finally:
                 await producer.close()
-                await redis.aclose()
             first = min(r.started_at or 0 for r in records)
             last = max(r.finished_at or 0 for r in records)
             rows.append(
-                {"workers": count, "slots": count * 25, "peak_in_flight": peak, "jps": n / (last - first)}
+                {
+                    "workers": count,
+                    "slots": count * 25,
+                    "peak_in_flight": _peak(records),
+                    "jps": n / (last - first),
+                }
             )
     return rows
 
@@ -265,13 +297,13 @@ async def fairness(server: RedisServer, base: dict[str, str], flood: int, small:
         try:
             with workers(env, 2, 50):
                 await _live(producer, 2)
-                alone = await producer.submit_many(_jobs(small, "alone"), tenant="small")
-                base_records = await producer.wait_many(alone, timeout=600)
-                flooded = await producer.submit_many(_jobs(flood, "flood"), tenant="flood")
-                behind = await producer.submit_many(_jobs(small, "behind"), tenant="small")
-                small_records = await producer.wait_many(behind, timeout=600)
+                alone = await producer.submit_many(_jobs(small, "alone"), **_tenant("small"))
+                base_records = await producer.wait_many(_handles(alone), timeout=600)
+                flooded = await producer.submit_many(_jobs(flood, "flood"), **_tenant("flood"))
+                behind = await producer.submit_many(_jobs(small, "behind"), **_tenant("small"))
+                small_records = await producer.wait_many(_handles(behind), timeout=600)
                 await producer.cancel_many(
-                    [s.job_id for s in flooded if isinstance(s, Submitted)], tenant="flood"
+                    [s.job_id for s in flooded if isinstance(s, Submitted)], **_tenant("flood")
                 )
         finally:
             await producer.close()
@@ -305,13 +337,10 @@ async def priorities(server: RedisServer, base: dict[str, str], low: int, high: 
     return {"low_jobs": low, "high_jobs": high, "low_started_before_the_last_high": lows_before}
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    q = args.quick
+async def measure(quick: bool, with_priorities: bool) -> dict[str, Any]:
+    q = quick
     base = dict(os.environ)
-    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat()}
+    results: dict[str, Any] = {}
     with RedisServer() as server:
         results["cost_0ms"] = await redis_cost(server, base, 0, 1000 if q else 2000)
         results["cost_2s"] = await redis_cost(server, base, 2000, 1000 if q else 2000)
@@ -319,52 +348,107 @@ async def main() -> None:
         results["wait"] = await queue_wait(server, base, 50 if q else 200)
         results["scale"] = await scale_out(server, base, [1, 2, 4] if q else [1, 2, 4, 8], 50)
         results["fair"] = await fairness(server, base, 5000 if q else 20_000, 100)
-        results["prio"] = await priorities(server, base, 1000 if q else 5000, 50)
+        if with_priorities:
+            results["prio"] = await priorities(server, base, 1000 if q else 5000, 50)
+    return results
+
+
+def _baseline(src: Path, quick: bool) -> dict[str, Any]:
+    """Rows 1-5 with the code in ``src``: this script in a process whose path (and whose workers')
+    puts that tree first."""
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{Path(__file__).parent}"}
+    args = [sys.executable, str(Path(__file__).resolve()), "--print-json", *(["--quick"] if quick else [])]
+    out = subprocess.run(args, env=env, cwd=src, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(results: dict[str, Any]) -> Table:
+    base = results.get("baseline")
     t = Table(title="the queue under the fleet")
     t.add_column("row")
-    t.add_column("figure", justify="right")
+    if base:
+        t.add_column("baseline", justify="right")
+    t.add_column("now", justify="right")
     t.add_column("target")
-    for key in ("cost_0ms", "cost_2s"):
-        r = results[key]
-        t.add_row(
-            f"Redis CPU per job, provider at {r['latency_ms']} ms",
-            f"{r['redis_cpu_us_per_job']:.0f} µs",
+
+    def row(name: str, fmt: Any, key: Any, target: str = "") -> None:
+        cells = [fmt(key(base))] if base else []
+        t.add_row(name, *cells, fmt(key(results)), target)
+
+    for k in ("cost_0ms", "cost_2s"):
+        ms = results[k]["latency_ms"]
+        row(
+            f"Redis CPU per job, provider at {ms} ms",
+            lambda v: f"{v:.0f} µs",
+            lambda r, k=k: r[k]["redis_cpu_us_per_job"],
             "≤ 100 µs",
         )
-        t.add_row(
-            f"Redis commands per job, provider at {r['latency_ms']} ms",
-            f"{r['redis_commands_per_job']:.1f}",
-            "",
+        row(
+            f"Redis commands per job, provider at {ms} ms",
+            lambda v: f"{v:.1f}",
+            lambda r, k=k: r[k]["redis_commands_per_job"],
         )
-    i = results["idle"]
-    t.add_row("idle worker CPU (interactive + bulk)", f"{i['idle_worker_cpu_pct']:.2f} %", "≤ 0.5 %")
-    t.add_row("idle worker: Redis commands/s", f"{i['idle_redis_commands_per_s']:.1f}", "")
-    w = results["wait"]
+    row(
+        "idle worker CPU (interactive + bulk)",
+        lambda v: f"{v:.2f} %",
+        lambda r: r["idle"]["idle_worker_cpu_pct"],
+        "≤ 0.5 %",
+    )
+    row(
+        "idle worker: Redis commands/s",
+        lambda v: f"{v:.1f}",
+        lambda r: r["idle"]["idle_redis_commands_per_s"],
+    )
     for kind in ("interactive", "bulk"):
-        t.add_row(
+        row(
             f"queue wait, {kind}, p50 / p99",
-            f"{w[f'{kind}_wait_p50_ms']:.1f} / {w[f'{kind}_wait_p99_ms']:.1f} ms",
-            "",
+            lambda v: f"{v[0]:.1f} / {v[1]:.1f} ms",
+            lambda r, kind=kind: (r["wait"][f"{kind}_wait_p50_ms"], r["wait"][f"{kind}_wait_p99_ms"]),
         )
-    for r in results["scale"]:
-        t.add_row(
-            f"scale-out: {r['workers']} workers x 25 (read limit 50)",
-            f"{r['peak_in_flight']} in flight, {r['jps']:.1f} jobs/s",
+    for i, s in enumerate(results["scale"]):
+        row(
+            f"scale-out: {s['workers']} workers x 25 (read limit 50)",
+            lambda v: f"{v[0]} in flight, {v[1]:.1f} jobs/s",
+            lambda r, i=i: (r["scale"][i]["peak_in_flight"], r["scale"][i]["jps"]),
             "near-linear",
         )
     f = results["fair"]
-    t.add_row(
-        f"fairness: 100 jobs behind a {f['flood_jobs']:,} flood, wait p50 / p99",
-        f"{f['behind_flood_wait_p50_ms']:.0f} / {f['behind_flood_wait_p99_ms']:.0f} ms",
-        f"p50 ≤ 2x empty ({f['empty_wait_p50_ms']:.0f} / {f['empty_wait_p99_ms']:.0f} ms)",
+    row(
+        "fairness: 100 jobs on an empty queue, wait p50 / p99",
+        lambda v: f"{v[0]:.0f} / {v[1]:.0f} ms",
+        lambda r: (r["fair"]["empty_wait_p50_ms"], r["fair"]["empty_wait_p99_ms"]),
     )
-    p = results["prio"]
-    t.add_row(
-        f"priorities: {p['high_jobs']} high behind {p['low_jobs']:,} low",
-        f"{p['low_started_before_the_last_high']} low started first",
-        "high first (≤ the slots' worth)",
+    row(
+        f"fairness: the same 100 behind a {f['flood_jobs']:,} flood, p50 / p99",
+        lambda v: f"{v[0]:.0f} / {v[1]:.0f} ms",
+        lambda r: (r["fair"]["behind_flood_wait_p50_ms"], r["fair"]["behind_flood_wait_p99_ms"]),
+        "p50 ≤ 2x empty",
     )
-    Console().print(t)
+    if "prio" in results:
+        p = results["prio"]
+        t.add_row(
+            f"priorities: {p['high_jobs']} high behind {p['low_jobs']:,} low",
+            *(["-"] if base else []),
+            f"{p['low_started_before_the_last_high']} low started first",
+            "high first (≤ the slots' worth)",
+        )
+    return t
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline-src", type=Path, help="a source tree to measure rows 1-5 with first")
+    parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)  # a baseline's run
+    args = parser.parse_args()
+    if args.print_json:
+        print(json.dumps(await measure(args.quick, with_priorities=False)))
+        return
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat()}
+    if args.baseline_src:
+        results["baseline"] = await asyncio.to_thread(_baseline, args.baseline_src.resolve(), args.quick)
+    results.update(await measure(args.quick, with_priorities=True))
+    Console().print(_table(results))
     write_json("claims", results)
 
 
