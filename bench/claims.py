@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import os
 import subprocess
@@ -55,7 +54,7 @@ except ImportError:  # a baseline tree from before the harness moved to llm_rout
     from llm_router.sim_env import simulated_env  # type: ignore[no-redef]
 
 # a baseline from before tenant-scoped ids: one tenant, waits by id
-TENANTS = "tenant" in inspect.signature(Producer.submit_many).parameters
+TENANTS = hasattr(Producer, "scoped")
 
 CHAT = {
     "model": "gpt-4o-mini",
