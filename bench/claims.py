@@ -163,6 +163,12 @@ def _jobs(n: int, tag: str, **extra: Any) -> list[dict[str, Any]]:
     return [{**CHAT, "messages": [{"role": "user", "content": f"{tag} {i}"}], **extra} for i in range(n)]
 
 
+async def _by_command(redis: Redis) -> dict[str, tuple[int, int]]:
+    """Calls and CPU µs per command (a script's own calls count under their names too)."""
+    stats = await redis.info("commandstats")
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
+
+
 async def _redis_stats(redis: Redis) -> tuple[int, float]:
     stats = await redis.info("commandstats")
     calls = sum(int(v["calls"]) for v in stats.values() if isinstance(v, dict))
@@ -181,11 +187,13 @@ async def redis_cost(server: RedisServer, base: dict[str, str], latency_ms: int,
             with workers(env, 2, max(n // 2, 50)):
                 await _live(producer, 2)
                 calls0, cpu0 = await _redis_stats(redis)
+                by0 = await _by_command(redis)
                 t0 = time.perf_counter()
                 subs = await producer.submit_many(_jobs(n, f"cost{latency_ms}"))
                 records = await producer.wait_many(_handles(subs), timeout=600)
                 seconds = time.perf_counter() - t0
                 calls1, cpu1 = await _redis_stats(redis)
+                by1 = await _by_command(redis)
         finally:
             await producer.close()
             await redis.aclose()
@@ -196,6 +204,16 @@ async def redis_cost(server: RedisServer, base: dict[str, str], latency_ms: int,
         "redis_cpu_us_per_job": (cpu1 - cpu0) / n * 1e6,
         "redis_commands_per_job": (calls1 - calls0) / n,
         "seconds": seconds,
+        # per job: [calls, CPU µs] by command, the costliest first
+        "by_command": dict(
+            sorted(
+                (
+                    (name, [(c - by0.get(name, (0, 0))[0]) / n, (u - by0.get(name, (0, 0))[1]) / n])
+                    for name, (c, u) in by1.items()
+                ),
+                key=lambda kv: -kv[1][1],
+            )[:12]
+        ),
     }
 
 
@@ -207,20 +225,32 @@ async def idle(server: RedisServer, base: dict[str, str], seconds: float) -> dic
         producer = await _producer(server.url, queue, env)
         redis = Redis.from_url(server.url)
         try:
-            with workers(env, 1, 200, queues="interactive,bulk") as procs:
-                await _live(producer, 1)
-                await asyncio.sleep(2.0)  # start-up done
-                calls0, _ = await _redis_stats(redis)
-                cpu0 = _cpu_s(procs[0].pid)
-                await asyncio.sleep(seconds)
-                cpu1 = _cpu_s(procs[0].pid)
-                calls1, _ = await _redis_stats(redis)
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "llm_router.cli", "serve", "--port", str(port), "--no-auth"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                with workers(env, 1, 200, queues="interactive,bulk") as procs:
+                    await _live(producer, 1)
+                    await asyncio.sleep(2.0)  # start-up done
+                    calls0, _ = await _redis_stats(redis)
+                    cpu0, server0 = _cpu_s(procs[0].pid), _cpu_s(server.pid)
+                    await asyncio.sleep(seconds)
+                    cpu1, server1 = _cpu_s(procs[0].pid), _cpu_s(server.pid)
+                    calls1, _ = await _redis_stats(redis)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
         finally:
             await producer.close()
             await redis.aclose()
     return {
         "idle_seconds": seconds,
         "idle_worker_cpu_pct": (cpu1 - cpu0) / seconds * 100,
+        "idle_server_cpu_pct": (server1 - server0) / seconds * 100,
         "idle_redis_commands_per_s": (calls1 - calls0) / seconds,
     }
 
