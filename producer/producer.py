@@ -33,10 +33,11 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from llm_router.keys import DEFAULT_TENANT, scoped_id, workers_key
-from llm_router.redis_client import redis_client
+from llm_router.redis_client import blocking_read_ms, redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
 from llm_router.tenants import TenantPolicies
 from llm_router.tracing import job_trace_fields
+from producer import liveness
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -166,7 +167,7 @@ class Producer:
 
     async def submit_many(
         self,
-        jobs: Iterable[dict[str, Any] | bytes | str],
+        jobs: Iterable[dict[str, Any] | bytes | str | NewJob],
         *,
         interactive: bool = False,
         allow_files: bool = False,
@@ -188,7 +189,8 @@ class Producer:
         worst-case cost from its tenant's credit, if the tenant has credits, or is refused with
         ``insufficient_credits``. ``ids`` are the ids of jobs that name none (random by default).
         ``on_settled(results, n)`` is called as chunks are accepted: ``results[:n]`` are final then,
-        so a caller can hand out ids before the whole submit is over (or cut off).
+        so a caller can hand out ids before the whole submit is over (or cut off). A ``NewJob`` is a
+        job validated already (``self.validator.prepare``, off the event loop for a large body).
         """
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
         results: list[Submitted | RouterError] = []
@@ -199,8 +201,12 @@ class Producer:
         traceparent = trace[1] if trace else None
         for job in jobs:
             try:
-                prepared = self.validator.prepare(
-                    job, now=time.time(), interactive=interactive, new_id=next(new_ids)
+                prepared = (
+                    job
+                    if isinstance(job, NewJob)
+                    else self.validator.prepare(
+                        job, now=time.time(), interactive=interactive, new_id=next(new_ids)
+                    )
                 )
             except RouterError as exc:
                 results.append(exc)
@@ -545,7 +551,9 @@ class Producer:
         ended = False
         while True:
             try:
-                entries = await self.store.read_stream(scoped, after, block_ms=0 if ended else block_ms)
+                entries = await self.store.read_stream(
+                    scoped, after, block_ms=0 if ended else blocking_read_ms(self.settings, block_ms)
+                )
             except RedisError as exc:
                 log.warning("redis unavailable while streaming, retrying", error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -574,7 +582,8 @@ class Producer:
             raise JobFailed(record)
 
     async def _interactive_workers(self) -> int:
-        return await self.live_workers(self.settings.interactive_queue_name)
+        # heartbeats missed during a Redis outage are not a dead fleet (see producer.liveness)
+        return await liveness.live_workers(self.redis, self.settings, self.settings.interactive_queue_name)
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], **params: Any

@@ -7,6 +7,11 @@ notification can slip past it, and reads the record once after submitting, which
 already existed (an idempotent resubmission) and ended before. Pub/sub is at-most-once: a message
 lost while Redis restarts would leave a waiter hanging, so every resubscription wakes every waiter,
 and each waiter re-reads its record every ``recheck_s`` anyway (a safety net, not the mechanism).
+
+Redis that stops answering never hangs a waiter: the listener reads with a timeout of its own (a
+quiet channel is not an outage; redis-py would apply the client's read timeout to a blocking
+``listen``), and a waiter (or a stream follower) given the server's ``RedisWatch`` gives up with 503
+``redis_unavailable`` as soon as the watch says Redis is down; a Redis call that fails does the same.
 """
 
 from __future__ import annotations
@@ -22,21 +27,35 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
-from llm_router.errors import JobNotFound, WaitTimeout
+from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_CHANNEL, split_scoped
 from llm_router.store import Store
+from producer.http.redis_watch import RedisWatch
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
+LISTEN_POLL_S = 1.0  # the listener's read timeout: under any client read timeout, a quiet channel is fine
+
+
+def unavailable(exc: Exception, watch: RedisWatch | None = None) -> RedisUnavailable:
+    """A Redis failure as the error a caller gets (the detail goes to the log, not to the tenant:
+    it names internal hosts)."""
+    log.warning("redis call failed", error=repr(exc))
+    if watch is not None and watch.down.is_set():
+        return watch.error()
+    return RedisUnavailable("the job store (Redis) is unavailable; retry shortly")
 
 
 class EndedWaiter:
     """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``."""
 
-    def __init__(self, redis: Redis, store: Store, *, recheck_s: float = 2.0) -> None:
+    def __init__(
+        self, redis: Redis, store: Store, *, recheck_s: float = 2.0, watch: RedisWatch | None = None
+    ) -> None:
         self.redis = redis
         self.store = store
         self.recheck_s = recheck_s
+        self.redis_watch = watch
         self._events: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -75,7 +94,10 @@ class EndedWaiter:
         deadline = time.monotonic() + timeout
         while True:
             event.clear()  # before the read: a notification arriving after it sets the event again
-            record = await self.store.get(job_id)
+            try:
+                record = await self.store.get(job_id)
+            except RedisError as exc:
+                raise unavailable(exc, self.redis_watch) from None
             if record is None:
                 raise JobNotFound(f"no job '{split_scoped(job_id)[1]}' (unknown or expired)", param="job_id")
             if record.status in TERMINAL:
@@ -83,8 +105,23 @@ class EndedWaiter:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(f"job '{record.id}' did not end within {timeout:.0f} s", param="job_id")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(self.recheck_s, left))
+            await self._sleep(event, min(self.recheck_s, left))
+
+    async def _sleep(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event``, ``timeout`` seconds, or Redis is down (then ``RedisUnavailable``)."""
+        watch = self.redis_watch
+        if watch is not None and watch.down.is_set():
+            raise watch.error()
+        waits = {asyncio.ensure_future(event.wait())}
+        if watch is not None:
+            waits.add(asyncio.ensure_future(watch.down.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if watch is not None and watch.down.is_set():
+            raise watch.error()
 
     def _wake(self, job_id: str) -> None:
         for event in self._events.get(job_id, ()):
@@ -104,8 +141,11 @@ class EndedWaiter:
                 self.subscribed.set()
                 delay = 0.05
                 self._wake_all()  # whatever ended while we were not subscribed
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # a read with its own timeout: None when the channel is quiet, an error only
+                    # when the connection breaks (a stopped Redis keeps it open: the watch says so)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "message":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
@@ -128,32 +168,47 @@ async def follow_stream(
     tenant: str,
     recheck_s: float = 1.0,
     timeout_s: float | None = None,
+    watch: RedisWatch | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """``Producer.stream`` with a safety net: when no chunk came for ``recheck_s`` and the record has
     ended, the stream is over (a job's chunks are all written before its record ends), whatever the
-    follower is still blocked on. Raises ``JobFailed`` like ``Producer.stream``.
+    follower is still blocked on. Raises ``JobFailed`` like ``Producer.stream``, and
+    ``RedisUnavailable`` when a Redis call fails or ``watch`` says Redis is down.
 
     Why: ``Producer.stream`` can block without end on a job that ended without writing a stream
-    (failed before its first token, cancelled while queued); a relay must never hang its client.
+    (failed before its first token, cancelled while queued), and rides out Redis outages; a relay
+    must never hang its client.
     """
     chunks = producer.stream(job_id, tenant=tenant)
     step: asyncio.Future[dict[str, Any]] | None = None
+    down = asyncio.ensure_future(watch.down.wait()) if watch is not None else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
             while True:
-                done, _ = await asyncio.wait({step}, timeout=recheck_s)
-                if done:
+                done, _ = await asyncio.wait(
+                    {step} if down is None else {step, down},
+                    timeout=recheck_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if step in done:
                     break
+                if watch is not None and watch.down.is_set():
+                    raise watch.error()
                 if deadline is not None and time.monotonic() > deadline:
                     # no worker took the job in time (they died after the liveness check, say)
                     raise WaitTimeout(f"job '{job_id}' did not finish within {timeout_s} s", param="timeout")
-                if (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0] in TERMINAL_VALUES:
+                try:
+                    status = (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0]
+                    ended = status in TERMINAL_VALUES
+                    record = await producer.get(job_id, tenant=tenant) if ended else None
+                except RedisError as exc:
+                    raise unavailable(exc, watch) from None
+                if record is not None:
                     step.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await step
-                    record = await producer.get(job_id, tenant=tenant)
                     if record.status != JobStatus.SUCCEEDED:
                         raise JobFailed(record)
                     return
@@ -161,10 +216,15 @@ async def follow_stream(
                 chunk = step.result()
             except StopAsyncIteration:
                 return
+            except RedisError as exc:
+                raise unavailable(exc, watch) from None
             yield chunk
     finally:
+        if down is not None:
+            down.cancel()
         if step is not None and not step.done():  # an error or a cancel while a read was pending
             step.cancel()
             with contextlib.suppress(BaseException):
                 await step
-        await chunks.aclose()
+        with contextlib.suppress(RedisError):
+            await chunks.aclose()
