@@ -17,7 +17,8 @@ Mid-stream kinds (``STREAM_KINDS``) spoil a streamed answer after its first ``af
 event, ``stall`` sends nothing for ``stall_s`` seconds and then goes on (or, with ``stall_then:
 close``, closes), ``stream_error`` sends an error event in the format's own shape (picked by
 ``status`` and ``error_code`` like a ``status`` fault's body) and ends the stream. They only match
-streamed requests: a plain request passes them by without using up their ``count``.
+streamed requests: a plain request passes them by without using up their ``count``. ``echo_key``
+makes a ``status`` or ``stream_error`` fault's message quote the request's API key.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class FaultRule(BaseModel):
     """kind=stall: how long the stream goes quiet."""
     stall_then: Literal["continue", "close"] = "continue"
     """kind=stall: what happens after the stall: the rest of the stream, or a closed connection."""
+    echo_key: bool = False
+    """kind=status/stream_error: the error's message quotes the API key the request sent, as
+    vendors do ("Incorrect API key provided: sk-…"), so tests can prove it never comes to rest."""
 
 
 @dataclass(frozen=True, slots=True)
