@@ -20,7 +20,10 @@ caller asks otherwise, so a Redis that stops answering without closing its conne
 partition, a primary stuck in a long command) fails a call in bounded time instead of hanging it.
 redis-py applies the read timeout to every reply, blocking reads included: a pub/sub listener must
 read with ``get_message(timeout=…)`` (its own timeout wins and a quiet channel is not an error) and
-an ``XREAD BLOCK`` must block for less than the timeout (``blocking_read_ms``).
+an ``XREAD BLOCK`` must block for less than the timeout (``blocking_read_ms``). A pool makes its
+new connections outside its lock (redis-py 5 holds the lock through a connection's handshake, which
+waits the whole timeout on a stopped Redis: a hundred callers then fail one timeout after another
+instead of all at once).
 
 Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
 in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
@@ -35,7 +38,8 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import redis as sync_redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.sentinel import Sentinel as SyncSentinel
 from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
@@ -138,7 +142,7 @@ def redis_client(
     if target.url is not None:
         if target.password:  # the URL's own password wins
             options["password"] = target.password
-        return redis_class.from_url(target.url, **options)
+        return redis_class.from_pool(_Pool.from_url(target.url, **options))  # type: ignore[return-value]
     sentinel = Sentinel(
         target.sentinels,
         sentinel_kwargs=_sentinel_options(target, options["socket_connect_timeout"]),
@@ -177,7 +181,30 @@ def _timeout(given: float | None, settings: Settings) -> float | None:
     return settings.redis_timeout_s if given is FROM_SETTINGS else given
 
 
-class _SentinelPool(SentinelConnectionPool):
+class _ConnectOutsideTheLock:
+    """``get_connection`` as redis-py's ``BlockingConnectionPool`` does it: the pool's lock guards
+    taking a connection, not connecting it (see the module docstring)."""
+
+    _lock: Any
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        async with self._lock:
+            connection = self.get_available_connection()  # type: ignore[attr-defined]
+        try:
+            await self.ensure_connection(connection)  # type: ignore[attr-defined]
+        except BaseException:
+            await self.release(connection)  # type: ignore[attr-defined]
+            raise
+        return connection  # type: ignore[no-any-return]
+
+
+class _Pool(_ConnectOutsideTheLock, ConnectionPool):
+    pass
+
+
+class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
     """Closing the client closes its connections to the sentinels too."""
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
