@@ -30,7 +30,7 @@ from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_CHANNEL, split_scoped
 from llm_router.store import Store
-from producer.http.redis_watch import RedisWatch
+from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
@@ -95,7 +95,7 @@ class EndedWaiter:
         while True:
             event.clear()  # before the read: a notification arriving after it sets the event again
             try:
-                record = await self.store.get(job_id)
+                record = await guarded(self.redis_watch, self.store.get(job_id))
             except RedisError as exc:
                 raise unavailable(exc, self.redis_watch) from None
             if record is None:
@@ -110,17 +110,19 @@ class EndedWaiter:
     async def _sleep(self, event: asyncio.Event, timeout: float) -> None:
         """Until ``event``, ``timeout`` seconds, or Redis is down (then ``RedisUnavailable``)."""
         watch = self.redis_watch
-        if watch is not None and watch.down.is_set():
-            raise watch.error()
-        waits = {asyncio.ensure_future(event.wait())}
-        if watch is not None:
-            waits.add(asyncio.ensure_future(watch.down.wait()))
+        ended = asyncio.ensure_future(event.wait())
+        down = watch.goes_down() if watch is not None else None
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {ended} if down is None else {ended, down},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            for waiting in waits:
-                waiting.cancel()
-        if watch is not None and watch.down.is_set():
+            ended.cancel()
+            if down is not None:
+                down.cancel()
+        if watch is not None and down is not None and down.done() and not down.cancelled():
             raise watch.error()
 
     def _wake(self, job_id: str) -> None:
@@ -161,6 +163,12 @@ class EndedWaiter:
             delay = min(delay * 2, 2.0)
 
 
+async def _ended_record(producer: Producer, job_id: str, tenant: str) -> JobRecord | None:
+    """The job's record if it has ended (one status read when it has not)."""
+    status = (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0]
+    return await producer.get(job_id, tenant=tenant) if status in TERMINAL_VALUES else None
+
+
 async def follow_stream(
     producer: Producer,
     job_id: str,
@@ -181,28 +189,30 @@ async def follow_stream(
     """
     chunks = producer.stream(job_id, tenant=tenant)
     step: asyncio.Future[dict[str, Any]] | None = None
-    down = asyncio.ensure_future(watch.down.wait()) if watch is not None else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
             while True:
-                done, _ = await asyncio.wait(
-                    {step} if down is None else {step, down},
-                    timeout=recheck_s,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                down = watch.goes_down() if watch is not None else None
+                try:
+                    done, _ = await asyncio.wait(
+                        {step} if down is None else {step, down},
+                        timeout=recheck_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    if down is not None:
+                        down.cancel()
                 if step in done:
                     break
-                if watch is not None and watch.down.is_set():
+                if watch is not None and down is not None and down in done:
                     raise watch.error()
                 if deadline is not None and time.monotonic() > deadline:
                     # no worker took the job in time (they died after the liveness check, say)
                     raise WaitTimeout(f"job '{job_id}' did not finish within {timeout_s} s", param="timeout")
                 try:
-                    status = (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0]
-                    ended = status in TERMINAL_VALUES
-                    record = await producer.get(job_id, tenant=tenant) if ended else None
+                    record = await guarded(watch, _ended_record(producer, job_id, tenant))
                 except RedisError as exc:
                     raise unavailable(exc, watch) from None
                 if record is not None:
@@ -220,8 +230,6 @@ async def follow_stream(
                 raise unavailable(exc, watch) from None
             yield chunk
     finally:
-        if down is not None:
-            down.cancel()
         if step is not None and not step.done():  # an error or a cancel while a read was pending
             step.cancel()
             with contextlib.suppress(BaseException):

@@ -28,10 +28,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis as sync_redis
 from redis.asyncio import Redis
 
 from llm_router.credits import Ledger
-from llm_router.keys import credits_key
+from llm_router.keys import credits_key, workers_key
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.server_proc import ServerProcess
 from llm_router.testing.worker_procs import WorkerProcess
@@ -99,6 +100,12 @@ def stack(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     worker = WorkerProcess(env, logs / "worker.log")
     try:
         server.wait_ready()
+        probe = sync_redis.Redis.from_url(redis.url)
+        deadline = time.monotonic() + 30
+        while not probe.zcard(workers_key(env["LLM_ROUTER_QUEUE_NAME"] + ":interactive")):
+            assert worker.alive() and time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.05)
+        probe.close()
         yield Stack(redis, server, worker, key, tenant)
     finally:
         server.stop()
