@@ -50,7 +50,7 @@ from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
 from producer.http import batches, dashboard, gemini_api, jobs_api, limits, observability, openai_api, openapi
 from producer.http.auth import ApiKeys
-from producer.http.ended import EndedWaiter, unavailable
+from producer.http.ended import EndedWaiter, is_outage, unavailable
 from producer.http.errors import error_response, with_job_id
 from producer.http.protocol import run as serve
 from producer.http.redis_watch import RedisWatch
@@ -93,7 +93,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ConnectionResetError, asyncio.CancelledError):
         raise  # the client went away mid-answer: nothing to answer, nothing to log
     except RedisError as exc:  # raised outside the Redis middleware (observability, say)
-        response = error_response(unavailable(exc, request.app.get("redis_watch")))
+        if not is_outage(exc):
+            log.exception("unhandled error", method=request.method, path=request.path)
+            response = error_response(RouterError("internal server error"))
+        else:
+            response = error_response(unavailable(exc, request.app.get("redis_watch")))
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         response = error_response(RouterError("internal server error"))
@@ -102,11 +106,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def redis_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A Redis call that failed or timed out is 503 ``redis_unavailable`` (with ``Retry-After``),
-    raised as our error so each front's error middleware answers it in its shape."""
+    """Redis away, silent past ``LLM_ROUTER_REDIS_TIMEOUT_S`` or refusing writes is 503
+    ``redis_unavailable`` (with ``Retry-After``), raised as our error so each front's error
+    middleware answers it in its shape (any other Redis error is a bug: 500, logged)."""
     try:
         return await handler(request)
     except RedisError as exc:
+        if not is_outage(exc):
+            raise
         raise unavailable(exc, request.app.get("redis_watch")) from None
 
 

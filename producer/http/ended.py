@@ -24,17 +24,25 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_CHANNEL, split_scoped
+from llm_router.redis_checks import write_refusal
 from llm_router.store import Store
 from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
 LISTEN_POLL_S = 1.0  # the listener's read timeout: under any client read timeout, a quiet channel is fine
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis away, silent or refusing writes for now (not a bug of ours, such as a script error)."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError) or write_refusal(exc) is not None
 
 
 def unavailable(exc: Exception, watch: RedisWatch | None = None) -> RedisUnavailable:

@@ -106,9 +106,11 @@ async def start_interactive(request: web.Request, job: dict[str, Any]) -> AsyncI
         watcher = asyncio.create_task(_cancel_when_gone(request, producer, started))
         try:
             yield started
-        except (ConnectionResetError, asyncio.CancelledError):  # the client left while we wrote
+        except ConnectionResetError:  # the client left while we wrote to it
             await asyncio.shield(_cancel(producer, started))
             raise
+        # a cancelled handler is the server stopping, not the client leaving: the job goes on, and
+        # the client's retry (same Idempotency-Key) finds it on another server
         finally:
             watcher.cancel()
 

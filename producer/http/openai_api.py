@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -18,7 +19,7 @@ from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import InvalidRequest, ModelNotFound, RouterError
-from producer.http.ended import unavailable
+from producer.http.ended import is_outage, unavailable
 from producer.http.errors import (
     JOB_ID_HEADER,
     SSE_DONE,
@@ -38,6 +39,7 @@ from producer.producer import JobFailed, Producer
 __all__ = ["JOB_ID_HEADER", "Started", "follow", "start_interactive", "wait_answer"]
 
 routes = web.RouteTableDef()
+log = structlog.get_logger("producer.http")
 
 
 def completion_with_usage(record: JobRecord) -> dict[str, Any]:
@@ -108,7 +110,10 @@ def stream_error(exc: RouterError | RedisError) -> RouterError:
         return record_error(exc.record.error)
     if isinstance(exc, RouterError):
         return exc
-    return unavailable(exc)
+    if is_outage(exc):
+        return unavailable(exc)
+    log.error("relay failed", error=repr(exc))
+    return RouterError("internal server error")
 
 
 def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:
