@@ -28,6 +28,7 @@ chaos: $(STAMP) redis
 	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FAILOVER_JOBS=2000 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FAILOVER_JOBS=2000 LLM_ROUTER_FAILOVER_LEASE_S=1 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
+	LLM_ROUTER_CHAOS_CLIENTS=2000 LLM_ROUTER_CHAOS_FREEZE_S=20 LLM_ROUTER_CHAOS_REDIS_TIMEOUT_S=5 $(BIN)/python -m pytest -q -s tests/chaos/test_chaos_clients.py
 	LLM_ROUTER_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/core/test_fuzz_contract.py
 	LLM_ROUTER_FUZZ_HTTP_EXAMPLES=100 $(BIN)/python -m pytest -q tests/http/test_openapi_fuzz.py
 	LLM_ROUTER_FAILOVER_SCALE=1 $(BIN)/python -m pytest -q -s tests/failover

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # when they require one (Sentinel's requirepass is separate from the data nodes')
     redis_password: SecretStr | None = None
     redis_sentinel_password: SecretStr | None = None
+    # every client's connect and reply timeout: a Redis that stops answering (stopped, partitioned,
+    # a blocked primary) fails a call within this rather than hanging it; the HTTP API then answers
+    # 503 redis_unavailable with Retry-After, the CLI exits 1 saying so
+    redis_timeout_s: float = Field(default=5.0, gt=0)
     # an evicting Redis (maxmemory-policy other than noeviction) silently drops queued jobs, answers
     # and credit records: processes refuse to start on one unless this is set
     accept_eviction: bool = False
@@ -129,6 +133,21 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None  # YAML {key: tenant} read at start, besides keys in Redis
     files_max_bytes: int = 100 * 1024 * 1024  # one uploaded batch file
     files_dir: Path | None = None  # keep uploaded files here instead of in Redis
+    # slow and heavy clients: a JSON body must arrive whole within server_body_timeout_s, an upload
+    # may go quiet that long and must end within files_upload_timeout_s (408 request_timeout);
+    # a body over server_large_body_bytes is parsed and validated on one of server_parse_threads
+    # threads, off the event loop, a tenant's such bodies one at a time (its max_large_requests)
+    server_body_timeout_s: float = Field(default=30.0, gt=0)
+    files_upload_timeout_s: float = Field(default=600.0, gt=0)
+    server_large_body_bytes: int = 1024 * 1024
+    server_parse_threads: int = Field(default=2, ge=1)
+    # per-tenant defaults (llm-router tenants set TENANT max_http_requests=… overrides them): HTTP
+    # requests in progress at once on one server process (429 too_many_requests past it), large
+    # bodies in parsing at once, and a tenant's files (count and bytes: 403 quota_exceeded past it)
+    tenant_max_http_requests: int = 256
+    tenant_max_large_requests: int = 1
+    tenant_max_files: int = 1000
+    tenant_max_file_bytes: int = 1024 * 1024 * 1024
 
     # money: credits are reserved at submit, settled at finish (tenants without credits are not metered)
     usage_ttl_days: int = 400

@@ -14,7 +14,10 @@ downstream parses messages: it reads these attributes, which come from one table
     │   ├── IdempotencyConflict         idempotency_conflict (409)
     │   ├── PayloadTooLarge             payload_too_large (413)
     │   ├── InsufficientCredits         insufficient_credits (402)
-    │   └── TooManyQueued               too_many_queued (429)
+    │   ├── TooManyQueued               too_many_queued (429)
+    │   ├── TooManyRequests             too_many_requests (429: HTTP requests in progress)
+    │   ├── QuotaExceeded               quota_exceeded (403: a tenant's files, count or bytes)
+    │   └── RequestTimeout              request_timeout (408: the body arrived too slowly)
     ├── AccessError                 the HTTP API's own refusals
     │   ├── InvalidApiKey               invalid_api_key (401)
     │   └── ResourceNotFound            not_found (404: an unknown id, or another tenant's)
@@ -27,6 +30,7 @@ downstream parses messages: it reads these attributes, which come from one table
     │   ├── NoWorkers                   no_workers (503)
     │   └── WorkerLost                  worker_lost (500)
     ├── RedisUnusable               redis_unusable (503): a process cannot work with its Redis
+    ├── RedisUnavailable            redis_unavailable (503): Redis did not answer in time; retry
     └── UpstreamFailure             a provider's fault; a failed job reports status 502
         ├── RateLimited                 rate_limited
         ├── Overloaded                  overloaded
@@ -76,6 +80,9 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "payload_too_large": ErrorSpec(413, "invalid_request_error"),
     "insufficient_credits": ErrorSpec(402, "insufficient_credits_error"),
     "too_many_queued": ErrorSpec(429, "rate_limit_error"),
+    "too_many_requests": ErrorSpec(429, "rate_limit_error"),
+    "quota_exceeded": ErrorSpec(403, "invalid_request_error"),
+    "request_timeout": ErrorSpec(408, "invalid_request_error"),
     "invalid_api_key": ErrorSpec(401, "authentication_error"),
     "not_found": ErrorSpec(404, "not_found_error"),
     "method_not_allowed": ErrorSpec(405, "invalid_request_error"),
@@ -88,6 +95,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "worker_lost": ErrorSpec(500, "server_error"),
     "internal_error": ErrorSpec(500, "server_error"),
     "redis_unusable": ErrorSpec(503, "server_error"),
+    "redis_unavailable": ErrorSpec(503, "server_error"),
     # the provider refused the caller's request: the caller's fault (400, the type OpenAI's SDKs map
     # to BadRequestError, like our own invalid_request), final: no retry, no breaker, no fallback
     "upstream_invalid_request": ErrorSpec(400, "invalid_request_error"),
@@ -228,6 +236,24 @@ class TooManyQueued(RequestError):
     code = "too_many_queued"
 
 
+class TooManyRequests(RequestError):
+    """The tenant has its limit of HTTP requests in progress on this server; ``retry_after`` says when."""
+
+    code = "too_many_requests"
+
+
+class QuotaExceeded(RequestError):
+    """A tenant's stored files would pass its count or bytes limit."""
+
+    code = "quota_exceeded"
+
+
+class RequestTimeout(RequestError):
+    """The request's body did not arrive within the server's time for it (a slow or stalled client)."""
+
+    code = "request_timeout"
+
+
 class AccessError(RouterError):
     """The HTTP API's own refusals: who is calling, and what they may see."""
 
@@ -281,6 +307,16 @@ class RedisUnusable(RouterError):
     to evict keys; the process stops with this reason rather than run on it."""
 
     code = "redis_unusable"
+
+
+class RedisUnavailable(RouterError):
+    """Redis did not answer within ``LLM_ROUTER_REDIS_TIMEOUT_S`` (or refused the connection): the
+    call failed, not the job; ``retry_after`` says when to try again (an accepted job goes on)."""
+
+    code = "redis_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
 
 
 class UpstreamFailure(RouterError):

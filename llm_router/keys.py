@@ -21,8 +21,9 @@ All amounts are integer nano-USD. What lives where:
   ``apikeys:admin`` set: the hashes of admin keys (the dashboard).
 * ``metered`` set: tenants that have a credit hash (what the credits-reserved gauge sums over);
   ``recent`` list: the latest ended jobs' summaries, newest first (the dashboard), capped.
-* ``file:<id>``, ``files:<tenant>``, ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``,
-  ``batches:tenant:<tenant>``: the Batch API's files and batches.
+* ``file:<id>`` (and ``:content``, its bytes when files live in Redis), ``files:<tenant>``,
+  ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``, ``batches:tenant:<tenant>``: the Batch
+  API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
@@ -144,6 +145,11 @@ def probes_key(deployment: str) -> str:
 
 def file_key(file_id: str) -> str:
     return FILE_PREFIX + file_id
+
+
+def file_content_key(file_id: str) -> str:
+    """A file's bytes (a string, read by ranges) when files live in Redis."""
+    return FILE_PREFIX + file_id + ":content"
 
 
 def tenant_files_key(tenant: str) -> str:

@@ -79,6 +79,9 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         if chosen == "console"
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    # a JSON line carries the traceback as text under "exception" (the console renderer prints
+    # exc_info itself): without this, `log.exception` wrote `"exc_info": true` and nothing else
+    tracebacks: list[Any] = [] if chosen == "console" else [structlog.processors.format_exc_info]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
@@ -86,6 +89,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
             add_job_context,
             structlog.processors.add_log_level,
             timestamper,
+            *tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -95,7 +99,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer],
             foreign_pre_chain=[
                 structlog.stdlib.add_logger_name,
                 add_job_context,

@@ -15,6 +15,16 @@ Two ways to name Redis:
   a connection to a primary that was demoted turns ``READONLY`` into a connection error and is
   dropped, so after a failover every client finds the new primary by itself.
 
+Timeouts: every client connects and reads within ``LLM_ROUTER_REDIS_TIMEOUT_S`` (5 s) unless its
+caller asks otherwise, so a Redis that stops answering without closing its connections (SIGSTOP, a
+partition, a primary stuck in a long command) fails a call in bounded time instead of hanging it.
+redis-py applies the read timeout to every reply, blocking reads included: a pub/sub listener must
+read with ``get_message(timeout=…)`` (its own timeout wins and a quiet channel is not an error) and
+an ``XREAD BLOCK`` must block for less than the timeout (``blocking_read_ms``). A pool makes its
+new connections outside its lock (redis-py 5 holds the lock through a connection's handshake, which
+waits the whole timeout on a stopped Redis: a hundred callers then fail one timeout after another
+instead of all at once).
+
 Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
 in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
 for the sentinels themselves when they require one (Sentinel's ``requirepass`` is its own; Bitnami's
@@ -28,7 +38,8 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import redis as sync_redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.sentinel import Sentinel as SyncSentinel
 from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
@@ -41,6 +52,8 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 SENTINEL_TIMEOUT_S = 2.0
 
 R = TypeVar("R", bound=Redis)
+# "the setting's timeout": callers that pass nothing get LLM_ROUTER_REDIS_TIMEOUT_S
+FROM_SETTINGS: Any = object()
 
 
 @dataclass(frozen=True)
@@ -102,31 +115,37 @@ def redis_url(settings: Settings) -> str:
     return target.url
 
 
+def blocking_read_ms(settings: Settings, wanted_ms: int) -> int:
+    """How long an ``XREAD BLOCK`` may block on a client of ours: under the read timeout, which
+    redis-py applies to the blocked read too (a longer block would fail as a timeout)."""
+    return max(1, min(wanted_ms, int(settings.redis_timeout_s * 1000 / 2)))
+
+
 def redis_client(
     settings: Settings,
     *,
-    socket_timeout: float | None = None,
-    socket_connect_timeout: float | None = 5.0,
+    socket_timeout: float | None = FROM_SETTINGS,
+    socket_connect_timeout: float | None = FROM_SETTINGS,
     health_check_interval: float = 30,
     redis_class: type[R] = Redis,  # type: ignore[assignment]
 ) -> R:
     """An async client with a connection pool; commands reconnect on their own after a dropped
     connection (to the current primary, with Sentinel). ``redis_class``: a subclass such as arq's
-    ``ArqRedis``. ``socket_timeout`` bounds each reply; keep it ``None`` (or above the longest
-    ``BLOCK``) on a client that reads streams."""
+    ``ArqRedis``. ``socket_timeout`` bounds each reply and ``socket_connect_timeout`` each connection
+    (both ``LLM_ROUTER_REDIS_TIMEOUT_S`` unless given; see the module docstring for blocking reads)."""
     target = redis_target(settings)
     options: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_connect_timeout,
+        "socket_timeout": _timeout(socket_timeout, settings),
+        "socket_connect_timeout": _timeout(socket_connect_timeout, settings),
         "health_check_interval": health_check_interval,
     }
     if target.url is not None:
         if target.password:  # the URL's own password wins
             options["password"] = target.password
-        return redis_class.from_url(target.url, **options)
+        return redis_class.from_pool(_Pool.from_url(target.url, **options))  # type: ignore[return-value]
     sentinel = Sentinel(
         target.sentinels,
-        sentinel_kwargs=_sentinel_options(target, socket_connect_timeout),
+        sentinel_kwargs=_sentinel_options(target, options["socket_connect_timeout"]),
         **_node_options(target),
         **options,
     )
@@ -136,14 +155,14 @@ def redis_client(
 def sync_redis_client(
     settings: Settings,
     *,
-    socket_timeout: float | None = None,
-    socket_connect_timeout: float | None = 5.0,
+    socket_timeout: float | None = FROM_SETTINGS,
+    socket_connect_timeout: float | None = FROM_SETTINGS,
 ) -> sync_redis.Redis:
     """A blocking client (for a thread of its own, such as the lease keeper), built as ``redis_client``."""
     target = redis_target(settings)
     options: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_connect_timeout,
+        "socket_timeout": _timeout(socket_timeout, settings),
+        "socket_connect_timeout": _timeout(socket_connect_timeout, settings),
     }
     if target.url is not None:
         if target.password:
@@ -151,14 +170,41 @@ def sync_redis_client(
         return sync_redis.Redis.from_url(target.url, **options)
     sentinel = SyncSentinel(
         target.sentinels,
-        sentinel_kwargs=_sentinel_options(target, socket_connect_timeout),
+        sentinel_kwargs=_sentinel_options(target, options["socket_connect_timeout"]),
         **_node_options(target),
         **options,
     )
     return sentinel.master_for(target.master, connection_pool_class=_SyncSentinelPool)
 
 
-class _SentinelPool(SentinelConnectionPool):
+def _timeout(given: float | None, settings: Settings) -> float | None:
+    return settings.redis_timeout_s if given is FROM_SETTINGS else given
+
+
+class _ConnectOutsideTheLock:
+    """``get_connection`` as redis-py's ``BlockingConnectionPool`` does it: the pool's lock guards
+    taking a connection, not connecting it (see the module docstring)."""
+
+    _lock: Any
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        async with self._lock:
+            connection = self.get_available_connection()  # type: ignore[attr-defined]
+        try:
+            await self.ensure_connection(connection)  # type: ignore[attr-defined]
+        except BaseException:
+            await self.release(connection)  # type: ignore[attr-defined]
+            raise
+        return connection  # type: ignore[no-any-return]
+
+
+class _Pool(_ConnectOutsideTheLock, ConnectionPool):
+    pass
+
+
+class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
     """Closing the client closes its connections to the sentinels too."""
 
     async def disconnect(self, inuse_connections: bool = True) -> None:

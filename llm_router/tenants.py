@@ -59,6 +59,22 @@ KNOBS: dict[str, Knob] = {
         "(`llm-router webhooks set`)",
         check=_http_url,
     ),
+    "max_http_requests": Knob(
+        int,
+        "tenant_max_http_requests",
+        "HTTP requests in progress at once on one server process; past it, 429 too_many_requests",
+        minimum=1,
+    ),
+    "max_large_requests": Knob(
+        int,
+        "tenant_max_large_requests",
+        "request bodies over LLM_ROUTER_SERVER_LARGE_BODY_BYTES read and parsed at once (the rest wait)",
+        minimum=1,
+    ),
+    "max_files": Knob(int, "tenant_max_files", "files stored at once; past it, 403 quota_exceeded"),
+    "max_file_bytes": Knob(
+        int, "tenant_max_file_bytes", "bytes of files stored at once; past it, 403 quota_exceeded"
+    ),
 }
 
 

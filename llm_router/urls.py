@@ -8,7 +8,8 @@ written as a bare or hexadecimal number, whitespace) is refused outright rather 
 * ``parse_url`` → ``ParsedURL`` (scheme, host, port; the URL itself, unchanged) or ``UnsafeURL``.
 * ``AddressGuard`` decides whether a connection may go to an IP address: refused unless its caller
   allows private addresses or lists the address's network in its own allowlist (each caller has its
-  setting, e.g. ``image_fetch_allowlist``): loopback, private (RFC 1918, ULA), link-local, CGNAT
+  setting, e.g. ``image_fetch_allowlist``): loopback, private (RFC 1918, ULA), link-local, IPv6
+  site-local (``fec0::/10``: deprecated, but still routed inside some networks), CGNAT
   (100.64/10), multicast, unspecified and reserved ranges, and IPv6 forms embedding them (mapped,
   6to4, Teredo, NAT64); refused always: the cloud metadata addresses (``METADATA``).
 * ``AddressGuard.check_url`` applies it to a URL whose host is an IP literal (a host name is checked
@@ -156,7 +157,9 @@ def address_allowed(ip: IPAddress, *, allow_private: bool, exempt: Iterable[IPNe
         return False
     if allow_private or any(ip in net for net in exempt if net.version == ip.version):
         return True
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+    # Python counts fec0::/10 as global (RFC 3879 deprecated it); networks that still use it are internal
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or site_local)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,12 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from llm_router.keys import DEFAULT_TENANT, ended_channel, scoped_id, split_scoped, workers_key
-from llm_router.redis_client import redis_client
+from llm_router.redis_client import blocking_read_ms, redis_client
 from llm_router.store import CancelReply, NewJob, Store, SubmitReply
 from llm_router.tenants import TenantPolicies
 from llm_router.tracing import job_trace_fields
 from llm_router.webhooks import spec as webhook_spec
+from producer import liveness
 from producer.validation import Validator
 from producer.vision import vision_to_chat
 
@@ -165,7 +166,7 @@ class Producer:
 
     async def submit_many(
         self,
-        jobs: Iterable[dict[str, Any] | bytes | str],
+        jobs: Iterable[dict[str, Any] | bytes | str | NewJob],
         *,
         interactive: bool = False,
         allow_files: bool = False,
@@ -190,7 +191,8 @@ class Producer:
         so a caller can hand out ids before the whole submit is over (or cut off). A bulk job
         without a ``webhook`` of its own reports its end to its tenant's default endpoint (the
         ``webhook_url`` policy) unless ``default_webhook`` is off (a batch's lines: the batch
-        reports); interactive jobs and compare sides only ever to their own.
+        reports); interactive jobs and compare sides only ever to their own. A ``NewJob`` is a job
+        validated already (``self.validator.prepare``, off the event loop for a large body).
         """
         use_default = default_webhook and not interactive and parent is None
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
@@ -202,8 +204,12 @@ class Producer:
         traceparent = trace[1] if trace else None
         for job in jobs:
             try:
-                prepared = self.validator.prepare(
-                    job, now=time.time(), interactive=interactive, new_id=next(new_ids)
+                prepared = (
+                    job
+                    if isinstance(job, NewJob)
+                    else self.validator.prepare(
+                        job, now=time.time(), interactive=interactive, new_id=next(new_ids)
+                    )
                 )
             except RouterError as exc:
                 results.append(exc)
@@ -602,7 +608,9 @@ class Producer:
         ended = False
         while True:
             try:
-                entries = await self.store.read_stream(scoped, after, block_ms=0 if ended else block_ms)
+                entries = await self.store.read_stream(
+                    scoped, after, block_ms=0 if ended else blocking_read_ms(self.settings, block_ms)
+                )
             except RedisError as exc:
                 log.warning("redis unavailable while streaming, retrying", error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -631,7 +639,8 @@ class Producer:
             raise JobFailed(record)
 
     async def _interactive_workers(self) -> int:
-        return await self.live_workers(self.settings.interactive_queue_name)
+        # heartbeats missed during a Redis outage are not a dead fleet (see producer.liveness)
+        return await liveness.live_workers(self.redis, self.settings, self.settings.interactive_queue_name)
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], **params: Any

@@ -10,15 +10,16 @@ for an unstreamed call its whole exchange and for a stream its first event and e
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from config.catalog import Deployment, TimeoutSpec
 from config.settings import Settings
 from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
-from llm_router.redact import redact_url
 from worker.providers.base import HttpCall
 
 # aiohttp's transport exceptions → our error classes, most specific first (subclasses before bases)
@@ -98,8 +99,8 @@ async def open_response(
                 call.method, call.url, data=call.body, headers=call.headers, timeout=timeout
             )
     except TimeoutError:
-        where = redact_url(call.url)
-        raise UpstreamTimeout(f"no response headers from {where} within {wait} s") from None
+        # the message reaches tenants: it never says where the provider is
+        raise UpstreamTimeout(f"no response headers from the provider within {wait} s") from None
 
 
 async def send(
@@ -123,8 +124,24 @@ async def send(
 
 
 def transport_error(exc: BaseException, url: str) -> RouterError | None:
-    """The taxonomy's error for an aiohttp transport failure, or ``None`` when it is not one."""
+    """The taxonomy's error for an aiohttp transport failure, or ``None`` when it is not one.
+
+    Its message reaches tenants (records, answers): it names the failure, never where the provider
+    is (an internal gateway's URL, host or address); the attempt in the record names the provider."""
     for exc_type, error in _TRANSPORT_ERRORS:
         if isinstance(exc, exc_type):
-            return error(f"{type(exc).__name__} calling {redact_url(url)}: {exc}")
+            detail = _detail(exc, url)
+            return error(f"{type(exc).__name__} calling the provider" + (f": {detail}" if detail else ""))
     return None
+
+
+def _detail(exc: BaseException, url: str) -> str:
+    os_error = getattr(exc, "os_error", None)  # a failed connect: its reason, without the address
+    if isinstance(os_error, OSError):  # its strerror may quote the address: the errno's text does not
+        return os.strerror(os_error.errno).lower() if os_error.errno else type(os_error).__name__
+    text = str(exc)
+    parts = urlsplit(url)
+    for where in (url, parts.netloc, parts.hostname):
+        if where:
+            text = text.replace(where, "<provider>")
+    return text

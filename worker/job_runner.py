@@ -165,7 +165,7 @@ class JobRunner:
             return
 
         publisher = (
-            ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
+            ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen, scrub=self._redact)
             if request.get("stream")
             else None
         )
@@ -328,8 +328,11 @@ class JobRunner:
 
     def _scrub(self, exc: RouterError) -> None:
         """Keys out of an upstream message (before it is cut, so no key is left half-visible)."""
-        exc.message = redact(exc.message, self._secrets)[:MAX_ERROR_MESSAGE]
+        exc.message = self._redact(exc.message)
         exc.args = (exc.message,)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)[:MAX_ERROR_MESSAGE]
 
     def _defer_delay(self, result: PassResult, passes: int, deadline_at: float) -> float | None:
         """Seconds until the job should try its route again, or ``None`` to let it fail now.

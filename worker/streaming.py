@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -61,9 +62,18 @@ class ChunkPublisher:
     """
 
     def __init__(
-        self, store: Store, job_id: str, model_id: str, maxlen: int, *, include_usage: bool = False
+        self,
+        store: Store,
+        job_id: str,
+        model_id: str,
+        maxlen: int,
+        *,
+        include_usage: bool = False,
+        scrub: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
+        # keys out of an error's message before it is written: the stream keeps it for hours
+        self.scrub = scrub
         self.job_id = job_id
         self.model_id = model_id
         self.maxlen = maxlen
@@ -147,6 +157,8 @@ class ChunkPublisher:
 
     async def error(self, error: dict[str, Any]) -> None:
         await self.drain()
+        if self.scrub is not None:
+            error = {**error, "message": self.scrub(str(error.get("message") or ""))}
         try:
             await self.store.publish_error(self.job_id, error)
         except RedisError as exc:

@@ -74,15 +74,13 @@ def _where(settings: Settings) -> str:
 
 
 async def health(args: argparse.Namespace, settings: Settings) -> int:
-    from redis.asyncio import Redis
+    from llm_router.redis_client import redis_client
 
     timeout = args.timeout if args.timeout is not None else settings.health_timeout_s
     max_age = args.max_age if args.max_age is not None else settings.health_max_age_s
     if not settings.redis_url:
         return _report(args, DOWN, "REDIS_URL is not set", None)
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_connect_timeout=timeout, socket_timeout=timeout
-    )
+    redis = redis_client(settings, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         reader = FleetReader(
             redis,

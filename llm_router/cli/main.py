@@ -1,6 +1,7 @@
 """The ``llm-router`` command line.
 
-Exit codes: 0 success, 1 a job failed or was refused, 2 bad usage or input file, 3 timed out
+Exit codes: 0 success, 1 a job failed or was refused (or Redis did not answer within
+``LLM_ROUTER_REDIS_TIMEOUT_S``: ``redis_unavailable``), 2 bad usage or input file, 3 timed out
 waiting. Errors are one line on stderr: ``error: CODE: message``.
 """
 
@@ -456,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-    except (OSError, RedisError) as exc:  # Redis unreachable, say
+    except RedisError as exc:  # unreachable, or silent past LLM_ROUTER_REDIS_TIMEOUT_S
+        _err(f"error: redis_unavailable: {exc}")
+        return EXIT_FAILED
+    except OSError as exc:
         _err(f"error: connection_error: {exc}")
         return EXIT_FAILED

@@ -22,9 +22,11 @@ def add_commands(sub: Any) -> None:
     )
     s.set_defaults(handler=serve)
 
-    s = sub.add_parser("keys", help="API keys of the HTTP API: create TENANT, list, revoke PREFIX")
+    s = sub.add_parser("keys", help="API keys of the HTTP API: create TENANT, list, revoke KEY|PREFIX")
     s.add_argument("action", choices=["create", "list", "revoke"])
-    s.add_argument("name", nargs="?", help="create: the tenant; revoke: the key's prefix from `keys list`")
+    s.add_argument(
+        "name", nargs="?", help="create: the tenant; revoke: the key itself, or its prefix from `keys list`"
+    )
     s.add_argument("--json", action="store_true")
     s.add_argument("--admin", action="store_true", help="create: the key also opens the dashboard")
     s.set_defaults(handler=keys)
@@ -48,7 +50,7 @@ async def keys(args: argparse.Namespace, settings: Settings) -> int:
     if args.action in ("create", "revoke") and not args.name:
         # exit 2 (usage) like the CLI's own UsageError, which this module does not import: under
         # `python -m llm_router.cli` that class lives in __main__, not in llm_router.cli
-        what = "a tenant" if args.action == "create" else "a key prefix (see `llm-router keys list`)"
+        what = "a tenant" if args.action == "create" else "a key or its prefix (see `llm-router keys list`)"
         print(f"error: keys {args.action} needs {what}", file=sys.stderr)
         return 2
     redis = redis_client(settings)

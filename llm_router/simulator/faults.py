@@ -21,7 +21,8 @@ sends an error event in the format's own shape (picked by ``status`` and ``error
 short and then the rest of the stream intact. They only match streamed requests: a plain request
 passes them by without using up their ``count``, unless the rule says ``stream: false``, which
 applies the same fault to a plain answer's body: ``cut`` truncates it, ``stall`` stops it halfway
-for ``stall_s``, ``malformed_event`` sends it malformed.
+for ``stall_s``, ``malformed_event`` sends it malformed. ``echo_key`` makes a ``status`` or
+``stream_error`` fault's message quote the request's API key.
 
 ``stream`` (true or false) restricts any rule to streamed or plain requests. ``refuse_prefill``
 matches only a request that ends with a partial answer to continue (an assistant prefill) and
@@ -93,6 +94,9 @@ class FaultRule(BaseModel):
     """kind=stall: how long the stream goes quiet."""
     stall_then: Literal["continue", "close"] = "continue"
     """kind=stall: what happens after the stall: the rest of the stream, or a closed connection."""
+    echo_key: bool = False
+    """kind=status/stream_error: the error's message quotes the API key the request sent, as
+    vendors do ("Incorrect API key provided: sk-…"), so tests can prove it never comes to rest."""
 
 
 @dataclass(frozen=True, slots=True)

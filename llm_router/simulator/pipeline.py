@@ -57,7 +57,7 @@ async def _status(
     request: web.Request, fmt: WireFormat, call: ChatCall, rule: FaultRule, state: SimState, cred: str | None
 ) -> web.StreamResponse:
     state.calls.record(cred, call.model, str(rule.status))
-    response = fmt.error(Rejection(rule.status, model=call.model, code=rule.error_code))
+    response = fmt.error(_rejection(rule, call, cred))
     if rule.retry_after_date is not None:
         response.headers["Retry-After"] = rule.retry_after_date
     elif rule.retry_after is not None:
@@ -107,6 +107,16 @@ async def _hang(
     return _drop_connection(request)
 
 
+def _rejection(rule: FaultRule, call: ChatCall, cred: str | None) -> Rejection:
+    """The error a ``status`` or ``stream_error`` fault answers with (quoting the key if asked)."""
+    message = (
+        f"Incorrect API key provided: {cred}. You can find your API key in your account."
+        if (rule.echo_key and cred)
+        else None
+    )
+    return Rejection(rule.status, message, model=call.model, code=rule.error_code)
+
+
 def _drop_connection(request: web.Request) -> web.StreamResponse:
     """Close the socket without a response; aiohttp then quietly skips sending the one returned."""
     if request.transport is not None:
@@ -137,7 +147,7 @@ async def _mid_stream(
     state.calls.record(cred, call.model, rule.kind)
     error = b""
     if rule.kind == "stream_error":
-        error = fmt.stream_error(Rejection(rule.status, model=call.model, code=rule.error_code))
+        error = fmt.stream_error(_rejection(rule, call, cred))
     fault = StreamFault(
         kind=_STREAM_FAULT[rule.kind],  # type: ignore[arg-type]
         after=rule.after_chunks,

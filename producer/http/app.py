@@ -11,13 +11,19 @@ Keys on the application, for every module that adds routes (the batch and files 
 * ``app["metrics"]``, ``app["fleet"]``, ``app["tracing"]``: ``producer.http.observability``
 * ``app["refused"]``: why the server stopped serving (an evicting Redis found after start), raised by
   ``run_server``
+* ``app["redis_watch"]``: ``producer.http.redis_watch.RedisWatch``, whether Redis answers (waiters
+  give up with 503 ``redis_unavailable`` when it does not)
+* ``app[limits.LIMITS]``: ``producer.http.limits.TenantLimits``, per-tenant requests and large bodies
 
 Middlewares, outermost first: observability (counts, times and traces every request), errors
-(every failure is the JSON error object, unknown routes 404; the Gemini front's routes answer in
-Google's shape, ``gemini_api.gemini_errors``, the Messages front's in Anthropic's,
-``messages_api.anthropic_errors``), body limit (a declared body over the limit answers 413 unread),
-authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request; handlers read
-the tenant only from there).
+(every failure is the JSON error object, unknown routes 404; once a request has a job, every answer
+carries its id; the Gemini front's routes answer in Google's shape, ``gemini_api.gemini_errors``, the
+Messages front's in Anthropic's, ``messages_api.anthropic_errors``), Redis errors (a Redis that fails
+or does not answer within ``LLM_ROUTER_REDIS_TIMEOUT_S`` is 503 ``redis_unavailable`` with
+``Retry-After``, in each front's shape), body limit (a declared body over the limit answers 413
+unread), authentication (sets ``request["tenant"]`` on every ``/v1`` and ``/v1beta`` request;
+handlers read the tenant only from there), tenant limits (requests in progress). aiohttp's own
+refusals of requests it cannot parse are in our shape too (``protocol``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,14 @@ from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.errors import InvalidRequest, PayloadTooLarge, RedisUnusable, ResourceNotFound, RouterError
+from llm_router.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    RedisUnusable,
+    RequestTimeout,
+    ResourceNotFound,
+    RouterError,
+)
 from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
 from producer.http import (
@@ -41,6 +54,7 @@ from producer.http import (
     dashboard,
     gemini_api,
     jobs_api,
+    limits,
     messages_api,
     observability,
     openai_api,
@@ -49,8 +63,10 @@ from producer.http import (
     webhooks_api,
 )
 from producer.http.auth import ApiKeys
-from producer.http.ended import EndedWaiter
-from producer.http.errors import error_response
+from producer.http.ended import EndedWaiter, is_outage, unavailable
+from producer.http.errors import error_response, with_job_id
+from producer.http.protocol import run as serve
+from producer.http.redis_watch import RedisWatch
 from producer.producer import Producer
 
 log = structlog.get_logger("producer.http")
@@ -71,26 +87,47 @@ def _method_not_allowed(request: web.Request, exc: web.HTTPMethodNotAllowed) -> 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        return with_job_id(request, await handler(request))
     except RouterError as exc:
-        return error_response(exc)
+        response = error_response(exc)
+        if isinstance(exc, PayloadTooLarge | RequestTimeout):
+            response.force_close()  # the body was not read to its end: it must not be parsed next
     except web.HTTPNotFound:
-        return error_response(ResourceNotFound(f"no route {request.method} {request.path}"))
+        response = error_response(ResourceNotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
-        return _method_not_allowed(request, exc)
+        response = _method_not_allowed(request, exc)
     except web.HTTPRequestEntityTooLarge:
         response = error_response(PayloadTooLarge("the body is over the server's limit"))
         response.force_close()
-        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(InvalidRequest(exc.reason, code="invalid_request"))
+        response = error_response(InvalidRequest(exc.reason, code="invalid_request"))
     except (ConnectionResetError, asyncio.CancelledError):
         raise  # the client went away mid-answer: nothing to answer, nothing to log
+    except RedisError as exc:  # raised outside the Redis middleware (observability, say)
+        if not is_outage(exc):
+            log.exception("unhandled error", method=request.method, path=request.path)
+            response = error_response(RouterError("internal server error"))
+        else:
+            response = error_response(unavailable(exc, request.app.get("redis_watch")))
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
-        return error_response(RouterError("internal server error"))
+        response = error_response(RouterError("internal server error"))
+    return with_job_id(request, response)
+
+
+@web.middleware
+async def redis_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis away, silent past ``LLM_ROUTER_REDIS_TIMEOUT_S`` or refusing writes is 503
+    ``redis_unavailable`` (with ``Retry-After``), raised as our error so each front's error
+    middleware answers it in its shape (any other Redis error is a bug: 500, logged)."""
+    try:
+        return await handler(request)
+    except RedisError as exc:
+        if not is_outage(exc):
+            raise
+        raise unavailable(exc, request.app.get("redis_watch")) from None
 
 
 def body_limit(settings: Settings, path: str) -> int:
@@ -113,6 +150,7 @@ async def limit_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _api_key(request: web.Request) -> str | None:
+    """The key the request sends (any characters: an unknown key is refused by the lookup)."""
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -140,8 +178,10 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
             error_middleware,
             gemini_api.gemini_errors,
             messages_api.anthropic_errors,
+            redis_errors,
             limit_middleware,
             auth_middleware,
+            limits.middleware,
         ],
         # aiohttp's own cap for read()/post(): the largest route's; JSON routes cap lower themselves
         client_max_size=body_limit(settings, FILES_PATH),
@@ -153,7 +193,9 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app["catalog"] = catalog
     app["redis"] = client
     app["producer"] = producer
-    app["ended"] = EndedWaiter(client, producer.store)
+    app["redis_watch"] = watch = RedisWatch(client, timeout_s=settings.redis_timeout_s)
+    app["ended"] = EndedWaiter(client, producer.store, watch=watch)
+    app[limits.LIMITS] = limits.TenantLimits(settings, producer.policies)
     app["api_keys"] = (
         None
         if settings.auth_disabled
@@ -173,12 +215,15 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
                 "Redis unreachable at start; its eviction policy is checked when it answers", error=str(exc)
             )
             later.append(asyncio.create_task(_check_when_reachable(app, client, settings)))
+        watch.start()
         await app["ended"].start()
 
     async def cleanup(app: web.Application) -> None:
         for task in later:
             task.cancel()
         await app["ended"].close()
+        await watch.close()
+        app[limits.LIMITS].close()
         if own_redis:
             await client.aclose()
 
@@ -228,14 +273,6 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         )
     app = build_app(settings, catalog)
     log.info("serving", url=f"http://{host}:{port}", auth=not settings.auth_disabled)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        loop=uvloop.new_event_loop(),
-        access_log=None,
-        print=None,
-        shutdown_timeout=10,
-    )
+    serve(app, host, port, uvloop.new_event_loop(), shutdown_timeout=10)
     if app["refused"]:
         raise app["refused"][0]

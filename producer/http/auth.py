@@ -36,7 +36,9 @@ TENANT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # aiohttp hands over a header's bytes that are not UTF-8 as surrogates: hashed as they came, so
+    # a key with such a byte is merely unknown (401), never an encoding crash
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def check_tenant(tenant: str) -> str:
@@ -128,18 +130,35 @@ class ApiKeys:
         return sorted(out, key=lambda k: (k.tenant, k.prefix))
 
     async def revoke(self, prefix: str) -> KeyInfo:
-        """Remove the one Redis key whose shown prefix starts with ``prefix``."""
+        """Remove one Redis key: the key itself (what a person holds after a leak), or the one key
+        whose shown prefix starts with ``prefix`` (what ``keys list`` shows)."""
+        digest = key_hash(prefix)
+        if digest in self._file:
+            raise InvalidRequest(
+                f"that key comes from the keys file ({self._file_prefixes[digest]}…): remove it there "
+                "and restart the servers",
+                param="prefix",
+            )
+        tenant = await self.redis.hget(APIKEYS_KEY, digest) if prefix else None
+        if tenant is not None:  # the whole key
+            raw = await self.redis.hget(APIKEY_META_KEY, digest)
+            shown = {"prefix": prefix[:SHOWN_PREFIX_LEN], "tenant": tenant.decode()}
+            meta = orjson.loads(raw) if raw else shown
+            return await self._remove(digest, meta)
         metas = await self.redis.hgetall(APIKEY_META_KEY)
         matches = [
             (d, orjson.loads(m)) for d, m in metas.items() if orjson.loads(m)["prefix"].startswith(prefix)
         ]
         if not prefix or not matches:
-            raise InvalidRequest(f"no API key starts with {prefix!r}", param="prefix")
+            shown = prefix[:SHOWN_PREFIX_LEN] + ("…" if len(prefix) > SHOWN_PREFIX_LEN else "")
+            raise InvalidRequest(f"no API key is or starts with {shown!r}", param="prefix")
         if len(matches) > 1:
             raise InvalidRequest(
                 f"{len(matches)} API keys start with {prefix!r}; give more of it", param="prefix"
             )
-        digest, meta = matches[0]
+        return await self._remove(*matches[0])
+
+    async def _remove(self, digest: bytes | str, meta: dict[str, Any]) -> KeyInfo:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(APIKEYS_KEY, digest)
             pipe.hdel(APIKEY_META_KEY, digest)

@@ -8,6 +8,11 @@ submitting, which covers a job that already existed (an idempotent resubmission)
 Pub/sub is at-most-once: a message lost while Redis restarts would leave a waiter hanging, so every
 resubscription wakes every waiter, and each waiter re-reads its record every ``recheck_s`` anyway (a
 safety net, not the mechanism).
+
+Redis that stops answering never hangs a waiter: the listener reads with a timeout of its own (a
+quiet channel is not an outage; redis-py would apply the client's read timeout to a blocking
+``listen``), and a waiter (or a stream follower) given the server's ``RedisWatch`` gives up with 503
+``redis_unavailable`` as soon as the watch says Redis is down; a Redis call that fails does the same.
 """
 
 from __future__ import annotations
@@ -20,24 +25,46 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
-from llm_router.errors import JobNotFound, WaitTimeout
+from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_PATTERN, split_scoped
+from llm_router.redis_checks import write_refusal
 from llm_router.store import Store
+from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
+LISTEN_POLL_S = 1.0  # the listener's read timeout: under any client read timeout, a quiet channel is fine
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis away, silent or refusing writes for now (not a bug of ours, such as a script error)."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError) or write_refusal(exc) is not None
+
+
+def unavailable(exc: Exception, watch: RedisWatch | None = None) -> RedisUnavailable:
+    """A Redis failure as the error a caller gets (the detail goes to the log, not to the tenant:
+    it names internal hosts)."""
+    log.warning("redis call failed", error=repr(exc))
+    if watch is not None and watch.down.is_set():
+        return watch.error()
+    return RedisUnavailable("the job store (Redis) is unavailable; retry shortly")
 
 
 class EndedWaiter:
     """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``."""
 
-    def __init__(self, redis: Redis, store: Store, *, recheck_s: float = 2.0) -> None:
+    def __init__(
+        self, redis: Redis, store: Store, *, recheck_s: float = 2.0, watch: RedisWatch | None = None
+    ) -> None:
         self.redis = redis
         self.store = store
         self.recheck_s = recheck_s
+        self.redis_watch = watch
         self._events: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -76,7 +103,10 @@ class EndedWaiter:
         deadline = time.monotonic() + timeout
         while True:
             event.clear()  # before the read: a notification arriving after it sets the event again
-            record = await self.store.get(job_id)
+            try:
+                record = await guarded(self.redis_watch, self.store.get(job_id))
+            except RedisError as exc:
+                raise unavailable(exc, self.redis_watch) from None
             if record is None:
                 raise JobNotFound(f"no job '{split_scoped(job_id)[1]}' (unknown or expired)", param="job_id")
             if record.status in TERMINAL:
@@ -84,8 +114,25 @@ class EndedWaiter:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(f"job '{record.id}' did not end within {timeout:.0f} s", param="job_id")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(self.recheck_s, left))
+            await self._sleep(event, min(self.recheck_s, left))
+
+    async def _sleep(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event``, ``timeout`` seconds, or Redis is down (then ``RedisUnavailable``)."""
+        watch = self.redis_watch
+        ended = asyncio.ensure_future(event.wait())
+        down = watch.goes_down() if watch is not None else None
+        try:
+            await asyncio.wait(
+                {ended} if down is None else {ended, down},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ended.cancel()
+            if down is not None:
+                down.cancel()
+        if watch is not None and down is not None and down.done() and not down.cancelled():
+            raise watch.error()
 
     def _wake(self, job_id: str) -> None:
         for event in self._events.get(job_id, ()):
@@ -105,8 +152,11 @@ class EndedWaiter:
                 self.subscribed.set()
                 delay = 0.05
                 self._wake_all()  # whatever ended while we were not subscribed
-                async for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
+                while True:
+                    # a read with its own timeout: None when the channel is quiet, an error only
+                    # when the connection breaks (a stopped Redis keeps it open: the watch says so)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
+                    if message is not None and message.get("type") == "pmessage":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
@@ -122,6 +172,12 @@ class EndedWaiter:
             delay = min(delay * 2, 2.0)
 
 
+async def _ended_record(producer: Producer, job_id: str, tenant: str) -> JobRecord | None:
+    """The job's record if it has ended (one status read when it has not)."""
+    status = (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0]
+    return await producer.get(job_id, tenant=tenant) if status in TERMINAL_VALUES else None
+
+
 async def follow_stream(
     producer: Producer,
     job_id: str,
@@ -129,13 +185,16 @@ async def follow_stream(
     tenant: str,
     recheck_s: float = 1.0,
     timeout_s: float | None = None,
+    watch: RedisWatch | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """``Producer.stream`` with a safety net: when no chunk came for ``recheck_s`` and the record has
     ended, the stream is over (a job's chunks are all written before its record ends), whatever the
-    follower is still blocked on. Raises ``JobFailed`` like ``Producer.stream``.
+    follower is still blocked on. Raises ``JobFailed`` like ``Producer.stream``, and
+    ``RedisUnavailable`` when a Redis call fails or ``watch`` says Redis is down.
 
     Why: ``Producer.stream`` can block without end on a job that ended without writing a stream
-    (failed before its first token, cancelled while queued); a relay must never hang its client.
+    (failed before its first token, cancelled while queued), and rides out Redis outages; a relay
+    must never hang its client.
     """
     chunks = producer.stream(job_id, tenant=tenant)
     step: asyncio.Future[dict[str, Any]] | None = None
@@ -144,17 +203,31 @@ async def follow_stream(
         while True:
             step = asyncio.ensure_future(anext(chunks))
             while True:
-                done, _ = await asyncio.wait({step}, timeout=recheck_s)
-                if done:
+                down = watch.goes_down() if watch is not None else None
+                try:
+                    done, _ = await asyncio.wait(
+                        {step} if down is None else {step, down},
+                        timeout=recheck_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    if down is not None:
+                        down.cancel()
+                if step in done:
                     break
+                if watch is not None and down is not None and down in done:
+                    raise watch.error()
                 if deadline is not None and time.monotonic() > deadline:
                     # no worker took the job in time (they died after the liveness check, say)
                     raise WaitTimeout(f"job '{job_id}' did not finish within {timeout_s} s", param="timeout")
-                if (await producer.store.statuses([producer.scoped(job_id, tenant)]))[0] in TERMINAL_VALUES:
+                try:
+                    record = await guarded(watch, _ended_record(producer, job_id, tenant))
+                except RedisError as exc:
+                    raise unavailable(exc, watch) from None
+                if record is not None:
                     step.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await step
-                    record = await producer.get(job_id, tenant=tenant)
                     if record.status != JobStatus.SUCCEEDED:
                         raise JobFailed(record)
                     return
@@ -162,10 +235,13 @@ async def follow_stream(
                 chunk = step.result()
             except StopAsyncIteration:
                 return
+            except RedisError as exc:
+                raise unavailable(exc, watch) from None
             yield chunk
     finally:
         if step is not None and not step.done():  # an error or a cancel while a read was pending
             step.cancel()
             with contextlib.suppress(BaseException):
                 await step
-        await chunks.aclose()
+        with contextlib.suppress(RedisError):
+            await chunks.aclose()

@@ -1,12 +1,17 @@
-"""The edges of every handler: request bodies in (bounded), error responses and JSON out.
+"""The edges of every handler: request bodies in (bounded in size and in time), error responses
+and JSON out.
 
 Errors are the foundation's error object in the product's shape, ``{"error": {"code", "message",
 "type", "param"}}`` with ``exc.status`` and, when the error says when to come back
-(``too_many_queued``), ``Retry-After`` in whole seconds.
+(``too_many_queued``, ``redis_unavailable``), ``Retry-After`` in whole seconds. Once a request has
+a job (an interactive call, after its submit), every answer carries the job's id in
+``x-llm-router-job-id``: a handler records it with ``name_job`` and the app's error middleware adds
+it to whatever answer goes out, errors included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from typing import Any
@@ -15,9 +20,28 @@ import orjson
 from aiohttp import web
 
 from llm_router.contract import JOB_ID_RE
-from llm_router.errors import InvalidRequest, PayloadTooLarge, RouterError
+from llm_router.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, RouterError
+from producer.http.limits import LARGE, LIMITS
 
 JSON = "application/json"
+JOB_ID_HEADER = "x-llm-router-job-id"
+JOB_ID_KEY = "llm_router.job_id"  # request key: the job this request answers for
+
+
+def name_job(request: web.Request, job_id: str | None) -> None:
+    """Every answer to ``request`` from now on names ``job_id`` (``None``: none does)."""
+    if job_id is None:
+        request.pop(JOB_ID_KEY, None)
+    else:
+        request[JOB_ID_KEY] = job_id
+
+
+def with_job_id(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """``response`` with the request's job id header, when it has a job and nothing was sent yet."""
+    job_id = request.get(JOB_ID_KEY)
+    if job_id is not None and not response.prepared and JOB_ID_HEADER not in response.headers:
+        response.headers[JOB_ID_HEADER] = job_id
+    return response
 
 
 def error_body(exc: RouterError) -> dict[str, Any]:
@@ -49,27 +73,51 @@ def json_response(obj: Any, *, status: int = 200, headers: dict[str, str] | None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with ``payload_too_large`` as soon as it passes ``limit`` bytes.
+    """The request body, refused with ``payload_too_large`` as soon as it passes ``limit`` bytes,
+    and with ``request_timeout`` when it has not arrived whole within ``server_body_timeout_s``.
 
     A declared ``Content-Length`` over the limit is refused before reading anything; a chunked body
-    is read only up to the limit, never whole.
+    is read only up to the limit, never whole. A body over ``server_large_body_bytes`` is read while
+    its tenant holds one of its large-body slots (``limits.TenantLimits.large``).
     """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
+    settings = request.app["settings"]
+    large = settings.server_large_body_bytes
+    if request.content_length is not None and request.content_length > large and "tenant" in request:
+        async with request.app[LIMITS].large(request["tenant"]):
+            return await _read(request, limit, settings.server_body_timeout_s)
+    return await _read(request, limit, settings.server_body_timeout_s)
+
+
+async def _read(request: web.Request, limit: int, timeout_s: float) -> bytes:
     buf = bytearray()
-    async for chunk in request.content.iter_any():
-        buf += chunk
-        if len(buf) > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                buf += chunk
+                if len(buf) > limit:
+                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s ({len(buf)} bytes came)"
+        ) from None
+    if len(buf) > request.app["settings"].server_large_body_bytes:
+        request[LARGE] = True
     return bytes(buf)
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
-    """The body as JSON (any JSON value; callers check its shape), bounded like ``read_body``."""
+    """The body as JSON (any JSON value; callers check its shape), bounded like ``read_body``; a large
+    body is parsed off the event loop, in its tenant's large-body slot."""
     body = await read_body(request, limit)
     if not body.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
+        if request.get(LARGE) and "tenant" in request:
+            limits = request.app[LIMITS]
+            async with limits.large(request["tenant"]):
+                return await limits.off_loop(orjson.loads, body)
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None

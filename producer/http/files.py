@@ -1,12 +1,16 @@
 """OpenAI's Files API for batches: upload, read, list and delete files, each owned by one tenant.
 
-A file's metadata is a Redis hash (``llm-router:file:<id>``) expiring after ``record_ttl_s``; its
-bytes live in the same hash (field ``content``, so one expiry covers both) or, when ``files_dir`` is
-set, in a file of that name under it (swept once its hash has expired). A tenant's files are also in a
-sorted set by creation time, for listing. Another tenant's file answers 404, as an unknown id does.
+A file's metadata is a Redis hash (``llm-router:file:<id>``) expiring after ``record_ttl_s``. Its bytes
+live in a Redis string beside it (``…:content``, same expiry), or, when ``files_dir`` is set
+(``LLM_ROUTER_FILES_DIR``: the way to keep large files out of Redis' memory), in a file of that name
+under it (swept once its hash has expired). A tenant's files are also in a sorted set by creation
+time, for listing and for its quota. Another tenant's file answers 404, as an unknown id does.
 
-Uploads are read part by part with the size cap (``files_max_bytes``) checked as bytes arrive: an
-oversized file is refused with 413 without ever being held whole.
+Nothing holds a whole file in the server's memory: an upload is read part by part, the size cap
+(``files_max_bytes``) and the tenant's quota (``max_files``, ``max_file_bytes``: 403
+``quota_exceeded``) checked as bytes arrive, each part appended to Redis or written to disk; a
+download is streamed the same way, a range at a time. An upload that goes quiet for
+``server_body_timeout_s`` or lasts past ``files_upload_timeout_s`` is refused (408).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,8 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis
 
-from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound
-from llm_router.keys import file_key, tenant_files_key
+from llm_router.errors import InvalidRequest, PayloadTooLarge, QuotaExceeded, RequestTimeout, ResourceNotFound
+from llm_router.keys import file_content_key, file_key, tenant_files_key
 from producer.http.errors import json_response
 
 META_FIELDS = ("tenant", "filename", "purpose", "bytes", "created_at", "expires_at")
@@ -56,14 +61,17 @@ class FileStore:
     async def put(
         self, tenant: str, *, filename: str, purpose: str, content: bytes, file_id: str | None = None
     ) -> dict[str, Any]:
-        """Store ``content`` as a file of ``tenant`` (overwriting ``file_id`` if given); its file object."""
+        """Store ``content`` as a file of ``tenant`` (overwriting ``file_id`` if given); its file object.
+        (The server's own files, batch outputs: they count toward the tenant's quota, never refused.)"""
         file_id = file_id or new_file_id()
         if self.files_dir is not None:
             await asyncio.to_thread(_write_atomic, self._path(file_id), content)
-        return await self._commit(tenant, file_id, filename, purpose, len(content), content)
+        else:
+            await self.redis.set(file_content_key(file_id), content, ex=self.ttl_s)
+        return await self._commit(tenant, file_id, filename, purpose, len(content))
 
     async def _commit(
-        self, tenant: str, file_id: str, filename: str, purpose: str, size: int, content: bytes | None
+        self, tenant: str, file_id: str, filename: str, purpose: str, size: int
     ) -> dict[str, Any]:
         now = int(time.time())
         meta = {
@@ -74,48 +82,93 @@ class FileStore:
             "created_at": now,
             "expires_at": now + self.ttl_s,
         }
-        fields: dict[str, Any] = dict(meta)
-        if self.files_dir is None and content is not None:
-            fields["content"] = content
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(file_key(file_id))
-            pipe.hset(file_key(file_id), mapping=fields)
+            pipe.hset(file_key(file_id), mapping=meta)
             pipe.expire(file_key(file_id), self.ttl_s)
+            if self.files_dir is None:
+                pipe.expire(file_content_key(file_id), self.ttl_s)
             pipe.zadd(tenant_files_key(tenant), {file_id: now})
             pipe.expire(tenant_files_key(tenant), self.ttl_s)
             await pipe.execute()
         return file_object(file_id, meta)
 
+    async def usage(self, tenant: str) -> tuple[int, int]:
+        """The tenant's stored files: how many, and their bytes (expired ones not counted)."""
+        ids = await self.redis.zrange(tenant_files_key(tenant), 0, -1)
+        if not ids:
+            return 0, 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for file_id in ids:
+                pipe.hget(file_key(file_id.decode()), "bytes")
+            sizes = [int(b) for b in await pipe.execute() if b is not None]
+        return len(sizes), sum(sizes)
+
     async def upload(
-        self, tenant: str, part: BodyPartReader, *, purpose: str, max_bytes: int
+        self,
+        tenant: str,
+        part: BodyPartReader,
+        *,
+        purpose: str,
+        max_bytes: int,
+        quota: tuple[int, int] = (0, 0),
+        idle_s: float = 30.0,
     ) -> dict[str, Any]:
-        """Read a multipart file part chunk by chunk, refusing it once it passes ``max_bytes``."""
+        """Read a multipart file part chunk by chunk into its storage, refusing it once it passes
+        ``max_bytes`` or would take the tenant past ``quota`` (files, bytes; 0: no limit), or when no
+        bytes came for ``idle_s``."""
         filename = part.filename or "upload.jsonl"
         file_id = new_file_id()
-        buf = bytearray()
+        max_files, max_total = quota
+        count, used = await self.usage(tenant) if any(quota) else (0, 0)
+        if max_files and count + 1 > max_files:
+            raise QuotaExceeded(
+                f"tenant '{tenant}' has {count} files, its limit (delete some first)", param="file"
+            )
         tmp = None if self.files_dir is None else self._path(file_id + ".part")
         sink = None if tmp is None else await asyncio.to_thread(open, tmp, "wb")
+        content_key = file_content_key(file_id)
+        size = 0
         try:
-            size = 0
-            while chunk := await part.read_chunk(READ_CHUNK):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(part.read_chunk(READ_CHUNK), idle_s)
+                except TimeoutError:
+                    raise RequestTimeout(f"the upload sent nothing for {idle_s:g} s", param="file") from None
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"the file is over the limit of {max_bytes} bytes", param="file")
+                if max_total and used + size > max_total:
+                    raise QuotaExceeded(
+                        f"tenant '{tenant}' files would pass its limit of {max_total} bytes "
+                        f"({used} stored; delete some first)",
+                        param="file",
+                    )
                 if sink is None:
-                    buf += chunk
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.append(content_key, chunk)
+                        pipe.expire(content_key, self.ttl_s)  # an abandoned upload does not stay
+                        await pipe.execute()
                 else:
                     await asyncio.to_thread(sink.write, chunk)
             if sink is not None and tmp is not None:
                 await asyncio.to_thread(sink.close)
                 sink = None
                 await asyncio.to_thread(os.replace, tmp, self._path(file_id))
-                return await self._commit(tenant, file_id, filename, purpose, size, None)
-            return await self._commit(tenant, file_id, filename, purpose, size, bytes(buf))
+            elif size == 0:
+                await self.redis.set(content_key, b"", ex=self.ttl_s)
+            created = await self._commit(tenant, file_id, filename, purpose, size)
+            content_key = ""  # committed: kept
+            return created
         finally:
             if sink is not None:
                 await asyncio.to_thread(sink.close)
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
+            if content_key and self.files_dir is None:
+                await self.redis.delete(content_key)
 
     async def meta(self, tenant: str, file_id: str) -> dict[str, Any]:
         """The file object of ``tenant``'s file; ``ResourceNotFound`` for unknown, expired or foreign ids."""
@@ -126,17 +179,36 @@ class FileStore:
         return file_object(file_id, meta)
 
     async def content(self, tenant: str, file_id: str) -> bytes:
-        """The file's bytes (after the same ownership check as ``meta``)."""
+        """The file's bytes whole (after the same ownership check as ``meta``): for the batch runner,
+        which reads a batch's lines; HTTP downloads are streamed (``chunks``)."""
+        return b"".join([c async for c in self.chunks(tenant, file_id)])
+
+    async def chunks(self, tenant: str, file_id: str, size: int = READ_CHUNK) -> AsyncIterator[bytes]:
+        """The file's bytes, ``size`` at a time (after the ownership check of ``meta``)."""
         await self.meta(tenant, file_id)
         if self.files_dir is not None:
             try:
-                return await asyncio.to_thread(self._path(file_id).read_bytes)
+                handle = await asyncio.to_thread(open, self._path(file_id), "rb")
             except FileNotFoundError:
-                pass  # written by a server with inline storage: look in Redis
-        data = await self.redis.hget(file_key(file_id), "content")
-        if data is None:
-            raise ResourceNotFound(f"No such File object: {file_id}", param="file_id")
-        return bytes(data)
+                pass  # written by a server with Redis storage: look there
+            else:
+                try:
+                    while chunk := await asyncio.to_thread(handle.read, size):
+                        yield chunk
+                finally:
+                    await asyncio.to_thread(handle.close)
+                return
+        key = file_content_key(file_id)
+        total = await self.redis.strlen(key)
+        if not total and not await self.redis.exists(key):
+            # stored by an earlier version, inside the metadata hash
+            data = await self.redis.hget(file_key(file_id), "content")
+            if data is None:
+                raise ResourceNotFound(f"No such File object: {file_id}", param="file_id")
+            yield bytes(data)
+            return
+        for start in range(0, total, size):
+            yield await self.redis.getrange(key, start, min(start + size, total) - 1)
 
     async def list(
         self, tenant: str, *, limit: int, after: str | None, order: str, purpose: str | None
@@ -171,7 +243,7 @@ class FileStore:
     async def delete(self, tenant: str, file_id: str) -> None:
         await self.meta(tenant, file_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(file_key(file_id))
+            pipe.delete(file_key(file_id), file_content_key(file_id))
             pipe.zrem(tenant_files_key(tenant), file_id)
             await pipe.execute()
         if self.files_dir is not None:
@@ -241,13 +313,21 @@ FILES = web.AppKey("llm_router.files", FileStore)
 async def create_file(request: web.Request) -> web.Response:
     """``POST /v1/files``: multipart ``purpose`` and ``file`` (OpenAI's SDK sends the purpose first)."""
     store = request.app[FILES]
-    max_bytes: int = request.app["settings"].files_max_bytes
+    settings = request.app["settings"]
+    max_bytes: int = settings.files_max_bytes
     if request.content_length is not None and request.content_length > max_bytes + MULTIPART_SLACK:
         raise PayloadTooLarge(f"the file is over the limit of {max_bytes} bytes", param="file")
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("upload the file as multipart/form-data with `file` and `purpose`")
+    policy = await request.app["producer"].policies.get(request["tenant"])
+    quota = (policy.get("max_files"), policy.get("max_file_bytes"))
     try:
-        purpose, created = await _read_form(request, store, max_bytes)
+        async with asyncio.timeout(settings.files_upload_timeout_s):
+            purpose, created = await _read_form(request, store, max_bytes, quota)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the upload did not end within {settings.files_upload_timeout_s:g} s", param="file"
+        ) from None
     except (ValueError, HttpProcessingError) as exc:  # aiohttp's words for a malformed multipart body
         raise InvalidRequest(f"malformed multipart body: {exc}") from None
     if created is None:
@@ -257,7 +337,7 @@ async def create_file(request: web.Request) -> web.Response:
 
 
 async def _read_form(
-    request: web.Request, store: FileStore, max_bytes: int
+    request: web.Request, store: FileStore, max_bytes: int, quota: tuple[int, int]
 ) -> tuple[str | None, dict[str, Any] | None]:
     """The form's ``purpose`` and the file object made of its ``file`` part (other parts skipped)."""
     reader = await request.multipart()
@@ -275,7 +355,14 @@ async def _read_form(
         elif part.name == "file" and created is None:
             if purpose is None:
                 raise InvalidRequest("send the `purpose` field before the file", param="purpose")
-            created = await store.upload(request["tenant"], part, purpose=purpose, max_bytes=max_bytes)
+            created = await store.upload(
+                request["tenant"],
+                part,
+                purpose=purpose,
+                max_bytes=max_bytes,
+                quota=quota,
+                idle_s=request.app["settings"].server_body_timeout_s,
+            )
         else:
             await _small_field(part, 64 * 1024)  # another field (the SDK may add some): read, capped, dropped
     return purpose, created
@@ -295,10 +382,22 @@ async def get_file(request: web.Request) -> web.Response:
     return json_response(await request.app[FILES].meta(request["tenant"], request.match_info["file_id"]))
 
 
-async def get_file_content(request: web.Request) -> web.Response:
-    """The file's bytes, as OpenAI serves them (``application/octet-stream``)."""
-    data = await request.app[FILES].content(request["tenant"], request.match_info["file_id"])
-    return web.Response(body=data, content_type="application/octet-stream")
+async def get_file_content(request: web.Request) -> web.StreamResponse:
+    """The file's bytes, as OpenAI serves them (``application/octet-stream``), streamed a range at a
+    time: ten downloads of a 100 MB file hold ten ranges in memory, not ten files."""
+    store = request.app[FILES]
+    file_id = request.match_info["file_id"]
+    meta = await store.meta(request["tenant"], file_id)
+    chunks = store.chunks(request["tenant"], file_id)
+    first = await anext(chunks, b"")  # a file gone meanwhile is still a clean 404
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = meta["bytes"]
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def list_files(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from llm_router.contract import JobRecord
 from llm_router.errors import RouterError, WaitTimeout
 from producer.http.ended import follow_stream
 from producer.http.errors import record_error, sse_data, start_sse
-from producer.http.openai_api import Started, wait_answer
+from producer.http.interactive import Started, wait_answer
 from producer.producer import JobFailed, Producer
 
 

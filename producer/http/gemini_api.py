@@ -24,16 +24,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord
-from llm_router.errors import InvalidRequest, ModelNotFound, ResourceNotFound, RouterError, WaitTimeout
+from llm_router.errors import InvalidRequest, ModelNotFound, ResourceNotFound, RouterError
 from producer.gemini_native import chat_completion_to_gemini, gemini_to_chat
-from producer.http.ended import follow_stream
-from producer.http.errors import json_response, read_json, record_error, retry_after
-from producer.http.openai_api import JOB_ID_HEADER, start_interactive, wait_answer
-from producer.producer import JobFailed, Producer
+from producer.http.errors import JOB_ID_HEADER, json_response, read_json, retry_after
+from producer.http.interactive import follow, start_interactive, wait_answer
+from producer.http.openai_api import stream_error
+from producer.producer import Producer
 
 routes = web.RouteTableDef()
 PREFIXES = ("/v1beta", "/v1")
@@ -211,15 +212,13 @@ async def stream_generate_content(request: web.Request) -> web.StreamResponse:
     async with start_interactive(request, job) as started:
         writer = _Writer(request, {JOB_ID_HEADER: started.job_id})
         try:
-            async for chunk in follow_stream(
-                producer, started.job_id, tenant=started.tenant, timeout_s=started.wait_s
-            ):
+            async for chunk in follow(request, started):
                 piece = chunk_to_gemini(chunk)
                 if piece is not None:
                     await writer.write(piece)
             record = await producer.get(started.job_id, tenant=started.tenant)
-        except (JobFailed, WaitTimeout) as exc:
-            error = record_error(exc.record.error) if isinstance(exc, JobFailed) else exc
+        except (RouterError, RedisError) as exc:  # the job failed, the wait gave up, Redis went away
+            error = stream_error(exc)
             if writer.response is None:
                 return gemini_error_response(error)  # nothing streamed yet: an error with its status
             await writer.write(gemini_error_body(error))

@@ -7,6 +7,8 @@ arrive over HTTP may not name local image files.
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +16,7 @@ from aiohttp import web
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import InvalidRequest, JobNotFound, ResourceNotFound, RouterError, TooManyQueued
+from llm_router.store import NewJob
 from producer.http.ended import follow_stream
 from producer.http.errors import (
     SSE_DONE,
@@ -26,6 +29,7 @@ from producer.http.errors import (
     sse_data,
     start_sse,
 )
+from producer.http.limits import LARGE, LIMITS
 from producer.producer import JobFailed, Producer, Submitted
 
 routes = web.RouteTableDef()
@@ -37,22 +41,56 @@ def without_tenant(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def submit_jobs(
-    producer: Producer, settings: Settings, jobs: list[Any], tenant: str, **kwargs: Any
+    producer: Producer,
+    settings: Settings,
+    jobs: list[Any],
+    tenant: str,
+    *,
+    request: web.Request | None = None,
+    **kwargs: Any,
 ) -> list[Submitted | RouterError]:
-    """Submit jobs for ``tenant`` under its queue limit; one result per input, in order."""
+    """Submit jobs for ``tenant`` under its queue limit; one result per input, in order.
+
+    Given the ``request`` they came in, the jobs of a large body are validated off the event loop
+    (``limits``), in the tenant's large-body slot."""
     results: list[Submitted | RouterError | None] = []
-    valid: list[dict[str, Any]] = []
+    valid: list[dict[str, Any] | NewJob] = []
     for job in jobs:
         if isinstance(job, dict):
             results.append(None)
             valid.append(without_tenant(job))
         else:
             results.append(InvalidRequest("a job must be a JSON object"))
+    if valid and request is not None and request.get(LARGE):
+        limits = request.app[LIMITS]
+        interactive = bool(kwargs.get("interactive"))
+        async with limits.large(tenant):
+            prepared = await limits.off_loop(_prepare_all, producer, valid, interactive)
+        slots = [k for k, r in enumerate(results) if r is None]
+        for slot, outcome in zip(slots, prepared, strict=True):
+            if isinstance(outcome, RouterError):
+                results[slot] = outcome
+        valid = [p for p in prepared if isinstance(p, NewJob)]
     max_queued = (await producer.policies.get(tenant)).get("max_queued") if valid else 0
     submitted = iter(
         await producer.submit_many(valid, tenant=tenant, max_queued=max_queued, **kwargs) if valid else []
     )
     return [r if r is not None else next(submitted) for r in results]
+
+
+def _prepare_all(producer: Producer, jobs: list[Any], interactive: bool) -> list[NewJob | RouterError]:
+    """Validate jobs (on the parse pool: this is the CPU a large body costs)."""
+    out: list[NewJob | RouterError] = []
+    for job in jobs:
+        try:
+            out.append(
+                producer.validator.prepare(
+                    job, now=time.time(), interactive=interactive, new_id=os.urandom(16).hex()
+                )
+            )
+        except RouterError as exc:
+            out.append(exc)
+    return out
 
 
 async def owned_record(request: web.Request, job_id: str) -> JobRecord:
@@ -94,7 +132,7 @@ async def post_jobs(request: web.Request) -> web.Response:
                 {**job, "job_id": f"{key}-{i}"} if isinstance(job, dict) and "job_id" not in job else job
                 for i, job in enumerate(jobs)
             ]
-        results = await submit_jobs(producer, settings, jobs, tenant)
+        results = await submit_jobs(producer, settings, jobs, tenant, request=request)
         lines = [
             {"id": r.job_id, "created": r.created}
             if isinstance(r, Submitted)
@@ -114,7 +152,7 @@ async def post_jobs(request: web.Request) -> web.Response:
         if body.get("job_id", key) != key:
             raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
         body = {**body, "job_id": key}
-    result = (await submit_jobs(producer, settings, [body], tenant))[0]
+    result = (await submit_jobs(producer, settings, [body], tenant, request=request))[0]
     if isinstance(result, RouterError):
         raise result
     return json_response(

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from config.settings import Settings
 from llm_router.errors import InvalidRequest, PayloadTooLarge, ResourceNotFound, RouterError
-from producer.http.errors import json_response, read_json, retry_after
+from producer.http.errors import JOB_ID_HEADER, json_response, read_json, retry_after
 from producer.http.front_stream import relay_events
-from producer.http.openai_api import JOB_ID_HEADER, start_interactive, wait_answer
+from producer.http.interactive import start_interactive, wait_answer
 from producer.messages_answer import MessageEvents, anthropic_error, message_object
 from producer.messages_format import MESSAGE_PREFIX, messages_param, messages_to_chat
 

@@ -3,105 +3,43 @@
 A chat completion is a job on the interactive queue (served before bulk) like any other; the handler
 waits for its end through the process's one pub/sub subscription (``ended``), never by polling, and
 answers with the record's ``chat.completion`` plus ``usage.cost`` and ``usage.credits_remaining``.
-``stream: true`` relays the job's stream as OpenAI SSE. The Gemini endpoint reuses ``start_interactive``.
+``stream: true`` relays the job's stream as OpenAI SSE. Submitting, naming the job in every answer and
+cancelling the job of a client that leaves are ``interactive``'s, shared with the other fronts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog
 from config.settings import Settings
-from llm_router.contract import JobRecord, JobStatus
-from llm_router.errors import (
-    InvalidRequest,
-    ModelNotFound,
-    NoWorkers,
-    RouterError,
-    WaitTimeout,
-)
-from producer.http.ended import EndedWaiter, follow_stream
+from llm_router.contract import JobRecord
+from llm_router.errors import InvalidRequest, ModelNotFound, RouterError
+from producer.http.ended import is_outage, unavailable
 from producer.http.errors import (
+    JOB_ID_HEADER,
     SSE_DONE,
     error_body,
     error_response,
-    idempotency_key,
     json_response,
     read_json,
     record_error,
     sse_data,
     start_sse,
 )
-from producer.http.jobs_api import submit_jobs, without_tenant
+
+# the interactive helpers lived here first; fronts may import them from either module
+from producer.http.interactive import Started, follow, start_interactive, wait_answer
 from producer.producer import JobFailed, Producer
 
+__all__ = ["JOB_ID_HEADER", "Started", "follow", "start_interactive", "wait_answer"]
+
 routes = web.RouteTableDef()
-JOB_ID_HEADER = "x-llm-router-job-id"
-WAIT_SLACK_S = 5.0  # beyond the job's deadline: the worker fails it with deadline_exceeded first
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """An interactive job on its way: its id and tenant, when to stop waiting for it, and its end's
-    event."""
-
-    job_id: str
-    wait_s: float
-    ended: asyncio.Event
-    tenant: str
-
-
-@asynccontextmanager
-async def start_interactive(
-    request: web.Request, job: dict[str, Any], *, id_prefix: str = ""
-) -> AsyncIterator[Started]:
-    """Submit ``job`` (tenant from the key) to the interactive queue with end notification.
-
-    Refuses with ``no_workers`` when no worker serves the interactive queue (the job would wait for
-    nobody). The job's end is watched from before it is submitted until the context exits. A job
-    that names no id gets ``id_prefix`` before its key or random id (``resp_``, ``msg_``: the ids
-    the Responses and Messages SDKs expect).
-    """
-    settings: Settings = request.app["settings"]
-    producer: Producer = request.app["producer"]
-    waiter: EndedWaiter = request.app["ended"]
-    if await producer.live_workers(settings.interactive_queue_name) == 0:
-        raise NoWorkers("no live llm-router worker serves the interactive queue")
-    job = without_tenant(job)
-    given = job.get("job_id")
-    key = idempotency_key(request)
-    if key is not None and given is not None and given != key:
-        raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
-    # the id is chosen here so the waiter is registered before the job exists; a retry with the same
-    # Idempotency-Key finds the first job (and its answer) instead of running a second one
-    job_id = given if isinstance(given, str) else id_prefix + (key or os.urandom(16).hex())
-    if given is None:
-        job = {**job, "job_id": job_id}
-    tenant: str = request["tenant"]
-    with waiter.watch(producer.scoped(job_id, tenant)) as event:
-        result = (await submit_jobs(producer, settings, [job], request["tenant"], interactive=True))[0]
-        if isinstance(result, RouterError):
-            raise result
-        deadline = job.get("deadline_s")
-        wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
-        yield Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
-
-
-async def wait_answer(request: web.Request, started: Started) -> JobRecord:
-    """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
-    waiter: EndedWaiter = request.app["ended"]
-    producer: Producer = request.app["producer"]
-    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
-    if record.status != JobStatus.SUCCEEDED:
-        raise record_error(record.error)
-    return record
+log = structlog.get_logger("producer.http")
 
 
 def completion_with_usage(record: JobRecord) -> dict[str, Any]:
@@ -141,9 +79,7 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
     response: web.StreamResponse | None = None
     usage_chunk: dict[str, Any] | None = None
     try:
-        async for chunk in follow_stream(
-            producer, started.job_id, tenant=started.tenant, timeout_s=started.wait_s
-        ):
+        async for chunk in follow(request, started):
             if response is None:
                 response = await start_sse(request, headers)
             if chunk.get("usage") and not chunk.get("choices"):
@@ -154,8 +90,8 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
             record = await producer.get(started.job_id, tenant=started.tenant)
             usage_chunk["usage"] = completion_with_usage(record)["usage"]
             await response.write(sse_data(usage_chunk))
-    except (JobFailed, WaitTimeout) as exc:
-        error = record_error(exc.record.error) if isinstance(exc, JobFailed) else exc
+    except (RouterError, RedisError) as exc:  # the job failed, the wait gave up, Redis went away
+        error = stream_error(exc)
         if response is None:
             failed = error_response(error)
             failed.headers.update(headers)
@@ -165,6 +101,19 @@ async def relay_stream(request: web.Request, started: Started, headers: dict[str
         response = await start_sse(request, headers)
     await response.write(SSE_DONE)
     return response
+
+
+def stream_error(exc: RouterError | RedisError) -> RouterError:
+    """What a relay tells its client when following the job stopped: the job's error, or why the
+    following stopped (a wait timeout, Redis unavailable)."""
+    if isinstance(exc, JobFailed):
+        return record_error(exc.record.error)
+    if isinstance(exc, RouterError):
+        return exc
+    if is_outage(exc):
+        return unavailable(exc)
+    log.error("relay failed", error=repr(exc))
+    return RouterError("internal server error")
 
 
 def model_object(catalog: Catalog, model_id: str) -> dict[str, Any]:

@@ -22,15 +22,19 @@ ERROR_CODES: dict[int, str] = {
     400: "Invalid request (`invalid_request`, `unsupported_capability`; `param` names the field)",
     401: "Missing or wrong API key (`invalid_api_key`)",
     402: "The tenant's credit does not cover the job (`insufficient_credits`)",
+    403: "The upload would take the tenant's files past its quota (`quota_exceeded`)",
     404: "Unknown id or another tenant's (`not_found`), unknown model (`model_not_found`), unknown route",
     405: "Method not allowed on this path (`method_not_allowed`)",
-    408: "Gave up waiting for the job (`wait_timeout`); the job goes on",
+    408: "Gave up waiting for the job (`wait_timeout`; the job goes on), or the request body came too "
+    "slowly (`request_timeout`)",
     409: "`idempotency_conflict` (a job_id reused with another body) or `job_not_cancellable`",
     413: "Body over the server's limit (`payload_too_large`), refused before it is read",
-    429: "The tenant has too many jobs queued or running (`too_many_queued`); see Retry-After",
+    429: "The tenant has too many jobs queued or running (`too_many_queued`) or requests in progress "
+    "(`too_many_requests`); see Retry-After",
     499: "The job was cancelled (`cancelled`)",
     502: "Every provider of the route failed (`upstream_error`, `rate_limited`, ... : the job's error)",
-    503: "No live worker serves the interactive queue (`no_workers`)",
+    503: "Redis did not answer in time (`redis_unavailable`, with Retry-After; an accepted job's answer "
+    "carries its id in x-llm-router-job-id), or no live worker serves the interactive queue (`no_workers`)",
     504: "The job's deadline passed (`deadline_exceeded`)",
 }
 
@@ -39,15 +43,21 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# what any API route may answer: a bad request or key, an unknown route, a body over the limit or too
+# slow, a tenant over its requests in progress, Redis not answering
+COMMON_ERRORS = (400, 401, 404, 405, 408, 413, 429, 503)
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for status in (400, 401, 404, 405, 413, *statuses):
+    for status in sorted({*COMMON_ERRORS, *statuses}):
         out[str(status)] = {
             "description": ERROR_CODES[status],
             "content": {"application/json": {"schema": _ref("Error")}},
         }
-        if status == 429:
-            out["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        if status in (429, 503):
+            out[str(status)]["headers"] = _RETRY_AFTER
     return out
 
 
@@ -511,7 +521,7 @@ PATHS: dict[str, Any] = {
                 },
                 "multipart/form-data",
             ),
-            "responses": {"200": _json(_ref("File"), "the file"), **_errors()},
+            "responses": {"200": _json(_ref("File"), "the file"), **_errors(403)},
         },
         "get": {
             "summary": "The tenant's files",
@@ -633,7 +643,7 @@ PATHS: dict[str, Any] = {
 
 def _gemini_errors(*statuses: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for status in (400, 401, 404, 405, 413, *statuses):
+    for status in sorted({*COMMON_ERRORS, *statuses}):
         schema = _ref("GoogleError")
         if status == 413:  # a declared body over the limit is refused before any route, in our shape
             schema = {"oneOf": [_ref("GoogleError"), _ref("Error")]}

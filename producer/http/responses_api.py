@@ -33,10 +33,10 @@ from llm_router.errors import (
     WaitTimeout,
 )
 from producer.http.ended import EndedWaiter
-from producer.http.errors import idempotency_key, json_response, read_json, start_sse
+from producer.http.errors import JOB_ID_HEADER, idempotency_key, json_response, read_json, start_sse
 from producer.http.front_stream import relay_events, sse_events
+from producer.http.interactive import WAIT_SLACK_S, Started, start_interactive, wait_answer
 from producer.http.jobs_api import owned_record, submit_jobs
-from producer.http.openai_api import JOB_ID_HEADER, WAIT_SLACK_S, Started, start_interactive, wait_answer
 from producer.producer import Producer
 from producer.responses_answer import ResponseEvents, response_object
 from producer.responses_format import RESPONSE_PREFIX, conversation_of, responses_param, responses_to_chat

@@ -85,6 +85,8 @@ def test_the_guard_checks_ip_literals_with_its_callers_allowlist() -> None:
         ("169.254.1.1", False, True),  # link-local
         ("fe80::1", False, True),
         ("fd12:3456::1", False, True),  # unique local
+        ("fec0::1", False, True),  # site-local (deprecated, still internal where used)
+        ("fefe:1::2", False, True),
         ("224.0.0.1", False, True),  # multicast
         ("0.0.0.0", False, True),
         ("::ffff:127.0.0.1", False, True),  # IPv4-mapped loopback

@@ -1,0 +1,159 @@
+"""Interactive jobs over HTTP: what every front that answers with a job's outcome shares (the chat
+endpoint, the Gemini routes, and any front that waits for its job: Responses without ``background``,
+Messages).
+
+``start_interactive`` submits the job to the interactive queue and, while its context is open:
+
+* **the answer names the job**: from the submit on, every answer to the request carries
+  ``x-llm-router-job-id`` (the app's error middleware adds it to errors: a 503 because Redis went
+  away, a wait timeout), so a client that did not get its answer still holds its job and a retry
+  with the same ``Idempotency-Key`` returns the first job's outcome, never a second job;
+* **a client that leaves stops paying**: when the connection closes before the answer is out (a
+  dropped stream, a plain request given up), the job is cancelled, as OpenAI's API stops a
+  generation whose client is gone. A queued job ends ``cancelled`` at once; a running one is aborted
+  and charged for what its provider already streamed. The connection is watched, not only written
+  to, so a plain request's disconnect is seen while its job still runs. Jobs submitted through
+  ``/v1/jobs`` (or as background work) are not interactive and keep running.
+
+``wait_answer`` and ``follow`` wait for the job (the record, or its stream) and give up with 503
+``redis_unavailable`` when Redis stops answering (``redis_watch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from config.settings import Settings
+from llm_router.contract import JobRecord, JobStatus
+from llm_router.errors import InvalidRequest, NoWorkers, RouterError
+from producer import liveness
+from producer.http.ended import EndedWaiter, follow_stream
+from producer.http.errors import idempotency_key, name_job, record_error
+from producer.http.jobs_api import submit_jobs, without_tenant
+from producer.producer import Producer
+
+log = structlog.get_logger("producer.http")
+
+WAIT_SLACK_S = 5.0  # beyond the job's deadline: the worker fails it with deadline_exceeded first
+GONE_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """An interactive job on its way: its id and tenant, when to stop waiting for it, and its end's
+    event."""
+
+    job_id: str
+    wait_s: float
+    ended: asyncio.Event
+    tenant: str
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the request's connection is closed (or closing): nobody will read the answer."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@contextlib.asynccontextmanager
+async def start_interactive(
+    request: web.Request, job: dict[str, Any], *, id_prefix: str = ""
+) -> AsyncIterator[Started]:
+    """Submit ``job`` (tenant from the key) to the interactive queue.
+
+    Refuses with ``no_workers`` when no worker serves the interactive queue (the job would wait for
+    nobody). The job's end is watched from before it is submitted until the context exits; so is
+    the client's connection (see the module docstring). A job that names no id gets ``id_prefix``
+    before its key or random id (``resp_``, ``msg_``: the ids the Responses and Messages SDKs
+    expect).
+    """
+    settings: Settings = request.app["settings"]
+    producer: Producer = request.app["producer"]
+    waiter: EndedWaiter = request.app["ended"]
+    if await liveness.live_workers(producer.redis, settings, settings.interactive_queue_name) == 0:
+        raise NoWorkers("no live llm-router worker serves the interactive queue")
+    job = without_tenant(job)
+    given = job.get("job_id")
+    key = idempotency_key(request)
+    if key is not None and given is not None and given != key:
+        raise InvalidRequest("job_id and the Idempotency-Key header name different jobs", param="job_id")
+    # the id is chosen here so the waiter is registered before the job exists; a retry with the same
+    # Idempotency-Key finds the first job (and its answer) instead of running a second one
+    job_id = given if isinstance(given, str) else id_prefix + (key or os.urandom(16).hex())
+    if given is None:
+        job = {**job, "job_id": job_id}
+    tenant: str = request["tenant"]
+    with waiter.watch(producer.scoped(job_id, tenant)) as event:
+        # named before the submit: a submit cut off by Redis may have created the job all the same
+        name_job(request, job_id)
+        result = (await submit_jobs(producer, settings, [job], tenant, request=request, interactive=True))[0]
+        if isinstance(result, RouterError):
+            name_job(request, None)  # refused: there is no job to name
+            raise result
+        deadline = job.get("deadline_s")
+        wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
+        started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
+        watcher = asyncio.create_task(_cancel_when_gone(request, producer, started))
+        try:
+            yield started
+        except ConnectionResetError:  # the client left while we wrote to it
+            await asyncio.shield(_cancel(producer, started))
+            raise
+        # a cancelled handler is the server stopping, not the client leaving: the job goes on, and
+        # the client's retry (same Idempotency-Key) finds it on another server
+        finally:
+            watcher.cancel()
+
+
+async def _cancel_when_gone(request: web.Request, producer: Producer, started: Started) -> None:
+    while not client_gone(request):
+        await asyncio.sleep(GONE_POLL_S)
+    await asyncio.shield(_cancel(producer, started))
+
+
+async def _cancel(producer: Producer, started: Started) -> None:
+    """Cancel the job of a client that left; a job that ended meanwhile is left as it is."""
+    try:
+        record = await producer.cancel(started.job_id, tenant=started.tenant)
+    except RouterError:
+        return  # ended (job_not_cancellable) or expired: nothing to stop
+    except RedisError as exc:
+        log.warning(
+            "client left; its job could not be cancelled",
+            job_id=started.job_id,
+            tenant=started.tenant,
+            error=repr(exc),
+        )
+        return
+    log.info("client left; job cancelled", job_id=started.job_id, tenant=started.tenant, status=record.status)
+
+
+async def wait_answer(request: web.Request, started: Started) -> JobRecord:
+    """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
+    waiter: EndedWaiter = request.app["ended"]
+    producer: Producer = request.app["producer"]
+    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
+    if record.status != JobStatus.SUCCEEDED:
+        raise record_error(record.error)
+    return record
+
+
+def follow(request: web.Request, started: Started) -> AsyncIterator[dict[str, Any]]:
+    """The job's chunks as they come (``ended.follow_stream``), bounded by the job's wait and by
+    Redis answering."""
+    return follow_stream(
+        request.app["producer"],
+        started.job_id,
+        tenant=started.tenant,
+        timeout_s=started.wait_s,
+        watch=request.app.get("redis_watch"),
+    )

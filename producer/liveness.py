@@ -1,0 +1,43 @@
+"""Whether any worker serves a queue, without taking a Redis outage for a dead fleet.
+
+Workers prove they live by writing a heartbeat to Redis every ``heartbeat_interval_s``; a producer
+counts those younger than ``heartbeat_ttl_s``. While Redis is stopped or restarting nobody can write
+one, so an outage longer than the TTL leaves every heartbeat expired although every worker lives,
+and the first interactive call after it would be refused with ``no_workers``. Redis' own clock
+cannot tell the two apart (it runs on while Redis is stopped, and the heartbeats carry the workers'
+clocks), so the evidence asked for is a fresh beat: when none is live but workers beat within the
+last hour and did not sign off (a worker that stops cleanly leaves the set at once), they get two
+heartbeat intervals to beat again before the queue counts as served by nobody. A fleet scaled to
+zero, or a queue nobody ever served, is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from llm_router.keys import workers_key
+
+POLL_S = 0.1
+
+
+async def live_workers(redis: Redis, settings: Settings, queue: str) -> int:
+    """Workers with a live heartbeat on ``queue``, waiting out a heartbeat gap left by an outage."""
+    key = workers_key(queue)
+    live = await _live(redis, key, settings.heartbeat_ttl_s)
+    if live or not await redis.zcard(key):
+        return live
+    deadline = time.monotonic() + 2 * settings.heartbeat_interval_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+        live = await _live(redis, key, settings.heartbeat_ttl_s)
+        if live:
+            return live
+    return 0
+
+
+async def _live(redis: Redis, key: str, ttl_s: float) -> int:
+    return int(await redis.zcount(key, time.time() - ttl_s, "+inf"))
