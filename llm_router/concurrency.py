@@ -1,0 +1,194 @@
+"""Admission that learns: each deployment's in-flight limit, adapted fleet-wide, and its latency.
+
+Every deployment with a limit (the catalog's ``concurrency: {initial, max}``, over the settings
+``LLM_ROUTER_CONCURRENCY_INITIAL`` 10 and ``LLM_ROUTER_CONCURRENCY_MAX`` 1000) has one limit for the
+whole fleet, kept in Redis and enforced in the start script a job runs anyway: a job is admitted to a
+deployment only while fewer calls than the limit are in flight there. The limit is **AIMD**
+(additive increase, multiplicative decrease, as TCP's congestion window):
+
+* it starts at ``initial`` and, in *slow start*, grows by one per successful call (it doubles every
+  round of calls) until the first sign of congestion; then by ``1 / limit`` per success (one per
+  round). It grows only while it is in use (at least half of it in flight), so a quiet spell does
+  not leave behind a limit nobody tested;
+* a 429, a failure the breaker counts (5xx, timeouts, resets, bad answers) or latency above
+  ``LLM_ROUTER_CONCURRENCY_LATENCY_TOLERANCE`` (2) times the learned baseline cuts it to
+  ``LLM_ROUTER_CONCURRENCY_BACKOFF`` (0.9) of itself, **once per round**: a call that started before
+  the last cut was sent under the old limit and says nothing new, so the burst of 429s one overshoot
+  produces is one cut, not a collapse;
+* it never drops below 1 (the breaker, not the limit, takes a dead deployment out) nor grows past
+  ``max``; a deployment idle for an hour starts over from ``initial``.
+
+Why AIMD rather than a gradient limiter (Netflix's Gradient2, Vegas): a gradient limiter reads
+congestion from latency alone, and an LLM call's latency is dominated by how much it writes, which
+varies a hundredfold between requests and is no sign of queueing. The signals a provider gives when
+it is overloaded are explicit (429s, 503s, timeouts), AIMD acts on exactly those, needs a single
+number per deployment (no RTT window that a few samples would make noisy), and is cheap to run
+atomically in Lua. Latency still counts, as one more congestion signal against a slowly learned
+baseline, with a tolerance wide enough that long answers do not read as queueing.
+
+In flight means admitted and not yet reported: a job takes a *slot* (``slots:<dep>``, scored by its
+lease end) when the start script (or the admission on the way, ``ADMIT_LUA``) admits it, and gives
+it back with the call's report, in the admission of the next deployment it tries or in its finish
+script. The worker's lease keeper renews the slots of its running calls with the job leases, so the
+slots of a worker that died lapse within ``LLM_ROUTER_LEASE_S``; a job run again after its worker's
+death gives back the slot of the call it was making at once.
+
+The same reports teach each deployment's latency, shared by the fleet (``conc:<dep>``): an EWMA
+(time to first token for streams, the whole call otherwise) that the ``latency`` strategy ranks
+deployments by, a slow baseline the limit compares it with, and a running estimate of a percentile
+(``LLM_ROUTER_HEDGE_PERCENTILE``, p90) that hedged requests wait for before a second attempt: a
+stochastic quantile, which moves up by ``eta * p`` when a sample is above it and down by
+``eta * (1 - p)`` otherwise, so that it rests where a fraction ``1 - p`` of samples lie above (one
+float, no histogram; ``eta`` shrinks from 1 to 5 % over the first samples, then stays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from llm_router.keys import conc_key, slots_key
+
+# needs LUA_PRELUDE (llm_router.lua) before it; BREAKER_LUA (llm_router.circuit_breaker) includes it
+CONCURRENCY_LUA = r"""
+local CONC_TTL_MS = 3600000  -- an idle deployment's limit and latency start over after this
+local STALE_MS = 60000       -- the latency strategy tries a deployment not heard from for this long
+
+-- calls in flight on dep now (slots whose lease lapsed, their worker dead, dropped first)
+local function in_flight(dep, now)
+  local key = SLOTS .. dep
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key)
+end
+
+-- May job take a slot on d (a routing entry: id, initial, max)?  true, or false and when one is
+-- likely to free: about one call's latency from now
+local function room(d, now, job)
+  if d.max <= 0 then return true, 0 end
+  local n = in_flight(d.id, now)
+  if redis.call('ZSCORE', SLOTS .. d.id, job) then return true, 0 end  -- it holds one already
+  local h = redis.call('HMGET', CONC .. d.id, 'limit', 'ewma')
+  local limit = math.min(tonumber(h[1] or d.initial), d.max)
+  if n < math.max(math.floor(limit), 1) then return true, 0 end
+  local wait = tonumber(h[2] or '100')
+  return false, now + math.min(math.max(wait, 20), 1000)
+end
+
+local function take_slot(d, job, until_ms)
+  if d.max > 0 then redis.call('ZADD', SLOTS .. d.id, until_ms, job) end
+end
+
+-- The order a model's deployments are tried in: as listed ('ordered', and 'cost', whose rows the
+-- workers list by price), fewest calls in flight per weight ('least_busy'), or lowest learned latency
+-- per weight ('latency'; one not heard from for STALE_MS goes first, once per STALE_MS, to be
+-- measured again).  Ties keep the catalog's order.
+local function by_strategy(strategy, deps, now)
+  if strategy ~= 'least_busy' and strategy ~= 'latency' then return deps end
+  for _, d in ipairs(deps) do
+    if strategy == 'least_busy' then
+      d.score = in_flight(d.id, now) / d.weight
+    else
+      local h = redis.call('HMGET', CONC .. d.id, 'ewma', 'at')
+      if h[1] and now - tonumber(h[2] or '0') <= STALE_MS then
+        d.score = tonumber(h[1]) / d.weight
+      else
+        d.score = -1
+        redis.call('HSET', CONC .. d.id, 'at', now)
+        redis.call('PEXPIRE', CONC .. d.id, CONC_TTL_MS)
+      end
+    end
+  end
+  table.sort(deps, function(a, b)
+    if a.score ~= b.score then return a.score < b.score end
+    return a.i < b.i
+  end)
+  return deps
+end
+
+-- One call's report (a BreakerReport: dep, kind, slot, latency_ms, started_ms, policy.conc_*): its
+-- slot back, its latency learned, the limit moved (see the module).
+local function learn(r, now, job)
+  local dep, p = r.dep, r.policy
+  if r.slot then redis.call('ZREM', SLOTS .. dep, job) end
+  local lat = r.latency_ms or -1
+  if p.conc_max <= 0 and lat < 0 then return end
+  local key = CONC .. dep
+  local h = redis.call('HMGET', key, 'limit', 'ss', 'cut', 'ewma', 'base', 'q', 'n')
+  local congested = r.kind == 'failure' or r.kind == 'limited'
+  local fields = {}
+  if lat >= 0 then
+    local n = math.min(tonumber(h[7] or '0') + 1, 1000000)
+    local ewma, base, q = tonumber(h[4] or lat), tonumber(h[5] or lat), tonumber(h[6] or lat)
+    ewma = ewma + 0.1 * (lat - ewma)
+    base = base + 0.01 * (lat - base)
+    local pct, eta = p.quantile_pct / 100, math.max(0.05, 1 / math.sqrt(n))
+    if lat > q then q = q * (1 + eta * pct) else q = q * (1 - eta * (1 - pct)) end
+    if r.kind == 'success' and n >= 20 and ewma * 100 > base * p.tolerance_pct then congested = true end
+    fields = {'ewma', string.format('%.1f', ewma), 'base', string.format('%.1f', base),
+              'q', string.format('%.1f', q), 'n', n, 'at', now}
+  end
+  if p.conc_max > 0 then
+    local limit = math.min(tonumber(h[1] or p.conc_initial), p.conc_max)
+    if congested then
+      if r.started_ms >= tonumber(h[3] or '0') then  -- one cut per round (see the module)
+        limit = math.max(limit * p.backoff_pct / 100, 1)
+        fields[#fields + 1] = 'ss'
+        fields[#fields + 1] = 0
+        fields[#fields + 1] = 'cut'
+        fields[#fields + 1] = now
+      end
+    elseif r.kind == 'success' and in_flight(dep, now) + 1 >= limit / 2 then
+      if h[2] == '0' then limit = limit + 1 / limit else limit = limit + 1 end
+      limit = math.min(limit, p.conc_max)
+    end
+    fields[#fields + 1] = 'limit'
+    fields[#fields + 1] = string.format('%.3f', limit)
+  end
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
+    redis.call('PEXPIRE', key, CONC_TTL_MS)
+  end
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterView:
+    """One deployment's learned admission, as ``llm-router breakers`` shows it."""
+
+    limit: float | None  # None: no limit learned yet (it starts at its ``initial``)
+    in_flight: int
+    slow_start: bool
+    latency_ms: float | None  # the EWMA: time to first token for streams, the whole call otherwise
+    baseline_ms: float | None
+    quantile_ms: float | None  # the hedge percentile's estimate
+    samples: int
+
+
+async def read_limiters(redis: Redis, names: Iterable[str], now_ms: int) -> dict[str, LimiterView]:
+    """The limit, calls in flight and learned latency of each deployment in ``names`` (one round trip)."""
+    names = list(names)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hmget(conc_key(name), "limit", "ss", "ewma", "base", "q", "n")
+            pipe.zcount(slots_key(name), now_ms, "+inf")
+        replies = await pipe.execute()
+    out = {}
+    for i, name in enumerate(names):
+        (limit, ss, ewma, base, q, n), in_flight = replies[2 * i], replies[2 * i + 1]
+        out[name] = LimiterView(
+            limit=_float(limit),
+            in_flight=int(in_flight),
+            slow_start=ss != b"0",
+            latency_ms=_float(ewma),
+            baseline_ms=_float(base),
+            quantile_ms=_float(q),
+            samples=int(n or 0),
+        )
+    return out
+
+
+def _float(raw: bytes | None) -> float | None:
+    return float(raw) if raw is not None else None
