@@ -12,9 +12,17 @@ deployment only while fewer calls than the limit are in flight there. The limit 
   not leave behind a limit nobody tested;
 * a 429, a failure the breaker counts (5xx, timeouts, resets, bad answers) or latency above
   ``LLM_ROUTER_CONCURRENCY_LATENCY_TOLERANCE`` (2) times the learned baseline cuts it to
-  ``LLM_ROUTER_CONCURRENCY_BACKOFF`` (0.9) of itself, **once per round**: a call that started before
-  the last cut was sent under the old limit and says nothing new, so the burst of 429s one overshoot
-  produces is one cut, not a collapse;
+  ``LLM_ROUTER_CONCURRENCY_BACKOFF`` (0.9) of the calls in flight when it came (or of the limit, if
+  lower: TCP's ``ssthresh = FlightSize / 2``, RFC 5681), **once per round**: a call that started
+  before the last cut was sent under the old limit and says nothing new, so the burst of 429s one
+  overshoot produces is one cut, not a collapse; and a limit that slow start grew past what the fleet
+  actually sent comes down to what was sent in one step, not in a cut per round;
+* past a cut it grows by one per round back up to one slot under the *ceiling* (the calls in flight
+  at the refusal), then probes that last slot slowly (one slot per 8 rounds), and forgets the ceiling
+  once it passes it (the capacity grew). A plain AIMD sawtooth probes the ceiling every
+  ``limit x (1 - backoff)`` rounds: for a deployment that takes 8 calls at once, every round or two,
+  one refused call in 15; probing the known ceiling slowly keeps it near one in 60 there and one in
+  several hundred for a capacity of 50, where the limit still comes back within a few rounds;
 * it never drops below 1 (the breaker, not the limit, takes a dead deployment out) nor grows past
   ``max``; a deployment idle for an hour starts over from ``initial``.
 
@@ -55,6 +63,7 @@ from llm_router.keys import conc_key, slots_key
 CONCURRENCY_LUA = r"""
 local CONC_TTL_MS = 3600000  -- an idle deployment's limit and latency start over after this
 local STALE_MS = 60000       -- the latency strategy tries a deployment not heard from for this long
+local PROBE_ROUNDS = 8       -- near the last refusal's ceiling the limit grows one slot per this many rounds
 
 -- calls in flight on dep now (slots whose lease lapsed, their worker dead, dropped first)
 local function in_flight(dep, now)
@@ -115,7 +124,7 @@ local function learn(r, now, job)
   local lat = r.latency_ms or -1
   if p.conc_max <= 0 and lat < 0 then return end
   local key = CONC .. dep
-  local h = redis.call('HMGET', key, 'limit', 'ss', 'cut', 'ewma', 'base', 'q', 'n')
+  local h = redis.call('HMGET', key, 'limit', 'ss', 'cut', 'ewma', 'base', 'q', 'n', 'ceil')
   local congested = r.kind == 'failure' or r.kind == 'limited'
   local fields = {}
   if lat >= 0 then
@@ -133,14 +142,27 @@ local function learn(r, now, job)
     local limit = math.min(tonumber(h[1] or p.conc_initial), p.conc_max)
     if congested then
       if r.started_ms >= tonumber(h[3] or '0') then  -- one cut per round (see the module)
-        limit = math.max(limit * p.backoff_pct / 100, 1)
-        fields[#fields + 1] = 'ss'
-        fields[#fields + 1] = 0
-        fields[#fields + 1] = 'cut'
-        fields[#fields + 1] = now
+        -- of the calls in flight when it was refused (this one too), not of a limit grown past
+        -- them: a limit nobody filled says nothing of the capacity (RFC 5681's FlightSize)
+        local flight = in_flight(dep, now) + 1
+        limit = math.max(math.min(limit, flight) * p.backoff_pct / 100, 1)
+        for _, f in ipairs({'ss', 0, 'cut', now, 'ceil', flight}) do fields[#fields + 1] = f end
       end
     elseif r.kind == 'success' and in_flight(dep, now) + 1 >= limit / 2 then
-      if h[2] == '0' then limit = limit + 1 / limit else limit = limit + 1 end
+      local ceil = tonumber(h[8] or '0')
+      if h[2] ~= '0' then
+        limit = limit + 1  -- slow start
+      elseif ceil > 0 and limit + 1 >= ceil then
+        -- the last refusal's ceiling is one slot away: probe it once per PROBE_ROUNDS rounds, and
+        -- forget it once passed (the capacity grew)
+        limit = limit + 1 / (limit * PROBE_ROUNDS)
+        if limit >= ceil + 1 then
+          fields[#fields + 1] = 'ceil'
+          fields[#fields + 1] = 0
+        end
+      else
+        limit = limit + 1 / limit
+      end
       limit = math.min(limit, p.conc_max)
     end
     fields[#fields + 1] = 'limit'

@@ -47,6 +47,7 @@ from worker.http import Timeouts, send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
+from worker.room import Room
 from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
 from worker.streaming import ChunkPublisher, stream_call, wants_usage
 
@@ -82,6 +83,8 @@ class JobRunner:
         self.inflight: dict[str, dict[str, Any]] = {}
         # the concurrency slots each running job holds (its walk's ``held``); the lease keeper renews them
         self.slots: dict[str, dict[str, Deployment]] = {}
+        # jobs waiting for a slot of a busy deployment, woken as this worker's calls give slots back
+        self.room = Room()
         self._secrets = sorted(
             {d.api_key for m in catalog.models for d in catalog.deployments(m) if d.api_key},
             key=len,
@@ -195,6 +198,7 @@ class JobRunner:
             inline_images=self.images.inline,
             stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
             publisher=publisher,
+            wait_room=self.room.wait,
             hedge_after_s=hedge_after_s(
                 started.hedge_ms, started.learned_ms, started.learned_samples, self.settings.hedge_min_samples
             ),
@@ -306,6 +310,7 @@ class JobRunner:
             # Redis away: call rather than stall (those reports are lost: a few breaker counts, and
             # slots that lapse with their lease); the record write will wait for it
             return Admission(AdmissionState.OK)
+        self.room.freed(r.deployment for r in reports if r.slot)
         for t in admitted.transitions:
             bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
         return admitted.admission
@@ -461,6 +466,8 @@ class JobRunner:
                 bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if reports:
+            self.room.freed(r.deployment for r in reports if r.slot)
         for t in finished.transitions:
             bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
 

@@ -98,6 +98,14 @@ class PassResult:
     reports: list[BreakerReport] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Busy:
+    """A pass that stopped at a model whose deployments were all at their concurrency limit."""
+
+    busy: list[Deployment]
+    available: list[float]
+
+
 Call = Callable[[Deployment, dict[str, Any], float], Awaitable[Completion]]
 # admission of a deployment reached on the way, carrying the reports of the calls made since the last
 Admit = Callable[[Deployment, int, list[BreakerReport]], Awaitable[Admission]]
@@ -136,7 +144,12 @@ class RouteWalk:
     # deployments whose concurrency slot this job holds and has not reported yet (the lease keeper
     # renews them; what is left when the job ends is given back)
     held: dict[str, Deployment] = field(default_factory=dict)
+    # waits until a slot of one of these deployments is given back in this worker, or the timeout
+    # (``worker.room``); None: a busy model defers the job at once
+    wait_room: Callable[[list[str], float], Awaitable[bool]] | None = None
     _sent: int = 0  # reports already sent with an admission
+    _tried: set[str] = field(default_factory=set)  # deployments called in this run
+    _first: bool = True  # no deployment before the one that answers was skipped or failed
     _hedge_usage: list[dict[str, Any]] = field(default_factory=list)  # what a hedge's loser cost
     _inlined: dict[str, Any] | None = None
     # the stream broke after tokens went out to a client: the walk is looking for a continuation
@@ -146,14 +159,35 @@ class RouteWalk:
 
     async def run(self) -> PassResult:
         errors: list[RouterError] = []
+        plan = self._plan()
+        self._hold_admitted(plan)
+        give_up = time.monotonic() + min(
+            self.settings.concurrency_wait_s, max(self.deadline_at - time.time() - 0.1, 0)
+        )
+        while True:
+            outcome = await self._pass(plan, errors)
+            if not isinstance(outcome, _Busy):
+                return outcome
+            left = give_up - time.monotonic()
+            if self.wait_room is None or left <= 0:
+                return self._finish(self._nothing_left(errors, outcome.available, outcome.busy))
+            # room is looked for again when a call of this worker gives a slot back, else after
+            # about a call's latency (a slot freed by another worker)
+            poll = max(min(outcome.available) - time.time(), 0.2) * random.uniform(1, 2)
+            await self.wait_room([d.id for d in outcome.busy], min(left, poll))
+            for dep in outcome.busy:
+                self.admissions.pop(dep.id, None)
+
+    async def _pass(
+        self, plan: list[tuple[str, Deployment]], errors: list[RouterError]
+    ) -> PassResult | _Busy:
+        """One walk down the plan; ``_Busy`` when it stopped at a model whose deployments were all
+        at their concurrency limit (the job may wait for room, ``worker.room``)."""
         available: list[float] = []
         busy: list[Deployment] = []
         busy_model: str | None = None  # every deployment of it tried so far was busy
-        tried: set[str] = set()  # deployments a hedge already called
-        first = True
+        tried = self._tried  # deployments already called in this run (a hedge's, an earlier pass's)
         needs_context = 0  # after context_length_exceeded: only models with a larger window are worth a try
-        plan = self._plan()
-        self._hold_admitted(plan)
         for i, (model_id, dep) in enumerate(plan):
             if busy_model is not None and model_id != busy_model:
                 break  # its model is busy, not failing: wait for room rather than answer with another
@@ -182,7 +216,7 @@ class RouteWalk:
                 else:
                     available.append(admission.until_ms / 1000 + self.clock_offset_s)
                 self._skipped(dep, model_id, admission.state)
-                first = False
+                self._first = False
                 continue
             busy_model = None
             next_model = plan[i + 1][0] if i + 1 < len(plan) else None
@@ -190,17 +224,17 @@ class RouteWalk:
                 result, second, second_won = await self._hedged(
                     plan, i, admission.state, errors, request, next_model
                 )
-                tried.add(dep.id)
                 if second is not None:
                     tried.add(second.id)
-                first = first and not second_won
+                self._first = self._first and not second_won
             else:
                 result = await self._try(dep, model_id, admission.state, errors, request, next_model)
+            tried.add(dep.id)
             if result is not None:
-                if first:
+                if self._first:
                     result.fields["fallback_used"] = False
                 return self._finish(result)
-            first = False
+            self._first = False
             last = errors[-1]
             if isinstance(last, StreamInterrupted):
                 before = self._interrupted.partial_text if self._interrupted is not None else ""
@@ -229,6 +263,8 @@ class RouteWalk:
         if not errors and not available:
             route = ", ".join(self.route)
             raise NoDeployment(f"no deployment of {route} is enabled: set a provider key (AISA_API_KEY, say)")
+        if busy:
+            return _Busy(busy, available)
         return self._finish(self._nothing_left(errors, available, busy))
 
     def _plan(self) -> list[tuple[str, Deployment]]:

@@ -54,7 +54,8 @@ async def test_a_dead_first_provider_gets_at_most_60_calls_of_1000_jobs_at_cold_
         fleet.stop_all()
         await sim.faults()
         await producer.close()
-    assert [r.status for r in records] == ["succeeded"] * 1000
+    failed = [r for r in records if r.status != "succeeded"]
+    assert not failed, (len(failed), failed[0].error, failed[0].attempts)
     assert {r.model for r in records} == {"gpt-4o"}  # the model's other deployments, never a fallback model
     assert dead <= 60, dead
     print(f"\ncold start, first provider dead: {dead} calls of 1,000 jobs reached it")
@@ -116,11 +117,12 @@ async def test_deployments_are_chosen_by_the_latency_the_fleet_learned(
     )
     await set_capacity(sim.url, {"credential": P2, "model": "adm-pick", "max_concurrent": 8})
     workers = fleet()
-    workers.start(max_jobs=40)
+    workers.start(max_jobs=16)
     await until(lambda: _live(producer_a, 1), what="a worker")
     subs = await producer_a.submit_many([job(i, "adm-pick") for i in range(600)])
     records = await producer_a.wait_many([s.job_id for s in subs], timeout=120)  # type: ignore[union-attr]
-    assert [r.status for r in records] == ["succeeded"] * 600
+    failed = [r for r in records if r.status != "succeeded"]
+    assert not failed, (len(failed), failed[0].error, failed[0].attempts)
     by = {p: sum(r.provider == p for r in records) for p in ("p1", "p2", "p3")}
     p2 = await statuses(sim.url, P2, "adm-pick")
     print(f"\nlatency strategy: answered by {by}; p2 answered {p2}")
