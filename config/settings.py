@@ -121,7 +121,7 @@ class Settings(BaseSettings):
 
     # adaptive concurrency per deployment, fleet-wide (llm_router.concurrency; the catalog's
     # `concurrency: {initial, max}` overrides the first two per provider or deployment): the in-flight
-    # limit starts at `initial` and doubles per round of calls (slow start), then grows by one per
+    # limit starts at `initial` and grows x 1.5 per round of calls (slow start), then grows by one per
     # round; a 429, a 5xx, a timeout or latency above `latency_tolerance` x the learned baseline cuts
     # it to `backoff` x the calls then in flight (at most x itself), once per round. max 0: no limit
     concurrency_initial: int = Field(default=10, ge=1)

@@ -6,20 +6,24 @@ whole fleet, kept in Redis and enforced in the start script a job runs anyway: a
 deployment only while fewer calls than the limit are in flight there. The limit is **AIMD**
 (additive increase, multiplicative decrease, as TCP's congestion window):
 
-* it starts at ``initial`` and, in *slow start*, grows by one per successful call (it doubles every
-  round of calls) until the first sign of congestion; then by ``1 / limit`` per success (one per
-  round). It grows only while it is in use (at least half of it in flight), so a quiet spell does
-  not leave behind a limit nobody tested;
-* a 429, a failure the breaker counts (5xx, timeouts, resets, bad answers) or latency above
-  ``LLM_ROUTER_CONCURRENCY_LATENCY_TOLERANCE`` (2) times the learned baseline cuts it to
-  ``LLM_ROUTER_CONCURRENCY_BACKOFF`` (0.9) of the calls in flight when it came (or of the limit, if
+* it starts at ``initial`` and, in *slow start*, grows by one half per successful call (x 1.5 a
+  round of calls, not TCP's x 2: the round that finds the capacity overshoots it by half as much,
+  and every call of that round past the capacity is refused) until the first sign of congestion;
+  then by ``1 / limit`` per success (one per round). It grows only while it is in use (at least half
+  of it in flight), so a quiet spell does not leave behind a limit nobody tested;
+* a 429 or a failure the breaker counts (5xx, timeouts, resets, bad answers) cuts it to
+  ``LLM_ROUTER_CONCURRENCY_BACKOFF`` (0.9) of the calls in flight when it came (of the limit, if
   lower: TCP's ``ssthresh = FlightSize / 2``, RFC 5681), **once per round**: a call that started
   before the last cut was sent under the old limit and says nothing new, so the burst of 429s one
-  overshoot produces is one cut, not a collapse; and a limit that slow start grew past what the fleet
-  actually sent comes down to what was sent in one step, not in a cut per round;
-* past a cut it grows by one per round back up to one slot under the *ceiling* (the calls in flight
-  at the refusal), then probes that last slot slowly (one slot per 8 rounds), and forgets the ceiling
-  once it passes it (the capacity grew). A plain AIMD sawtooth probes the ceiling every
+  overshoot produces is one cut, not a collapse; and a limit that slow start grew past what the
+  fleet actually sent comes down to what was sent in one step, not in a cut per round;
+* so does latency above ``LLM_ROUTER_CONCURRENCY_LATENCY_TOLERANCE`` (2) times the learned baseline
+  (a slowly learned median) on most recent calls (the share of slow calls, an EWMA over about 20,
+  past one half), cutting the limit itself: a tail of slow answers (5 % of calls at 10x, say) is no
+  congestion and never cuts it, queueing is;
+* past a 429's cut it grows by one per round back up to one slot under the *ceiling* (the calls in
+  flight at the refusal), then probes that last slot slowly (one slot per 8 rounds), and forgets the
+  ceiling once it passes it (the capacity grew). A plain AIMD sawtooth probes the ceiling every
   ``limit x (1 - backoff)`` rounds: for a deployment that takes 8 calls at once, every round or two,
   one refused call in 15; probing the known ceiling slowly keeps it near one in 60 there and one in
   several hundred for a capacity of 50, where the limit still comes back within a few rounds;
@@ -32,7 +36,8 @@ varies a hundredfold between requests and is no sign of queueing. The signals a 
 it is overloaded are explicit (429s, 503s, timeouts), AIMD acts on exactly those, needs a single
 number per deployment (no RTT window that a few samples would make noisy), and is cheap to run
 atomically in Lua. Latency still counts, as one more congestion signal against a slowly learned
-baseline, with a tolerance wide enough that long answers do not read as queueing.
+baseline, with a tolerance wide enough, and a majority of calls required, so that long answers and
+a heavy tail do not read as queueing.
 
 In flight means admitted and not yet reported: a job takes a *slot* (``slots:<dep>``, scored by its
 lease end) when the start script (or the admission on the way, ``ADMIT_LUA``) admits it, and gives
@@ -124,19 +129,29 @@ local function learn(r, now, job)
   local lat = r.latency_ms or -1
   if p.conc_max <= 0 and lat < 0 then return end
   local key = CONC .. dep
-  local h = redis.call('HMGET', key, 'limit', 'ss', 'cut', 'ewma', 'base', 'q', 'n', 'ceil')
+  local h = redis.call('HMGET', key, 'limit', 'ss', 'cut', 'ewma', 'base', 'q', 'n', 'ceil', 'slow')
   local congested = r.kind == 'failure' or r.kind == 'limited'
   local fields = {}
   if lat >= 0 then
     local n = math.min(tonumber(h[7] or '0') + 1, 1000000)
     local ewma, base, q = tonumber(h[4] or lat), tonumber(h[5] or lat), tonumber(h[6] or lat)
     ewma = ewma + 0.1 * (lat - ewma)
-    base = base + 0.01 * (lat - base)
     local pct, eta = p.quantile_pct / 100, math.max(0.05, 1 / math.sqrt(n))
     if lat > q then q = q * (1 + eta * pct) else q = q * (1 - eta * (1 - pct)) end
-    if r.kind == 'success' and n >= 20 and ewma * 100 > base * p.tolerance_pct then congested = true end
+    -- the baseline is a slowly learned median (a tail of slow answers does not move it); latency
+    -- reads as congestion when most recent calls (the share of slow ones, an EWMA, past one half)
+    -- took over `tolerance` x the baseline: a 5 % tail of 10x answers never does, queueing does
+    local base_eta = math.max(0.01, 1 / math.sqrt(n))
+    if lat > base then
+      base = base * (1 + base_eta / 2)
+    elseif lat < base then
+      base = base * (1 - base_eta / 2)
+    end
+    local slow = tonumber(h[9] or '0')
+    slow = slow + 0.05 * ((lat * 100 > base * p.tolerance_pct and 1 or 0) - slow)
+    if r.kind == 'success' and n >= 20 and slow > 0.5 then congested = 'slow' end
     fields = {'ewma', string.format('%.1f', ewma), 'base', string.format('%.1f', base),
-              'q', string.format('%.1f', q), 'n', n, 'at', now}
+              'q', string.format('%.1f', q), 'n', n, 'at', now, 'slow', string.format('%.3f', slow)}
   end
   if p.conc_max > 0 then
     local limit = math.min(tonumber(h[1] or p.conc_initial), p.conc_max)
@@ -145,13 +160,18 @@ local function learn(r, now, job)
         -- of the calls in flight when it was refused (this one too), not of a limit grown past
         -- them: a limit nobody filled says nothing of the capacity (RFC 5681's FlightSize)
         local flight = in_flight(dep, now) + 1
+        -- slowness is cut from the limit: the calls still in flight when a slow one ends are few
+        -- (the slow answers of a spell end together, after the fast ones), and say nothing of it
+        if congested == 'slow' then flight = limit end
         limit = math.max(math.min(limit, flight) * p.backoff_pct / 100, 1)
-        for _, f in ipairs({'ss', 0, 'cut', now, 'ceil', flight}) do fields[#fields + 1] = f end
+        -- a refusal marks a ceiling (probed slowly, below); a failure or slowness only cuts
+        local ceil = r.kind == 'limited' and flight or 0
+        for _, f in ipairs({'ss', 0, 'cut', now, 'ceil', ceil}) do fields[#fields + 1] = f end
       end
     elseif r.kind == 'success' and in_flight(dep, now) + 1 >= limit / 2 then
       local ceil = tonumber(h[8] or '0')
       if h[2] ~= '0' then
-        limit = limit + 1  -- slow start
+        limit = limit + 0.5  -- slow start
       elseif ceil > 0 and limit + 1 >= ceil then
         -- the last refusal's ceiling is one slot away: probe it once per PROBE_ROUNDS rounds, and
         -- forget it once passed (the capacity grew)

@@ -491,7 +491,7 @@ class RouteWalk:
                 return None, second_dep, False  # neither answered: the walk goes on past both
             for task, (lost_dep, since) in tasks.items():
                 if task is not winner:
-                    await self._lost(task, lost_dep, model_id, since)
+                    await self._lost(task, lost_dep, model_id, since, slow=task is first)
             result = await winner
             self._mark_hedge(mark, names, tasks, winner, result)
             return result, second_dep, winner is second
@@ -504,14 +504,15 @@ class RouteWalk:
     async def _hedge_target(
         self, plan: list[tuple[str, Deployment]], i: int
     ) -> tuple[Deployment, AdmissionState] | None:
-        """The next deployment of ``plan[i]``'s model that admits the job now (a hedge never answers
-        with another model, nor waits for room)."""
+        """Another deployment of ``plan[i]``'s model that admits the job now, in plan order: one after
+        it, or one before it that was busy when the walk passed (a hedge never answers with another
+        model, nor waits for room)."""
         model_id = plan[i][0]
-        for other_model, dep in plan[i + 1 :]:
-            if other_model != model_id:
-                return None
+        for j, (other_model, dep) in enumerate(plan):
+            if other_model != model_id or j == i or dep.id in self._tried:
+                continue
             admission = self.admissions.get(dep.id, UNCHECKED)
-            if admission.state == AdmissionState.UNCHECKED:
+            if admission.state in (AdmissionState.UNCHECKED, AdmissionState.BUSY):
                 admission = await self._admit(dep)
             if admission.state.admitted:
                 return dep, admission.state
@@ -542,7 +543,13 @@ class RouteWalk:
         return None
 
     async def _lost(
-        self, task: asyncio.Task[PassResult | None], dep: Deployment, model_id: str, since: float
+        self,
+        task: asyncio.Task[PassResult | None],
+        dep: Deployment,
+        model_id: str,
+        since: float,
+        *,
+        slow: bool,
     ) -> None:
         """The attempt that lost the race: cancelled, in the record as ``interrupted`` (``hedge_lost``),
         its slot given back and its prompt billed by estimate (what a call cancelled before its first
@@ -571,9 +578,11 @@ class RouteWalk:
         )
         attempt["cost"] = usage["cost"]
         self.attempts.append(attempt)
-        # its wait for a first token so far is a (censored) sample of the deployment's latency: that
-        # it was slow is what the learned percentile must hear
-        self._report(dep, ReportKind.NEUTRAL, probe=False, latency_ms=elapsed_ms)
+        # the first attempt's wait so far (past the hedge delay) is a lower bound on its latency: that
+        # it was slow is what the learned percentile must hear. The second's is no sample: it lost
+        # to a call that started earlier, often after a few milliseconds, which would drag the
+        # deployment's learned latency (and its baseline) down
+        self._report(dep, ReportKind.NEUTRAL, probe=False, latency_ms=elapsed_ms if slow else None)
 
     def _mark_hedge(
         self,

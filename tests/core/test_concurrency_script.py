@@ -103,17 +103,17 @@ async def test_a_deployment_admits_up_to_its_limit_then_says_busy_until_a_slot_f
     assert (await limiter(bare_redis))[1] == 4
 
 
-async def test_slow_start_grows_the_limit_by_one_per_success_while_it_is_in_use(store, bare_redis):
+async def test_slow_start_grows_the_limit_by_a_half_per_success_while_it_is_in_use(store, bare_redis):
     for i in range(4):
         await admit(store, f"j{i}")
     await done(store, "j0")  # 3 in flight of 4: in use, so it grows
-    assert await limiter(bare_redis) == (5.0, 3, True)
+    assert await limiter(bare_redis) == (4.5, 3, True)
     for i in range(1, 4):
         await done(store, f"j{i}")
-    # j1 ended with 2 in flight (+1 >= 5 / 2): it grows; j2 and j3 with 1 and 0, under half the limit:
-    # a limit nobody used does not grow
+    # j1 ended with 2 in flight (+1 >= 4.5 / 2): it grows; j2 and j3 with 1 and 0, under half the
+    # limit: a limit nobody used does not grow
     limit, in_flight, _ = await limiter(bare_redis)
-    assert in_flight == 0 and limit == 6.0
+    assert in_flight == 0 and limit == 5.0
     for i in range(20):  # never past max (8), however many succeed at full use
         await admit(store, f"k{i}")
         await admit(store, f"k{i}x")
@@ -155,12 +155,55 @@ async def test_latency_above_the_baseline_cuts_the_limit(store, bare_redis):
     limit = (await limiter(bare_redis))[0]
     view = (await read_limiters(bare_redis, [DEP], now_ms()))[DEP]
     assert view.latency_ms == 100.0 and view.baseline_ms == 100.0 and view.samples == 25
-    for i in range(3):  # the EWMA (alpha 0.1) passes 2 x the baseline at the third 1-second call
+    for i in range(16):  # the share of slow calls (an EWMA, alpha 0.05) passes one half at the 14th
         await admit(store, f"slow{i}")
         await done(store, f"slow{i}", latency_ms=1_000)
         await asyncio.sleep(0.002)
     cut = (await limiter(bare_redis))[0]
     assert cut is not None and limit is not None and cut <= limit / 2 + 0.01
+
+
+async def test_a_tail_of_slow_answers_is_not_congestion(store, bare_redis):
+    # 5 % of calls at 10x the rest (in a fixed interleaving, several close together): never a cut
+    for i in range(400):
+        await admit(store, f"j{i}")
+        await done(store, f"j{i}", latency_ms=2_000 if i % 20 in (3, 5) and i % 40 < 20 else 200)
+    assert await limiter(bare_redis) == (4.0, 0, True)
+    view = (await read_limiters(bare_redis, [DEP], now_ms()))[DEP]
+    assert view.baseline_ms is not None and 190 <= view.baseline_ms <= 210  # the median, not the mean
+
+
+async def test_a_429_cuts_to_the_calls_in_flight_then_probes_that_ceiling_slowly(store, bare_redis):
+    # slow start grew the limit to 8 while the fleet never sent more than 2 calls at once
+    await bare_redis.hset(conc_key(DEP), "limit", 8)
+    await admit(store, "a")
+    await admit(store, "b")
+    await done(store, "a", ReportKind.LIMITED)
+    assert await limiter(bare_redis) == (1.0, 1, False)  # 2 in flight x 0.5, not 8 x 0.5
+    await done(store, "b")
+    await bare_redis.delete(conc_key(DEP))
+    for i in range(4):
+        await admit(store, f"j{i}")
+    await done(store, "j0", ReportKind.LIMITED)  # refused with 4 in flight: the ceiling is 4
+    for i in range(1, 3):
+        await done(store, f"j{i}", started_ms=0)
+    # one per round (+ 1 / limit a success) up to a slot under the ceiling...
+    assert (await limiter(bare_redis))[0] == pytest.approx(2.9)  # 2 + 1 / 2 + 1 / 2.5
+    await admit(store, "anchor")  # j3 and it keep the limit in use
+    limits = []
+    for i in range(12):
+        await admit(store, f"k{i}")
+        await done(store, f"k{i}")
+        limits.append((await limiter(bare_redis))[0])
+    # ... then 1 / (8 x limit) a success: one slot per 8 rounds
+    assert limits[0] == pytest.approx(2.9 + 1 / 2.9, abs=0.001)
+    assert limits[1] == pytest.approx(limits[0] + 1 / (8 * limits[0]), abs=0.001)
+    assert limits[-1] < 3.7  # 12 successes (plain AIMD: one slot per 3 or 4 of them, past 6)
+    for i in range(80):  # passed without a refusal: the capacity grew, the ceiling is forgotten
+        await admit(store, f"m{i}")
+        await done(store, f"m{i}")
+    assert await bare_redis.hget(conc_key(DEP), "ceil") == b"0"
+    assert (await limiter(bare_redis))[0] > 5
 
 
 async def test_a_429_without_retry_after_cuts_instead_of_holding_the_deployment(store, bare_redis):
@@ -310,6 +353,6 @@ async def test_the_board_shows_each_deployments_limit_and_calls_in_flight(store,
     await done(store, "j0", latency_ms=120)
     (row,) = await BreakerBoard(bare_redis).list(window_s=10, bucket_s=1)
     assert row["deployment"] == DEP and row["state"] == "closed"
-    assert (row["concurrency_limit"], row["in_flight"], row["latency_ms"]) == (5.0, 2, 120.0)
+    assert (row["concurrency_limit"], row["in_flight"], row["latency_ms"]) == (4.5, 2, 120.0)
     assert await BreakerBoard(bare_redis).reset(DEP)
     assert (await limiter(bare_redis))[0] is None  # learned afresh from its initial
