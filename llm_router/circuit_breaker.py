@@ -93,7 +93,7 @@ local function admit(d, now, job, est_tokens, lease_ms, slot_lease_ms)
       return 'half_open', now + 1000
     end
   end
-  local free, free_at = room(d, now, job)
+  local free, free_at, fresh = room(d, now, job)
   if not free then return 'busy', free_at end
   if rpm > 0 then
     local key = RPM .. dep
@@ -110,7 +110,7 @@ local function admit(d, now, job, est_tokens, lease_ms, slot_lease_ms)
     if new - now > 60000 then return 'tokens', new - 60000 + 1 end
     redis.call('SET', key, fmt(new), 'PX', fmt(new - now + 60000))
   end
-  take_slot(d, job, now + slot_lease_ms)
+  take_slot(d, job, now + slot_lease_ms, fresh)
   if half then
     redis.call('ZADD', probes_key, now + lease_ms, job)
     return 'probe', 0

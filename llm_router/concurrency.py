@@ -85,13 +85,20 @@ local function room(d, now, job)
   if redis.call('ZSCORE', SLOTS .. d.id, job) then return true, 0 end  -- it holds one already
   local h = redis.call('HMGET', CONC .. d.id, 'limit', 'ewma')
   local limit = math.min(tonumber(h[1] or d.initial), d.max)
-  if n < math.max(math.floor(limit), 1) then return true, 0 end
+  if n < math.max(math.floor(limit), 1) then return true, 0, h[1] == false end
   local wait = tonumber(h[2] or '100')
   return false, now + math.min(math.max(wait, 20), 1000)
 end
 
-local function take_slot(d, job, until_ms)
-  if d.max > 0 then redis.call('ZADD', SLOTS .. d.id, until_ms, job) end
+-- fresh: the deployment has no limit learned yet; it is written down as it starts (its initial), so
+-- that the board shows it before the first call reports
+local function take_slot(d, job, until_ms, fresh)
+  if d.max <= 0 then return end
+  redis.call('ZADD', SLOTS .. d.id, until_ms, job)
+  if fresh then
+    redis.call('HSET', CONC .. d.id, 'limit', math.min(d.initial, d.max))
+    redis.call('PEXPIRE', CONC .. d.id, CONC_TTL_MS)
+  end
 end
 
 -- The order a model's deployments are tried in: as listed ('ordered', and 'cost', whose rows the

@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from config.catalog import Catalog
 from config.settings import DEFAULT_CATALOG, Settings
@@ -167,7 +171,7 @@ async def test_a_hedged_interactive_job_takes_the_first_token_of_two_attempts(
         (c.get("delta") or {}).get("content") or ""
         for _, e in entries
         if b"c" in e
-        for c in __import__("orjson").loads(e[b"c"]).get("choices") or []
+        for c in orjson.loads(e[b"c"]).get("choices") or []
     )
     assert content == record.response["choices"][0]["message"]["content"]
 
@@ -175,3 +179,45 @@ async def test_a_hedged_interactive_job_takes_the_first_token_of_two_attempts(
 async def _live(producer: Producer, n: int, *, interactive: bool = False) -> bool:
     queue = producer.settings.interactive_queue_name if interactive else None
     return await producer.live_workers(queue) >= n
+
+
+def _board(env: dict[str, str], *, as_json: bool = True) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_router.cli", "breakers", *(["--json"] if as_json else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return {r["deployment"]: r for r in orjson.loads(out)} if as_json else out
+
+
+async def test_llm_router_breakers_shows_each_deployments_limit_and_calls_in_flight(
+    producer_a: Producer, fleet: Callable[..., Fleet], sim: Any, until: Callable[..., Any]
+) -> None:
+    """adm-solo answers in 800 ms; 25 jobs on a worker of 30 slots: its limit starts at 10 (the
+    default initial), so 10 calls are in flight and the other jobs wait; as calls succeed at full use
+    the limit grows (slow start); when the jobs are done nothing is in flight."""
+    await sim.faults({"credential": P1, "model": "adm-solo", "kind": "latency", "latency_ms": 800})
+    workers = fleet()
+    workers.start(max_jobs=30)
+    await until(lambda: _live(producer_a, 1), what="a worker")
+    subs = await producer_a.submit_many([job(i, "adm-solo") for i in range(25)])
+
+    async def ten_in_flight() -> Any:
+        rows = await asyncio.to_thread(_board, workers.env)
+        return rows if rows.get("p1/adm-solo", {}).get("in_flight") == 10 else None
+
+    row = (await until(ten_in_flight, timeout=10, what="10 calls in flight"))["p1/adm-solo"]
+    assert (row["concurrency_limit"], row["slow_start"], row["state"]) == (10.0, True, "closed")
+    records = await producer_a.wait_many([s.job_id for s in subs], timeout=30)  # type: ignore[union-attr]
+    assert all(r.status == "succeeded" for r in records)
+    table = await asyncio.to_thread(_board, workers.env, as_json=False)
+    line = next(line for line in table.splitlines() if "p1/adm-solo" in line)
+    cells = [c.strip() for c in line.split("│") if c.strip()]
+    # deployment, state, calls, failures, consecutive, trips, retry in s, limit, in flight, latency ms
+    assert cells[1] == "closed" and cells[8] == "0", cells
+    limit = float(cells[7].removesuffix(" (slow start)"))
+    assert limit > 10 and cells[7].endswith("(slow start)"), cells  # grown by the calls at full use
+    assert 750 <= float(cells[9]) <= 1500, cells  # the learned latency
