@@ -2,7 +2,9 @@
 simulator), the simulator's capacity rules, and the environment of worker processes on it.
 
 ``adm-solo`` is one deployment (``p1``) for the overload test; ``adm-pick`` is one model on three
-providers chosen among by latency; ``adm-hedge`` one model on two providers for hedged requests.
+providers chosen among by latency, ``adm-least`` by calls in flight (``p3`` weighs 2) and
+``adm-cost`` by price (``p2`` cheapest, then ``p3``, then ``p1``); ``adm-hedge`` one model on two
+providers for hedged requests.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def catalog_spec() -> dict[str, Any]:
     def deps(model: str, *names: str) -> list[dict[str, Any]]:
         return [{"provider": n, "model": model, "price": PRICE} for n in names]
 
+    def priced(model: str, prices: dict[str, float]) -> list[dict[str, Any]]:
+        return [
+            {"provider": n, "model": model, "price": {"input": x, "output": 4 * x}} for n, x in prices.items()
+        ]
+
     return {
         "providers": providers,
         "models": {
@@ -40,6 +47,16 @@ def catalog_spec() -> dict[str, Any]:
                 "deployments": deps("adm-pick", "p1", "p2", "p3"),
             },
             "adm-hedge": {"vendor": "sim", "deployments": deps("adm-hedge", "p1", "p2")},
+            "adm-least": {
+                "vendor": "sim",
+                "strategy": "least_busy",
+                "deployments": [*deps("adm-least", "p1", "p2"), {**deps("adm-least", "p3")[0], "weight": 2}],
+            },
+            "adm-cost": {
+                "vendor": "sim",
+                "strategy": "cost",
+                "deployments": priced("adm-cost", {"p1": 3.0, "p2": 0.5, "p3": 1.0}),
+            },
         },
     }
 

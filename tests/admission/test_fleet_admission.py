@@ -136,6 +136,51 @@ async def test_deployments_are_chosen_by_the_latency_the_fleet_learned(
     assert p2.get("429", 0) <= 0.05 * by["p2"]
 
 
+async def test_least_busy_spreads_calls_in_flight_by_weight_so_the_slow_deployment_gets_few(
+    producer_a: Producer, fleet: Callable[..., Fleet], sim: Any, until: Callable[..., Any]
+) -> None:
+    """adm-least (strategy: least_busy) on p1 (400 ms), p2 and p3 (100 ms; p3 weighs 2), 30 jobs at
+    once: each job goes where the fewest calls per weight are in flight, so p1, p2 and p3 hold about
+    7, 7 and 15 calls, and answer in proportion to calls in flight over latency (1 : 4 : 8)."""
+    await sim.faults(
+        {"credential": P1, "model": "adm-least", "kind": "latency", "latency_ms": 400},
+        {"credential": P2, "model": "adm-least", "kind": "latency", "latency_ms": 100},
+        {"credential": P3, "model": "adm-least", "kind": "latency", "latency_ms": 100},
+    )
+    workers = fleet()
+    workers.start(max_jobs=30)
+    await until(lambda: _live(producer_a, 1), what="a worker")
+    subs = await producer_a.submit_many([job(i, "adm-least") for i in range(600)])
+    records = await producer_a.wait_many([s.job_id for s in subs], timeout=120)  # type: ignore[union-attr]
+    assert all(r.status == "succeeded" for r in records)
+    by = {p: sum(r.provider == p for r in records) for p in ("p1", "p2", "p3")}
+    print(f"\nleast_busy: answered by {by}")
+    assert by["p1"] < by["p2"] / 2  # the slow one holds as many calls, and answers a quarter as many
+    assert 1.5 <= by["p3"] / by["p2"] <= 2.6  # twice the weight: twice the calls in flight
+
+
+async def test_the_cost_strategy_fills_the_cheapest_deployment_to_its_learned_capacity_first(
+    producer_a: Producer, fleet: Callable[..., Fleet], sim: Any, until: Callable[..., Any]
+) -> None:
+    """adm-cost (strategy: cost): p2 is cheapest but takes 6 calls at once (429 past them), p3 costs
+    twice as much, p1 six times: p2 answers what its learned limit lets through, p3 the rest, p1
+    (first in the catalog) nothing."""
+    await sim.faults({"model": "adm-cost", "kind": "latency", "latency_ms": 100})
+    await set_capacity(sim.url, {"credential": P2, "model": "adm-cost", "max_concurrent": 6})
+    workers = fleet()
+    workers.start(max_jobs=16)
+    await until(lambda: _live(producer_a, 1), what="a worker")
+    subs = await producer_a.submit_many([job(i, "adm-cost") for i in range(500)])
+    records = await producer_a.wait_many([s.job_id for s in subs], timeout=120)  # type: ignore[union-attr]
+    assert all(r.status == "succeeded" for r in records)
+    by = {p: sum(r.provider == p for r in records) for p in ("p1", "p2", "p3")}
+    p2 = await statuses(sim.url, P2, "adm-cost")
+    print(f"\ncost: answered by {by}; p2 answered {p2}")
+    assert by["p1"] == 0
+    assert by["p2"] >= 150 and by["p3"] >= 100  # p2 full (6 of 16 in flight), p3 the overflow
+    assert p2.get("429", 0) <= 0.05 * by["p2"]  # its limit learned the capacity
+
+
 async def test_a_hedged_interactive_job_takes_the_first_token_of_two_attempts(
     producer_a: Producer, fleet: Callable[..., Fleet], sim: Any, until: Callable[..., Any]
 ) -> None:
