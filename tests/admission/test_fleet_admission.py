@@ -10,14 +10,19 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from config.catalog import Catalog
+from config.cost import nanos_to_usd
 from config.settings import DEFAULT_CATALOG, Settings
+from llm_router.credits import Ledger
+from llm_router.errors import InsufficientCredits, InvalidRequest
 from llm_router.testing.redis_server import RedisServer
 from llm_router.testing.sim_env import simulated_env
 from llm_router.testing.worker_procs import Fleet
@@ -184,41 +189,82 @@ async def test_the_cost_strategy_fills_the_cheapest_deployment_to_its_learned_ca
 async def test_a_hedged_interactive_job_takes_the_first_token_of_two_attempts(
     producer_a: Producer, fleet: Callable[..., Fleet], sim: Any, until: Callable[..., Any]
 ) -> None:
-    """adm-hedge's first provider takes 3 s to its first token, the second 50 ms: a job with
-    ``hedge: {"after_ms": 200}`` answers from the second, streamed once, in well under a second;
-    its record shows both attempts with their cost and it pays both (the loser by estimate)."""
+    """adm-hedge's first provider sends its first token after 3 s, the second after 50 ms: a job with
+    ``hedge: {"after_ms": 200}`` answers from the second, streamed once, in well under a second; the
+    first call is cut (its connection closed, not left to run); the record shows both attempts with
+    their cost, and the tenant pays both (the loser by estimate: the provider read its prompt)."""
     await sim.faults(
-        {"credential": P1, "model": "adm-hedge", "kind": "latency", "latency_ms": 3000},
+        # headers at once, then no token for 3 s (let go as soon as the client leaves)
+        {"credential": P1, "model": "adm-hedge", "kind": "stall", "after_chunks": 0, "stall_s": 3},
         {"credential": P2, "model": "adm-hedge", "kind": "latency", "latency_ms": 50},
     )
+    # no limit that matters: the rule is there to count p1's calls open at the simulator
+    await set_capacity(sim.url, {"credential": P1, "model": "adm-hedge", "max_concurrent": 100})
+    tenant = f"hedge-{uuid.uuid4().hex[:8]}"
+    ledger = Ledger(producer_a.redis)
+    await ledger.add(tenant, "10")
     workers = fleet()
     workers.start()
     await until(lambda: _live(producer_a, 1, interactive=True), what="a worker")
     t0 = time.monotonic()
-    sub = await producer_a.submit(job(0, "adm-hedge", stream=True, hedge={"after_ms": 200}), interactive=True)
-    record = await producer_a.wait(sub.job_id, timeout=30)
+    request = job(0, "adm-hedge", stream=True, hedge={"after_ms": 200})
+    sub = await producer_a.submit(request, interactive=True, tenant=tenant)
+    record = await producer_a.wait(sub.job_id, timeout=30, tenant=tenant)
     elapsed = time.monotonic() - t0
     assert record.status == "succeeded" and record.provider == "p2", record
     assert elapsed < 1.5, elapsed
+
+    # the loser's connection is gone long before its 3 s stall would have ended
+    async def p1_let_go() -> bool:
+        (rule,) = await capacity(sim.url)
+        return rule["served"] == 1 and rule["in_flight"] == 0
+
+    await until(p1_let_go, timeout=1.0, what="the losing call's connection to close")
+    assert time.monotonic() - t0 < 2.5
     sides = [(a.provider, a.outcome, a.error_code, a.hedge) for a in record.attempts]
     assert sides == [("p1", "interrupted", "hedge_lost", "first"), ("p2", "success", None, "second")]
     lost, won = record.attempts
+    assert lost.latency_ms is not None and 150 <= lost.latency_ms < 1500
     assert lost.cost and won.cost and record.usage is not None and record.usage.estimated
-    assert (
-        record.usage.cost == round(lost.cost + won.cost, 9)
-        or abs(record.usage.cost - lost.cost - won.cost) < 1e-9
-    )
+    assert abs(record.usage.cost - lost.cost - won.cost) < 1e-9
+    balance = await ledger.show(tenant)
+    assert balance is not None and balance.reserved == 0
+    assert abs(balance.spent - record.usage.cost) < 1e-9  # what was consumed: both calls
     # the stream carries one answer: the loser published nothing
-    entries = await producer_a.store.read_stream(producer_a.scoped(sub.job_id), "0-0", block_ms=0)
-    texts = [e for _, e in entries if b"c" in e]
-    assert texts and record.response is not None
+    entries = await producer_a.store.read_stream(producer_a.scoped(sub.job_id, tenant), "0-0", block_ms=0)
     content = "".join(
         (c.get("delta") or {}).get("content") or ""
         for _, e in entries
         if b"c" in e
         for c in orjson.loads(e[b"c"]).get("choices") or []
     )
+    assert content and record.response is not None
     assert content == record.response["choices"][0]["message"]["content"]
+
+
+async def test_a_hedge_enters_the_worst_case_reservation(producer_a: Producer) -> None:
+    """A hedged job may pay for two calls: its reservation is two attempts' worst case, so a tenant
+    whose credit covers one call but not two is refused the hedged job and takes the plain one."""
+    plain_job = job(0, "adm-hedge", max_tokens=200)
+    hedged_job = {**plain_job, "hedge": True}
+    prepare = producer_a.validator.prepare
+    plain = prepare(dict(plain_job), now=0, interactive=True).reserve_nanos
+    hedged = prepare(dict(hedged_job), now=0, interactive=True).reserve_nanos
+    # two attempts (the prompt estimate counts the body, ``hedge`` too: a few nano-USD more)
+    assert plain > 0 and 2 * plain <= hedged <= 2.02 * plain
+    after = prepare({**plain_job, "hedge": {"after_ms": 300}}, now=0, interactive=True).reserve_nanos
+    assert 2 * plain <= after <= 2.02 * plain
+    with pytest.raises(InvalidRequest) as bulk:  # a bulk job has nobody waiting on its latency
+        prepare(dict(hedged_job), now=0)
+    assert bulk.value.param == "hedge"
+    tenant = f"hedge-{uuid.uuid4().hex[:8]}"
+    ledger = Ledger(producer_a.redis)
+    await ledger.add(tenant, nanos_to_usd(plain * 3 // 2))
+    with pytest.raises(InsufficientCredits):
+        await producer_a.submit(dict(hedged_job), interactive=True, tenant=tenant)
+    await producer_a.submit(dict(plain_job), interactive=True, tenant=tenant)
+    balance = await ledger.show(tenant)
+    assert balance is not None and balance.reserved == nanos_to_usd(plain)
 
 
 async def _live(producer: Producer, n: int, *, interactive: bool = False) -> bool:
