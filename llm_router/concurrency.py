@@ -18,9 +18,10 @@ deployment only while fewer calls than the limit are in flight there. The limit 
   overshoot produces is one cut, not a collapse; and a limit that slow start grew past what the
   fleet actually sent comes down to what was sent in one step, not in a cut per round;
 * so does latency above ``LLM_ROUTER_CONCURRENCY_LATENCY_TOLERANCE`` (2) times the learned baseline
-  (a slowly learned median) on most recent calls (the share of slow calls, an EWMA over about 20,
-  past one half), cutting the limit itself: a tail of slow answers (5 % of calls at 10x, say) is no
-  congestion and never cuts it, queueing is;
+  (a slowly learned median), and 100 ms past it, on most recent calls (the share of slow calls, an
+  EWMA over about 20, past one half), cutting the limit itself: a tail of slow answers (5 % of calls
+  at 10x, say) is no congestion and never cuts it, queueing is; and a fast provider's few
+  milliseconds doubled by a busy worker's event loop are the worker's, not the provider's;
 * past a 429's cut it grows by one per round back up to one slot under the *ceiling* (the calls in
   flight at the refusal), then probes that last slot slowly (one slot per 8 rounds), and forgets the
   ceiling once it passes it (the capacity grew). A plain AIMD sawtooth probes the ceiling every
@@ -69,6 +70,9 @@ CONCURRENCY_LUA = r"""
 local CONC_TTL_MS = 3600000  -- an idle deployment's limit and latency start over after this
 local STALE_MS = 60000       -- the latency strategy tries a deployment not heard from for this long
 local PROBE_ROUNDS = 8       -- near the last refusal's ceiling the limit grows one slot per this many rounds
+-- a call is slow only if it also took this much longer than the baseline: below it, a difference
+-- is the worker's own event loop (a busy worker delays every call it makes), not a provider queueing
+local SLOW_SLACK_MS = 100
 
 -- calls in flight on dep now (slots whose lease lapsed, their worker dead, dropped first)
 local function in_flight(dep, now)
@@ -81,11 +85,14 @@ end
 -- likely to free: about one call's latency from now
 local function room(d, now, job)
   if d.max <= 0 then return true, 0 end
-  local n = in_flight(d.id, now)
-  if redis.call('ZSCORE', SLOTS .. d.id, job) then return true, 0 end  -- it holds one already
+  local key = SLOTS .. d.id
   local h = redis.call('HMGET', CONC .. d.id, 'limit', 'ewma')
-  local limit = math.min(tonumber(h[1] or d.initial), d.max)
-  if n < math.max(math.floor(limit), 1) then return true, 0, h[1] == false end
+  local limit = math.max(math.floor(math.min(tonumber(h[1] or d.initial), d.max)), 1)
+  -- every job admitted costs these commands: the lapsed slots are dropped, and the job's own slot
+  -- looked for, only when the count says the deployment is full
+  if redis.call('ZCARD', key) < limit then return true, 0, h[1] == false end
+  if in_flight(d.id, now) < limit then return true, 0, h[1] == false end
+  if redis.call('ZSCORE', key, job) then return true, 0 end  -- it holds one already
   local wait = tonumber(h[2] or '100')
   return false, now + math.min(math.max(wait, 20), 1000)
 end
@@ -155,7 +162,8 @@ local function learn(r, now, job)
       base = base * (1 - base_eta / 2)
     end
     local slow = tonumber(h[9] or '0')
-    slow = slow + 0.05 * ((lat * 100 > base * p.tolerance_pct and 1 or 0) - slow)
+    local is_slow = lat * 100 > base * p.tolerance_pct and lat > base + SLOW_SLACK_MS
+    slow = slow + 0.05 * ((is_slow and 1 or 0) - slow)
     if r.kind == 'success' and n >= 20 and slow > 0.5 then congested = 'slow' end
     fields = {'ewma', string.format('%.1f', ewma), 'base', string.format('%.1f', base),
               'q', string.format('%.1f', q), 'n', n, 'at', now, 'slow', string.format('%.3f', slow)}
@@ -175,7 +183,7 @@ local function learn(r, now, job)
         local ceil = r.kind == 'limited' and flight or 0
         for _, f in ipairs({'ss', 0, 'cut', now, 'ceil', ceil}) do fields[#fields + 1] = f end
       end
-    elseif r.kind == 'success' and in_flight(dep, now) + 1 >= limit / 2 then
+    elseif r.kind == 'success' and redis.call('ZCARD', SLOTS .. dep) + 1 >= limit / 2 then
       local ceil = tonumber(h[8] or '0')
       if h[2] ~= '0' then
         limit = limit + 0.5  -- slow start
