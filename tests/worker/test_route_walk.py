@@ -25,6 +25,7 @@ from llm_router.errors import (
 from worker.breaker import RetryBudget
 from worker.hedge import first_token
 from worker.providers import Completion
+from worker.room import Room
 from worker.route_walk import PassResult, RouteWalk
 
 REQUEST = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -68,8 +69,12 @@ def walk(
     retries: int = 0,
     hedge_after_s: float | None = None,
     publisher: Any = None,
+    wait_room: Any = None,
+    wait_s: float = 2.0,
 ) -> RouteWalk:
-    settings = Settings(_env_file=None, same_deployment_retries=retries, retry_backoff_s=0.01)
+    settings = Settings(
+        _env_file=None, same_deployment_retries=retries, retry_backoff_s=0.01, concurrency_wait_s=wait_s
+    )
     policies = {d.id: Policy.for_deployment(d, settings) for m in route for d in catalog.deployments(m)}
 
     async def admit(dep: Deployment, est: int, reports: list[BreakerReport]) -> Admission:
@@ -101,6 +106,7 @@ def walk(
         hedge_after_s=hedge_after_s,
         stream=upstream if publisher is not None else None,
         publisher=publisher,
+        wait_room=wait_room,
     )
 
 
@@ -227,6 +233,50 @@ async def test_a_model_whose_deployments_are_all_busy_waits_instead_of_falling_b
     # back when the first slot is likely free, jittered (x 0.5 to 1.5) so waiters do not come back at once
     assert result.available_at is not None and t0 + 0.09 <= result.available_at <= t0 + 0.31
     assert "concurrency_limited" in result.fields["error"]["message"]
+
+
+async def test_a_busy_models_job_waits_on_its_worker_and_takes_the_slot_given_back(sim_catalog):
+    upstream = Upstream()
+    room = Room()
+    admissions = {GPT4O[0]: busy_for(5_000)}  # its poll would come back in seconds: a wake-up is sooner
+    asked: list[str] = []
+
+    def later(dep: str) -> Admission:
+        asked.append(dep)
+        # the first time round every deployment of the model is full; after the wake-up, room
+        return OK if len(asked) > 2 else busy_for(5_000)
+
+    walker = walk(sim_catalog, ["gpt-4o", "claude-sonnet-4-5"], upstream, admissions=admissions, later=later)
+    walker.wait_room = room.wait
+    task = asyncio.create_task(walker.run())
+    await asyncio.sleep(0.05)
+    assert room.waiting() == 1 and not task.done() and upstream.calls == []
+    t0 = time.monotonic()
+    room.freed([GPT4O[1]])  # a call of this worker gave a slot of AIsa back
+    result = await task
+    assert time.monotonic() - t0 < 0.5
+    assert result.fields["status"] == JobStatus.SUCCEEDED and upstream.calls[0] in GPT4O
+    assert calls_of(result) == [(result.fields["provider"], "success", None)]  # waiting is no attempt
+    assert room.waiting() == 0
+
+
+async def test_a_job_waits_for_room_at_most_the_wait_then_is_deferred(sim_catalog):
+    upstream = Upstream()
+    room = Room()
+    admissions = {GPT4O[0]: busy_for(50)}
+    t0 = time.monotonic()
+    result = await walk(
+        sim_catalog,
+        ["gpt-4o"],
+        upstream,
+        admissions=admissions,
+        later=lambda dep: busy_for(50),
+        wait_room=room.wait,
+        wait_s=0.3,
+    ).run()
+    assert 0.3 <= time.monotonic() - t0 < 1.0 and upstream.calls == []
+    assert result.fields["status"] == JobStatus.FAILED and result.retryable and not result.calls_failed
+    assert result.available_at is not None  # deferred off its slot, to come back for room
 
 
 async def test_the_walk_takes_a_models_deployments_in_the_order_the_start_script_chose(sim_catalog):
