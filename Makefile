@@ -16,6 +16,7 @@ test: $(STAMP) redis chromium
 bench: $(STAMP) redis
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/breakers.py
+	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_latency.py
 	$(BIN)/python bench/images.py

@@ -7,8 +7,11 @@ with only ``AISA_API_KEY`` every model runs through AIsa.
 
 Blocks that tune a deployment are set on its provider and overridden per deployment (some per model
 too), unset fields falling back to the ``LLM_ROUTER_*`` settings: ``breaker`` (thresholds, also per
-model), ``timeouts`` (a call's limits), ``retry_after`` (a 429's short wait, also per model) and
-``prefill`` (how it continues a cut answer, also per model).
+model), ``timeouts`` (a call's limits), ``retry_after`` (a 429's short wait, also per model),
+``prefill`` (how it continues a cut answer, also per model) and ``concurrency`` (the adaptive
+in-flight limit's seed and cap, ``llm_router.concurrency``). Per model, ``strategy`` says how its
+deployments are chosen among (``ordered``, ``least_busy``, ``latency``, ``cost``), each deployment's
+``weight`` tilting the choice.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ WireFormat = Literal["openai", "anthropic", "gemini"]
 # as a final assistant message (Anthropic's prefill, Gemini's model turn, OpenRouter), the same
 # message marked ``prefix: true`` (Mistral, DeepSeek), or not at all; unset, its wire format's default
 Prefill = Literal["last_message", "prefix", "none"]
+# how a model's deployments are chosen among: catalog order (the first healthy one with room), fewest
+# calls in flight, lowest fleet-learned latency (time to first token for streams), or lowest price
+Strategy = Literal["ordered", "least_busy", "latency", "cost"]
 
 
 class _Strict(BaseModel):
@@ -89,6 +95,16 @@ class RetryAfterSpec(_Strict):
     max_s: float | None = Field(default=None, ge=0)
 
 
+class ConcurrencySpec(_Strict):
+    """A deployment's adaptive in-flight limit (``llm_router.concurrency``): where it starts (and
+    starts over after a long idle spell) and the most it may grow to; unset fields take
+    ``LLM_ROUTER_CONCURRENCY_INITIAL`` / ``LLM_ROUTER_CONCURRENCY_MAX``. ``max: 0`` turns the limit
+    off for the deployment (no slots; a 429 without Retry-After then holds it as before)."""
+
+    initial: int | None = Field(default=None, ge=1)
+    max: int | None = Field(default=None, ge=0)
+
+
 class ProviderSpec(_Strict):
     format: WireFormat = "openai"
     base_url: str | None = None
@@ -113,6 +129,7 @@ class ProviderSpec(_Strict):
     timeouts: TimeoutSpec | None = None
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
+    concurrency: ConcurrencySpec | None = None
 
 
 class DeploymentSpec(_Strict):
@@ -125,6 +142,10 @@ class DeploymentSpec(_Strict):
     timeouts: TimeoutSpec | None = None
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
+    concurrency: ConcurrencySpec | None = None
+    # its share under the model's strategy: least_busy compares calls in flight / weight, latency
+    # latency / weight, cost price / weight
+    weight: float = Field(default=1.0, gt=0)
 
 
 class Capabilities(_Strict):
@@ -141,6 +162,7 @@ class ModelSpec(_Strict):
     breaker: BreakerSpec | None = None
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
+    strategy: Strategy = "ordered"
     family: str = ""
     prices_ref: str | None = Field(default=None, description="model id in genai-prices, when it differs")
     price: PriceOverride | None = None
@@ -206,6 +228,8 @@ class Deployment:
     timeouts: TimeoutSpec | None = None
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
+    concurrency: ConcurrencySpec | None = None
+    weight: float = 1.0
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
         # the host only: a base URL may carry credentials (user:password@)
@@ -305,6 +329,8 @@ class Catalog:
                         timeouts=_merge(prov.timeouts, dep.timeouts),
                         retry_after=_merge(_merge(prov.retry_after, model.retry_after), dep.retry_after),
                         prefill=dep.prefill or model.prefill or prov.prefill,
+                        concurrency=_merge(prov.concurrency, dep.concurrency),
+                        weight=dep.weight,
                     )
                 )
             out[model_id] = deps

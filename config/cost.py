@@ -287,14 +287,21 @@ def followed_stream(request: dict[str, Any], interactive: bool) -> bool:
 
 
 def demand_of(
-    request: dict[str, Any], prompt: int, *, interactive: bool = False, continuations: int = 1
+    request: dict[str, Any],
+    prompt: int,
+    *,
+    interactive: bool = False,
+    continuations: int = 1,
+    hedged: bool = False,
 ) -> Demand:
     """The one function every cost-multiplying field of a request enters (see the module's doc):
-    ``n``, images (in ``prompt``), tools, reasoning budgets, and a followed stream's continuations
+    ``n``, images (in ``prompt``), tools, reasoning budgets, a followed stream's continuations
     (``followed_stream``: each is a call billed on top of the partial answer before it; the worker
-    caps a continuation's output at what the first call had left, so each fits one more attempt).
-    A later field that multiplies cost (a hedge, a lane's re-dispatch) is added here and to the
-    overspend test."""
+    caps a continuation's output at what the first call had left, so each fits one more attempt) and
+    a hedge (``hedged``: the job's or its route's ``hedge``, on an interactive job: a second attempt
+    that may run alongside the first; the loser is billed what it consumed, at most a whole call).
+    A later field that multiplies cost (a lane's re-dispatch) is added here and to the overspend
+    test."""
     max_out = request.get("max_completion_tokens") or request.get("max_tokens")
     if request.get("tools") or request.get("functions"):
         prompt += TOOL_PROMPT_TOKENS
@@ -304,7 +311,7 @@ def demand_of(
         max_output=max_out if isinstance(max_out, int) else None,
         extra_output=REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,
         choices=max(int(request.get("n") or 1), 1),
-        attempts=1 + max(continuations, 0) if followed_stream(request, interactive) else 1,
+        attempts=(1 + max(continuations, 0) if followed_stream(request, interactive) else 1) + int(hedged),
     )
 
 

@@ -33,6 +33,10 @@ class SizeRule(_Strict):
     model: str
 
 
+class HedgeAfter(_Strict):
+    after_ms: int = Field(ge=1, le=600_000)
+
+
 class RouteSpec(_Strict):
     kind: Literal["auto", "fixed", "size", "weighted"]
     description: str = ""
@@ -43,6 +47,8 @@ class RouteSpec(_Strict):
     fallbacks: list[str] | None = None  # replaces the chosen model's own fallbacks
     cache: bool | Literal["force"] | None = None  # the route's default for jobs that do not say
     cache_ttl_s: int | None = Field(default=None, gt=0)
+    # the route's default for interactive jobs that do not say (`hedge` of the job contract)
+    hedge: bool | HedgeAfter | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> RouteSpec:

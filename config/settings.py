@@ -119,8 +119,27 @@ class Settings(BaseSettings):
     breaker_max_cooldown_s: float = 20.0
     breaker_probes: int = 1
     # a 429 without Retry-After marks the deployment unavailable this long (auth_failed and
-    # upstream_not_found longer)
+    # upstream_not_found longer), unless it has an adaptive concurrency limit: then the 429 reads as
+    # "too many at once" and cuts the limit instead
     rate_limited_default_s: float = 1.0
+
+    # adaptive concurrency per deployment, fleet-wide (llm_router.concurrency; the catalog's
+    # `concurrency: {initial, max}` overrides the first two per provider or deployment): the in-flight
+    # limit starts at `initial` and grows x 1.5 per round of calls (slow start), then grows by one per
+    # round; a 429, a 5xx, a timeout or latency above `latency_tolerance` x the learned baseline cuts
+    # it to `backoff` x the calls then in flight (at most x itself), once per round. max 0: no limit
+    concurrency_initial: int = Field(default=10, ge=1)
+    concurrency_max: int = Field(default=1000, ge=0)
+    concurrency_backoff: float = Field(default=0.9, gt=0, lt=1)
+    concurrency_latency_tolerance: float = Field(default=2.0, gt=1)
+    # a job whose model's deployments are all at their limit waits this long on its worker (woken as
+    # the worker's calls give slots back, worker.room) before it is deferred off its slot
+    concurrency_wait_s: float = Field(default=2.0, ge=0)
+    # hedged requests (interactive jobs that ask, `hedge: true`): a second attempt starts on the next
+    # deployment when no first token came by this percentile of the deployment's learned time to
+    # first token, once it has this many samples (before that, only `hedge: {after_ms}` hedges)
+    hedge_percentile: float = Field(default=0.9, gt=0, lt=1)
+    hedge_min_samples: int = Field(default=20, ge=1)
     # a provider's content filter ends the job unless this lets another model try
     fallback_on_content_filter: bool = False
     disable_cooldown_s: float = 300.0

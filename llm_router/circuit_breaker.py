@@ -9,12 +9,15 @@ what a job's scripts send it and answer with, and the board that people read.
      │  └──────────────────────────────────── half_open ◀────────────────┘  jittered, capped)
      │                                          │ a probe fails: open again
      │  Retry-After passes                      └──────────────────────────▶ open
-   limited ◀── a 429 (Retry-After, or a default wait)
+   limited ◀── a 429 with a Retry-After (without one: a cut of the concurrency limit instead)
    disabled ◀── our key or the model refused upstream (401/403/404/402), until a cooldown
 ```
 
 In ``half_open`` at most ``probes`` jobs hold a probe lease and call the deployment; the others skip
-it. Rate limits are GCRA on requests (``rpm``) and estimated tokens (``tpm``) per minute.
+it. Rate limits are GCRA on requests (``rpm``) and estimated tokens (``tpm``) per minute. Past the
+breaker, a deployment admits a job only while its adaptive concurrency limit has room
+(``llm_router.concurrency``, whose Lua this module's carries); a busy deployment is skipped for the
+model's next one, or the job waits when every one of its model's is busy.
 
 The cadence is chosen so that recovery is seen: during an outage the dead deployment gets one probe
 per cooldown (5 s, 10 s, then every 20 s by default: a handful of calls a minute across the fleet,
@@ -28,8 +31,9 @@ Admission rides on a job's start script and reports on its finish script (``llm_
 no extra round trip on the common path. Keys (``llm_router.keys``): ``sick`` (deployments not
 closed: ``state|until_ms``), ``breaker:<dep>`` (window buckets ``n:<i>``/``f:<i>``, consecutive
 failures ``c``, ``trips``, half-open successes ``hs``), ``probes:<dep>`` (probe leases),
-``rpm:<dep>``/``tpm:<dep>`` (GCRA arrival times), ``routing:<digest>`` (model → deployments with
-their limits, published by workers).
+``rpm:<dep>``/``tpm:<dep>`` (GCRA arrival times), ``conc:<dep>``/``slots:<dep>`` (the concurrency
+limit, learned latency, calls in flight), ``routing:<digest>`` (model → its strategy and deployments
+with their limits, published by workers).
 
 The Python side is typed: an ``Admission`` per deployment (decoded from the scripts' replies), a
 ``BreakerReport`` per call (encoded for the finish script), a ``Transition`` per state change, and
@@ -47,16 +51,23 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from config.catalog import BreakerSpec, Deployment
+from config.catalog import BreakerSpec, ConcurrencySpec, Deployment
 from config.settings import Settings
-from llm_router.keys import BREAKER_PREFIX, SICK_KEY, breaker_key, probes_key
+from llm_router.concurrency import CONCURRENCY_LUA, LimiterView, read_limiters
+from llm_router.keys import BREAKER_PREFIX, CONC_PREFIX, SICK_KEY, breaker_key, conc_key, probes_key
 
-# needs LUA_PRELUDE (llm_router.lua) before it
-BREAKER_LUA = r"""
--- May `job` call `dep` now?  Returns the admission state and, for a skip, when to try again (ms):
--- 'ok' | 'probe' (a half-open probe lease is held) | 'open' | 'half_open' | 'limited' | 'disabled'
--- | 'rate' | 'tokens'.  An open breaker whose cooldown passed turns half-open here.
-local function admit(dep, rpm, tpm, probes, now, job, est_tokens, lease_ms)
+# needs LUA_PRELUDE (llm_router.lua) before it; carries CONCURRENCY_LUA (llm_router.concurrency)
+BREAKER_LUA = (
+    CONCURRENCY_LUA
+    + r"""
+-- May `job` call deployment `d` (a routing entry: id, rpm, tpm, probes, initial, max) now?  Returns
+-- the admission state and, for a skip, when to try again (ms): 'ok' | 'probe' (a half-open probe
+-- lease is held) | 'open' | 'half_open' | 'limited' | 'disabled' | 'busy' (its concurrency limit is
+-- reached) | 'rate' | 'tokens'.  An open breaker whose cooldown passed turns half-open here.  An
+-- admitted job holds a slot of the deployment's concurrency (until `slot_lease_ms` from now,
+-- renewed while its call runs) until the call's report gives it back.
+local function admit(d, now, job, est_tokens, lease_ms, slot_lease_ms)
+  local dep, rpm, tpm, probes = d.id, d.rpm, d.tpm, d.probes
   local sick = redis.call('HGET', SICK, dep)
   local half = false
   if sick then
@@ -82,6 +93,8 @@ local function admit(dep, rpm, tpm, probes, now, job, est_tokens, lease_ms)
       return 'half_open', now + 1000
     end
   end
+  local free, free_at, fresh = room(d, now, job)
+  if not free then return 'busy', free_at end
   if rpm > 0 then
     local key = RPM .. dep
     local interval = 60000 / rpm
@@ -97,6 +110,7 @@ local function admit(dep, rpm, tpm, probes, now, job, est_tokens, lease_ms)
     if new - now > 60000 then return 'tokens', new - 60000 + 1 end
     redis.call('SET', key, fmt(new), 'PX', fmt(new - now + 60000))
   end
+  take_slot(d, job, now + slot_lease_ms, fresh)
   if half then
     redis.call('ZADD', probes_key, now + lease_ms, job)
     return 'probe', 0
@@ -104,28 +118,54 @@ local function admit(dep, rpm, tpm, probes, now, job, est_tokens, lease_ms)
   return 'ok', 0
 end
 
--- Admission of a job's route: its models' deployments in order (from the routing table), admitting
--- the first that may be called and leaving the rest 'unchecked'.  Returns {dep, state, until_ms, …}.
-local function admit_route(route_json, routing_key, job, est_tokens, lease_ms, now)
-  local out = {}
-  local chosen = false
-  for model in string.gmatch(route_json, '"([^"]+)"') do
-    local row = redis.call('HGET', routing_key, model)
-    if row then
-      for dep, rpm, tpm, probes in string.gmatch(row, '([^|;]+)|(%d+)|(%d+)|(%d+)') do
-        local state, until_ms = 'unchecked', 0
-        if not chosen then
-          state, until_ms = admit(dep, tonumber(rpm), tonumber(tpm), tonumber(probes), now, job,
-                                  est_tokens, lease_ms)
-          if state == 'ok' or state == 'probe' then chosen = true end
-        end
-        out[#out + 1] = dep
-        out[#out + 1] = state
-        out[#out + 1] = fmt(until_ms)
-      end
+-- A model's row of the routing table: 'strategy;dep|rpm|tpm|probes|initial|max|weight;…' (a row
+-- without the strategy, or an entry without the last three fields, is 'ordered' and unlimited).
+local function parse_row(row)
+  local strategy, rest = string.match(row, '^(%l[%l_]*);(.*)$')
+  if strategy then row = rest else strategy = 'ordered' end
+  local deps = {}
+  for entry in string.gmatch(row, '[^;]+') do
+    local id, rpm, tpm, probes, initial, max, weight =
+      string.match(entry, '^([^|]+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)|?([%d.]*)$')
+    if id then
+      deps[#deps + 1] = {id = id, rpm = tonumber(rpm), tpm = tonumber(tpm), probes = tonumber(probes),
+                         initial = tonumber(initial) or 0, max = tonumber(max) or 0,
+                         weight = tonumber(weight) or 1, i = #deps + 1}
     end
   end
-  return out
+  return strategy, deps
+end
+
+-- Admission of a job's route: each model's deployments in its strategy's order (from the routing
+-- table), admitting the first that may be called and leaving the rest 'unchecked'.  A model whose
+-- deployments are busy (none open, limited or otherwise out) stops the walk there: the job waits
+-- for room rather than answering with a fallback model.  Returns {dep, state, until_ms, …} and the
+-- admitted deployment (or nil).
+local function admit_route(route_json, routing_key, job, est_tokens, lease_ms, slot_lease_ms, now)
+  local out = {}
+  local chosen = nil
+  local stop = false
+  for model in string.gmatch(route_json, '"([^"]+)"') do
+    local row = redis.call('HGET', routing_key, model)
+    local busy = false
+    if row then
+      local strategy, deps = parse_row(row)
+      if not chosen and not stop then deps = by_strategy(strategy, deps, now) end
+      for _, d in ipairs(deps) do
+        local state, until_ms = 'unchecked', 0
+        if not chosen and not stop then
+          state, until_ms = admit(d, now, job, est_tokens, lease_ms, slot_lease_ms)
+          if state == 'ok' or state == 'probe' then chosen = d.id end
+        end
+        out[#out + 1] = d.id
+        out[#out + 1] = state
+        out[#out + 1] = fmt(until_ms)
+        if state == 'busy' then busy = true end
+      end
+      if busy then stop = true end
+    end
+  end
+  return out, chosen
 end
 
 -- One call's report (a BreakerReport's JSON): count it, move the breaker, adjust the token budget.
@@ -135,6 +175,7 @@ local function record_report(json, now, job)
   local dep, kind, policy = r.dep, r.kind, r.policy
   local bk = BREAKER .. dep
   if r.probe then redis.call('ZREM', PROBES .. dep, job) end
+  learn(r, now, job)
   if r.tpm > 0 and r.tokens_delta ~= 0 then
     -- the call used more (or fewer) tokens than admission estimated: move the budget by the difference
     local key = TPM .. dep
@@ -150,6 +191,9 @@ local function record_report(json, now, job)
   local state = 'closed'
   if current then state = string.match(current, '^([%a_]+)') end
   if kind == 'limited' then
+    -- no Retry-After on a deployment with a concurrency limit: "too many at once", which the cut
+    -- in `learn` answers; holding it for the fleet would empty it and then refill it in one rush
+    if r.until_ms <= 0 then return nil end
     if state ~= 'open' and state ~= 'half_open' then
       redis.call('HSET', SICK, dep, 'limited|' .. fmt(r.until_ms))
     end
@@ -210,6 +254,7 @@ local function record_report(json, now, job)
   return {dep, 'open', why}
 end
 """
+)
 
 
 class AdmissionState(StrEnum):
@@ -224,6 +269,7 @@ class AdmissionState(StrEnum):
     DISABLED = "disabled"  # our key or the model was refused upstream
     RATE = "rate"  # the deployment's requests-per-minute limit
     TOKENS = "tokens"  # its tokens-per-minute limit
+    BUSY = "busy"  # its adaptive concurrency limit is reached (``llm_router.concurrency``)
 
     @property
     def admitted(self) -> bool:
@@ -271,7 +317,7 @@ class ReportKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A deployment's breaker thresholds, in the integer units the Lua reads."""
+    """A deployment's breaker thresholds and concurrency limiter, in the integer units the Lua reads."""
 
     window_ms: int
     bucket_ms: int
@@ -281,11 +327,26 @@ class Policy:
     cooldown_ms: int
     max_cooldown_ms: int
     probes: int
+    # the adaptive concurrency limit (llm_router.concurrency); conc_max 0: none
+    conc_initial: int = 0
+    conc_max: int = 0
+    backoff_pct: int = 90
+    tolerance_pct: int = 200
+    quantile_pct: int = 90  # the latency percentile learned for hedges
+
+    @property
+    def limited(self) -> bool:
+        """Whether calls to the deployment hold a slot of its concurrency limit."""
+        return self.conc_max > 0
 
     @classmethod
     def for_deployment(cls, dep: Deployment, settings: Settings) -> Policy:
-        """The catalog's ``breaker:`` block over the ``LLM_ROUTER_BREAKER_*`` settings."""
+        """The catalog's ``breaker:`` and ``concurrency:`` blocks over the ``LLM_ROUTER_BREAKER_*`` and
+        ``LLM_ROUTER_CONCURRENCY_*`` settings."""
         spec = dep.breaker or BreakerSpec()
+        conc = dep.concurrency or ConcurrencySpec()
+        conc_max = conc.max if conc.max is not None else settings.concurrency_max
+        initial = conc.initial if conc.initial is not None else settings.concurrency_initial
 
         def pick(name: str) -> float:
             value = getattr(spec, name)
@@ -300,6 +361,11 @@ class Policy:
             cooldown_ms=int(pick("cooldown_s") * 1000),
             max_cooldown_ms=int(pick("max_cooldown_s") * 1000),
             probes=int(pick("probes")),
+            conc_initial=min(initial, conc_max) if conc_max else 0,
+            conc_max=conc_max,
+            backoff_pct=round(settings.concurrency_backoff * 100),
+            tolerance_pct=round(settings.concurrency_latency_tolerance * 100),
+            quantile_pct=round(settings.hedge_percentile * 100),
         )
 
 
@@ -316,6 +382,10 @@ class BreakerReport:
     tpm: int = 0
     # cooldowns of many deployments must not end in step; the cooldown is capped after it
     jitter_pct: int = 100
+    slot: bool = False  # the call held a slot of the deployment's concurrency limit (given back now)
+    # time to first token (streams) or the whole call (ms), for a call that answered; -1: no sample
+    latency_ms: int = -1
+    started_ms: int = 0  # when the call started, on Redis' clock (one limit cut per round)
 
     def encode(self) -> bytes:
         p = self.policy
@@ -328,6 +398,9 @@ class BreakerReport:
                 "tokens_delta": self.tokens_delta,
                 "tpm": self.tpm,
                 "jitter_pct": self.jitter_pct,
+                "slot": self.slot,
+                "latency_ms": self.latency_ms,
+                "started_ms": self.started_ms,
                 "policy": {
                     "window_ms": p.window_ms,
                     "bucket_ms": p.bucket_ms,
@@ -337,6 +410,11 @@ class BreakerReport:
                     "cooldown_ms": p.cooldown_ms,
                     "max_cooldown_ms": p.max_cooldown_ms,
                     "probes": p.probes,
+                    "conc_initial": p.conc_initial,
+                    "conc_max": p.conc_max,
+                    "backoff_pct": p.backoff_pct,
+                    "tolerance_pct": p.tolerance_pct,
+                    "quantile_pct": p.quantile_pct,
                 },
             }
         )
@@ -350,6 +428,8 @@ def breaker_report(
     probe: bool,
     until_ms: int = 0,
     tokens_delta: int = 0,
+    latency_ms: float | None = None,
+    started_ms: int = 0,
 ) -> BreakerReport:
     """The report of one call to ``dep`` (with the jitter its cooldown gets if it opens the breaker:
     -20 % to +0 %, so ``max_cooldown`` stays a maximum and capped cooldowns still spread out)."""
@@ -362,6 +442,9 @@ def breaker_report(
         tokens_delta=tokens_delta,
         tpm=dep.tpm or 0,
         jitter_pct=random.randint(80, 100),
+        slot=policy.limited,
+        latency_ms=round(latency_ms) if latency_ms is not None else -1,
+        started_ms=started_ms,
     )
 
 
@@ -379,7 +462,7 @@ def decode_transitions(replies: list[Any]) -> list[Transition]:
 
 
 class BreakerBoard:
-    """Reading and resetting the fleet's breakers (``llm-router breakers``)."""
+    """Reading and resetting the fleet's breakers and learned limits (``llm-router breakers``)."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -387,7 +470,8 @@ class BreakerBoard:
     async def list(
         self, *, window_s: float, bucket_s: float, names: Iterable[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Every deployment with breaker state: its state, time to half-open, and window counts.
+        """Every deployment with breaker or limiter state: its state, time to half-open, window
+        counts, concurrency limit, calls in flight and learned latency.
 
         ``names`` limits it to those deployments (a dashboard refreshing every few seconds), where
         the default finds them with a SCAN of the keyspace.
@@ -397,12 +481,14 @@ class BreakerBoard:
             names = set(names)
         else:
             names = set(sick)
-            async for key in self.redis.scan_iter(match=f"{BREAKER_PREFIX}*", count=500):
-                names.add(key.decode().removeprefix(BREAKER_PREFIX))
+            for prefix in (BREAKER_PREFIX, CONC_PREFIX):
+                async for key in self.redis.scan_iter(match=f"{prefix}*", count=500):
+                    names.add(key.decode().removeprefix(prefix))
         now_s, now_us = await self.redis.time()
         now_ms = now_s * 1000 + now_us // 1000
         current = now_ms // int(bucket_s * 1000)
         first = current - int(window_s // bucket_s) + 1
+        limiters = await read_limiters(self.redis, sorted(names), now_ms)
         out = []
         for name in sorted(names):
             fields = {
@@ -412,6 +498,7 @@ class BreakerBoard:
             calls = sum(int(v) for k, v in fields.items() if k.startswith("n:") and int(k[2:]) >= first)
             failures = sum(int(v) for k, v in fields.items() if k.startswith("f:") and int(k[2:]) >= first)
             until_ms = int(until or 0)
+            lim: LimiterView = limiters[name]
             out.append(
                 {
                     "deployment": name,
@@ -421,14 +508,21 @@ class BreakerBoard:
                     "consecutive_failures": int(fields.get("c", 0)),
                     "trips": int(fields.get("trips", 0)),
                     "seconds_to_retry": max(until_ms - now_ms, 0) / 1000 if state != "half_open" else 0.0,
+                    "concurrency_limit": round(lim.limit, 2) if lim.limit is not None else None,
+                    "in_flight": lim.in_flight,
+                    "slow_start": lim.slow_start,
+                    "latency_ms": lim.latency_ms,
+                    "latency_quantile_ms": lim.quantile_ms,
+                    "latency_samples": lim.samples,
                 }
             )
         return out
 
     async def reset(self, name: str) -> bool:
-        """Close one breaker and clear its counts; ``False`` when it had no state."""
+        """Close one breaker, clear its counts and its learned limit (it starts over from its
+        ``initial``); ``False`` when it had no state. Calls in flight keep their slots."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(SICK_KEY, name)
-            pipe.delete(breaker_key(name), probes_key(name))
+            pipe.delete(breaker_key(name), probes_key(name), conc_key(name))
             removed, deleted = await pipe.execute()
         return bool(removed or deleted)

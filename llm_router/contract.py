@@ -30,6 +30,7 @@ RESERVED_KEYS = frozenset(
         "answer_format",
         "priority",
         "webhook",
+        "hedge",
     }
 )
 
@@ -194,6 +195,12 @@ class StreamOptions(_Part):
     include_obfuscation: bool | None = None  # OpenAI's padding of chunks: our chunks carry none
 
 
+class Hedge(_Part):
+    """A hedged request's delay: a second attempt starts after ``after_ms`` without a first token."""
+
+    after_ms: Annotated[int, Field(ge=1, le=600_000)]
+
+
 class Webhook(_Part):
     """Where a job (or a batch) tells its caller that it ended: a signed POST (Standard Webhooks) of
     its summary to ``url``, and of its whole response when ``include`` asks (``llm_router.webhooks``)."""
@@ -272,6 +279,9 @@ class ChatJob(BaseModel):
     priority: Literal["high", "normal", "low"] | None = None
     # told when the job ends; false: not even the tenant's default endpoint
     webhook: Webhook | Literal[False] | None = None
+    # interactive jobs: race a second attempt on the model's next deployment when no first token came
+    # by the deployment's learned percentile (true) or by after_ms; false: not even the route's default
+    hedge: bool | Hedge | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -461,6 +471,9 @@ class Attempt(BaseModel):
     http_status: int | None = None
     latency_ms: float | None = None
     started_at: float
+    # the side of a hedged call's race this attempt was ("first", "second"), and what it cost (USD)
+    hedge: Literal["first", "second"] | None = None
+    cost: float | None = None
 
 
 def new_attempt(

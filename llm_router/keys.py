@@ -16,7 +16,9 @@ All amounts are integer nano-USD. What lives where:
 * ``cache:<digest>``: a cached answer.
 * ``routing:<digest>`` hash: a catalog's routing table; ``sick`` hash: deployments not closed;
   ``breaker:<dep>`` hash: a breaker's window; ``probes:<dep>``: half-open probe leases;
-  ``rpm:<dep>``/``tpm:<dep>``: rate limits (GCRA).
+  ``rpm:<dep>``/``tpm:<dep>``: rate limits (GCRA); ``conc:<dep>`` hash: its adaptive concurrency
+  limit and learned latency, ``slots:<dep>`` sorted set: the jobs calling it now, by lease end
+  (``llm_router.concurrency``).
 * ``apikeys`` and ``apikeys:meta`` hashes: the HTTP API's keys (sha-256 → tenant, metadata);
   ``apikeys:admin`` set: the hashes of admin keys (the dashboard).
 * ``metered`` set: tenants that have a credit hash (what the credits-reserved gauge sums over);
@@ -55,6 +57,8 @@ BREAKER_PREFIX = PREFIX + "breaker:"
 PROBES_PREFIX = PREFIX + "probes:"
 RPM_PREFIX = PREFIX + "rpm:"
 TPM_PREFIX = PREFIX + "tpm:"
+CONC_PREFIX = PREFIX + "conc:"
+SLOTS_PREFIX = PREFIX + "slots:"
 APIKEYS_KEY = PREFIX + "apikeys"
 APIKEY_META_KEY = PREFIX + "apikeys:meta"
 APIKEY_ADMINS_KEY = PREFIX + "apikeys:admin"
@@ -141,6 +145,14 @@ def breaker_key(deployment: str) -> str:
 
 def probes_key(deployment: str) -> str:
     return PROBES_PREFIX + deployment
+
+
+def conc_key(deployment: str) -> str:
+    return CONC_PREFIX + deployment
+
+
+def slots_key(deployment: str) -> str:
+    return SLOTS_PREFIX + deployment
 
 
 def file_key(file_id: str) -> str:
@@ -237,6 +249,8 @@ LUA_KEYS = "\n".join(
         ("PROBES", PROBES_PREFIX),
         ("RPM", RPM_PREFIX),
         ("TPM", TPM_PREFIX),
+        ("CONC", CONC_PREFIX),
+        ("SLOTS", SLOTS_PREFIX),
         ("ENDED", ENDED_CHANNEL),
         ("ABORT_SET", abort_jobs_ss),
         ("BATCH", BATCH_PREFIX),

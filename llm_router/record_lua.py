@@ -61,12 +61,13 @@ START_LUA = (
     + """
 local record = KEYS[1]
 local now, worker_id, job_id, routing_key, probe_lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local slot_lease_ms = tonumber(ARGV[6] or '10000')
 
 local status = redis.call('HGET', record, 'status')
 if not status then return nil end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
 local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
-                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue')
+                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge')
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
@@ -78,6 +79,10 @@ if status == 'running' then
   lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
   local call = {}
   if inflight then call = cjson.decode(inflight) end
+  if call.provider and call.upstream_model then
+    -- the slot of the call it was making is free now, not when its lease lapses
+    redis.call('ZREM', SLOTS .. call.provider .. '/' .. call.upstream_model, job_id)
+  end
   local list = cjson.decode(attempts or '[]')
   list[#list + 1] = {
     provider = call.provider or 'unknown', model = call.model or 'unknown',
@@ -95,28 +100,51 @@ local runs = redis.call('HINCRBY', record, 'runs', 1)
 local redis_now = now_ms()
 local cached = ''
 if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
-local admissions = {}
+local admissions, chosen = {}, nil
 if cached == '' and not cancel_requested then
-  admissions = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms), redis_now)
+  admissions, chosen = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms),
+                                   slot_lease_ms, redis_now)
+end
+local learned = ''
+if v[13] and chosen then
+  -- a hedged job waits for the admitted deployment's learned percentile before a second attempt
+  local q = redis.call('HMGET', CONC .. chosen, 'q', 'n')
+  if q[1] then learned = q[1] .. '|' .. q[2] end
 end
 return {'status', status, 'request', request, 'route', route, 'deadline_at', deadline_at,
         'attempts', attempts, 'runs', runs, 'passes', passes or '0',
         'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
         'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
-        'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or ''}
+        'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or '',
+        'hedge', v[13] or '', 'learned', learned}
 """
 )
 
 # Admission of one deployment reached only after the ones before it failed (the common path is
-# admitted by START).  Returns {state, until_ms} (see ``circuit_breaker.Admission``).
+# admitted by START), with the reports of the calls made so far (their slots given back, their
+# outcomes counted before the next call).  Returns {state, until_ms, {dep, state, reason}…} (see
+# ``circuit_breaker.Admission``, ``Transition``).
 ADMIT_LUA = (
     LUA_PRELUDE
     + BREAKER_LUA
     + """
 local dep, rpm, tpm, probes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local job_id, est_tokens, probe_lease_ms = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local state, until_ms = admit(dep, rpm, tpm, probes, now_ms(), job_id, est_tokens, probe_lease_ms)
-return {state, fmt(until_ms)}
+local initial, max = tonumber(ARGV[5]), tonumber(ARGV[6])
+local job_id, est_tokens, probe_lease_ms, slot_lease_ms = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]),
+  tonumber(ARGV[10])
+local REPORTS = 11  -- one report per call made since the last admission, from here
+
+local now = now_ms()
+local transitions = {}
+for i = REPORTS, #ARGV do
+  local transition = record_report(ARGV[i], now, job_id)
+  if transition then transitions[#transitions + 1] = transition end
+end
+local d = {id = dep, rpm = rpm, tpm = tpm, probes = probes, initial = initial, max = max}
+local state, until_ms = admit(d, now, job_id, est_tokens, probe_lease_ms, slot_lease_ms)
+local out = {state, fmt(until_ms)}
+for _, t in ipairs(transitions) do out[#out + 1] = t end
+return out
 """
 )
 

@@ -45,6 +45,7 @@ from llm_router.keys import (
     ready_key,
     record_key,
     scoped_id,
+    slots_key,
     split_scoped,
     stream_key,
     wake_channel,
@@ -100,6 +101,8 @@ class NewJob:
     # JSON {"url", "include"}: the job's end is delivered there (``llm_router.webhooks``); b"" when
     # the job asked for none, so its tenant's default endpoint does not apply either
     webhook: bytes | None = None
+    # a hedged interactive job: 0 hedges after the deployment's learned percentile, N after N ms
+    hedge: int | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -120,6 +123,8 @@ class NewJob:
             out += (TRACEPARENT_FIELD, self.traceparent)
         if self.webhook:
             out += ("webhook", self.webhook)
+        if self.hedge is not None:
+            out += ("hedge", self.hedge)
         return out
 
 
@@ -153,6 +158,11 @@ class Started:
     est_tokens: int
     lost_runs: int  # runs of this job that ended with their worker's death, counting the last one
     queue: str = ""  # the job's queue when it is not the bulk one (the interactive queue's name)
+    # a hedged job: None not hedged, 0 after the learned percentile, else after this many ms
+    hedge_ms: int | None = None
+    # the admitted deployment's learned latency percentile (ms) and its sample count (hedged jobs)
+    learned_ms: float = 0.0
+    learned_samples: int = 0
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -163,6 +173,7 @@ class Started:
         status = v["status"].decode()
         if len(v) == 1:
             return status
+        learned = (v.get("learned") or b"").decode().split("|") if v.get("learned") else None
         return cls(
             previous_status=status,
             request=v["request"],
@@ -180,7 +191,18 @@ class Started:
             est_tokens=int(v["est_tokens"]),
             lost_runs=int(v["lost_runs"]),
             queue=(v.get("queue") or b"").decode(),
+            hedge_ms=int(v["hedge"]) if v.get("hedge") else None,
+            learned_ms=float(learned[0]) if learned else 0.0,
+            learned_samples=int(learned[1]) if learned else 0,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The admit script's reply: the admission, and the breakers the reports sent with it moved."""
+
+    admission: Admission
+    transitions: list[Transition]
 
 
 class FinishReply(IntEnum):
@@ -334,25 +356,60 @@ class Store:
             await pool.release(conn)
 
     async def start(
-        self, job_id: str, worker_id: str, now: float, routing_key: str = "", probe_lease_ms: int = 60_000
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        routing_key: str = "",
+        probe_lease_ms: int = 60_000,
+        slot_lease_ms: int = 10_000,
     ) -> Started | str | None:
         """Mark the job running, read it, and admit its route's first deployment (one round trip).
 
         ``None`` when the record is gone, the status of a job that already ended, else ``Started``.
+        An admitted job holds a slot of the deployment's concurrency limit for ``slot_lease_ms``
+        (renewed while its call runs, ``LeaseWrites.renew_slots``).
         """
         reply = await self.pipe.eval(
-            self._start, [record_key(job_id)], [now, worker_id, job_id, routing_key, probe_lease_ms]
+            self._start,
+            [record_key(job_id)],
+            [now, worker_id, job_id, routing_key, probe_lease_ms, slot_lease_ms],
         )
         return Started.decode(reply)
 
     async def admit(
-        self, dep_id: str, rpm: int, tpm: int, probes: int, job_id: str, est_tokens: int, probe_lease_ms: int
-    ) -> Admission:
-        """Admission of one deployment reached after the ones before it failed."""
-        state, until_ms = await self._admit(
-            args=[dep_id, rpm, tpm, probes, job_id, est_tokens, probe_lease_ms]
+        self,
+        dep_id: str,
+        rpm: int,
+        tpm: int,
+        probes: int,
+        job_id: str,
+        est_tokens: int,
+        probe_lease_ms: int,
+        *,
+        concurrency: tuple[int, int] = (0, 0),
+        slot_lease_ms: int = 10_000,
+        reports: Sequence[BreakerReport] = (),
+    ) -> Admitted:
+        """Admission of one deployment reached after the ones before it failed, with the reports of
+        the calls made since the last admission (``concurrency``: its limit's initial and max)."""
+        initial, most = concurrency
+        reply = await self._admit(
+            args=[
+                dep_id,
+                rpm,
+                tpm,
+                probes,
+                initial,
+                most,
+                job_id,
+                est_tokens,
+                probe_lease_ms,
+                slot_lease_ms,
+                *(r.encode() for r in reports),
+            ]
         )
-        return decode_admission(state, until_ms)
+        return Admitted(decode_admission(reply[0], reply[1]), decode_transitions(reply[2:]))
 
     async def finish(
         self,
@@ -522,6 +579,14 @@ class LeaseWrites:
             until = int(time.time() * 1000) + lease_ms
             pipe.zadd(self.leases_key, dict.fromkeys(job_ids, until), xx=True)
 
+    def renew_slots(self, pipe: Any, slots: dict[str, list[str]], lease_ms: int) -> None:
+        """The concurrency slots of the calls this worker runs (deployment → job ids) last
+        ``lease_ms`` from now (one command per deployment; a slot given back meanwhile stays gone)."""
+        if slots:
+            until = int(time.time() * 1000) + lease_ms
+            for dep, job_ids in slots.items():
+                pipe.zadd(slots_key(dep), dict.fromkeys(job_ids, until), xx=True)
+
     def inflight(self, pipe: Any, job_id: str, call: dict[str, Any]) -> None:
         """The call a job is making, so a run cut short still shows that attempt."""
         pipe.hset(record_key(job_id), "inflight", orjson.dumps(call))
@@ -600,5 +665,6 @@ _INTERNAL_FIELDS = frozenset(
         "queue",
         "cancel_requested",
         "pending",
+        "hedge",
     }
 )

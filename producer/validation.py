@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from config.catalog import Catalog
 from config.cost import CostModel, demand_of, prompt_tokens
-from config.routes import Need, NoCapableModel, choose
+from config.routes import Need, NoCapableModel, RouteSpec, choose
 from config.settings import Settings
 from llm_router.contract import ChatJob, image_urls, invalid_from_validation, normalise_data_uris
 from llm_router.errors import (
@@ -188,6 +188,7 @@ class Validator:
             self.settings.interactive_deadline_s if interactive else self.settings.default_deadline_s
         )
         ignored = job.ignored_fields()
+        hedge_ms = self._hedge(job, route_spec, interactive)
         cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
         cached_as, cache_ttl = None, 0
         if cache == "force" or (cache is True and job.temperature == 0):
@@ -209,7 +210,11 @@ class Validator:
             reserve_nanos=self.costs.worst_case(
                 route_key,
                 demand_of(
-                    obj, prompt, interactive=interactive, continuations=self.settings.max_continuations
+                    obj,
+                    prompt,
+                    interactive=interactive,
+                    continuations=self.settings.max_continuations,
+                    hedged=hedge_ms is not None,
                 ),
             ),
             prompt_tokens=prompt,
@@ -220,7 +225,24 @@ class Validator:
             ignored=",".join(ignored) if ignored else None,
             priority=job.priority or "normal",
             webhook=webhook_spec.of_job(job.webhook, self.webhook_guard) if job.webhook is not None else None,
+            hedge=hedge_ms,
         )
+
+    @staticmethod
+    def _hedge(job: ChatJob, route_spec: RouteSpec | None, interactive: bool) -> int | None:
+        """The job's hedge as its record keeps it: ``None`` none, 0 after the deployment's learned
+        percentile, N after N ms. Interactive jobs only: a bulk job has nobody waiting on its latency."""
+        hedge = job.hedge
+        if hedge not in (None, False) and not interactive:
+            raise InvalidRequest(
+                "hedge applies to interactive jobs (the HTTP chat endpoints, chat calls), not bulk ones",
+                param="hedge",
+            )
+        if hedge is None and route_spec is not None and interactive:
+            hedge = route_spec.hedge
+        if hedge is None or hedge is False:
+            return None
+        return 0 if hedge is True else hedge.after_ms
 
     def _route_for(
         self, job: ChatJob, model_id: str, fallbacks: list[str] | None

@@ -28,11 +28,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(autouse=True)
 def fresh_breakers(redis_server: RedisServer) -> None:
-    """Breakers and rate limits are fleet-wide by design, so a test starts with none of them set."""
+    """Breakers, rate limits and learned limits are fleet-wide by design, so a test starts with none."""
     import redis as sync_redis
 
     client = sync_redis.Redis.from_url(redis_server.url)
-    for pattern in ("llm-router:breaker:*", "llm-router:probes:*", "llm-router:rpm:*", "llm-router:tpm:*"):
+    for pattern in (
+        "llm-router:breaker:*",
+        "llm-router:probes:*",
+        "llm-router:rpm:*",
+        "llm-router:tpm:*",
+        "llm-router:conc:*",  # learned concurrency limits and latency
+        "llm-router:slots:*",
+    ):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)

@@ -90,6 +90,7 @@ def build_worker(
             interval_s=interval_s,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             routing=(runner.routing_key, runner.routing_table),
+            slots=runner.slots,
         )
         ctx.update(session=session, store=store, runner=runner, keeper=keeper)  # shutdown closes them
         keeper.beat()  # seen as live before the first job arrives

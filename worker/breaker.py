@@ -13,7 +13,7 @@ import random
 import time
 from collections import deque
 
-from config.catalog import Catalog
+from config.catalog import Catalog, Deployment
 from config.settings import Settings
 from llm_router.circuit_breaker import Policy, ReportKind
 from llm_router.errors import RouterError
@@ -23,21 +23,37 @@ _DISABLING = frozenset({"auth_failed", "upstream_not_found", "provider_out_of_cr
 
 
 def routing_table(catalog: Catalog, settings: Settings) -> tuple[str, dict[str, str]]:
-    """The Redis key and value of this worker's routing table: model → ``dep|rpm|tpm|probes;…``.
+    """The Redis key and value of this worker's routing table: model →
+    ``strategy;dep|rpm|tpm|probes|initial|max|weight;…``.
 
     Workers with the same enabled deployments and limits share one table (the key is a digest of
     it); the start script reads it to admit a job's route without the worker knowing the route yet.
+    A ``cost`` model's deployments are listed by price (per weight), cheapest first: the script then
+    takes them in that order, as it does an ``ordered`` model's in catalog order.
     """
     table: dict[str, str] = {}
-    for model_id in catalog.models:
-        entries = [
-            f"{d.id}|{d.rpm or 0}|{d.tpm or 0}|{Policy.for_deployment(d, settings).probes}"
-            for d in catalog.deployments(model_id)
-        ]
+    for model_id, model in catalog.models.items():
+        deps = catalog.deployments(model_id)
+        if model.strategy == "cost":
+            deps = sorted(deps, key=lambda d: blended_price(d) / d.weight)  # stable: ties keep catalog order
+        entries = []
+        for d in deps:
+            policy = Policy.for_deployment(d, settings)
+            entries.append(
+                f"{d.id}|{d.rpm or 0}|{d.tpm or 0}|{policy.probes}|{policy.conc_initial}|{policy.conc_max}"
+                f"|{d.weight:g}"
+            )
         if entries:
-            table[model_id] = ";".join(entries)
+            table[model_id] = f"{model.strategy};" + ";".join(entries)
     digest = hashlib.blake2b(repr(sorted(table.items())).encode(), digest_size=8).hexdigest()
     return routing_key(digest), table
+
+
+def blended_price(dep: Deployment) -> float:
+    """What the ``cost`` strategy ranks a deployment by: its first tier's price per token, input and
+    output blended 3:1 (a typical request reads more than it writes)."""
+    tier = dep.price.tiers[0]
+    return (3 * tier.input + tier.output) / 4
 
 
 def report_kind(exc: RouterError | None) -> ReportKind:

@@ -42,10 +42,12 @@ from llm_router.redact import redact
 from llm_router.store import Settlement, Started, Store
 from worker import observe
 from worker.breaker import RetryBudget, routing_table
+from worker.hedge import hedge_after_s
 from worker.http import Timeouts, send
 from worker.images import ImageFetcher
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
+from worker.room import Room
 from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
 from worker.streaming import ChunkPublisher, stream_call, wants_usage
 
@@ -79,6 +81,10 @@ class JobRunner:
         # the call each running job is making; the lease keeper copies it into the record, so a
         # run that dies mid-call still shows that attempt
         self.inflight: dict[str, dict[str, Any]] = {}
+        # the concurrency slots each running job holds (its walk's ``held``); the lease keeper renews them
+        self.slots: dict[str, dict[str, Deployment]] = {}
+        # jobs waiting for a slot of a busy deployment, woken as this worker's calls give slots back
+        self.room = Room()
         self._secrets = sorted(
             {d.api_key for m in catalog.models for d in catalog.deployments(m) if d.api_key},
             key=len,
@@ -95,6 +101,7 @@ class JobRunner:
         self._deployments = {d.id: d for m in catalog.models for d in catalog.deployments(m)}
         self.timeouts = {d.id: Timeouts.of(d, settings) for d in self._deployments.values()}
         self._probe_lease_ms = int((settings.call_timeout_s + 5) * 1000)
+        self._slot_lease_ms = int(settings.lease_s * 1000)
         # answers this process got but could not store (Redis away past redis_retry_s), by job id
         self.unwritten: dict[str, dict[str, Any]] = {}
         # whether arq is aborting a job (a cancel while it runs); set by the worker that owns the runner
@@ -110,7 +117,7 @@ class JobRunner:
         now = time.time()
         try:
             started = await self.store.start(
-                job_id, self.worker_id, now, self.routing_key, self._probe_lease_ms
+                job_id, self.worker_id, now, self.routing_key, self._probe_lease_ms, self._slot_lease_ms
             )
         except RedisError as exc:
             log.warning("cannot start job, redis unavailable", job_id=job_id, error=repr(exc))
@@ -185,19 +192,24 @@ class JobRunner:
             policies=self.policies,
             budget=self.budget,
             call=self._call,
-            admit=lambda dep, est: self._admit(dep, job_id, est),
+            admit=lambda dep, est, reports: self._admit(dep, job_id, est, reports, bound),
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
             stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
             publisher=publisher,
+            wait_room=self.room.wait,
+            hedge_after_s=hedge_after_s(
+                started.hedge_ms, started.learned_ms, started.learned_samples, self.settings.hedge_min_samples
+            ),
         )
+        self.slots[job_id] = walk.held
         try:
             async with self.images.scope():  # its fetched images are let go with the walk
                 result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}
-            await asyncio.shield(self._write(job_id, back, bound, walk.reports))
+            await asyncio.shield(self._write(job_id, back, bound, walk.unsent_reports()))
             bound.warning("run reached the worker's job timeout; the job will run again")
             raise Retry(defer=0.1) from None
         except asyncio.CancelledError:
@@ -219,15 +231,16 @@ class JobRunner:
                 back = {"status": JobStatus.QUEUED, "attempts": tried}
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._write(job_id, back, bound, walk.reports, route=route, parent=parent)
+                    self._write(job_id, back, bound, walk.unsent_reports(), route=route, parent=parent)
                 )
             raise
         except Exception as exc:
             bound.exception("job crashed")
             result = failed_pass(RouterError(f"internal error: {type(exc).__name__}"), attempts)
-            result.reports = walk.reports
+            result.reports = walk.unsent_reports()
         finally:
             self.inflight.pop(job_id, None)
+            self.slots.pop(job_id, None)
 
         if result.fields["status"] == JobStatus.FAILED:
             delay = self._defer_delay(result, passes, deadline_at)
@@ -271,24 +284,36 @@ class JobRunner:
             if time.time() < walk.deadline_at - 0.05:
                 raise RunBudgetSpent from None
             result = failed_pass(DeadlineExceeded("the job's deadline passed while it ran"), walk.attempts)
-            result.reports = walk.reports
+            result.reports = walk.unsent_reports()
             return result
 
-    async def _admit(self, dep: Deployment, job_id: str, est_tokens: int) -> Admission:
-        """Admission of a deployment reached after the ones before it failed (off the common path)."""
+    async def _admit(
+        self, dep: Deployment, job_id: str, est_tokens: int, reports: list[BreakerReport], bound: Any
+    ) -> Admission:
+        """Admission of a deployment reached after the ones before it failed or were busy (off the
+        common path), carrying the reports of the calls made since the last admission."""
+        policy = self.policies[dep.id]
         try:
-            return await self.store.admit(
+            admitted = await self.store.admit(
                 dep.id,
                 dep.rpm or 0,
                 dep.tpm or 0,
-                self.policies[dep.id].probes,
+                policy.probes,
                 job_id,
                 est_tokens,
                 self._probe_lease_ms,
+                concurrency=(policy.conc_initial, policy.conc_max),
+                slot_lease_ms=self._slot_lease_ms,
+                reports=reports,
             )
         except RedisError:
-            # Redis away: call rather than stall; the record write will wait for it
+            # Redis away: call rather than stall (those reports are lost: a few breaker counts, and
+            # slots that lapse with their lease); the record write will wait for it
             return Admission(AdmissionState.OK)
+        self.room.freed(r.deployment for r in reports if r.slot)
+        for t in admitted.transitions:
+            bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
+        return admitted.admission
 
     async def _call(self, dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
         adapter = ADAPTERS[dep.format]
@@ -444,6 +469,8 @@ class JobRunner:
                 bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if reports:
+            self.room.freed(r.deployment for r in reports if r.slot)
         for t in finished.transitions:
             bound.warning("breaker state changed", deployment=t.deployment, state=t.state, reason=t.reason)
 

@@ -9,8 +9,10 @@ keeps them for as long as they run.
 
 It is a thread, not a task on the event loop, so that a loop that is busy or blocked for longer
 than the lease does not let another worker run the same job at the same time. The same round trip
-writes the heartbeat that producers count live workers from, and the deployment each job is calling
-(``inflight``), so a run that is cut short shows the interrupted attempt in its record.
+writes the heartbeat that producers count live workers from, the deployment each job is calling
+(``inflight``), so a run that is cut short shows the interrupted attempt in its record, and renews
+the concurrency slots its calls hold (``llm_router.concurrency``), so a dead worker's slots lapse
+within ``lease_s`` too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LeaseKeeper(threading.Thread):
         interval_s: float,
         heartbeat_ttl_s: float,
         routing: tuple[str, dict[str, str]] | None = None,
+        slots: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(name="llm-router-lease-keeper", daemon=True)
         # its own blocking client (``llm_router.redis_client.sync_redis_client``), closed by stop()
@@ -54,6 +57,7 @@ class LeaseKeeper(threading.Thread):
         self.worker_id = worker_id
         self._held = held
         self._inflight = inflight
+        self._slots = slots if slots is not None else {}
         self._lease_ms = int(lease_s * 1000)
         self._interval_s = interval_s
         self._heartbeat_ttl_ms = int(heartbeat_ttl_s * 1000)
@@ -81,6 +85,11 @@ class LeaseKeeper(threading.Thread):
         held = list(self._held())
         pipe = self._client.pipeline(transaction=False)
         self._writes.renew(pipe, held, self._lease_ms)
+        by_deployment: dict[str, list[str]] = {}
+        for job_id, deps in list(self._slots.items()):
+            for dep_id in list(deps):
+                by_deployment.setdefault(dep_id, []).append(job_id)
+        self._writes.renew_slots(pipe, by_deployment, self._lease_ms)
         for job_id, call in list(self._inflight.items()):
             if self._written.get(job_id) != id(call):
                 self._writes.inflight(pipe, job_id, call)

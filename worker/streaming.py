@@ -34,6 +34,7 @@ from config.catalog import Deployment
 from llm_router.errors import BadResponse, RouterError, StreamInterrupted, UpstreamTimeout
 from llm_router.store import Store
 from worker import observe
+from worker.hedge import first_token
 from worker.http import Timeouts, open_response, transport_error
 from worker.providers import ADAPTERS, Completion
 from worker.providers.sse import SSEDecoder
@@ -220,6 +221,7 @@ async def stream_call(
                         continue
                     if held:
                         chunks, held = [*held, *chunks], []
+                    first_token()  # in a hedge's race, the attempt that loses stops here
                     publisher.add(chunks)
                     observe.first_token()
                     if parser.done:
@@ -228,6 +230,7 @@ async def stream_call(
             raise BadResponse("the stream ended without its terminal event")
         completion = parser.completion()  # inside the guard: a bad ending after tokens is an interruption
         if held:  # an answer without a single token still reaches its followers
+            first_token()
             publisher.add(held)
     except Exception as exc:
         error = exc if isinstance(exc, RouterError) else transport_error(exc, call.url)

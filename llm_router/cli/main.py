@@ -254,9 +254,13 @@ async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     table = Table(title="llm-router breakers")
-    for col in ("deployment", "state", "calls", "failures", "consecutive", "trips", "retry in s"):
+    columns = ("deployment", "state", "calls", "failures", "consecutive", "trips", "retry in s")
+    # the adaptive concurrency limit (llm_router.concurrency): "-" for a deployment without one
+    columns += ("limit", "in flight", "latency ms")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("deployment", "state") else "right")
     for r in rows:
+        limit, latency = r["concurrency_limit"], r["latency_ms"]
         table.add_row(
             r["deployment"],
             r["state"],
@@ -265,6 +269,9 @@ async def _breakers(args: argparse.Namespace, settings: Settings) -> int:
             str(r["consecutive_failures"]),
             str(r["trips"]),
             f"{r['seconds_to_retry']:.1f}",
+            "-" if limit is None else f"{limit:g}" + (" (slow start)" if r["slow_start"] else ""),
+            str(r["in_flight"]),
+            "-" if latency is None else f"{latency:.0f}",
         )
     Console(width=None if sys.stdout.isatty() else 140).print(table)
     return EXIT_OK
@@ -385,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_models)
 
-    s = sub.add_parser("breakers", help="every deployment's breaker: state, failures, time to retry")
+    s = sub.add_parser(
+        "breakers", help="every deployment's breaker (state, failures, time to retry) and concurrency limit"
+    )
     s.add_argument("action", nargs="?", choices=["list", "reset"], default="list")
     s.add_argument("name", nargs="?", help="the deployment to reset, e.g. openai/gpt-4o")
     s.add_argument("--json", action="store_true")

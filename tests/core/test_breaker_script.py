@@ -43,7 +43,7 @@ def store(bare_redis: Redis) -> Store:
 async def admit(
     store: Store, job: str = "j", *, rpm: int = 0, tpm: int = 0, probes: int = 1, est: int = 0
 ) -> Admission:
-    return await store.admit(DEP, rpm, tpm, probes, job, est, 5_000)
+    return (await store.admit(DEP, rpm, tpm, probes, job, est, 5_000)).admission
 
 
 async def report(

@@ -78,9 +78,17 @@ FIELDS: dict[str, dict[str, Any]] = {
         "stream": True,
         "messages": [{"role": "user", "content": TEXT * 8}],
     },
+    # a hedged interactive job whose first deployment is slow races a second call on the next one:
+    # both are paid for (the loser its prompt, by estimate)
+    "hedge": {
+        "model": "gpt-4o",
+        "max_tokens": 40,
+        "hedge": {"after_ms": 50},
+        "messages": [{"role": "user", "content": TEXT * 8}],
+    },
 }
 # fields whose jobs a client follows (the interactive queue), and the fault that makes them pay more
-INTERACTIVE = {"continuation"}
+INTERACTIVE = {"continuation", "hedge"}
 FAULTS: dict[str, dict[str, Any]] = {
     "continuation": {
         "credential": "sk-sim-anthropic",
@@ -88,6 +96,7 @@ FAULTS: dict[str, dict[str, Any]] = {
         "kind": "cut",
         "after_chunks": 5,
     },
+    "hedge": {"credential": "sk-sim-openai", "model": "gpt-4o", "kind": "latency", "latency_ms": 800},
 }
 
 
@@ -126,6 +135,8 @@ async def test_concurrent_submits_never_spend_past_the_credit(e2e: Producer, sim
     assert all(r.status == "succeeded" for r in records), [r.error for r in records]
     if field == "continuation":  # the fault did make jobs pay for two calls
         assert any(r.attempts[0].error_code == "stream_interrupted" for r in records)
+    if field == "hedge":  # so did the hedge
+        assert any(a.error_code == "hedge_lost" and a.cost for r in records for a in r.attempts)
     raw = {k.decode(): int(v) for k, v in (await e2e.redis.hgetall(credits_key(tenant))).items()}
     # each job reserved its worst case; what it really cost may exceed that (an estimate), by at most
     # one job's overrun at any moment: never the 8-13x of a reservation that ignores a field

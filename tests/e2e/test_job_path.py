@@ -88,7 +88,9 @@ async def test_bulk_200_jobs_succeed_with_exact_cost_and_valid_responses(
         assert record.runs == 1 and len(record.attempts) == 1
         assert record.started_at and record.finished_at and record.created_at <= record.started_at
         providers.add(record.provider)
-    assert providers == {"openai", "anthropic", "gemini", "aisa", "xai", "mistral"}
+    # every format answered; a deployment at its concurrency limit (it starts at 10 in flight) passes
+    # jobs to its model's next one (OpenRouter), without an attempt in the record
+    assert providers >= {"openai", "anthropic", "gemini", "aisa", "xai", "mistral"}
 
 
 async def test_resubmit_same_body_returns_existing_job_and_runs_once(e2e: Producer) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from config.catalog import Catalog, CatalogFile, Deployment
 from config.settings import Settings
-from llm_router.circuit_breaker import Admission, AdmissionState, Policy
+from llm_router.circuit_breaker import Admission, AdmissionState, BreakerReport, Policy
 from llm_router.contract import JobStatus
 from llm_router.errors import (
     Overloaded,
@@ -96,7 +96,7 @@ def walk(
     )
     policies = {d.id: Policy.for_deployment(d, settings) for m in cat.models for d in cat.deployments(m)}
 
-    async def admit(dep: Deployment, est: int) -> Admission:
+    async def admit(dep: Deployment, est: int, reports: list[BreakerReport]) -> Admission:
         return Admission(AdmissionState.OK)
 
     async def no_images(request: dict[str, Any]) -> dict[str, Any]:
