@@ -173,6 +173,28 @@ def price_from_rates(
 FREE = Price(tiers=(Tier(0, 0, 0, 0),), source="free")
 
 
+def discounted(price: Price, discount: float, lane: str) -> Price:
+    """``price`` less ``discount`` (0.5: half price) on every rate: a lane's price (batch, flex)."""
+    keep = Decimal(str(1 - discount))
+
+    def cut(rate: int) -> int:
+        return int((Decimal(rate) * keep).to_integral_value())
+
+    return Price(
+        tiers=tuple(
+            Tier(
+                t.start,
+                cut(t.input),
+                cut(t.output),
+                cut(t.cache_read),
+                -1 if t.cache_write < 0 else cut(t.cache_write),
+            )
+            for t in price.tiers
+        ),
+        source=f"{price.source}@{lane}-{discount:g}",
+    )
+
+
 def price_from_genai_prices(provider_id: str, model_ref: str, when: datetime | None = None) -> Price | None:
     """Resolve a price from genai-prices' bundled snapshot; ``None`` when it does not know the model."""
     from genai_prices import data_snapshot, types

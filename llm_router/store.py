@@ -103,6 +103,8 @@ class NewJob:
     webhook: bytes | None = None
     # a hedged interactive job: 0 hedges after the deployment's learned percentile, N after N ms
     hedge: int | None = None
+    # the lane it asked for (``contract.Lane``); None: the tenant's default (``now`` for interactive jobs)
+    lane: str | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -125,6 +127,8 @@ class NewJob:
             out += ("webhook", self.webhook)
         if self.hedge is not None:
             out += ("hedge", self.hedge)
+        if self.lane is not None and self.lane != "now":  # a record without a lane ran `now`
+            out += ("lane", self.lane)
         return out
 
 

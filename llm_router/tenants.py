@@ -44,6 +44,11 @@ def _http_url(value: str) -> None:
         raise ValueError(f"must be an http(s) URL: {exc}") from None
 
 
+def _lane(value: str) -> None:
+    if value not in ("now", "flex", "batch", "auto"):
+        raise ValueError("must be one of now, flex, batch, auto")
+
+
 KNOBS: dict[str, Knob] = {
     "max_queued": Knob(
         int, "tenant_max_queued", "jobs queued or running at once; past it, 429 too_many_queued"
@@ -58,6 +63,12 @@ KNOBS: dict[str, Knob] = {
         "where the tenant's bulk jobs and batches without a webhook of their own report their end "
         "(`llm-router webhooks set`)",
         check=_http_url,
+    ),
+    "default_lane": Knob(
+        str,
+        "default_lane",
+        "the lane of the tenant's submitted jobs that name none: now, flex, batch or auto (README Lanes)",
+        check=_lane,
     ),
 }
 
