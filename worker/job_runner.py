@@ -45,6 +45,7 @@ from worker.breaker import RetryBudget, routing_table
 from worker.hedge import hedge_after_s
 from worker.http import Timeouts, send
 from worker.images import ImageFetcher
+from worker.lanes import LaneChoice, Lanes, ParkReply
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
 from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
@@ -103,6 +104,7 @@ class JobRunner:
         self.unwritten: dict[str, dict[str, Any]] = {}
         # whether arq is aborting a job (a cancel while it runs); set by the worker that owns the runner
         self.aborting: Any = lambda job_id: False
+        self.lanes = Lanes(store.redis, catalog, settings)  # lane decisions (README "Lanes")
 
     async def run(self, job_id: str) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
@@ -167,6 +169,19 @@ class JobRunner:
         if started.cached:
             await self._serve_cached(job_id, started.cached, request, route, attempts, bound, parent)
             return
+        # lanes: a batch job goes to the batcher; an auto job takes the cheapest lane that meets its deadline
+        lane, lane_reason = started.lane or "now", None
+        if lane in ("batch", "auto"):
+            choice = await self.lanes.choose(request, route, deadline_at, lane)
+            if choice.lane == "batch":
+                parked = await self.lanes.park(job_id, choice)
+                bound.debug("job parked for a provider batch", outcome=parked.name)
+                if parked != ParkReply.CANCEL_ASKED:
+                    return
+                choice = LaneChoice("now", "cancel asked")
+            lane, lane_reason = choice.lane, choice.reason
+        if lane == "flex" and request.get("service_tier") != "flex":
+            request = {**request, "service_tier": "flex"}
 
         publisher = (
             ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen)
@@ -188,7 +203,9 @@ class JobRunner:
             settings=self.settings,
             policies=self.policies,
             budget=self.budget,
-            call=self._call,
+            call=(lambda d, r, t: self.lanes.flex_call(self._call, job_id, d, r, t))
+            if lane == "flex"
+            else self._call,
             admit=lambda dep, est, reports: self._admit(dep, job_id, est, reports, bound),
             inflight=self.inflight,
             scrub=self._scrub,
@@ -238,6 +255,7 @@ class JobRunner:
             self.inflight.pop(job_id, None)
             self.slots.pop(job_id, None)
 
+        self.lanes.mark(job_id, result.fields, lane, lane_reason)
         if result.fields["status"] == JobStatus.FAILED:
             delay = self._defer_delay(result, passes, deadline_at)
             if delay is not None:
