@@ -50,6 +50,7 @@ from llm_router.keys import (
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import FinishReply, Store
 from worker.batch_api import BatchAPI, batch_line
+from worker.batch_breaker import BatchBreakers
 from worker.job_runner import _settlement
 from worker.providers.openai import parse_response
 
@@ -78,6 +79,7 @@ class Batcher:
             if d.lanes is not None and d.lanes.batch is not None and d.format == "openai"
         }
         self._model_of = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
+        self.breakers = BatchBreakers(store, list(self.deployments.values()), settings)
 
     async def run(self) -> None:
         while True:
@@ -90,6 +92,8 @@ class Batcher:
             await self._form(dep)
         for raw in await self.redis.smembers(LANES_OPEN_KEY):
             await self._advance(raw.decode())
+        for dep_id in self.deployments:
+            await self.breakers.flush(dep_id)
 
     # -- forming ---------------------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class Batcher:
             age = time.time() - oldest[0][1] / 1000 if oldest else 0.0
             if count < size and age < self.settings.lanes_batch_age_s:
                 return
+            if not await self.breakers.admit(dep.id):
+                return  # the batch lane's breaker is open: its jobs wait, or go to `now` by their deadline
             batch_id = secrets.token_hex(8)
             jobs = await self.scripts.form(batch_id, dep.id, size, time.time())
             if jobs:
@@ -124,6 +130,7 @@ class Batcher:
                 file_id, self.settings.lanes_completion_window, {"llm_router_batch": batch_id}
             )
         except RouterError as exc:
+            self.breakers.report(dep.id, ok=False)
             log.warning(
                 "provider batch not created; its jobs go back to now", deployment=dep.id, error=exc.code
             )
@@ -162,9 +169,12 @@ class Batcher:
         try:
             remote = await api.retrieve(h["remote_id"])
         except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
+            self.breakers.report(dep.id, ok=False)
             log.warning("provider batch unreadable for now", batch=batch_id, error=repr(exc))
+            await self._watch_members(batch_id, dep)  # its jobs' deadlines do not wait for the provider
             return
         if remote["status"] in _ENDED:
+            self.breakers.report(dep.id, ok=remote["status"] in ("completed", "cancelled"))
             await self._ingest(batch_id, dep, h, remote, api)
             return
         await self._watch_members(batch_id, dep)

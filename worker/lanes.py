@@ -25,6 +25,7 @@ from llm_router.keys import LANES_TURNAROUND_KEY
 from llm_router.lanes_lua import LaneScripts, ParkReply
 
 __all__ = ["LaneChoice", "Lanes", "ParkReply"]
+from worker.batch_breaker import batch_lane_healthy
 from worker.providers import Completion
 
 Call = Callable[[Deployment, dict[str, Any], float], Awaitable[Completion]]
@@ -79,7 +80,7 @@ class Lanes:
                 return LaneChoice("now", f"no deployment of {route[0]} offers a batch lane")
             return LaneChoice("batch", "asked", dep)
         left = deadline_at - time.time()
-        if dep is not None:
+        if dep is not None and await batch_lane_healthy(self.redis, dep.id):
             expected = await self.batch_turnaround_s(dep.id)
             if left >= expected + s.lanes_now_expected_s + s.lanes_margin_s:
                 return LaneChoice(

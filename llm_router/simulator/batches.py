@@ -5,7 +5,8 @@ files/{id}/content``. Batches: ``POST batches`` (``input_file_id``, ``endpoint``
 ``completion_window``, ``metadata``), ``GET batches``, ``GET batches/{id}``, ``POST
 batches/{id}/cancel``. A batch answers its lines with the same replies a synchronous call gets,
 after a turnaround drawn from ``LaneSimConfig.turnaround_s``; some lines fail
-(``item_failure``), some batches never complete and expire (``never_complete``, ``expiry_s``).
+(``item_failure``), some batches never complete and expire (``never_complete``, ``expiry_s``), some
+creations fail (``create_failure``).
 Time is evaluated lazily when a batch is read: nothing runs in the background.
 
 The flex tier (``service_tier: "flex"`` on chat completions): slower (``flex_latency_ms``) and
@@ -47,6 +48,7 @@ class LaneSimConfig(BaseModel):
     item_failure: float = 0.0  # share of a batch's lines answered with an error
     never_complete: float = 0.0  # share of batches that stay in progress until they expire
     expiry_s: float | None = None  # None: the completion window (24h)
+    create_failure: float = 0.0  # share of batch creations answered 500
     seed: int | None = None
 
 
@@ -329,6 +331,8 @@ async def _create(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _error(401, "You didn't provide an API key.")
     book = request.app[LANES]
+    if book.rng.random() < book.config.create_failure:
+        return _error(500, "The server had an error while processing your request.")
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from config.cost import call_usage
-from llm_router.keys import LANES_STATS_KEY, LANES_TURNAROUND_KEY
+from llm_router.keys import LANES_STATS_KEY, LANES_TURNAROUND_KEY, credits_key
 
 JOB = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello lanes"}], "max_tokens": 20}
 
@@ -80,3 +81,52 @@ async def test_auto_picks_batch_with_slack_and_now_without(lanes, sim_lanes, red
     flex_record = await lanes.wait(flex.job_id, timeout=20)  # room for flex (1 s + margin), not a batch
     assert flex_record.lane == "flex" and flex_record.lane_reason.startswith("auto")
     await redis.hdel(LANES_TURNAROUND_KEY, "openai/gpt-4o-mini")
+
+
+async def test_a_result_after_the_job_ran_now_is_wasted_spend_never_charged(lanes, sim_lanes, redis) -> None:
+    from llm_router.credits import Ledger
+
+    ledger = Ledger(redis)
+    tenant = f"lanes-waste-{time.time_ns()}"
+    await ledger.add(tenant, "10")
+    await sim_lanes(turnaround_s=[3.0, 3.0])
+    before = int(await redis.hget(LANES_STATS_KEY, "wasted_results") or 0)
+    # one batch: the early job goes back to `now` (at 3.5 - 1 - 0.5 s), the other keeps the batch
+    # alive until it completes, with an answer for both
+    early = await lanes.submit({**JOB, "lane": "batch", "deadline_s": 3.5}, tenant=tenant)
+    late = await lanes.submit({**JOB, "lane": "batch", "deadline_s": 60}, tenant=tenant)
+    early_record = await lanes.wait(early.job_id, timeout=20, tenant=tenant)
+    late_record = await lanes.wait(late.job_id, timeout=20, tenant=tenant)
+    assert (early_record.lane, late_record.lane) == ("now", "batch")
+
+    async def wasted() -> bool:
+        return int(await redis.hget(LANES_STATS_KEY, "wasted_results") or 0) > before
+
+    deadline = time.monotonic() + 10
+    while not await wasted():
+        assert time.monotonic() < deadline, "the late result was not counted as wasted"
+        await asyncio.sleep(0.1)
+    raw = {k.decode(): int(v) for k, v in (await redis.hgetall(credits_key(tenant))).items()}
+    assert raw["reserved"] == 0
+    # charged once per job: the ledger is the sum of the records (the wasted answer is not in it)
+    assert raw["spent"] == early_record.usage.cost_nanos + late_record.usage.cost_nanos
+
+
+async def test_batch_api_health_is_a_breaker_of_its_own(lanes, sim_lanes, redis) -> None:
+    from llm_router.keys import SICK_KEY
+
+    await sim_lanes(create_failure=1.0)
+    for _ in range(5):  # the breaker's consecutive failures
+        job = await lanes.submit({**JOB, "lane": "batch", "deadline_s": 60})
+        record = await lanes.wait(job.job_id, timeout=20)
+        assert record.status == "succeeded" and record.lane == "now"
+        assert "batch not created" in (record.lane_reason or "")
+    deadline = time.monotonic() + 5
+    while not await redis.hexists(SICK_KEY, "openai/gpt-4o-mini#batch"):
+        assert time.monotonic() < deadline, "the batch lane's breaker did not open"
+        await asyncio.sleep(0.05)
+    assert not await redis.hexists(SICK_KEY, "openai/gpt-4o-mini")  # the synchronous API is fine
+    # auto no longer chooses the lane while its breaker is open
+    job = await lanes.submit({**JOB, "lane": "auto", "deadline_s": 600})
+    record = await lanes.wait(job.job_id, timeout=20)
+    assert record.lane != "batch"
