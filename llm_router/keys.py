@@ -27,7 +27,8 @@ All amounts are integer nano-USD. What lives where:
   ``batches:tenant:<tenant>``: the Batch API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
 * ``lanes:pending:<dep>``, ``lanes:batch:<id>``, ``lanes:members:<id>``, ``lanes:gone:<id>``,
-  ``lanes:open``, ``lanes:turnaround``, ``lanes:stats``: the lanes' provider batches (``worker.batcher``).
+  ``lanes:open``, ``lanes:due``, ``lanes:turnaround``, ``lanes:stats``: the lanes' provider batches
+  (``worker.batcher``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
   ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
@@ -81,6 +82,7 @@ WEBHOOKS_ROLE = "webhooks"  # the role (``role_key``) of the one process that de
 LANES_PREFIX = PREFIX + "lanes:"
 LANES_OPEN_KEY = LANES_PREFIX + "open"  # set: our batch ids not yet done
 LANES_TURNAROUND_KEY = LANES_PREFIX + "turnaround"  # hash: deployment → learned batch turnaround (s)
+LANES_DUE_KEY = LANES_PREFIX + "due"  # sorted set: batch-lane jobs by when they go back to `now` (ms)
 LANES_STATS_KEY = LANES_PREFIX + "stats"  # hash: counters (wasted results and nanos, re-dispatches)
 LANES_ROLE = "lanes-batcher"  # the role (``role_key``) of the one process that runs provider batches
 

@@ -14,6 +14,7 @@ from enum import IntEnum
 from redis.asyncio import Redis
 
 from llm_router.keys import (
+    LANES_DUE_KEY,
     LANES_OPEN_KEY,
     lane_batch_key,
     lane_gone_key,
@@ -25,19 +26,21 @@ from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
 # A job a worker started hands itself to the batcher: queued again (off every queue), in its
-# deployment's pending set.  KEYS: record, pending.  ARGV: job id, arrival ms, reason.
+# deployment's pending set, and in the due set by when it must go back to `now`.  KEYS: record,
+# pending, due.  ARGV: job id, arrival ms, reason, deployment, due ms.
 # Returns 1 parked, 0 the job already ended, -1 a cancel was asked for.
 PARK_LUA = (
     LUA_PRELUDE
     + """
-local record, pending = KEYS[1], KEYS[2]
-local job_id, at_ms, reason = ARGV[1], ARGV[2], ARGV[3]
+local record, pending, due = KEYS[1], KEYS[2], KEYS[3]
+local job_id, at_ms, reason, dep, due_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local r = redis.call('HMGET', record, 'status', 'cancel_requested')
 if not r[1] or r[1] == 'succeeded' or r[1] == 'failed' or r[1] == 'cancelled' then return 0 end
 if r[2] then return -1 end
-redis.call('HSET', record, 'status', 'queued', 'lane', 'batch', 'lane_reason', reason)
-redis.call('HDEL', record, 'inflight', 'worker')
+redis.call('HSET', record, 'status', 'queued', 'lane', 'batch', 'lane_reason', reason, 'lane_dep', dep)
+redis.call('HDEL', record, 'inflight', 'worker', 'lane_batch')
 redis.call('ZADD', pending, at_ms, job_id)
+redis.call('ZADD', due, due_ms, job_id)
 return 1
 """
 )
@@ -58,6 +61,7 @@ for i = 1, #popped, 2 do
   if status == 'queued' then
     taken[#taken + 1] = job
     redis.call('HSET', members, job, job)
+    redis.call('HSET', RECORD .. job, 'lane_batch', batch_id)
   end
 end
 if #taken > 0 then
@@ -69,16 +73,18 @@ return taken
 )
 
 # Sends a job back to the `now` lane (its fallback chain): off its batch (members hash) or pending
-# set, into its queue at the front, its record saying why.  KEYS: record, holder, gone (or the
-# holder again when there is no batch yet).  ARGV: job id, holder kind ('members' | 'pending'),
-# default queue, reason.  Returns 1 sent back, 0 not there any more (ingested, or sent back already).
+# set (and the due set), into its queue at the front, its record saying why.  KEYS: record, holder,
+# gone (or the holder again when there is no batch yet), due.  ARGV: job id, holder kind ('members' |
+# 'pending'), default queue, reason.  Returns 1 sent back, 0 not there any more (ingested, or sent
+# back already).
 REDISPATCH_LUA = (
     LUA_PRELUDE
     + READY_LUA
     + QUEUE_LUA
     + """
-local record, holder, gone = KEYS[1], KEYS[2], KEYS[3]
+local record, holder, gone, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_id, kind, default_queue, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('ZREM', due, job_id)
 local removed
 if kind == 'members' then
   removed = redis.call('HDEL', holder, job_id)
@@ -111,9 +117,18 @@ class LaneScripts:
 
     redis: Redis
 
-    async def park(self, job_id: str, deployment: str, at_ms: int, reason: str) -> ParkReply:
+    async def park(self, job_id: str, deployment: str, at_ms: int, reason: str, due_ms: int) -> ParkReply:
         reply = await self.redis.eval(
-            PARK_LUA, 2, record_key(job_id), lane_pending_key(deployment), job_id, at_ms, reason
+            PARK_LUA,
+            3,
+            record_key(job_id),
+            lane_pending_key(deployment),
+            LANES_DUE_KEY,
+            job_id,
+            at_ms,
+            reason,
+            deployment,
+            due_ms,
         )
         return ParkReply(int(reply))
 
@@ -142,6 +157,15 @@ class LaneScripts:
             holder = gone = lane_pending_key(deployment)
             kind = "pending"
         reply = await self.redis.eval(
-            REDISPATCH_LUA, 3, record_key(job_id), holder, gone, job_id, kind, default_queue, reason
+            REDISPATCH_LUA,
+            4,
+            record_key(job_id),
+            holder,
+            gone,
+            LANES_DUE_KEY,
+            job_id,
+            kind,
+            default_queue,
+            reason,
         )
         return bool(int(reply))

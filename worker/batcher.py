@@ -38,6 +38,7 @@ from config.settings import Settings
 from llm_router.contract import JobStatus, new_attempt
 from llm_router.errors import RouterError
 from llm_router.keys import (
+    LANES_DUE_KEY,
     LANES_OPEN_KEY,
     LANES_STATS_KEY,
     LANES_TURNAROUND_KEY,
@@ -87,8 +88,8 @@ class Batcher:
             await asyncio.sleep(self.settings.lanes_poll_s)
 
     async def tick(self) -> None:
+        await self._watch_due()
         for dep in self.deployments.values():
-            await self._watch_pending(dep)
             await self._form(dep)
         for raw in await self.redis.smembers(LANES_OPEN_KEY):
             await self._advance(raw.decode())
@@ -171,13 +172,11 @@ class Batcher:
         except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
             self.breakers.report(dep.id, ok=False)
             log.warning("provider batch unreadable for now", batch=batch_id, error=repr(exc))
-            await self._watch_members(batch_id, dep)  # its jobs' deadlines do not wait for the provider
             return
         if remote["status"] in _ENDED:
             self.breakers.report(dep.id, ok=remote["status"] in ("completed", "cancelled"))
             await self._ingest(batch_id, dep, h, remote, api)
             return
-        await self._watch_members(batch_id, dep)
         if h.get("cancelled") is None and not await self.redis.hlen(lane_members_key(batch_id)):
             # every job went back to `now`: the rest of the batch is spend nobody needs
             try:
@@ -285,31 +284,34 @@ class Batcher:
 
     # -- deadlines -------------------------------------------------------------------------------
 
-    def _due(self, deadline_at: float, now: float) -> bool:
-        return deadline_at - self.settings.lanes_now_expected_s - self.settings.lanes_margin_s <= now
-
-    async def _deadlines(self, jobs: list[str]) -> list[float]:
-        if not jobs:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for j in jobs:
-                pipe.hget(record_key(j), "deadline_at")
-            raw = await pipe.execute()
-        return [float(r) if r else 0.0 for r in raw]
-
-    async def _watch_pending(self, dep: Deployment) -> None:
-        jobs = [j.decode() for j in await self.redis.zrange(lane_pending_key(dep.id), 0, 9999)]
-        now = time.time()
-        for job, deadline in zip(jobs, await self._deadlines(jobs), strict=True):
-            if self._due(deadline, now):
-                await self._redispatch(job, None, dep, "the deadline came before a batch formed: ran now")
-
-    async def _watch_members(self, batch_id: str, dep: Deployment) -> None:
-        jobs = [j.decode() for j in await self.redis.hkeys(lane_members_key(batch_id))]
-        now = time.time()
-        for job, deadline in zip(jobs, await self._deadlines(jobs), strict=True):
-            if self._due(deadline, now):
-                await self._send_back(job, batch_id, dep, "the batch was late for the deadline: ran now")
+    async def _watch_due(self) -> None:
+        """Jobs whose time to go back to `now` has come while they wait for a batch (parked, or in
+        one that has not answered): sent back, a thousand per look (``lanes:due``)."""
+        while True:
+            due = await self.redis.zrangebyscore(
+                LANES_DUE_KEY, "-inf", int(time.time() * 1000), start=0, num=1000
+            )
+            if not due:
+                return
+            jobs = [j.decode() for j in due]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for j in jobs:
+                    pipe.hmget(record_key(j), "lane_batch", "lane_dep")
+                where = await pipe.execute()
+            for job, (batch, dep_id) in zip(jobs, where, strict=True):
+                dep = self.deployments.get(dep_id.decode() if dep_id else "")
+                sent = dep is not None and await self._redispatch(
+                    job,
+                    batch.decode() if batch else None,
+                    dep,
+                    "the batch was late for the deadline: ran now"
+                    if batch
+                    else "the deadline came before a batch formed: ran now",
+                )
+                if not sent:  # answered by its batch, or ended: nothing to wait for
+                    await self.redis.zrem(LANES_DUE_KEY, job)
+            if len(jobs) < 1000:
+                return
 
     async def _send_back(self, job_id: str, batch_id: str, dep: Deployment, reason: str) -> None:
         await self._redispatch(job_id, batch_id, dep, reason)
@@ -318,12 +320,14 @@ class Batcher:
         for raw in await self.redis.hkeys(lane_members_key(batch_id)):
             await self._redispatch(raw.decode(), batch_id, dep, reason)
 
-    async def _redispatch(self, job_id: str, batch_id: str | None, dep: Deployment, reason: str) -> None:
-        if await self.scripts.redispatch(
+    async def _redispatch(self, job_id: str, batch_id: str | None, dep: Deployment, reason: str) -> bool:
+        if not await self.scripts.redispatch(
             job_id, self.settings.queue_name, reason, batch_id=batch_id, deployment=dep.id
         ):
-            await self.redis.hincrby(LANES_STATS_KEY, "redispatched", 1)
-            log.info("job sent back to the now lane", job_id=job_id, batch=batch_id, reason=reason)
+            return False
+        await self.redis.hincrby(LANES_STATS_KEY, "redispatched", 1)
+        log.info("job sent back to the now lane", job_id=job_id, batch=batch_id, reason=reason)
+        return True
 
     async def _done(self, batch_id: str, remote_status: str | None = None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

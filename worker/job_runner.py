@@ -174,7 +174,7 @@ class JobRunner:
         if lane in ("batch", "auto"):
             choice = await self.lanes.choose(request, route, deadline_at, lane)
             if choice.lane == "batch":
-                parked = await self.lanes.park(job_id, choice)
+                parked = await self.lanes.park(job_id, choice, deadline_at)
                 bound.debug("job parked for a provider batch", outcome=parked.name)
                 if parked != ParkReply.CANCEL_ASKED:
                     return

@@ -90,11 +90,20 @@ class Lanes:
             return LaneChoice("flex", f"auto: the deadline in {left:.0f}s leaves no room for a batch")
         return LaneChoice("now", f"auto: the deadline in {left:.0f}s leaves no room for a cheaper lane")
 
-    async def park(self, job_id: str, choice: LaneChoice) -> ParkReply:
+    async def park(self, job_id: str, choice: LaneChoice, deadline_at: float) -> ParkReply:
         assert choice.deployment is not None
         return await self.scripts.park(
-            job_id, choice.deployment.id, int(time.time() * 1000), choice.reason or "asked"
+            job_id,
+            choice.deployment.id,
+            int(time.time() * 1000),
+            choice.reason or "asked",
+            int(self.due_at(deadline_at) * 1000),
         )
+
+    def due_at(self, deadline_at: float) -> float:
+        """When a batch-lane job goes back to `now` if its batch has not answered: its deadline less
+        the `now` lane's expected time and the margin."""
+        return deadline_at - self.settings.lanes_now_expected_s - self.settings.lanes_margin_s
 
     async def flex_call(
         self, call: Call, job_id: str, dep: Deployment, request: dict[str, Any], deadline_at: float
