@@ -22,6 +22,7 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/redis_sizing.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/lanes.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis

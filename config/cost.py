@@ -322,8 +322,10 @@ def demand_of(
     caps a continuation's output at what the first call had left, so each fits one more attempt) and
     a hedge (``hedged``: the job's or its route's ``hedge``, on an interactive job: a second attempt
     that may run alongside the first; the loser is billed what it consumed, at most a whole call).
-    A later field that multiplies cost (a lane's re-dispatch) is added here and to the overspend
-    test."""
+    A later field that multiplies cost is added here and to the overspend test. A job's lane
+    (README "Lanes") does not enter: a batch or flex job reserves the `now` price, as it may be sent
+    back to `now`, and it pays once (a batch's answer that arrives after that is the operator's
+    wasted spend, never the tenant's); ``tests/lanes/test_lane_money.py`` holds it to that."""
     max_out = request.get("max_completion_tokens") or request.get("max_tokens")
     if request.get("tools") or request.get("functions"):
         prompt += TOOL_PROMPT_TOKENS

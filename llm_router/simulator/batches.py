@@ -131,7 +131,13 @@ class LaneBook:
     batches: dict[str, _Batch] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     counters: dict[str, int] = field(
-        default_factory=lambda: {"batches_created": 0, "batches_cancelled": 0, "flex_calls": 0, "flex_429": 0}
+        default_factory=lambda: {
+            "batches_created": 0,
+            "batches_cancelled": 0,
+            "batch_lines": 0,
+            "flex_calls": 0,
+            "flex_429": 0,
+        }
     )
 
     def configure(self, config: LaneSimConfig) -> None:
@@ -372,6 +378,7 @@ async def _create(request: web.Request) -> web.Response:
     batch.counts["total"] = sum(1 for raw in source.content.splitlines() if raw.strip())
     book.batches[batch.id] = batch
     book.counters["batches_created"] += 1
+    book.counters["batch_lines"] += batch.counts["total"]
     return _ok(batch.obj())
 
 
