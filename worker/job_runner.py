@@ -172,7 +172,8 @@ class JobRunner:
         # lanes: a batch job goes to the batcher; an auto job takes the cheapest lane that meets its deadline
         lane, lane_reason = started.lane or "now", None
         if lane in ("batch", "auto"):
-            choice = await self.lanes.choose(request, route, deadline_at, lane)
+            interactive = started.queue == self.settings.interactive_queue_name
+            choice = await self.lanes.choose(request, route, deadline_at, lane, interactive=interactive)
             if choice.lane == "batch":
                 parked = await self.lanes.park(job_id, choice, deadline_at)
                 bound.debug("job parked for a provider batch", outcome=parked.name)

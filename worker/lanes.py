@@ -67,15 +67,16 @@ class Lanes:
         return float(raw) if raw else self.settings.lanes_batch_expected_s
 
     async def choose(
-        self, request: dict[str, Any], route: list[str], deadline_at: float, lane: str
+        self, request: dict[str, Any], route: list[str], deadline_at: float, lane: str, *, interactive: bool
     ) -> LaneChoice:
-        """The lane a started ``batch`` or ``auto`` job runs in, and why."""
+        """The lane a started ``batch`` or ``auto`` job runs in, and why (an interactive job, which a
+        caller waits for, never goes to a batch)."""
         s = self.settings
         streamed = bool(request.get("stream"))
-        dep = None if streamed else self.batch_deployment(route)
+        dep = None if streamed or interactive else self.batch_deployment(route)
         if lane == "batch":
-            if streamed:
-                return LaneChoice("now", "a streamed job never goes to a batch")
+            if streamed or interactive:
+                return LaneChoice("now", "a streamed or interactive job never goes to a batch")
             if dep is None:
                 return LaneChoice("now", f"no deployment of {route[0]} offers a batch lane")
             return LaneChoice("batch", "asked", dep)

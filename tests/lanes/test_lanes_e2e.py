@@ -130,3 +130,27 @@ async def test_batch_api_health_is_a_breaker_of_its_own(lanes, sim_lanes, redis)
     job = await lanes.submit({**JOB, "lane": "auto", "deadline_s": 600})
     record = await lanes.wait(job.job_id, timeout=20)
     assert record.lane != "batch"
+
+
+async def test_a_parked_batch_job_can_be_cancelled_and_costs_nothing(lanes, sim_lanes, redis) -> None:
+    await sim_lanes(never_complete=1.0)
+    job = await lanes.submit({**JOB, "lane": "batch", "deadline_s": 60})
+
+    async def parked() -> bool:
+        record = await lanes.get(job.job_id)
+        return record.status == "queued" and record.lane == "batch" and record.runs == 1
+
+    deadline = time.monotonic() + 10
+    while not await parked():
+        assert time.monotonic() < deadline, "the job was not handed to the batcher"
+        await asyncio.sleep(0.05)
+    await lanes.cancel(job.job_id)
+    record = await lanes.wait(job.job_id, timeout=10)
+    assert record.status == "cancelled" and record.usage is None
+
+
+async def test_interactive_auto_never_waits_for_a_batch(lanes, sim_lanes) -> None:
+    await sim_lanes(turnaround_s=[0.2, 0.3])
+    sub = await lanes.submit({**JOB, "lane": "auto", "deadline_s": 600}, interactive=True)
+    record = await lanes.wait(sub.job_id, timeout=20)
+    assert record.status == "succeeded" and record.lane != "batch"
