@@ -56,6 +56,14 @@ class BatchAPI:
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return dict(orjson.loads(await self._send("GET", f"batches/{batch_id}")))
 
+    async def find(self, key: str, value: str) -> dict[str, Any] | None:
+        """The most recent batch (of the last 100) whose metadata has ``key: value``, if any."""
+        listed = orjson.loads(await self._send("GET", "batches", params={"limit": 100}))
+        for batch in listed.get("data") or ():
+            if (batch.get("metadata") or {}).get(key) == value:
+                return dict(batch)
+        return None
+
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         return dict(orjson.loads(await self._send("POST", f"batches/{batch_id}/cancel")))
 

@@ -17,7 +17,8 @@ Every ``poll_s`` the one process holding the role:
 
 Everything it knows lives in Redis (batch hash: deployment, state, remote ids; members; gone), so a
 successor picks up where a killed holder stopped: a batch still ``forming`` (the holder died before
-the provider batch existed) is uploaded again, a ``submitted`` one is polled.
+it recorded the provider's batch) is found among the provider's recent batches by its metadata, or
+uploaded again; a ``submitted`` one is polled; an answer ingested before is not ingested again.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from worker.providers.openai import parse_response
 log = structlog.get_logger("llm_router.batcher")
 
 _ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+_META = "llm_router_batch"  # the provider batch's metadata key naming our batch id
 _KEEP_S = 7 * 24 * 3600  # a done batch's hashes are kept this long (``llm-router lanes``)
 
 
@@ -127,9 +129,7 @@ class Batcher:
         api = BatchAPI(self.session, dep)
         try:
             file_id = await api.upload(b"".join(lines), f"{batch_id}.jsonl")
-            remote = await api.create(
-                file_id, self.settings.lanes_completion_window, {"llm_router_batch": batch_id}
-            )
+            remote = await api.create(file_id, self.settings.lanes_completion_window, {_META: batch_id})
         except RouterError as exc:
             self.breakers.report(dep.id, ok=False)
             log.warning(
@@ -160,8 +160,17 @@ class Batcher:
             await self.redis.srem(LANES_OPEN_KEY, batch_id)
             return
         if h.get("state") == "forming":
+            # the holder died between forming the batch and recording the provider's batch: adopt the
+            # provider's if it was created (its metadata names ours), else upload it again
             jobs = [j.decode() for j in await self.redis.hkeys(lane_members_key(batch_id))]
-            if jobs:
+            try:
+                created = await BatchAPI(self.session, dep).find(_META, batch_id)
+            except (RouterError, aiohttp.ClientError, TimeoutError):
+                return  # the provider is unreachable: try again next tick
+            if created is not None:
+                fields = {"state": "submitted", "remote_id": created["id"], "submitted_at": time.time()}
+                await self.redis.hset(lane_batch_key(batch_id), mapping=fields)
+            elif jobs:
                 await self._submit(batch_id, dep, jobs)
             else:
                 await self._done(batch_id)
