@@ -105,6 +105,22 @@ return 1
 )
 
 
+# Puts a batch's job back among its deployment's parked jobs (the batch's file would pass the
+# lane's max_bytes with it).  KEYS: members, pending, record.  ARGV: job id, arrival ms.  Returns 1
+# put back, 0 not a member any more.
+UNFORM_LUA = (
+    LUA_PRELUDE
+    + """
+local members, pending, record = KEYS[1], KEYS[2], KEYS[3]
+local job_id, at_ms = ARGV[1], ARGV[2]
+if redis.call('HDEL', members, job_id) == 0 then return 0 end
+redis.call('HDEL', record, 'lane_batch')
+redis.call('ZADD', pending, at_ms, job_id)
+return 1
+"""
+)
+
+
 class ParkReply(IntEnum):
     PARKED = 1
     ENDED = 0
@@ -146,6 +162,11 @@ class LaneScripts:
             repr(now),
         )
         return [j.decode() for j in reply]
+
+    async def unform(self, job_id: str, batch_id: str, deployment: str, at_ms: int) -> bool:
+        """Put ``job_id`` back from ``batch_id`` among the deployment's parked jobs."""
+        keys = (lane_members_key(batch_id), lane_pending_key(deployment), record_key(job_id))
+        return bool(int(await self.redis.eval(UNFORM_LUA, 3, *keys, job_id, at_ms)))
 
     async def redispatch(
         self, job_id: str, default_queue: str, reason: str, *, batch_id: str | None, deployment: str

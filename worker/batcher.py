@@ -125,7 +125,19 @@ class Batcher:
             for j in jobs:
                 pipe.hget(record_key(j), "request")
             requests = await pipe.execute()
-        lines = [batch_line(j, orjson.loads(r), dep) for j, r in zip(jobs, requests, strict=True) if r]
+        lines = []
+        size = 0
+        assert dep.lanes is not None and dep.lanes.batch is not None
+        for job, request in zip(jobs, requests, strict=True):
+            if not request:
+                continue
+            line = batch_line(job, orjson.loads(request), dep)
+            if lines and size + len(line) > dep.lanes.batch.max_bytes:
+                # past the lane's file size: the job waits for the next batch (at the front)
+                await self.scripts.unform(job, batch_id, dep.id, 0)
+                continue
+            lines.append(line)
+            size += len(line)
         api = BatchAPI(self.session, dep)
         try:
             file_id = await api.upload(b"".join(lines), f"{batch_id}.jsonl")
@@ -145,6 +157,7 @@ class Batcher:
                 "remote_id": remote["id"],
                 "input_file_id": file_id,
                 "submitted_at": time.time(),
+                "size": len(lines),
             },
         )
         log.info(

@@ -116,3 +116,15 @@ async def test_redispatch_from_the_pending_set(store: Store, bare_redis: Redis):
     assert await lanes.redispatch("t/j1", QUEUE, "deadline", batch_id=None, deployment=DEP)
     assert await bare_redis.zcard(lane_pending_key(DEP)) == 0
     assert (await fields_of(bare_redis, "t/j1"))["lane"] == "now"
+
+
+async def test_unform_puts_a_member_back_among_the_parked_jobs(store: Store, bare_redis: Redis):
+    lanes = LaneScripts(bare_redis)
+    await submit(store, new_job(lane="batch"))
+    await lanes.park("t/j1", DEP, 5, "asked", 10**13)
+    await lanes.form("b1", DEP, 10, 1.0)
+    assert await lanes.unform("t/j1", "b1", DEP, 0)
+    assert await bare_redis.zscore(lane_pending_key(DEP), "t/j1") == 0  # at the front
+    assert await bare_redis.hlen(lane_members_key("b1")) == 0
+    assert "lane_batch" not in await fields_of(bare_redis, "t/j1")
+    assert not await lanes.unform("t/j1", "b1", DEP, 0)

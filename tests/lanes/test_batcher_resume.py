@@ -107,3 +107,22 @@ async def test_a_created_but_unrecorded_batch_is_adopted_not_created_again(rig, 
     assert (await sim_lane_counters(sim))["batches_created"] == before  # adopted, not created again
     records = [await producer.get(i, tenant=tenant) for i in ids]
     assert all(r.status == "succeeded" and r.lane == "batch" for r in records)
+
+
+async def test_a_batch_never_passes_the_lanes_max_bytes(rig, sim, sim_lanes) -> None:
+    import dataclasses
+
+    from config.catalog import BatchLaneSpec, LanesSpec
+
+    producer, batcher, redis = rig
+    await sim_lanes(turnaround_s=[0.05, 0.1])
+    # a file takes one line at most: three jobs are three provider batches
+    dep = batcher.deployments[DEP]
+    batcher.deployments[DEP] = dataclasses.replace(dep, lanes=LanesSpec(batch=BatchLaneSpec(max_bytes=1)))
+    tenant = "resume-c"
+    before = (await sim_lane_counters(sim))["batches_created"]
+    ids = await _parked_batch(producer, redis, tenant, "big", 3)
+    await _drain(batcher, redis)
+    records = [await producer.get(i, tenant=tenant) for i in ids]
+    assert all(r.status == "succeeded" and r.lane == "batch" for r in records)
+    assert (await sim_lane_counters(sim))["batches_created"] == before + 3
