@@ -204,14 +204,14 @@ class JobRunner:
             settings=self.settings,
             policies=self.policies,
             budget=self.budget,
-            call=(lambda d, r, t: self.lanes.flex_call(self._call, job_id, d, r, t))
-            if lane == "flex"
-            else self._call,
+            call=self.lanes.wrap(self._call, job_id, lane),
             admit=lambda dep, est, reports: self._admit(dep, job_id, est, reports, bound),
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
-            stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
+            stream=self.lanes.wrap(self._stream_for(job_id, route[0], publisher, followed), job_id, lane)
+            if publisher is not None
+            else None,
             publisher=publisher,
             hedge_after_s=hedge_after_s(
                 started.hedge_ms, started.learned_ms, started.learned_samples, self.settings.hedge_min_samples

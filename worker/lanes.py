@@ -106,6 +106,17 @@ class Lanes:
         the `now` lane's expected time and the margin."""
         return deadline_at - self.settings.lanes_now_expected_s - self.settings.lanes_margin_s
 
+    def wrap(self, call: Call, job_id: str, lane: str) -> Call:
+        """``call`` as the job's lane makes it: a flex job's calls fall back to `now` on a flex 429 (a
+        refusal comes before any token, so a stream may fall back too)."""
+        if lane != "flex":
+            return call
+
+        async def flex(dep: Deployment, request: dict[str, Any], deadline_at: float) -> Completion:
+            return await self.flex_call(call, job_id, dep, request, deadline_at)
+
+        return flex
+
     async def flex_call(
         self, call: Call, job_id: str, dep: Deployment, request: dict[str, Any], deadline_at: float
     ) -> Completion:

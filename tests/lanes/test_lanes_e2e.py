@@ -154,3 +154,19 @@ async def test_interactive_auto_never_waits_for_a_batch(lanes, sim_lanes) -> Non
     sub = await lanes.submit({**JOB, "lane": "auto", "deadline_s": 600}, interactive=True)
     record = await lanes.wait(sub.job_id, timeout=20)
     assert record.status == "succeeded" and record.lane != "batch"
+
+
+async def test_a_streamed_flex_job_falls_back_to_now_on_a_flex_429(lanes, sim_lanes) -> None:
+    await sim_lanes(flex_unavailable=1.0)
+    job = await lanes.submit({**JOB, "lane": "flex", "stream": True})
+    record = await lanes.wait(job.job_id, timeout=20)
+    assert record.status == "succeeded", record.error
+    assert record.lane == "now" and "flex unavailable" in (record.lane_reason or "")
+
+
+async def test_a_streamed_flex_job_runs_flex(lanes, sim_lanes) -> None:
+    await sim_lanes()
+    job = await lanes.submit({**JOB, "lane": "flex", "stream": True})
+    record = await lanes.wait(job.job_id, timeout=20)
+    assert record.status == "succeeded", record.error
+    assert record.lane == "flex"
