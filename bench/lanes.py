@@ -119,6 +119,7 @@ async def _run(
         "cost_nanos": cost,
         "deadlines_missed": missed,
         "per_lane": dict(Counter(r.lane for r in records)),
+        "per_provider": dict(Counter(r.provider for r in records)),
         "redispatched": stats.get("redispatched", 0),
         "wasted_results": stats.get("wasted_results", 0),
         "wasted_usd": stats.get("wasted_nanos", 0) / 1e9,
