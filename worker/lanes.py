@@ -87,8 +87,17 @@ class Lanes:
                 return LaneChoice(
                     "batch", f"auto: a batch is expected in {expected:.0f}s, the deadline in {left:.0f}s", dep
                 )
-        if self.offers_flex(route) and left >= s.lanes_flex_expected_s + s.lanes_margin_s:
-            return LaneChoice("flex", f"auto: the deadline in {left:.0f}s leaves no room for a batch")
+        flex = self.offers_flex(route)
+        if flex and left >= s.lanes_flex_expected_s + s.lanes_margin_s:
+            if streamed or interactive:
+                why = "a streamed or interactive job never waits for a batch"
+            elif dep is None:
+                why = f"{route[0]} offers no batch lane"
+            else:
+                why = f"the deadline in {left:.0f}s leaves no room for a batch (or its breaker is open)"
+            return LaneChoice("flex", f"auto: {why}")
+        if dep is None and not flex:
+            return LaneChoice("now", f"auto: {route[0]} offers no cheaper lane")
         return LaneChoice("now", f"auto: the deadline in {left:.0f}s leaves no room for a cheaper lane")
 
     async def park(self, job_id: str, choice: LaneChoice, deadline_at: float) -> ParkReply:
