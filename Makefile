@@ -23,10 +23,11 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/redis_sizing.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/lanes.py
 
 # the full-size chaos run (the CI size is part of `make test`)
 chaos: $(STAMP) redis
-	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
+	LLM_ROUTER_CHAOS_JOBS=5000 LLM_ROUTER_CHAOS_LANE_JOBS=3000 LLM_ROUTER_CHAOS_TENANTS=200 LLM_ROUTER_CHAOS_TENANT_JOBS=50 $(BIN)/python -m pytest -q -s tests/chaos
 	LLM_ROUTER_FAILOVER_JOBS=2000 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_FAILOVER_JOBS=2000 LLM_ROUTER_FAILOVER_LEASE_S=1 $(BIN)/python -m pytest -q -s tests/fleet/test_failover.py
 	LLM_ROUTER_CHAOS_CLIENTS=2000 LLM_ROUTER_CHAOS_FREEZE_S=20 LLM_ROUTER_CHAOS_REDIS_TIMEOUT_S=5 $(BIN)/python -m pytest -q -s tests/chaos/test_chaos_clients.py

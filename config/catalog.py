@@ -9,7 +9,8 @@ Blocks that tune a deployment are set on its provider and overridden per deploym
 too), unset fields falling back to the ``LLM_ROUTER_*`` settings: ``breaker`` (thresholds, also per
 model), ``timeouts`` (a call's limits), ``retry_after`` (a 429's short wait, also per model),
 ``prefill`` (how it continues a cut answer, also per model) and ``concurrency`` (the adaptive
-in-flight limit's seed and cap, ``llm_router.concurrency``). Per model, ``strategy`` says how its
+in-flight limit's seed and cap, ``llm_router.concurrency``) and ``lanes`` (the flex tier and provider
+batch lane it offers, with their discounts: README "Lanes"). Per model, ``strategy`` says how its
 deployments are chosen among (``ordered``, ``least_busy``, ``latency``, ``cost``), each deployment's
 ``weight`` tilting the choice.
 """
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.cost import FREE, Price, price_from_genai_prices, price_from_rates
+from config.cost import FREE, Price, discounted, price_from_genai_prices, price_from_rates
 from config.routes import RouteSpec
 from config.settings import Settings
 
@@ -105,6 +106,29 @@ class ConcurrencySpec(_Strict):
     max: int | None = Field(default=None, ge=0)
 
 
+class BatchLaneSpec(_Strict):
+    """A deployment's provider batch lane: its API (``openai``: Files + ``/v1/batches`` JSONL), the
+    discount on its price, and how many requests and bytes one provider batch takes."""
+
+    api: Literal["openai"] = "openai"
+    discount: float = Field(default=0.5, ge=0, lt=1)
+    max_requests: int = Field(default=50_000, ge=1)
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+
+
+class FlexLaneSpec(_Strict):
+    """A deployment's flex tier (``service_tier: "flex"``): slower, sometimes unavailable, cheaper."""
+
+    discount: float = Field(default=0.5, ge=0, lt=1)
+
+
+class LanesSpec(_Strict):
+    """The lanes a deployment offers beside ``now`` (README "Lanes"); an unset lane is not offered."""
+
+    batch: BatchLaneSpec | None = None
+    flex: FlexLaneSpec | None = None
+
+
 class ProviderSpec(_Strict):
     format: WireFormat = "openai"
     base_url: str | None = None
@@ -130,6 +154,7 @@ class ProviderSpec(_Strict):
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
     concurrency: ConcurrencySpec | None = None
+    lanes: LanesSpec | None = None
 
 
 class DeploymentSpec(_Strict):
@@ -143,6 +168,7 @@ class DeploymentSpec(_Strict):
     retry_after: RetryAfterSpec | None = None
     prefill: Prefill | None = None
     concurrency: ConcurrencySpec | None = None
+    lanes: LanesSpec | None = None
     # its share under the model's strategy: least_busy compares calls in flight / weight, latency
     # latency / weight, cost price / weight
     weight: float = Field(default=1.0, gt=0)
@@ -230,6 +256,13 @@ class Deployment:
     prefill: Prefill | None = None
     concurrency: ConcurrencySpec | None = None
     weight: float = 1.0
+    lanes: LanesSpec | None = None
+    # its price per lane it offers beside `now` ("flex", "batch"): its price less the lane's discount
+    lane_prices: dict[str, Price] = field(default_factory=dict)
+
+    def price_for(self, lane: str | None) -> Price:
+        """What a call in ``lane`` costs here: the lane's price when the deployment offers it."""
+        return self.lane_prices.get(lane or "now", self.price)
 
     def __repr__(self) -> str:  # the key never shows up in logs or tracebacks
         # the host only: a base URL may carry credentials (user:password@)
@@ -306,6 +339,7 @@ class Catalog:
                     base = self._env.get(prov.base_url_env) or None
                 enabled = bool(base) and (bool(key) or prov.key_optional)
                 price = self._price(model_id, model, dep, prov, lookup)
+                lanes = _merge_lanes(prov.lanes, dep.lanes)
                 deps.append(
                     Deployment(
                         id=f"{dep.provider}/{dep.model}",
@@ -331,6 +365,8 @@ class Catalog:
                         prefill=dep.prefill or model.prefill or prov.prefill,
                         concurrency=_merge(prov.concurrency, dep.concurrency),
                         weight=dep.weight,
+                        lanes=lanes,
+                        lane_prices=_lane_prices(price, lanes),
                     )
                 )
             out[model_id] = deps
@@ -365,6 +401,24 @@ class Catalog:
             f"no price for deployment {dep.provider}/{dep.model} of {model_id}: "
             "give it a `price` in the catalog"
         )
+
+
+def _merge_lanes(outer: LanesSpec | None, inner: LanesSpec | None) -> LanesSpec | None:
+    """Each lane a deployment sets replaces its provider's whole (a lane's fields go together)."""
+    if outer is None or inner is None:
+        return inner or outer
+    return LanesSpec(batch=inner.batch or outer.batch, flex=inner.flex or outer.flex)
+
+
+def _lane_prices(price: Price, lanes: LanesSpec | None) -> dict[str, Price]:
+    if lanes is None:
+        return {}
+    out = {}
+    if lanes.flex is not None:
+        out["flex"] = discounted(price, lanes.flex.discount, "flex")
+    if lanes.batch is not None:
+        out["batch"] = discounted(price, lanes.batch.discount, "batch")
+    return out
 
 
 def _merge(outer: _B | None, inner: _B | None) -> _B | None:

@@ -173,6 +173,28 @@ def price_from_rates(
 FREE = Price(tiers=(Tier(0, 0, 0, 0),), source="free")
 
 
+def discounted(price: Price, discount: float, lane: str) -> Price:
+    """``price`` less ``discount`` (0.5: half price) on every rate: a lane's price (batch, flex)."""
+    keep = Decimal(str(1 - discount))
+
+    def cut(rate: int) -> int:
+        return int((Decimal(rate) * keep).to_integral_value())
+
+    return Price(
+        tiers=tuple(
+            Tier(
+                t.start,
+                cut(t.input),
+                cut(t.output),
+                cut(t.cache_read),
+                -1 if t.cache_write < 0 else cut(t.cache_write),
+            )
+            for t in price.tiers
+        ),
+        source=f"{price.source}@{lane}-{discount:g}",
+    )
+
+
 def price_from_genai_prices(provider_id: str, model_ref: str, when: datetime | None = None) -> Price | None:
     """Resolve a price from genai-prices' bundled snapshot; ``None`` when it does not know the model."""
     from genai_prices import data_snapshot, types
@@ -300,8 +322,10 @@ def demand_of(
     caps a continuation's output at what the first call had left, so each fits one more attempt) and
     a hedge (``hedged``: the job's or its route's ``hedge``, on an interactive job: a second attempt
     that may run alongside the first; the loser is billed what it consumed, at most a whole call).
-    A later field that multiplies cost (a lane's re-dispatch) is added here and to the overspend
-    test."""
+    A later field that multiplies cost is added here and to the overspend test. A job's lane
+    (README "Lanes") does not enter: a batch or flex job reserves the `now` price, as it may be sent
+    back to `now`, and it pays once (a batch's answer that arrives after that is the operator's
+    wasted spend, never the tenant's); ``tests/lanes/test_lane_money.py`` holds it to that."""
     max_out = request.get("max_completion_tokens") or request.get("max_tokens")
     if request.get("tools") or request.get("functions"):
         prompt += TOOL_PROMPT_TOKENS

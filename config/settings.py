@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -238,6 +239,23 @@ class Settings(BaseSettings):
     webhook_breaker_failures: int = 5
     webhook_breaker_cooldown_s: float = 30.0
     webhook_breaker_max_cooldown_s: float = 600.0
+
+    # lanes (README "Lanes"): the lane of submitted jobs that name none (a tenant's `default_lane`
+    # overrides it; chat calls and the HTTP chat endpoints always run `now`)
+    default_lane: Literal["now", "flex", "batch", "auto"] = "now"
+    lanes_in_worker: bool = True  # `llm-router worker` also runs the batcher role
+    lanes_role_ttl_s: float = 10.0  # another process takes the batcher over this long after a death
+    lanes_poll_s: float = 5.0  # how often the batcher forms, polls and watches batches
+    lanes_batch_size: int = Field(default=1000, ge=1)  # a batch is formed at this many jobs...
+    lanes_batch_age_s: float = 60.0  # ...or when its oldest job waited this long
+    # the expected time of a lane, before the fleet has learned it (batch turnaround is learned from
+    # the batches that completed); a batch-lane job goes back to `now` when its deadline minus the
+    # `now` lane's expected time minus the margin has come and its batch is unfinished
+    lanes_now_expected_s: float = 30.0
+    lanes_flex_expected_s: float = 120.0
+    lanes_batch_expected_s: float = 6 * 3600.0
+    lanes_margin_s: float = 60.0
+    lanes_completion_window: str = "24h"  # of the provider batches created
 
     @model_validator(mode="after")
     def _derived_names(self) -> Settings:

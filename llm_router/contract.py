@@ -31,8 +31,14 @@ RESERVED_KEYS = frozenset(
         "priority",
         "webhook",
         "hedge",
+        "lane",
     }
 )
+
+# how a job is dispatched (README "Lanes"): the synchronous call, a provider's cheaper synchronous
+# tier, a provider batch, or the cheapest of those that meets the job's deadline
+Lane = Literal["now", "flex", "batch", "auto"]
+LANES: tuple[str, ...] = ("now", "flex", "batch", "auto")
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # base64 in either alphabet: Google's SDKs send the URL-safe one (``-``, ``_``); normalised at submit
@@ -282,6 +288,8 @@ class ChatJob(BaseModel):
     # interactive jobs: race a second attempt on the model's next deployment when no first token came
     # by the deployment's learned percentile (true) or by after_ms; false: not even the route's default
     hedge: bool | Hedge | None = None
+    # how it is dispatched: now (default), flex, batch or auto (``Lane``); unset, the tenant's default
+    lane: Lane | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -552,6 +560,9 @@ class JobRecord(BaseModel):
     # a compare job: one entry per model (content, latency, tokens, cost, error), in its order
     comparison: list[dict[str, Any]] | None = None
     webhook: dict[str, Any] | None = None  # where the job's end is told ({"url", "include"})
+    # the lane that ran the job (``Lane``; a job that asked ``auto`` says which one it got) and why
+    lane: str = "now"
+    lane_reason: str | None = None
 
     @field_validator("ignored", mode="before")
     @classmethod

@@ -27,6 +27,9 @@ All amounts are integer nano-USD. What lives where:
   ``batch:<id>`` (and ``:work``), ``batches:active:<queue>``, ``batches:tenant:<tenant>``: the Batch
   API's files and batches.
 * ``tenant:<tenant>`` hash: the tenant's policy (``llm_router.tenants``).
+* ``lanes:pending:<dep>``, ``lanes:batch:<id>``, ``lanes:members:<id>``, ``lanes:gone:<id>``,
+  ``lanes:open``, ``lanes:due``, ``lanes:turnaround``, ``lanes:stats``: the lanes' provider batches
+  (``worker.batcher``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
   ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
@@ -75,6 +78,14 @@ WEBHOOKS_DUE_KEY = PREFIX + "webhooks:due"
 WEBHOOKS_RETRY_KEY = PREFIX + "webhooks:retry"
 WEBHOOKS_DISABLED_KEY = PREFIX + "webhooks:disabled"
 WEBHOOKS_ROLE = "webhooks"  # the role (``role_key``) of the one process that delivers webhooks
+
+# lanes (``llm_router.lanes_lua``, the batcher of ``worker.batcher``)
+LANES_PREFIX = PREFIX + "lanes:"
+LANES_OPEN_KEY = LANES_PREFIX + "open"  # set: our batch ids not yet done
+LANES_TURNAROUND_KEY = LANES_PREFIX + "turnaround"  # hash: deployment → learned batch turnaround (s)
+LANES_DUE_KEY = LANES_PREFIX + "due"  # sorted set: batch-lane jobs by when they go back to `now` (ms)
+LANES_STATS_KEY = LANES_PREFIX + "stats"  # hash: counters (wasted results and nanos, re-dispatches)
+LANES_ROLE = "lanes-batcher"  # the role (``role_key``) of the one process that runs provider batches
 
 ENDED_CHANNEL = PREFIX + "ended"
 RUN_JOB = "run_llm_job"  # the one arq function; its only argument is the job id
@@ -225,6 +236,26 @@ def tenant_policy_key(tenant: str) -> str:
 
 def role_key(name: str) -> str:
     return ROLE_PREFIX + name
+
+
+def lane_pending_key(deployment: str) -> str:
+    """Sorted set: batch-lane jobs waiting for a provider batch on ``deployment``, by arrival (ms)."""
+    return LANES_PREFIX + "pending:" + deployment
+
+
+def lane_batch_key(batch_id: str) -> str:
+    """Hash: one provider batch of ours (deployment, state, remote ids, times, size)."""
+    return LANES_PREFIX + "batch:" + batch_id
+
+
+def lane_members_key(batch_id: str) -> str:
+    """Hash: the jobs of a batch not yet ingested nor sent back (scoped id → custom_id)."""
+    return LANES_PREFIX + "members:" + batch_id
+
+
+def lane_gone_key(batch_id: str) -> str:
+    """Set: the jobs sent back to ``now`` out of a batch (their late results are wasted spend)."""
+    return LANES_PREFIX + "gone:" + batch_id
 
 
 def _lua_string(value: str) -> str:

@@ -67,7 +67,8 @@ local status = redis.call('HGET', record, 'status')
 if not status then return nil end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
 local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
-                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge')
+                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge',
+                     'lane')
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
@@ -101,7 +102,9 @@ local redis_now = now_ms()
 local cached = ''
 if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
 local admissions, chosen = {}, nil
-if cached == '' and not cancel_requested then
+-- lanes: a batch or auto job is admitted only once its lane is known (a batch one never calls here)
+local lane = v[14] or ''
+if cached == '' and not cancel_requested and lane ~= 'batch' and lane ~= 'auto' then
   admissions, chosen = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms),
                                    slot_lease_ms, redis_now)
 end
@@ -116,7 +119,7 @@ return {'status', status, 'request', request, 'route', route, 'deadline_at', dea
         'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
         'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
         'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or '',
-        'hedge', v[13] or '', 'learned', learned}
+        'hedge', v[13] or '', 'learned', learned, 'lane', lane}
 """
 )
 
@@ -151,7 +154,8 @@ return out
 # Writes a record change and the breaker reports of the calls made.  Reports count even for a job
 # that already ended (the calls happened); the fields never overwrite an ended job, so a duplicate
 # run cannot replace the outcome (or the cost) recorded first, and a job settles once.  Returns
-# {1 written | 0 already ended | -2 no record, {dep, state, reason}…}.
+# {1 written | 0 already ended | -2 no record | -3 not a member of the batch KEYS[3], {dep, state,
+# reason}…}.
 FINISH_LUA = (
     LUA_PRELUDE
     + BREAKER_LUA
@@ -171,6 +175,9 @@ for i = REPORTS, #ARGV do
 end
 local status = redis.call('HGET', record, 'status')
 if not status then out[1] = -2 return out end
+-- lanes: a provider batch's result is written only while the job is still a member of its batch
+-- (KEYS[3]); one sent back to `now` is not (-3), so exactly one of the two answers is kept
+if KEYS[3] and redis.call('HDEL', KEYS[3], job_id) == 0 then out[1] = -3 return out end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return out end
 if field_count > 0 then redis.call('HSET', record, unpack(ARGV, FIELDS, REPORTS - 1)) end
 redis.call('HDEL', record, 'inflight')

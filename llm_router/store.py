@@ -103,6 +103,8 @@ class NewJob:
     webhook: bytes | None = None
     # a hedged interactive job: 0 hedges after the deployment's learned percentile, N after N ms
     hedge: int | None = None
+    # the lane it asked for (``contract.Lane``); None: the tenant's default (``now`` for interactive jobs)
+    lane: str | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -125,6 +127,8 @@ class NewJob:
             out += ("webhook", self.webhook)
         if self.hedge is not None:
             out += ("hedge", self.hedge)
+        if self.lane is not None and self.lane != "now":  # a record without a lane ran `now`
+            out += ("lane", self.lane)
         return out
 
 
@@ -163,6 +167,7 @@ class Started:
     # the admitted deployment's learned latency percentile (ms) and its sample count (hedged jobs)
     learned_ms: float = 0.0
     learned_samples: int = 0
+    lane: str = ""  # the lane it asked for or was sent back to ('' is `now`; README "Lanes")
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -194,6 +199,7 @@ class Started:
             hedge_ms=int(v["hedge"]) if v.get("hedge") else None,
             learned_ms=float(learned[0]) if learned else 0.0,
             learned_samples=int(learned[1]) if learned else 0,
+            lane=(v.get("lane") or b"").decode(),
         )
 
 
@@ -209,6 +215,7 @@ class FinishReply(IntEnum):
     WRITTEN = 1
     ALREADY_ENDED = 0  # the job had ended: nothing written, nothing settled
     NO_RECORD = -2
+    NOT_MEMBER = -3  # a provider batch's result for a job no longer in that batch (sent back to `now`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +426,7 @@ class Store:
         *,
         settlement: Settlement | None = None,
         summary: bytes = b"",
+        member_of: str | None = None,
     ) -> Finished:
         """Write a record change and the breaker reports of its calls.
 
@@ -438,7 +446,10 @@ class Store:
             argv.append(name)
             argv.append(encode_field(name, value))
         argv.extend(r.encode() for r in reports)
-        res = await self.pipe.eval(self._finish, [record_key(job_id), stream_key(job_id)], argv)
+        keys = [record_key(job_id), stream_key(job_id)]
+        if member_of is not None:  # lanes: written only while the job is a member of this batch hash
+            keys.append(member_of)
+        res = await self.pipe.eval(self._finish, keys, argv)
         return Finished(FinishReply(int(res[0])), decode_transitions(res[1:]))
 
     async def create_parent(

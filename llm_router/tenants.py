@@ -44,6 +44,11 @@ def _http_url(value: str) -> None:
         raise ValueError(f"must be an http(s) URL: {exc}") from None
 
 
+def _lane(value: str) -> None:
+    if value not in ("now", "flex", "batch", "auto"):
+        raise ValueError("must be one of now, flex, batch, auto")
+
+
 KNOBS: dict[str, Knob] = {
     "max_queued": Knob(
         int, "tenant_max_queued", "jobs queued or running at once; past it, 429 too_many_queued"
@@ -74,6 +79,12 @@ KNOBS: dict[str, Knob] = {
     "max_files": Knob(int, "tenant_max_files", "files stored at once; past it, 403 quota_exceeded"),
     "max_file_bytes": Knob(
         int, "tenant_max_file_bytes", "bytes of files stored at once; past it, 403 quota_exceeded"
+    ),
+    "default_lane": Knob(
+        str,
+        "default_lane",
+        "the lane of the tenant's submitted jobs that name none: now, flex, batch or auto (README Lanes)",
+        check=_lane,
     ),
 }
 

@@ -23,6 +23,8 @@ class ModelEstimate:
     prompt_tokens: int = 0
     low_nanos: int = 0
     high_nanos: int = 0
+    # per lane its first deployment offers (now, flex, batch): prompt + max output at the lane's price
+    lane_nanos: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +33,7 @@ class ModelEstimate:
             "prompt_tokens": self.prompt_tokens,
             "cost_low": nanos_to_usd(self.low_nanos),
             "cost_high": nanos_to_usd(self.high_nanos),
+            "cost_by_lane": {lane: nanos_to_usd(n) for lane, n in self.lane_nanos.items()},
         }
 
 
@@ -47,6 +50,8 @@ class Estimate:
             total.prompt_tokens += m.prompt_tokens
             total.low_nanos += m.low_nanos
             total.high_nanos += m.high_nanos
+            for lane, nanos in m.lane_nanos.items():
+                total.lane_nanos[lane] = total.lane_nanos.get(lane, 0) + nanos
         return total
 
 
@@ -69,4 +74,12 @@ def estimate(validator: Validator, lines: Iterable[tuple[int, bytes | str | dict
         row.prompt_tokens += job.prompt_tokens
         row.low_nanos += validator.costs.prompt_only(model, job.prompt_tokens)
         row.high_nanos += job.reserve_nanos
+        deps = validator.catalog.deployments(model)
+        if deps:
+            dep = deps[0]
+            out_tokens = job.est_tokens - job.prompt_tokens or dep.max_output
+            for lane in ("now", "flex", "batch"):
+                if lane == "now" or lane in dep.lane_prices:
+                    cost = dep.price_for(lane).cost_nanos(job.prompt_tokens, out_tokens)
+                    row.lane_nanos[lane] = row.lane_nanos.get(lane, 0) + cost
     return out

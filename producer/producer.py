@@ -252,6 +252,7 @@ class Producer:
     ) -> None:
         if use_default_webhook:
             await self._default_webhooks(chunk)
+        await self._default_lanes(chunk)
         batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
@@ -286,6 +287,14 @@ class Producer:
                 for _, p in chunk:
                     if p.webhook is None and p.tenant == tenant:
                         p.webhook = spec
+
+    async def _default_lanes(self, chunk: list[tuple[int, NewJob]]) -> None:
+        """Submitted jobs that name no lane get their tenant's ``default_lane`` (policies are cached)."""
+        for tenant in {p.tenant for _, p in chunk if p.lane is None}:
+            lane = (await self.policies.get(tenant)).get("default_lane")
+            for _, p in chunk:
+                if p.lane is None and p.tenant == tenant:
+                    p.lane = lane
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -189,6 +189,7 @@ class Validator:
         )
         ignored = job.ignored_fields()
         hedge_ms = self._hedge(job, route_spec, interactive)
+        lane = self._lane(job, interactive)
         cache = job.cache if job.cache is not None else (route_spec.cache if route_spec else None)
         cached_as, cache_ttl = None, 0
         if cache == "force" or (cache is True and job.temperature == 0):
@@ -226,7 +227,30 @@ class Validator:
             priority=job.priority or "normal",
             webhook=webhook_spec.of_job(job.webhook, self.webhook_guard) if job.webhook is not None else None,
             hedge=hedge_ms,
+            lane=lane,
         )
+
+    @staticmethod
+    def _lane(job: ChatJob, interactive: bool) -> str | None:
+        """The lane the job asks for; ``None`` when it names none (its tenant's default applies to
+        submitted jobs, ``now`` to interactive ones). ``service_tier: "flex"`` is the flex lane."""
+        lane = job.lane
+        if job.service_tier == "flex":
+            if lane not in (None, "flex"):
+                raise InvalidRequest(
+                    f"service_tier 'flex' asks for the flex lane; the job names lane '{lane}'", param="lane"
+                )
+            lane = "flex"
+        if lane == "batch" and job.stream:
+            raise InvalidRequest("a streamed job runs now or flex, never in a provider batch", param="lane")
+        if lane == "batch" and interactive:
+            raise InvalidRequest(
+                "lane batch applies to submitted jobs, not the chat calls or HTTP chat endpoints",
+                param="lane",
+            )
+        if lane is None and interactive:
+            return "now"
+        return lane
 
     @staticmethod
     def _hedge(job: ChatJob, route_spec: RouteSpec | None, interactive: bool) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -22,12 +23,14 @@ from redis.exceptions import RedisError
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import RedisUnusable, RouterError
-from llm_router.keys import RUN_JOB
+from llm_router.keys import LANES_ROLE, RUN_JOB
 from llm_router.redis_checks import check_eviction_policy, wait_for_redis, write_refusal
 from llm_router.redis_client import redis_client, redis_target, sync_redis_client
+from llm_router.roles import run_role
 from llm_router.store import Store
 from worker import observe
 from worker.arq_worker import LeasedWorker
+from worker.batcher import Batcher
 from worker.claims import Claims
 from worker.http import create_session
 from worker.job_runner import JobRunner
@@ -98,10 +101,19 @@ def build_worker(
         await observer.start(ctx["redis"])  # metrics port, recent jobs (once per process)
         if deliver_webhooks:
             ctx["webhooks"] = start_deliveries(ctx["redis"], settings)
+        if settings.lanes_in_worker and queue == "bulk":  # the batch lane's role (worker.batcher)
+            batcher = Batcher(ctx["redis"], store, catalog, settings, session)
+            ctx["batcher"] = asyncio.ensure_future(
+                run_role(ctx["redis"], LANES_ROLE, batcher.run, ttl_s=settings.lanes_role_ttl_s)
+            )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         # each part once, whoever calls first (arq's close, or ours when arq's close failed)
         await stop_deliveries(ctx.pop("webhooks", None))
+        if batcher_task := ctx.pop("batcher", None):
+            batcher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await batcher_task
         if "runner" in ctx:
             await observer.release()
         if keeper := ctx.pop("keeper", None):

@@ -45,6 +45,7 @@ from worker.breaker import RetryBudget, routing_table
 from worker.hedge import hedge_after_s
 from worker.http import Timeouts, send
 from worker.images import ImageFetcher
+from worker.lanes import LaneChoice, Lanes, ParkReply
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
 from worker.room import Room
@@ -106,6 +107,7 @@ class JobRunner:
         self.unwritten: dict[str, dict[str, Any]] = {}
         # whether arq is aborting a job (a cancel while it runs); set by the worker that owns the runner
         self.aborting: Any = lambda job_id: False
+        self.lanes = Lanes(store.redis, catalog, settings)  # lane decisions (README "Lanes")
 
     async def run(self, job_id: str) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
@@ -170,6 +172,20 @@ class JobRunner:
         if started.cached:
             await self._serve_cached(job_id, started.cached, request, route, attempts, bound, parent)
             return
+        # lanes: a batch job goes to the batcher; an auto job takes the cheapest lane that meets its deadline
+        lane, lane_reason = started.lane or "now", None
+        if lane in ("batch", "auto"):
+            interactive = started.queue == self.settings.interactive_queue_name
+            choice = await self.lanes.choose(request, route, deadline_at, lane, interactive=interactive)
+            if choice.lane == "batch":
+                parked = await self.lanes.park(job_id, choice, deadline_at)
+                bound.debug("job parked for a provider batch", outcome=parked.name)
+                if parked != ParkReply.CANCEL_ASKED:
+                    return
+                choice = LaneChoice("now", "cancel asked")
+            lane, lane_reason = choice.lane, choice.reason
+        if lane == "flex" and request.get("service_tier") != "flex":
+            request = {**request, "service_tier": "flex"}
 
         publisher = (
             ChunkPublisher(self.store, job_id, route[0], self.settings.stream_maxlen, scrub=self._redact)
@@ -191,12 +207,14 @@ class JobRunner:
             settings=self.settings,
             policies=self.policies,
             budget=self.budget,
-            call=self._call,
+            call=self.lanes.wrap(self._call, job_id, lane),
             admit=lambda dep, est, reports: self._admit(dep, job_id, est, reports, bound),
             inflight=self.inflight,
             scrub=self._scrub,
             inline_images=self.images.inline,
-            stream=self._stream_for(job_id, route[0], publisher, followed) if publisher is not None else None,
+            stream=self.lanes.wrap(self._stream_for(job_id, route[0], publisher, followed), job_id, lane)
+            if publisher is not None
+            else None,
             publisher=publisher,
             wait_room=self.room.wait,
             hedge_after_s=hedge_after_s(
@@ -242,6 +260,7 @@ class JobRunner:
             self.inflight.pop(job_id, None)
             self.slots.pop(job_id, None)
 
+        self.lanes.mark(job_id, result.fields, lane, lane_reason)
         if result.fields["status"] == JobStatus.FAILED:
             delay = self._defer_delay(result, passes, deadline_at)
             if delay is not None:

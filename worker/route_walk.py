@@ -731,8 +731,10 @@ def _attempt(
 def _succeeded(
     dep: Deployment, model_id: str, completion: Completion, attempts: list[dict[str, Any]]
 ) -> PassResult:
+    # lanes: a call the provider served on its flex tier is billed at the deployment's flex price
+    lane = "flex" if completion.response.get("service_tier") == "flex" and "flex" in dep.lane_prices else None
     usage = call_usage(
-        dep.price,
+        dep.price_for(lane),
         completion.prompt_tokens,
         completion.completion_tokens,
         cached_tokens=completion.cached_tokens,
@@ -742,17 +744,18 @@ def _succeeded(
     response = completion.response
     response["model"] = model_id
     response["usage"]["cost"] = usage["cost"]
-    return PassResult(
-        {
-            "status": JobStatus.SUCCEEDED,
-            "finished_at": time.time(),
-            "attempts": attempts,
-            "provider": dep.provider,
-            "model": model_id,
-            "response": response,
-            "usage": usage,
-        }
-    )
+    fields = {
+        "status": JobStatus.SUCCEEDED,
+        "finished_at": time.time(),
+        "attempts": attempts,
+        "provider": dep.provider,
+        "model": model_id,
+        "response": response,
+        "usage": usage,
+    }
+    if lane is not None:
+        fields["lane"] = lane
+    return PassResult(fields)
 
 
 def sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -61,7 +61,15 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         )
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    numbered: list[tuple[int, Any]] = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if args.lane or args.deadline:  # lanes: the file's jobs that name none get these
+        from llm_router.cli.lanes import parse_duration, with_defaults
+
+        try:
+            deadline_s = parse_duration(args.deadline) if args.deadline else None
+        except ValueError as exc:
+            raise UsageError(f"--deadline: {exc}") from None
+        numbered = [(n, with_defaults(line, args.lane, deadline_s)) for n, line in numbered]
     if args.estimate:
         from llm_router.cli.money import print_estimate
 
@@ -124,6 +132,12 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
                     fh.write(orjson.dumps({"line": n, "error": res.to_dict()}) + b"\n")
         tmp.replace(args.out)
     return code
+
+
+async def _lanes(args: argparse.Namespace, settings: Settings) -> int:
+    from llm_router.cli.lanes import lanes_command
+
+    return await lanes_command(args, settings)
 
 
 async def _wait_with_progress(producer: Any, ids: list[Any], timeout: float | None) -> list[Any]:
@@ -349,7 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimate", action="store_true", help="print what the file would cost, per model; enqueue nothing"
     )
     s.add_argument("--json", action="store_true", help="with --estimate: JSON instead of a table")
+    s.add_argument(
+        "--lane",
+        choices=("now", "flex", "batch", "auto"),
+        help="the lane of the jobs that name none (README Lanes); unset, the tenant's default",
+    )
+    s.add_argument("--deadline", help="the deadline of the jobs that name none: 90s, 30m, 6h, 2d")
     s.set_defaults(handler=_submit)
+
+    s = sub.add_parser("lanes", help="open provider batches (age, size, expected completion), re-dispatches")
+    s.add_argument("--json", action="store_true", help="JSON instead of a table")
+    s.set_defaults(handler=_lanes)
 
     s = sub.add_parser("status", help="one line: id, status, model, provider, cost")
     s.add_argument("id")

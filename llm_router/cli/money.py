@@ -23,7 +23,7 @@ def _usd(value: float) -> str:
     return f"${value:,.6f}"
 
 
-def print_estimate(lines: list[tuple[int, bytes]], settings: Settings, as_json: bool) -> int:
+def print_estimate(lines: list[tuple[int, Any]], settings: Settings, as_json: bool) -> int:
     """What the lines would cost, per model, without enqueueing anything."""
     from rich.console import Console
     from rich.table import Table
@@ -55,6 +55,14 @@ def print_estimate(lines: list[tuple[int, bytes]], settings: Settings, as_json: 
                 _usd(r["cost_high"]),
             )
         Console().print(table)
+        lanes = Table(title="cost per lane (prompt + max output at the model's first deployment)")
+        for col in ("model", "now", "flex", "batch"):
+            lanes.add_column(col, justify="left" if col == "model" else "right")
+        for r in [*rows, report.total.as_dict()]:
+            by_lane = r["cost_by_lane"]
+            cells = (_usd(by_lane[k]) if k in by_lane else "-" for k in ("now", "flex", "batch"))
+            lanes.add_row(r["model"], *cells)
+        Console().print(lanes)
         for number, exc in report.refused:
             print(f"line {number}: {exc.code}: {exc.message}", file=sys.stderr)
     return EXIT_FAILED if report.refused else EXIT_OK

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from llm_router.simulator.batches import LaneSimConfig
 from llm_router.simulator.faults import FaultRule
 
 
@@ -29,6 +30,8 @@ class SimConfig(BaseModel):
     rules: list[FaultRule] = []
     models: list[str] | None = None
     seed: int = 0
+    # the flex tier and the Files/Batch APIs (``batches.LaneSimConfig``); None: their defaults
+    lanes: LaneSimConfig | None = None
 
     @field_validator("latency_ms", mode="before")
     @classmethod

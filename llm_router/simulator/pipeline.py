@@ -15,10 +15,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from llm_router.simulator.batches import LANES
 from llm_router.simulator.faults import FaultRule
 from llm_router.simulator.state import STATE, SimState
 from llm_router.simulator.stream import hold, stalled_body
 from llm_router.simulator.wire import ChatCall, Rejection, StreamFault, WireFormat
+
+FLEX_UNAVAILABLE = (
+    "Resource unavailable: the flex tier has no capacity right now; retry later or use the default tier"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +43,14 @@ def chat_handler(fmt: WireFormat) -> Handler:
         except Rejection as rejection:
             state.calls.record(credential, fmt.peek_model(request, raw), str(rejection.status))
             return fmt.error(rejection)
+        lanes = request.app.get(LANES)
+        if lanes is not None and getattr(call.request, "service_tier", None) == "flex":
+            # the flex tier: slower, and refused when it has no capacity
+            delay_s, refused = lanes.flex_decision()
+            if refused:
+                state.calls.record(credential, call.model, "429")
+                return fmt.error(Rejection(429, FLEX_UNAVAILABLE, code="resource_unavailable"))
+            await asyncio.sleep(delay_s)
         decision = state.faults.decide(credential, call.model, stream=call.stream, prefill=call.prefill)
         if decision is None:
             state.calls.record(credential, call.model, "200")

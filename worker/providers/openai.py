@@ -115,6 +115,8 @@ def _body(request: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     native = deployment.provider in OPENAI_EXTENSION_PROVIDERS
     drop = _DROP if native else _DROP | OPENAI_ONLY_FIELDS
     body = {k: v for k, v in request.items() if k not in drop}
+    if request.get("service_tier") == "flex" and "flex" in deployment.lane_prices:
+        body["service_tier"] = "flex"  # a gateway whose catalog entry offers the flex lane takes it
     body["model"] = deployment.upstream_model
     body["messages"] = [_message(m, native) for m in request["messages"]]
     if "parallel_tool_calls" in body and not (body.get("tools") or body.get("functions")):
