@@ -37,7 +37,17 @@ from prometheus_client.core import (
 )
 from redis.asyncio import Redis
 
-from llm_router.keys import BREAKER_PREFIX, CREDITS_PREFIX, METERED_KEY, PRIORITIES, SICK_KEY, workers_key
+from llm_router.keys import (
+    BREAKER_PREFIX,
+    CREDITS_PREFIX,
+    LANES_OPEN_KEY,
+    LANES_STATS_KEY,
+    METERED_KEY,
+    PRIORITIES,
+    SICK_KEY,
+    lane_pending_key,
+    workers_key,
+)
 
 PREFIX = "llm_router_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -101,6 +111,11 @@ FLEET: tuple[Family, ...] = (
     Family("breaker_state", G, "1 for the deployment's current breaker state", ("deployment", "state")),
     Family("credits_reserved_usd", G, "Credit held by unfinished jobs, all tenants"),
     Family("redis_up", G, "1 when this scrape's fleet read from Redis succeeded"),
+    Family("lane_open_batches", G, "Provider batches the batcher has open (README Lanes)"),
+    Family("lane_jobs_waiting", G, "Batch-lane jobs waiting for a provider batch", ("deployment",)),
+    Family("lane_redispatched_total", C, "Batch-lane jobs sent back to the now lane before their deadline"),
+    Family("lane_wasted_results_total", C, "Provider batch results that came after their job had ended"),
+    Family("lane_wasted_usd_total", C, "What those late results cost the operator, in USD"),
 )
 
 
@@ -229,12 +244,14 @@ def _le(bound: float) -> str:
 
 # -- the fleet, from Redis ------------------------------------------------------------------------
 
-# KEYS: the sick hash, the metered tenants set, then per queue: its name (the prefix of its keys,
-# see ``llm_router.queue_lua``), its workers' sorted set.  ARGV: now (ms), heartbeat TTL ms, how many
-# active tenants per band to look at, (unused), the credits prefix, the breaker prefix, then the
-# deployment ids whose breaker windows to look for.
+# KEYS: the sick hash, the metered tenants set, the lanes' open batches set and counters hash, then
+# per queue: its name (the prefix of its keys, see ``llm_router.queue_lua``), its workers' sorted set.
+# ARGV: now (ms), heartbeat TTL ms, how many active tenants per band to look at, the prefix of the
+# lanes' pending sets, the credits prefix, the breaker prefix, then the deployment ids whose breaker
+# windows and lane pending sets to look for.
 # Returns {credits reserved (nano-USD), the sick hash flat, deployments with a breaker window,
-# Redis' clock ms, then per queue: due (waiting or held), not yet due, enqueue time (ms) of the oldest
+# Redis' clock ms, open provider batches, the lanes' counters flat, {deployment, jobs waiting for a
+# batch}… flat, then per queue: due (waiting or held), not yet due, enqueue time (ms) of the oldest
 # waiting job ('-1' when none), live workers}.  Work is bounded by the scan limit (tenants per band),
 # the tenants with credits and the deployments given, never by the number of jobs.
 FLEET_LUA = (
@@ -247,14 +264,20 @@ local reserved = 0
 for _, tenant in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   reserved = reserved + tonumber(redis.call('HGET', ARGV[5] .. tenant, 'reserved') or '0')
 end
-local seen = {}
+local seen, waiting_batch = {}, {}
 for i = 7, #ARGV do
   if redis.call('EXISTS', ARGV[6] .. ARGV[i]) == 1 then seen[#seen + 1] = ARGV[i] end
+  local n = redis.call('ZCARD', ARGV[4] .. ARGV[i])
+  if n > 0 then
+    waiting_batch[#waiting_batch + 1] = ARGV[i]
+    waiting_batch[#waiting_batch + 1] = n
+  end
 end
 local t = redis.call('TIME')
 local out = {string.format('%d', reserved), redis.call('HGETALL', KEYS[1]), seen,
-             string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
-for k = 3, #KEYS, 2 do
+             string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)),
+             redis.call('SCARD', KEYS[3]), redis.call('HGETALL', KEYS[4]), waiting_batch}
+for k = 5, #KEYS, 2 do
   local q = KEYS[k]
   local waiting, oldest = 0, nil
   for _, band in ipairs(BANDS) do
@@ -291,12 +314,24 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneStats:
+    """The lanes' provider batches as the fleet sees them (README "Lanes")."""
+
+    open_batches: int = 0
+    waiting: dict[str, int] = field(default_factory=dict)  # deployment → jobs waiting for a batch
+    redispatched: int = 0
+    wasted_results: int = 0
+    wasted_nanos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FleetSnapshot:
     """The fleet at one moment; ``error`` says why it could not be read (then the rest is empty)."""
 
     queues: list[QueueStats] = field(default_factory=list)
     breakers: dict[str, str] = field(default_factory=dict)  # deployment → state, deployments with any
     credits_reserved_nanos: int = 0
+    lanes: LaneStats = field(default_factory=LaneStats)
     read_at: float = 0.0
     error: str | None = None
 
@@ -329,14 +364,14 @@ class FleetReader:
     async def read(self) -> FleetSnapshot:
         """The snapshot, or one whose ``error`` says why Redis did not answer within the timeout."""
         now = time.time()
-        keys = [SICK_KEY, METERED_KEY]
+        keys = [SICK_KEY, METERED_KEY, LANES_OPEN_KEY, LANES_STATS_KEY]
         for name in self.queues.values():
             keys += [name, workers_key(name)]
         args: list[Any] = [
             int(now * 1000),
             self.heartbeat_ttl_ms,
             self.scan_limit,
-            "",
+            lane_pending_key(""),
             CREDITS_PREFIX,
             BREAKER_PREFIX,
             *self.deployments,
@@ -352,7 +387,15 @@ class FleetReader:
 
 
 def _decode(raw: list[Any], queues: Mapping[str, str], now: float) -> FleetSnapshot:
-    reserved, sick_flat, seen, redis_ms, *per_queue = raw
+    reserved, sick_flat, seen, redis_ms, open_batches, lane_flat, waiting_flat, *per_queue = raw
+    counters = {_s(lane_flat[i]): int(lane_flat[i + 1]) for i in range(0, len(lane_flat), 2)}
+    lanes = LaneStats(
+        open_batches=int(open_batches),
+        waiting={_s(waiting_flat[i]): int(waiting_flat[i + 1]) for i in range(0, len(waiting_flat), 2)},
+        redispatched=counters.get("redispatched", 0),
+        wasted_results=counters.get("wasted_results", 0),
+        wasted_nanos=counters.get("wasted_nanos", 0),
+    )
     redis_now = int(redis_ms)
     breakers = {_s(d): "closed" for d in seen}
     for i in range(0, len(sick_flat), 2):
@@ -379,6 +422,7 @@ def _decode(raw: list[Any], queues: Mapping[str, str], now: float) -> FleetSnaps
         queues=stats,
         breakers=dict(sorted(breakers.items())),
         credits_reserved_nanos=int(reserved),
+        lanes=lanes,
         read_at=now,
     )
 
@@ -416,7 +460,20 @@ def fleet_metrics(snapshot: FleetSnapshot) -> list[Metric]:
             breaker.add_metric([dep, state], 1 if state == current else 0)
     credits = gauge("credits_reserved_usd")
     credits.add_metric([], snapshot.credits_reserved_nanos / NANOS)
-    return [depth, deferred, age, live, breaker, credits, up]
+    lanes = snapshot.lanes
+    open_batches, waiting = gauge("lane_open_batches"), gauge("lane_jobs_waiting")
+    open_batches.add_metric([], lanes.open_batches)
+    for dep, n in lanes.waiting.items():
+        waiting.add_metric([dep], n)
+    counted = [
+        CounterMetricFamily(PREFIX + name, fams[name].help, value=value)
+        for name, value in (
+            ("lane_redispatched_total", lanes.redispatched),
+            ("lane_wasted_results_total", lanes.wasted_results),
+            ("lane_wasted_usd_total", lanes.wasted_nanos / NANOS),
+        )
+    ]
+    return [depth, deferred, age, live, breaker, credits, open_batches, waiting, *counted, up]
 
 
 class _Snapshot:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from typing import Any
 
 import orjson
 
-from config.cost import nanos_to_usd
 from config.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -42,61 +40,12 @@ def with_defaults(line: bytes, lane: str | None, deadline_s: float | None) -> by
     return obj
 
 
-async def lanes_report(redis: Any, catalog: Any, settings: Settings) -> dict[str, Any]:
-    """What ``llm-router lanes`` shows, read from Redis."""
-    from llm_router.keys import (
-        LANES_OPEN_KEY,
-        LANES_STATS_KEY,
-        LANES_TURNAROUND_KEY,
-        lane_batch_key,
-        lane_members_key,
-        lane_pending_key,
-    )
-
-    now = time.time()
-    turnaround = {k.decode(): float(v) for k, v in (await redis.hgetall(LANES_TURNAROUND_KEY)).items()}
-    batches = []
-    for raw in sorted(await redis.smembers(LANES_OPEN_KEY)):
-        batch_id = raw.decode()
-        h = {k.decode(): v.decode() for k, v in (await redis.hgetall(lane_batch_key(batch_id))).items()}
-        created = float(h.get("created_at") or now)
-        dep = h.get("deployment", "")
-        expected = turnaround.get(dep, settings.lanes_batch_expected_s)
-        batches.append(
-            {
-                "batch": batch_id,
-                "deployment": dep,
-                "state": h.get("state"),
-                "remote_id": h.get("remote_id"),
-                "age_s": round(now - created, 1),
-                "size": int(h.get("size") or 0),
-                "waiting": await redis.hlen(lane_members_key(batch_id)),
-                "expected_completion_in_s": round(max(created + expected - now, 0.0), 1),
-            }
-        )
-    pending = {}
-    for model_id in catalog.models:
-        for dep in catalog.deployments(model_id):
-            if dep.lanes is not None and dep.lanes.batch is not None:
-                count = await redis.zcard(lane_pending_key(dep.id))
-                if count:
-                    pending[dep.id] = count
-    stats = {k.decode(): int(v) for k, v in (await redis.hgetall(LANES_STATS_KEY)).items()}
-    return {
-        "open_batches": batches,
-        "waiting_for_a_batch": pending,
-        "learned_turnaround_s": turnaround,
-        "redispatched": stats.get("redispatched", 0),
-        "wasted_results": stats.get("wasted_results", 0),
-        "wasted_usd": nanos_to_usd(stats.get("wasted_nanos", 0)),
-    }
-
-
 async def lanes_command(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from config.catalog import Catalog
+    from llm_router.lanes_view import lanes_report
     from llm_router.redis_client import redis_client
 
     redis = redis_client(settings)

@@ -35,6 +35,7 @@ from aiohttp import web
 from llm_router.circuit_breaker import BreakerBoard
 from llm_router.errors import InvalidApiKey, JobNotFound
 from llm_router.keys import PRIORITIES, RECENT_KEY, active_tenants_key, ready_key, record_key, usage_key
+from llm_router.lanes_view import lanes_report
 from llm_router.metrics import FleetReader, FleetSnapshot
 from producer.http.auth import ApiKeys
 from producer.http.errors import json_response, sse_data, start_sse
@@ -261,6 +262,7 @@ class Feed:
                 out.update(await self._usage(now))
                 out["recent"] = await self._recent()
                 out["queued"] = await self._queued()
+                out["lanes"] = await lanes_report(self.redis, self.app["catalog"], self.settings)
         self.latest = out
         self.history.append(_point(out))
         return out

@@ -149,6 +149,9 @@ def obs_fleet(
         LLM_ROUTER_BREAKER_CONSECUTIVE="2",
         LLM_ROUTER_BREAKER_COOLDOWN_S="60",
         LLM_ROUTER_DASHBOARD_REFRESH_S="0.25",
+        # a batch-lane job is in a provider batch within a second (the dashboard's lanes panel)
+        LLM_ROUTER_LANES_BATCH_AGE_S="0.3",
+        LLM_ROUTER_LANES_POLL_S="0.3",
         LLM_ROUTER_LOG_FORMAT="json",
         LLM_ROUTER_LOG_LEVEL="INFO",
     )

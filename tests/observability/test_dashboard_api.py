@@ -127,6 +127,8 @@ async def test_snapshot_drill_down_and_live_events(obs_fleet: ObsFleet) -> None:
     assert events[0][0] == "history"
     snap = next(d for e, d in events if e == "snapshot")
     assert snap["ok"] and {q["label"]: q["workers"] for q in snap["queues"]} == {"bulk": 2, "interactive": 2}
+    # the lanes panel: what `llm-router lanes` shows
+    assert {"open_batches", "waiting_for_a_batch", "redispatched", "wasted_usd"} <= set(snap["lanes"])
     # the workers write the recent list about once a second
 
     def recent() -> dict | None:

@@ -165,9 +165,30 @@ def test_the_dashboard_shows_jobs_and_a_breaker_opening(
         shot("04-breaker-open")
     finally:
         http("POST", f"{sim.url}/_sim/faults", body={"rules": [], "replace": True})
+
+    # a batch-lane job: the lanes panel shows the provider batch the batcher opened for it (the
+    # simulator takes 3-4 s to finish it), then the job ends at the batch price
+    assert http("POST", f"{sim.url}/_sim/lanes", body={"turnaround_s": [3, 4]})[0] == 200
+    try:
+        [parked] = obs_fleet.submit(
+            [{"model": "gpt-4o-mini", "messages": HI, "lane": "batch", "deadline_s": 3600}]
+        )
+        batch_row = '#lanes tr[data-deployment="openai/gpt-4o-mini"]'
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, batch_row)))
+        cells = [c.text for c in find(batch_row).find_elements(By.TAG_NAME, "td")]
+        assert cells[1] == "openai/gpt-4o-mini" and cells[4] == "1", cells  # deployment, size
+        assert "the operator's" in text("#lanes-summary")
+        shot("05-lane-batch")
+        (record,) = obs_fleet.wait_ended([parked], timeout=30)
+        assert record["status"] == "succeeded" and record["lane"] == "batch", record
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, batch_row))  # the batch is done
+        assert find("#lanes-empty").is_displayed()
+    finally:
+        http("POST", f"{sim.url}/_sim/lanes", body={})
     assert sorted(p.name for p in artifacts.glob("*.png")) == [
         "01-sign-in-refused.png",
         "02-jobs.png",
         "03-drill-down.png",
         "04-breaker-open.png",
+        "05-lane-batch.png",
     ]

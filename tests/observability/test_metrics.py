@@ -11,10 +11,13 @@ from redis.asyncio import Redis
 
 from llm_router.credits import Ledger
 from llm_router.keys import (
+    LANES_OPEN_KEY,
+    LANES_STATS_KEY,
     SICK_KEY,
     active_tenants_key,
     breaker_key,
     delayed_key,
+    lane_pending_key,
     leases_key,
     ready_key,
     workers_key,
@@ -41,6 +44,11 @@ INTERFACE = {
     "llm_router_credits_reserved_usd": set(),
     "llm_router_http_requests_total": {"route", "status"},
     "llm_router_http_request_duration_seconds": {"route"},
+    "llm_router_lane_open_batches": set(),
+    "llm_router_lane_jobs_waiting": {"deployment"},
+    "llm_router_lane_redispatched_total": set(),
+    "llm_router_lane_wasted_results_total": set(),
+    "llm_router_lane_wasted_usd_total": set(),
 }
 
 
@@ -165,6 +173,36 @@ async def test_breakers_and_credits_come_from_their_keys(redis: Redis) -> None:
     assert states[("obs/open", "open")] == 1 and states[("obs/open", "closed")] == 0
     assert sum(v for (dep, _), v in states.items() if dep == "obs/open") == 1
     assert s["llm_router_redis_up"] == [({}, 1.0)]
+
+
+async def test_the_lanes_provider_batches_come_from_their_keys(redis: Redis) -> None:
+    """Open batches, jobs waiting for one per deployment (only the deployments asked about), and the
+    batcher's counters, as gauges and counters of the fleet."""
+    before = await FleetReader(redis, queues={}).read()
+    dep, other = f"obs-lane/{uuid.uuid4().hex[:6]}", f"obs-lane/{uuid.uuid4().hex[:6]}"
+    batch = f"obs-batch-{uuid.uuid4().hex[:6]}"
+    await redis.sadd(LANES_OPEN_KEY, batch)
+    await redis.zadd(lane_pending_key(dep), {"t/a": 1, "t/b": 2, "t/c": 3})
+    await redis.zadd(lane_pending_key(other), {"t/d": 1})
+    await redis.hincrby(LANES_STATS_KEY, "redispatched", 4)
+    await redis.hincrby(LANES_STATS_KEY, "wasted_results", 2)
+    await redis.hincrby(LANES_STATS_KEY, "wasted_nanos", 1_500_000_000)
+    try:
+        snap = await FleetReader(redis, queues={}, deployments=[dep, "obs-lane/none"]).read()
+    finally:
+        await redis.srem(LANES_OPEN_KEY, batch)
+        await redis.delete(lane_pending_key(dep), lane_pending_key(other))
+    assert snap.ok, snap.error
+    lanes, was = snap.lanes, before.lanes
+    assert lanes.waiting == {dep: 3}
+    assert lanes.open_batches == was.open_batches + 1
+    assert (lanes.redispatched - was.redispatched, lanes.wasted_results - was.wasted_results) == (4, 2)
+    assert lanes.wasted_nanos - was.wasted_nanos == 1_500_000_000
+    s = samples(Exposition(None).render(snap))
+    assert s["llm_router_lane_jobs_waiting"] == [({"deployment": dep}, 3.0)]
+    assert s["llm_router_lane_open_batches"] == [({}, float(lanes.open_batches))]
+    assert s["llm_router_lane_redispatched_total"] == [({}, float(lanes.redispatched))]
+    assert s["llm_router_lane_wasted_usd_total"] == [({}, lanes.wasted_nanos / 1e9)]
 
 
 async def test_a_redis_that_does_not_answer_leaves_only_redis_up_zero() -> None:

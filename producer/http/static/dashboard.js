@@ -149,6 +149,37 @@
       "Jobs today " + fmtNum(sample.jobs_today) + " (" + fmtNum(sample.failed_today) + " failed) · credit reserved by unfinished jobs " + fmtUsd(sample.credits_reserved);
   }
 
+  function renderLanes(lanes) {
+    const open = lanes.open_batches || [];
+    $("lanes").tBodies[0].replaceChildren(
+      ...open.map((b) =>
+        el(
+          "tr",
+          { data: { batch: b.batch, deployment: b.deployment } },
+          el("td", {}, b.batch),
+          el("td", {}, b.deployment),
+          el("td", {}, b.state || "–"),
+          el("td", { class: "num" }, fmtAge(b.age_s)),
+          el("td", { class: "num" }, fmtNum(b.size)),
+          el("td", { class: "num" }, fmtNum(b.waiting)),
+          el("td", { class: "num" }, fmtAge(b.expected_completion_in_s))
+        )
+      )
+    );
+    $("lanes-empty").hidden = open.length > 0;
+    const waiting = Object.entries(lanes.waiting_for_a_batch || {});
+    $("lanes-summary").textContent =
+      "Waiting for a batch: " +
+      (waiting.length ? waiting.map(([dep, n]) => dep + " " + fmtNum(n)).join(", ") : "none") +
+      " · sent back to now before their deadline " +
+      fmtNum(lanes.redispatched) +
+      " · results after their job ended " +
+      fmtNum(lanes.wasted_results) +
+      " (" +
+      fmtUsd(lanes.wasted_usd) +
+      ", the operator's)";
+  }
+
   function renderJobs(sample) {
     const seen = new Set();
     const rows = [];
@@ -278,6 +309,8 @@
     if (changed("breakers", sample.breakers)) renderBreakers(sample.breakers || []);
     if (changed("cost", [sample.cost_by_model, sample.cost_by_tenant, sample.jobs_today, sample.credits_reserved])) renderCost(sample);
     if (changed("jobs", [sample.queued, sample.recent])) renderJobs(sample);
+    // ages tick every sample, so the table is rebuilt each time it shows an open batch
+    if (sample.lanes && changed("lanes", sample.lanes)) renderLanes(sample.lanes);
   }
 
   setupCharts();
