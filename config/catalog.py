@@ -107,10 +107,12 @@ class ConcurrencySpec(_Strict):
 
 
 class BatchLaneSpec(_Strict):
-    """A deployment's provider batch lane: its API (``openai``: Files + ``/v1/batches`` JSONL), the
-    discount on its price, and how many requests and bytes one provider batch takes."""
+    """A deployment's provider batch lane: its API (``openai``: Files + ``/v1/batches`` JSONL;
+    ``anthropic``: Message Batches; ``gemini``: batch mode with inline requests; the deployment's
+    format must be the same), the discount on its price, and how many requests and bytes one
+    provider batch takes."""
 
-    api: Literal["openai"] = "openai"
+    api: Literal["openai", "anthropic", "gemini"] = "openai"
     discount: float = Field(default=0.5, ge=0, lt=1)
     max_requests: int = Field(default=50_000, ge=1)
     max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
