@@ -4,11 +4,16 @@ Every ``poll_s`` the one process holding the role:
 
 1. **forms** a provider batch per deployment from its parked jobs (``lanes:pending:<dep>``) once they
    reach ``LLM_ROUTER_LANES_BATCH_SIZE`` (or the deployment's ``max_requests``) or the oldest waited
-   ``LLM_ROUTER_LANES_BATCH_AGE_S``; uploads the JSONL and creates the batch (``worker.batch_api``);
+   ``LLM_ROUTER_LANES_BATCH_AGE_S``; builds each job's item in the deployment's batch format (the
+   body its synchronous adapter would send: ``worker.batch_formats``) and creates the batch in the
+   provider's own API (``worker.batch_api``: OpenAI Files + Batch, Anthropic Message Batches, Gemini
+   batch mode), the order of its jobs recorded first;
 2. **polls** each open batch; when it ended (completed, failed, expired, cancelled) **ingests** its
    output through the finish script, the synchronous lane's (one settlement, same record shape, at
    the deployment's batch price), guarded by the batch's members hash so a job is ingested at most
-   once; a line that failed, and every job the batch did not answer, goes back to `now`;
+   once; an item that failed (its error classified by the deployment's adapter, as a synchronous
+   call's would be), expired or was cancelled, and every job the batch did not answer, goes back to
+   `now` with its fallback chain;
 3. **watches deadlines**: a job still waiting (parked or in an unfinished batch) whose deadline minus
    the `now` lane's expected time minus the margin has come goes back to `now` with its fallback
    chain (``lanes_lua.REDISPATCH_LUA``); a batch left without members is cancelled remotely. A result
@@ -17,8 +22,9 @@ Every ``poll_s`` the one process holding the role:
 
 Everything it knows lives in Redis (batch hash: deployment, state, remote ids; members; gone), so a
 successor picks up where a killed holder stopped: a batch still ``forming`` (the holder died before
-it recorded the provider's batch) is found among the provider's recent batches by its metadata, or
-uploaded again; a ``submitted`` one is polled; an answer ingested before is not ingested again.
+it recorded the provider's batch) is found among the provider's recent batches by our batch id (in
+OpenAI's metadata, Gemini's display name; a Message Batch has neither, so Anthropic's is created
+again), or created again; a ``submitted`` one is polled; an answer ingested before is not ingested again.
 """
 
 from __future__ import annotations

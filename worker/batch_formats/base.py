@@ -59,7 +59,9 @@ class ItemResult:
     def why(self) -> str:
         if self.error is not None:
             return f"the batch answered it with an error ({self.error.code})"
-        return f"the batch {self.outcome} it before it ran"
+        if self.outcome == "expired":
+            return "the provider batch expired before it ran"
+        return "the provider batch was cancelled before it ran"
 
 
 def to_result(item: RawItem, request: dict[str, Any], adapter: Adapter) -> ItemResult:
