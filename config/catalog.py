@@ -342,6 +342,12 @@ class Catalog:
                 enabled = bool(base) and (bool(key) or prov.key_optional)
                 price = self._price(model_id, model, dep, prov, lookup)
                 lanes = _merge_lanes(prov.lanes, dep.lanes)
+                if lanes is not None and lanes.batch is not None and lanes.batch.api != prov.format:
+                    # a batch API the deployment does not speak would never be used, silently
+                    raise CatalogError(
+                        f"deployment {dep.provider}/{dep.model}: lanes.batch.api is {lanes.batch.api!r}, "
+                        f"its format is {prov.format!r} (a batch lane speaks its deployment's format)"
+                    )
                 deps.append(
                     Deployment(
                         id=f"{dep.provider}/{dep.model}",

@@ -173,3 +173,20 @@ def test_openai_error_lines_are_classified_or_not_run() -> None:
     results = [to_result(i, REQ, ADAPTERS["openai"]) for i in items]
     assert isinstance(results[0].error, RateLimited)
     assert [r.outcome for r in results[1:]] == ["expired", "canceled"]
+
+
+def test_a_batch_lane_speaks_its_deployments_format(tmp_path) -> None:
+    import yaml
+
+    from config.catalog import Catalog, CatalogError
+    from config.settings import DEFAULT_CATALOG
+    from llm_router.testing.sim_env import SIM_KEYS
+
+    from pathlib import Path
+
+    raw = yaml.safe_load(Path(DEFAULT_CATALOG).read_text())
+    raw["providers"]["anthropic"]["lanes"]["batch"]["api"] = "openai"
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match=r"lanes\.batch\.api"):
+        Catalog.from_path(path, env=SIM_KEYS).deployments("claude-haiku-4-5")
