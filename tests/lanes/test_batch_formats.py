@@ -176,13 +176,13 @@ def test_openai_error_lines_are_classified_or_not_run() -> None:
 
 
 def test_a_batch_lane_speaks_its_deployments_format(tmp_path) -> None:
+    from pathlib import Path
+
     import yaml
 
     from config.catalog import Catalog, CatalogError
     from config.settings import DEFAULT_CATALOG
     from llm_router.testing.sim_env import SIM_KEYS
-
-    from pathlib import Path
 
     raw = yaml.safe_load(Path(DEFAULT_CATALOG).read_text())
     raw["providers"]["anthropic"]["lanes"]["batch"]["api"] = "openai"
