@@ -38,6 +38,7 @@ import aiohttp
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
 from config.cost import call_usage
@@ -67,6 +68,7 @@ from worker.providers import ADAPTERS
 log = structlog.get_logger("llm_router.batcher")
 
 _KEEP_S = 7 * 24 * 3600  # a done batch's hashes are kept this long (``llm-router lanes``)
+_READ_AHEAD = 200  # records read in one round trip while ingesting
 
 
 def _image_urls(request: dict[str, Any]) -> bool:
@@ -100,12 +102,28 @@ class Batcher:
         self.breakers = BatchBreakers(store, list(self.deployments.values()), settings)
 
     async def run(self) -> None:
+        """The batch lane until cancelled (the role lost). Deadlines are watched by a loop of their
+        own: ingesting a large batch takes seconds, and a job's way back to `now` must not wait for
+        it (its redispatch and a batch's answer exclude each other atomically, whoever runs first)."""
+        watcher = asyncio.create_task(self._watch_loop())
+        try:
+            while True:
+                await self.tick(watch=False)
+                await asyncio.sleep(self.settings.lanes_poll_s)
+        finally:
+            watcher.cancel()
+
+    async def _watch_loop(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self._watch_due()
+            except (RedisError, OSError) as exc:  # Redis away for a while: the next look retries
+                log.warning("lanes: deadlines not read", error=repr(exc))
             await asyncio.sleep(self.settings.lanes_poll_s)
 
-    async def tick(self) -> None:
-        await self._watch_due()
+    async def tick(self, watch: bool = True) -> None:
+        if watch:
+            await self._watch_due()
         for dep in self.deployments.values():
             await self._form(dep)
         for raw in await self.redis.smembers(LANES_OPEN_KEY):
@@ -252,9 +270,16 @@ class Batcher:
         raw_order = await self.redis.hget(lane_batch_key(batch_id), "order")
         order = orjson.loads(raw_order) if raw_order else []
         jobs = {client.fmt.key(i, job): job for i, job in enumerate(order)}
-        for item in items:
-            # a batch recorded before orders were kept names its jobs by id (OpenAI's custom_id)
-            await self._item(batch_id, dep, jobs.get(item.key, item.key), item, submitted_at)
+        # a batch recorded before orders were kept names its jobs by id (OpenAI's custom_id)
+        named = [(jobs.get(item.key, item.key), item) for item in items]
+        for start in range(0, len(named), _READ_AHEAD):
+            chunk = named[start : start + _READ_AHEAD]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in chunk:
+                    pipe.hmget(record_key(job_id), "request", "attempts", "route", "parent")
+                records = await pipe.execute()
+            for (job_id, item), raw in zip(chunk, records, strict=True):
+                await self._item(batch_id, dep, job_id, item, submitted_at, raw)
         await self._send_back_all(
             batch_id, dep, f"the provider batch ended {remote.state} without its answer: ran now"
         )
@@ -266,9 +291,9 @@ class Batcher:
         await self._done(batch_id, remote_status=remote.state)
 
     async def _item(
-        self, batch_id: str, dep: Deployment, job_id: str, item: RawItem, submitted_at: float
+        self, batch_id: str, dep: Deployment, job_id: str, item: RawItem, submitted_at: float, raw: list[Any]
     ) -> None:
-        raw = await self.redis.hmget(record_key(job_id), "request", "attempts", "route", "parent")
+        """One item into its job's record (``raw``: the record's request, attempts, route, parent)."""
         if raw[0] is None:
             return
         request = orjson.loads(raw[0])
