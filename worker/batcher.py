@@ -261,7 +261,6 @@ class Batcher:
         self, batch_id: str, dep: Deployment, h: dict[str, str], remote: Remote, client: BatchClient
     ) -> None:
         submitted_at = float(h.get("submitted_at") or h.get("created_at") or time.time())
-        ended_seen = time.time()  # the turnaround learned is the provider's, not our ingest's
         try:
             items = await client.items(remote)
         except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
@@ -285,7 +284,10 @@ class Batcher:
             batch_id, dep, f"the provider batch ended {remote.state} without its answer: ran now"
         )
         if remote.state == COMPLETED:
-            seen = ended_seen - float(h.get("created_at") or submitted_at)
+            # from forming to the last answer ingested: when a job of the next batch can expect its
+            # answer (measured to when the batch was seen ended, `auto` sent more urgent jobs to
+            # batches that answered after their way back to `now`: bench/README "Lanes")
+            seen = time.time() - float(h.get("created_at") or submitted_at)
             old = await self.redis.hget(LANES_TURNAROUND_KEY, dep.id)
             learned = seen if old is None else 0.7 * float(old) + 0.3 * seen
             await self.redis.hset(LANES_TURNAROUND_KEY, dep.id, learned)
