@@ -150,6 +150,12 @@ def _handler(book: LaneBook, fn: Any) -> Any:
     return handle
 
 
+def _count(raw: str, name: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise Rejection(400, f"{name}: must be an integer from 1 to 1000")
+    return int(raw)
+
+
 def _ok(data: Any) -> web.Response:
     return web.Response(body=orjson.dumps(data), content_type=_JSON)
 
@@ -202,7 +208,7 @@ async def _list(book: LaneBook, request: web.Request, key: str) -> web.Response:
     mine = [b for b in _batches(book).values() if b.credential == key]
     data = []
     for batch in sorted(mine, key=lambda b: b.created_at, reverse=True)[
-        : int(request.query.get("limit", 20))
+        : _count(request.query.get("limit", "20"), "limit")
     ]:
         settle(book, batch, now, cache)
         data.append(batch.obj(str(request.url.origin())))

@@ -141,6 +141,12 @@ def _handler(book: LaneBook, fn: Any) -> Any:
     return handle
 
 
+def _page_size(raw: str) -> int:
+    if not raw.isdigit():
+        raise _invalid(f"Invalid value at 'page_size' (TYPE_INT32), \"{raw}\"")
+    return int(raw)
+
+
 def _ok(data: Any) -> web.Response:
     return web.Response(body=orjson.dumps(data), content_type=_JSON)
 
@@ -215,7 +221,7 @@ async def _list(book: LaneBook, request: web.Request, key: str) -> web.Response:
     now, cache = time.time(), request.app[STATE].prompt_cache
     mine = sorted((b for b in _batches(book).values() if b.credential == key), key=lambda b: -b.created_at)
     ops = []
-    for batch in mine[: int(request.query.get("pageSize", 50))]:
+    for batch in mine[: _page_size(request.query.get("pageSize", "50"))]:
         settle(book, batch, now, cache)
         ops.append(batch.operation())
     return _ok({"operations": ops})
