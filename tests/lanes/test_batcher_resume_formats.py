@@ -94,3 +94,26 @@ async def test_a_created_but_unrecorded_batch(rig, sim, sim_lanes, model, dep_id
     records = [await producer.get(i, tenant=tenant) for i in ids]
     assert all(r.status == "succeeded" and r.lane == "batch" for r in records)
     assert [r.usage.completion_tokens for r in records] == [3, 5]
+
+
+async def test_an_image_by_url_goes_back_to_now_for_gemini(rig, sim, sim_lanes) -> None:  # noqa: F811
+    """Gemini cannot fetch an image URL (the `now` lane inlines it first): such a job leaves the batch
+    before it is created, the others are batched."""
+    producer, batcher, redis = rig
+    await sim_lanes(turnaround_s=[0.1, 0.2])
+    tenant = f"resume-{uuid.uuid4().hex[:6]}"
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    job = {"model": "gemini-2.5-flash", "max_tokens": 5, "lane": "batch"}
+    texts = {**job, "messages": [{"role": "user", "content": "plain"}]}
+    pictured = {**job, "messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, image]}]}
+    subs = await producer.submit_many([texts, pictured], tenant=tenant)
+    scripts = LaneScripts(redis)
+    for s in subs:
+        await scripts.park(producer.scoped(s.job_id, tenant), "gemini/gemini-2.5-flash", 1, "asked", 10**13)
+    await scripts.form(uuid.uuid4().hex[:16], "gemini/gemini-2.5-flash", 100, time.time())
+    await _drain(batcher, redis)
+    plain, with_image = [await producer.get(s.job_id, tenant=tenant) for s in subs]
+    assert plain.status == "succeeded" and plain.lane == "batch"
+    # sent back to its queue (no worker serves it here): the `now` lane will inline the image
+    assert with_image.status == "queued" and with_image.lane == "now"
+    assert "images by URL" in (with_image.lane_reason or "")
