@@ -9,7 +9,11 @@ rather than an hour; the workers' own CPU cost per job is not scaled.
 
 Three runs of the same jobs (fresh ids) on the same fleet (2 worker processes, the simulator, a
 private redis-server): every job `now`; every job `auto`; every job `auto` with one in five remote
-batches never completing. Reported per run: dollars (sum of the records' costs), saved against the
+batches never completing. Then the mixed-provider pair (``--mixed-jobs``, default ``--jobs``): the same
+scenario with a third of the jobs on each of gpt-4o-mini, claude-haiku-4-5 and gemini-2.5-flash (OpenAI
+Files + Batch, Anthropic Message Batches, Gemini batch mode), all `now` and then `auto`, with dollars
+saved and deadlines missed per provider of the model asked for. ``--only openai|mixed`` runs one part.
+Reported per run: dollars (sum of the records' costs), saved against the
 all-`now` run, deadlines missed (failed with ``deadline_exceeded`` or finished after their
 deadline), jobs per lane, re-dispatches to `now`, wasted results (batch answers for jobs that had
 already run `now`: the operator's spend, and the saving net of it), provider calls per job
