@@ -9,7 +9,11 @@ rather than an hour; the workers' own CPU cost per job is not scaled.
 
 Three runs of the same jobs (fresh ids) on the same fleet (2 worker processes, the simulator, a
 private redis-server): every job `now`; every job `auto`; every job `auto` with one in five remote
-batches never completing. Reported per run: dollars (sum of the records' costs), saved against the
+batches never completing. Then the mixed-provider pair (``--mixed-jobs``, default ``--jobs``): the same
+scenario with a third of the jobs on each of gpt-4o-mini, claude-haiku-4-5 and gemini-2.5-flash (OpenAI
+Files + Batch, Anthropic Message Batches, Gemini batch mode), all `now` and then `auto`, with dollars
+saved and deadlines missed per provider of the model asked for. ``--only openai|mixed`` runs one part.
+Reported per run: dollars (sum of the records' costs), saved against the
 all-`now` run, deadlines missed (failed with ``deadline_exceeded`` or finished after their
 deadline), jobs per lane, re-dispatches to `now`, wasted results (batch answers for jobs that had
 already run `now`: the operator's spend, and the saving net of it), provider calls per job
@@ -51,18 +55,22 @@ from producer.producer import Producer
 
 QUEUE = "bench-lanes"
 MODEL = "gpt-4o-mini"
+# the mixed-provider runs: one model per provider, each with its own batch format (OpenAI Files +
+# Batch, Anthropic Message Batches, Gemini batch mode), a third of the jobs each
+MIXED = {"gpt-4o-mini": "openai", "claude-haiku-4-5": "anthropic", "gemini-2.5-flash": "gemini"}
 
 
-def _jobs(n: int, scale: float, lane: str) -> list[bytes]:
+def _jobs(n: int, scale: float, lane: str, models: list[str] | None = None) -> list[bytes]:
     """The same jobs every run (same prompts, so the same answers and tokens); fresh ids each run."""
     rng = random.Random(25)
+    models = models or [MODEL]
     out = []
     for i in range(n):
         urgent = rng.random() < 0.3
         out.append(
             orjson.dumps(
                 {
-                    "model": MODEL,
+                    "model": models[i % len(models)],
                     "messages": [{"role": "user", "content": f"{i}: summarise item {rng.randrange(10**6)}"}],
                     "max_tokens": 200,
                     "lane": lane,
@@ -88,27 +96,51 @@ def _calls(calls: dict[str, Any]) -> int:
     return int(calls["total"])
 
 
+def _missed(r: Any) -> bool:
+    failed = r.status != "succeeded" and (r.error or {}).get("code") == "deadline_exceeded"
+    return failed or (r.finished_at or 0) > r.deadline_at
+
+
+def _by_provider(records: list[Any]) -> dict[str, dict[str, Any]]:
+    """Per provider of the model asked for (the mixed runs): dollars, deadlines missed, lanes."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        p = out.setdefault(
+            MIXED.get(r.request.get("model"), "other"),
+            {"jobs": 0, "cost_nanos": 0, "missed": 0, "lanes": Counter()},
+        )
+        p["jobs"] += 1
+        p["cost_nanos"] += r.usage.cost_nanos if r.usage else 0
+        p["missed"] += _missed(r)
+        p["lanes"][r.lane] += 1
+    for p in out.values():
+        p["lanes"] = dict(p["lanes"])
+    return out
+
+
 async def _run(
-    producer: Producer, redis: Redis, sim_url: str, lanes_cfg: dict[str, Any], n: int, scale: float, lane: str
+    producer: Producer,
+    redis: Redis,
+    sim_url: str,
+    lanes_cfg: dict[str, Any],
+    n: int,
+    scale: float,
+    lane: str,
+    models: list[str] | None = None,
 ) -> dict[str, Any]:
     await _sim(sim_url, "/_sim/lanes", lanes_cfg)
     await redis.delete(LANES_STATS_KEY, LANES_TURNAROUND_KEY)  # each run learns from the seed
     calls_before = _calls(await _sim(sim_url, "/_sim/calls"))
     lines_before = (await _sim(sim_url, "/_sim/lanes"))["counters"]["batch_lines"]
     t0 = time.time()
-    subs = await producer.submit_many(_jobs(n, scale, lane))
+    subs = await producer.submit_many(_jobs(n, scale, lane, models))
     ids = [s.job_id for s in subs]  # type: ignore[union-attr]
     records = await producer.wait_many(ids, timeout=3600 / scale + 120)
     wall = time.time() - t0
     sim_lanes = await _sim(sim_url, "/_sim/lanes")
     calls = _calls(await _sim(sim_url, "/_sim/calls")) - calls_before
     stats = {k.decode(): int(v) for k, v in (await redis.hgetall(LANES_STATS_KEY)).items()}
-    missed = sum(
-        1
-        for r in records
-        if (r.status != "succeeded" and (r.error or {}).get("code") == "deadline_exceeded")
-        or (r.finished_at or 0) > r.deadline_at
-    )
+    missed = sum(1 for r in records if _missed(r))
     cost = sum(r.usage.cost_nanos for r in records if r.usage)
     return {
         "lane": lane,
@@ -120,6 +152,8 @@ async def _run(
         "deadlines_missed": missed,
         "per_lane": dict(Counter(r.lane for r in records)),
         "per_provider": dict(Counter(r.provider for r in records)),
+        "mixed": models is not None,
+        "by_provider": _by_provider(records) if models is not None else {},
         "redispatched": stats.get("redispatched", 0),
         "wasted_results": stats.get("wasted_results", 0),
         "wasted_usd": stats.get("wasted_nanos", 0) / 1e9,
@@ -130,7 +164,7 @@ async def _run(
     }
 
 
-async def run(n: int, scale: float) -> dict[str, Any]:
+async def run(n: int, scale: float, only: str = "all", mixed_jobs: int | None = None) -> dict[str, Any]:
     lat = 1000 / scale
     lanes_cfg = {
         "flex_latency_ms": [3000 / scale - lat, 10000 / scale - lat],  # the 1 s of every call comes on top
@@ -184,11 +218,21 @@ async def run(n: int, scale: float) -> dict[str, Any]:
                     await asyncio.sleep(0.05)
             while await producer.live_workers() < len(workers):
                 await asyncio.sleep(0.05)
-            runs = [
-                await _run(producer, redis, sim_url, lanes_cfg, n, scale, "now"),
-                await _run(producer, redis, sim_url, lanes_cfg, n, scale, "auto"),
-                await _run(producer, redis, sim_url, {**lanes_cfg, "never_complete": 0.2}, n, scale, "auto"),
-            ]
+            runs = []
+            if only in ("all", "openai"):
+                runs += [
+                    await _run(producer, redis, sim_url, lanes_cfg, n, scale, "now"),
+                    await _run(producer, redis, sim_url, lanes_cfg, n, scale, "auto"),
+                    await _run(
+                        producer, redis, sim_url, {**lanes_cfg, "never_complete": 0.2}, n, scale, "auto"
+                    ),
+                ]
+            if only in ("all", "mixed"):
+                m, models = mixed_jobs or n, list(MIXED)
+                runs += [
+                    await _run(producer, redis, sim_url, lanes_cfg, m, scale, "now", models),
+                    await _run(producer, redis, sim_url, lanes_cfg, m, scale, "auto", models),
+                ]
         finally:
             for w in workers:
                 w.stop()
@@ -196,28 +240,43 @@ async def run(n: int, scale: float) -> dict[str, Any]:
             sim.wait(timeout=10)
             await producer.close()
             await redis.aclose()
-    base = runs[0]["cost_nanos"]
     for r in runs:
+        # each run against the all-`now` run of the same jobs (the first of its kind)
+        baseline = next(b for b in runs if b["lane"] == "now" and b["mixed"] == r["mixed"])
+        base = baseline["cost_nanos"]
         r["saved_pct"] = round(100 * (1 - r["cost_nanos"] / base), 1) if base else 0.0
+        for name, p in r["by_provider"].items():
+            was = baseline["by_provider"][name]["cost_nanos"]
+            p["cost_usd"] = p["cost_nanos"] / 1e9
+            p["saved_pct"] = round(100 * (1 - p["cost_nanos"] / was), 1) if was else 0.0
         # what the operator saves: the tenants' savings less the answers nobody used (wasted spend)
         spent = r["cost_nanos"] + r["wasted_usd"] * 1e9
         r["net_saved_pct"] = round(100 * (1 - spent / base), 1) if base else 0.0
         r["missed_pct"] = round(100 * r["deadlines_missed"] / r["jobs"], 2)
         r["provider_calls_per_job"] = round((r["sync_calls"] + r["batch_lines"]) / r["jobs"], 3)
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": n, "scale": scale, "runs": runs}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "jobs": n,
+        "mixed_jobs": mixed_jobs or n,
+        "scale": scale,
+        "runs": runs,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--scale", type=float, default=10.0, help="time is divided by this")
-    args = parser.parse_args()
-    r = uvloop.run(run(args.jobs, args.scale))
-    table = Table(
-        title=f"lanes: {args.jobs:,} jobs, 30 % due in 2 min, 70 % in 30 min (time / {args.scale:g})"
+    parser.add_argument(
+        "--mixed-jobs", type=int, default=None, help="jobs of the mixed runs (default --jobs)"
     )
+    parser.add_argument("--scale", type=float, default=10.0, help="time is divided by this")
+    parser.add_argument("--only", choices=("all", "openai", "mixed"), default="all")
+    args = parser.parse_args()
+    r = uvloop.run(run(args.jobs, args.scale, args.only, args.mixed_jobs))
+    table = Table(title=f"lanes: 30 % due in 2 min, 70 % in 30 min (time / {args.scale:g})")
     for col in (
         "run",
+        "jobs",
         "cost $",
         "saved",
         "missed",
@@ -228,10 +287,17 @@ def main() -> None:
         "wall",
     ):
         table.add_column(col, justify="left" if col in ("run", "per lane") else "right")
-    names = ["all now", "auto", "auto, 1 in 5 batches never complete"]
-    for name, run_ in zip(names, r["runs"], strict=True):
+    names = {
+        (False, "now", 0.0): "all now",
+        (False, "auto", 0.0): "auto",
+        (False, "auto", 0.2): "auto, 1 in 5 batches never complete",
+        (True, "now", 0.0): "mixed providers, all now",
+        (True, "auto", 0.0): "mixed providers, auto",
+    }
+    for run_ in r["runs"]:
         table.add_row(
-            name,
+            names[(run_["mixed"], run_["lane"], run_["never_complete"])],
+            f"{run_['jobs']:,}",
             f"{run_['cost_usd']:.4f}",
             f"{run_['saved_pct']:.1f} %",
             f"{run_['deadlines_missed']} ({run_['missed_pct']:.2f} %)",
@@ -241,7 +307,27 @@ def main() -> None:
             f"{run_['provider_calls_per_job']:.2f}",
             f"{run_['wall_s']:.0f}s",
         )
-    Console(width=140).print(table)
+    Console(width=160).print(table)
+    mixed = [x for x in r["runs"] if x["mixed"]]
+    if mixed:
+        per = Table(title="mixed providers, per provider of the model asked for")
+        for col in ("provider", "run", "jobs", "cost $", "saved", "missed", "per lane"):
+            per.add_column(col, justify="left" if col in ("provider", "run", "per lane") else "right")
+        for name in MIXED.values():
+            for run_ in mixed:
+                p = run_["by_provider"].get(name)
+                if p is None:
+                    continue
+                per.add_row(
+                    name,
+                    run_["lane"],
+                    f"{p['jobs']:,}",
+                    f"{p['cost_usd']:.4f}",
+                    f"{p['saved_pct']:.1f} %",
+                    str(p["missed"]),
+                    " ".join(f"{k}:{v}" for k, v in sorted(p["lanes"].items())),
+                )
+        Console(width=160).print(per)
     print("targets: saved >= 40 % (ceiling 50 %), deadlines missed <= 1 %")
     write_json("lanes", r)
 

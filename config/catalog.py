@@ -107,10 +107,12 @@ class ConcurrencySpec(_Strict):
 
 
 class BatchLaneSpec(_Strict):
-    """A deployment's provider batch lane: its API (``openai``: Files + ``/v1/batches`` JSONL), the
-    discount on its price, and how many requests and bytes one provider batch takes."""
+    """A deployment's provider batch lane: its API (``openai``: Files + ``/v1/batches`` JSONL;
+    ``anthropic``: Message Batches; ``gemini``: batch mode with inline requests; the deployment's
+    format must be the same), the discount on its price, and how many requests and bytes one
+    provider batch takes."""
 
-    api: Literal["openai"] = "openai"
+    api: Literal["openai", "anthropic", "gemini"] = "openai"
     discount: float = Field(default=0.5, ge=0, lt=1)
     max_requests: int = Field(default=50_000, ge=1)
     max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
@@ -340,6 +342,12 @@ class Catalog:
                 enabled = bool(base) and (bool(key) or prov.key_optional)
                 price = self._price(model_id, model, dep, prov, lookup)
                 lanes = _merge_lanes(prov.lanes, dep.lanes)
+                if lanes is not None and lanes.batch is not None and lanes.batch.api != prov.format:
+                    # a batch API the deployment does not speak would never be used, silently
+                    raise CatalogError(
+                        f"deployment {dep.provider}/{dep.model}: lanes.batch.api is {lanes.batch.api!r}, "
+                        f"its format is {prov.format!r} (a batch lane speaks its deployment's format)"
+                    )
                 deps.append(
                     Deployment(
                         id=f"{dep.provider}/{dep.model}",

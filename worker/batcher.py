@@ -4,11 +4,16 @@ Every ``poll_s`` the one process holding the role:
 
 1. **forms** a provider batch per deployment from its parked jobs (``lanes:pending:<dep>``) once they
    reach ``LLM_ROUTER_LANES_BATCH_SIZE`` (or the deployment's ``max_requests``) or the oldest waited
-   ``LLM_ROUTER_LANES_BATCH_AGE_S``; uploads the JSONL and creates the batch (``worker.batch_api``);
+   ``LLM_ROUTER_LANES_BATCH_AGE_S``; builds each job's item in the deployment's batch format (the
+   body its synchronous adapter would send: ``worker.batch_formats``) and creates the batch in the
+   provider's own API (``worker.batch_api``: OpenAI Files + Batch, Anthropic Message Batches, Gemini
+   batch mode), the order of its jobs recorded first;
 2. **polls** each open batch; when it ended (completed, failed, expired, cancelled) **ingests** its
    output through the finish script, the synchronous lane's (one settlement, same record shape, at
    the deployment's batch price), guarded by the batch's members hash so a job is ingested at most
-   once; a line that failed, and every job the batch did not answer, goes back to `now`;
+   once; an item that failed (its error classified by the deployment's adapter, as a synchronous
+   call's would be), expired or was cancelled, and every job the batch did not answer, goes back to
+   `now` with its fallback chain;
 3. **watches deadlines**: a job still waiting (parked or in an unfinished batch) whose deadline minus
    the `now` lane's expected time minus the margin has come goes back to `now` with its fallback
    chain (``lanes_lua.REDISPATCH_LUA``); a batch left without members is cancelled remotely. A result
@@ -17,8 +22,9 @@ Every ``poll_s`` the one process holding the role:
 
 Everything it knows lives in Redis (batch hash: deployment, state, remote ids; members; gone), so a
 successor picks up where a killed holder stopped: a batch still ``forming`` (the holder died before
-it recorded the provider's batch) is found among the provider's recent batches by its metadata, or
-uploaded again; a ``submitted`` one is polled; an answer ingested before is not ingested again.
+it recorded the provider's batch) is found among the provider's recent batches by our batch id (in
+OpenAI's metadata, Gemini's display name; a Message Batch has neither, so Anthropic's is created
+again), or created again; a ``submitted`` one is polled; an answer ingested before is not ingested again.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import aiohttp
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.catalog import Catalog, Deployment
 from config.cost import call_usage
@@ -51,16 +58,29 @@ from llm_router.keys import (
 )
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import FinishReply, Store
-from worker.batch_api import BatchAPI, batch_line
+from worker.batch_api import BatchClient, batchable, client_for
 from worker.batch_breaker import BatchBreakers
+from worker.batch_formats import RawItem, Remote, to_result
+from worker.batch_formats.base import CANCELLED, COMPLETED
 from worker.job_runner import _settlement
-from worker.providers.openai import parse_response
+from worker.providers import ADAPTERS
 
 log = structlog.get_logger("llm_router.batcher")
 
-_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
-_META = "llm_router_batch"  # the provider batch's metadata key naming our batch id
 _KEEP_S = 7 * 24 * 3600  # a done batch's hashes are kept this long (``llm-router lanes``)
+_READ_AHEAD = 200  # records read in one round trip while ingesting
+
+
+def _image_urls(request: dict[str, Any]) -> bool:
+    """Whether a message has an image by https URL (a provider that cannot fetch one needs it
+    inlined, which the `now` lane does)."""
+    for message in request.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            url = ((part.get("image_url") or {}) if isinstance(part, dict) else {}).get("url")
+            if isinstance(url, str) and url.startswith("https://"):
+                return True
+    return False
 
 
 class Batcher:
@@ -76,21 +96,34 @@ class Batcher:
         self.session = session
         self.scripts = LaneScripts(redis)
         self.deployments: dict[str, Deployment] = {
-            d.id: d
-            for m in catalog.models
-            for d in catalog.deployments(m)
-            if d.lanes is not None and d.lanes.batch is not None and d.format == "openai"
+            d.id: d for m in catalog.models for d in catalog.deployments(m) if batchable(d)
         }
         self._model_of = {d.id: m for m in catalog.models for d in catalog.deployments(m)}
         self.breakers = BatchBreakers(store, list(self.deployments.values()), settings)
 
     async def run(self) -> None:
+        """The batch lane until cancelled (the role lost). Deadlines are watched by a loop of their
+        own: ingesting a large batch takes seconds, and a job's way back to `now` must not wait for
+        it (its redispatch and a batch's answer exclude each other atomically, whoever runs first)."""
+        watcher = asyncio.create_task(self._watch_loop())
+        try:
+            while True:
+                await self.tick(watch=False)
+                await asyncio.sleep(self.settings.lanes_poll_s)
+        finally:
+            watcher.cancel()
+
+    async def _watch_loop(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self._watch_due()
+            except (RedisError, OSError) as exc:  # Redis away for a while: the next look retries
+                log.warning("lanes: deadlines not read", error=repr(exc))
             await asyncio.sleep(self.settings.lanes_poll_s)
 
-    async def tick(self) -> None:
-        await self._watch_due()
+    async def tick(self, watch: bool = True) -> None:
+        if watch:
+            await self._watch_due()
         for dep in self.deployments.values():
             await self._form(dep)
         for raw in await self.redis.smembers(LANES_OPEN_KEY):
@@ -120,141 +153,166 @@ class Batcher:
                 await self._submit(batch_id, dep, jobs)
 
     async def _submit(self, batch_id: str, dep: Deployment, jobs: list[str]) -> None:
-        """Upload the batch's JSONL and create the provider batch (again, after a holder died here)."""
+        """Build the batch's items in the deployment's format and create the provider batch (again,
+        after a holder died here). The order of its jobs is recorded first: Anthropic's and Gemini's
+        items are known by their position."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for j in jobs:
                 pipe.hget(record_key(j), "request")
             requests = await pipe.execute()
-        lines = []
+        client = client_for(self.session, dep)
+        items: list[bytes] = []
+        order: list[str] = []
         size = 0
         assert dep.lanes is not None and dep.lanes.batch is not None
-        for job, request in zip(jobs, requests, strict=True):
-            if not request:
+        for job, raw in zip(jobs, requests, strict=True):
+            if not raw:
                 continue
-            line = batch_line(job, orjson.loads(request), dep)
-            if lines and size + len(line) > dep.lanes.batch.max_bytes:
-                # past the lane's file size: the job waits for the next batch (at the front)
+            request = orjson.loads(raw)
+            if ADAPTERS[dep.format].needs_image_bytes and _image_urls(request):
+                await self._send_back(
+                    job, batch_id, dep, "images by URL are fetched by the now lane: ran now"
+                )
+                continue
+            try:
+                item = client.fmt.item(client.fmt.key(len(order), job), request, dep)
+            except RouterError as exc:
+                await self._send_back(job, batch_id, dep, f"not expressible in a batch ({exc.code}): ran now")
+                continue
+            if items and size + len(item) > dep.lanes.batch.max_bytes:
+                # past the lane's size: the job waits for the next batch (at the front)
                 await self.scripts.unform(job, batch_id, dep.id, 0)
                 continue
-            lines.append(line)
-            size += len(line)
-        api = BatchAPI(self.session, dep)
+            items.append(item)
+            order.append(job)
+            size += len(item)
+        if not items:
+            await self._done(batch_id)
+            return
+        await self.redis.hset(lane_batch_key(batch_id), "order", orjson.dumps(order))
         try:
-            file_id = await api.upload(b"".join(lines), f"{batch_id}.jsonl")
-            remote = await api.create(file_id, self.settings.lanes_completion_window, {_META: batch_id})
-        except RouterError as exc:
+            remote = await client.create(batch_id, items, self.settings.lanes_completion_window)
+        except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, RouterError) else "connection_error"
             self.breakers.report(dep.id, ok=False)
-            log.warning(
-                "provider batch not created; its jobs go back to now", deployment=dep.id, error=exc.code
-            )
-            await self._send_back_all(batch_id, dep, f"batch not created ({exc.code}): ran now")
+            log.warning("provider batch not created; its jobs go back to now", deployment=dep.id, error=code)
+            await self._send_back_all(batch_id, dep, f"batch not created ({code}): ran now")
             await self._done(batch_id)
             return
         await self.redis.hset(
             lane_batch_key(batch_id),
             mapping={
                 "state": "submitted",
-                "remote_id": remote["id"],
-                "input_file_id": file_id,
+                "remote_id": remote.id,
                 "submitted_at": time.time(),
-                "size": len(lines),
+                "size": len(items),
             },
         )
         log.info(
-            "provider batch created", deployment=dep.id, batch=batch_id, remote=remote["id"], size=len(lines)
+            "provider batch created", deployment=dep.id, batch=batch_id, remote=remote.id, size=len(items)
         )
 
     # -- polling ---------------------------------------------------------------------------------
 
     async def _advance(self, batch_id: str) -> None:
-        h = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(lane_batch_key(batch_id))).items()}
+        fields = ("deployment", "state", "remote_id", "submitted_at", "created_at", "cancelled")
+        raw = await self.redis.hmget(lane_batch_key(batch_id), *fields)
+        h = {k: v.decode() for k, v in zip(fields, raw, strict=True) if v is not None}
         dep = self.deployments.get(h.get("deployment", ""))
         if dep is None:
             await self.redis.srem(LANES_OPEN_KEY, batch_id)
             return
+        client = client_for(self.session, dep)
         if h.get("state") == "forming":
             # the holder died between forming the batch and recording the provider's batch: adopt the
-            # provider's if it was created (its metadata names ours), else upload it again
+            # provider's if it was created (found by our batch id), else create it again
             jobs = [j.decode() for j in await self.redis.hkeys(lane_members_key(batch_id))]
             try:
-                created = await BatchAPI(self.session, dep).find(_META, batch_id)
+                created = await client.find(batch_id)
             except (RouterError, aiohttp.ClientError, TimeoutError):
                 return  # the provider is unreachable: try again next tick
             if created is not None:
-                fields = {"state": "submitted", "remote_id": created["id"], "submitted_at": time.time()}
-                await self.redis.hset(lane_batch_key(batch_id), mapping=fields)
+                mapping = {"state": "submitted", "remote_id": created.id, "submitted_at": time.time()}
+                await self.redis.hset(lane_batch_key(batch_id), mapping=mapping)
             elif jobs:
                 await self._submit(batch_id, dep, jobs)
             else:
                 await self._done(batch_id)
             return
-        api = BatchAPI(self.session, dep)
         try:
-            remote = await api.retrieve(h["remote_id"])
+            remote = await client.retrieve(h["remote_id"])
         except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
             self.breakers.report(dep.id, ok=False)
             log.warning("provider batch unreadable for now", batch=batch_id, error=repr(exc))
             return
-        if remote["status"] in _ENDED:
-            self.breakers.report(dep.id, ok=remote["status"] in ("completed", "cancelled"))
-            await self._ingest(batch_id, dep, h, remote, api)
+        if remote.ended:
+            self.breakers.report(dep.id, ok=remote.state in (COMPLETED, CANCELLED))
+            await self._ingest(batch_id, dep, h, remote, client)
             return
         if h.get("cancelled") is None and not await self.redis.hlen(lane_members_key(batch_id)):
             # every job went back to `now`: the rest of the batch is spend nobody needs
             try:
-                await api.cancel(h["remote_id"])
-            except RouterError as exc:
-                log.warning("provider batch not cancelled", batch=batch_id, error=exc.code)
+                await client.cancel(remote.id)
+            except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("provider batch not cancelled", batch=batch_id, error=repr(exc))
             await self.redis.hset(lane_batch_key(batch_id), "cancelled", time.time())
 
     async def _ingest(
-        self, batch_id: str, dep: Deployment, h: dict[str, str], remote: dict[str, Any], api: BatchAPI
+        self, batch_id: str, dep: Deployment, h: dict[str, str], remote: Remote, client: BatchClient
     ) -> None:
         submitted_at = float(h.get("submitted_at") or h.get("created_at") or time.time())
-        for key in ("output_file_id", "error_file_id"):
-            file_id = remote.get(key)
-            if not file_id:
-                continue
-            for raw in (await api.content(file_id)).splitlines():
-                if raw.strip():
-                    await self._line(batch_id, dep, orjson.loads(raw), submitted_at)
-        status = remote["status"]
+        try:
+            items = await client.items(remote)
+        except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
+            self.breakers.report(dep.id, ok=False)
+            log.warning("provider batch results unreadable for now", batch=batch_id, error=repr(exc))
+            return
+        raw_order = await self.redis.hget(lane_batch_key(batch_id), "order")
+        order = orjson.loads(raw_order) if raw_order else []
+        jobs = {client.fmt.key(i, job): job for i, job in enumerate(order)}
+        # a batch recorded before orders were kept names its jobs by id (OpenAI's custom_id)
+        named = [(jobs.get(item.key, item.key), item) for item in items]
+        for start in range(0, len(named), _READ_AHEAD):
+            chunk = named[start : start + _READ_AHEAD]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in chunk:
+                    pipe.hmget(record_key(job_id), "request", "attempts", "route", "parent")
+                records = await pipe.execute()
+            for (job_id, item), raw in zip(chunk, records, strict=True):
+                await self._item(batch_id, dep, job_id, item, submitted_at, raw)
         await self._send_back_all(
-            batch_id, dep, f"the provider batch ended {status} without its answer: ran now"
+            batch_id, dep, f"the provider batch ended {remote.state} without its answer: ran now"
         )
-        if status == "completed":
+        if remote.state == COMPLETED:
+            # from forming to the last answer ingested: when a job of the next batch can expect its
+            # answer (measured to when the batch was seen ended, `auto` sent more urgent jobs to
+            # batches that answered after their way back to `now`: bench/README "Lanes")
             seen = time.time() - float(h.get("created_at") or submitted_at)
             old = await self.redis.hget(LANES_TURNAROUND_KEY, dep.id)
             learned = seen if old is None else 0.7 * float(old) + 0.3 * seen
             await self.redis.hset(LANES_TURNAROUND_KEY, dep.id, learned)
-        await self._done(batch_id, remote_status=status)
+        await self._done(batch_id, remote_status=remote.state)
 
-    async def _line(self, batch_id: str, dep: Deployment, line: dict[str, Any], submitted_at: float) -> None:
-        job_id = line["custom_id"]
-        response = line.get("response") or {}
-        if response.get("status_code") != 200:
-            why = (line.get("error") or {}).get("code") or f"status {response.get('status_code')}"
-            await self._send_back(
-                job_id, batch_id, dep, f"the batch answered it with an error ({why}): ran now"
-            )
-            return
-        raw = await self.redis.hmget(record_key(job_id), "request", "attempts", "route", "parent")
+    async def _item(
+        self, batch_id: str, dep: Deployment, job_id: str, item: RawItem, submitted_at: float, raw: list[Any]
+    ) -> None:
+        """One item into its job's record (``raw``: the record's request, attempts, route, parent)."""
         if raw[0] is None:
             return
         request = orjson.loads(raw[0])
-        try:
-            completion = parse_response(200, {}, orjson.dumps(response["body"]), request)
-        except RouterError as exc:
-            await self._send_back(
-                job_id, batch_id, dep, f"the batch's answer was unusable ({exc.code}): ran now"
-            )
+        result = to_result(item, request, ADAPTERS[dep.format])
+        if result.completion is None:
+            # per item, as a synchronous call's failure: the job goes on with its fallback chain
+            await self._send_back(job_id, batch_id, dep, f"{result.why}: ran now")
             return
+        completion = result.completion
         model_id = self._model_of.get(dep.id, dep.upstream_model)
         usage = call_usage(
             dep.price_for("batch"),
             completion.prompt_tokens,
             completion.completion_tokens,
             cached_tokens=completion.cached_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
             reasoning_tokens=completion.reasoning_tokens,
         )
         answer = completion.response

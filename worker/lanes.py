@@ -25,6 +25,7 @@ from llm_router.keys import LANES_TURNAROUND_KEY
 from llm_router.lanes_lua import LaneScripts, ParkReply
 
 __all__ = ["LaneChoice", "Lanes", "ParkReply"]
+from worker.batch_api import batchable
 from worker.batch_breaker import batch_lane_healthy
 from worker.providers import Completion
 
@@ -52,7 +53,7 @@ class Lanes:
     def batch_deployment(self, route: list[str]) -> Deployment | None:
         """The deployment a batch-lane job is batched on: its model's first that offers a batch."""
         for dep in self.catalog.deployments(route[0]):
-            if dep.lanes is not None and dep.lanes.batch is not None and dep.format == "openai":
+            if batchable(dep):
                 return dep
         return None
 

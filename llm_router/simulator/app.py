@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from llm_router.simulator import anthropic_format, gemini_format, openai_format
-from llm_router.simulator.batches import add_lane_routes
+from llm_router.simulator import (
+    anthropic_batches,
+    anthropic_format,
+    gemini_batches,
+    gemini_format,
+    openai_format,
+)
+from llm_router.simulator.batches import LANES, add_lane_routes
 from llm_router.simulator.capacity import add_capacity_routes, limited
 from llm_router.simulator.config import SimConfig
 from llm_router.simulator.control import add_control_routes
@@ -38,6 +44,8 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     add_control_routes(app.router)
     add_capacity_routes(app)
     add_lane_routes(app, (config or SimConfig()).lanes)  # Files + Batch APIs, the flex tier
+    anthropic_batches.add_routes(app, app[LANES])  # Message Batches
+    gemini_batches.add_routes(app, app[LANES])  # batch mode
     for suffix, fmt in _CHAT_ROUTES.items():
         app.router.add_post(_ANY_PREFIX + suffix, limited(chat_handler(fmt), fmt))
     app.router.add_get(_ANY_PREFIX + "models", openai_format.list_models)

@@ -12,6 +12,9 @@ Time is evaluated lazily when a batch is read: nothing runs in the background.
 The flex tier (``service_tier: "flex"`` on chat completions): slower (``flex_latency_ms``) and
 sometimes refused with 429 ``resource unavailable`` (``flex_unavailable``).
 
+Anthropic's Message Batches (``anthropic_batches``) and Gemini's batch mode (``gemini_batches``) run
+on the same book, with the same controls.
+
 ``POST /_sim/lanes`` replaces the configuration; ``GET /_sim/lanes`` reads it and the counters.
 """
 
@@ -129,6 +132,8 @@ class LaneBook:
     config: LaneSimConfig = field(default_factory=LaneSimConfig)
     files: dict[str, _File] = field(default_factory=dict)
     batches: dict[str, _Batch] = field(default_factory=dict)
+    # Anthropic's Message Batches and Gemini's batch jobs (``anthropic_batches``, ``gemini_batches``)
+    others: dict[str, Any] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     counters: dict[str, int] = field(
         default_factory=lambda: {
@@ -153,6 +158,25 @@ class LaneBook:
             return 0.0, True
         lo, hi = self.config.flex_latency_ms
         return self.rng.uniform(lo, hi) / 1000, False
+
+    def schedule(self, now: float, window_s: float) -> tuple[float, float]:
+        """A new batch's (completion time, expiry time): inf for one that never completes."""
+        cfg = self.config
+        lo, hi = cfg.turnaround_s
+        never = self.rng.random() < cfg.never_complete
+        expires = now + (cfg.expiry_s if cfg.expiry_s is not None else window_s)
+        return (float("inf") if never else now + self.rng.uniform(lo, hi)), expires
+
+    def created(self, requests: int) -> bool:
+        """Counts a batch creation, unless it is one that fails (``create_failure``)."""
+        if self.rng.random() < self.config.create_failure:
+            return False
+        self.counters["batches_created"] += 1
+        self.counters["batch_lines"] += requests
+        return True
+
+    def item_fails(self) -> bool:
+        return self.rng.random() < self.config.item_failure
 
     def add_file(self, filename: str, purpose: str, content: bytes) -> _File:
         f = _File(f"file-{secrets.token_hex(12)}", filename, purpose, content, int(time.time()))
@@ -244,7 +268,8 @@ LANES = web.AppKey("llm_router_simulator_lanes", LaneBook)
 
 
 def add_lane_routes(app: web.Application, config: LaneSimConfig | None = None) -> None:
-    """Mount the Files and Batch APIs and ``/_sim/lanes`` on ``app``."""
+    """Mount the Files and Batch APIs and ``/_sim/lanes`` on ``app`` (``app.py`` mounts Anthropic's
+    and Gemini's batches on the same book; their exact paths win over the any-prefix ones here)."""
     book = LaneBook()
     book.configure(config or LaneSimConfig())
     app[LANES] = book

@@ -5,7 +5,8 @@ AOF, the simulator's batches taking 1-2 s with 5 % of lines failing and one batc
 completing (its jobs go back to `now` before their deadlines), 5 % of flex calls refused. Jobs ask
 for batch, auto or flex (a few stream, so run now). Every job must end ``succeeded`` or ``failed``
 with a code (0 lost, 0 stuck); the tenant's ledger equals the sum of its records' costs and its
-usage counts each job once (0 charged twice), whichever batcher ingested it.
+usage counts each job once (0 charged twice), whichever batcher ingested it. The jobs are on
+OpenAI, Anthropic and Gemini models alike, so each provider's batch format is crashed into.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
         await Ledger(producer.redis).add(tenant, "100000")
         jobs = [
             {
-                "model": "gpt-4o-mini",
+                # each provider's own batch format: OpenAI Files + Batch, Message Batches, Gemini's
+                "model": ("gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash")[i % 3],
                 "messages": [{"role": "user", "content": f"lanes chaos {i}"}],
                 "max_tokens": 50,
                 "lane": "now" if i % 25 == 0 else LANES[i % len(LANES)],
@@ -142,6 +144,7 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
     assert active == 0
     lanes = Counter(r.lane for r in records)
     assert lanes["batch"] > 0 and stats.get("redispatched", 0) > 0, (lanes, stats)
+    assert {r.provider for r in records if r.lane == "batch"} == {"openai", "anthropic", "gemini"}
     assert statuses["succeeded"] >= JOBS * 0.95
     print(f"\nlanes chaos: {dict(statuses)}; lanes {dict(lanes)}; {stats}")
 

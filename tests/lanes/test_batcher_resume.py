@@ -100,8 +100,7 @@ async def test_a_created_but_unrecorded_batch_is_adopted_not_created_again(rig, 
     for i in ids:
         request = await redis.hget(record_key(f"{tenant}/{i}"), "request")
         lines.append(batch_line(f"{tenant}/{i}", orjson.loads(request), dep))
-    file_id = await api.upload(b"".join(lines), "created.jsonl")
-    await api.create(file_id, "24h", {"llm_router_batch": "created"})
+    await api.create("created", lines, "24h")  # its metadata names our batch
     before = (await sim_lane_counters(sim))["batches_created"]
     await _drain(batcher, redis)
     assert (await sim_lane_counters(sim))["batches_created"] == before  # adopted, not created again

@@ -64,7 +64,15 @@ def test_lane_prices_are_the_discounted_price(sim_catalog: Catalog) -> None:
     now = call_usage(dep.price_for("now"), 1000, 1000)["cost_nanos"]
     assert call_usage(dep.price_for("batch"), 1000, 1000)["cost_nanos"] == now // 2
     assert call_usage(dep.price_for("flex"), 1000, 1000)["cost_nanos"] == now // 2
-    other = sim_catalog.deployments("claude-sonnet-4-5")[0]
+    claude = sim_catalog.deployments("claude-sonnet-4-5")[0]  # Anthropic's Message Batches
+    assert (
+        claude.lanes is not None and claude.lanes.batch is not None and claude.lanes.batch.api == "anthropic"
+    )
+    assert (
+        call_usage(claude.price_for("batch"), 1000, 1000)["cost_nanos"] * 2
+        == call_usage(claude.price, 1000, 1000)["cost_nanos"]
+    )
+    other = next(d for d in sim_catalog.deployments("claude-sonnet-4-5") if d.provider == "openrouter")
     assert other.price_for("batch") is other.price  # a lane not offered costs what `now` costs
 
 
