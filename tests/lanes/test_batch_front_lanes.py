@@ -1,0 +1,287 @@
+"""Our ``/v1/batches`` front on the lanes: the official OpenAI SDK against ``llm-router serve`` and a
+worker holding the batcher role (separate processes, a Redis of their own), the simulator's OpenAI
+Batch API upstream, and a webhook receiver that is a real HTTP server.
+
+The lines of a ``24h`` batch run on ``auto``: in the simulator's provider batches at its 50 % batch
+discount, back on `now` before their deadline when a provider batch is late; cancel ends the lines
+parked in a provider batch and the provider batch with them. The batch object, its counts and its
+output and error files stay OpenAI's; only our batch reports its end by webhook (the provider batches
+the batcher makes, and the lines, report nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from openai.types import Batch
+from openai.types.chat import ChatCompletion
+from redis.asyncio import Redis
+from standardwebhooks import Webhook
+
+from config.catalog import Catalog
+from config.cost import call_usage, usd_to_nanos
+from config.settings import Settings
+from llm_router.credits import Ledger
+from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, record_key, scoped_id
+from llm_router.tenants import TenantPolicies
+from llm_router.testing.redis_server import RedisServer, free_port
+from llm_router.testing.server_proc import ServerProcess
+from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import WorkerProcess
+from llm_router.webhooks.signing import derive_key, secret_text
+from producer.http.auth import ApiKeys
+from producer.http.batch_lines import job_id_for
+
+from .conftest import LANE_ENV, sim_lane_counters
+
+MODEL = "gpt-4o-mini"
+MASTER_KEY = "batch-front-lanes-master-key-" + "7" * 16
+Until = Callable[..., Awaitable[object]]
+
+
+# -- the rig -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hooks:
+    """A webhook receiver: ``/hook/<name>`` answers 200 and remembers every request."""
+
+    port: int
+    calls: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=lambda: defaultdict(list))
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hook/{name}"
+
+    def events(self, name: str, tenant: str) -> list[dict[str, Any]]:
+        """The payloads ``name`` got, each verified with ``tenant``'s signing secret."""
+        hook = Webhook(secret_text(derive_key(MASTER_KEY.encode(), tenant, 1)))
+        return [hook.verify(body, headers) for headers, body in self.calls[name]]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls[request.match_info["name"]].append(({k: v for k, v in request.headers.items()}, body))
+        return web.Response(text="ok")
+
+
+@dataclass
+class Front:
+    url: str
+    sim: Any
+    redis: Redis
+    settings: Settings
+    hooks: Hooks
+    keys: dict[str, str] = field(default_factory=dict)
+
+    async def client(self, tenant: str) -> openai.AsyncOpenAI:
+        if tenant not in self.keys:
+            self.keys[tenant] = await ApiKeys(self.redis).create(tenant)
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key=self.keys[tenant], max_retries=0, timeout=30
+        )
+
+    async def job(self, tenant: str, job_id: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
+        async with aiohttp.ClientSession() as s, s.get(f"{self.url}/v1/jobs/{job_id}", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return dict(await r.json())
+
+
+@pytest.fixture(scope="module")
+async def front(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Front]:
+    """Server and one worker (which holds the batcher and webhook roles) on a Redis of their own, with
+    the lanes scaled down as ``LANE_ENV`` says."""
+    logs: Path = tmp_path_factory.mktemp("batch-front")
+    queue = f"front-{uuid.uuid4().hex[:8]}"
+    hooks = Hooks(free_port())
+    app = web.Application()
+    app.router.add_post("/hook/{name}", hooks.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", hooks.port).start()
+    with RedisServer() as redis_server:
+        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim.url)
+        env.update(
+            LLM_ROUTER_QUEUE_NAME=queue,
+            LLM_ROUTER_INTERACTIVE_QUEUE_NAME=f"{queue}:interactive",
+            LLM_ROUTER_HEARTBEAT_INTERVAL_S="0.5",
+            LLM_ROUTER_RETRY_BACKOFF_S="0.2",
+            LLM_ROUTER_LOG_LEVEL="INFO",
+            LLM_ROUTER_WEBHOOK_MASTER_KEY=MASTER_KEY,
+            LLM_ROUTER_WEBHOOK_ALLOW="127.0.0.1/32",
+            LLM_ROUTER_WEBHOOK_POLL_S="0.02",
+            LLM_ROUTER_WEBHOOK_ROLE_TTL_S="1",
+            **LANE_ENV,
+        )
+        env.pop("LLM_ROUTER_AUTH_DISABLED", None)
+        env.pop("LLM_ROUTER_API_KEYS_FILE", None)
+        server = ServerProcess(env, logs / "server.log")
+        worker = WorkerProcess(env, logs / "worker.log")
+        settings = Settings(_env_file=None, redis_url=redis_server.url, queue_name=queue)
+        redis = Redis.from_url(redis_server.url)
+        try:
+            await asyncio.to_thread(server.wait_ready)
+            deadline = time.monotonic() + 30
+            while not await redis.zcount(f"{queue}:workers", time.time() - 5, "+inf"):
+                assert worker.alive() and time.monotonic() < deadline, worker.log_tail()
+                await asyncio.sleep(0.05)
+            yield Front(url=server.url, sim=sim, redis=redis, settings=settings, hooks=hooks)
+        finally:
+            server.stop()
+            worker.stop()
+            await redis.aclose()
+            await runner.cleanup()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
+    request = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 20, **body}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request}
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+async def create(client: openai.AsyncOpenAI, lines: list[dict[str, Any]], **extra: Any) -> Batch:
+    uploaded = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    return await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", **extra
+    )
+
+
+async def read_lines(client: openai.AsyncOpenAI, file_id: str) -> dict[str, dict[str, Any]]:
+    content = await client.files.content(file_id)
+    return {row["custom_id"]: row for row in map(orjson.loads, content.read().splitlines())}
+
+
+async def ended(client: openai.AsyncOpenAI, batch_id: str, until: Until, timeout: float = 30) -> Batch:
+    async def check() -> Batch | None:
+        batch = await client.batches.retrieve(batch_id)
+        return batch if batch.status in ("completed", "failed", "expired", "cancelled") else None
+
+    return await until(check, timeout=timeout, what=f"batch {batch_id} to end")  # type: ignore[return-value]
+
+
+def prices(sim_catalog: Catalog, usage: dict[str, Any]) -> tuple[int, int]:
+    """What a completion's tokens cost at the `now` and at the batch price, in nano-USD."""
+    dep = sim_catalog.deployments(MODEL)[0]
+    tokens = (usage["prompt_tokens"], usage["completion_tokens"])
+    return (
+        call_usage(dep.price, *tokens)["cost_nanos"],
+        call_usage(dep.price_for("batch"), *tokens)["cost_nanos"],
+    )
+
+
+async def ledger_of(redis: Redis, tenant: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await redis.hgetall(credits_key(tenant))).items()}
+
+
+def tenant(kind: str) -> str:
+    return f"front-{kind}-{uuid.uuid4().hex[:6]}"
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
+    front: Front, sim_lanes, sim_catalog: Catalog, until: Until
+) -> None:
+    """The documented flow (files.create → batches.create → retrieve until done → files.content): the
+    lines ran in the simulator's provider batches, each output line costs the batch price (half the
+    `now` price), the reservation was the `now` price and the settlement the batch price, once; our
+    batch reported its end once, and nothing else reported anything."""
+    await sim_lanes(turnaround_s=[1.5, 1.5])
+    who = tenant("flow")
+    await Ledger(front.redis).add(who, "5")
+    # the tenant's default endpoint: a line's or a provider batch's own report would land here
+    await TenantPolicies(front.redis, front.settings).set(
+        who, {"webhook_url": front.hooks.url(f"{who}-default")}
+    )
+    client = await front.client(who)
+    sim_lines_before = (await sim_lane_counters(front.sim))["batch_lines"]
+    n = 6
+    marker = uuid.uuid4().hex[:8]
+    created = await create(
+        client,
+        [line(f"req-{i}", f"{marker} question {i}") for i in range(n)],
+        metadata={"run": marker},
+        extra_body={"webhook": {"url": front.hooks.url(f"{who}-batch")}},
+    )
+    assert created.status == "validating" and created.completion_window == "24h"
+
+    seen: list[str] = []
+    reserved_in_flight = 0
+
+    async def done() -> Batch | None:
+        nonlocal reserved_in_flight
+        batch = await client.batches.retrieve(created.id)
+        if not seen or seen[-1] != batch.status:
+            seen.append(batch.status)
+        if batch.status == "in_progress":
+            reserved_in_flight = max(reserved_in_flight, (await ledger_of(front.redis, who))["reserved"])
+        return batch if batch.status in ("completed", "failed", "expired", "cancelled") else None
+
+    batch = await until(done, timeout=30, what="the batch to complete")
+    assert isinstance(batch, Batch)
+    assert batch.status == "completed", batch
+    assert "in_progress" in seen and seen[-1] == "completed", seen
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    assert created.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
+    assert batch.request_counts is not None
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (n, n, 0)
+    assert batch.error_file_id is None and batch.output_file_id is not None
+
+    rows = await read_lines(client, batch.output_file_id)
+    assert set(rows) == {f"req-{i}" for i in range(n)}
+    total = 0
+    for custom_id, row in rows.items():
+        assert set(row) == {"id", "custom_id", "response", "error"} and row["error"] is None
+        assert row["id"].startswith("batch_req_")
+        response = row["response"]
+        assert set(response) == {"status_code", "request_id", "body"} and response["status_code"] == 200
+        completion = ChatCompletion.model_validate(response["body"])
+        assert completion.choices[0].message.content and completion.model == MODEL
+        usage = response["body"]["usage"]
+        now_nanos, batch_nanos = prices(sim_catalog, usage)
+        cost = usd_to_nanos(usage["cost"])
+        assert abs(cost - batch_nanos) <= 1 and abs(cost * 2 - now_nanos) <= 2, (custom_id, usage)
+        total += cost
+        # the line's job says it ran in a provider batch, chosen by `auto`
+        index = int(custom_id.removeprefix("req-"))
+        assert response["request_id"] == job_id_for(batch.id, index)
+        record = await front.job(who, response["request_id"])
+        assert record["lane"] == "batch" and record["lane_reason"].startswith("auto"), record
+        assert record["provider"] == "openai" and usd_to_nanos(record["usage"]["cost"]) == cost
+    assert batch.usage is not None and abs(usd_to_nanos(batch.usage.model_extra["cost"]) - total) <= n
+    # the simulator's Batch API ran them
+    assert (await sim_lane_counters(front.sim))["batch_lines"] - sim_lines_before >= n
+
+    # money: reserved at the `now` price (at least twice what the batch price settled), settled once
+    money = await ledger_of(front.redis, who)
+    assert money["reserved"] == 0 and money["spent"] == total
+    assert reserved_in_flight >= 2 * total, (reserved_in_flight, total)
+
+    # webhooks: our batch's end, once, to its own endpoint; nothing from lines or provider batches
+    await until(lambda: front.hooks.calls[f"{who}-batch"], timeout=10, what="batch.completed")
+    await asyncio.sleep(1.0)  # room for anything else to arrive (the deliverer polls every 20 ms)
+    (event,) = front.hooks.events(f"{who}-batch", who)
+    assert event["type"] == "batch.completed" and event["data"]["id"] == batch.id
+    assert event["data"]["request_counts"] == {"total": n, "completed": n, "failed": 0}
+    assert front.hooks.calls[f"{who}-default"] == []
+    assert sum(len(calls) for name, calls in front.hooks.calls.items() if name.startswith(who)) == 1
