@@ -35,7 +35,16 @@ from config.catalog import Catalog
 from config.cost import call_usage, usd_to_nanos
 from config.settings import Settings
 from llm_router.credits import Ledger
-from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, record_key, scoped_id
+from llm_router.keys import (
+    LANES_DUE_KEY,
+    credits_key,
+    lane_batch_key,
+    lane_gone_key,
+    lane_members_key,
+    lane_pending_key,
+    record_key,
+    scoped_id,
+)
 from llm_router.tenants import TenantPolicies
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.server_proc import ServerProcess
@@ -43,7 +52,10 @@ from llm_router.testing.sim_env import simulated_env
 from llm_router.testing.worker_procs import WorkerProcess
 from llm_router.webhooks.signing import derive_key, secret_text
 from producer.http.auth import ApiKeys
-from producer.http.batch_lines import job_id_for
+from producer.http.batch_lines import Line, job_for, job_id_for, parse_lines
+from producer.http.batch_runner import BatchRunner
+from producer.http.files import FileStore
+from producer.producer import Producer
 
 from .conftest import LANE_ENV, sim_lane_counters
 
@@ -191,6 +203,12 @@ async def ledger_of(redis: Redis, tenant: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await redis.hgetall(credits_key(tenant))).items()}
 
 
+def counts_of(batch: Batch) -> tuple[int, int, int]:
+    c = batch.request_counts
+    assert c is not None
+    return c.total, c.completed, c.failed
+
+
 def tenant(kind: str) -> str:
     return f"front-{kind}-{uuid.uuid4().hex[:6]}"
 
@@ -285,3 +303,214 @@ async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
     assert event["data"]["request_counts"] == {"total": n, "completed": n, "failed": 0}
     assert front.hooks.calls[f"{who}-default"] == []
     assert sum(len(calls) for name, calls in front.hooks.calls.items() if name.startswith(who)) == 1
+
+
+async def test_a_late_provider_batch_sends_its_lines_back_to_now_before_their_deadline(
+    front: Front, sim_lanes, sim_catalog: Catalog, until: Until
+) -> None:
+    """Provider batches that never complete: a line whose deadline leaves room for a batch goes into
+    one and comes back to `now`, with its fallback chain, before its deadline; one whose deadline
+    leaves no room runs `now` from the start; the batch completes as OpenAI's would, at `now` prices."""
+    await sim_lanes(never_complete=1.0)
+    who = tenant("late")
+    await Ledger(front.redis).add(who, "5")
+    client = await front.client(who)
+    t0 = time.time()
+    created = await create(
+        client,
+        [
+            line("late", "a batch that never answers", deadline_s=4),
+            line("tight", "no room for a batch", deadline_s=1.5),
+            line("tier", "asks for the default tier", service_tier="default"),
+        ],
+        extra_body={"webhook": {"url": front.hooks.url(f"{who}-batch")}},
+    )
+    batch = await ended(client, created.id, until)
+    assert batch.status == "completed", batch
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        3,
+        3,
+        0,
+    )
+    assert batch.output_file_id is not None and batch.error_file_id is None
+    rows = await read_lines(client, batch.output_file_id)
+    records = {c: await front.job(who, row["response"]["request_id"]) for c, row in rows.items()}
+    late = records["late"]
+    assert late["lane"] == "now" and "deadline" in late["lane_reason"], late
+    assert late["finished_at"] < t0 + 4
+    assert records["tight"]["lane"] == "now" and records["tight"]["lane_reason"].startswith("auto"), records
+    assert records["tier"]["lane"] == "now" and records["tier"]["lane_reason"] is None, records
+    spent = 0
+    for custom_id, row in rows.items():
+        usage = row["response"]["body"]["usage"]
+        now_nanos, _ = prices(sim_catalog, usage)
+        assert usd_to_nanos(usage["cost"]) == now_nanos, custom_id
+        spent += now_nanos
+    money = await ledger_of(front.redis, who)
+    assert money["reserved"] == 0 and money["spent"] == spent
+    await until(lambda: front.hooks.calls[f"{who}-batch"], timeout=10, what="batch.completed")
+    (event,) = front.hooks.events(f"{who}-batch", who)
+    assert event["type"] == "batch.completed" and event["data"]["id"] == batch.id
+
+
+async def test_cancel_ends_lines_parked_in_a_provider_batch_and_the_provider_batch(
+    front: Front, sim_lanes, sim_catalog: Catalog, until: Until
+) -> None:
+    """Cancelled mid-flight, with lines inside a provider batch that has not answered and one line
+    done: the batch ends ``cancelled`` with OpenAI's counts and files (the done line in the output
+    file, the others ``batch_cancelled`` in the error file), nothing is charged for the cancelled
+    lines, the provider batch is cancelled too, and only ``batch.cancelled`` is reported."""
+    await sim_lanes(never_complete=1.0)
+    who = tenant("cancel")
+    await Ledger(front.redis).add(who, "5")
+    client = await front.client(who)
+    lines = [line(f"slow-{i}", f"parked {i}") for i in range(3)]
+    lines.append(line("quick", "runs now", service_tier="default"))
+    created = await create(client, lines, extra_body={"webhook": {"url": front.hooks.url(f"{who}-batch")}})
+    parked = [scoped_id(who, job_id_for(created.id, i)) for i in range(3)]
+
+    async def in_a_provider_batch() -> set[str] | None:
+        batches = {await front.redis.hget(record_key(j), "lane_batch") for j in parked}
+        if None in batches:
+            return None
+        quick = await front.redis.hget(record_key(scoped_id(who, job_id_for(created.id, 3))), "status")
+        return {b.decode() for b in batches if b} if quick == b"succeeded" else None
+
+    ours = await until(in_a_provider_batch, timeout=15, what="the lines to be in a provider batch")
+    assert isinstance(ours, set)
+
+    async def submitted() -> bool:
+        return all([await front.redis.hget(lane_batch_key(b), "remote_id") for b in ours])
+
+    await until(submitted, timeout=10, what="the provider batch to be created")
+    cancelling = await client.batches.cancel(created.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    batch = await ended(client, created.id, until, timeout=15)
+    assert batch.status == "cancelled", batch
+    assert batch.cancelling_at and batch.cancelled_at
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        4,
+        1,
+        3,
+    )
+    assert batch.output_file_id is not None and batch.error_file_id is not None
+    done = await read_lines(client, batch.output_file_id)
+    assert set(done) == {"quick"} and done["quick"]["response"]["status_code"] == 200
+    cut = await read_lines(client, batch.error_file_id)
+    assert set(cut) == {f"slow-{i}" for i in range(3)}
+    for row in cut.values():
+        assert row["response"] is None and row["error"]["code"] == "batch_cancelled"
+    for job in parked:
+        assert await front.redis.hget(record_key(job), "status") == b"cancelled"
+        assert await front.redis.zscore(LANES_DUE_KEY, job) is None
+    money = await ledger_of(front.redis, who)
+    now_nanos, _ = prices(sim_catalog, done["quick"]["response"]["body"]["usage"])
+    assert money["reserved"] == 0 and money["spent"] == now_nanos
+
+    async def provider_batches_cancelled() -> bool:
+        states = [await front.redis.hmget(lane_batch_key(b), "state", "remote_status") for b in ours]
+        return all(s == [b"done", b"cancelled"] for s in states)
+
+    await until(provider_batches_cancelled, timeout=10, what="the provider batch to be cancelled")
+    await until(lambda: front.hooks.calls[f"{who}-batch"], timeout=10, what="batch.cancelled")
+    await asyncio.sleep(0.5)
+    (event,) = front.hooks.events(f"{who}-batch", who)
+    assert event["type"] == "batch.cancelled" and event["data"]["id"] == batch.id
+
+
+async def test_a_tenants_default_lane_and_a_lines_own_lane_win(
+    front: Front, sim_lanes, sim_catalog: Catalog, until: Until
+) -> None:
+    """A tenant that set ``default_lane`` gets it for its lines (here `now`: nothing goes to a
+    provider batch), and a line that names a lane, or the flex tier, keeps it."""
+    await sim_lanes(turnaround_s=[0.2, 0.3])
+    who = tenant("policy")
+    await TenantPolicies(front.redis, front.settings).set(who, {"default_lane": "now"})
+    client = await front.client(who)
+    created = await create(
+        client,
+        [
+            line("plain", "the tenant's lane"),
+            line("flex-lane", "its own lane", lane="flex"),
+            line("flex-tier", "the flex tier", service_tier="flex"),
+        ],
+    )
+    batch = await ended(client, created.id, until)
+    assert batch.status == "completed" and batch.output_file_id is not None, batch
+    rows = await read_lines(client, batch.output_file_id)
+    lanes = {c: (await front.job(who, row["response"]["request_id"]))["lane"] for c, row in rows.items()}
+    assert lanes == {"plain": "now", "flex-lane": "flex", "flex-tier": "flex"}
+    for custom_id, row in rows.items():
+        usage = row["response"]["body"]["usage"]
+        now_nanos, half = prices(sim_catalog, usage)
+        assert usd_to_nanos(usage["cost"]) == (now_nanos if custom_id == "plain" else half), custom_id
+
+
+def test_a_line_names_its_lane_or_gets_its_batchs() -> None:
+    """``job_for``: the batch's lane for a line that names none; a line's lane and service tier win;
+    the deadline is what is left of the window unless the line's own is sooner."""
+
+    def job(**body: Any) -> dict[str, Any]:
+        request = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], **body}
+        return job_for("batch_x", Line(0, "c", body=request), 1000.0, "auto")
+
+    assert job()["lane"] == "auto" and job()["deadline_s"] == 1000.0
+    assert job(lane="batch")["lane"] == "batch"
+    assert "lane" not in job(service_tier="flex")  # validation makes it the flex lane
+    assert job(service_tier="flex", lane="now")["lane"] == "now"  # a clash validation refuses
+    for tier in ("default", "priority", "scale", "fast"):
+        assert job(service_tier=tier)["lane"] == "now"
+    assert job(service_tier="auto")["lane"] == "auto"
+    assert job(deadline_s=60)["deadline_s"] == 60
+    assert job(deadline_s=5000)["deadline_s"] == 1000.0
+    assert job(deadline_s="soon")["deadline_s"] == "soon"  # validation names it
+    plain = job_for("batch_x", Line(0, "c", body={"model": MODEL}), 1000.0, None)
+    assert "lane" not in plain  # a batch made before lanes keeps its lines as they were
+
+
+def test_a_streamed_line_is_refused() -> None:
+    raw = jsonl([line("s", "x", stream=True), line("ok", "y")])
+    refused, ok = parse_lines(raw, "/v1/chat/completions")
+    assert refused.error is not None and refused.error["param"] == "body.stream"
+    assert ok.error is None
+
+
+async def test_withdraw_takes_a_cancelled_line_out_of_the_batch_lane(
+    redis: Redis, producer: Producer
+) -> None:
+    """``WITHDRAW_LUA`` on its own against the real redis-server: a cancelled job leaves its provider
+    batch (into its ``gone`` set) or its pending set, and the due set; anything else stays."""
+    runner = BatchRunner(redis, producer, FileStore(redis, ttl_s=60, files_dir=None), ttl_s=60)
+    suffix = uuid.uuid4().hex[:8]
+    batch, dep = f"b-{suffix}", f"dep-{suffix}"
+    in_batch, parked, running = (f"t/{name}-{suffix}" for name in ("in", "parked", "running"))
+    await redis.hset(
+        record_key(in_batch), mapping={"status": "cancelled", "lane_batch": batch, "lane_dep": dep}
+    )
+    await redis.hset(record_key(parked), mapping={"status": "cancelled", "lane_dep": dep})
+    await redis.hset(record_key(running), mapping={"status": "queued", "lane_batch": batch, "lane_dep": dep})
+    await redis.hset(lane_members_key(batch), mapping={in_batch: in_batch, running: running})
+    await redis.zadd(lane_pending_key(dep), {parked: 1})
+    await redis.zadd(LANES_DUE_KEY, {in_batch: 1, parked: 1, running: 1})
+
+    assert await runner.withdraw(in_batch)
+    assert not await redis.hexists(lane_members_key(batch), in_batch)
+    assert await redis.sismember(lane_gone_key(batch), in_batch)
+    assert await runner.withdraw(parked)
+    assert await redis.zscore(lane_pending_key(dep), parked) is None
+    assert (
+        await redis.zscore(LANES_DUE_KEY, in_batch) is None
+        and await redis.zscore(LANES_DUE_KEY, parked) is None
+    )
+    # again: nothing left to withdraw; a job not cancelled stays where it is
+    assert not await runner.withdraw(in_batch) and not await runner.withdraw(parked)
+    assert not await runner.withdraw(running)
+    assert await redis.hexists(lane_members_key(batch), running) and await redis.zscore(
+        LANES_DUE_KEY, running
+    )
+    assert not await runner.withdraw(f"t/unknown-{suffix}")
+    for key in (lane_members_key(batch), lane_gone_key(batch), lane_pending_key(dep)):
+        await redis.delete(key)
+    await redis.zrem(LANES_DUE_KEY, running)
