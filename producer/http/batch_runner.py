@@ -93,6 +93,12 @@ LOCK_MS = 30_000
 CANCEL_CONCURRENCY = 64
 CANCEL_RESEND_S = 2.0  # running jobs of a cancelling batch are asked again this often
 CANCEL_GRACE_S = 120.0  # a cancelling batch ends this long after the cancel, finished or not
+# while none of a batch's lines ends (they may wait hours in provider batches), the tracker reads their
+# statuses less and less often: from every tick up to one read per pending/TRACK_READS_PER_S seconds
+# (between the two bounds); a reader (``GET /v1/batches/{id}``) always reads them
+TRACK_IDLE_MIN_S = 0.5
+TRACK_IDLE_MAX_S = 30.0
+TRACK_READS_PER_S = 2000
 INT_FIELDS = frozenset(
     {"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at"}
     | {"expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "refused"}
@@ -227,6 +233,16 @@ class _Progress:
     failed: int = 0
     cancels_sent_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle_s: float = 0.0  # the tracker's wait between reads while nothing ends (``_read_progress``)
+    read_after: float = 0.0  # monotonic
+
+    def slow_down(self, changed: bool) -> None:
+        if changed:
+            self.idle_s = 0.0
+        else:  # lines waiting hours in provider batches: read a large batch less often
+            most = min(TRACK_IDLE_MAX_S, max(TRACK_IDLE_MIN_S, len(self.pending) / TRACK_READS_PER_S))
+            self.idle_s = min(most, max(TRACK_IDLE_MIN_S, self.idle_s * 2))
+        self.read_after = time.monotonic() + self.idle_s
 
 
 class BatchRunner:
@@ -483,7 +499,8 @@ class BatchRunner:
             if from_tracker:
                 self.spawn(batch_id, "ingest")
             return batch
-        progress = await self._read_progress(batch_id, batch["tenant"])
+        lazy = from_tracker and status == "in_progress"  # a cancel is followed at every tick
+        progress = await self._read_progress(batch_id, batch["tenant"], lazy=lazy)
         if progress is None:  # cancelled while being enqueued: enqueuing ends first
             if from_tracker:
                 self.spawn(batch_id, "ingest")
@@ -509,14 +526,19 @@ class BatchRunner:
             batch.update(counts)
         return batch
 
-    async def _read_progress(self, batch_id: str, tenant: str) -> _Progress | None:
+    async def _read_progress(self, batch_id: str, tenant: str, *, lazy: bool = False) -> _Progress | None:
+        """The batch's progress, its unfinished jobs' statuses read again (``lazy``: unless the
+        tracker read them recently and nothing had ended)."""
         progress = self._progress.get(batch_id)
         if progress is None:
             raw = await self.redis.hget(batch_work_key(batch_id), "jobs")
             if raw is None:
                 return None
             progress = self._progress.setdefault(batch_id, _Progress(pending=orjson.loads(raw)))
+        if lazy and time.monotonic() < progress.read_after:
+            return progress
         async with progress.lock:  # the tracker and a reader may both be here: count each job once
+            before = len(progress.pending)
             if progress.pending:
                 ids = [scoped_id(tenant, job_id_for(batch_id, p[0])) for p in progress.pending]
                 statuses = await self.producer.store.statuses(ids)
@@ -529,6 +551,7 @@ class BatchRunner:
                     else:
                         still.append(pair)
                 progress.pending = still
+            progress.slow_down(changed=len(progress.pending) != before)
         return progress
 
     async def _cancel_pending(self, batch_id: str, tenant: str, progress: _Progress) -> None:

@@ -514,3 +514,23 @@ async def test_withdraw_takes_a_cancelled_line_out_of_the_batch_lane(
     for key in (lane_members_key(batch), lane_gone_key(batch), lane_pending_key(dep)):
         await redis.delete(key)
     await redis.zrem(LANES_DUE_KEY, running)
+
+
+def test_the_tracker_reads_a_large_idle_batch_less_often() -> None:
+    """Lines may wait hours in provider batches: while none ends, the tracker's reads of a large
+    batch's statuses space out (up to one per pending/2000 s), and come back to every tick when one
+    ends; a small batch is read every tick."""
+    from producer.http.batch_runner import TRACK_IDLE_MIN_S, _Progress
+
+    large = _Progress(pending=[[i, f"c{i}"] for i in range(20_000)])
+    waits = []
+    for _ in range(8):
+        large.slow_down(changed=False)
+        waits.append(large.idle_s)
+    assert waits[0] == TRACK_IDLE_MIN_S and waits == sorted(waits) and waits[-1] == 10.0
+    large.slow_down(changed=True)
+    assert large.idle_s == 0.0 and large.read_after <= time.monotonic()
+    small = _Progress(pending=[[0, "c0"]])
+    for _ in range(5):
+        small.slow_down(changed=False)
+    assert small.idle_s == TRACK_IDLE_MIN_S
