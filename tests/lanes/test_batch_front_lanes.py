@@ -37,6 +37,7 @@ from config.settings import Settings
 from llm_router.credits import Ledger
 from llm_router.keys import (
     LANES_DUE_KEY,
+    batch_key,
     credits_key,
     lane_batch_key,
     lane_gone_key,
@@ -534,3 +535,39 @@ def test_the_tracker_reads_a_large_idle_batch_less_often() -> None:
     for _ in range(5):
         small.slow_down(changed=False)
     assert small.idle_s == TRACK_IDLE_MIN_S
+
+
+async def test_a_batch_whose_window_ends_with_lines_in_a_provider_batch_expires(
+    front: Front, sim_lanes, until: Until
+) -> None:
+    """The window's end with lines still inside a provider batch: the batch ends ``expired`` with
+    each such line ``batch_expired`` in the error file, uncharged, and out of the provider batch,
+    which is cancelled."""
+    await sim_lanes(never_complete=1.0)
+    who = tenant("expire")
+    await Ledger(front.redis).add(who, "5")
+    client = await front.client(who)
+    created = await create(client, [line(f"e{i}", f"expire {i}") for i in range(2)])
+    parked = [scoped_id(who, job_id_for(created.id, i)) for i in range(2)]
+
+    async def in_a_provider_batch() -> set[str] | None:
+        batches = [await front.redis.hget(record_key(j), "lane_batch") for j in parked]
+        return {b.decode() for b in batches if b} if all(batches) else None
+
+    ours = await until(in_a_provider_batch, timeout=15, what="the lines to be in a provider batch")
+    assert isinstance(ours, set)
+    await front.redis.hset(batch_key(created.id), "expires_at", int(time.time()) - 1)  # the window ends
+    batch = await ended(client, created.id, until, timeout=15)
+    assert batch.status == "expired" and batch.expired_at, batch
+    assert counts_of(batch) == (2, 0, 2) and batch.output_file_id is None
+    assert batch.error_file_id is not None
+    rows = await read_lines(client, batch.error_file_id)
+    assert {c: r["error"]["code"] for c, r in rows.items()} == {"e0": "batch_expired", "e1": "batch_expired"}
+    money = await ledger_of(front.redis, who)
+    assert money["reserved"] == 0 and money.get("spent", 0) == 0
+
+    async def provider_batches_cancelled() -> bool:
+        states = [await front.redis.hmget(lane_batch_key(b), "state", "remote_status") for b in ours]
+        return all(s == [b"done", b"cancelled"] for s in states)
+
+    await until(provider_batches_cancelled, timeout=10, what="the provider batch to be cancelled")
