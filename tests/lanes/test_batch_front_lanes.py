@@ -571,3 +571,34 @@ async def test_a_batch_whose_window_ends_with_lines_in_a_provider_batch_expires(
         return all(s == [b"done", b"cancelled"] for s in states)
 
     await until(provider_batches_cancelled, timeout=10, what="the provider batch to be cancelled")
+
+
+async def test_a_batch_lane_job_reports_its_own_end_and_its_provider_batch_nothing(
+    front: Front, sim_lanes, until: Until
+) -> None:
+    """A job of ``/v1/jobs`` on the batch lane, with a webhook: it reports ``job.succeeded`` once
+    when the batcher ingests its answer; the provider batch it ran in reports nothing."""
+    await sim_lanes(turnaround_s=[0.3, 0.5])
+    who = tenant("job")
+    await front.client(who)
+    await TenantPolicies(front.redis, front.settings).set(
+        who, {"webhook_url": front.hooks.url(f"{who}-default")}
+    )
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "one job in a provider batch"}],
+        "lane": "batch",
+        "deadline_s": 60,
+        "webhook": {"url": front.hooks.url(f"{who}-job")},
+    }
+    headers = {"Authorization": f"Bearer {front.keys[who]}"}
+    async with aiohttp.ClientSession() as s, s.post(f"{front.url}/v1/jobs", json=body, headers=headers) as r:
+        assert r.status in (200, 201, 202), await r.text()
+        job_id = (await r.json())["id"]
+    await until(lambda: front.hooks.calls[f"{who}-job"], timeout=15, what="job.succeeded")
+    record = await front.job(who, job_id)
+    assert record["status"] == "succeeded" and record["lane"] == "batch", record
+    await asyncio.sleep(1.0)  # room for anything else to arrive
+    (event,) = front.hooks.events(f"{who}-job", who)
+    assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
+    assert sum(len(calls) for name, calls in front.hooks.calls.items() if name.startswith(who)) == 1
