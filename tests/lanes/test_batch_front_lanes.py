@@ -57,6 +57,7 @@ from producer.http.batch_lines import Line, job_for, job_id_for, parse_lines
 from producer.http.batch_runner import BatchRunner
 from producer.http.files import FileStore
 from producer.producer import Producer
+from producer.validation import Validator
 
 from .conftest import LANE_ENV, sim_lane_counters
 
@@ -294,7 +295,19 @@ async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
     # money: reserved at the `now` price (at least twice what the batch price settled), settled once
     money = await ledger_of(front.redis, who)
     assert money["reserved"] == 0 and money["spent"] == total
-    assert reserved_in_flight >= 2 * total, (reserved_in_flight, total)
+    # what each line's job, as stored (lane auto), reserves, and what it would on the `now` lane: the
+    # same but for the token estimate of one byte ("now" is shorter than "auto"); never a discount
+    validator = Validator(sim_catalog, front.settings)
+    as_stored = at_now = 0
+    for i in range(n):
+        stored = orjson.loads(
+            await front.redis.hget(record_key(scoped_id(who, job_id_for(batch.id, i))), "request")
+        )
+        assert stored["lane"] == "auto" and stored["deadline_s"] <= 24 * 3600
+        as_stored += validator.prepare(stored, now=0).reserve_nanos
+        at_now += validator.prepare({**stored, "lane": "now"}, now=0).reserve_nanos
+    assert reserved_in_flight == as_stored and abs(as_stored - at_now) <= as_stored // 100
+    assert as_stored > 2 * total, (as_stored, total)
 
     # webhooks: our batch's end, once, to its own endpoint; nothing from lines or provider batches
     await until(lambda: front.hooks.calls[f"{who}-batch"], timeout=10, what="batch.completed")
