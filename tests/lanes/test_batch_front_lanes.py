@@ -615,3 +615,23 @@ async def test_a_batch_lane_job_reports_its_own_end_and_its_provider_batch_nothi
     (event,) = front.hooks.events(f"{who}-job", who)
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
     assert sum(len(calls) for name, calls in front.hooks.calls.items() if name.startswith(who)) == 1
+
+
+async def test_lines_the_provider_batch_fails_run_now_and_the_batch_completes(
+    front: Front, sim_lanes, sim_catalog: Catalog, until: Until
+) -> None:
+    """Every line of the provider batch answered with an error: each goes back to `now` with its
+    fallback chain and succeeds there; the batch completes, every line at the `now` price."""
+    await sim_lanes(turnaround_s=[0.2, 0.3], item_failure=1.0)
+    who = tenant("itemfail")
+    client = await front.client(who)
+    created = await create(client, [line(f"f{i}", f"fails in the batch {i}") for i in range(3)])
+    batch = await ended(client, created.id, until)
+    assert batch.status == "completed" and counts_of(batch) == (3, 3, 0), batch
+    assert batch.output_file_id is not None
+    rows = await read_lines(client, batch.output_file_id)
+    for custom_id, row in rows.items():
+        record = await front.job(who, row["response"]["request_id"])
+        assert record["lane"] == "now" and "error" in record["lane_reason"], record
+        usage = row["response"]["body"]["usage"]
+        assert usd_to_nanos(usage["cost"]) == prices(sim_catalog, usage)[0], custom_id
