@@ -18,6 +18,10 @@ SIM_KEYS = {
     "DASHSCOPE_API_KEY": "sk-sim-dashscope",
 }
 _BLANKED_SUFFIXES = ("_API_KEY", "_BASE_URL")
+# the simulator's provider batches answer in seconds, not hours: a batcher against it forms and polls
+# at that pace (``/v1/batches`` lines run in them). The batcher is one role per Redis, so every
+# process pointed at the simulator must agree; a caller's own values win.
+SIM_LANES = {"LLM_ROUTER_LANES_POLL_S": "0.2", "LLM_ROUTER_LANES_BATCH_AGE_S": "0.5"}
 
 
 def simulated_env(
@@ -28,4 +32,6 @@ def simulated_env(
     env.update(SIM_KEYS if keys is None else keys)
     env["REDIS_URL"] = redis_url
     env["LLM_ROUTER_UPSTREAM"] = sim_url
+    for name, value in SIM_LANES.items():
+        env.setdefault(name, value)
     return env

@@ -5,6 +5,12 @@ An input line is ``{"custom_id", "method": "POST", "url": <the batch's endpoint>
 line that breaks these rules (or whose body the producer refuses) goes to the batch's error file by
 its ``custom_id``; it does not fail the batch. Each valid line becomes a job whose id is derived from
 the batch id and the line's index, so enqueuing the same batch again creates nothing new.
+
+A line runs on its batch's lane (``auto`` for the ``24h`` window: a provider batch at about half the
+price when its deadline, the window's end, leaves room, with re-dispatch to `now` before it) unless
+it names one itself: its own ``lane``, or a ``service_tier`` (``flex`` is the flex lane; ``default``,
+``priority``, ``scale`` and ``fast`` are synchronous tiers, so `now`). A streamed line is refused, as
+OpenAI refuses it: nobody reads a batch line's stream.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from llm_router.contract import JobRecord, JobStatus
 
 MAX_CUSTOM_ID = 512
 MAX_LISTED_ERRORS = 100  # refused lines named in a batch's ``errors`` (all are in the error file)
+# service tiers that ask for a synchronous tier by name: the line runs `now`, not on its batch's lane
+SYNCHRONOUS_TIERS = frozenset({"default", "priority", "scale", "fast"})
 
 
 @dataclass(slots=True)
@@ -88,6 +96,12 @@ def _parse_line(index: int, raw: bytes, endpoint: str, seen: set[str]) -> Line:
     body = obj.get("body")
     if not isinstance(body, dict):
         return Line(index, custom_id, error=line_error("invalid_body", "body must be a JSON object", "body"))
+    if body.get("stream"):
+        return Line(
+            index,
+            custom_id,
+            error=line_error("invalid_request", "stream is not supported in a batch", "body.stream"),
+        )
     return Line(index, custom_id, body=body)
 
 
@@ -96,11 +110,12 @@ def job_id_for(batch_id: str, index: int) -> str:
     return f"{batch_id}-{index}"
 
 
-def job_for(batch_id: str, line: Line, deadline_s: float) -> dict[str, Any]:
+def job_for(batch_id: str, line: Line, deadline_s: float, lane: str | None = None) -> dict[str, Any]:
     """The job a valid line becomes: its body, our id, and the batch and ``custom_id`` in metadata.
 
-    ``deadline_s`` must be the same on every enqueue of the batch: the job's body is its
-    idempotency digest, and a different one would conflict with the job made before.
+    ``deadline_s`` is what is left of the batch's window: a line's own ``deadline_s`` counts only
+    when it is sooner (the batch ends at its window's end). ``lane`` is the batch's lane, for a line
+    that names none (module docstring).
     """
     assert line.body is not None
     job = {k: v for k, v in line.body.items() if k != "tenant"}  # the API key decides the tenant
@@ -109,7 +124,16 @@ def job_for(batch_id: str, line: Line, deadline_s: float) -> dict[str, Any]:
     if meta is None or isinstance(meta, dict):  # a malformed one is left for validation to name
         job["metadata"] = {**base, "batch_id": batch_id, "custom_id": line.custom_id}
     job["job_id"] = job_id_for(batch_id, line.index)
-    job.setdefault("deadline_s", deadline_s)
+    own = job.get("deadline_s")
+    number = isinstance(own, int | float) and not isinstance(own, bool)
+    if own is None or (number and own > deadline_s):  # a malformed one is left for validation to name
+        job["deadline_s"] = deadline_s
+    tier = job.get("service_tier")
+    if lane is not None and job.get("lane") is None:
+        if tier in SYNCHRONOUS_TIERS:
+            job["lane"] = "now"
+        elif tier != "flex":  # flex is the flex lane: validation says so (and refuses a clash)
+            job["lane"] = lane
     return job
 
 

@@ -1,7 +1,16 @@
 """Running OpenAI batches as jobs: the batch state in Redis, enqueuing lines, tracking, finalizing.
 
 Unlike OpenAI's batches, ours run on any provider of the catalog with fallback, and every line is a
-job of its own (``GET /v1/jobs/{batch_id}-{line index}`` shows its record, attempts and cost).
+job of its own (``GET /v1/jobs/{batch_id}-{line index}`` shows its record, attempts, lane and cost).
+
+Lines run on the lanes (README "Lanes"): each is a job of lane ``auto`` (``WINDOW_LANES``) whose
+deadline is the window's end, so the workers hand it to the batcher, which runs it in a provider
+batch at that provider's batch price (about half) and sends it back to `now`, with its fallback
+chain, when its provider batch is late for the deadline. The reservation is the `now` price; the
+settlement, once, the lane's. A tenant whose ``default_lane`` is set gets that lane instead, and a
+line that names a lane (or a service tier) keeps its own (``batch_lines``). Cancel (and expiry)
+ends the lines still parked for, or inside, a provider batch and takes them out of it
+(``WITHDRAW_LUA``); the provider batch, once it has no member left, is cancelled by the batcher.
 
 State lives in Redis only, so any server process can pick a batch up after another one died:
 
@@ -36,12 +45,18 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from llm_router.errors import InvalidRequest, ResourceNotFound, RouterError
+from llm_router.contract import JobStatus
+from llm_router.errors import IdempotencyConflict, InvalidRequest, ResourceNotFound, RouterError
 from llm_router.keys import (
+    LANES_DUE_KEY,
     WEBHOOKS_DUE_KEY,
     active_batches_key,
     batch_key,
     batch_work_key,
+    lane_gone_key,
+    lane_members_key,
+    lane_pending_key,
+    record_key,
     scoped_id,
     tenant_batches_key,
 )
@@ -67,6 +82,9 @@ BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
 
 ENDPOINTS = frozenset({"/v1/chat/completions"})
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
+# the lane of a window's lines that name none (``batch_lines``): a window this long leaves room for a
+# provider batch, so ``auto`` takes one whenever its expected turnaround fits before the window's end
+WINDOW_LANES = {"24h": "auto"}
 ENDED = frozenset({"completed", "failed", "cancelled", "expired"})
 MAX_LINES = 50_000  # OpenAI's limit per batch
 SUBMIT_CHUNK = 2000  # lines per submit_many call; the lease is renewed and cancel checked between them
@@ -75,6 +93,12 @@ LOCK_MS = 30_000
 CANCEL_CONCURRENCY = 64
 CANCEL_RESEND_S = 2.0  # running jobs of a cancelling batch are asked again this often
 CANCEL_GRACE_S = 120.0  # a cancelling batch ends this long after the cancel, finished or not
+# while none of a batch's lines ends (they may wait hours in provider batches), the tracker reads their
+# statuses less and less often: from every tick up to one read per pending/TRACK_READS_PER_S seconds
+# (between the two bounds); a reader (``GET /v1/batches/{id}``) always reads them
+TRACK_IDLE_MIN_S = 0.5
+TRACK_IDLE_MAX_S = 30.0
+TRACK_READS_PER_S = 2000
 INT_FIELDS = frozenset(
     {"created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at"}
     | {"expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "refused"}
@@ -122,6 +146,29 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
   end
 end
 return st
+"""
+
+
+# A cancelled line leaves the batch lane: off its deployment's pending set, or out of the provider
+# batch it was in (into that batch's ``gone`` set: an answer that still comes is the operator's wasted
+# spend, never the tenant's), and off the due set; a provider batch left without members is then
+# cancelled by the batcher (``worker.batcher``).  KEYS: record, holder (the provider batch's members
+# hash, or the pending set), gone (the holder again when parked), due.  ARGV: job id, holder kind
+# ('members' | 'pending'), the provider batch ('' when parked).  Returns 1 withdrawn, 0 nothing to
+# withdraw (not cancelled, or already out), -1 the job is in another batch than the caller read.
+WITHDRAW_LUA = """
+local record, holder, gone, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, kind, in_batch = ARGV[1], ARGV[2], ARGV[3]
+local r = redis.call('HMGET', record, 'status', 'lane_batch')
+if r[1] ~= 'cancelled' then return 0 end
+if (r[2] or '') ~= in_batch then return -1 end
+redis.call('ZREM', due, job_id)
+if kind == 'members' then
+  if redis.call('HDEL', holder, job_id) == 0 then return 0 end
+  redis.call('SADD', gone, job_id)
+  return 1
+end
+return redis.call('ZREM', holder, job_id)
 """
 
 
@@ -186,6 +233,16 @@ class _Progress:
     failed: int = 0
     cancels_sent_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle_s: float = 0.0  # the tracker's wait between reads while nothing ends (``_read_progress``)
+    read_after: float = 0.0  # monotonic
+
+    def slow_down(self, changed: bool) -> None:
+        if changed:
+            self.idle_s = 0.0
+        else:  # lines waiting hours in provider batches: read a large batch less often
+            most = min(TRACK_IDLE_MAX_S, max(TRACK_IDLE_MIN_S, len(self.pending) / TRACK_READS_PER_S))
+            self.idle_s = min(most, max(TRACK_IDLE_MIN_S, self.idle_s * 2))
+        self.read_after = time.monotonic() + self.idle_s
 
 
 class BatchRunner:
@@ -200,6 +257,7 @@ class BatchRunner:
         self.active_key = active_batches_key(self.queue)
         self._create = redis.register_script(CREATE_LUA)
         self._update = redis.register_script(UPDATE_LUA)
+        self._withdraw = redis.register_script(WITHDRAW_LUA)
         self._progress: dict[str, _Progress] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -350,7 +408,8 @@ class BatchRunner:
             return
         refused = [refusal(ln.index, ln.custom_id, ln.error) for ln in lines if ln.error is not None]
         valid = [ln for ln in lines if ln.error is None]
-        window = batch["expires_at"] - batch["created_at"]  # the same on every retry: see job_for
+        window = batch["expires_at"] - batch["created_at"]
+        lane = batch.get("lane")  # decided at create: the same on every retry
         jobs: list[list[Any]] = []
         for start in range(0, len(valid), SUBMIT_CHUNK):
             chunk = valid[start : start + SUBMIT_CHUNK]
@@ -361,14 +420,18 @@ class BatchRunner:
                 cut = batch_error("batch_cancelled", "the batch was cancelled before this request was queued")
                 refused += [refusal(ln.index, ln.custom_id, cut) for ln in valid[start:]]
                 break
+            # each line's deadline is the window's end (module docstring)
+            left = max(1.0, batch["expires_at"] - time.time())
             results = await self.producer.submit_many(
-                [job_for(batch_id, ln, window) for ln in chunk],
+                [job_for(batch_id, ln, left, lane) for ln in chunk],
                 tenant=tenant,
                 max_queued=(await self.producer.policies.get(tenant)).get("max_queued"),
                 default_webhook=False,  # the batch reports its end, not each line
             )
             for ln, res in zip(chunk, results, strict=True):
-                if isinstance(res, RouterError):
+                # a conflict is the job an earlier enqueue of this batch made (its id is derived from
+                # the batch, its body from the same file; only its deadline, what was left, differs)
+                if isinstance(res, RouterError) and not isinstance(res, IdempotencyConflict):
                     refused.append(refusal(ln.index, ln.custom_id, res.to_dict()))
                 else:
                     jobs.append([ln.index, ln.custom_id])
@@ -436,7 +499,8 @@ class BatchRunner:
             if from_tracker:
                 self.spawn(batch_id, "ingest")
             return batch
-        progress = await self._read_progress(batch_id, batch["tenant"])
+        lazy = from_tracker and status == "in_progress"  # a cancel is followed at every tick
+        progress = await self._read_progress(batch_id, batch["tenant"], lazy=lazy)
         if progress is None:  # cancelled while being enqueued: enqueuing ends first
             if from_tracker:
                 self.spawn(batch_id, "ingest")
@@ -462,14 +526,19 @@ class BatchRunner:
             batch.update(counts)
         return batch
 
-    async def _read_progress(self, batch_id: str, tenant: str) -> _Progress | None:
+    async def _read_progress(self, batch_id: str, tenant: str, *, lazy: bool = False) -> _Progress | None:
+        """The batch's progress, its unfinished jobs' statuses read again (``lazy``: unless the
+        tracker read them recently and nothing had ended)."""
         progress = self._progress.get(batch_id)
         if progress is None:
             raw = await self.redis.hget(batch_work_key(batch_id), "jobs")
             if raw is None:
                 return None
             progress = self._progress.setdefault(batch_id, _Progress(pending=orjson.loads(raw)))
+        if lazy and time.monotonic() < progress.read_after:
+            return progress
         async with progress.lock:  # the tracker and a reader may both be here: count each job once
+            before = len(progress.pending)
             if progress.pending:
                 ids = [scoped_id(tenant, job_id_for(batch_id, p[0])) for p in progress.pending]
                 statuses = await self.producer.store.statuses(ids)
@@ -482,6 +551,7 @@ class BatchRunner:
                     else:
                         still.append(pair)
                 progress.pending = still
+            progress.slow_down(changed=len(progress.pending) != before)
         return progress
 
     async def _cancel_pending(self, batch_id: str, tenant: str, progress: _Progress) -> None:
@@ -494,10 +564,30 @@ class BatchRunner:
 
         async def cancel(job_id: str) -> None:
             async with gate:
-                with contextlib.suppress(RouterError):
-                    await self.producer.cancel(job_id, tenant=tenant)
+                try:
+                    record = await self.producer.cancel(job_id, tenant=tenant)
+                except RouterError:
+                    return
+                if record.lane == "batch" and record.status == JobStatus.CANCELLED:
+                    await self.withdraw(scoped_id(tenant, job_id))
 
         await asyncio.gather(*(cancel(job_id_for(batch_id, p[0])) for p in progress.pending))
+
+    async def withdraw(self, scoped: str) -> bool:
+        """Take a cancelled line out of the batch lane (``WITHDRAW_LUA``); True if it was in it."""
+        raw_batch, raw_dep = await self.redis.hmget(record_key(scoped), ["lane_batch", "lane_dep"])
+        if raw_batch:
+            in_batch = raw_batch.decode()
+            holder, kind, gone = lane_members_key(in_batch), "members", lane_gone_key(in_batch)
+        elif raw_dep:
+            in_batch, kind = "", "pending"
+            holder = gone = lane_pending_key(raw_dep.decode())
+        else:
+            return False
+        reply = await self._withdraw(
+            keys=[record_key(scoped), holder, gone, LANES_DUE_KEY], args=[scoped, kind, in_batch]
+        )
+        return int(reply) == 1
 
     # -- finalizing -----------------------------------------------------------------------------
 

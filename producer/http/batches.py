@@ -3,10 +3,13 @@
 The shapes are OpenAI's, so the official SDK works unchanged (``files.create`` → ``batches.create`` →
 ``batches.retrieve`` → ``files.content``). Unlike OpenAI's, a batch here runs on any provider of the
 catalog with fallback, and each of its lines is also a job (``GET /v1/jobs/{batch_id}-{line index}``
-shows its record, attempts and cost). A line the producer refuses goes to the error file; it does
-not fail the batch. A batch, like its files, belongs to the API key's tenant: another tenant's id
-answers 404, as an unknown one does. ``batch_runner`` holds the state and the work;
-``setup(app)`` adds the routes and the tracker task that advances batches in the background.
+shows its record, attempts, lane and cost). Lines run on lane ``auto`` (``batch_runner``): in the
+providers' own batches at their batch price when the window leaves room, back on `now` before the
+window ends when a provider batch is late; the files and counts stay OpenAI's. A line the producer
+refuses goes to the error file; it does not fail the batch. A batch, like its files, belongs to the
+API key's tenant: another tenant's id answers 404, as an unknown one does. ``batch_runner`` holds
+the state and the work; ``setup(app)`` adds the routes and the tracker task that advances batches in
+the background.
 
 ``POST /v1/batches`` honours an ``Idempotency-Key`` header: the same key (per tenant) names the same
 batch, so a retried creation returns it instead of making another one. It also takes ``webhook``
@@ -31,7 +34,7 @@ from aiohttp import web
 
 from llm_router.errors import IdempotencyConflict, InvalidRequest, RouterError
 from llm_router.webhooks import spec as webhook_spec
-from producer.http.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, BatchRunner, batch_object
+from producer.http.batch_runner import COMPLETION_WINDOWS, ENDPOINTS, WINDOW_LANES, BatchRunner, batch_object
 from producer.http.errors import json_response, read_json
 from producer.http.files import FILES, FileStore, list_object, setup_files
 
@@ -113,6 +116,9 @@ async def create_batch(request: web.Request) -> web.Response:
     }
     if metadata is not None:
         fields["metadata"] = metadata
+    lane = await _lane_of(runner, tenant, window)
+    if lane is not None:
+        fields["lane"] = lane
     if webhook:
         fields["webhook"] = orjson.loads(webhook)
     if not await runner.create(batch_id, tenant, fields):
@@ -125,6 +131,15 @@ async def create_batch(request: web.Request) -> web.Response:
         return json_response(batch_object(existing))
     runner.spawn(batch_id, "ingest")
     return json_response(batch_object(fields))
+
+
+async def _lane_of(runner: BatchRunner, tenant: str, window: str) -> str | None:
+    """The lane of the batch's lines that name none: the tenant's ``default_lane`` when it set one
+    (say ``now``, to keep its data out of providers' batch storage), else the window's."""
+    policy = await runner.producer.policies.get(tenant)
+    if "default_lane" in policy.stored:
+        return str(policy.get("default_lane"))
+    return WINDOW_LANES.get(window)
 
 
 async def _webhook_of(runner: BatchRunner, tenant: str, raw: Any) -> bytes | None:
