@@ -84,6 +84,9 @@ LANES_PREFIX = PREFIX + "lanes:"
 LANES_OPEN_KEY = LANES_PREFIX + "open"  # set: our batch ids not yet done
 LANES_TURNAROUND_KEY = LANES_PREFIX + "turnaround"  # hash: deployment → learned batch turnaround (s)
 LANES_DUE_KEY = LANES_PREFIX + "due"  # sorted set: batch-lane jobs by when they go back to `now` (ms)
+LANES_PENDING_PREFIX = LANES_PREFIX + "pending:"
+LANES_MEMBERS_PREFIX = LANES_PREFIX + "members:"
+LANES_GONE_PREFIX = LANES_PREFIX + "gone:"
 LANES_STATS_KEY = LANES_PREFIX + "stats"  # hash: counters (wasted results and nanos, re-dispatches)
 LANES_ROLE = "lanes-batcher"  # the role (``role_key``) of the one process that runs provider batches
 
@@ -240,7 +243,7 @@ def role_key(name: str) -> str:
 
 def lane_pending_key(deployment: str) -> str:
     """Sorted set: batch-lane jobs waiting for a provider batch on ``deployment``, by arrival (ms)."""
-    return LANES_PREFIX + "pending:" + deployment
+    return LANES_PENDING_PREFIX + deployment
 
 
 def lane_batch_key(batch_id: str) -> str:
@@ -250,12 +253,12 @@ def lane_batch_key(batch_id: str) -> str:
 
 def lane_members_key(batch_id: str) -> str:
     """Hash: the jobs of a batch not yet ingested nor sent back (scoped id → custom_id)."""
-    return LANES_PREFIX + "members:" + batch_id
+    return LANES_MEMBERS_PREFIX + batch_id
 
 
 def lane_gone_key(batch_id: str) -> str:
     """Set: the jobs sent back to ``now`` out of a batch (their late results are wasted spend)."""
-    return LANES_PREFIX + "gone:" + batch_id
+    return LANES_GONE_PREFIX + batch_id
 
 
 def _lua_string(value: str) -> str:
@@ -286,5 +289,9 @@ LUA_KEYS = "\n".join(
         ("ABORT_SET", abort_jobs_ss),
         ("BATCH", BATCH_PREFIX),
         ("WEBHOOKS_DUE", WEBHOOKS_DUE_KEY),
+        ("LANES_PENDING", LANES_PENDING_PREFIX),
+        ("LANES_MEMBERS", LANES_MEMBERS_PREFIX),
+        ("LANES_GONE", LANES_GONE_PREFIX),
+        ("LANES_DUE", LANES_DUE_KEY),
     )
 )

@@ -231,6 +231,18 @@ if redis.call('ZSCORE', own .. ':leases', job_id) then
   return 'aborting'
 end
 unready(own, job_id)
+-- a batch-lane job leaves the lane: off its deployment's pending set, or out of the provider batch
+-- it is in (into the batch's gone set: an answer that still comes is the operator's wasted spend,
+-- and a batch left without members is cancelled by the batcher), and off the due set
+local lane = redis.call('HMGET', record, 'lane_dep', 'lane_batch')
+if lane[2] then
+  if redis.call('HDEL', LANES_MEMBERS .. lane[2], job_id) == 1 then
+    redis.call('SADD', LANES_GONE .. lane[2], job_id)
+  end
+elseif lane[1] then
+  redis.call('ZREM', LANES_PENDING .. lane[1], job_id)
+end
+if lane[1] or lane[2] then redis.call('ZREM', LANES_DUE, job_id) end
 redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'error', error_json)
 job_ended(record, job_id, 'cancelled', {}, usage_ttl_s, '', now_ms())
 return 1

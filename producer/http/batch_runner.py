@@ -9,8 +9,8 @@ batch at that provider's batch price (about half) and sends it back to `now`, wi
 chain, when its provider batch is late for the deadline. The reservation is the `now` price; the
 settlement, once, the lane's. A tenant whose ``default_lane`` is set gets that lane instead, and a
 line that names a lane (or a service tier) keeps its own (``batch_lines``). Cancel (and expiry)
-ends the lines still parked for, or inside, a provider batch and takes them out of it
-(``WITHDRAW_LUA``); the provider batch, once it has no member left, is cancelled by the batcher.
+ends the lines still parked for, or inside, a provider batch and takes them out of it (the core's
+cancel script); the provider batch, once it has no member left, is cancelled by the batcher.
 
 State lives in Redis only, so any server process can pick a batch up after another one died:
 
@@ -45,18 +45,12 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from llm_router.contract import JobStatus
 from llm_router.errors import IdempotencyConflict, InvalidRequest, ResourceNotFound, RouterError
 from llm_router.keys import (
-    LANES_DUE_KEY,
     WEBHOOKS_DUE_KEY,
     active_batches_key,
     batch_key,
     batch_work_key,
-    lane_gone_key,
-    lane_members_key,
-    lane_pending_key,
-    record_key,
     scoped_id,
     tenant_batches_key,
 )
@@ -149,29 +143,6 @@ return st
 """
 
 
-# A cancelled line leaves the batch lane: off its deployment's pending set, or out of the provider
-# batch it was in (into that batch's ``gone`` set: an answer that still comes is the operator's wasted
-# spend, never the tenant's), and off the due set; a provider batch left without members is then
-# cancelled by the batcher (``worker.batcher``).  KEYS: record, holder (the provider batch's members
-# hash, or the pending set), gone (the holder again when parked), due.  ARGV: job id, holder kind
-# ('members' | 'pending'), the provider batch ('' when parked).  Returns 1 withdrawn, 0 nothing to
-# withdraw (not cancelled, or already out), -1 the job is in another batch than the caller read.
-WITHDRAW_LUA = """
-local record, holder, gone, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local job_id, kind, in_batch = ARGV[1], ARGV[2], ARGV[3]
-local r = redis.call('HMGET', record, 'status', 'lane_batch')
-if r[1] ~= 'cancelled' then return 0 end
-if (r[2] or '') ~= in_batch then return -1 end
-redis.call('ZREM', due, job_id)
-if kind == 'members' then
-  if redis.call('HDEL', holder, job_id) == 0 then return 0 end
-  redis.call('SADD', gone, job_id)
-  return 1
-end
-return redis.call('ZREM', holder, job_id)
-"""
-
-
 def batch_object(batch: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's ``batch`` object from the stored fields."""
     return {
@@ -257,7 +228,6 @@ class BatchRunner:
         self.active_key = active_batches_key(self.queue)
         self._create = redis.register_script(CREATE_LUA)
         self._update = redis.register_script(UPDATE_LUA)
-        self._withdraw = redis.register_script(WITHDRAW_LUA)
         self._progress: dict[str, _Progress] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -564,30 +534,11 @@ class BatchRunner:
 
         async def cancel(job_id: str) -> None:
             async with gate:
-                try:
-                    record = await self.producer.cancel(job_id, tenant=tenant)
-                except RouterError:
-                    return
-                if record.lane == "batch" and record.status == JobStatus.CANCELLED:
-                    await self.withdraw(scoped_id(tenant, job_id))
+                # a line in the batch lane leaves it too (the cancel script, llm_router.record_lua)
+                with contextlib.suppress(RouterError):
+                    await self.producer.cancel(job_id, tenant=tenant)
 
         await asyncio.gather(*(cancel(job_id_for(batch_id, p[0])) for p in progress.pending))
-
-    async def withdraw(self, scoped: str) -> bool:
-        """Take a cancelled line out of the batch lane (``WITHDRAW_LUA``); True if it was in it."""
-        raw_batch, raw_dep = await self.redis.hmget(record_key(scoped), ["lane_batch", "lane_dep"])
-        if raw_batch:
-            in_batch = raw_batch.decode()
-            holder, kind, gone = lane_members_key(in_batch), "members", lane_gone_key(in_batch)
-        elif raw_dep:
-            in_batch, kind = "", "pending"
-            holder = gone = lane_pending_key(raw_dep.decode())
-        else:
-            return False
-        reply = await self._withdraw(
-            keys=[record_key(scoped), holder, gone, LANES_DUE_KEY], args=[scoped, kind, in_batch]
-        )
-        return int(reply) == 1
 
     # -- finalizing -----------------------------------------------------------------------------
 

@@ -14,10 +14,14 @@ from redis.asyncio import Redis
 
 from llm_router.circuit_breaker import AdmissionState
 from llm_router.keys import (
+    LANES_DUE_KEY,
     active_key,
     active_tenants_key,
     credits_key,
     ended_channel,
+    lane_gone_key,
+    lane_members_key,
+    lane_pending_key,
     leases_key,
     ready_key,
     record_key,
@@ -315,6 +319,27 @@ async def test_cancel_of_a_held_job_hands_it_to_the_abort_set(store: Store, bare
     assert await bare_redis.zscore(abort_jobs_ss, "t/j1") is not None
     rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "queued" and rec["cancel_requested"] == "1"
+
+
+async def test_cancel_takes_a_batch_lane_job_out_of_its_lane(store: Store, bare_redis: Redis):
+    """A job parked for a provider batch leaves its deployment's pending set; one inside a provider
+    batch leaves the batch's members for its gone set (a late answer is the operator's wasted spend);
+    both leave the due set. A job of the same batch not cancelled stays where it is."""
+    for name in ("parked", "inside", "other"):
+        await submit(store, new_job(name))
+        await bare_redis.zadd(LANES_DUE_KEY, {f"t/{name}": 1})
+    # as the lanes' park and form scripts leave them (llm_router.lanes_lua)
+    await bare_redis.hset(record_key("t/parked"), "lane_dep", "dep-x")
+    await bare_redis.zadd(lane_pending_key("dep-x"), {"t/parked": 1})
+    for name in ("inside", "other"):
+        await bare_redis.hset(record_key(f"t/{name}"), mapping={"lane_dep": "dep-x", "lane_batch": "b1"})
+        await bare_redis.hset(lane_members_key("b1"), f"t/{name}", f"t/{name}")
+    assert await store.cancel("t/parked", ERROR) == (CancelReply.CANCELLED, None)
+    assert await store.cancel("t/inside", ERROR) == (CancelReply.CANCELLED, None)
+    assert await bare_redis.zscore(lane_pending_key("dep-x"), "t/parked") is None
+    assert await bare_redis.hkeys(lane_members_key("b1")) == [b"t/other"]
+    assert await bare_redis.smembers(lane_gone_key("b1")) == {b"t/inside"}
+    assert await bare_redis.zrange(LANES_DUE_KEY, 0, -1) == [b"t/other"]
 
 
 async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Redis):

@@ -1,21 +1,17 @@
-"""The batch front's lane rules and its withdrawal from the batch lane, on their own: which lane and
-deadline a line's job gets (``batch_lines.job_for``), a streamed line refused, ``WITHDRAW_LUA``
-against the real redis-server, and the tracker's reads of a large idle batch spacing out."""
+"""The batch front's lane rules on their own: which lane and deadline a line's job gets
+(``batch_lines.job_for``), a streamed line refused, and the tracker's reads of a large idle batch
+spacing out. (A cancelled line leaving the batch lane: the core's cancel script, tested in
+tests/core/test_record_scripts.py.)"""
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
-from llm_router.keys import LANES_DUE_KEY, lane_gone_key, lane_members_key, lane_pending_key, record_key
 from producer.http.batch_lines import Line, job_for, parse_lines
-from producer.http.batch_runner import TRACK_IDLE_MIN_S, BatchRunner, _Progress
-from producer.http.files import FileStore
-from producer.producer import Producer
+from producer.http.batch_runner import TRACK_IDLE_MIN_S, _Progress
 
 MODEL = "gpt-4o-mini"
 
@@ -56,45 +52,6 @@ def test_a_streamed_line_is_refused() -> None:
     refused, ok = parse_lines(raw, "/v1/chat/completions")
     assert refused.error is not None and refused.error["param"] == "body.stream"
     assert ok.error is None
-
-
-async def test_withdraw_takes_a_cancelled_line_out_of_the_batch_lane(
-    redis: Redis, producer: Producer
-) -> None:
-    """``WITHDRAW_LUA`` on its own against the real redis-server: a cancelled job leaves its provider
-    batch (into its ``gone`` set) or its pending set, and the due set; anything else stays."""
-    runner = BatchRunner(redis, producer, FileStore(redis, ttl_s=60, files_dir=None), ttl_s=60)
-    suffix = uuid.uuid4().hex[:8]
-    batch, dep = f"b-{suffix}", f"dep-{suffix}"
-    in_batch, parked, running = (f"t/{name}-{suffix}" for name in ("in", "parked", "running"))
-    await redis.hset(
-        record_key(in_batch), mapping={"status": "cancelled", "lane_batch": batch, "lane_dep": dep}
-    )
-    await redis.hset(record_key(parked), mapping={"status": "cancelled", "lane_dep": dep})
-    await redis.hset(record_key(running), mapping={"status": "queued", "lane_batch": batch, "lane_dep": dep})
-    await redis.hset(lane_members_key(batch), mapping={in_batch: in_batch, running: running})
-    await redis.zadd(lane_pending_key(dep), {parked: 1})
-    await redis.zadd(LANES_DUE_KEY, {in_batch: 1, parked: 1, running: 1})
-
-    assert await runner.withdraw(in_batch)
-    assert not await redis.hexists(lane_members_key(batch), in_batch)
-    assert await redis.sismember(lane_gone_key(batch), in_batch)
-    assert await runner.withdraw(parked)
-    assert await redis.zscore(lane_pending_key(dep), parked) is None
-    assert (
-        await redis.zscore(LANES_DUE_KEY, in_batch) is None
-        and await redis.zscore(LANES_DUE_KEY, parked) is None
-    )
-    # again: nothing left to withdraw; a job not cancelled stays where it is
-    assert not await runner.withdraw(in_batch) and not await runner.withdraw(parked)
-    assert not await runner.withdraw(running)
-    assert await redis.hexists(lane_members_key(batch), running) and await redis.zscore(
-        LANES_DUE_KEY, running
-    )
-    assert not await runner.withdraw(f"t/unknown-{suffix}")
-    for key in (lane_members_key(batch), lane_gone_key(batch), lane_pending_key(dep)):
-        await redis.delete(key)
-    await redis.zrem(LANES_DUE_KEY, running)
 
 
 def test_the_tracker_reads_a_large_idle_batch_less_often() -> None:
