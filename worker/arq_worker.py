@@ -221,6 +221,10 @@ class LeasedWorker(Worker):
             self._wakeup.set()
 
     async def _poll_iteration(self) -> None:
+        # arq cancels its main task once after a signal's grace period; should a wait below have
+        # swallowed that cancel, the worker would poll on forever, taking nothing: end it here
+        if self.main_task is not None and self.main_task.cancelling():
+            raise asyncio.CancelledError
         self._reap()
         if self._claims is None:
             return
@@ -233,8 +237,11 @@ class LeasedWorker(Worker):
             wait = max(self._next_look - now, 0.0)
             if self.tasks or room <= 0:
                 wait = min(wait, self.poll_delay_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that comes as
+            # the event is set, which left a SIGTERMed worker polling forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
             now = self.loop.time()
             room = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
         try:
