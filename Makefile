@@ -10,8 +10,14 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 demo: $(STAMP) redis
 	$(BIN)/llm-router demo
 
+# two pytest workers, each file whole on one (its module fixtures, fleets of processes, start once);
+# then, in one process: tests/admission (it measures how many calls a fleet keeps in flight, which a
+# second suite beside it would starve of CPU) and tests/compat (its last file checks the README's
+# matrix against every compat case of the run). TEST_WORKERS=0 runs the first part in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) redis chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/compat --ignore=tests/admission
+	$(BIN)/python -m pytest -q tests/admission tests/compat
 
 bench: $(STAMP) redis
 	$(BIN)/python bench/throughput.py

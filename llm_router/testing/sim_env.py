@@ -20,8 +20,13 @@ SIM_KEYS = {
 _BLANKED_SUFFIXES = ("_API_KEY", "_BASE_URL")
 # the simulator's provider batches answer in seconds, not hours: a batcher against it forms and polls
 # at that pace (``/v1/batches`` lines run in them). The batcher is one role per Redis, so every
-# process pointed at the simulator must agree; a caller's own values win.
-SIM_LANES = {"LLM_ROUTER_LANES_POLL_S": "0.2", "LLM_ROUTER_LANES_BATCH_AGE_S": "0.5"}
+# process pointed at the simulator must agree; a caller's own values win. A short role lease: the
+# role moves within seconds when its holder is killed (tests kill workers all the time).
+SIM_LANES = {
+    "LLM_ROUTER_LANES_POLL_S": "0.2",
+    "LLM_ROUTER_LANES_BATCH_AGE_S": "0.5",
+    "LLM_ROUTER_LANES_ROLE_TTL_S": "3",
+}
 
 
 def simulated_env(

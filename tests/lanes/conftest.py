@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+
+from llm_router.testing.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this directory's own: the batcher is one role per Redis, and these tests need it
+    held by their own workers, with their settings, never by another file's fleet in this pytest
+    process (alive, or just killed while holding it)."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -134,6 +134,15 @@ async def _keys(redis_url: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this directory's own: the batcher is one role per Redis, and these tests need it
+    held by their own workers, with their settings, never by another file's fleet in this pytest
+    process (alive, or just killed while holding it)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def obs_fleet(
     redis_server: RedisServer, sim: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ObsFleet]:

@@ -55,7 +55,7 @@ async def test_a_batch_reports_its_end_once_and_its_lines_do_not(
         metadata={"run": "one"},
         extra_body={"webhook": {"url": receiver.url("batch")}},
     )
-    await until(lambda: receiver.calls["batch"], timeout=20, what="batch.completed")
+    await until(lambda: receiver.calls["batch"], timeout=30, what="batch.completed")
     batch = await client.batches.retrieve(created.id)
     (call,) = receiver.calls["batch"]
     payload = call.verified(secret_of(t))
