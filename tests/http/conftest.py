@@ -133,6 +133,16 @@ def _wait_workers(settings: Settings, queues: list[str], procs: list[WorkerProce
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this directory's own: batch lines run in provider batches, and the batcher is one
+    role per Redis; here it is held by these tests' workers (the simulator's fast batch settings),
+    never by another directory's fleet in this pytest process, with its own settings (a provider
+    batch formed after 60 s), or just killed while holding it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def http_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("http")
 
