@@ -175,7 +175,13 @@ def test_the_dashboard_shows_jobs_and_a_breaker_opening(
         )
         batch_row = '#lanes tr[data-deployment="openai/gpt-4o-mini"]'
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, batch_row)))
-        cells = [c.text for c in find(batch_row).find_elements(By.TAG_NAME, "td")]
+        # the panel is rebuilt every sample (the batch's age ticks): read the row in one go, again
+        # if it was replaced while being read (the wait ignores stale elements)
+        cells = wait.until(
+            lambda d: [
+                c.text for c in d.find_element(By.CSS_SELECTOR, batch_row).find_elements(By.TAG_NAME, "td")
+            ]
+        )
         assert cells[1] == "openai/gpt-4o-mini" and cells[4] == "1", cells  # deployment, size
         assert "the operator's" in text("#lanes-summary")
         shot("05-lane-batch")
