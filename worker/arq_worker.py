@@ -83,6 +83,7 @@ class LeasedWorker(Worker):
         self._listener: asyncio.Task[None] | None = None
         self.refusal_limit_s = refusal_limit_s
         self._refused_since: float | None = None
+        self._stopping_since: float | None = None  # loop time of the stop signal
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -91,6 +92,8 @@ class LeasedWorker(Worker):
             running=len(self.tasks),
         )
         super().handle_sig_wait_for_completion(signum)
+        if self._stopping_since is None:
+            self._stopping_since = self.loop.time()
 
     async def _cancel_aborted_jobs(self) -> None:
         # arq reads its abort set on every poll; a cancel can wait a quarter of a second (while Redis
@@ -224,6 +227,14 @@ class LeasedWorker(Worker):
         # arq cancels its main task once after a signal's grace period; should a wait below have
         # swallowed that cancel, the worker would poll on forever, taking nothing: end it here
         if self.main_task is not None and self.main_task.cancelling():
+            raise asyncio.CancelledError
+        # and should that one cancel have found no main task to cancel yet (a signal during start-up),
+        # a stopping worker whose jobs are all done ends once the grace period is over
+        if (
+            self._stopping_since is not None
+            and not self.tasks
+            and self.loop.time() - self._stopping_since > self._job_completion_wait + 1
+        ):
             raise asyncio.CancelledError
         self._reap()
         if self._claims is None:
