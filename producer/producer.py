@@ -66,6 +66,18 @@ def _ids() -> Iterator[str]:
             yield block[i : i + 32]
 
 
+# one stream for the process: a stream per submit drew 64 KiB from the OS for a single interactive job
+_NEW_IDS = _ids()
+
+
+def _fresh_ids_after_fork() -> None:
+    global _NEW_IDS  # a forked child must not hand out its parent's remaining ids
+    _NEW_IDS = _ids()
+
+
+os.register_at_fork(after_in_child=_fresh_ids_after_fork)
+
+
 class JobFailed(RouterError):
     """Raised by the interactive calls when their job ended without an answer; ``record`` says why."""
 
@@ -199,7 +211,7 @@ class Producer:
         results: list[Submitted | RouterError] = []
         chunk: list[tuple[int, NewJob]] = []
         in_flight: asyncio.Task[None] | None = None
-        new_ids = iter(ids) if ids is not None else _ids()
+        new_ids = iter(ids) if ids is not None else _NEW_IDS
         trace = job_trace_fields(self.settings)  # the active span's context: the worker joins its trace
         traceparent = trace[1] if trace else None
         for job in jobs:
