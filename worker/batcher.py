@@ -55,6 +55,7 @@ from llm_router.keys import (
     lane_members_key,
     lane_pending_key,
     record_key,
+    request_key,
 )
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import FinishReply, Store
@@ -158,8 +159,10 @@ class Batcher:
         items are known by their position."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for j in jobs:
-                pipe.hget(record_key(j), "request")
-            requests = await pipe.execute()
+                pipe.get(request_key(j))
+                pipe.hget(record_key(j), "request")  # a record of before request keys
+            replies = await pipe.execute()
+        requests = [own or field for own, field in zip(replies[::2], replies[1::2], strict=True)]
         client = client_for(self.session, dep)
         items: list[bytes] = []
         order: list[str] = []
@@ -277,7 +280,10 @@ class Batcher:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id, _ in chunk:
                     pipe.hmget(record_key(job_id), "request", "attempts", "route", "parent")
-                records = await pipe.execute()
+                    pipe.get(request_key(job_id))
+                replies = await pipe.execute()
+            # the request from its own key (a record of before request keys has it as a field)
+            records = [[own or r[0], *r[1:]] for r, own in zip(replies[::2], replies[1::2], strict=True)]
             for (job_id, item), raw in zip(chunk, records, strict=True):
                 await self._item(batch_id, dep, job_id, item, submitted_at, raw)
         await self._send_back_all(

@@ -41,6 +41,7 @@ from llm_router.keys import (
     credits_key,
     lane_batch_key,
     record_key,
+    request_key,
     scoped_id,
 )
 from llm_router.tenants import TenantPolicies
@@ -295,7 +296,7 @@ async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
     as_stored = at_now = 0
     for i in range(n):
         stored = orjson.loads(
-            await front.redis.hget(record_key(scoped_id(who, job_id_for(batch.id, i))), "request")
+            await front.redis.get(request_key(scoped_id(who, job_id_for(batch.id, i))))
         )
         assert stored["lane"] == "auto" and stored["deadline_s"] <= 24 * 3600
         as_stored += validator.prepare(stored, now=0).reserve_nanos
