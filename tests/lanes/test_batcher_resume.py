@@ -16,7 +16,13 @@ from redis.asyncio import Redis
 from config.catalog import Catalog
 from config.settings import DEFAULT_CATALOG, Settings
 from llm_router.credits import Ledger
-from llm_router.keys import LANES_OPEN_KEY, LANES_STATS_KEY, credits_key, lane_batch_key, record_key, request_key
+from llm_router.keys import (
+    LANES_OPEN_KEY,
+    LANES_STATS_KEY,
+    credits_key,
+    lane_batch_key,
+    request_key,
+)
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import Store
 from llm_router.testing.sim_env import SIM_KEYS

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from llm_router.credits import Ledger
-from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, record_key, request_key
+from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, request_key
 from llm_router.lanes_lua import LaneScripts
 from tests.lanes.conftest import sim_lane_counters
 from tests.lanes.test_batcher_resume import _drain, rig  # noqa: F401 (the fixture)
