@@ -150,6 +150,9 @@ class SubmitReply(IntEnum):
     QUEUE_FULL = -3  # the tenant has its limit of jobs queued or running
 
 
+_SUBMIT_REPLIES = {int(r): r for r in SubmitReply}  # a dict read: SubmitReply(code) costs ~0.5 µs a job
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     """What the start script read and decided for a job a worker is about to run."""
@@ -366,7 +369,7 @@ class Store:
         for _ in range(2):
             replies, missing_script = await self._send_raw(packed, len(calls) + len(wakes))
             if not missing_script:
-                out = [SubmitReply(int(r)) for reply in replies[: len(calls)] for r in reply]
+                out = [_SUBMIT_REPLIES[r] for reply in replies[: len(calls)] for r in reply]
                 if len(out) != len(batch):
                     raise RuntimeError(f"the submit script answered {len(out)} codes for {len(batch)} jobs")
                 return out
