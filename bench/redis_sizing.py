@@ -4,10 +4,11 @@ On a private ``redis-server`` (Debian's, as in production: jemalloc) with the si
 process, for ``--jobs`` jobs (10,000) each of a short prompt (a 40-byte chat line) and a 1 KB prompt:
 
 * **queued**: ``INFO memory`` ``used_memory`` after ``Producer.submit_many`` minus before, per job,
-  and ``MEMORY USAGE`` of one job's keys (its record, arq's job key; the queue entry is the rest);
-* **finished**: a worker runs them all (simulator answers of ~20 tokens); ``used_memory`` of what is
-  left per job (the record with its answer, attempts and cost; arq's keys are gone) and ``MEMORY
-  USAGE`` of one finished record;
+  and ``MEMORY USAGE`` of one job's keys (its record, its request's key, its share of the ready queue);
+* **finished**: a worker runs them all (simulator answers of ~20 tokens, or of 1 KB for the third
+  column: a JSON schema asks for a 1,000-character string); ``used_memory`` of what is left per job
+  (the record with its answer, attempts and cost, and its request) and ``MEMORY USAGE`` of one
+  finished record;
 * **stream chunk**: ``--stream-jobs`` (1,000) streamed jobs; ``MEMORY USAGE`` of each job's stream
   divided by its entries (``XLEN``), kept ``LLM_ROUTER_STREAM_TTL_S`` after the job ends;
 * **Redis CPU and commands**: ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) and
@@ -38,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import Settings
+from llm_router import keys
 from llm_router.keys import RECORD_PREFIX, STREAM_PREFIX
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
@@ -106,6 +108,9 @@ async def one_kind(
         mem1, cpu1, cmd1 = await _stats(redis)
         ids = [s.job_id for s in subs]  # type: ignore[union-attr]
         record_queued = _median(await _usage(redis, RECORD_PREFIX + "*"))
+        # the request's own key (a tree from before it kept the request in the record)
+        request_prefix = getattr(keys, "REQUEST_PREFIX", None)
+        request_queued = _median(await _usage(redis, request_prefix + "*")) if request_prefix else 0.0
         # the queue's own share: its ready queues (one per tenant and band) per job queued
         queue_bytes = sum(await _usage(redis, f"{queue}:ready:*")) / max(n, 1)
         _, cpu2, cmd2 = await _stats(redis)
@@ -140,6 +145,7 @@ async def one_kind(
         "succeeded": ok,
         "queued_bytes_per_job": (mem1 - mem0) / n,
         "queued_record_bytes": record_queued,
+        "queued_request_bytes": request_queued,
         "queued_queue_entry_bytes": queue_bytes,
         "finished_bytes_per_job": (mem3 - mem0) / n,
         "finished_record_bytes": record_done,
@@ -241,6 +247,7 @@ def report(r: dict[str, Any]) -> None:
         "queued_bytes_per_job",
     )
     row("queued: record (MEMORY USAGE, B)", "queued_record_bytes")
+    row("queued: its request's key (MEMORY USAGE, B)", "queued_request_bytes")
     row("queued: queue entry (B, its share of the ready queue)", "queued_queue_entry_bytes")
     row("finished: used_memory per job (B)", "finished_bytes_per_job")
     row("finished: record (MEMORY USAGE, B)", "finished_record_bytes")

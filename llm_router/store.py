@@ -10,7 +10,6 @@ queue. Scripts run on Redis' own clock-free inputs: times are passed in by the c
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -568,19 +567,7 @@ class Store:
         return CancelReply.ALREADY_ENDED, status
 
     async def get(self, job_id: str) -> JobRecord | None:
-        """One record with its request: both reads leave in one write of the store's auto-pipeline
-        (an interactive wait reads its record this way, so no pipeline object or pool checkout)."""
-        if pack_command is None:  # pragma: no cover - hiredis is a dependency
-            return (await self.get_many([job_id]))[0]
-        raw, request = await asyncio.gather(
-            self.pipe.send(pack_command(("HGETALL", record_key(job_id)))),
-            self.pipe.send(pack_command(("GET", request_key(job_id)))),
-        )
-        if not raw:
-            return None
-        if not isinstance(raw, dict):  # RESP2: field, value, field, value...
-            raw = dict(zip(raw[::2], raw[1::2], strict=True))
-        return decode_record(job_id, raw, request)
+        return (await self.get_many([job_id]))[0]
 
     async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """Records with their requests (``keys.request_key``), read in one round trip."""
