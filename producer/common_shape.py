@@ -26,7 +26,7 @@ _MAX_TOKENS = 10_000_000
 
 class CommonJob:
     """A job of the common shape, read as ``producer.validation`` reads a ``ChatJob``: every field
-    ``ChatJob`` has, ``None`` unless the job gave it; its messages stay dicts of text."""
+    ``ChatJob`` has, at its default unless the job gave it; its messages stay dicts of text."""
 
     def __init__(self, obj: dict[str, Any]) -> None:
         self.__dict__.update(obj)
@@ -41,8 +41,8 @@ class CommonJob:
         return None
 
 
-for _name in ChatJob.model_fields:
-    setattr(CommonJob, _name, None)
+for _name, _field in ChatJob.model_fields.items():  # what a job that does not give a field reads
+    setattr(CommonJob, _name, None if _field.is_required() else _field.get_default(call_default_factory=True))
 
 
 def common_job(obj: dict[str, Any]) -> CommonJob | None:
