@@ -232,7 +232,13 @@ if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   -- an ended job is kept the record TTL from now; an unfinished one keeps the TTL it got at submit
   -- (its deadline plus the record TTL), which a deferral must not shorten
   redis.call('EXPIRE', record, record_ttl_s)
-  redis.call('EXPIRE', REQUEST .. job_id, record_ttl_s)
+  -- the request joins its ended record: apart it kept the queued record a listpack, but an ended one
+  -- (its answer is over 64 bytes) is a hashtable anyway, where a field costs less than a key
+  local request = redis.call('GET', REQUEST .. job_id)
+  if request then
+    redis.call('HSET', record, 'request', request)
+    redis.call('DEL', REQUEST .. job_id)
+  end
   local settle = {}
   if settlement ~= '' then settle = cjson.decode(settlement) end
   job_ended(record, job_id, ended, settle, usage_ttl_s, summary, now)

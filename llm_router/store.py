@@ -1,11 +1,13 @@
 """Job records: submit, start, finish, cancel, read, token streams and compare parents.
 
-A job's record is a Redis hash at ``keys.record_key(id)``; JSON-valued fields are orjson bytes. Each
-state change is one Lua script of ``llm_router.record_lua`` (atomic, one round trip): ``submit``
-creates the record and makes the job due in its queue in the same step (SET-NX semantics on the
-record make it the idempotency key), ``start`` marks a job running and returns its request,
-``finish`` writes the outcome unless the job already ended, ``cancel`` takes a queued job off its
-queue. Scripts run on Redis' own clock-free inputs: times are passed in by the caller.
+A job's record is a Redis hash at ``keys.record_key(id)``; JSON-valued fields are orjson bytes; its
+request is a key of its own (``keys.request_key``) until the job ends. Each state change is one Lua
+script of ``llm_router.record_lua`` (atomic, one round trip): ``submit`` creates the record and the
+request and makes the job due in its queue in the same step (SET-NX semantics on the record make it
+the idempotency key; a bulk submit sends ``SUBMIT_GROUP`` jobs to a call), ``start`` marks a job
+running and returns its request, ``finish`` writes the outcome unless the job already ended,
+``cancel`` takes a queued job off its queue. Scripts run on Redis' own clock-free inputs: times are
+passed in by the caller.
 """
 
 from __future__ import annotations
