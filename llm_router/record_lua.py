@@ -38,6 +38,28 @@ local unmetered = {}  -- tenants seen without a credit hash: the check is not re
 local active = {}  -- tenant -> its count of jobs queued or running, once read
 local added = {}  -- tenant -> jobs this call created
 local due = {}  -- band .. '|' .. tenant -> {band, tenant, {seq, job, ...}}
+
+-- a job's reads and its reservation, the only writes before its record (an error leaves none):
+-- its code (as the script's reply) and whether its tenant is metered
+local function admit_job(record, digest, tenant, reserve_nanos)
+  local h = redis.call('HMGET', record, 'digest', 'tenant')
+  if h[1] then
+    -- the same job only for its own tenant: another tenant's id is a conflict, never its record
+    if h[1] == digest and (h[2] or 'default') == tenant then return 0, false end
+    return -1, false
+  end
+  if max_queued > 0 then
+    if not active[tenant] then active[tenant] = tonumber(redis.call('GET', ACTIVE .. tenant) or '0') end
+    if active[tenant] + (added[tenant] or 0) >= max_queued then return -3, false end
+  end
+  if unmetered[tenant] then return 1, false end
+  local ok, metered = reserve(tenant, reserve_nanos)
+  if not ok then return -2, true end
+  if not metered then unmetered[tenant] = true end
+  return 1, metered
+end
+
+local failure = nil
 local a = JOBS
 for i = 1, #KEYS do
   local record = KEYS[i]
@@ -48,20 +70,12 @@ for i = 1, #KEYS do
     tonumber(ARGV[a + 12])
   local first = a + JOB_ARGS
   a = first + optional
-  local code = 1
-  local h = redis.call('HMGET', record, 'digest', 'tenant')
-  if h[1] then
-    -- the same job only for its own tenant: another tenant's id is a conflict, never its record
-    if h[1] == digest and (h[2] or 'default') == tenant then code = 0 else code = -1 end
-  elseif max_queued > 0 then
-    if not active[tenant] then active[tenant] = tonumber(redis.call('GET', ACTIVE .. tenant) or '0') end
-    if active[tenant] + (added[tenant] or 0) >= max_queued then code = -3 end
-  end
-  local metered = false
-  if code == 1 and not unmetered[tenant] then
-    local ok
-    ok, metered = reserve(tenant, reserve_nanos)
-    if not ok then code = -2 elseif not metered then unmetered[tenant] = true end
+  -- a key of another type where a job's record or its tenant's counters belong fails the call, but
+  -- only after the jobs before it are whole (queued and counted): no job is left half made
+  local ok, code, metered = pcall(admit_job, record, digest, tenant, reserve_nanos)
+  if not ok then
+    failure = code
+    break
   end
   if code == 1 then
     local fields = {'digest', digest, 'status', 'queued', 'attempts', '[]', 'route', route,
@@ -91,8 +105,11 @@ for i = 1, #KEYS do
   end
   out[i] = code
 end
-for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
 for _, group in pairs(due) do make_ready_many(queue, group[1], group[2], group[3]) end
+for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
+if failure then
+  return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
+end
 return out
 """
 )

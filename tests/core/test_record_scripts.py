@@ -11,6 +11,7 @@ import orjson
 import pytest
 from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from llm_router.circuit_breaker import AdmissionState
 from llm_router.keys import (
@@ -165,6 +166,23 @@ async def test_a_group_of_jobs_in_one_call_is_each_job_on_its_own(store: Store, 
     assert await bare_redis.exists(record_key("t/b"), request_key("t/b"), record_key("u/y")) == 0
     assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/a", b"t/c"]
     assert await bare_redis.zrange(ready_key(QUEUE, "normal", "u"), 0, -1) == [b"u/old", b"u/x"]
+
+
+async def test_a_job_that_fails_its_call_leaves_the_jobs_before_it_whole(store: Store, bare_redis: Redis):
+    """A key of another type where a job's record belongs fails the call (as it failed that job's own
+    call before groups), after the jobs before it got their queue entries and counts: none is left
+    with a record and a reservation but no place in its queue."""
+    await credit(bare_redis, "t", 1000)
+    await bare_redis.set(record_key("t/junk"), "not a hash")
+    jobs = [new_job("a", reserve_nanos=100), new_job("b", reserve_nanos=100), new_job("junk"), new_job("c")]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await store.submit_batch([store.submit_command(j) for j in jobs])
+    assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/a", b"t/b"]
+    assert await bare_redis.get(active_key("t")) == b"2"
+    assert await bare_redis.hget(credits_key("t"), "reserved") == b"200"
+    assert await bare_redis.exists(record_key("t/c"), request_key("t/c")) == 0
+    # the connection was dropped mid-reply; the next submit works
+    assert await submit(store, new_job("c")) == SubmitReply.CREATED
 
 
 async def test_a_bulk_submit_spans_calls_and_queues(store: Store, bare_redis: Redis):
