@@ -97,10 +97,19 @@ class EndedWaiter:
                 if not waiters:
                     del self._events[job_id]
 
-    async def wait(self, job_id: str, event: asyncio.Event, timeout: float) -> JobRecord:
+    async def wait(
+        self, job_id: str, event: asyncio.Event, timeout: float, *, new_job: bool = False
+    ) -> JobRecord:
         """The job's final record, read when ``event`` (from ``watch``) fires; ``WaitTimeout`` after
-        ``timeout`` seconds."""
+        ``timeout`` seconds.
+
+        ``new_job``: the job was created after ``watch`` began, so it cannot have ended unnoticed
+        and the first read waits for its end (the read of a record still queued was a round trip
+        and a decode on every interactive call). A lost subscription wakes every waiter when it is
+        back, and the read every ``recheck_s`` stays the safety net."""
         deadline = time.monotonic() + timeout
+        if new_job and self.subscribed.is_set():
+            await self._sleep(event, min(self.recheck_s, timeout))
         while True:
             event.clear()  # before the read: a notification arriving after it sets the event again
             try:

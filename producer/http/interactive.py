@@ -35,7 +35,6 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.errors import InvalidRequest, NoWorkers, RouterError
-from producer import liveness
 from producer.http.ended import EndedWaiter, follow_stream
 from producer.http.errors import idempotency_key, name_job, record_error
 from producer.http.jobs_api import submit_jobs, without_tenant
@@ -56,6 +55,7 @@ class Started:
     wait_s: float
     ended: asyncio.Event
     tenant: str
+    created: bool = False  # by this request (a retry's Idempotency-Key finds the first one's job)
 
 
 def client_gone(request: web.Request) -> bool:
@@ -79,7 +79,7 @@ async def start_interactive(
     settings: Settings = request.app["settings"]
     producer: Producer = request.app["producer"]
     waiter: EndedWaiter = request.app["ended"]
-    if await liveness.live_workers(producer.redis, settings, settings.interactive_queue_name) == 0:
+    if await producer.liveness.count(settings.interactive_queue_name) == 0:
         raise NoWorkers("no live llm-router worker serves the interactive queue")
     job = without_tenant(job)
     given = job.get("job_id")
@@ -101,7 +101,7 @@ async def start_interactive(
             raise result
         deadline = job.get("deadline_s")
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
-        started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
+        started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant, result.created)
         watcher = asyncio.create_task(_cancel_when_gone(request, producer, started))
         try:
             yield started
@@ -141,7 +141,8 @@ async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
     waiter: EndedWaiter = request.app["ended"]
     producer: Producer = request.app["producer"]
-    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
+    scoped = producer.scoped(started.job_id, started.tenant)
+    record = await waiter.wait(scoped, started.ended, started.wait_s, new_job=started.created)
     if record.status != JobStatus.SUCCEEDED:
         raise record_error(record.error)
     return record
