@@ -65,6 +65,7 @@ from producer.http import (
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter, is_outage, unavailable
 from producer.http.errors import error_response, with_job_id
+from producer.http.interactive import GONE, GoneWatch
 from producer.http.protocol import run as serve
 from producer.http.redis_watch import RedisWatch
 from producer.producer import Producer
@@ -195,6 +196,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app["producer"] = producer
     app["redis_watch"] = watch = RedisWatch(client, timeout_s=settings.redis_timeout_s)
     app["ended"] = EndedWaiter(client, producer.store, watch=watch)
+    app[GONE] = GoneWatch()
     app[limits.LIMITS] = limits.TenantLimits(settings, producer.policies)
     app["api_keys"] = (
         None
@@ -222,6 +224,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
         for task in later:
             task.cancel()
         await app["ended"].close()
+        await app[GONE].close()
         await watch.close()
         app[limits.LIMITS].close()
         if own_redis:
