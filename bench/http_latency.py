@@ -104,27 +104,90 @@ async def _create_key(redis_url: str) -> str:
         await redis.aclose()
 
 
-async def _timed(session: aiohttp.ClientSession, url: str, body: bytes, key: str) -> float:
+async def _timed(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    key: str,
+    sent: list[tuple[str, float, float]] | None = None,
+) -> float:
+    """The request's latency (ms); ``sent`` gets (job id, sent at, answered at) in wall-clock time
+    when the answer names its job."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    wall = time.time()
     t0 = time.perf_counter()
     async with session.post(url, data=body, headers=headers) as r:
         payload = await r.read()
         if r.status != 200:
             raise RuntimeError(f"{url}: {r.status} {payload[:300]!r}")
-    return (time.perf_counter() - t0) * 1000
+        job_id = r.headers.get("x-llm-router-job-id")
+    elapsed = time.perf_counter() - t0
+    if sent is not None and job_id:
+        sent.append((job_id, wall, wall + elapsed))
+    return elapsed * 1000
 
 
-async def measure(paths: dict[str, tuple[str, str]], n: int) -> dict[str, list[float]]:
+async def measure(
+    paths: dict[str, tuple[str, str]], n: int, sent: list[tuple[str, float, float]] | None = None
+) -> dict[str, list[float]]:
     """Each path's latencies (ms), one request at a time, paths interleaved request by request."""
     out: dict[str, list[float]] = {name: [] for name in paths}
     async with aiohttp.ClientSession() as session:
         for i in range(n + WARMUP):
             body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
             for name, (url, key) in paths.items():
-                ms = await _timed(session, url, body, key)
-                if i >= WARMUP:  # the first calls open connections and warm every process
+                counted = i >= WARMUP  # the first calls open connections and warm every process
+                ms = await _timed(session, url, body, key, sent if counted else None)
+                if counted:
                     out[name].append(ms)
     return out
+
+
+SPANS = {
+    "submit": "request sent → job validated (HTTP, auth, body, validation; created_at is stamped here)",
+    "queue": "→ job started (the submit script, the wake-up, the claim, the start script)",
+    "to call": "→ upstream call sent (the start's reply decoded, route, request built)",
+    "call": "the upstream call, as the worker timed it",
+    "record": "→ answer parsed and priced (finished_at is stamped before the finish script)",
+    "answer": "→ answer received (finish script, end notification, record read, response)",
+}
+
+
+async def breakdown(redis_url: str, sent: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """Where each llm-router request's time went, from its record's timestamps and the client's."""
+    redis = Redis.from_url(redis_url)
+    spans: dict[str, list[float]] = {name: [] for name in SPANS}
+    try:
+        by_id = {j: (t0, t1) for j, t0, t1 in sent}
+        async for key in redis.scan_iter("llm-router:job:*", count=1000):
+            job_id = key.decode().rsplit("/", 1)[-1]
+            if job_id not in by_id or await redis.type(key) != b"hash":
+                continue
+            created, started, finished, attempts = await redis.hmget(
+                key, "created_at", "started_at", "finished_at", "attempts"
+            )
+            if not (created and started and finished and attempts):
+                continue
+            call = orjson.loads(attempts)[-1]
+            call_at, call_s = float(call["started_at"]), float(call["latency_ms"]) / 1000
+            t0, t1 = by_id[job_id]
+            c, s, f = float(created), float(started), float(finished)
+            for name, value in (
+                ("submit", c - t0),
+                ("queue", s - c),
+                ("to call", call_at - s),
+                ("call", call_s),
+                ("record", f - call_at - call_s),
+                ("answer", t1 - f),
+            ):
+                spans[name].append(value * 1000)
+    finally:
+        await redis.aclose()
+    return {
+        name: {"p50_ms": _pct(v, 0.5), "p99_ms": _pct(v, 0.99), "mean_ms": sum(v) / len(v)}
+        for name, v in spans.items()
+        if v
+    }
 
 
 async def _open_loop(
@@ -205,7 +268,9 @@ async def run(n: int) -> dict[str, Any]:
                     paths["litellm proxy"] = (f"{peer_url}/v1/chat/completions", peer_key)
                 except PeerUnavailable as exc:
                     print(f"litellm proxy: skipped ({exc})")
-                latencies = await measure(paths, n)
+                sent: list[tuple[str, float, float]] = []
+                latencies = await measure(paths, n, sent)
+            spans = await breakdown(redis_server.url, sent)
     direct = latencies["direct"]
     rows = {}
     for name, values in latencies.items():
@@ -220,6 +285,7 @@ async def run(n: int) -> dict[str, Any]:
         "requests": n,
         "target": {"overhead_p50_ms": 2, "overhead_p99_ms": 5, "load_overhead_p99_ms": 10},
         "paths": rows,
+        "spans": spans,
     }
 
 
@@ -284,6 +350,13 @@ def main() -> None:
             "-" if name == "direct" else f"{row['overhead_p99_ms']:.2f}",
         )
     Console(width=None if sys.stdout.isatty() else 120).print(table)
+    spans = Table(title="Where llm-router's time goes (one at a time; record timestamps and the client's)")
+    for col in ("span", "p50 ms", "p99 ms", "mean ms", "what"):
+        spans.add_column(col, justify="left" if col in ("span", "what") else "right")
+    for name, row in results["spans"].items():
+        figures = (f"{row[k]:.2f}" for k in ("p50_ms", "p99_ms", "mean_ms"))
+        spans.add_row(name, *figures, SPANS[name])
+    Console(width=None if sys.stdout.isatty() else 140).print(spans)
     ours = results["paths"]["llm-router"]
     met = ours["overhead_p50_ms"] <= 2 and ours["overhead_p99_ms"] <= 5
     print(f"target (<= 2 ms p50, <= 5 ms p99 over direct): {'met' if met else 'MISSED'}")
