@@ -133,6 +133,7 @@ class Producer:
         )
         self.validator = Validator(catalog, settings)
         self.policies = TenantPolicies(redis, settings)
+        self.liveness = liveness.LiveWorkers(redis, settings)
 
     @classmethod
     async def connect(
@@ -665,7 +666,7 @@ class Producer:
 
     async def _interactive_workers(self) -> int:
         # heartbeats missed during a Redis outage are not a dead fleet (see producer.liveness)
-        return await liveness.live_workers(self.redis, self.settings, self.settings.interactive_queue_name)
+        return await self.liveness.count(self.settings.interactive_queue_name)
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], **params: Any
