@@ -25,6 +25,11 @@ new connections outside its lock (redis-py 5 holds the lock through a connection
 waits the whole timeout on a stopped Redis: a hundred callers then fail one timeout after another
 instead of all at once).
 
+Cancels: redis-py bounds each write with ``asyncio.wait_for``, which on Python 3.11 returns normally
+when the cancel comes as the write has just finished (the cancel is lost: a loop cancelled at that
+moment carried on forever, and a worker stopped then never exited). Our connections raise such a
+cancel after the write, and drop the connection, whose reply is never read.
+
 Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
 in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
 for the sentinels themselves when they require one (Sentinel's ``requirepass`` is its own; Bitnami's
@@ -33,6 +38,8 @@ chart sets it to the data nodes' password).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -200,11 +207,40 @@ class _ConnectOutsideTheLock:
         return connection  # type: ignore[no-any-return]
 
 
-class _Pool(_ConnectOutsideTheLock, ConnectionPool):
+class _KeepCancels:
+    """A connection whose writes raise the cancel that ``asyncio.wait_for`` lost (see the module
+    docstring): a cancel requested during the write and not raised by it is raised after it."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if task is not None and task.cancelling() > asked:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise asyncio.CancelledError
+
+
+@functools.cache
+def _keeping_cancels(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    return type(connection_class.__name__, (_KeepCancels, connection_class), {})
+
+
+class _PoolOfOurs(_ConnectOutsideTheLock):
+    """Our pools: connections made outside the lock, whose writes keep their cancels (whichever
+    class the URL's scheme or Sentinel chose: TCP, TLS, a Unix socket)."""
+
+    connection_class: type[AbstractConnection]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_class = _keeping_cancels(self.connection_class)
+
+
+class _Pool(_PoolOfOurs, ConnectionPool):
     pass
 
 
-class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
+class _SentinelPool(_PoolOfOurs, SentinelConnectionPool):
     """Closing the client closes its connections to the sentinels too."""
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
