@@ -25,6 +25,13 @@ new connections outside its lock (redis-py 5 holds the lock through a connection
 waits the whole timeout on a stopped Redis: a hundred callers then fail one timeout after another
 instead of all at once).
 
+Writes and cancels: redis-py bounds each write with ``asyncio.wait_for``, which on Python 3.11 runs
+the write in a task of its own (a task and a turn of the event loop per command) and returns
+normally when a cancel comes as the write has just finished: the cancel is lost (a worker stopped
+as its batcher sent a command never exited). Our connections write with the drain bounded by
+``asyncio.timeout`` instead (``_QuickSend``), so a cancel is raised where it lands and no task is
+made per command.
+
 Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
 in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
 for the sentinels themselves when they require one (Sentinel's ``requirepass`` is its own; Bitnami's
