@@ -117,7 +117,8 @@ class EndedWaiter:
         """Subscribe in the background; waits up to ``timeout`` for the first subscription."""
         self._task = asyncio.create_task(self._listen(), name="ended-listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.subscribed.wait()
 
     async def close(self) -> None:
         if self._task is not None:
