@@ -145,8 +145,8 @@ async def measure(
 
 SPANS = {
     "submit": "request sent → job validated (HTTP, auth, body, validation; created_at is stamped here)",
-    "queue": "→ job started (the submit script, the wake-up, the claim, the start script)",
-    "to call": "→ upstream call sent (the start's reply decoded, route, request built)",
+    "queue": "→ job taken (the submit script, the wake-up, the claim; started_at is stamped here)",
+    "to call": "→ upstream call sent (the start script, its reply decoded, route, request built)",
     "call": "the upstream call, as the worker timed it",
     "record": "→ answer parsed and priced (finished_at is stamped before the finish script)",
     "answer": "→ answer received (finish script, end notification, record read, response)",
