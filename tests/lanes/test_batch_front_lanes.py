@@ -295,7 +295,12 @@ async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
     validator = Validator(sim_catalog, front.settings)
     as_stored = at_now = 0
     for i in range(n):
-        stored = orjson.loads(await front.redis.get(request_key(scoped_id(who, job_id_for(batch.id, i)))))
+        scoped = scoped_id(who, job_id_for(batch.id, i))
+        # an ended job's request is back in its record (the finish script moves it there)
+        raw = await front.redis.hget(record_key(scoped), "request") or await front.redis.get(
+            request_key(scoped)
+        )
+        stored = orjson.loads(raw)
         assert stored["lane"] == "auto" and stored["deadline_s"] <= 24 * 3600
         as_stored += validator.prepare(stored, now=0).reserve_nanos
         at_now += validator.prepare({**stored, "lane": "now"}, now=0).reserve_nanos
