@@ -218,6 +218,10 @@ async def one_run(
         "worker_time_p99_ms": _pct(worker_ms, 0.99),
         "upstream_p50_ms": _pct(upstream, 0.5),
         "upstream_p99_ms": _pct(upstream, 0.99),
+        # a job run more than once (its lease lapsed, or it was deferred) or with more than one
+        # attempt: the width should cost neither
+        "jobs_run_again": sum(r.runs > 1 for r in records),
+        "jobs_with_other_attempts": sum(len(r.attempts) > 1 for r in records),
         "sim_cpu_us_per_job": sim_cpu / n * 1e6,
         "sim_peak_rss_mb": sim_rss,
         "redis_cpu_us_per_job": redis_cpu / n * 1e6,
@@ -301,7 +305,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def _brief(r: dict[str, Any]) -> str:
     return (
         f"{r['sustained_jps']:,.0f} jobs/s sustained, {r['cpu_us_per_job']:.0f} CPU µs/job, "
-        f"{r['peak_rss_mb']:.0f} MB peak RSS"
+        f"{r['peak_rss_mb']:.0f} MB peak RSS; {r['jobs_run_again']} jobs run again, "
+        f"{r['jobs_with_other_attempts']} with more than one attempt"
     )
 
 
