@@ -435,7 +435,7 @@ def report(r: dict[str, Any]) -> None:
     table.add_row(
         f"bulk memory: Redis per queued job, 1 KB prompt, {r['bulk_jobs']:,} jobs",
         f"{per_job:,.0f} B",
-        f"target ≤ 3,072 B {'✔' if per_job <= 3072 else '✘'}",
+        f"target ≤ 2,500 B {'✔' if per_job <= 2500 else '✘'}",
     )
     for count in (1, 2, 4):
         table.add_row(

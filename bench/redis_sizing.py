@@ -4,10 +4,11 @@ On a private ``redis-server`` (Debian's, as in production: jemalloc) with the si
 process, for ``--jobs`` jobs (10,000) each of a short prompt (a 40-byte chat line) and a 1 KB prompt:
 
 * **queued**: ``INFO memory`` ``used_memory`` after ``Producer.submit_many`` minus before, per job,
-  and ``MEMORY USAGE`` of one job's keys (its record, arq's job key; the queue entry is the rest);
-* **finished**: a worker runs them all (simulator answers of ~20 tokens); ``used_memory`` of what is
-  left per job (the record with its answer, attempts and cost; arq's keys are gone) and ``MEMORY
-  USAGE`` of one finished record;
+  and ``MEMORY USAGE`` of one job's keys (its record, its request's key, its share of the ready queue);
+* **finished**: a worker runs them all (simulator answers of ~20 tokens, or of 1 KB for the third
+  column: a JSON schema asks for a 1,000-character string); ``used_memory`` of what is left per job
+  (the record with its answer, attempts and cost, and its request) and ``MEMORY USAGE`` of one
+  finished record;
 * **stream chunk**: ``--stream-jobs`` (1,000) streamed jobs; ``MEMORY USAGE`` of each job's stream
   divided by its entries (``XLEN``), kept ``LLM_ROUTER_STREAM_TTL_S`` after the job ends;
 * **Redis CPU and commands**: ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) and
@@ -38,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import Settings
+from llm_router import keys
 from llm_router.keys import RECORD_PREFIX, STREAM_PREFIX
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
@@ -67,17 +69,36 @@ def _median(values: list[int]) -> float:
     return float(values[len(values) // 2]) if values else 0.0
 
 
+def _answer_format(size: int) -> dict[str, Any]:
+    """A response format the simulator answers with a JSON object holding a ``size``-character string."""
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": size}}, "required": ["a"]}
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}
+
+
 async def one_kind(
-    redis: Redis, url: str, env: dict[str, str], tmp: Path, n: int, prompt: str, stream: bool
+    redis: Redis,
+    url: str,
+    env: dict[str, str],
+    tmp: Path,
+    n: int,
+    prompt: str,
+    stream: bool,
+    answer: int = 0,
 ) -> dict[str, Any]:
     """Submit ``n`` jobs with ``prompt``, measure them queued, run them with one worker, measure them
-    finished."""
-    queue = f"sizing-{len(prompt)}-{int(stream)}"
+    finished (``answer``: the answer's size in characters, else the simulator's sentence)."""
+    queue = f"sizing-{len(prompt)}-{int(stream)}-{answer}"
     env = {**env, "LLM_ROUTER_QUEUE_NAME": queue, "LLM_ROUTER_MAX_JOBS": "200"}
     settings = Settings(_env_file=None, redis_url=url, queue_name=queue)
     producer = await Producer.connect(settings)
+    extra = _answer_format(answer) if answer else {}
     jobs = [
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{i} {prompt}"}], "stream": stream}
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"{i} {prompt}"}],
+            "stream": stream,
+            **extra,
+        }
         for i in range(n)
     ]
     try:
@@ -87,6 +108,9 @@ async def one_kind(
         mem1, cpu1, cmd1 = await _stats(redis)
         ids = [s.job_id for s in subs]  # type: ignore[union-attr]
         record_queued = _median(await _usage(redis, RECORD_PREFIX + "*"))
+        # the request's own key (a tree from before it kept the request in the record)
+        request_prefix = getattr(keys, "REQUEST_PREFIX", None)
+        request_queued = _median(await _usage(redis, request_prefix + "*")) if request_prefix else 0.0
         # the queue's own share: its ready queues (one per tenant and band) per job queued
         queue_bytes = sum(await _usage(redis, f"{queue}:ready:*")) / max(n, 1)
         _, cpu2, cmd2 = await _stats(redis)
@@ -121,6 +145,7 @@ async def one_kind(
         "succeeded": ok,
         "queued_bytes_per_job": (mem1 - mem0) / n,
         "queued_record_bytes": record_queued,
+        "queued_request_bytes": request_queued,
         "queued_queue_entry_bytes": queue_bytes,
         "finished_bytes_per_job": (mem3 - mem0) / n,
         "finished_record_bytes": record_done,
@@ -188,6 +213,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             try:
                 results["short"] = await one_kind(redis, server.url, env, tmp, args.jobs, SHORT, False)
                 results["long"] = await one_kind(redis, server.url, env, tmp, args.jobs, LONG, False)
+                results["long_answer"] = await one_kind(
+                    redis, server.url, env, tmp, args.jobs, LONG, False, answer=1000
+                )
                 results["streamed"] = await one_kind(
                     redis, server.url, env, tmp, args.stream_jobs, SHORT, True
                 )
@@ -206,15 +234,20 @@ def report(r: dict[str, Any]) -> None:
     table = Table(
         title=f"Redis per job: {r['short']['jobs']:,} jobs, Redis {r['redis_version']}, {r['date']}"
     )
-    for col in ("what", "40-byte prompt", "1 KB prompt"):
+    for col in ("what", "40-byte prompt", "1 KB prompt", "1 KB prompt, 1 KB answer"):
         table.add_column(col, justify="left" if col == "what" else "right")
-    s, long_ = r["short"], r["long"]
+    s, long_, answer = r["short"], r["long"], r["long_answer"]
 
     def row(what: str, key: str, fmt: str = "{:,.0f}") -> None:
-        table.add_row(what, fmt.format(s[key]), fmt.format(long_[key]))
+        table.add_row(what, fmt.format(s[key]), fmt.format(long_[key]), fmt.format(answer[key]))
 
-    row("queued: used_memory per job (B)", "queued_bytes_per_job")
+    queued = long_["queued_bytes_per_job"]
+    row(
+        f"queued: used_memory per job (B; 1 KB prompt: target ≤ 2,500 {'✔' if queued <= 2500 else '✘'})",
+        "queued_bytes_per_job",
+    )
     row("queued: record (MEMORY USAGE, B)", "queued_record_bytes")
+    row("queued: its request's key (MEMORY USAGE, B)", "queued_request_bytes")
     row("queued: queue entry (B, its share of the ready queue)", "queued_queue_entry_bytes")
     row("finished: used_memory per job (B)", "finished_bytes_per_job")
     row("finished: record (MEMORY USAGE, B)", "finished_record_bytes")
@@ -224,11 +257,14 @@ def report(r: dict[str, Any]) -> None:
     row("run: commands per job", "run_commands_per_job", "{:,.1f}")
     st = r["streamed"]
     table.add_row(
-        f"stream: bytes per chunk ({st['jobs']:,} streamed jobs)", f"{st['stream_bytes_per_chunk']:,.0f}", ""
+        f"stream: bytes per chunk ({st['jobs']:,} streamed jobs)",
+        f"{st['stream_bytes_per_chunk']:,.0f}",
+        "",
+        "",
     )
-    table.add_row("stream: chunks per job (simulator answers)", f"{st['stream_chunks_per_job']:,.0f}", "")
+    table.add_row("stream: chunks per job (simulator answers)", f"{st['stream_chunks_per_job']:,.0f}", "", "")
     table.add_row(
-        "streamed job finished: used_memory per job (B)", f"{st['finished_bytes_per_job']:,.0f}", ""
+        "streamed job finished: used_memory per job (B)", f"{st['finished_bytes_per_job']:,.0f}", "", ""
     )
     for queues in ("bulk", "interactive"):
         idle = r[f"idle_{queues}"]
@@ -236,8 +272,9 @@ def report(r: dict[str, Any]) -> None:
             f"an idle worker on the {queues} queue, per second",
             f"{idle['redis_cpu_ms_per_s']:.1f} ms CPU",
             f"{idle['commands_per_s']:,.0f} commands",
+            "",
         )
-    Console(width=120).print(table)
+    Console(width=140).print(table)
 
 
 def main() -> None:

@@ -188,6 +188,13 @@ async def run(n: int) -> dict[str, Any]:
                 orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
                 for i in range(n)
             ]
+            # a process's first submit also builds the catalog's price table (~0.2 s, once): measured
+            # apart, on a queue of its own, so that the bulk row is the rate a producer keeps
+            warm_settings = Settings(_env_file=None, redis_url=server.url, queue_name="bench-warm")
+            warm = Producer(producer.redis, catalog, warm_settings)
+            t0 = time.perf_counter()
+            await warm.submit_many(jobs[:100])
+            results["first_submit_100_ms"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             submitted = await producer.submit_many(jobs)
             results["bulk_submit_jps"] = n / (time.perf_counter() - t0)
@@ -256,7 +263,12 @@ def report(r: dict[str, Any]) -> None:
     table.add_row("ours / limit", f"{r['ours_over_limit']:.2f}", "")
     table.add_row("Redis commands per job (worker)", f"{r['ours_redis_commands_per_job']:.1f}", "")
     table.add_row("Redis read events per job (≈ round trips)", f"{r['ours_redis_reads_per_job']:.2f}", "")
-    table.add_row("bulk submit with records", f"{r['bulk_submit_jps']:,.0f} jobs/s", "target ≥ 30,000")
+    ok = r["bulk_submit_jps"] >= 50_000
+    table.add_row(
+        "bulk submit with records and reservations",
+        f"{r['bulk_submit_jps']:,.0f} jobs/s",
+        f"target ≥ 50,000 {'✔' if ok else '✘'} (a process's first 100: {r['first_submit_100_ms']:,.0f} ms)",
+    )
     table.add_row(
         "arq enqueue_job (gather, 500)",
         f"{r['arq_enqueue_jps']:,.0f} jobs/s",

@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # the catalog holds Prices: it imports this module, not the other way round
     from config.catalog import Catalog
@@ -290,9 +290,9 @@ def text_tokens(text: str) -> int:
     return -(-len(text.encode()) // BYTES_PER_TOKEN)
 
 
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What a request can make a provider bill at most: the inputs of its worst-case cost."""
+class Demand(NamedTuple):
+    """What a request can make a provider bill at most: the inputs of its worst-case cost (a tuple:
+    built once per job at submit, where a frozen dataclass cost a microsecond more)."""
 
     prompt_tokens: int  # the estimate, images included, tool-use prompt included
     max_output: int | None  # max_tokens / max_completion_tokens; None: the model's maximum
@@ -339,6 +339,11 @@ def demand_of(
     )
 
 
+# a distinct price of a route: its first tier's input and output rates (picos), the tiers above it as
+# (start, input, output), and its model's max output
+_Row = tuple[int, int, tuple[tuple[int, int, int], ...], int]
+
+
 class CostModel:
     """Prices of the catalog's models for estimates, read once; answers in nano-USD."""
 
@@ -346,9 +351,9 @@ class CostModel:
         self.catalog = catalog
         # per route: its distinct (tiers as (start, input, output) picos, model's max output), so
         # a job's reservation is a few multiplications, not a price lookup per deployment
-        self._rows: dict[tuple[str, ...], list[tuple[tuple[tuple[int, int, int], ...], int]]] = {}
+        self._rows: dict[tuple[str, ...], list[_Row]] = {}
 
-    def _route_rows(self, route: tuple[str, ...]) -> list[tuple[tuple[tuple[int, int, int], ...], int]]:
+    def _route_rows(self, route: tuple[str, ...]) -> list[_Row]:
         rows = self._rows.get(route)
         if rows is None:
             distinct: dict[tuple[tuple[tuple[int, int, int], ...], int], None] = {}
@@ -357,16 +362,17 @@ class CostModel:
                 for dep in self.catalog.deployments(model_id):
                     tiers = tuple((t.start, t.input, t.output) for t in dep.price.tiers)
                     distinct[(tiers, max_out)] = None
-            rows = self._rows[route] = list(distinct)
+            # the first tier's rates apart from the tiers above it: no slice per row and job
+            rows = self._rows[route] = [(t[0][1], t[0][2], t[1:], m) for t, m in distinct]
         return rows
 
     def worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
         """The most the job can cost on any deployment of its chain: its reservation."""
         worst = 0
         prompt = demand.prompt_tokens
-        for tiers, model_max in self._route_rows(tuple(route)):
-            _, rate_in, rate_out = tiers[0]
-            for start, tier_in, tier_out in tiers[1:]:  # as Price.tier_for: the last tier passed
+        rows = self._rows.get(route) if type(route) is tuple else None
+        for rate_in, rate_out, higher, model_max in rows or self._route_rows(tuple(route)):
+            for start, tier_in, tier_out in higher:  # as Price.tier_for: the last tier passed
                 if prompt > start:
                     rate_in, rate_out = tier_in, tier_out
             out = min(demand.max_output, model_max) if demand.max_output else model_max

@@ -3,14 +3,20 @@
 A worker running a thousand jobs sees them end in waves; each job's finish script (and the next
 job's start script) taken alone costs a pool checkout (an asyncio lock and a health-check read),
 a socket write and a wake-up per reply. Here a task hands over its packed command and waits; one
-sender writes whatever has accumulated since its last write as one buffer on one pooled connection
-and hands each reply back to its task in order. Under load batches grow by themselves; alone, a
+sender writes whatever has accumulated since its last write as one buffer on one connection and
+hands each reply back to its task in order. Under load batches grow by themselves; alone, a
 command goes out at once (no timer, no added latency).
+
+The sender keeps its connection between batches (a checkout and a release per batch cost an
+interactive job a fifth of its worker's CPU per round trip); a connection that fails, times out or
+answers that this Redis refuses writes (a demoted primary) is dropped and the next batch takes a
+new one from the pool, which finds where Redis is now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +26,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_router.redis_checks import write_refusal
 
 try:
     from hiredis import pack_command
@@ -37,6 +45,7 @@ class AutoPipeline:
         self.timeout_s = timeout_s
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._conn: Any = None  # the connection the sender holds between batches
         self._loading: dict[str, asyncio.Future[Any]] = {}  # script sha → its SCRIPT LOAD's reply
 
     async def call(self, packed: bytes) -> Any:
@@ -86,43 +95,64 @@ class AutoPipeline:
     async def _send_batch(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         pool = self.redis.connection_pool
         replied = [0]  # how many replies were handed back: the rest fail if the exchange breaks
-        try:
-            # a new connection's handshake waits on Redis too: bounded like the exchange
-            async with asyncio.timeout(self.timeout_s):
-                conn = await pool.get_connection()
-        except TimeoutError:
-            _fail(batch, RedisTimeoutError(f"no connection to Redis within {self.timeout_s} s"))
-            return
-        except BaseException as exc:
-            _fail(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        conn = self._conn
+        if conn is None:
+            try:
+                # a new connection's handshake waits on Redis too: bounded like the exchange
+                async with asyncio.timeout(self.timeout_s):
+                    conn = await pool.get_connection()
+            except TimeoutError:
+                _fail(batch, RedisTimeoutError(f"no connection to Redis within {self.timeout_s} s"))
+                return
+            except BaseException as exc:
+                _fail(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self._conn = conn
         # the whole exchange within the connection's socket_timeout, which bounded each reply before
         # the replies were read from the parser (a batch of 1,000 scripts takes ~0.1 s of Redis)
         limit = min(self.timeout_s, getattr(conn, "socket_timeout", None) or self.timeout_s)
         try:
             async with asyncio.timeout(limit):
-                await _exchange(conn, batch, replied)
+                refused = await _exchange(conn, batch, replied)
         except TimeoutError:
-            await conn.disconnect()
+            await self._drop(conn)
             _fail(batch[replied[0] :], RedisTimeoutError(f"no reply from Redis within {limit} s"))
         except BaseException as exc:
-            await conn.disconnect()
+            await self._drop(conn)
             _fail(batch[replied[0] :], exc)
             if not isinstance(exc, Exception):
                 raise
+        else:
+            if refused:
+                await self._drop(conn)
+
+    async def _drop(self, conn: Any) -> None:
+        self._conn = None
+        try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                await conn.disconnect()
         finally:
-            await pool.release(conn)
+            with contextlib.suppress(KeyError):  # the pool was reset meanwhile
+                await self.redis.connection_pool.release(conn)
+
+    async def aclose(self) -> None:
+        """Give the held connection back to the pool (closing the client closes it too)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.redis.connection_pool.release(conn)
 
 
-async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], replied: list[int]) -> None:
-    """Write the batch as one buffer, then hand each command its reply, in order."""
+async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], replied: list[int]) -> bool:
+    """Write the batch as one buffer, then hand each command its reply, in order; whether a reply
+    said this Redis refuses writes (the connection is then let go)."""
     await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
     # replies straight from hiredis' parser: the connection's read_response puts a timer of its own
     # (socket_timeout) around each reply, ~5 µs a reply, 4 a job; the exchange is bounded as a whole
     parser = getattr(conn, "_parser", None)
     read = parser.read_response if isinstance(parser, _AsyncHiredisParser) else conn.read_response
+    refused = False
     for _, future in batch:
         try:
             reply: Any = await read()
@@ -130,6 +160,8 @@ async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], r
             reply = exc
         except OSError as exc:  # as the connection's read_response says it
             raise RedisConnectionError(f"Error while reading from Redis: {exc!r}") from exc
+        if isinstance(reply, ResponseError):  # the parser returns an error reply, the connection raises it
+            refused = refused or write_refusal(reply) is not None
         replied[0] += 1
         if future.done():  # its task was cancelled; the command ran all the same
             continue
@@ -137,6 +169,7 @@ async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], r
             future.set_exception(reply)
         else:
             future.set_result(reply)
+    return refused
 
 
 def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], exc: BaseException) -> None:

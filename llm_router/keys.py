@@ -6,9 +6,11 @@ own keys (its job, in-progress and retry keys, its abort set) keep arq's names (
 
 All amounts are integer nano-USD. What lives where:
 
-* ``job:<tenant>/<id>`` hash: a job's record (``llm_router.store``); ``stream:<tenant>/<id>``: its
-  token stream. Jobs live inside their tenant (``scoped_id``): the same id under two tenants is two
-  jobs, and queues, arq's keys and workers all use the scoped id; users see the job id alone.
+* ``job:<tenant>/<id>`` hash: a job's record (``llm_router.store``); ``req:<tenant>/<id>``: its
+  request (canonical JSON) until it ends, apart so that the queued record stays a compact listpack;
+  ``stream:<tenant>/<id>``: its token stream. Jobs live inside their tenant (``scoped_id``): the same
+  id under two tenants is two jobs, and queues, arq's keys and workers all use the scoped id; users
+  see the job id alone.
 * ``<queue>:workers`` sorted set: live workers of a queue by last heartbeat; ``worker:<id>``: one
   worker's info, expiring with its heartbeat.
 * ``credits:<tenant>`` hash (``balance``, ``reserved``, ``spent``, ``added``); ``active:<tenant>``:
@@ -48,6 +50,7 @@ from arq.constants import abort_jobs_ss
 PREFIX = "llm-router:"
 
 RECORD_PREFIX = PREFIX + "job:"
+REQUEST_PREFIX = PREFIX + "req:"
 STREAM_PREFIX = PREFIX + "stream:"
 WORKER_INFO_PREFIX = PREFIX + "worker:"
 CREDITS_PREFIX = PREFIX + "credits:"
@@ -119,6 +122,14 @@ def split_scoped(scoped: str) -> tuple[str, str]:
 
 def record_key(scoped: str) -> str:
     return RECORD_PREFIX + scoped
+
+
+def request_key(scoped: str) -> str:
+    """A queued or running job's request, a string of its own: in the record it would be the one
+    field over Redis' ``hash-max-listpack-value`` (64 B) that turns every queued record into a
+    hashtable, ~450 B a job more (``bench/redis_sizing.py``). It expires with the record; the finish
+    script moves it into the ended record (a hashtable by then, where a field costs less)."""
+    return REQUEST_PREFIX + scoped
 
 
 def stream_key(scoped: str) -> str:
@@ -274,6 +285,7 @@ LUA_KEYS = "\n".join(
     for name, value in (
         ("P", PREFIX),
         ("RECORD", RECORD_PREFIX),
+        ("REQUEST", REQUEST_PREFIX),
         ("CREDITS", CREDITS_PREFIX),
         ("ACTIVE", ACTIVE_PREFIX),
         ("USAGE", USAGE_PREFIX),

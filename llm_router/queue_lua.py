@@ -26,7 +26,7 @@ from llm_router.keys import PRIORITIES, TENANT_POLICY_PREFIX
 # claims a tenant that becomes active gets ahead of the band's backlog (see make_ready)
 NEWCOMER_LEAD = 25
 
-# the submit script's part (bulk submits run it per job, so it defines nothing else); needs
+# the submit script's part (bulk submits run it per group of jobs, so it defines little else); needs
 # LUA_PRELUDE (llm_router.lua) before it
 READY_LUA = (
     f"local NEWCOMER_LEAD = {NEWCOMER_LEAD}\nlocal POLICY = '{TENANT_POLICY_PREFIX}'\n"
@@ -35,8 +35,10 @@ READY_LUA = (
 -- tenant into the band's active set if it was not there, a little behind the band's virtual clock:
 -- a tenant that was idle gets its first few jobs in ahead of a backlog (as a scheduler favours a
 -- task that slept), then shares equally
-local function make_ready(queue, job, band, tenant, seq)
-  redis.call('ZADD', queue .. ':ready:' .. band .. ':' .. tenant, seq, job)
+-- `pairs` is {seq, job, seq, job, ...}: a bulk submit makes a group's jobs of one tenant and band due
+-- with one ZADD
+local function make_ready_many(queue, band, tenant, pairs)
+  redis.call('ZADD', queue .. ':ready:' .. band .. ':' .. tenant, unpack(pairs))
   local active = queue .. ':tenants:' .. band
   if not redis.call('ZSCORE', active, tenant) then
     local vclock = tonumber(redis.call('GET', queue .. ':vclock:' .. band) or '0')
@@ -44,6 +46,10 @@ local function make_ready(queue, job, band, tenant, seq)
     if weight <= 0 then weight = 1 end
     redis.call('ZADD', active, vclock - NEWCOMER_LEAD / weight, tenant)  -- NEWCOMER_LEAD claims ahead
   end
+end
+
+local function make_ready(queue, job, band, tenant, seq)
+  make_ready_many(queue, band, tenant, {seq, job})
 end
 """
 )

@@ -15,40 +15,102 @@ from llm_router.ledger_lua import RESERVE_LUA, SETTLE_LUA
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
-# Creates the record and makes the job due in its queue.  Returns 1 created, 0 the same job exists
-# (nothing reserved again), -1 another job has this id, -2 the tenant's credit does not cover the
-# reservation, -3 the tenant's queue is full.
+# Creates the records of a group of jobs and makes them due in their queue, each job as one step
+# (its record, its request, its reservation and its queue entry, or nothing). Returns one code per
+# job: 1 created, 0 the same job exists (nothing reserved again), -1 another job has this id, -2 the
+# tenant's credit does not cover the reservation, -3 the tenant's queue is full. A group is what a
+# bulk submit sends in one call (``store.SUBMIT_GROUP`` jobs at most), so that the per-call cost of
+# a script is paid once per group and Redis is never held much longer than by a pipeline's read.
 SUBMIT_LUA = (
     LUA_PRELUDE
     + RESERVE_LUA
     + READY_LUA
     + """
-local record = KEYS[1]
-local queue, digest, record_ttl_s, score_ms, band = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local job_id, request, route, model_requested, tenant = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local created_at, deadline_at, metadata, reserve_nanos = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local max_queued, est_tokens = tonumber(ARGV[15]), ARGV[16]
-local OPTIONAL_FIELDS = 17  -- from here: optional record field/value pairs
+-- KEYS: the record of each job, in order
+local queue, record_ttl_s, max_queued = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local JOBS = 4  -- from here, per job: JOB_ARGS values, then `optional` field/value pairs
+local JOB_ARGS = 13
+-- per job: job_id, digest, request, route, model_requested, tenant, created_at, deadline_at,
+-- est_tokens, reserve_nanos, band, metadata ('' if none), optional (how many values follow)
 
-local h = redis.call('HMGET', record, 'digest', 'tenant')
-if h[1] then
-  -- the same job only for its own tenant: another tenant's id is a conflict, never its record
-  if h[1] == digest and (h[2] or 'default') == tenant then return 0 end
-  return -1
+local out = {}
+local unmetered = {}  -- tenants seen without a credit hash: the check is not repeated per job
+local active = {}  -- tenant -> its count of jobs queued or running, once read
+local added = {}  -- tenant -> jobs this call created
+local due = {}  -- band .. '|' .. tenant -> {band, tenant, {seq, job, ...}}
+
+-- a job's reads and its reservation, the only writes before its record (an error leaves none):
+-- its code (as the script's reply) and whether its tenant is metered
+local function admit_job(record, digest, tenant, reserve_nanos)
+  local h = redis.call('HMGET', record, 'digest', 'tenant')
+  if h[1] then
+    -- the same job only for its own tenant: another tenant's id is a conflict, never its record
+    if h[1] == digest and (h[2] or 'default') == tenant then return 0, false end
+    return -1, false
+  end
+  if max_queued > 0 then
+    if not active[tenant] then active[tenant] = tonumber(redis.call('GET', ACTIVE .. tenant) or '0') end
+    if active[tenant] + (added[tenant] or 0) >= max_queued then return -3, false end
+  end
+  if unmetered[tenant] then return 1, false end
+  local ok, metered = reserve(tenant, reserve_nanos)
+  if not ok then return -2, true end
+  if not metered then unmetered[tenant] = true end
+  return 1, metered
 end
-if max_queued > 0 and tonumber(redis.call('GET', ACTIVE .. tenant) or '0') >= max_queued then return -3 end
-local ok, metered = reserve(tenant, reserve_nanos)
-if not ok then return -2 end
-redis.call('HSET', record, 'digest', digest, 'status', 'queued', 'attempts', '[]', 'request', request,
-           'route', route, 'model_requested', model_requested, 'tenant', tenant, 'created_at', created_at,
-           'deadline_at', deadline_at, 'est_tokens', est_tokens)
-if metadata ~= '' then redis.call('HSET', record, 'metadata', metadata) end
-if metered then redis.call('HSET', record, 'metered', 1, 'reserved', reserve_nanos) end
-if #ARGV >= OPTIONAL_FIELDS then redis.call('HSET', record, unpack(ARGV, OPTIONAL_FIELDS, #ARGV)) end
-redis.call('INCR', ACTIVE .. tenant)
-redis.call('EXPIRE', record, record_ttl_s)
-make_ready(queue, job_id, band, tenant, score_ms)
-return 1
+
+local failure = nil
+local a = JOBS
+for i = 1, #KEYS do
+  local record = KEYS[i]
+  local job_id, digest, request, route, model_requested = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4]
+  local tenant, created_at, deadline_at, est_tokens = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
+  local reserve_nanos, band, metadata, optional = ARGV[a + 9], ARGV[a + 10], ARGV[a + 11],
+    tonumber(ARGV[a + 12])
+  local first = a + JOB_ARGS
+  a = first + optional
+  -- a key of another type where a job's record or its tenant's counters belong fails the call, but
+  -- only after the jobs before it are whole (queued and counted): no job is left half made
+  local ok, code, metered = pcall(admit_job, record, digest, tenant, reserve_nanos)
+  if not ok then
+    failure = code
+    break
+  end
+  if code == 1 then
+    local fields = {'digest', digest, 'status', 'queued', 'attempts', '[]', 'route', route,
+                    'model_requested', model_requested, 'tenant', tenant, 'created_at', created_at,
+                    'deadline_at', deadline_at, 'est_tokens', est_tokens}
+    if metadata ~= '' then fields[#fields + 1] = 'metadata'; fields[#fields + 1] = metadata end
+    if metered then
+      fields[#fields + 1] = 'metered'; fields[#fields + 1] = 1
+      fields[#fields + 1] = 'reserved'; fields[#fields + 1] = reserve_nanos
+    end
+    for j = first, a - 1 do fields[#fields + 1] = ARGV[j] end
+    -- the record outlives the deadline by the record TTL: a worker always finds the job to fail it
+    -- with deadline_exceeded, however long the backlog, and the outcome stays readable
+    local ttl = fmt(record_ttl_s + math.floor(tonumber(deadline_at) - tonumber(created_at)) + 1)
+    redis.call('HSET', record, unpack(fields))
+    redis.call('EXPIRE', record, ttl)
+    redis.call('SET', REQUEST .. job_id, request, 'EX', ttl)
+    added[tenant] = (added[tenant] or 0) + 1
+    local group = due[band .. '|' .. tenant]
+    if not group then
+      group = {band, tenant, {}}
+      due[band .. '|' .. tenant] = group
+    end
+    local pairs_ = group[3]
+    pairs_[#pairs_ + 1] = fmt(tonumber(created_at) * 1000)
+    pairs_[#pairs_ + 1] = job_id
+  end
+  out[i] = code
+end
+for _, group in pairs(due) do make_ready_many(queue, group[1], group[2], group[3]) end
+for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
+if failure then
+  return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
+end
+return out
 """
 )
 
@@ -70,6 +132,7 @@ local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attemp
                      'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge',
                      'lane')
 local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
+request = redis.call('GET', REQUEST .. job_id) or request  -- its own key (a record of before: a field)
 local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
 local est_tokens = tonumber(v[11] or '0')
 local lost_runs = 0
@@ -186,6 +249,13 @@ if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   -- an ended job is kept the record TTL from now; an unfinished one keeps the TTL it got at submit
   -- (its deadline plus the record TTL), which a deferral must not shorten
   redis.call('EXPIRE', record, record_ttl_s)
+  -- the request joins its ended record: apart it kept the queued record a listpack, but an ended one
+  -- (its answer is over 64 bytes) is a hashtable anyway, where a field costs less than a key
+  local request = redis.call('GET', REQUEST .. job_id)
+  if request then
+    redis.call('HSET', record, 'request', request)
+    redis.call('DEL', REQUEST .. job_id)
+  end
   local settle = {}
   if settlement ~= '' then settle = cjson.decode(settlement) end
   job_ended(record, job_id, ended, settle, usage_ttl_s, summary, now)

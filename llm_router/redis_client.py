@@ -25,6 +25,13 @@ new connections outside its lock (redis-py 5 holds the lock through a connection
 waits the whole timeout on a stopped Redis: a hundred callers then fail one timeout after another
 instead of all at once).
 
+Writes and cancels: redis-py bounds each write with ``asyncio.wait_for``, which on Python 3.11 runs
+the write in a task of its own (a task and a turn of the event loop per command) and returns
+normally when a cancel comes as the write has just finished: the cancel is lost (a worker stopped
+as its batcher sent a command never exited). Our connections write with the drain bounded by
+``asyncio.timeout`` instead (``_QuickSend``), so a cancel is raised where it lands and no task is
+made per command.
+
 Passwords: ``LLM_ROUTER_REDIS_PASSWORD`` for the data nodes when the URL carries none (with Sentinel
 in Kubernetes the URL is not a Secret, the password is), and ``LLM_ROUTER_REDIS_SENTINEL_PASSWORD``
 for the sentinels themselves when they require one (Sentinel's ``requirepass`` is its own; Bitnami's
@@ -33,6 +40,7 @@ chart sets it to the data nodes' password).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -41,6 +49,8 @@ import redis as sync_redis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
 
@@ -181,11 +191,72 @@ def _timeout(given: float | None, settings: Settings) -> float | None:
     return settings.redis_timeout_s if given is FROM_SETTINGS else given
 
 
+class _QuickSend:
+    """``send_packed_command`` without a task per command.
+
+    redis-py bounds every write with ``asyncio.wait_for``, which on Python 3.11 wraps the write in a
+    new task that only runs at the event loop's next turn: every command paid a task and a turn of
+    the loop for a wait (a full socket buffer) that almost never comes. The same bound here is an
+    ``asyncio.timeout`` around the drain, which returns at once unless the buffer is full."""
+
+    socket_timeout: float | None
+    _writer: Any
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:  # type: ignore[attr-defined]
+            await self.connect()  # type: ignore[attr-defined]
+        elif check_health:
+            await self.check_health()  # type: ignore[attr-defined]
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            self._writer.writelines(command)
+            if self.socket_timeout:
+                async with asyncio.timeout(self.socket_timeout):
+                    await self._writer.drain()
+            else:
+                await self._writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            err_no, message = ("UNKNOWN", exc.args[0]) if len(exc.args) == 1 else exc.args[:2]
+            raise RedisConnectionError(f"Error {err_no} while writing to socket. {message}.") from exc
+        except BaseException:
+            # a write cut short cannot be resumed: the connection would be out of step
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise
+
+
+_QUICK: dict[type, type] = {}
+
+
+def _quick(connection_class: type) -> type:
+    """``connection_class`` (TCP, TLS, Unix socket, Sentinel-managed) with ``_QuickSend``'s write."""
+    if issubclass(connection_class, _QuickSend):
+        return connection_class
+    quick = _QUICK.get(connection_class)
+    if quick is None:
+        quick = _QUICK[connection_class] = type(
+            f"Quick{connection_class.__name__}", (_QuickSend, connection_class), {}
+        )
+    return quick
+
+
 class _ConnectOutsideTheLock:
     """``get_connection`` as redis-py's ``BlockingConnectionPool`` does it: the pool's lock guards
-    taking a connection, not connecting it (see the module docstring)."""
+    taking a connection, not connecting it (see the module docstring). Connections write with
+    ``_QuickSend``, and a pooled connection is checked for unread data without a turn of the loop."""
 
     _lock: Any
+    connection_class: type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_class = _quick(self.connection_class)
 
     async def get_connection(
         self, command_name: Any = None, *keys: Any, **options: Any
@@ -193,11 +264,37 @@ class _ConnectOutsideTheLock:
         async with self._lock:
             connection = self.get_available_connection()  # type: ignore[attr-defined]
         try:
-            await self.ensure_connection(connection)  # type: ignore[attr-defined]
+            await self.ensure_connection(connection)
         except BaseException:
             await self.release(connection)  # type: ignore[attr-defined]
             raise
         return connection  # type: ignore[no-any-return]
+
+    async def ensure_connection(self, connection: Any) -> None:
+        """Connected, with nothing unread (a reply left behind would answer the next command).
+
+        redis-py asks the socket with a zero-timeout read, a turn of the event loop per command;
+        whatever Redis sent is in the connection's stream buffer or its parser once the loop has
+        read the socket, so looking there is the same check without waiting."""
+        await connection.connect()
+        if _has_unread(connection):
+            await connection.disconnect()
+            await connection.connect()
+            if _has_unread(connection):
+                raise RedisConnectionError("Connection not ready")
+
+
+def _has_unread(connection: Any) -> bool:
+    reader = connection._reader  # asyncio.StreamReader
+    if reader is None:
+        return False
+    if reader.at_eof() or reader._buffer:  # closed by Redis, or bytes nobody read
+        return True
+    parser = connection._parser
+    hiredis_reader = getattr(parser, "_reader", None)  # bytes the hiredis reader holds, not yet taken
+    if hiredis_reader is not None:
+        return bool(hiredis_reader.has_data())
+    return bool(getattr(parser, "_buffer", b""))  # redis-py's own parser's buffer
 
 
 class _Pool(_ConnectOutsideTheLock, ConnectionPool):

@@ -22,6 +22,10 @@ from config.settings import Settings
 from llm_router.keys import workers_key
 
 POLL_S = 0.1
+# how long a count of live workers is believed: an interactive call asked Redis on each request. A
+# worker's heartbeat outlives it by heartbeat_ttl_s (10 s) anyway, so this adds little staleness;
+# "nobody" is never remembered, so a fleet coming up is seen at once
+LIVE_FRESH_S = 1.0
 
 
 async def live_workers(redis: Redis, settings: Settings, queue: str) -> int:
@@ -41,3 +45,25 @@ async def live_workers(redis: Redis, settings: Settings, queue: str) -> int:
 
 async def _live(redis: Redis, key: str, ttl_s: float) -> int:
     return int(await redis.zcount(key, time.time() - ttl_s, "+inf"))
+
+
+class LiveWorkers:
+    """``live_workers`` for one client, a count above zero remembered for ``fresh_s``."""
+
+    def __init__(self, redis: Redis, settings: Settings, fresh_s: float = LIVE_FRESH_S) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.fresh_s = fresh_s
+        self._known: dict[str, tuple[int, float]] = {}  # queue -> (count, believed until)
+
+    async def count(self, queue: str) -> int:
+        known = self._known.get(queue)
+        now = time.monotonic()
+        if known is not None and now < known[1]:
+            return known[0]
+        live = await live_workers(self.redis, self.settings, queue)
+        if live:
+            self._known[queue] = (live, time.monotonic() + self.fresh_s)
+        else:
+            self._known.pop(queue, None)
+        return live

@@ -58,6 +58,10 @@ class Submitted:
     tenant: str = DEFAULT_TENANT
 
 
+# what a job's slot of a bulk submit's results holds until its chunk is settled (never handed out)
+_PENDING = Submitted("", False)
+
+
 def _ids() -> Iterator[str]:
     """Random 128-bit job ids, drawn from the OS a few thousand at a time (uuid4 per job costs more)."""
     while True:
@@ -129,6 +133,7 @@ class Producer:
         )
         self.validator = Validator(catalog, settings)
         self.policies = TenantPolicies(redis, settings)
+        self.liveness = liveness.LiveWorkers(redis, settings)
 
     @classmethod
     async def connect(
@@ -234,7 +239,7 @@ class Producer:
                 prepared.queue = queue
             prepared.parent = parent
             prepared.traceparent = traceparent
-            results.append(Submitted(prepared.job_id, False, prepared.tenant))  # until Redis answers
+            results.append(_PENDING)  # until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:
                 # one chunk in Redis while the next is validated: the two sides work at once
@@ -268,7 +273,9 @@ class Producer:
         batch = [self.store.submit_command(p, queue, max_queued) for _, p in chunk]
         outcomes = await self.store.submit_batch(batch)
         for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
-            if outcome == SubmitReply.CONFLICT:
+            if outcome >= 0:  # created, or there already (the common case first)
+                results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED, prepared.tenant)
+            elif outcome == SubmitReply.CONFLICT:
                 results[index] = IdempotencyConflict(
                     f"job '{prepared.job_id}' exists with a different body", param="job_id"
                 )
@@ -279,13 +286,11 @@ class Producer:
                     f"(see `llm-router credits show {prepared.tenant}`)",
                     param="tenant",
                 )
-            elif outcome == SubmitReply.QUEUE_FULL:
+            else:
                 results[index] = TooManyQueued(
                     f"tenant '{prepared.tenant}' has {max_queued} jobs queued or running, its limit",
                     retry_after=1.0,
                 )
-            else:
-                results[index] = Submitted(prepared.job_id, outcome == SubmitReply.CREATED, prepared.tenant)
         if on_settled is not None:
             on_settled(results, chunk[-1][0] + 1)
 
@@ -661,7 +666,7 @@ class Producer:
 
     async def _interactive_workers(self) -> int:
         # heartbeats missed during a Redis outage are not a dead fleet (see producer.liveness)
-        return await liveness.live_workers(self.redis, self.settings, self.settings.interactive_queue_name)
+        return await self.liveness.count(self.settings.interactive_queue_name)
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], **params: Any

@@ -29,10 +29,13 @@ from llm_router.keys import DEFAULT_TENANT
 from llm_router.store import NewJob, body_digest
 from llm_router.urls import AddressGuard, UnsafeURL, parse_url
 from llm_router.webhooks import spec as webhook_spec
+from producer.common_shape import CommonJob, common_job
 from producer.gemini_native import gemini_to_chat
 from producer.vision import vision_to_chat
 
 # what a validated job becomes: the payload of its new record (the store owns its layout)
+
+AnyJob = ChatJob | CommonJob  # a job as validated: by the model, or of the common shape (``common_job``)
 
 
 class Validator:
@@ -87,6 +90,9 @@ class Validator:
         ``allow_files`` lets a vision job's ``image`` be a local path (the CLI, the client calls).
         """
         obj = self.parse(raw)
+        common = common_job(obj)  # plain text to a model: ChatJob's verdict without its cost
+        if common is not None:
+            return self._prepare(common, obj, now=now, interactive=interactive, new_id=new_id)
         if "messages" not in obj and ("image" in obj or "prompt" in obj):
             obj = vision_to_chat(obj, allow_files=allow_files, max_bytes=self.settings.max_body_bytes)
         elif "messages" not in obj and "contents" in obj:  # a Gemini-native generateContent body
@@ -126,15 +132,16 @@ class Validator:
                 raise InvalidRequest(f"Invalid value for '{param}': {exc}", param=param) from None
 
     def _prepare(
-        self, job: ChatJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
+        self, job: AnyJob, obj: dict[str, Any], *, now: float, interactive: bool, new_id: str | None
     ) -> NewJob:
         # one canonical encoding (sorted keys) is both hashed for idempotency and stored
         try:
             # the model is strict, so the validated input is already well-typed: store it as sent
             # (less job_id and top-level nulls) rather than paying for a pydantic dump per job
-            request = orjson.dumps(
-                {k: v for k, v in obj.items() if v is not None and k != "job_id"}, option=orjson.OPT_SORT_KEYS
-            )
+            body = obj
+            if "job_id" in obj or None in obj.values():
+                body = {k: v for k, v in obj.items() if v is not None and k != "job_id"}
+            request = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError as exc:  # integers past 64 bits in free-form fields, say
             raise InvalidRequest(f"the job cannot be encoded as JSON: {exc}") from None
         if len(request) > self.settings.max_body_bytes:  # images from files grow the body
@@ -231,7 +238,7 @@ class Validator:
         )
 
     @staticmethod
-    def _lane(job: ChatJob, interactive: bool) -> str | None:
+    def _lane(job: AnyJob, interactive: bool) -> str | None:
         """The lane the job asks for; ``None`` when it names none (its tenant's default applies to
         submitted jobs, ``now`` to interactive ones). ``service_tier: "flex"`` is the flex lane."""
         lane = job.lane
@@ -253,7 +260,7 @@ class Validator:
         return lane
 
     @staticmethod
-    def _hedge(job: ChatJob, route_spec: RouteSpec | None, interactive: bool) -> int | None:
+    def _hedge(job: AnyJob, route_spec: RouteSpec | None, interactive: bool) -> int | None:
         """The job's hedge as its record keeps it: ``None`` none, 0 after the deployment's learned
         percentile, N after N ms. Interactive jobs only: a bulk job has nobody waiting on its latency."""
         hedge = job.hedge
@@ -269,7 +276,7 @@ class Validator:
         return 0 if hedge is True else hedge.after_ms
 
     def _route_for(
-        self, job: ChatJob, model_id: str, fallbacks: list[str] | None
+        self, job: AnyJob, model_id: str, fallbacks: list[str] | None
     ) -> tuple[list[str], tuple[str, ...], bytes]:
         """The job's model then its fallbacks, checked against what the job needs of each."""
         route = [model_id]
@@ -308,7 +315,7 @@ class Validator:
         resolved = self.catalog.resolve(model_id) or model_id
         return self.costs.typical(resolved, need.prompt_tokens, min(need.max_output or 500, 500))
 
-    def _capable(self, job: ChatJob, model_id: str) -> bool:
+    def _capable(self, job: AnyJob, model_id: str) -> bool:
         caps = self.catalog.models[model_id].capabilities
         max_out = job.max_completion_tokens or job.max_tokens or 0
         return (
@@ -317,7 +324,7 @@ class Validator:
             and max_out <= caps.max_output
         )
 
-    def _check_capabilities(self, job: ChatJob, route: list[str]) -> None:
+    def _check_capabilities(self, job: AnyJob, route: list[str]) -> None:
         image_param = job.first_image_param()
         max_out = job.max_completion_tokens or job.max_tokens
         for i, model_id in enumerate(route):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import RedisUnusable, RouterError
+from llm_router.gc_tuning import tune_gc
 from llm_router.keys import LANES_ROLE, RUN_JOB
 from llm_router.redis_checks import check_eviction_policy, wait_for_redis, write_refusal
 from llm_router.redis_client import redis_client, redis_target, sync_redis_client
@@ -43,9 +43,6 @@ from worker.webhooks.deliverer import start_deliveries, stop_deliveries
 UNBOUNDED_TRIES = 1_000_000
 # the poll loop's tick: the queue is read every poll_delay, or at the next tick once many slots freed
 TICK_S = 0.01
-# young collections every 100,000 net allocations of tracked objects (Python's 700 ran ~70 times
-# a second at 1,000 jobs in flight), older ones rarely: see tune_gc
-GC_THRESHOLDS = (100_000, 50, 100)
 # how long closing the workers (after their grace period) may take before the process exits anyway
 CLOSE_TIMEOUT_S = 15.0
 
@@ -203,6 +200,9 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         ]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _stop_all, workers, sig)
+        # a job in flight holds ~110 objects the collector tracks and leaves almost no cyclic
+        # garbage: with Python's defaults, at 10,000 in flight, a full collection walked 1.3 M
+        # objects, ~1 s each, every few seconds (bench/README.md "Width")
         tune_gc()
         loop.run_until_complete(_run_all(workers))
     except Exception as exc:
@@ -213,23 +213,6 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         else:
             log.error("worker stopped", reason=fatal.message, code=fatal.code)
         raise fatal from exc
-
-
-def tune_gc() -> None:
-    """The garbage collector of a worker process, for thousands of jobs in flight.
-
-    A job in flight holds ~110 objects the collector tracks (its task and coroutines, the call's
-    aiohttp objects, its record's dicts); almost none of them end in a reference cycle (a run
-    leaves a few hundred objects of cyclic garbage a second), so refcounting frees them and the
-    collector only walks the live ones. With Python's defaults (a young collection every 700 net
-    allocations, a full one whenever a quarter more objects have reached the old generation) a
-    worker at 1,000 jobs in flight spent ~40 % of its CPU in the collector, and at 10,000 a full
-    collection walked 1.3 M objects, ~1 s each, every few seconds (bench/README.md "Width").
-    Objects made at start-up (modules, the catalog, pydantic models: ~100,000) are frozen out of
-    every collection, and collections come every ``GC_THRESHOLDS[0]`` net allocations."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _preflight(settings: Settings) -> None:

@@ -55,6 +55,7 @@ from llm_router.keys import (
     lane_members_key,
     lane_pending_key,
     record_key,
+    request_key,
 )
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import FinishReply, Store
@@ -124,7 +125,7 @@ class Batcher:
     async def tick(self, watch: bool = True) -> None:
         if watch:
             await self._watch_due()
-        for dep in self.deployments.values():
+        for dep in await self._with_pending():
             await self._form(dep)
         for raw in await self.redis.smembers(LANES_OPEN_KEY):
             await self._advance(raw.decode())
@@ -132,6 +133,16 @@ class Batcher:
             await self.breakers.flush(dep_id)
 
     # -- forming ---------------------------------------------------------------------------------
+
+    async def _with_pending(self) -> list[Deployment]:
+        """The deployments with jobs waiting for a batch: one round trip for all (a look per
+        deployment was some seventy round trips a tick)."""
+        deployments = list(self.deployments.values())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for dep in deployments:
+                pipe.zcard(lane_pending_key(dep.id))
+            counts = await pipe.execute()
+        return [dep for dep, count in zip(deployments, counts, strict=True) if count]
 
     async def _form(self, dep: Deployment) -> None:
         assert dep.lanes is not None and dep.lanes.batch is not None
@@ -158,8 +169,10 @@ class Batcher:
         items are known by their position."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for j in jobs:
-                pipe.hget(record_key(j), "request")
-            requests = await pipe.execute()
+                pipe.get(request_key(j))
+                pipe.hget(record_key(j), "request")  # a record of before request keys
+            replies = await pipe.execute()
+        requests = [own or field for own, field in zip(replies[::2], replies[1::2], strict=True)]
         client = client_for(self.session, dep)
         items: list[bytes] = []
         order: list[str] = []
@@ -277,7 +290,10 @@ class Batcher:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id, _ in chunk:
                     pipe.hmget(record_key(job_id), "request", "attempts", "route", "parent")
-                records = await pipe.execute()
+                    pipe.get(request_key(job_id))
+                replies = await pipe.execute()
+            # the request from its own key (a record of before request keys has it as a field)
+            records = [[own or r[0], *r[1:]] for r, own in zip(replies[::2], replies[1::2], strict=True)]
             for (job_id, item), raw in zip(chunk, records, strict=True):
                 await self._item(batch_id, dep, job_id, item, submitted_at, raw)
         await self._send_back_all(

@@ -37,7 +37,8 @@ class Room:
             self._waiting.setdefault(name, deque()).append(woken)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(woken), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(woken)
             return woken.done() and not woken.cancelled()
         finally:
             for name in names:

@@ -197,7 +197,9 @@ async def stream_call(
             while not parser.done:
                 wait = limits.idle_s if heard else first_by - time.monotonic()
                 try:
-                    data = await asyncio.wait_for(resp.content.readany(), timeout=max(wait, 0.001))
+                    # asyncio.timeout, not wait_for: no task per chunk, and a cancel is never lost
+                    async with asyncio.timeout(max(wait, 0.001)):
+                        data = await resp.content.readany()
                 except TimeoutError:
                     if heard:
                         raise UpstreamTimeout(f"the stream went quiet for {limits.idle_s} s") from None

@@ -47,6 +47,7 @@ from llm_router.errors import (
     ResourceNotFound,
     RouterError,
 )
+from llm_router.gc_tuning import tune_gc
 from llm_router.redis_checks import check_eviction_policy
 from llm_router.redis_client import redis_client
 from producer.http import (
@@ -65,6 +66,7 @@ from producer.http import (
 from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter, is_outage, unavailable
 from producer.http.errors import error_response, with_job_id
+from producer.http.interactive import GONE, GoneWatch
 from producer.http.protocol import run as serve
 from producer.http.redis_watch import RedisWatch
 from producer.producer import Producer
@@ -195,6 +197,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     app["producer"] = producer
     app["redis_watch"] = watch = RedisWatch(client, timeout_s=settings.redis_timeout_s)
     app["ended"] = EndedWaiter(client, producer.store, watch=watch)
+    app[GONE] = GoneWatch()
     app[limits.LIMITS] = limits.TenantLimits(settings, producer.policies)
     app["api_keys"] = (
         None
@@ -222,6 +225,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
         for task in later:
             task.cancel()
         await app["ended"].close()
+        await app[GONE].close()
         await watch.close()
         app[limits.LIMITS].close()
         if own_redis:
@@ -272,6 +276,7 @@ def run_server(settings: Settings, host: str, port: int) -> None:
             port=port,
         )
     app = build_app(settings, catalog)
+    tune_gc()  # start-up's objects out of every collection; a full one cost a request ~100 ms
     log.info("serving", url=f"http://{host}:{port}", auth=not settings.auth_disabled)
     serve(app, host, port, uvloop.new_event_loop(), shutdown_timeout=10)
     if app["refused"]:

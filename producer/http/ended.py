@@ -55,6 +55,50 @@ def unavailable(exc: Exception, watch: RedisWatch | None = None) -> RedisUnavail
     return RedisUnavailable("the job store (Redis) is unavailable; retry shortly")
 
 
+class Ended:
+    """One waiter's news of its job's end: ``asyncio.Event``'s ``set``/``is_set``/``clear``/``wait``,
+    and ``future()``, a plain future done when it is set, to wait on it alongside other news without
+    a task."""
+
+    __slots__ = ("_futures", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._futures: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        self._set = True
+        futures, self._futures = self._futures, []
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @property
+    def waited_on(self) -> bool:
+        """Whether a wait on it is under way."""
+        return any(not f.done() for f in self._futures)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def future(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._set:
+            future.set_result(None)
+        else:
+            if len(self._futures) > 8:  # those of earlier waits (cancelled), on a long wait
+                self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(future)
+        return future
+
+    async def wait(self) -> None:
+        if not self._set:
+            await self.future()
+
+
 class EndedWaiter:
     """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``."""
 
@@ -65,7 +109,7 @@ class EndedWaiter:
         self.store = store
         self.recheck_s = recheck_s
         self.redis_watch = watch
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Ended]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -73,7 +117,8 @@ class EndedWaiter:
         """Subscribe in the background; waits up to ``timeout`` for the first subscription."""
         self._task = asyncio.create_task(self._listen(), name="ended-listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.subscribed.wait()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -83,10 +128,10 @@ class EndedWaiter:
             self._task = None
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+    def watch(self, job_id: str) -> Iterator[Ended]:
         """Register for ``job_id``'s end (a scoped id, as the scripts publish); enter before
         submitting the job."""
-        event = asyncio.Event()
+        event = Ended()
         self._events.setdefault(job_id, set()).add(event)
         try:
             yield event
@@ -97,10 +142,17 @@ class EndedWaiter:
                 if not waiters:
                     del self._events[job_id]
 
-    async def wait(self, job_id: str, event: asyncio.Event, timeout: float) -> JobRecord:
+    async def wait(self, job_id: str, event: Ended, timeout: float, *, new_job: bool = False) -> JobRecord:
         """The job's final record, read when ``event`` (from ``watch``) fires; ``WaitTimeout`` after
-        ``timeout`` seconds."""
+        ``timeout`` seconds.
+
+        ``new_job``: the job was created after ``watch`` began, so it cannot have ended unnoticed
+        and the first read waits for its end (the read of a record still queued was a round trip
+        and a decode on every interactive call). A lost subscription wakes every waiter when it is
+        back, and the read every ``recheck_s`` stays the safety net."""
         deadline = time.monotonic() + timeout
+        if new_job and self.subscribed.is_set():
+            await self._sleep(event, min(self.recheck_s, timeout))
         while True:
             event.clear()  # before the read: a notification arriving after it sets the event again
             try:
@@ -116,18 +168,27 @@ class EndedWaiter:
                 raise WaitTimeout(f"job '{record.id}' did not end within {timeout:.0f} s", param="job_id")
             await self._sleep(event, min(self.recheck_s, left))
 
-    async def _sleep(self, event: asyncio.Event, timeout: float) -> None:
-        """Until ``event``, ``timeout`` seconds, or Redis is down (then ``RedisUnavailable``)."""
+    async def _sleep(self, event: Ended, timeout: float) -> None:
+        """Until ``event``, ``timeout`` seconds, or Redis is down (then ``RedisUnavailable``): one
+        future woken by whichever comes first (no task per wait)."""
         watch = self.redis_watch
-        ended = asyncio.ensure_future(event.wait())
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        ended = event.future()
+        ended.add_done_callback(wake)
         down = watch.goes_down() if watch is not None else None
+        if down is not None:
+            down.add_done_callback(wake)
+        timer = loop.call_later(timeout, wake)
         try:
-            await asyncio.wait(
-                {ended} if down is None else {ended, down},
-                timeout=timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await woken
         finally:
+            timer.cancel()
             ended.cancel()
             if down is not None:
                 down.cancel()

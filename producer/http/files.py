@@ -132,7 +132,8 @@ class FileStore:
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(part.read_chunk(READ_CHUNK), idle_s)
+                    async with asyncio.timeout(idle_s):
+                        chunk = await part.read_chunk(READ_CHUNK)
                 except TimeoutError:
                     raise RequestTimeout(f"the upload sent nothing for {idle_s:g} s", param="file") from None
                 if not chunk:

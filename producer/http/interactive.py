@@ -35,8 +35,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.errors import InvalidRequest, NoWorkers, RouterError
-from producer import liveness
-from producer.http.ended import EndedWaiter, follow_stream
+from producer.http.ended import Ended, EndedWaiter, follow_stream
 from producer.http.errors import idempotency_key, name_job, record_error
 from producer.http.jobs_api import submit_jobs, without_tenant
 from producer.producer import Producer
@@ -54,8 +53,9 @@ class Started:
 
     job_id: str
     wait_s: float
-    ended: asyncio.Event
+    ended: Ended
     tenant: str
+    created: bool = False  # by this request (a retry's Idempotency-Key finds the first one's job)
 
 
 def client_gone(request: web.Request) -> bool:
@@ -79,7 +79,7 @@ async def start_interactive(
     settings: Settings = request.app["settings"]
     producer: Producer = request.app["producer"]
     waiter: EndedWaiter = request.app["ended"]
-    if await liveness.live_workers(producer.redis, settings, settings.interactive_queue_name) == 0:
+    if await producer.liveness.count(settings.interactive_queue_name) == 0:
         raise NoWorkers("no live llm-router worker serves the interactive queue")
     job = without_tenant(job)
     given = job.get("job_id")
@@ -101,23 +101,60 @@ async def start_interactive(
             raise result
         deadline = job.get("deadline_s")
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
-        started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant)
-        watcher = asyncio.create_task(_cancel_when_gone(request, producer, started))
+        started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant, result.created)
+        gone: GoneWatch = request.app[GONE]
+        watched = gone.add(request, producer, started)
         try:
             yield started
         except ConnectionResetError:  # the client left while we wrote to it
+            gone.discard(watched)
             await asyncio.shield(_cancel(producer, started))
             raise
         # a cancelled handler is the server stopping, not the client leaving: the job goes on, and
         # the client's retry (same Idempotency-Key) finds it on another server
         finally:
-            watcher.cancel()
+            gone.discard(watched)
 
 
-async def _cancel_when_gone(request: web.Request, producer: Producer, started: Started) -> None:
-    while not client_gone(request):
-        await asyncio.sleep(GONE_POLL_S)
-    await asyncio.shield(_cancel(producer, started))
+class GoneWatch:
+    """The connections of a server's interactive requests, looked at every ``GONE_POLL_S`` by one
+    task (a task of its own per request cost every call a task); the job of a request whose client
+    left is cancelled. The task runs while some request is watched."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[web.Request, Producer, Started]] = {}
+        self._next = 0
+        self._task: asyncio.Task[None] | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
+
+    def add(self, request: web.Request, producer: Producer, started: Started) -> int:
+        self._next += 1
+        self._watched[self._next] = (request, producer, started)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="interactive-clients")
+        return self._next
+
+    def discard(self, key: int) -> None:
+        self._watched.pop(key, None)
+
+    async def _run(self) -> None:
+        while self._watched:
+            await asyncio.sleep(GONE_POLL_S)
+            for key, (request, producer, started) in list(self._watched.items()):
+                if client_gone(request):
+                    del self._watched[key]
+                    cancel = asyncio.create_task(_cancel(producer, started))
+                    self._cancels.add(cancel)
+                    cancel.add_done_callback(self._cancels.discard)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+GONE = "interactive_clients"  # the app's GoneWatch
 
 
 async def _cancel(producer: Producer, started: Started) -> None:
@@ -141,7 +178,8 @@ async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     """The succeeded record of an interactive job; its error (502 for provider failures) otherwise."""
     waiter: EndedWaiter = request.app["ended"]
     producer: Producer = request.app["producer"]
-    record = await waiter.wait(producer.scoped(started.job_id, started.tenant), started.ended, started.wait_s)
+    scoped = producer.scoped(started.job_id, started.tenant)
+    record = await waiter.wait(scoped, started.ended, started.wait_s, new_job=started.created)
     if record.status != JobStatus.SUCCEEDED:
         raise record_error(record.error)
     return record

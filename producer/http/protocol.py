@@ -71,6 +71,13 @@ class JsonErrorsHandler(RequestHandler):
         return response
 
 
+# connections accepted by the kernel before the server takes them: aiohttp's 128 overflowed when a
+# burst of clients connected at once (an open loop of 200 requests/s whose answers take a second),
+# and a dropped connection attempt is retried by its client only after a second (SYN retransmission),
+# so requests took 1-3 s longer. As uvicorn and gunicorn (2048); the kernel caps it at somaxconn.
+BACKLOG = 2048
+
+
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
         return JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
@@ -112,7 +119,7 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
     runner = _Runner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=BACKLOG).start()
         while True:
             await asyncio.sleep(3600)
     finally:

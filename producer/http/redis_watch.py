@@ -36,6 +36,9 @@ class RedisWatch:
         self.down = asyncio.Event()
         self._last_ok = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        # futures handed out by goes_down, done when Redis goes down: plain futures, not a task each
+        # (every interactive request waited on two)
+        self._going_down: set[asyncio.Future[object]] = set()
 
     def start(self) -> None:
         self._last_ok = time.monotonic()
@@ -60,25 +63,48 @@ class RedisWatch:
         """A future done when Redis goes down from now on; never done when it is down already (the
         watch may lag a recovery by a PING: the caller's own calls, each bounded by the timeout,
         then tell whether it is back). Cancel it when done with it."""
-        if self.down.is_set():
-            return asyncio.get_running_loop().create_future()
-        return asyncio.ensure_future(self.down.wait())
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if not self.down.is_set():
+            self._going_down.add(future)
+            future.add_done_callback(self._going_down.discard)
+        return future
 
     async def guard(self, call: Awaitable[T]) -> T:
         """``call``'s result, or ``RedisUnavailable`` as soon as Redis goes down: a waiter's check
-        that went out just before an outage would otherwise wait its own whole timeout on top."""
-        task = asyncio.ensure_future(call)
+        that went out just before an outage would otherwise wait its own whole timeout on top.
+
+        ``call`` runs in the caller's task, which Redis going down cancels (as ``asyncio.timeout``
+        does its own), rather than in a task of its own raced against the watch."""
+        task = asyncio.current_task()
+        assert task is not None
         down = self.goes_down()
+        fired = False
+        active = True  # a callback the loop already scheduled may run after the call returned
+
+        def went_down(_: object) -> None:
+            nonlocal fired
+            if active and not down.cancelled():
+                fired = True
+                task.cancel()
+
+        down.add_done_callback(went_down)
         try:
-            await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
+            return await call
+        except asyncio.CancelledError:
+            # ours alone (no cancel from elsewhere as well): Redis went down mid-call
+            if fired and task.uncancel() == 0:
+                raise self.error() from None
+            raise
         finally:
+            active = False
+            down.remove_done_callback(went_down)
             down.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise self.error()
+
+    def _went_down(self) -> None:
+        self.down.set()
+        for future in list(self._going_down):
+            if not future.done():
+                future.set_result(None)
 
     async def _run(self) -> None:
         while True:
@@ -91,7 +117,7 @@ class RedisWatch:
             except Exception:  # any failure to answer is the same news
                 if time.monotonic() - self._last_ok >= self.timeout_s and not self.down.is_set():
                     log.warning("redis is not answering", for_s=round(time.monotonic() - self._last_ok, 1))
-                    self.down.set()
+                    self._went_down()
             else:
                 self._last_ok = time.monotonic()
                 if self.down.is_set():

@@ -10,7 +10,8 @@ import uuid
 import pytest
 from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.autopipe import AutoPipeline
@@ -85,3 +86,36 @@ async def _script_calls(redis: Redis) -> int:
     stats = await redis.info("commandstats")
     # Redis 7 counts subcommands apart (cmdstat_script|load), Redis 6 as cmdstat_script
     return sum(int(v.get("calls", 0)) for k, v in stats.items() if k.startswith("cmdstat_script"))
+
+
+async def test_one_connection_serves_batch_after_batch(redis: Redis) -> None:
+    pipe = AutoPipeline(redis)
+    ids = set()
+    for i in range(20):  # sequential: each call is a batch of its own
+        assert await pipe.call(pack_command(("ECHO", f"x{i}"))) == f"x{i}".encode()
+        ids.add(await pipe.call(pack_command(("CLIENT", "ID"))))
+    assert len(ids) == 1  # no checkout per batch: the sender kept its connection
+    await pipe.aclose()
+
+
+async def test_a_killed_connection_fails_its_batch_and_the_next_batch_reconnects(redis: Redis) -> None:
+    pipe = AutoPipeline(redis)
+    first = await pipe.call(pack_command(("CLIENT", "ID")))
+    await redis.execute_command("CLIENT", "KILL", "ID", first)
+    with pytest.raises((ConnectionError, OSError, RedisConnectionError)):
+        await pipe.call(pack_command(("PING",)))
+    second = await pipe.call(pack_command(("CLIENT", "ID")))
+    assert second != first
+    await pipe.aclose()
+
+
+async def test_a_write_refusal_lets_the_connection_go(redis: Redis) -> None:
+    # READONLY is what a demoted primary answers: the next batch must ask the pool again, which
+    # finds the new primary (Sentinel) instead of writing to the old one for ever
+    pipe = AutoPipeline(redis)
+    first = await pipe.call(pack_command(("CLIENT", "ID")))
+    script = "return redis.error_reply('READONLY You can\\'t write against a read only replica.')"
+    with pytest.raises(ReadOnlyError):
+        await pipe.call(pack_command(("EVAL", script, 0)))
+    assert await pipe.call(pack_command(("CLIENT", "ID"))) != first
+    await pipe.aclose()

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from llm_router.circuit_breaker import AdmissionState
 from llm_router.keys import (
@@ -25,12 +26,14 @@ from llm_router.keys import (
     leases_key,
     ready_key,
     record_key,
+    request_key,
     routing_key,
     stream_key,
     usage_key,
 )
 from llm_router.queue_lua import NEWCOMER_LEAD
 from llm_router.store import (
+    SUBMIT_GROUP,
     CancelReply,
     FinishReply,
     NewJob,
@@ -87,7 +90,10 @@ async def test_submit_creates_the_record_and_makes_the_job_due(store: Store, bar
     assert await submit(store, job) == SubmitReply.CREATED
     rec = await fields_of(bare_redis, "t/j1")
     assert rec["status"] == "queued" and rec["tenant"] == "t" and rec["est_tokens"] == "42"
-    assert rec["request"].encode() == REQUEST and rec["attempts"] == "[]"
+    assert rec["attempts"] == "[]" and "request" not in rec
+    # the request is a key of its own, so the record stays a compact listpack
+    assert await bare_redis.get(request_key("t/j1")) == REQUEST
+    assert await bare_redis.object("encoding", record_key("t/j1")) == b"listpack"
     assert (rec["routed_by"], rec["cache_key"], rec["cache_ttl"], rec["priority"]) == (
         "auto: cheapest",
         "t:abc",  # a cache is per tenant
@@ -99,6 +105,7 @@ async def test_submit_creates_the_record_and_makes_the_job_due(store: Store, bar
     assert await bare_redis.zscore(ready_key(QUEUE, "high", "t"), "t/j1") == int(job.created_at * 1000)
     assert await bare_redis.zscore(active_tenants_key(QUEUE, "high"), "t") == -NEWCOMER_LEAD  # a short lead
     assert 100 < await bare_redis.ttl(record_key("t/j1")) <= 100 + 61  # the record TTL past the deadline
+    assert 100 < await bare_redis.ttl(request_key("t/j1")) <= 100 + 61
     assert await bare_redis.get(active_key("t")) == b"1"
 
 
@@ -128,6 +135,66 @@ async def test_submit_refuses_a_tenant_at_its_queue_limit(store: Store, bare_red
     assert await submit(store, new_job("b"), max_queued=2) == SubmitReply.CREATED
     assert await submit(store, new_job("c"), max_queued=2) == SubmitReply.QUEUE_FULL
     assert await submit(store, new_job("c", tenant="u"), max_queued=2) == SubmitReply.CREATED
+
+
+async def test_a_group_of_jobs_in_one_call_is_each_job_on_its_own(store: Store, bare_redis: Redis):
+    """Jobs go to Redis a group to a script call: each still gets its own outcome, in order, and the
+    credit, the queue limit and idempotency count the jobs of the same call before it."""
+    await credit(bare_redis, "t", 1000)
+    await submit(store, new_job("old", tenant="u"))
+    jobs = [
+        new_job("a", reserve_nanos=600),
+        new_job("a", reserve_nanos=600),  # the same job twice in one call: created once
+        new_job("b", reserve_nanos=600),  # past the credit the job before it reserved
+        new_job("c", reserve_nanos=400),
+        new_job("old", tenant="u", request=REQUEST.replace(b"hi", b"ho")),  # another body: a conflict
+        new_job("x", tenant="u"),
+        new_job("y", tenant="u"),  # u has "old" and "x" queued: its limit of 2
+    ]
+    replies = await store.submit_batch([store.submit_command(j, max_queued=2) for j in jobs])
+    assert replies == [
+        SubmitReply.CREATED,
+        SubmitReply.EXISTS,
+        SubmitReply.NO_CREDIT,
+        SubmitReply.CREATED,
+        SubmitReply.CONFLICT,
+        SubmitReply.CREATED,
+        SubmitReply.QUEUE_FULL,
+    ]
+    assert await bare_redis.hget(credits_key("t"), "reserved") == b"1000"
+    assert (await bare_redis.get(active_key("t")), await bare_redis.get(active_key("u"))) == (b"2", b"2")
+    assert await bare_redis.exists(record_key("t/b"), request_key("t/b"), record_key("u/y")) == 0
+    assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/a", b"t/c"]
+    assert await bare_redis.zrange(ready_key(QUEUE, "normal", "u"), 0, -1) == [b"u/old", b"u/x"]
+
+
+async def test_a_job_that_fails_its_call_leaves_the_jobs_before_it_whole(store: Store, bare_redis: Redis):
+    """A key of another type where a job's record belongs fails the call (as it failed that job's own
+    call before groups), after the jobs before it got their queue entries and counts: none is left
+    with a record and a reservation but no place in its queue."""
+    await credit(bare_redis, "t", 1000)
+    await bare_redis.set(record_key("t/junk"), "not a hash")
+    jobs = [new_job("a", reserve_nanos=100), new_job("b", reserve_nanos=100), new_job("junk"), new_job("c")]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await store.submit_batch([store.submit_command(j) for j in jobs])
+    assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/a", b"t/b"]
+    assert await bare_redis.get(active_key("t")) == b"2"
+    assert await bare_redis.hget(credits_key("t"), "reserved") == b"200"
+    assert await bare_redis.exists(record_key("t/c"), request_key("t/c")) == 0
+    # the connection was dropped mid-reply; the next submit works
+    assert await submit(store, new_job("c")) == SubmitReply.CREATED
+
+
+async def test_a_bulk_submit_spans_calls_and_queues(store: Store, bare_redis: Redis):
+    n = 2 * SUBMIT_GROUP + 3
+    batch = [store.submit_command(new_job(f"j{i}")) for i in range(n)]
+    batch.append(store.submit_command(new_job("other"), "q2"))
+    batch.append(store.submit_command(new_job("limited"), max_queued=1))  # t has n: refused
+    replies = await store.submit_batch(batch)
+    assert replies == [SubmitReply.CREATED] * (n + 1) + [SubmitReply.QUEUE_FULL]
+    assert await bare_redis.zcard(ready_key(QUEUE, "normal", "t")) == n
+    assert await bare_redis.zrange(ready_key("q2", "normal", "t"), 0, -1) == [b"t/other"]
+    assert await bare_redis.get(active_key("t")) == str(n + 1).encode()
 
 
 # -- start --------------------------------------------------------------------------------------
@@ -228,6 +295,9 @@ async def test_finish_writes_once_and_settles_once(store: Store, bare_redis: Red
     usage = {k.decode(): int(v) for k, v in (await bare_redis.hgetall(usage_key(day))).items()}
     assert usage == {"t|m|jobs": 1, "t|m|prompt": 10, "t|m|completion": 20, "t|m|cost": 1_234}
     assert 90 < await bare_redis.ttl(record_key("t/j1")) <= 100  # kept the record TTL from the end
+    # its request is a field of the ended record again (a hashtable now: a field costs less than a key)
+    assert rec["request"].encode() == REQUEST and await bare_redis.exists(request_key("t/j1")) == 0
+    assert (await store.get("t/j1")).request == orjson.loads(REQUEST)
     # a second run's finish (a duplicate delivery) changes nothing and charges nothing
     again = await store.finish("t/j1", {**SUCCEEDED, "model": "other"}, settlement=settle)
     assert again.reply == FinishReply.ALREADY_ENDED

@@ -21,8 +21,8 @@ async def test_waiter_wakes_on_notification(producer: Producer, until: Any) -> N
         with waiter.watch(scoped) as event:
             await producer.submit({**job, "job_id": job_id})  # no worker: stays queued
             waiting = asyncio.create_task(waiter.wait(scoped, event, timeout=20))
-            # the waiter has read the queued record and sleeps on its event (asyncio.Event's waiters)
-            await until(lambda: event._waiters, timeout=5, what="the waiter to block")
+            # the waiter has read the queued record and sleeps on its event
+            await until(lambda: event.waited_on, timeout=5, what="the waiter to block")
             started = time.monotonic()
             await producer.cancel(job_id)  # ends the job: its id is published
             record = await waiting

@@ -41,6 +41,7 @@ from llm_router.keys import (
     credits_key,
     lane_batch_key,
     record_key,
+    request_key,
     scoped_id,
 )
 from llm_router.tenants import TenantPolicies
@@ -294,9 +295,7 @@ async def test_sdk_batch_runs_its_lines_in_provider_batches_at_the_batch_price(
     validator = Validator(sim_catalog, front.settings)
     as_stored = at_now = 0
     for i in range(n):
-        stored = orjson.loads(
-            await front.redis.hget(record_key(scoped_id(who, job_id_for(batch.id, i))), "request")
-        )
+        stored = orjson.loads(await front.redis.get(request_key(scoped_id(who, job_id_for(batch.id, i)))))
         assert stored["lane"] == "auto" and stored["deadline_s"] <= 24 * 3600
         as_stored += validator.prepare(stored, now=0).reserve_nanos
         at_now += validator.prepare({**stored, "lane": "now"}, now=0).reserve_nanos

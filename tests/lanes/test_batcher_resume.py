@@ -16,7 +16,13 @@ from redis.asyncio import Redis
 from config.catalog import Catalog
 from config.settings import DEFAULT_CATALOG, Settings
 from llm_router.credits import Ledger
-from llm_router.keys import LANES_OPEN_KEY, LANES_STATS_KEY, credits_key, lane_batch_key, record_key
+from llm_router.keys import (
+    LANES_OPEN_KEY,
+    LANES_STATS_KEY,
+    credits_key,
+    lane_batch_key,
+    request_key,
+)
 from llm_router.lanes_lua import LaneScripts
 from llm_router.store import Store
 from llm_router.testing.sim_env import SIM_KEYS
@@ -98,7 +104,7 @@ async def test_a_created_but_unrecorded_batch_is_adopted_not_created_again(rig, 
     api = BatchAPI(batcher.session, dep)
     lines = []
     for i in ids:
-        request = await redis.hget(record_key(f"{tenant}/{i}"), "request")
+        request = await redis.get(request_key(f"{tenant}/{i}"))
         lines.append(batch_line(f"{tenant}/{i}", orjson.loads(request), dep))
     await api.create("created", lines, "24h")  # its metadata names our batch
     before = (await sim_lane_counters(sim))["batches_created"]

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from llm_router.credits import Ledger
-from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, record_key
+from llm_router.keys import LANES_STATS_KEY, credits_key, lane_batch_key, request_key
 from llm_router.lanes_lua import LaneScripts
 from tests.lanes.conftest import sim_lane_counters
 from tests.lanes.test_batcher_resume import _drain, rig  # noqa: F401 (the fixture)
@@ -84,7 +84,7 @@ async def test_a_created_but_unrecorded_batch(rig, sim, sim_lanes, model, dep_id
     await redis.hset(lane_batch_key(batch_id), "order", orjson.dumps(jobs))
     items = []
     for n, job in enumerate(jobs):
-        request = orjson.loads(await redis.hget(record_key(job), "request"))
+        request = orjson.loads(await redis.get(request_key(job)))
         items.append(client.fmt.item(client.fmt.key(n, job), request, dep))
     await client.create(batch_id, items, "24h")
     before = (await sim_lane_counters(sim))["batches_created"]
