@@ -20,10 +20,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -110,15 +108,12 @@ class AutoPipeline:
                     raise
                 return
             self._conn = conn
-        # the whole exchange within the connection's socket_timeout, which bounded each reply before
-        # the replies were read from the parser (a batch of 1,000 scripts takes ~0.1 s of Redis)
-        limit = min(self.timeout_s, getattr(conn, "socket_timeout", None) or self.timeout_s)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(self.timeout_s):
                 refused = await _exchange(conn, batch, replied)
         except TimeoutError:
             await self._drop(conn)
-            _fail(batch[replied[0] :], RedisTimeoutError(f"no reply from Redis within {limit} s"))
+            _fail(batch[replied[0] :], RedisTimeoutError(f"no reply from Redis within {self.timeout_s} s"))
         except BaseException as exc:
             await self._drop(conn)
             _fail(batch[replied[0] :], exc)
@@ -148,20 +143,13 @@ async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], r
     """Write the batch as one buffer, then hand each command its reply, in order; whether a reply
     said this Redis refuses writes (the connection is then let go)."""
     await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
-    # replies straight from hiredis' parser: the connection's read_response puts a timer of its own
-    # (socket_timeout) around each reply, ~5 µs a reply, 4 a job; the exchange is bounded as a whole
-    parser = getattr(conn, "_parser", None)
-    read = parser.read_response if isinstance(parser, _AsyncHiredisParser) else conn.read_response
     refused = False
     for _, future in batch:
         try:
-            reply: Any = await read()
+            reply: Any = await conn.read_response()
         except ResponseError as exc:  # an error reply: that command's, the stream stays in step
             reply = exc
-        except OSError as exc:  # as the connection's read_response says it
-            raise RedisConnectionError(f"Error while reading from Redis: {exc!r}") from exc
-        if isinstance(reply, ResponseError):  # the parser returns an error reply, the connection raises it
-            refused = refused or write_refusal(reply) is not None
+            refused = refused or write_refusal(exc) is not None
         replied[0] += 1
         if future.done():  # its task was cancelled; the command ran all the same
             continue
