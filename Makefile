@@ -24,6 +24,7 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/breakers.py
 	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/width.py
 	$(BIN)/python bench/http_latency.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/observability.py

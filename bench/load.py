@@ -237,6 +237,9 @@ def _vm_hwm_mb(pid: int) -> float:
 async def wide(redis_url: str, base_env: dict[str, str], n: int, max_jobs: int) -> dict[str, Any]:
     queue = "bench-wide"
     env = {**base_env, "LLM_ROUTER_QUEUE_NAME": queue}
+    # the adaptive in-flight limit admits the whole width from the first call, as in bench/width.py:
+    # from its default 10 at x1.5 a round it took 12 of the run's ~12 rounds to reach 1,000
+    env["LLM_ROUTER_CONCURRENCY_INITIAL"] = env["LLM_ROUTER_CONCURRENCY_MAX"] = str(max_jobs)
     producer = await _connect(redis_url, queue, env)
     try:
         with workers(env, 1, max_jobs) as procs:

@@ -44,6 +44,7 @@ class AutoPipeline:
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._conn: Any = None  # the connection the sender holds between batches
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # script sha → its SCRIPT LOAD's reply
 
     async def call(self, packed: bytes) -> Any:
         """Send one packed command and return its reply (a Redis error reply is raised)."""
@@ -69,9 +70,20 @@ class AutoPipeline:
             try:
                 return await self.call(packed)
             except NoScriptError:
-                pass  # Redis restarted and lost its scripts: load and send again
-            await self.redis.script_load(script.script)
+                pass  # a fresh Redis, or one restarted without its scripts: load and send again
+            await self._load(script)
         raise RuntimeError("Redis keeps refusing a script it was just given")
+
+    async def _load(self, script: AsyncScript) -> None:
+        """One SCRIPT LOAD, on the pipeline, for every caller that found the script missing: a wide
+        worker's first wave (10,000 start scripts) each loading it on a connection of its own
+        opened as many connections to Redis, and kept them."""
+        loading = self._loading.get(script.sha)
+        if loading is None or loading.done():
+            loading = self.send(pack_command(("SCRIPT", "LOAD", script.script)))
+            self._loading[script.sha] = loading
+        # shielded: a caller cancelled meanwhile must not cancel the load the others wait for
+        await asyncio.shield(loading)
 
     async def _send(self) -> None:
         while self._pending:

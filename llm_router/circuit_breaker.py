@@ -42,6 +42,7 @@ The Python side is typed: an ``Admission`` per deployment (decoded from the scri
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -291,7 +292,10 @@ class Admission:
 UNCHECKED = Admission(AdmissionState.UNCHECKED)
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_admission(state: bytes | str, until_ms: bytes | str | int) -> Admission:
+    """Admissions are frozen, and most replies are the same few (``ok`` until 0): each job's start
+    decoded one per deployment of its route, ~2 µs each with the enum lookup."""
     return Admission(AdmissionState(state.decode() if isinstance(state, bytes) else state), int(until_ms))
 
 

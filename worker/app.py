@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.errors import RedisUnusable, RouterError
+from llm_router.gc_tuning import tune_gc
 from llm_router.keys import LANES_ROLE, RUN_JOB
 from llm_router.redis_checks import check_eviction_policy, wait_for_redis, write_refusal
 from llm_router.redis_client import redis_client, redis_target, sync_redis_client
@@ -199,6 +200,10 @@ def run_worker(settings: Settings, queues: Sequence[str] = ("interactive", "bulk
         ]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _stop_all, workers, sig)
+        # a job in flight holds ~110 objects the collector tracks and leaves almost no cyclic
+        # garbage: with Python's defaults, at 10,000 in flight, a full collection walked 1.3 M
+        # objects, ~1 s each, every few seconds (bench/README.md "Width")
+        tune_gc()
         loop.run_until_complete(_run_all(workers))
     except Exception as exc:
         fatal = _fatal(exc, settings)

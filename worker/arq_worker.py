@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from signal import Signals
@@ -217,8 +218,15 @@ class LeasedWorker(Worker):
             observe.job_done()
         await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
 
-    def _job_done(self, _task: asyncio.Task[Any]) -> None:
+    def _job_done(self, job_id: str, task: asyncio.Task[Any]) -> None:
+        """A job task ended: its slot is free, and it leaves ``tasks`` now (a sweep of every task at
+        each 10 ms tick cost a wide worker ~1 µs a held job, 1M steps a second at 10,000 held). A job
+        whose task died keeps its lease until it lapses, and a worker runs it again."""
         self._release_sem_dec_counter_on_complete()
+        if self.tasks.get(job_id) is task:  # not a later run of the same job, claimed again here
+            del self.tasks[job_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("job task died; the job will run again", job_id=job_id, error=repr(exc))
         self._freed += 1
         if self._backlog and self._freed >= self._refill_after:
             self._wakeup.set()
@@ -236,7 +244,6 @@ class LeasedWorker(Worker):
             and self.loop.time() - self._stopping_since > self._job_completion_wait + 1
         ):
             raise asyncio.CancelledError
-        self._reap()
         if self._claims is None:
             return
         now = self.loop.time()
@@ -298,7 +305,7 @@ class LeasedWorker(Worker):
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, 0))
-            task.add_done_callback(self._job_done)
+            task.add_done_callback(functools.partial(self._job_done, job_id))
             self.tasks[job_id] = task
         # all the room taken: more may be due, claim again as slots free; else sleep until told
         self._backlog = len(claimed.jobs) == room
@@ -306,12 +313,3 @@ class LeasedWorker(Worker):
         if claimed.next_due_ms is not None:
             due = now + max(claimed.next_due_ms / 1000 - time.time(), 0)
             self._next_look = min(self._next_look, due)
-
-    def _reap(self) -> None:
-        """Drop finished job tasks: a job whose task died keeps its lease until it lapses, and a
-        worker runs it again."""
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                if not task.cancelled() and (exc := task.exception()) is not None:
-                    log.warning("job task died; the job will run again", job_id=job_id, error=repr(exc))

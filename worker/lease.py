@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -31,6 +31,7 @@ import structlog
 from llm_router.store import LeaseWrites
 
 log = structlog.get_logger("llm_router.worker")
+T = TypeVar("T")
 
 
 class LeaseKeeper(threading.Thread):
@@ -78,19 +79,17 @@ class LeaseKeeper(threading.Thread):
                 log.warning("lease refresh failed", worker_id=self.worker_id, error=repr(exc))
                 # a refusal (READONLY from an endpoint that moved) keeps its connection: reconnect
                 self._client.connection_pool.disconnect()
+            except Exception as exc:  # never let the thread die: every lease of the worker would lapse
+                log.exception("lease refresh failed", worker_id=self.worker_id, error=repr(exc))
             self._stopped.wait(self._interval_s)
 
     def beat(self) -> None:
         now = time.time()
-        held = list(self._held())
+        held = _copied(lambda: list(self._held()))
         pipe = self._client.pipeline(transaction=False)
         self._writes.renew(pipe, held, self._lease_ms)
-        by_deployment: dict[str, list[str]] = {}
-        for job_id, deps in list(self._slots.items()):
-            for dep_id in list(deps):
-                by_deployment.setdefault(dep_id, []).append(job_id)
-        self._writes.renew_slots(pipe, by_deployment, self._lease_ms)
-        for job_id, call in list(self._inflight.items()):
+        self._writes.renew_slots(pipe, _copied(self._slots_by_deployment), self._lease_ms)
+        for job_id, call in _copied(lambda: list(self._inflight.items())):
             if self._written.get(job_id) != id(call):
                 self._writes.inflight(pipe, job_id, call)
                 self._written[job_id] = id(call)
@@ -106,6 +105,14 @@ class LeaseKeeper(threading.Thread):
         pipe.execute()
         self.beats += 1
 
+    def _slots_by_deployment(self) -> dict[str, list[str]]:
+        """The jobs holding a slot of each deployment."""
+        by_deployment: dict[str, list[str]] = {}
+        for job_id, deps in list(self._slots.items()):
+            for dep_id in list(deps):
+                by_deployment.setdefault(dep_id, []).append(job_id)
+        return by_deployment
+
     def stop(self) -> None:
         """Stop beating and take this worker off the live list."""
         self._stopped.set()
@@ -118,3 +125,16 @@ class LeaseKeeper(threading.Thread):
         except redis.RedisError:
             pass
         self._client.close()
+
+
+def _copied(copy: Callable[[], T]) -> T:
+    """``copy()`` of what the event loop's thread changes meanwhile (the worker's jobs, their calls
+    and slots): a garbage collection in the middle of a copy may run finalizers, and so switch to
+    that thread, whose change makes the copy raise ``RuntimeError``: copy again. Unhandled, it ended
+    this thread, and with it the leases of every job the worker held (seen at 10,000 jobs held)."""
+    for _ in range(100):
+        try:
+            return copy()
+        except RuntimeError:
+            continue
+    return copy()

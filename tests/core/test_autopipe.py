@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 
 import pytest
 from hiredis import pack_command
@@ -58,6 +59,33 @@ async def test_a_silent_redis_fails_callers_with_a_timeout() -> None:
     finally:
         await client.aclose()
         listener.close()
+
+
+async def test_callers_that_find_a_script_missing_load_it_once(redis: Redis) -> None:
+    """A fresh (or restarted) Redis has none of the scripts: a wide worker's first wave of calls must
+    load each script once, on the pipeline, not once per caller on a connection of its own."""
+    pipe = AutoPipeline(redis)
+    script = redis.register_script(f"return ARGV[1] .. '{uuid.uuid4().hex}'")
+    await redis.script_flush()
+    loads_before = await _script_calls(redis)
+    connections_before = len(await redis.client_list())
+
+    async def one(i: int) -> bytes:
+        return await pipe.eval(script, [], [f"r{i}-"])
+
+    callers = [asyncio.ensure_future(one(i)) for i in range(300)]
+    callers[5].cancel()  # a caller cancelled meanwhile leaves the others their replies
+    replies = await asyncio.gather(*callers, return_exceptions=True)
+    assert isinstance(replies[5], asyncio.CancelledError)
+    assert all(r.startswith(f"r{i}-".encode()) for i, r in enumerate(replies) if i != 5)
+    assert await _script_calls(redis) - loads_before == 1
+    assert len(await redis.client_list()) - connections_before <= 1
+
+
+async def _script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    # Redis 7 counts subcommands apart (cmdstat_script|load), Redis 6 as cmdstat_script
+    return sum(int(v.get("calls", 0)) for k, v in stats.items() if k.startswith("cmdstat_script"))
 
 
 async def test_one_connection_serves_batch_after_batch(redis: Redis) -> None:
