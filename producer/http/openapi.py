@@ -17,6 +17,7 @@ from aiohttp import web
 
 from llm_router.contract import ChatJob
 from producer.http import openapi_fronts
+from producer.http.openapi_fronts import SSE_EVENT
 
 ERROR_CODES: dict[int, str] = {
     400: "Invalid request (`invalid_request`, `unsupported_capability`; `param` names the field)",
@@ -66,7 +67,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _sse(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return {"description": description, "content": {"text/event-stream": {"schema": SSE_EVENT}}}
 
 
 def _path_id(name: str, description: str, example: str | None = None) -> dict[str, Any]:
@@ -484,7 +485,7 @@ PATHS: dict[str, Any] = {
                     "`stream: true`, OpenAI SSE (chat.completion.chunk events, then `data: [DONE]`)",
                     "content": {
                         "application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": SSE_EVENT},
                     },
                 },
                 **_errors(402, 408, 409, 429, 499, 502, 503, 504),
@@ -693,7 +694,7 @@ def _gemini_paths() -> dict[str, Any]:
                     "200": {
                         "description": "GenerateContentResponse pieces",
                         "content": {
-                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": SSE_EVENT},
                             "application/json": {
                                 "schema": {"type": "array", "items": _ref("GeminiResponse")}
                             },

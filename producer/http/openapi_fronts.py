@@ -12,6 +12,17 @@ from typing import Any
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 OBJECTS: dict[str, Any] = {"type": "array", "items": ANY_OBJECT}
 NULLABLE_OBJECT: dict[str, Any] = {"type": "object", "nullable": True}
+# one server-sent event, as OpenAPI before 3.2 reads a text/event-stream `schema` (and schemathesis
+# checks each event of a stream against it): its fields, `data` a JSON text or `[DONE]`
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 # our reserved keys a front's body may carry (the SDKs' extra_body): routing, deadline, cache; their
 # schemas are the job contract's (``schemas`` takes them from the chat request's)
@@ -234,7 +245,7 @@ def paths(errors: Any, path_id: Any, body: Any, json: Any) -> dict[str, Any]:
         "sequence_number",
         "content": {
             "application/json": {"schema": _ref("Response")},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": SSE_EVENT},
         },
     }
     rid = path_id("id", "response id (resp_…)")
@@ -307,7 +318,7 @@ def paths(errors: Any, path_id: Any, body: Any, json: Any) -> dict[str, Any]:
                         "message_stop",
                         "content": {
                             "application/json": {"schema": _ref("AnthropicMessage")},
-                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": SSE_EVENT},
                         },
                     },
                     **_anthropic_errors(),
