@@ -30,8 +30,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,34 +243,48 @@ async def measure_load(
     return out
 
 
-async def run(n: int) -> dict[str, Any]:
+@asynccontextmanager
+async def _stack(
+    sim_args: Sequence[str] = (), **settings: str
+) -> AsyncIterator[tuple[str, dict[str, tuple[str, str]]]]:
+    """A private Redis, the simulator, ``llm-router serve`` and a worker (``settings`` as
+    ``LLM_ROUTER_*`` variables): Redis' URL and the two paths, direct and through llm-router."""
     with RedisServer() as redis_server:
         sim_port, api_port = free_port(), free_port()
         sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
         queue = "bench-http"
         env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url)
         env.update(LLM_ROUTER_QUEUE_NAME=queue, LLM_ROUTER_LOG_LEVEL="WARNING")
+        env.update({f"LLM_ROUTER_{name.upper()}": value for name, value in settings.items()})
         cli = [sys.executable, "-m", "llm_router.cli"]
         with (
-            process([*cli, "simulate", "--port", str(sim_port)], env, f"{sim_url}/_sim/calls"),
+            process([*cli, "simulate", "--port", str(sim_port), *sim_args], env, f"{sim_url}/_sim/calls"),
             process([*cli, "serve", "--port", str(api_port)], env, f"{api_url}/healthz"),
             process([*cli, "worker"], env, f"{api_url}/healthz"),
         ):
             await _wait_worker(redis_server.url, f"{queue}:interactive")
             key = await _create_key(redis_server.url)
-            paths = {
-                "direct": (f"{sim_url}/v1/chat/completions", SIM_KEY),
-                "llm-router": (f"{api_url}/v1/chat/completions", key),
-            }
-            with ExitStack() as stack:
-                try:
-                    peer_url, peer_key = stack.enter_context(litellm_proxy(sim_url))
-                    paths["litellm proxy"] = (f"{peer_url}/v1/chat/completions", peer_key)
-                except PeerUnavailable as exc:
-                    print(f"litellm proxy: skipped ({exc})")
-                sent: list[tuple[str, float, float]] = []
-                latencies = await measure(paths, n, sent)
-            spans = await breakdown(redis_server.url, sent)
+            yield (
+                redis_server.url,
+                {
+                    "direct": (f"{sim_url}/v1/chat/completions", SIM_KEY),
+                    "llm-router": (f"{api_url}/v1/chat/completions", key),
+                },
+            )
+
+
+async def run(n: int) -> dict[str, Any]:
+    async with _stack() as (redis_url, paths):
+        sim_url = paths["direct"][0].removesuffix("/v1/chat/completions")
+        with ExitStack() as stack:
+            try:
+                peer_url, peer_key = stack.enter_context(litellm_proxy(sim_url))
+                paths["litellm proxy"] = (f"{peer_url}/v1/chat/completions", peer_key)
+            except PeerUnavailable as exc:
+                print(f"litellm proxy: skipped ({exc})")
+            sent: list[tuple[str, float, float]] = []
+            latencies = await measure(paths, n, sent)
+        spans = await breakdown(redis_url, sent)
     direct = latencies["direct"]
     rows = {}
     for name, values in latencies.items():
@@ -291,32 +305,10 @@ async def run(n: int) -> dict[str, Any]:
 
 async def run_load(rate: float, seconds: float, latency_ms: int = 1000) -> dict[str, Any]:
     """Direct and llm-router under the same open-loop rate, upstream answering after ``latency_ms``."""
-    with RedisServer() as redis_server:
-        sim_port, api_port = free_port(), free_port()
-        sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
-        queue = "bench-http-load"
-        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url)
-        # sized for the load, as an operator would: ~rate x latency calls in flight at once
-        env.update(
-            LLM_ROUTER_QUEUE_NAME=queue,
-            LLM_ROUTER_LOG_LEVEL="WARNING",
-            LLM_ROUTER_MAX_JOBS="1000",
-            LLM_ROUTER_TENANT_MAX_HTTP_REQUESTS="2000",
-        )
-        cli = [sys.executable, "-m", "llm_router.cli"]
-        simulate = [*cli, "simulate", "--port", str(sim_port), "--latency-ms", str(latency_ms)]
-        with (
-            process(simulate, env, f"{sim_url}/_sim/calls"),
-            process([*cli, "serve", "--port", str(api_port)], env, f"{api_url}/healthz"),
-            process([*cli, "worker"], env, f"{api_url}/healthz"),
-        ):
-            await _wait_worker(redis_server.url, f"{queue}:interactive")
-            key = await _create_key(redis_server.url)
-            paths = {
-                "direct": (f"{sim_url}/v1/chat/completions", SIM_KEY),
-                "llm-router": (f"{api_url}/v1/chat/completions", key),
-            }
-            latencies = await measure_load(paths, rate, seconds)
+    # sized for the load, as an operator would: ~rate x latency calls in flight at once
+    load = {"max_jobs": "1000", "tenant_max_http_requests": "2000"}
+    async with _stack(["--latency-ms", str(latency_ms)], **load) as (_, paths):
+        latencies = await measure_load(paths, rate, seconds)
     direct = latencies["direct"]
     rows = {}
     for name, values in latencies.items():

@@ -15,6 +15,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.autopipe import AutoPipeline
+from llm_router.testing.redis_server import RedisServer
 
 
 async def test_many_callers_each_get_their_own_reply(redis: Redis) -> None:
@@ -61,25 +62,32 @@ async def test_a_silent_redis_fails_callers_with_a_timeout() -> None:
         listener.close()
 
 
-async def test_callers_that_find_a_script_missing_load_it_once(redis: Redis) -> None:
+async def test_callers_that_find_a_script_missing_load_it_once() -> None:
     """A fresh (or restarted) Redis has none of the scripts: a wide worker's first wave of calls must
     load each script once, on the pipeline, not once per caller on a connection of its own."""
-    pipe = AutoPipeline(redis)
-    script = redis.register_script(f"return ARGV[1] .. '{uuid.uuid4().hex}'")
-    await redis.script_flush()
-    loads_before = await _script_calls(redis)
-    connections_before = len(await redis.client_list())
+    # a Redis of its own: the counts below are the whole server's, which other tests' processes
+    # (reloading their scripts after the flush) would add to
+    with RedisServer() as server:
+        redis = Redis.from_url(server.url)
+        try:
+            pipe = AutoPipeline(redis)
+            script = redis.register_script(f"return ARGV[1] .. '{uuid.uuid4().hex}'")
+            await redis.script_flush()
+            loads_before = await _script_calls(redis)
+            connections_before = len(await redis.client_list())
 
-    async def one(i: int) -> bytes:
-        return await pipe.eval(script, [], [f"r{i}-"])
+            async def one(i: int) -> bytes:
+                return await pipe.eval(script, [], [f"r{i}-"])
 
-    callers = [asyncio.ensure_future(one(i)) for i in range(300)]
-    callers[5].cancel()  # a caller cancelled meanwhile leaves the others their replies
-    replies = await asyncio.gather(*callers, return_exceptions=True)
-    assert isinstance(replies[5], asyncio.CancelledError)
-    assert all(r.startswith(f"r{i}-".encode()) for i, r in enumerate(replies) if i != 5)
-    assert await _script_calls(redis) - loads_before == 1
-    assert len(await redis.client_list()) - connections_before <= 1
+            callers = [asyncio.ensure_future(one(i)) for i in range(300)]
+            callers[5].cancel()  # a caller cancelled meanwhile leaves the others their replies
+            replies = await asyncio.gather(*callers, return_exceptions=True)
+            assert isinstance(replies[5], asyncio.CancelledError)
+            assert all(r.startswith(f"r{i}-".encode()) for i, r in enumerate(replies) if i != 5)
+            assert await _script_calls(redis) - loads_before == 1
+            assert len(await redis.client_list()) - connections_before <= 1
+        finally:
+            await redis.aclose()
 
 
 async def _script_calls(redis: Redis) -> int:
