@@ -39,12 +39,14 @@ from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+from sim_ready import wait_for_simulator  # bench/sim_ready.py
 
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import terminate
 from producer.producer import Producer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,24 +126,9 @@ def workers(env: dict[str, str], count: int, max_jobs: int) -> Iterator[list[sub
         yield procs
     finally:
         for p in procs:
-            p.terminate()
+            p.terminate()  # all at once, then each waited for
         for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-
-
-async def _wait_http(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"{url}/_sim/health"):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+            terminate(p, 30)
 
 
 async def _wait_workers(producer: Producer, count: int) -> None:
@@ -360,7 +347,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         redis = Redis.from_url(server.url)
         try:
             with simulator(0) as sim_url:
-                await _wait_http(sim_url)
+                await wait_for_simulator(sim_url)
                 env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
                 env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
                 results.update(await latency(server.url, env, sim_url, args.latency_jobs))
@@ -372,13 +359,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     results["peer_skipped"] = "--no-peer"
             with simulator(1000) as sim_url:
-                await _wait_http(sim_url)
+                await wait_for_simulator(sim_url)
                 env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
                 env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
                 results.update(await wide(server.url, env, args.wide_jobs, 1000))
                 await redis.flushdb()
             with simulator(200) as sim_url:
-                await _wait_http(sim_url)
+                await wait_for_simulator(sim_url)
                 env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
                 env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
                 results.update(await scale_out(server.url, env, args.scale_jobs, [1, 2, 4]))

@@ -33,6 +33,7 @@ from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+from sim_ready import wait_for_simulator  # bench/sim_ready.py
 
 from config.catalog import Catalog
 from config.settings import Settings
@@ -169,7 +170,7 @@ async def run(n: int) -> dict[str, Any]:
         )
         sim_url = f"http://127.0.0.1:{port}"
         try:
-            await _wait_http(sim_url)
+            await wait_for_simulator(sim_url)
             redis = Redis.from_url(server.url)
             env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
             env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
@@ -223,17 +224,6 @@ async def run(n: int) -> dict[str, Any]:
     results["ours_over_limit"] = results["ours_jps"] / results["limit_rps"]
     results["bulk_over_arq_enqueue"] = results["bulk_submit_jps"] / results["arq_enqueue_jps"]
     return results
-
-
-async def _wait_http(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"{url}/_sim/health"):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError("simulator did not start")
 
 
 def report(r: dict[str, Any]) -> None:

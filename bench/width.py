@@ -42,19 +42,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import uvloop
 from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+from sim_ready import wait_for_simulator  # bench/sim_ready.py
 
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.keys import PRIORITIES, active_tenants_key, delayed_key, leases_key
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
+from llm_router.testing.worker_procs import terminate
 from producer.producer import Producer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,23 +96,7 @@ def _process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-async def _wait_http(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"{url}/_sim/health"):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+        terminate(proc, 30)
 
 
 async def _left(redis: Redis, queue: str) -> int:
@@ -146,7 +131,7 @@ async def one_run(
         sim_args = [sys.executable, "-m", "llm_router.cli", "simulate", "--port", str(port)]
         with _process([*sim_args, "--latency-ms", f"{latency_ms},{latency_ms}"]) as sim:
             sim_url = f"http://127.0.0.1:{port}"
-            await _wait_http(sim_url)
+            await wait_for_simulator(sim_url)
             env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
             env.update(
                 LLM_ROUTER_LOG_LEVEL="WARNING",
