@@ -256,18 +256,8 @@ async def _hook_cost(config: str, n: int) -> float:
     from llm_router.testing.sim_env import SIM_KEYS
     from worker import observe
 
-    loop = asyncio.get_running_loop()
-    reply = [b"acme", None, str(time.time()).encode(), None]
-
-    class Pipe:
-        def send(self, packed: bytes) -> asyncio.Future[Any]:
-            future = loop.create_future()
-            future.set_result(reply)
-            return future
-
     class Store:
         queue_name = "bench"
-        pipe = Pipe()
 
     class Runner:
         store = Store()
@@ -294,7 +284,9 @@ async def _hook_cost(config: str, n: int) -> float:
     async def job(i: int) -> None:
         observe.job_begins(runner, f"job-{i}")
         attempts: list[dict[str, Any]] = []
-        await observe.job_started(request, ["gpt-4o-mini"], 1, attempts)
+        await observe.job_started(
+            request, ["gpt-4o-mini"], 1, attempts, tenant="acme", created_at=time.time()
+        )
         now = time.time()
         attempts.append(
             {

@@ -114,75 +114,84 @@ return out
 """
 )
 
-# Marks the job running and admits its route's first deployment.  Returns nil (no record), or
-# name/value pairs: just `status` for a job that already ended, else what the worker needs (see
-# ``store.Started``).
+# ``start_job`` marks a job running and admits its route's first deployment.  Returns false (no
+# record), or name/value pairs: just `status` for a job that already ended, else what the worker needs
+# (see ``store.Started``).  It needs ``BREAKER_LUA`` before it.  Two scripts run it: START_LUA, and the
+# worker's claim, which starts the jobs it leases in the same step (``worker.claims``).
+START_JOB_LUA = """
+local function start_job(record, job_id, now, worker_id, routing_key, probe_lease_ms, slot_lease_ms)
+  local status = redis.call('HGET', record, 'status')
+  if not status then return false end
+  if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
+  local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
+                       'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge',
+                       'lane', 'tenant', 'traceparent', 'created_at', 'started_at')
+  local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
+  request = redis.call('GET', REQUEST .. job_id) or request  -- its own key (a record of before: a field)
+  local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
+  local est_tokens = tonumber(v[11] or '0')
+  local lost_runs = 0
+  if status == 'running' then
+    -- the run before this one never ended: its worker died (or lost Redis) with the job. Its attempt
+    -- goes into the record now, from what that worker last said it was calling, so it is kept
+    -- whatever becomes of this run too
+    lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
+    local call = {}
+    if inflight then call = cjson.decode(inflight) end
+    if call.provider and call.upstream_model then
+      -- the slot of the call it was making is free now, not when its lease lapses
+      redis.call('ZREM', SLOTS .. call.provider .. '/' .. call.upstream_model, job_id)
+    end
+    local list = cjson.decode(attempts or '[]')
+    list[#list + 1] = {
+      provider = call.provider or 'unknown', model = call.model or 'unknown',
+      upstream_model = call.upstream_model or 'unknown', outcome = 'interrupted',
+      worker = previous_worker or cjson.null, breaker = cjson.null, error_code = cjson.null,
+      http_status = cjson.null, latency_ms = cjson.null, started_at = call.started_at or 0,
+    }
+    attempts = cjson.encode(list)
+    redis.call('HSET', record, 'attempts', attempts)
+    redis.call('HDEL', record, 'inflight')
+  end
+  redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
+  redis.call('HSETNX', record, 'started_at', now)
+  local runs = redis.call('HINCRBY', record, 'runs', 1)
+  local redis_now = now_ms()
+  local cached = ''
+  if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
+  local admissions, chosen = {}, nil
+  -- lanes: a batch or auto job is admitted only once its lane is known (a batch one never calls here)
+  local lane = v[14] or ''
+  if cached == '' and not cancel_requested and lane ~= 'batch' and lane ~= 'auto' then
+    admissions, chosen = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms),
+                                     slot_lease_ms, redis_now)
+  end
+  local learned = ''
+  if v[13] and chosen then
+    -- a hedged job waits for the admitted deployment's learned percentile before a second attempt
+    local q = redis.call('HMGET', CONC .. chosen, 'q', 'n')
+    if q[1] then learned = q[1] .. '|' .. q[2] end
+  end
+  return {'status', status, 'request', request, 'route', route, 'deadline_at', deadline_at,
+          'attempts', attempts, 'runs', runs, 'passes', passes or '0',
+          'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
+          'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
+          'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or '',
+          'hedge', v[13] or '', 'learned', learned, 'lane', lane,
+          -- for the worker's metrics and trace (the first run's start: this one's when it is the first)
+          'tenant', v[15] or '', 'traceparent', v[16] or '', 'created_at', v[17] or '',
+          'first_started_at', v[18] or now}
+end
+"""
+
+# Starts one job (``start_job``): KEYS[1] its record; ARGV: now (s), worker id, job id, routing key,
+# probe lease ms, slot lease ms.  Returns nil when there is no record.
 START_LUA = (
     LUA_PRELUDE
     + BREAKER_LUA
+    + START_JOB_LUA
     + """
-local record = KEYS[1]
-local now, worker_id, job_id, routing_key, probe_lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local slot_lease_ms = tonumber(ARGV[6] or '10000')
-
-local status = redis.call('HGET', record, 'status')
-if not status then return nil end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
-local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
-                     'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge',
-                     'lane')
-local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
-request = redis.call('GET', REQUEST .. job_id) or request  -- its own key (a record of before: a field)
-local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
-local est_tokens = tonumber(v[11] or '0')
-local lost_runs = 0
-if status == 'running' then
-  -- the run before this one never ended: its worker died (or lost Redis) with the job. Its attempt
-  -- goes into the record now, from what that worker last said it was calling, so it is kept
-  -- whatever becomes of this run too
-  lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
-  local call = {}
-  if inflight then call = cjson.decode(inflight) end
-  if call.provider and call.upstream_model then
-    -- the slot of the call it was making is free now, not when its lease lapses
-    redis.call('ZREM', SLOTS .. call.provider .. '/' .. call.upstream_model, job_id)
-  end
-  local list = cjson.decode(attempts or '[]')
-  list[#list + 1] = {
-    provider = call.provider or 'unknown', model = call.model or 'unknown',
-    upstream_model = call.upstream_model or 'unknown', outcome = 'interrupted',
-    worker = previous_worker or cjson.null, breaker = cjson.null, error_code = cjson.null,
-    http_status = cjson.null, latency_ms = cjson.null, started_at = call.started_at or 0,
-  }
-  attempts = cjson.encode(list)
-  redis.call('HSET', record, 'attempts', attempts)
-  redis.call('HDEL', record, 'inflight')
-end
-redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
-redis.call('HSETNX', record, 'started_at', now)
-local runs = redis.call('HINCRBY', record, 'runs', 1)
-local redis_now = now_ms()
-local cached = ''
-if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
-local admissions, chosen = {}, nil
--- lanes: a batch or auto job is admitted only once its lane is known (a batch one never calls here)
-local lane = v[14] or ''
-if cached == '' and not cancel_requested and lane ~= 'batch' and lane ~= 'auto' then
-  admissions, chosen = admit_route(route, routing_key, job_id, est_tokens, tonumber(probe_lease_ms),
-                                   slot_lease_ms, redis_now)
-end
-local learned = ''
-if v[13] and chosen then
-  -- a hedged job waits for the admitted deployment's learned percentile before a second attempt
-  local q = redis.call('HMGET', CONC .. chosen, 'q', 'n')
-  if q[1] then learned = q[1] .. '|' .. q[2] end
-end
-return {'status', status, 'request', request, 'route', route, 'deadline_at', deadline_at,
-        'attempts', attempts, 'runs', runs, 'passes', passes or '0',
-        'previous_worker', previous_worker or '', 'admissions', admissions, 'redis_now_ms', redis_now,
-        'cached', cached, 'parent', parent or '', 'cancel_requested', cancel_requested or '',
-        'est_tokens', est_tokens, 'lost_runs', lost_runs, 'queue', v[12] or '',
-        'hedge', v[13] or '', 'learned', learned, 'lane', lane}
+return start_job(KEYS[1], ARGV[3], ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6] or '10000'))
 """
 )
 

@@ -16,8 +16,8 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
-from typing import Any
+from enum import Enum, IntEnum, StrEnum
+from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
@@ -180,6 +180,10 @@ class Started:
     learned_ms: float = 0.0
     learned_samples: int = 0
     lane: str = ""  # the lane it asked for or was sent back to ('' is `now`; README "Lanes")
+    tenant: str = ""
+    traceparent: str = ""  # the caller's trace context ('' when none came)
+    created_at: float | None = None
+    first_started_at: float | None = None  # when its first run started (this one, if it is the first)
 
     @classmethod
     def decode(cls, pairs: list[Any]) -> Started | str | None:
@@ -212,7 +216,25 @@ class Started:
             learned_ms=float(learned[0]) if learned else 0.0,
             learned_samples=int(learned[1]) if learned else 0,
             lane=(v.get("lane") or b"").decode(),
+            tenant=(v.get("tenant") or b"").decode(),
+            traceparent=(v.get("traceparent") or b"").decode(),
+            created_at=float(v["created_at"]) if v.get("created_at") else None,
+            first_started_at=float(v["first_started_at"]) if v.get("first_started_at") else None,
         )
+
+
+# what the start script replies: ``None`` (no record), the status of a job that already ended, or
+# ``Started``
+StartReply = Started | str | None
+
+
+class NotStarted(Enum):
+    """A job whose start script has not run yet (its claim did not start it)."""
+
+    NOT_STARTED = 0
+
+
+NOT_STARTED: Final = NotStarted.NOT_STARTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +427,7 @@ class Store:
         routing_key: str = "",
         probe_lease_ms: int = 60_000,
         slot_lease_ms: int = 10_000,
-    ) -> Started | str | None:
+    ) -> StartReply:
         """Mark the job running, read it, and admit its route's first deployment (one round trip).
 
         ``None`` when the record is gone, the status of a job that already ended, else ``Started``.

@@ -81,7 +81,8 @@ def build_worker(
         )
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
-        worker.use_store(store, Claims(ctx["redis"], store.pipe, queue_name), runner.run)
+        claims = Claims(ctx["redis"], store.pipe, queue_name, runner.starter)
+        worker.use_store(store, claims, runner.run)
         runner.aborting = worker.aborting_tasks.__contains__
         interval_s = min(settings.effective_lease_refresh_s, settings.heartbeat_interval_s)
         keeper = LeaseKeeper(

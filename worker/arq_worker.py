@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llm_router.errors import JobCancelled, RedisUnusable
 from llm_router.keys import wake_channel
 from llm_router.redis_checks import write_refusal
-from llm_router.store import Settlement, Store
+from llm_router.store import NOT_STARTED, NotStarted, Settlement, StartReply, Store
 from worker import observe
 from worker.claims import Claims
 
@@ -72,7 +72,7 @@ class LeasedWorker(Worker):
         self.safety_poll_s = safety_poll_s
         self._store: Store | None = None
         self._claims: Claims | None = None
-        self._run: Callable[[str], Awaitable[None]] | None = None
+        self._run: Callable[[str, StartReply | NotStarted], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
         # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
@@ -106,9 +106,13 @@ class LeasedWorker(Worker):
         await super()._cancel_aborted_jobs()
 
     def use_store(
-        self, store: Store, claims: Claims, run: Callable[[str], Awaitable[None]] | None = None
+        self,
+        store: Store,
+        claims: Claims,
+        run: Callable[[str, StartReply | NotStarted], Awaitable[None]] | None = None,
     ) -> None:
-        """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner)."""
+        """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner),
+        given what its start replied when the claim started it (else ``NOT_STARTED``)."""
         self._store = store
         self._claims = claims
         self._run = run
@@ -172,10 +176,11 @@ class LeasedWorker(Worker):
             if not self.tasks and self._claims is not None and await self._claims.empty():
                 return
 
-    async def run_job(self, job_id: str, score: int) -> None:
-        """Run one claimed job: the runner reads everything from the record, so arq's per-job reads
-        (the job payload, its try counter, the abort flag) and its result serialisation are
-        skipped; the end of the run is one script on the auto-pipeline."""
+    async def run_job(self, job_id: str, score: int, started: StartReply | NotStarted = NOT_STARTED) -> None:
+        """Run one claimed job: the runner reads everything from the record (``started``: the start
+        its claim made), so arq's per-job reads (the job payload, its try counter, the abort flag)
+        and its result serialisation are skipped; the end of the run is one script on the
+        auto-pipeline."""
         if self._run is None or self._claims is None:
             await super().run_job(job_id, score)
             return
@@ -185,7 +190,7 @@ class LeasedWorker(Worker):
         done, due_ms = True, None
         try:
             async with asyncio.timeout(self.job_timeout_s):
-                await self._run(job_id)
+                await self._run(job_id, started)
             self.jobs_complete += 1
         except Retry as exc:
             done = False
@@ -304,7 +309,7 @@ class LeasedWorker(Worker):
             # job_counter and the semaphore move together, as in arq
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, 0))
+            task = self.loop.create_task(self.run_job(job_id, 0, claimed.started.get(job_id, NOT_STARTED)))
             task.add_done_callback(functools.partial(self._job_done, job_id))
             self.tasks[job_id] = task
         # all the room taken: more may be due, claim again as slots free; else sleep until told

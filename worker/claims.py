@@ -11,17 +11,26 @@ of a run is another script: done (the job leaves the queue), or again (now, or l
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
 from llm_router.autopipe import AutoPipeline
+from llm_router.circuit_breaker import BREAKER_LUA
 from llm_router.keys import PRIORITIES, active_tenants_key, delayed_key, leases_key
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
+from llm_router.record_lua import START_JOB_LUA
+from llm_router.store import Started, StartReply
 
-# Returns {claimed job…, next_due_ms}: the jobs now leased to this worker, then when the queue's next
-# delayed job is due ('' when none is), so an idle worker can sleep until then. The shebang declares
+# Returns {claimed job, its start…, next_due_ms}: the jobs now leased to this worker, each followed by
+# what starting it replied (``record_lua.start_job``: nil when its record is gone, the pairs of
+# ``store.Started``, or 0 when it was not started here: past the ``starts`` first, or its start
+# raised, which the worker's own start will meet again), then when the queue's next delayed job is
+# due ('' when none is), so an idle worker can sleep until then. Starting a job in its claim saves
+# it a round trip before its call (an interactive caller waits on every one); ``starts`` bounds how
+# long one claim holds Redis when a wide worker claims thousands at once. The shebang declares
 # it a writing script (no flags): a read-only replica or an out-of-memory Redis refuses it before it
 # runs, even on an empty queue, which is how an idle worker learns its Redis was demoted.
 CLAIM_LUA = (
@@ -29,9 +38,13 @@ CLAIM_LUA = (
     + LUA_PRELUDE
     + READY_LUA
     + QUEUE_LUA
+    + BREAKER_LUA
+    + START_JOB_LUA
     + r"""
 local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                          tonumber(ARGV[5])
+local starts, now_s, worker_id, routing_key = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local probe_lease_ms, slot_lease_ms = ARGV[10], tonumber(ARGV[11])
 
 promote(queue, now, most)
 local out = {}
@@ -51,6 +64,14 @@ for _, band in ipairs(BANDS) do
     else
       redis.call('ZADD', leases, now + lease_ms, job[1])
       out[#out + 1] = job[1]
+      local started = 0
+      if starts > 0 then
+        starts = starts - 1
+        local ok, reply = pcall(start_job, RECORD .. job[1], job[1], now_s, worker_id, routing_key,
+                                probe_lease_ms, slot_lease_ms)
+        if ok then started = reply end
+      end
+      out[#out + 1] = started
       room = room - 1
       vclock = vtime
       local weight = weights[tenant]
@@ -103,37 +124,70 @@ return 1
 )
 
 MOVES_PER_CLAIM = 1000  # delayed jobs and lapsed leases a claim puts back at most (bounded work)
+# jobs one claim starts at most: a start costs Redis 20 to 40 µs, so a claim holds it a few ms at most
+STARTS_PER_CLAIM = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Starter:
+    """What a claim needs to start the jobs it leases (the runner's arguments of ``Store.start``)."""
+
+    worker_id: str
+    routing_key: str
+    probe_lease_ms: int
+    slot_lease_ms: int
+    most: int = STARTS_PER_CLAIM
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """What one claim took, and when the queue's next delayed job is due (ms; ``None``: none is)."""
+    """What one claim took, and when the queue's next delayed job is due (ms; ``None``: none is).
+
+    ``started`` holds what starting each job replied, for the jobs the claim started (the others the
+    runner starts itself)."""
 
     jobs: list[str]
     next_due_ms: int | None
+    started: dict[str, StartReply] = field(default_factory=dict)
 
 
 class Claims:
     """Claims and end-of-run bookkeeping on one queue, and the lease renewals of held jobs."""
 
-    def __init__(self, redis: Redis, pipe: AutoPipeline, queue_name: str) -> None:
+    def __init__(
+        self, redis: Redis, pipe: AutoPipeline, queue_name: str, starter: Starter | None = None
+    ) -> None:
         self.queue_name = queue_name
         self.leases_key = leases_key(queue_name)
         self._redis = redis
         self._pipe = pipe
         self._claim = redis.register_script(CLAIM_LUA)
         self._end_run = redis.register_script(END_RUN_LUA)
+        self.starter = starter
 
     async def claim(self, lease_ms: int, room: int) -> Claimed:
-        """Lease up to ``room`` due jobs to this worker (fairly across tenants, by priority)."""
+        """Lease up to ``room`` due jobs to this worker (fairly across tenants, by priority), starting
+        the first ``starter.most`` of them when there is a starter."""
         if room <= 0:
             return Claimed([], None)
-        now_ms = int(time.time() * 1000)
-        flat = await self._pipe.eval(
-            self._claim, [], [self.queue_name, now_ms, lease_ms, room, MOVES_PER_CLAIM]
-        )
+        now = time.time()
+        args: list[Any] = [self.queue_name, int(now * 1000), lease_ms, room, MOVES_PER_CLAIM]
+        if (starter := self.starter) is not None:
+            args += [starter.most, now, starter.worker_id, starter.routing_key]
+            args += [starter.probe_lease_ms, starter.slot_lease_ms]
+        else:
+            args += [0, now, "", "", 0, 0]
+        flat = await self._pipe.eval(self._claim, [], args)
         due = flat[-1]
-        return Claimed([j.decode() for j in flat[:-1]], int(float(due)) if due else None)
+        jobs: list[str] = []
+        started: dict[str, StartReply] = {}
+        for i in range(0, len(flat) - 1, 2):
+            job = flat[i].decode()
+            jobs.append(job)
+            reply = flat[i + 1]
+            if reply != 0:  # 0: not started here
+                started[job] = Started.decode(reply)
+        return Claimed(jobs, int(float(due)) if due else None, started)
 
     async def empty(self) -> bool:
         """Nothing ready, delayed or held on this queue (a burst worker's signal to stop)."""

@@ -39,9 +39,10 @@ from llm_router.errors import (
 )
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
-from llm_router.store import Settlement, Started, Store
+from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store
 from worker import observe
 from worker.breaker import RetryBudget, routing_table
+from worker.claims import Starter
 from worker.hedge import hedge_after_s
 from worker.http import Timeouts, send
 from worker.images import ImageFetcher
@@ -109,21 +110,28 @@ class JobRunner:
         self.aborting: Any = lambda job_id: False
         self.lanes = Lanes(store.redis, catalog, settings)  # lane decisions (README "Lanes")
 
-    async def run(self, job_id: str) -> None:
+    @property
+    def starter(self) -> Starter:
+        """What a claim needs to start this runner's jobs as it leases them (``Store.start``'s arguments)."""
+        return Starter(self.worker_id, self.routing_key, self._probe_lease_ms, self._slot_lease_ms)
+
+    async def run(self, job_id: str, started: StartReply | NotStarted = NOT_STARTED) -> None:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.
 
         ``job_id`` is the scoped id the queue holds (``keys.scoped_id``); logs show the job's own id
-        and its tenant apart.
+        and its tenant apart. ``started`` is what the start script replied when the job's claim
+        started it; else the run starts it.
         """
         observe.job_begins(self, job_id)
         now = time.time()
-        try:
-            started = await self.store.start(
-                job_id, self.worker_id, now, self.routing_key, self._probe_lease_ms, self._slot_lease_ms
-            )
-        except RedisError as exc:
-            log.warning("cannot start job, redis unavailable", job_id=job_id, error=repr(exc))
-            raise Retry(defer=1.0) from None
+        if started is NOT_STARTED:
+            try:
+                started = await self.store.start(
+                    job_id, self.worker_id, now, self.routing_key, self._probe_lease_ms, self._slot_lease_ms
+                )
+            except RedisError as exc:
+                log.warning("cannot start job, redis unavailable", job_id=job_id, error=repr(exc))
+                raise Retry(defer=1.0) from None
         if started is None:
             log.warning("job record missing (expired or deleted)", job_id=job_id)
             return
@@ -141,7 +149,16 @@ class JobRunner:
         deadline_at = started.deadline_at
         tenant, public_id = split_scoped(job_id)
         bound = log.bind(job_id=public_id, tenant=tenant, model=route[0], run=started.runs)
-        await observe.job_started(request, route, started.runs, attempts)
+        await observe.job_started(
+            request,
+            route,
+            started.runs,
+            attempts,
+            tenant=started.tenant,
+            traceparent=started.traceparent,
+            created_at=started.created_at,
+            first_started_at=started.first_started_at,
+        )
         if started.previous_status == "running":
             # the run before was cut short, its worker dead mid-job: the start script recorded the
             # interrupted attempt

@@ -3,11 +3,10 @@
 The job's code calls one-line hooks; everything else is here:
 
 * ``job_begins(runner, job_id)``, the first line of ``JobRunner.run``: the job's context for log
-  lines; reads the record's tenant, trace context and times alongside the start script (queued
-  just before it, it goes out in the same write on the auto-pipeline: no extra round trip); in
-  flight +1.
-* ``await job_started(request, route, runs, attempts)``, in ``JobRunner.run`` once the start script
-  answered: the queue wait; the job's span (joining the caller's trace).
+  lines; in flight +1.
+* ``await job_started(request, route, runs, attempts, …)``, in ``JobRunner.run`` once the start
+  script answered (with the record's tenant, trace context and times, which that script reads: no
+  round trip of its own): the queue wait; the job's span (joining the caller's trace).
 * ``first_token()``, in ``worker.streaming.stream_call``: a streamed call's first token.
 * ``recording(fields)``, in ``JobRunner._write``: the record change the run ends with (final,
   deferred, put back).
@@ -35,30 +34,20 @@ from redis.asyncio import Redis
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router import tracing as tr
-from llm_router.keys import RECENT_KEY, record_key
+from llm_router.keys import RECENT_KEY
 from llm_router.log_setup import bind_job, current_job
 from llm_router.metrics import Exposition, FleetReader, Metrics
 from worker.metrics_server import MetricsServer
-
-try:
-    from hiredis import pack_command
-except ImportError:  # pragma: no cover - hiredis is a dependency
-    pack_command = None
 
 log = structlog.get_logger("llm_router.worker")
 
 RECENT_MAX = 500  # ended jobs the dashboard lists
 RECENT_FLUSH_S = 1.0
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-_META = ("tenant", tr.TRACEPARENT_FIELD, "created_at", "started_at")
 
 
 def _status(value: Any) -> str:
     return getattr(value, "value", value)
-
-
-def _float(raw: bytes | None) -> float | None:
-    return float(raw) if raw else None
 
 
 class JobObs:
@@ -73,7 +62,6 @@ class JobObs:
         "first_token_at",
         "inflight",
         "job_id",
-        "meta",
         "n0",
         "observer",
         "queue",
@@ -93,7 +81,6 @@ class JobObs:
         self.job_id = job_id
         self.queue = queue
         self.inflight = inflight
-        self.meta: asyncio.Future[Any] | None = None
         self.begun = time.time()
         self.tenant: str | None = None
         self.traceparent: str | None = None
@@ -233,12 +220,6 @@ class Observer:
         m = self.metrics
         if m is not None:
             m.in_flight.inc((obs.queue,), -1)
-        if obs.meta is not None:  # the run ended before it started (a duplicate delivery, say)
-            if obs.meta.done():
-                if not obs.meta.cancelled():
-                    obs.meta.exception()  # retrieved, so asyncio does not report it as lost
-            else:
-                obs.meta.cancel()
         fields = obs.fields
         if fields is None:
             return
@@ -438,9 +419,6 @@ def job_begins(runner: Any, job_id: str) -> None:
         return
     try:
         obs = JobObs(observer, job_id, observer.labels.get(runner.store.queue_name, "bulk"), runner.inflight)
-        if pack_command is not None:
-            # queued now, it goes out in the same write as the start script the runner sends next
-            obs.meta = runner.store.pipe.send(pack_command(("HMGET", record_key(job_id), *_META)))
         bind_job(obs)
         if observer.metrics is not None:
             observer.metrics.in_flight.inc((obs.queue,), 1)
@@ -449,9 +427,19 @@ def job_begins(runner: Any, job_id: str) -> None:
 
 
 async def job_started(
-    request: dict[str, Any], route: list[str], runs: int, attempts: list[dict[str, Any]]
+    request: dict[str, Any],
+    route: list[str],
+    runs: int,
+    attempts: list[dict[str, Any]],
+    *,
+    tenant: str = "",
+    traceparent: str = "",
+    created_at: float | None = None,
+    first_started_at: float | None = None,
 ) -> None:
-    """The start script answered: the job's request, route, run number and attempts so far."""
+    """The start script answered: the job's request, route, run number and attempts so far, and
+    from its record the tenant, the caller's trace context, when it was created and when its first
+    run started (the script, or the claim that ran it, set that for a first run)."""
     obs = current_job()
     if not isinstance(obs, JobObs):
         return
@@ -463,15 +451,10 @@ async def job_started(
             attempts,
             len(attempts),
         )
-        if obs.meta is not None:
-            tenant, traceparent, created, started = await obs.meta
-            obs.meta = None
-            obs.tenant = tenant.decode() if tenant else "default"
-            obs.traceparent = traceparent.decode() if traceparent else None
-            obs.created_at = _float(created)
-            # the read went out just before the start script: a first run started as it began here;
-            # a later run reads when the first one started
-            obs.started_at = obs.begun if obs.runs == 1 else _float(started)
+        obs.tenant = tenant or "default"
+        obs.traceparent = traceparent or None
+        obs.created_at = created_at
+        obs.started_at = first_started_at if first_started_at is not None else obs.begun
         observer = obs.observer
         first = obs.runs == 1 and obs.created_at is not None and obs.started_at is not None
         if first and observer.metrics is not None:
