@@ -225,7 +225,9 @@ return out
 
 # Writes a record change and the breaker reports of the calls made.  Reports count even for a job
 # that already ended (the calls happened); the fields never overwrite an ended job, so a duplicate
-# run cannot replace the outcome (or the cost) recorded first, and a job settles once.  Returns
+# run cannot replace the outcome (or the cost) recorded first, and a job settles once.  With a
+# queue (ARGV[8]), the run is over: the job leaves that queue's leases and the abort set, as the end
+# of a run that is done does (``worker.claims.END_RUN_LUA``), whatever the record says.  Returns
 # {1 written | 0 already ended | -2 no record | -3 not a member of the batch KEYS[3], {dep, state,
 # reason}…}.
 FINISH_LUA = (
@@ -236,8 +238,14 @@ FINISH_LUA = (
 local record, stream = KEYS[1], KEYS[2]
 local record_ttl_s, job_id, field_count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local settlement, usage_ttl_s, summary, stream_ttl_s = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local FIELDS = 8  -- field/value pairs from here (field_count of them), then one report per call
+local release_from = ARGV[8]
+local FIELDS = 9  -- field/value pairs from here (field_count of them), then one report per call
 local REPORTS = FIELDS + field_count
+
+if release_from ~= '' then
+  redis.call('ZREM', release_from .. ':leases', job_id)
+  redis.call('ZREM', ABORT_SET, job_id)
+end
 
 local now = now_ms()
 local out = {0}

@@ -484,11 +484,13 @@ class Store:
         settlement: Settlement | None = None,
         summary: bytes = b"",
         member_of: str | None = None,
+        release: bool = False,
     ) -> Finished:
         """Write a record change and the breaker reports of its calls.
 
         When the change ends the job, ``settlement`` is charged to its tenant and counted in the
-        usage, once; ``summary`` goes to its compare parent.
+        usage, once; ``summary`` goes to its compare parent. ``release``: the run is over, and the
+        job leaves this store's queue (its lease; ``Claims.end_run`` with done, in the same step).
         """
         argv: list[Any] = [
             self.record_ttl_s,
@@ -498,6 +500,7 @@ class Store:
             self.usage_ttl_s,
             summary,
             self.stream_ttl_s,
+            self.queue_name if release else "",
         ]
         for name, value in fields.items():
             argv.append(name)

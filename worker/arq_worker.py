@@ -72,7 +72,7 @@ class LeasedWorker(Worker):
         self.safety_poll_s = safety_poll_s
         self._store: Store | None = None
         self._claims: Claims | None = None
-        self._run: Callable[[str, StartReply | NotStarted], Awaitable[None]] | None = None
+        self._run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
         # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
@@ -109,10 +109,11 @@ class LeasedWorker(Worker):
         self,
         store: Store,
         claims: Claims,
-        run: Callable[[str, StartReply | NotStarted], Awaitable[None]] | None = None,
+        run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None,
     ) -> None:
         """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner),
-        given what its start replied when the claim started it (else ``NOT_STARTED``)."""
+        given what its start replied when the claim started it (else ``NOT_STARTED``), and says
+        whether its last write took the job off the queue already."""
         self._store = store
         self._claims = claims
         self._run = run
@@ -187,10 +188,10 @@ class LeasedWorker(Worker):
         task = asyncio.current_task()
         assert task is not None
         self.job_tasks[job_id] = task  # where arq's abort check finds it
-        done, due_ms = True, None
+        done, due_ms, released = True, None, False
         try:
             async with asyncio.timeout(self.job_timeout_s):
-                await self._run(job_id, started)
+                released = await self._run(job_id, started)
             self.jobs_complete += 1
         except Retry as exc:
             done = False
@@ -221,7 +222,8 @@ class LeasedWorker(Worker):
         finally:
             self.job_tasks.pop(job_id, None)
             observe.job_done()
-        await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
+        if not (done and released):  # a job whose record write ended it left the queue in that write
+            await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
 
     def _job_done(self, job_id: str, task: asyncio.Task[Any]) -> None:
         """A job task ended: its slot is free, and it leaves ``tasks`` now (a sweep of every task at

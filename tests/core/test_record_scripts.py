@@ -316,6 +316,21 @@ async def test_finish_of_an_unfinished_change_neither_settles_nor_shortens_the_t
     assert (await store.finish("nope", SUCCEEDED)).reply == FinishReply.NO_RECORD
 
 
+async def test_a_finish_that_releases_takes_the_job_off_its_queue_even_when_it_had_ended(store, bare_redis):
+    for job in ("j1", "j2"):
+        await submit(store, new_job(job))
+        await bare_redis.zadd(leases_key(QUEUE), {f"t/{job}": 1})  # a worker holds it
+        await bare_redis.zadd(abort_jobs_ss, {f"t/{job}": 1})  # and a cancel came as it ran
+    await store.finish("t/j1", SUCCEEDED)  # without release: the end of the run does it later
+    assert await bare_redis.zscore(leases_key(QUEUE), "t/j1") is not None
+    assert await bare_redis.zscore(abort_jobs_ss, "t/j1") is not None
+    # a duplicate run's release of a job that had ended still ends that run
+    assert (await store.finish("t/j1", SUCCEEDED, release=True)).reply == FinishReply.ALREADY_ENDED
+    assert (await store.finish("t/j2", SUCCEEDED, release=True)).reply == FinishReply.WRITTEN
+    assert await bare_redis.zrange(leases_key(QUEUE), 0, -1) == []
+    assert await bare_redis.zrange(abort_jobs_ss, 0, -1) == []
+
+
 async def test_a_failed_job_releases_its_reservation_and_counts_as_failed(store, bare_redis):
     await credit(bare_redis, "t", 10_000)
     await submit(store, new_job(reserve_nanos=5_000))
