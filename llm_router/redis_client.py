@@ -197,7 +197,7 @@ class _QuickSend:
     redis-py bounds every write with ``asyncio.wait_for``, which on Python 3.11 wraps the write in a
     new task that only runs at the event loop's next turn: every command paid a task and a turn of
     the loop for a wait (a full socket buffer) that almost never comes. The same bound here is an
-    ``asyncio.timeout`` around the drain, which returns at once unless the buffer is full."""
+    ``asyncio.timeout`` around the drain, which is skipped when the write left nothing buffered."""
 
     socket_timeout: float | None
     _writer: Any
@@ -213,6 +213,9 @@ class _QuickSend:
             command = [command]
         try:
             self._writer.writelines(command)
+            transport = self._writer.transport
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                return  # all of it went into the socket: no drain to wait for (nor a timer to set)
             if self.socket_timeout:
                 async with asyncio.timeout(self.socket_timeout):
                     await self._writer.drain()
