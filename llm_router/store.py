@@ -190,36 +190,37 @@ class Started:
         """The script's reply: ``None`` (no record), a status (the job already ended), or ``Started``."""
         if pairs is None:
             return None
-        v = {pairs[i].decode(): pairs[i + 1] for i in range(0, len(pairs), 2)}
-        status = v["status"].decode()
+        v = dict(zip(pairs[::2], pairs[1::2], strict=True))  # its names stay bytes: no decode each
+        status = v[b"status"].decode()
         if len(v) == 1:
             return status
-        learned = (v.get("learned") or b"").decode().split("|") if v.get("learned") else None
+        learned = v.get(b"learned")
+        at, at_first = v.get(b"created_at"), v.get(b"first_started_at")
         return cls(
             previous_status=status,
-            request=v["request"],
-            route=v["route"],
-            deadline_at=float(v["deadline_at"]),
-            attempts=v["attempts"] or b"",
-            runs=int(v["runs"]),
-            passes=int(v["passes"]),
-            previous_worker=(v["previous_worker"] or b"").decode(),
-            admissions=decode_admissions(v["admissions"]),
-            redis_now_ms=int(v["redis_now_ms"]),
-            cached=v["cached"] or b"",
-            parent=v["parent"].decode() or None,
-            cancel_requested=bool(v["cancel_requested"]),
-            est_tokens=int(v["est_tokens"]),
-            lost_runs=int(v["lost_runs"]),
-            queue=(v.get("queue") or b"").decode(),
-            hedge_ms=int(v["hedge"]) if v.get("hedge") else None,
-            learned_ms=float(learned[0]) if learned else 0.0,
-            learned_samples=int(learned[1]) if learned else 0,
-            lane=(v.get("lane") or b"").decode(),
-            tenant=(v.get("tenant") or b"").decode(),
-            traceparent=(v.get("traceparent") or b"").decode(),
-            created_at=float(v["created_at"]) if v.get("created_at") else None,
-            first_started_at=float(v["first_started_at"]) if v.get("first_started_at") else None,
+            request=v[b"request"],
+            route=v[b"route"],
+            deadline_at=float(v[b"deadline_at"]),
+            attempts=v[b"attempts"] or b"",
+            runs=int(v[b"runs"]),
+            passes=int(v[b"passes"]),
+            previous_worker=(v[b"previous_worker"] or b"").decode(),
+            admissions=decode_admissions(v[b"admissions"]),
+            redis_now_ms=int(v[b"redis_now_ms"]),
+            cached=v[b"cached"] or b"",
+            parent=v[b"parent"].decode() or None,
+            cancel_requested=bool(v[b"cancel_requested"]),
+            est_tokens=int(v[b"est_tokens"]),
+            lost_runs=int(v[b"lost_runs"]),
+            queue=(v.get(b"queue") or b"").decode(),
+            hedge_ms=int(v[b"hedge"]) if v.get(b"hedge") else None,
+            learned_ms=float(learned.split(b"|")[0]) if learned else 0.0,
+            learned_samples=int(learned.split(b"|")[1]) if learned else 0,
+            lane=(v.get(b"lane") or b"").decode(),
+            tenant=(v.get(b"tenant") or b"").decode(),
+            traceparent=(v.get(b"traceparent") or b"").decode(),
+            created_at=float(at) if at else None,
+            first_started_at=float(at_first) if at_first else None,
         )
 
 
