@@ -124,8 +124,9 @@ return 1
 )
 
 MOVES_PER_CLAIM = 1000  # delayed jobs and lapsed leases a claim puts back at most (bounded work)
-# jobs one claim starts at most: a start costs Redis 20 to 40 µs, so a claim holds it a few ms at most
-STARTS_PER_CLAIM = 64
+# jobs one claim starts at most: a start costs Redis 50 to 100 µs (a route of three models, 2 cores),
+# so a claim holds it 3 ms at most
+STARTS_PER_CLAIM = 32
 
 
 @dataclass(frozen=True, slots=True)
