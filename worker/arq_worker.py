@@ -2,9 +2,10 @@
 checks and abort set are kept.
 
 * **Claiming** (``_poll_iteration``): one Lua script leases up to a free slot's worth of due jobs
-  (fairly across tenants, high priority first); held jobs are in no ready queue, so every worker
-  fills its slots whatever arq's ``queue_read_limit`` is, and a claim costs the same however many
-  jobs the fleet holds.
+  (fairly across tenants, high priority first) and starts the first of them (``Starter``: what the
+  runner's own start would do, so a job's call goes out without a round trip after its claim);
+  held jobs are in no ready queue, so every worker fills its slots whatever arq's
+  ``queue_read_limit`` is, and a claim costs the same however many jobs the fleet holds.
 * **Waking, not polling**: a worker claims when something may be there to take: a wake-up published
   by a submit (or a job put back), slots freed while the last claim had filled them all (a backlog),
   a deferred job coming due, or a slow safety look (``safety_poll_s``) for what a lost message missed.
@@ -16,8 +17,9 @@ checks and abort set are kept.
   the new primary is followed, for ``refusal_limit_s``; past it the worker stops with
   ``RedisUnusable`` and the reason, and its process exits non-zero.
 * **Running** (``run_job``): every job is ``run_llm_job(job_id)``, whose record holds everything;
-  arq's per-job reads and result serialisation are skipped, and the end of a run is one script on
-  the store's auto-pipeline (``Claims.end_run``).
+  arq's per-job reads and result serialisation are skipped. A run that ended its job left the queue
+  in the record write that ended it; any other run ends with one script on the store's
+  auto-pipeline (``Claims.end_run``: done, again, or deferred).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Running one job: read it, walk its route of deployments, write its record.
 
-Redis budget per job beyond arq's own round trips: one script before the call (``start``: mark
-running, read the request, admit the route's first deployment past its breaker and rate limits)
-and one after (``finish``: write the outcome and the breaker reports of the calls made). The walk
+Redis budget per job: none before the call when the worker's claim started the job (the start
+script's work: mark running, read the request, admit the route's first deployment past its breaker
+and rate limits; ``worker.claims``), else that script; and one after (``finish``: write the
+outcome and the breaker reports of the calls made, and, when the job ended, take it off its queue). The walk
 itself is ``worker.route_walk``. When nothing answered but something may later (transient errors,
 open breakers, rate limits), the job is deferred, without holding a worker slot, to when a
 deployment is available again or by backoff (never before a ``Retry-After`` heard), until its
