@@ -108,7 +108,10 @@ def _target_of(method: str, url: str) -> Target:
     if parts.scheme not in ("http", "https") or not host or port == -1:
         raise UpstreamConnectionError("InvalidURL calling the provider: not an http(s) URL with a host")
     if not host.isascii():
-        host = host.encode("idna").decode("ascii")
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UpstreamConnectionError("InvalidURL calling the provider: an invalid host name") from None
     port = port or (443 if parts.scheme == "https" else 80)
     return Target.of(parts.scheme, host, port, url, FIXED_HEADERS, method)
 
