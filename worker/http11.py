@@ -302,6 +302,9 @@ async def _head_of(conn: _Conn, request: bytes) -> tuple[int, dict[str, str]]:
     """Send ``request`` on ``conn`` and read the answer's head; the connection closed on failure."""
     assert conn.transport is not None
     conn.answered = False
+    if conn.transport.is_closing():  # lost before we wrote (uvloop raises on a write to it)
+        conn.close()
+        raise ConnectionResetError("the server closed the connection")
     conn.transport.write(request)
     try:
         return await _read_head(conn)
