@@ -349,3 +349,17 @@ async def test_tls_checks_the_certificate_and_the_host_name(tmp_path: Path, clie
     finally:
         await trusting.close()
         await server.stop()
+
+
+async def test_as_many_connections_are_kept_as_calls_can_be_in_flight() -> None:
+    # 100 calls at once open 100 connections; the next 100 reuse them all (a pool of 64 would not)
+    client = ProviderClient(Settings(_env_file=None, max_jobs=100))
+    server = await serving(fixed(OK))
+    try:
+        for _ in range(2):
+            answers = await asyncio.gather(*(send(client, server.url()) for _ in range(100)))
+            assert {status for status, _, _ in answers} == {200}
+        assert (server.connections, len(server.requests)) == (100, 200)
+    finally:
+        await client.close()
+        await server.stop()
