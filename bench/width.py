@@ -87,11 +87,11 @@ def _status_mb(pid: int, field: str) -> float:
 
 @contextmanager
 def _process(
-    args: list[str], env: dict[str, str] | None = None, log: str | None = None
+    args: list[str], env: dict[str, str] | None = None, log: str | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     with open(log or os.devnull, "ab") as err:
         proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_raise_nofile
+            args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_raise_nofile
         )
     try:
         yield proc
@@ -153,7 +153,8 @@ async def one_run(
                     for i in range(n)
                 ]
                 worker_args = [sys.executable, "-m", "llm_router.cli", "worker", "--max-jobs", str(width)]
-                with _process(worker_args, env, log) as worker, _py_spy(worker.pid, profile):
+                # run from ``src``: ``python -m`` puts its working directory before PYTHONPATH
+                with _process(worker_args, env, log, cwd=src) as worker, _py_spy(worker.pid, profile):
                     await _wait_live(producer, worker)
                     cpu0 = _cpu_seconds(worker.pid)  # past the worker's start-up (imports, catalog)
                     sim_cpu0 = _cpu_seconds(sim.pid)

@@ -122,6 +122,7 @@ def build_worker(
             keeper.stop()
         if runner := ctx.pop("runner", None):
             await runner.images.close()
+            await runner.provider.close()
         if session := ctx.pop("session", None):
             await session.close()
 

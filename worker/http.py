@@ -1,5 +1,6 @@
-"""The worker's one HTTP client: a shared aiohttp session, each call's time limits, and transport
-failures mapped to the taxonomy.
+"""The worker's aiohttp session (streams, image fetches, batches), each call's time limits, and
+transport failures mapped to the taxonomy. Unstreamed provider calls go through the lean client of
+``worker.provider_client`` under the same limits.
 
 Every call is bounded at each stage (``Timeouts``, resolved per deployment from the catalog's
 ``timeouts:`` block over the global settings): the connect, the wait for the response headers (a
@@ -101,26 +102,6 @@ async def open_response(
     except TimeoutError:
         # the message reaches tenants: it never says where the provider is
         raise UpstreamTimeout(f"no response headers from the provider within {wait} s") from None
-
-
-async def send(
-    session: aiohttp.ClientSession, call: HttpCall, limits: Timeouts, *, deadline_at: float
-) -> tuple[int, dict[str, str], bytes]:
-    """Send an unstreamed ``call``; return status, lower-cased headers and the whole body, or raise a
-    ``RouterError``."""
-    try:
-        resp = await open_response(session, call, limits, deadline_at=deadline_at, streamed=False)
-        async with resp:
-            body = await resp.read()
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            return resp.status, headers, body
-    except RouterError:
-        raise
-    except Exception as exc:
-        mapped = transport_error(exc, call.url)
-        if mapped is None:
-            raise
-        raise mapped from None
 
 
 def transport_error(exc: BaseException, url: str) -> RouterError | None:

@@ -45,9 +45,10 @@ from worker import observe
 from worker.breaker import RetryBudget, routing_table
 from worker.claims import Starter
 from worker.hedge import hedge_after_s
-from worker.http import Timeouts, send
+from worker.http import Timeouts
 from worker.images import ImageFetcher
 from worker.lanes import LaneChoice, Lanes, ParkReply
+from worker.provider_client import ProviderClient
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
 from worker.room import Room
@@ -79,7 +80,8 @@ class JobRunner:
         self.store = store
         self.catalog = catalog
         self.settings = settings
-        self.session = session
+        self.session = session  # streamed calls
+        self.provider = ProviderClient(settings)  # unstreamed calls; the worker closes it
         self.worker_id = worker_id
         # the call each running job is making; the lease keeper copies it into the record, so a
         # run that dies mid-call still shows that attempt
@@ -360,8 +362,8 @@ class JobRunner:
         if left <= 0:
             raise DeadlineExceeded("the job's deadline passed while it ran")
         try:
-            status, headers, body = await send(
-                self.session, call, self.timeouts[dep.id], deadline_at=deadline_at
+            status, headers, body = await self.provider.send(
+                call, self.timeouts[dep.id], deadline_at=deadline_at
             )
         except UpstreamTimeout:
             if time.time() >= deadline_at - 0.05:  # the job's deadline cut the call, not the provider

@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import Settings
 from llm_router.testing.redis_server import free_port
-from worker.webhooks.http11 import Client, HTTPError, Target
+from worker.http11 import Client, HTTPError, Target
 from worker.webhooks.sender import FIXED_HEADERS, Sender
 
 Reply = Callable[[bytes, int], bytes | None]  # (request, its number on the connection) → bytes to send

@@ -9,7 +9,7 @@
   when it is not a 2xx);
 * no proxy from the environment, no cookies: nothing of one receiver reaches another.
 
-The HTTP is ``http11``'s small keep-alive client (see there why not aiohttp's).
+The HTTP is ``worker.http11``'s small keep-alive client (see there why not aiohttp's).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from email.utils import parsedate_to_datetime
 from config.settings import Settings
 from llm_router.urls import UnsafeURL, parse_url
 from llm_router.webhooks.spec import webhook_guard
+from worker.http11 import Client, ConnectTimeout, HTTPError, Target
 from worker.images import GuardedResolver, RefusedAddress
-from worker.webhooks.http11 import Client, ConnectTimeout, HTTPError, Target
 
 USER_AGENT = "llm-router-webhooks/1"
 FIXED_HEADERS = f"User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n".encode()
