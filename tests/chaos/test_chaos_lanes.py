@@ -146,7 +146,8 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
     assert lanes["batch"] > 0 and stats.get("redispatched", 0) > 0, (lanes, stats)
     assert {r.provider for r in records if r.lane == "batch"} == {"openai", "anthropic", "gemini"}
     assert statuses["succeeded"] >= JOBS * 0.95
-    print(f"\nlanes chaos: {dict(statuses)}; lanes {dict(lanes)}; {stats}")
+    failed = Counter(r.error["code"] for r in records if r.status == "failed" and r.error)
+    print(f"\nlanes chaos: {dict(statuses)} (failed: {dict(failed)}); lanes {dict(lanes)}; {stats}")
 
 
 async def _live(producer: Producer, n: int) -> bool:
