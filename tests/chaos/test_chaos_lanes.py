@@ -135,6 +135,9 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
         server.stop()
     assert len(took) >= 3  # the first holder and a successor after each kill
     statuses = Counter(r.status.value for r in records)
+    lanes = Counter(r.lane for r in records)
+    failed = Counter(r.error["code"] for r in records if r.status == "failed" and r.error)
+    print(f"\nlanes chaos: {dict(statuses)} (failed: {dict(failed)}); lanes {dict(lanes)}; {stats}")
     assert set(statuses) <= {"succeeded", "failed"}, statuses  # 0 lost, 0 stuck
     assert all(r.error and r.error["code"] for r in records if r.status == "failed")
     assert int(ledger[b"spent"]) == sum(r.usage.cost_nanos for r in records if r.usage)  # 0 charged twice
@@ -142,12 +145,10 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
     mine = {k.decode(): int(v) for k, v in usage.items() if k.decode().startswith(f"{tenant}|")}
     assert sum(v for k, v in mine.items() if k.endswith("|jobs")) == JOBS  # each job settled exactly once
     assert active == 0
-    lanes = Counter(r.lane for r in records)
     assert lanes["batch"] > 0 and stats.get("redispatched", 0) > 0, (lanes, stats)
     assert {r.provider for r in records if r.lane == "batch"} == {"openai", "anthropic", "gemini"}
     assert statuses["succeeded"] >= JOBS * 0.95
-    failed = Counter(r.error["code"] for r in records if r.status == "failed" and r.error)
-    print(f"\nlanes chaos: {dict(statuses)} (failed: {dict(failed)}); lanes {dict(lanes)}; {stats}")
+
 
 
 async def _live(producer: Producer, n: int) -> bool:
