@@ -17,6 +17,9 @@ Keys (``llm_router.keys``), all amounts integer nano-dollars:
 * ``usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``, ``…|prompt``,
   ``…|completion``, ``…|cost``; bumped by the same script that settles.
 * ``ENDED:<tenant>``: every job publishes its scoped id here when it ends.
+* a job with a ``notify`` field (the channel of the server waiting for it, ``keys.notify_channel``)
+  first publishes there its ended record: a msgpack array of the record's HGETALL pairs, its request
+  key's value ('' when the request is in the record) and its scoped id (``store.decode_ended``).
 * ``WEBHOOKS_DUE``: a job with a ``webhook`` is due for delivery there when it ends, in the same
   step, so no crash comes between the end and the delivery task (``llm_router.webhooks``).
 """
@@ -45,7 +48,7 @@ SETTLE_LUA = r"""
 -- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
 local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
   local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested',
-                       'webhook')
+                       'webhook', 'notify')
   local tenant, reserved, metered, parent = r[1] or 'default', r[2] or '0', r[3], r[4]
   local cost = tonumber(settle.cost) or 0
   if metered then
@@ -70,6 +73,17 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   if cost > 0 then redis.call('HINCRBY', uk, f .. 'cost', fmt(cost)) end
   redis.call('EXPIRE', uk, usage_ttl)
   redis.call('DECR', ACTIVE .. tenant)
+  if r[7] then
+    -- the server that waits for it gets the record as its read would (HGETALL, and the request
+    -- key a job cancelled while queued still has), then job id last, so it answers without that
+    -- read; before the plain notice, which would wake the waiter to read. Its ended record is as
+    -- before without the field (a pattern subscriber never hears the server's channel)
+    redis.call('HDEL', record, 'notify')
+    local fields = redis.call('HGETALL', record)
+    fields[#fields + 1] = redis.call('GET', REQUEST .. job_id) or ''
+    fields[#fields + 1] = job_id
+    redis.call('PUBLISH', r[7], cmsgpack.pack(fields))
+  end
   -- whoever waits for it (a producer, the HTTP API) hears it ended; nobody polls
   redis.call('PUBLISH', ENDED .. ':' .. tenant, job_id)
   if r[6] then redis.call('ZADD', WEBHOOKS_DUE, 'NX', fmt(now), 'j|' .. job_id) end
