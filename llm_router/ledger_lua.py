@@ -74,10 +74,10 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   redis.call('EXPIRE', uk, usage_ttl)
   redis.call('DECR', ACTIVE .. tenant)
   if r[7] then
-    -- the server that waits for it gets the record as its read would (HGETALL, and the request
-    -- key a job cancelled while queued still has), then job id last, so it answers without that
-    -- read; before the plain notice, which would wake the waiter to read. Its ended record is as
-    -- before without the field (a pattern subscriber never hears the server's channel)
+    -- the server waiting for it answers without reading the record: it gets what the read would
+    -- (the HGETALL pairs, the request key: '' once the request is in the record), then the id.
+    -- Before the plain notice, which would wake that waiter to read; the field goes first, so an
+    -- ended record is what it was before there was one
     redis.call('HDEL', record, 'notify')
     local fields = redis.call('HGETALL', record)
     fields[#fields + 1] = redis.call('GET', REQUEST .. job_id) or ''
