@@ -34,6 +34,7 @@ from llm_router.keys import (
     stream_key,
     usage_key,
 )
+from llm_router.ledger_lua import NOTIFY_MAX_BYTES
 from llm_router.queue_lua import NEWCOMER_LEAD
 from llm_router.store import (
     SUBMIT_GROUP,
@@ -539,3 +540,18 @@ async def test_bulk_submits_write_no_notify_field(store: Store, bare_redis: Redi
     await store.submit_batch([store.submit_command(j) for j in jobs])
     for i in range(3):
         assert "notify" not in await fields_of(bare_redis, f"t/b{i}")
+
+
+async def test_a_record_too_large_for_a_message_is_left_to_be_read(store: Store, bare_redis: Redis):
+    channel = notify_channel("server-a")
+    big = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * NOTIFY_MAX_BYTES}]})
+    await submit(store, new_job(notify=channel, request=big))
+    pubsub = bare_redis.pubsub()
+    await pubsub.psubscribe(NOTIFY_PREFIX + "*", ENDED_PATTERN)
+    await pubsub.get_message(timeout=1)
+    await pubsub.get_message(timeout=1)
+    await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
+    assert await next_data(pubsub) == b"t/j1"  # the plain notice only: its waiter reads the record
+    assert await next_data(pubsub, timeout=0.2) is None
+    assert "notify" not in await fields_of(bare_redis, "t/j1")
+    await pubsub.aclose()
