@@ -2,11 +2,12 @@
 
 Every job has its scoped id PUBLISHed on its tenant's ``ended`` channel when it reaches a terminal
 status. The server holds one subscription (a pattern over every tenant's channel) for all its
-waiters and wakes the waiters of that id; a waiter then reads the record. A job the server submits to
-wait for names the server's own channel (``channel``, subscribed on the same connection): its end
-sends the whole record there first, and its waiter returns that record without the read. A handler registers
-(``watch``) before it submits, so no notification can slip past it, and reads the record once after
-submitting, which covers a job that already existed (an idempotent resubmission) and ended before.
+waiters and wakes the waiters of that id; a waiter then reads the record. A job the server submits
+to wait for names the server's own channel (``channel``, subscribed on the same connection): its end
+sends the whole record there first, and its waiter returns that record without the read. A handler
+registers (``watch``) before it submits, so no notification can slip past it, and reads the record
+once after submitting, which covers a job that already existed (an idempotent resubmission) and
+ended before.
 Pub/sub is at-most-once: a message lost while Redis restarts would leave a waiter hanging, so every
 resubscription wakes every waiter, and each waiter re-reads its record every ``recheck_s`` anyway (a
 safety net, not the mechanism).
@@ -201,7 +202,7 @@ class EndedWaiter:
             ended.cancel()
             if down is not None:
                 down.cancel()
-        if event.record is not None:  # the answer is here: Redis going down since changes nothing
+        if event.record is not None:  # the record came: Redis going down since does not matter
             return
         if watch is not None and down is not None and down.done() and not down.cancelled():
             raise watch.error()
