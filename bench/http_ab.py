@@ -52,9 +52,17 @@ async def _redis_cpu_s(url: str) -> float:
 async def run(trees: dict[str, str], n: int) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         stacks = {}
+        here = os.getcwd()
         for name, tree in trees.items():
-            os.environ["PYTHONPATH"] = tree  # the stack's processes take their environment from here
-            stacks[name] = await stack.enter_async_context(_stack())
+            # the stack's processes start here, as ``python -m``: sys.path begins with their working
+            # directory, so the tree must be that as well as on PYTHONPATH (a tree as the working
+            # directory wins over PYTHONPATH)
+            os.environ["PYTHONPATH"] = tree
+            os.chdir(tree)
+            try:
+                stacks[name] = await stack.enter_async_context(_stack())
+            finally:
+                os.chdir(here)
         paths = {"direct": next(iter(stacks.values()))[1]["direct"]}
         paths |= {name: s[1]["llm-router"] for name, s in stacks.items()}
         sent: dict[str, list[tuple[str, float, float]]] = {name: [] for name in paths}
