@@ -149,7 +149,7 @@ SPANS = {
     "to call": "→ upstream call sent (the start script, its reply decoded, route, request built)",
     "call": "the upstream call, as the worker timed it",
     "record": "→ answer parsed and priced (finished_at is stamped before the finish script)",
-    "answer": "→ answer received (finish script, end notification, record read, response)",
+    "answer": "→ answer received (finish script, end notification carrying the record, response)",
 }
 
 

@@ -36,6 +36,8 @@ All amounts are integer nano-USD. What lives where:
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
   ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
 * ``ENDED_CHANNEL:<tenant>``: every job publishes its scoped id here when it ends.
+* ``notify:<server>``: a server's own channel; a job it waits for (its record's ``notify`` field)
+  sends its whole ended record there (``llm_router.ledger_lua``), so the server answers without a read.
 * ``webhooks:due`` sorted set: webhook deliveries by when they are due (``llm_router.webhooks``):
   ``j|<tenant>/<job id>`` or ``b|<batch id>``, a replay with ``|r<n>`` after it; ``webhooks:retry``
   hash: a delivery's attempts so far and since when; ``webhooks:disabled`` hash: endpoints that
@@ -106,6 +108,14 @@ def ended_channel(tenant: str) -> str:
 
 
 ENDED_PATTERN = ENDED_CHANNEL + ":*"  # every tenant's ends (the HTTP API's one subscription)
+# not under ENDED_CHANNEL: the pattern's subscribers must not get a record meant for one server
+NOTIFY_PREFIX = PREFIX + "notify:"
+
+
+def notify_channel(server_id: str) -> str:
+    """One server process's channel: the ended records of the jobs it waits for
+    (``NewJob.notify``)."""
+    return NOTIFY_PREFIX + server_id
 
 
 def scoped_id(tenant: str, job_id: str) -> str:

@@ -17,6 +17,10 @@ Keys (``llm_router.keys``), all amounts integer nano-dollars:
 * ``usage:<day>`` hash, per UTC day number: ``<tenant>|<model>|jobs``, ``…|failed``, ``…|prompt``,
   ``…|completion``, ``…|cost``; bumped by the same script that settles.
 * ``ENDED:<tenant>``: every job publishes its scoped id here when it ends.
+* a job with a ``notify`` field (the channel of the server waiting for it, ``keys.notify_channel``)
+  first publishes there its ended record: a msgpack array of the record's HGETALL pairs, its request
+  key's value ('' when the request is in the record) and its scoped id (``store.decode_ended``);
+  not a record over ``NOTIFY_MAX_BYTES``, which its server reads after the plain notice.
 * ``WEBHOOKS_DUE``: a job with a ``webhook`` is due for delivery there when it ends, in the same
   step, so no crash comes between the end and the delivery task (``llm_router.webhooks``).
 """
@@ -37,15 +41,22 @@ local function reserve(tenant, amount)
 end
 """
 
+# the largest ended record sent to a waiting server (bytes of its fields): a bigger one (a large
+# request or image answer) is read as before, so a burst of them never fills the server's pub/sub
+# output buffer in Redis (32 MB by default: past it Redis drops the subscription, every waiter reads)
+NOTIFY_MAX_BYTES = 512 * 1024
+
 # needs LUA_PRELUDE (llm_router.lua) before it
-SETTLE_LUA = r"""
+SETTLE_LUA = (
+    f"local NOTIFY_MAX_BYTES = {NOTIFY_MAX_BYTES}\n"
+    + r"""
 -- once per job, in the script that gives it a terminal status: settle its cost and release the
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent,
 -- and make its webhook (if any) due.
 -- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
 local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
   local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested',
-                       'webhook')
+                       'webhook', 'notify')
   local tenant, reserved, metered, parent = r[1] or 'default', r[2] or '0', r[3], r[4]
   local cost = tonumber(settle.cost) or 0
   if metered then
@@ -70,6 +81,21 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   if cost > 0 then redis.call('HINCRBY', uk, f .. 'cost', fmt(cost)) end
   redis.call('EXPIRE', uk, usage_ttl)
   redis.call('DECR', ACTIVE .. tenant)
+  if r[7] then
+    -- the server waiting for it answers without reading the record: it gets what the read would
+    -- (the HGETALL pairs, the request key: '' once the request is in the record), then the id.
+    -- Before the plain notice, which would wake that waiter to read; the field goes first, so an
+    -- ended record is what it was before there was one
+    redis.call('HDEL', record, 'notify')
+    local fields = redis.call('HGETALL', record)
+    fields[#fields + 1] = redis.call('GET', REQUEST .. job_id) or ''
+    local size = 0
+    for i = 1, #fields do size = size + #fields[i] end
+    if size <= NOTIFY_MAX_BYTES then
+      fields[#fields + 1] = job_id
+      redis.call('PUBLISH', r[7], cmsgpack.pack(fields))
+    end
+  end
   -- whoever waits for it (a producer, the HTTP API) hears it ended; nobody polls
   redis.call('PUBLISH', ENDED .. ':' .. tenant, job_id)
   if r[6] then redis.call('ZADD', WEBHOOKS_DUE, 'NX', fmt(now), 'j|' .. job_id) end
@@ -90,3 +116,4 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
   end
 end
 """
+)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final
 
+import msgpack
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -114,6 +115,9 @@ class NewJob:
     hedge: int | None = None
     # the lane it asked for (``contract.Lane``); None: the tenant's default (``now`` for interactive jobs)
     lane: str | None = None
+    # the channel of the server that waits for the job (``keys.notify_channel``): its end sends the
+    # whole record there (``decode_ended``)
+    notify: str | None = None
 
     def optional_fields(self) -> list[Any]:
         """Record fields only some jobs have, as field/value pairs for the submit script."""
@@ -138,6 +142,8 @@ class NewJob:
             out += ("hedge", self.hedge)
         if self.lane is not None and self.lane != "now":  # a record without a lane ran `now`
             out += ("lane", self.lane)
+        if self.notify is not None:
+            out += ("notify", self.notify)
         return out
 
 
@@ -731,6 +737,19 @@ def decode_record(scoped: str, raw: dict[bytes, bytes], request: bytes | None = 
     return JobRecord.model_validate(data)
 
 
+def decode_ended(message: bytes) -> tuple[str, list[bytes]]:
+    """A job's end as the server waiting for it hears it on its own channel (``job_ended`` in
+    ``llm_router.ledger_lua``): its scoped id, and what ``decode_ended_record`` makes its record of."""
+    fields = msgpack.unpackb(message, raw=True)
+    return fields[-1].decode(), fields
+
+
+def decode_ended_record(scoped: str, fields: list[bytes]) -> JobRecord:
+    """The record of an ended message (``decode_ended``), exactly as ``Store.get`` reads it."""
+    raw = dict(zip(fields[0:-2:2], fields[1:-2:2], strict=True))
+    return decode_record(scoped, raw, fields[-2] or None)
+
+
 # record fields the workers and scripts use that are not part of the record's public shape
 _INTERNAL_FIELDS = frozenset(
     {
@@ -746,5 +765,6 @@ _INTERNAL_FIELDS = frozenset(
         "cancel_requested",
         "pending",
         "hedge",
+        "notify",
     }
 )

@@ -193,6 +193,7 @@ class Producer:
         ids: Iterable[str] | None = None,
         on_settled: Callable[[list[Submitted | RouterError], int], None] | None = None,
         default_webhook: bool = True,
+        notify: str | None = None,
     ) -> list[Submitted | RouterError]:
         """Validate and enqueue many jobs, pipelined in chunks; one result per job, in input order.
 
@@ -210,6 +211,8 @@ class Producer:
         ``webhook_url`` policy) unless ``default_webhook`` is off (a batch's lines: the batch
         reports); interactive jobs and compare sides only ever to their own. A ``NewJob`` is a job
         validated already (``self.validator.prepare``, off the event loop for a large body).
+        ``notify``: the channel of the server that waits for these jobs (``EndedWaiter.channel``);
+        each job's end sends its whole record there, so the server answers without reading it.
         """
         use_default = default_webhook and not interactive and parent is None
         queue = self.settings.queue_for("interactive" if interactive else "bulk")
@@ -239,6 +242,8 @@ class Producer:
                 prepared.queue = queue
             prepared.parent = parent
             prepared.traceparent = traceparent
+            if notify is not None:
+                prepared.notify = notify
             results.append(_PENDING)  # until Redis answers
             chunk.append((len(results) - 1, prepared))
             if len(chunk) >= self.settings.enqueue_chunk:

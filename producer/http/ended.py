@@ -2,9 +2,12 @@
 
 Every job has its scoped id PUBLISHed on its tenant's ``ended`` channel when it reaches a terminal
 status. The server holds one subscription (a pattern over every tenant's channel) for all its
-waiters and wakes the waiters of that id; a waiter then reads the record. A handler registers
-(``watch``) before it submits, so no notification can slip past it, and reads the record once after
-submitting, which covers a job that already existed (an idempotent resubmission) and ended before.
+waiters and wakes the waiters of that id; a waiter then reads the record. A job the server submits
+to wait for names the server's own channel (``channel``, subscribed on the same connection): its end
+sends the whole record there first, and its waiter returns that record without the read. A handler
+registers (``watch``) before it submits, so no notification can slip past it, and reads the record
+once after submitting, which covers a job that already existed (an idempotent resubmission) and
+ended before.
 Pub/sub is at-most-once: a message lost while Redis restarts would leave a waiter hanging, so every
 resubscription wakes every waiter, and each waiter re-reads its record every ``recheck_s`` anyway (a
 safety net, not the mechanism).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,9 +35,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
-from llm_router.keys import ENDED_PATTERN, split_scoped
+from llm_router.keys import ENDED_PATTERN, notify_channel, split_scoped
 from llm_router.redis_checks import write_refusal
-from llm_router.store import Store
+from llm_router.store import Store, decode_ended, decode_ended_record
 from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
@@ -60,11 +64,12 @@ class Ended:
     and ``future()``, a plain future done when it is set, to wait on it alongside other news without
     a task."""
 
-    __slots__ = ("_futures", "_set")
+    __slots__ = ("_futures", "_set", "record")
 
     def __init__(self) -> None:
         self._set = False
         self._futures: list[asyncio.Future[None]] = []
+        self.record: JobRecord | None = None  # the ended record, when it came with the news
 
     def set(self) -> None:
         self._set = True
@@ -100,7 +105,8 @@ class Ended:
 
 
 class EndedWaiter:
-    """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``."""
+    """Wakes the waiters of a job when its id arrives on ``ENDED_CHANNEL``, or its ended record on
+    the server's own ``channel`` (``keys.notify_channel``: a job submitted with ``notify=channel``)."""
 
     def __init__(
         self, redis: Redis, store: Store, *, recheck_s: float = 2.0, watch: RedisWatch | None = None
@@ -112,6 +118,7 @@ class EndedWaiter:
         self._events: dict[str, set[Ended]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        self.channel = notify_channel(os.urandom(8).hex())
 
     async def start(self, timeout: float = 5.0) -> None:
         """Subscribe in the background; waits up to ``timeout`` for the first subscription."""
@@ -148,12 +155,15 @@ class EndedWaiter:
 
         ``new_job``: the job was created after ``watch`` began, so it cannot have ended unnoticed
         and the first read waits for its end (the read of a record still queued was a round trip
-        and a decode on every interactive call). A lost subscription wakes every waiter when it is
-        back, and the read every ``recheck_s`` stays the safety net."""
+        and a decode on every interactive call). A job that ended with its record sent to
+        ``channel`` is answered with that record, without a read. A lost subscription wakes every
+        waiter when it is back, and the read every ``recheck_s`` stays the safety net."""
         deadline = time.monotonic() + timeout
         if new_job and self.subscribed.is_set():
             await self._sleep(event, min(self.recheck_s, timeout))
         while True:
+            if event.record is not None:
+                return event.record
             event.clear()  # before the read: a notification arriving after it sets the event again
             try:
                 record = await guarded(self.redis_watch, self.store.get(job_id))
@@ -192,11 +202,33 @@ class EndedWaiter:
             ended.cancel()
             if down is not None:
                 down.cancel()
+        if event.record is not None:  # the record came: Redis going down since does not matter
+            return
         if watch is not None and down is not None and down.done() and not down.cancelled():
             raise watch.error()
 
     def _wake(self, job_id: str) -> None:
         for event in self._events.get(job_id, ()):
+            event.set()
+
+    def _deliver(self, message: bytes) -> None:
+        """An ended record on ``channel``: its waiters get it (decoded once), and wake."""
+        try:
+            job_id, fields = decode_ended(message)
+        except Exception as exc:  # a message of another shape (a newer worker?): nobody to wake
+            log.warning("unreadable end message", error=repr(exc))
+            return
+        events = self._events.get(job_id)
+        if not events:
+            return  # the waiter is gone (its client left), or it waits on another server
+        try:
+            record = decode_ended_record(job_id, fields)
+        except Exception as exc:  # the waiter reads the record instead, as without the message
+            log.warning("unreadable ended record", job_id=job_id, error=repr(exc))
+            record = None
+        for event in events:
+            if record is not None and record.status in TERMINAL:
+                event.record = record
             event.set()
 
     def _wake_all(self) -> None:
@@ -210,6 +242,7 @@ class EndedWaiter:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(ENDED_PATTERN)
+                await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 delay = 0.05
                 self._wake_all()  # whatever ended while we were not subscribed
@@ -217,9 +250,14 @@ class EndedWaiter:
                     # a read with its own timeout: None when the channel is quiet, an error only
                     # when the connection breaks (a stopped Redis keeps it open: the watch says so)
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
-                    if message is not None and message.get("type") == "pmessage":
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "pmessage":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
+                    elif kind == "message" and isinstance(message["data"], bytes):
+                        self._deliver(message["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

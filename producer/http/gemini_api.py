@@ -209,7 +209,7 @@ class _Writer:
 async def stream_generate_content(request: web.Request) -> web.StreamResponse:
     job = await _job(request, stream=True)
     producer: Producer = request.app["producer"]
-    async with start_interactive(request, job) as started:
+    async with start_interactive(request, job, notify=False) as started:  # it relays the stream
         writer = _Writer(request, {JOB_ID_HEADER: started.job_id})
         try:
             async for chunk in follow(request, started):

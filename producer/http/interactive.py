@@ -66,7 +66,7 @@ def client_gone(request: web.Request) -> bool:
 
 @contextlib.asynccontextmanager
 async def start_interactive(
-    request: web.Request, job: dict[str, Any], *, id_prefix: str = ""
+    request: web.Request, job: dict[str, Any], *, id_prefix: str = "", notify: bool = True
 ) -> AsyncIterator[Started]:
     """Submit ``job`` (tenant from the key) to the interactive queue.
 
@@ -74,7 +74,8 @@ async def start_interactive(
     nobody). The job's end is watched from before it is submitted until the context exits; so is
     the client's connection (see the module docstring). A job that names no id gets ``id_prefix``
     before its key or random id (``resp_``, ``msg_``: the ids the Responses and Messages SDKs
-    expect).
+    expect). ``notify``: the job's end brings its record to this server (``EndedWaiter.channel``):
+    for a handler that answers from the record (``wait_answer``), not one that relays the stream.
     """
     settings: Settings = request.app["settings"]
     producer: Producer = request.app["producer"]
@@ -95,7 +96,12 @@ async def start_interactive(
     with waiter.watch(producer.scoped(job_id, tenant)) as event:
         # named before the submit: a submit cut off by Redis may have created the job all the same
         name_job(request, job_id)
-        result = (await submit_jobs(producer, settings, [job], tenant, request=request, interactive=True))[0]
+        channel = waiter.channel if notify else None
+        result = (
+            await submit_jobs(
+                producer, settings, [job], tenant, request=request, interactive=True, notify=channel
+            )
+        )[0]
         if isinstance(result, RouterError):
             name_job(request, None)  # refused: there is no job to name
             raise result

@@ -61,9 +61,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, settings.server_max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    async with start_interactive(request, body) as started:
+    stream = body.get("stream") is True
+    async with start_interactive(request, body, notify=not stream) as started:
         headers = {JOB_ID_HEADER: started.job_id}
-        if body.get("stream") is True:
+        if stream:
             return await relay_stream(request, started, headers)
         record = await wait_answer(request, started)
     return json_response(completion_with_usage(record), headers=headers)

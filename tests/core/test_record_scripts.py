@@ -15,7 +15,9 @@ from redis.exceptions import ResponseError
 
 from llm_router.circuit_breaker import AdmissionState
 from llm_router.keys import (
+    ENDED_PATTERN,
     LANES_DUE_KEY,
+    NOTIFY_PREFIX,
     active_key,
     active_tenants_key,
     credits_key,
@@ -24,6 +26,7 @@ from llm_router.keys import (
     lane_members_key,
     lane_pending_key,
     leases_key,
+    notify_channel,
     ready_key,
     record_key,
     request_key,
@@ -31,6 +34,7 @@ from llm_router.keys import (
     stream_key,
     usage_key,
 )
+from llm_router.ledger_lua import NOTIFY_MAX_BYTES
 from llm_router.queue_lua import NEWCOMER_LEAD
 from llm_router.store import (
     SUBMIT_GROUP,
@@ -42,6 +46,8 @@ from llm_router.store import (
     Store,
     SubmitReply,
     body_digest,
+    decode_ended,
+    decode_ended_record,
 )
 
 QUEUE = "q"
@@ -450,4 +456,117 @@ async def test_a_submit_wakes_the_queues_idle_workers_once_per_batch(store: Stor
     first = await pubsub.get_message(timeout=2)
     assert first is not None and first["data"] == b"1"
     assert await pubsub.get_message(timeout=0.2) is None  # one wake-up for the whole batch
+    await pubsub.aclose()
+
+
+# -- the ended record sent to the server that waits for the job ---------------------------------
+
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x":"é\\u0000"}'}}
+ATTEMPT = {
+    "provider": "p",
+    "model": "m",
+    "upstream_model": "um",
+    "outcome": "success",
+    "worker": "w1",
+    "breaker": "closed",
+    "error_code": None,
+    "http_status": 200,
+    "latency_ms": 12.5,
+    "started_at": 1.5,
+}
+ENDINGS = {
+    "succeeded": {
+        "status": "succeeded",
+        "finished_at": 2.0,
+        "provider": "p",
+        "model": "m",
+        "attempts": [ATTEMPT],
+        "response": {"id": "r", "choices": [{"message": {"role": "assistant", "tool_calls": [TOOL_CALL]}}]},
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "cost_nanos": 9},
+    },
+    "failed": {
+        "status": "failed",
+        "finished_at": 2.0,
+        "attempts": [{**ATTEMPT, "outcome": "error", "error_code": "upstream_5xx", "http_status": 500}],
+        "error": {"code": "upstream_5xx", "message": "boom"},
+    },
+}
+
+
+async def next_data(pubsub: Any, timeout: float = 2) -> bytes | None:
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+    return None if message is None else message["data"]
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "failed", "cancelled"])
+async def test_a_job_ends_with_its_record_sent_to_its_servers_channel(store, bare_redis, ending):
+    await credit(bare_redis, "t", 10_000)  # metered: credits_remaining joins the record at its end
+    channel = notify_channel("server-a")
+    request = b'{"messages":[{"content":"\\u00e9\\u0000 \\ud83d\\ude00","role":"user"}],"model":"m"}'
+    await submit(store, new_job(notify=channel, request=request, reserve_nanos=50))
+    assert (await fields_of(bare_redis, "t/j1"))["notify"] == channel
+    pubsub = bare_redis.pubsub()
+    await pubsub.subscribe(channel)
+    await pubsub.psubscribe(ENDED_PATTERN)
+    await pubsub.get_message(timeout=1)
+    await pubsub.get_message(timeout=1)  # the two confirmations
+    if ending == "cancelled":  # ended while queued: its request is still a key of its own
+        await store.cancel("t/j1", ERROR)
+    else:
+        await store.start("t/j1", "w1", 1.0)
+        settle = Settlement(cost_nanos=9, model="m", prompt_tokens=3, completion_tokens=4)
+        await store.finish("t/j1", ENDINGS[ending], settlement=settle)
+    message = await pubsub.get_message(timeout=2)
+    assert message is not None and message["channel"] == channel.encode()  # the record first
+    job_id, fields = decode_ended(message["data"])
+    notice = await pubsub.get_message(timeout=2)  # then the tenant's usual notice
+    assert notice is not None and notice["type"] == "pmessage" and notice["data"] == b"t/j1"
+    assert job_id == "t/j1"
+    sent = decode_ended_record(job_id, fields)
+    read = await store.get("t/j1")
+    assert sent == read and sent.status == ending
+    assert sent.request == orjson.loads(request)
+    if ending == "succeeded":
+        assert sent.response["choices"][0]["message"]["tool_calls"] == [TOOL_CALL]
+        assert sent.usage is not None and sent.usage.credits_remaining is not None
+        assert [a.model_dump(exclude_none=True) for a in sent.attempts] == [
+            {k: v for k, v in ATTEMPT.items() if v is not None}
+        ]
+    # the field is spent: the ended record is what it was before there was one
+    assert "notify" not in await fields_of(bare_redis, "t/j1")
+    await pubsub.aclose()
+
+
+async def test_a_job_without_a_server_to_notify_sends_only_the_usual_notice(store, bare_redis):
+    await submit(store, new_job())
+    pubsub = bare_redis.pubsub()
+    await pubsub.psubscribe(NOTIFY_PREFIX + "*", ENDED_PATTERN)
+    await pubsub.get_message(timeout=1)
+    await pubsub.get_message(timeout=1)
+    await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
+    assert await next_data(pubsub) == b"t/j1"
+    assert await next_data(pubsub, timeout=0.2) is None
+    await pubsub.aclose()
+
+
+async def test_bulk_submits_write_no_notify_field(store: Store, bare_redis: Redis):
+    jobs = [new_job(f"b{i}") for i in range(3)]
+    assert all(j.optional_fields() == [] for j in jobs)  # nothing more per job than before
+    await store.submit_batch([store.submit_command(j) for j in jobs])
+    for i in range(3):
+        assert "notify" not in await fields_of(bare_redis, f"t/b{i}")
+
+
+async def test_a_record_too_large_for_a_message_is_left_to_be_read(store: Store, bare_redis: Redis):
+    channel = notify_channel("server-a")
+    big = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * NOTIFY_MAX_BYTES}]})
+    await submit(store, new_job(notify=channel, request=big))
+    pubsub = bare_redis.pubsub()
+    await pubsub.psubscribe(NOTIFY_PREFIX + "*", ENDED_PATTERN)
+    await pubsub.get_message(timeout=1)
+    await pubsub.get_message(timeout=1)
+    await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
+    assert await next_data(pubsub) == b"t/j1"  # the plain notice only: its waiter reads the record
+    assert await next_data(pubsub, timeout=0.2) is None
+    assert "notify" not in await fields_of(bare_redis, "t/j1")
     await pubsub.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgpack
 import pytest
 from redis.exceptions import RedisError
 
@@ -66,6 +67,13 @@ async def test_every_client_follows_the_primary_through_a_failover(sentinels: Se
         with waiter.watch("t/job-1") as ended:
             await client.publish(ended_channel("t"), "t/job-1")
             await asyncio.wait_for(ended.wait(), 5)
+        # and so does the server's own channel: an ended record sent there reaches its waiter
+        record = [b"status", b"succeeded", b"route", b'["m"]', b"model_requested", b"m"]
+        record += [b"created_at", b"1.0", b"deadline_at", b"2.0", b'{"model":"m"}', b"t/job-2"]
+        with waiter.watch("t/job-2") as ended:
+            await client.publish(waiter.channel, msgpack.packb(record))
+            await asyncio.wait_for(ended.wait(), 5)
+        assert ended.record is not None and ended.record.status == "succeeded"
     finally:
         await waiter.close()
         await client.aclose()
