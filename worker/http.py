@@ -120,7 +120,11 @@ def _detail(exc: BaseException, url: str) -> str:
     os_error = getattr(exc, "os_error", None)  # a failed connect: its reason, without the address
     if isinstance(os_error, OSError):  # its strerror may quote the address: the errno's text does not
         return os.strerror(os_error.errno).lower() if os_error.errno else type(os_error).__name__
-    text = str(exc)
+    return without_location(str(exc), url)
+
+
+def without_location(text: str, url: str) -> str:
+    """``text`` with the provider's URL, host and port (``url``'s) replaced by ``<provider>``."""
     parts = urlsplit(url)
     for where in (url, parts.netloc, parts.hostname):
         if where:

@@ -25,7 +25,7 @@ from aiohttp.resolver import DefaultResolver
 
 from config.settings import Settings
 from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
-from worker.http import Timeouts
+from worker.http import Timeouts, without_location
 from worker.http11 import Client, ConnectTimeout, HeadersTimeout, HTTPError, Target
 from worker.providers.base import HttpCall
 
@@ -182,8 +182,4 @@ def _detail(exc: BaseException, url: str) -> str:
         text = text.lower()
     else:
         text = str(exc)
-    parts = urlsplit(url)
-    for where in (url, parts.netloc, parts.hostname):
-        if where:
-            text = text.replace(where, "<provider>")
-    return text
+    return without_location(text, url)
