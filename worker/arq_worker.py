@@ -183,7 +183,7 @@ class LeasedWorker(Worker):
         """Run one claimed job: the runner reads everything from the record (``started``: the start
         its claim made), so arq's per-job reads (the job payload, its try counter, the abort flag)
         and its result serialisation are skipped; the end of the run is one script on the
-        auto-pipeline."""
+        auto-pipeline, unless the write that ended the job took it off the queue already."""
         if self._run is None or self._claims is None:
             await super().run_job(job_id, score)
             return
