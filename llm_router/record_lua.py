@@ -131,10 +131,12 @@ local function start_job(record, job_id, now, worker_id, routing_key, probe_leas
   local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
   local est_tokens = tonumber(v[11] or '0')
   local lost_runs = 0
-  if status == 'running' then
+  if status == 'running' and previous_worker ~= worker_id then
     -- the run before this one never ended: its worker died (or lost Redis) with the job. Its attempt
     -- goes into the record now, from what that worker last said it was calling, so it is kept
-    -- whatever becomes of this run too
+    -- whatever becomes of this run too. (Running under this very worker, whose id is new in every
+    -- process, the job was never run: this worker's claim or start went through while its reply
+    -- was lost, and a lost reply is not a lost run.)
     lost_runs = redis.call('HINCRBY', record, 'lost_runs', 1)
     local call = {}
     if inflight then call = cjson.decode(inflight) end

@@ -243,6 +243,18 @@ async def test_start_marks_running_and_reads_what_the_worker_needs(store: Store,
     assert (await fields_of(bare_redis, "t/j1"))["started_at"] == "123.0"  # the first start stays
 
 
+async def test_a_start_its_own_worker_repeats_after_a_lost_reply_is_not_a_lost_run(store, bare_redis):
+    await submit(store, new_job())
+    await store.start("t/j1", "w1", 1.0)  # its reply lost: the worker never ran the job
+    again = await store.start("t/j1", "w1", 2.0)  # that worker (the same process) starts it again
+    assert isinstance(again, Started)
+    assert (again.previous_status, again.runs, again.lost_runs) == ("running", 2, 0)
+    assert orjson.loads(again.attempts or b"[]") == []
+    # another worker meeting it running: its worker is gone with the job, a lost run
+    other = await store.start("t/j1", "w2", 3.0)
+    assert isinstance(other, Started) and other.lost_runs == 1 and len(orjson.loads(other.attempts)) == 1
+
+
 async def test_start_of_an_ended_job_returns_its_status(store: Store, bare_redis: Redis):
     await submit(store, new_job())
     await bare_redis.hset(record_key("t/j1"), "status", "succeeded")
