@@ -352,6 +352,9 @@ class CostModel:
         # per route: its distinct (tiers as (start, input, output) picos, model's max output), so
         # a job's reservation is a few multiplications, not a price lookup per deployment
         self._rows: dict[tuple[str, ...], list[_Row]] = {}
+        # answers by (route, demand): a bulk file repeats a few shapes of job, and a lookup costs a
+        # tenth of the walk over the route's prices (bounded: cleared when full)
+        self._worst: dict[tuple[tuple[str, ...], Demand], int] = {}
 
     def _route_rows(self, route: tuple[str, ...]) -> list[_Row]:
         rows = self._rows.get(route)
@@ -368,6 +371,17 @@ class CostModel:
 
     def worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
         """The most the job can cost on any deployment of its chain: its reservation."""
+        if type(route) is tuple:
+            known = self._worst.get((route, demand))
+            if known is not None:
+                return known
+            if len(self._worst) >= 8192:
+                self._worst.clear()
+            nanos = self._worst[(route, demand)] = self._worst_case(route, demand)
+            return nanos
+        return self._worst_case(route, demand)
+
+    def _worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
         worst = 0
         prompt = demand.prompt_tokens
         rows = self._rows.get(route) if type(route) is tuple else None
