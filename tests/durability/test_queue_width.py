@@ -30,7 +30,15 @@ async def test_fleet_concurrency_grows_past_the_read_limit(
     await sim.faults({"model": "gpt-4o-mini", "kind": "latency", "latency_ms": 4000})
     try:
         for _ in range(4):
-            fleet.start(max_jobs=20, LLM_ROUTER_QUEUE_READ_LIMIT="20")
+            # the deployments' concurrency limit starts past 80 and a busy job waits long for room:
+            # what is measured is the queue's width, not the limiter's (a job deferred after the
+            # 2 s default wait would leave the leases before a worker claiming late took its 20)
+            fleet.start(
+                max_jobs=20,
+                LLM_ROUTER_QUEUE_READ_LIMIT="20",
+                LLM_ROUTER_CONCURRENCY_INITIAL="100",
+                LLM_ROUTER_CONCURRENCY_WAIT_S="30",
+            )
         await until(lambda: _live(durable, 4), timeout=30, what="four workers")
         subs = await durable.submit_many(_jobs(80, "wide"))
         leases = leases_key(durable.settings.queue_name)
