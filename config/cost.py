@@ -326,16 +326,20 @@ def demand_of(
     (README "Lanes") does not enter: a batch or flex job reserves the `now` price, as it may be sent
     back to `now`, and it pays once (a batch's answer that arrives after that is the operator's
     wasted spend, never the tenant's); ``tests/lanes/test_lane_money.py`` holds it to that."""
-    max_out = request.get("max_completion_tokens") or request.get("max_tokens")
-    if request.get("tools") or request.get("functions"):
+    get = request.get
+    max_out = get("max_completion_tokens") or get("max_tokens")
+    if get("tools") or get("functions"):
         prompt += TOOL_PROMPT_TOKENS
-    effort = request.get("reasoning_effort")
+    effort = get("reasoning_effort")
+    n = get("n")
+    # by position: keywords cost a bulk submit half a microsecond a job
     return Demand(
-        prompt_tokens=prompt,
-        max_output=max_out if isinstance(max_out, int) else None,
-        extra_output=REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,
-        choices=max(int(request.get("n") or 1), 1),
-        attempts=(1 + max(continuations, 0) if followed_stream(request, interactive) else 1) + int(hedged),
+        prompt,  # prompt_tokens
+        max_out if isinstance(max_out, int) else None,  # max_output
+        REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,  # extra_output
+        max(int(n), 1) if n else 1,  # choices
+        (1 + max(continuations, 0) if interactive and followed_stream(request, interactive) else 1)
+        + int(hedged),  # attempts
     )
 
 

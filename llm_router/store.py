@@ -13,6 +13,7 @@ passed in by the caller.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -334,6 +335,7 @@ class Store:
         """
         job_id = scoped_id(job.tenant, job.job_id)
         optional = job.optional_fields()
+        created_at, deadline_at = job.created_at, job.deadline_at
         return (
             queue_name or self.queue_name,
             max_queued,
@@ -344,12 +346,16 @@ class Store:
             job.route_json,
             job.model_requested,
             job.tenant,
-            job.created_at,
-            job.deadline_at,
+            created_at,
+            deadline_at,
             job.est_tokens,
             job.reserve_nanos,
             job.priority,
             orjson.dumps(job.metadata) if job.metadata is not None else b"",
+            # the record outlives the deadline by the record TTL: a worker always finds the job to
+            # fail it with deadline_exceeded, however long the backlog, and the outcome stays readable
+            self.record_ttl_s + math.floor(deadline_at - created_at) + 1,
+            math.floor(created_at * 1000),  # its place in its ready queue, as a job put back gets it
             len(optional),
             *optional,
         )
@@ -381,7 +387,7 @@ class Store:
             group = batch[start:end]
             args: list[Any] = ["EVALSHA", self._submit.sha, len(group)]
             args += [c[2] for c in group]
-            args += (queue, self.record_ttl_s, max_queued)
+            args += (queue, max_queued)
             for c in group:
                 args += c[3:]
             calls.append(tuple(args))
