@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def _role(pid: str) -> str:
     for name in (b"serve", b"worker", b"simulate"):
         if name in args:
             return {b"serve": "server", b"worker": "worker", b"simulate": "sim"}[name]
-    if any(a.endswith(b"redis-server") for a in args):
+    if any(b"redis-server" in a for a in args):  # Redis rewrites its command line
         return "redis"
     return "client" if pid == str(os.getpid()) else f"pid {pid}"
 
@@ -64,8 +65,18 @@ def timeline(capture: str, owners: dict[str, str], skip: int) -> dict[str, Any]:
     messages = []
     for line in capture.splitlines():
         if m := SEGMENT.match(line):
-            t, src, dst, size = float(m.group(1)), m.group(2), m.group(3), int(m.group(4))
-            messages.append((t, owners.get(src, "?"), owners.get(dst, "?"), size))
+            t, src, dst, size = (
+                float(m.group(1)),
+                owners.get(m.group(2), "?"),
+                owners.get(m.group(3), "?"),
+                int(m.group(4)),
+            )
+            # a connection opened since the snapshot: the server's only other peer is Redis
+            if src == "?" and dst == "server":
+                src = "client"
+            elif dst == "?" and src == "server":
+                dst = "client"
+            messages.append((t, src, dst, size))
     requests: list[list[tuple[float, str, str, int]]] = []
     current: list[tuple[float, str, str, int]] | None = None
     for msg in messages:
@@ -112,21 +123,29 @@ async def run(n: int) -> dict[str, Any]:
             redis_ports = {p for p, role in owners.items() if role == "redis"}
             watched = " or ".join(f"port {p}" for p in sorted(ports | redis_ports))
             pushed = f"(tcp[tcpflags] & tcp-push) != 0 and ({watched})"  # data, not bare ACKs
-            dump = subprocess.Popen(
-                ["tcpdump", "-i", "lo", "-n", "-tt", "-l", "-q", pushed],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            await asyncio.sleep(1)  # tcpdump attached
-            for i in range(n):
-                body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    assert r.status == 200, await r.text()
-            await asyncio.sleep(0.5)
-            dump.terminate()
-            capture, _ = dump.communicate(timeout=10)
+            # tcpdump writes to a file, read at the end: a pipe would fill, and the kernel drop packets
+            with tempfile.TemporaryFile("w+") as out:
+                dump = subprocess.Popen(
+                    ["tcpdump", "-i", "lo", "-n", "-tt", "-l", "-q", "-B", "16384", pushed],
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                await asyncio.sleep(1)  # tcpdump attached
+                for i in range(n):
+                    body = orjson.dumps(
+                        {**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]}
+                    )
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                        assert r.status == 200, await r.text()
+                await asyncio.sleep(0.5)
+                dump.terminate()
+                _, report = dump.communicate(timeout=10)
+                out.seek(0)
+                capture = out.read()
+            if " 0 packets dropped by kernel" not in report:
+                print(report.strip().splitlines()[-1])
     return timeline(capture, owners, skip=10)
 
 
