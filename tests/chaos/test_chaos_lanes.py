@@ -150,7 +150,6 @@ async def test_lanes_survive_a_killed_batcher_twice_and_a_redis_restart(
     assert statuses["succeeded"] >= JOBS * 0.95
 
 
-
 async def _live(producer: Producer, n: int) -> bool:
     return await producer.live_workers() >= n
 
