@@ -313,10 +313,12 @@ class LeasedWorker(Worker):
         except ResponseError as exc:
             if (reason := write_refusal(exc)) is None:
                 raise
+            # timed from the refusal itself, not from the start of the pass that met it
+            refused_at = time.monotonic()
             if self._refused_since is None:
-                self._refused_since = now
-            elif now - self._refused_since > self.refusal_limit_s:
-                raise RedisUnusable(f"{reason} (for {now - self._refused_since:.0f} s)") from exc
+                self._refused_since = refused_at
+            elif refused_at - self._refused_since > self.refusal_limit_s:
+                raise RedisUnusable(f"{reason} (for {refused_at - self._refused_since:.0f} s)") from exc
             # a refusing connection stays open: drop the idle ones (running jobs' exchanges are left
             # alone), so the next connection finds where Redis is now
             await self.pool.connection_pool.disconnect(inuse_connections=False)
