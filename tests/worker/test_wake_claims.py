@@ -49,7 +49,7 @@ async def test_a_job_submitted_right_after_another_ended_is_claimed_within_the_s
     settings = Settings(_env_file=None, redis_url=redis_server.url, queue_name=f"wake-{uuid.uuid4().hex[:8]}")
     catalog = _catalog(tmp_path, sim.url)
     producer = await Producer.connect(settings, catalog)
-    worker = build_worker(settings, catalog, handle_signals=False, poll_delay=STEP_S)
+    worker = build_worker(settings, catalog, handle_signals=False, poll_delay=STEP_S, max_jobs=4)
     running = asyncio.create_task(worker.main())
     try:
         first = await producer.submit({"model": "m", "messages": HI, "max_tokens": 5})
