@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 import uvloop
-from http_latency import CHAT, WARMUP, _pct, _stack, _timed, breakdown  # bench/http_latency.py
+from http_latency import CHAT, WARMUP, _rows, _stack, _timed, breakdown  # bench/http_latency.py
 from output import write_json  # bench/output.py, beside this script
 from redis.asyncio import Redis
 
@@ -90,16 +90,7 @@ async def run(trees: dict[str, str], n: int) -> dict[str, Any]:
                 (await _redis_cpu_s(s[0]) - cpu[name][1]) / n * 1e6,
             ]
         spans = {name: await breakdown(s[0], sent[name]) for name, s in stacks.items()}
-    direct = latencies["direct"]
-    rows = {
-        name: {
-            "p50_ms": _pct(values, 0.5),
-            "p99_ms": _pct(values, 0.99),
-            "overhead_p50_ms": _pct(values, 0.5) - _pct(direct, 0.5),
-            "overhead_p99_ms": _pct(values, 0.99) - _pct(direct, 0.99),
-        }
-        for name, values in latencies.items()
-    }
+    rows = _rows(latencies)
     date = datetime.now(UTC).isoformat()
     for name, (server_us, redis_us) in cpu.items():
         rows[name] |= {"server_cpu_us_per_request": server_us, "redis_cpu_us_per_request": redis_us}
