@@ -34,7 +34,9 @@ All amounts are integer nano-USD. What lives where:
   (``worker.batcher``).
 * ``role:<name>``: the lease of a role exactly one process holds (``llm_router.roles``).
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
-  ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``).
+  ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``);
+  ``<queue>:idle`` sorted set and ``<queue>:idler:<worker>`` hash: workers waiting for work, which a
+  submit to an empty queue hands its job to, started, on ``<queue>:hand:<worker>``.
 * ``ENDED_CHANNEL:<tenant>``: every job publishes its scoped id here when it ends.
 * ``notify:<server>``: a server's own channel; a job it waits for (its record's ``notify`` field)
   sends its whole ended record there (``llm_router.ledger_lua``), so the server answers without a read.
@@ -252,6 +254,22 @@ def leases_key(queue: str) -> str:
 def wake_channel(queue: str) -> str:
     """Published when jobs become due on ``queue``: idle workers wake instead of polling."""
     return f"{queue}:wake"
+
+
+def idle_workers_key(queue: str) -> str:
+    """Workers of ``queue`` waiting for work, scored by when their registration lapses (ms)."""
+    return f"{queue}:idle"
+
+
+def idler_key(queue: str, worker_id: str) -> str:
+    """Hash: what a submit needs to start a job for a waiting worker (``worker.claims``: its free
+    slots, routing key and lease lengths)."""
+    return f"{queue}:idler:{worker_id}"
+
+
+def hand_channel(queue: str, worker_id: str) -> str:
+    """One worker's channel: the jobs a submit handed it, started (``worker.claims.Handed``)."""
+    return f"{queue}:hand:{worker_id}"
 
 
 def tenant_policy_key(tenant: str) -> str:

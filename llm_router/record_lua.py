@@ -11,21 +11,20 @@ the caller; breaker and rate-limit times are Redis' own.
 from __future__ import annotations
 
 from llm_router.circuit_breaker import BREAKER_LUA
+from llm_router.keys import PRIORITIES
 from llm_router.ledger_lua import RESERVE_LUA, SETTLE_LUA
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
 # Creates the records of a group of jobs and makes them due in their queue, each job as one step
-# (its record, its request, its reservation and its queue entry, or nothing). Returns one code per
-# job: 1 created, 0 the same job exists (nothing reserved again), -1 another job has this id, -2 the
-# tenant's credit does not cover the reservation, -3 the tenant's queue is full. A group is what a
+# (its record, its request, its reservation and its queue entry, or nothing); to an empty queue with
+# a worker waiting, the job goes to that worker, started (``hand_job``), instead of its queue.
+# Returns one code per job: 1 created, 0 the same job exists (nothing reserved again), -1 another
+# job has this id, -2 the tenant's credit does not cover the reservation, -3 the tenant's queue is
+# full. A group is what a
 # bulk submit sends in one call (``store.SUBMIT_GROUP`` jobs at most), so that the per-call cost of
 # a script is paid once per group and Redis is never held much longer than by a pipeline's read.
-SUBMIT_LUA = (
-    LUA_PRELUDE
-    + RESERVE_LUA
-    + READY_LUA
-    + """
+_SUBMIT_BODY = """
 -- KEYS: the record of each job, in order
 local queue, max_queued = ARGV[1], tonumber(ARGV[2])
 local JOBS = 3  -- from here, per job: JOB_ARGS values, then `optional` field/value pairs
@@ -61,6 +60,16 @@ local function admit_job(record, digest, tenant, reserve_nanos)
   return 1, metered
 end
 
+-- a job submitted to an empty queue goes to a waiting worker, started (``hand_job``): the wake-up,
+-- the worker's claim and its reply are three messages of an interactive request; any other job (or
+-- once none waits) is made due, and one wake-up tells the queue's workers
+local handing = redis.call('EXISTS', queue .. ':idle') == 1
+if handing then
+  for _, band in ipairs(HAND_BANDS) do
+    if redis.call('EXISTS', queue .. ':tenants:' .. band) == 1 then handing = false break end
+  end
+end
+
 local failure = nil
 local a = JOBS
 for i = 1, #KEYS do
@@ -94,25 +103,39 @@ for i = 1, #KEYS do
     redis.call('EXPIRE', record, ttl)
     redis.call('SET', REQUEST .. job_id, request, 'EX', ttl)
     added[tenant] = (added[tenant] or 0) + 1
-    local group = due[band .. '|' .. tenant]
-    if not group then
-      group = {band, tenant, {}}
-      due[band .. '|' .. tenant] = group
+    if handing then
+      -- in order: once a job waits in the queue, the ones after it wait behind it
+      for j = first, a - 1, 2 do
+        if ARGV[j] == 'lane' then handing = false end  -- the batch and auto lanes are not claimed as is
+      end
+      if handing then handing = hand_job(queue, record, job_id) end
+      if handing then code = 2 end
     end
-    local pairs_ = group[3]
-    pairs_[#pairs_ + 1] = seq
-    pairs_[#pairs_ + 1] = job_id
+    if code == 1 then
+      local group = due[band .. '|' .. tenant]
+      if not group then
+        group = {band, tenant, {}}
+        due[band .. '|' .. tenant] = group
+      end
+      local pairs_ = group[3]
+      pairs_[#pairs_ + 1] = seq
+      pairs_[#pairs_ + 1] = job_id
+    end
   end
-  out[i] = code
+  out[i] = code == 2 and 1 or code  -- handed or made due: created
 end
-for _, group in pairs(due) do make_ready_many(queue, group[1], group[2], group[3]) end
+local woke = false
+for _, group in pairs(due) do
+  make_ready_many(queue, group[1], group[2], group[3])
+  woke = true
+end
+if woke then redis.call('PUBLISH', queue .. ':wake', 1) end  -- idle workers claim at once
 for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
 if failure then
   return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
 end
 return out
 """
-)
 
 # ``start_job`` marks a job running and admits its route's first deployment.  Returns false (no
 # record), or name/value pairs: just `status` for a job that already ended, else what the worker needs
@@ -196,6 +219,61 @@ START_LUA = (
 return start_job(KEYS[1], ARGV[3], ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6] or '10000'))
 """
 )
+
+# ``hand_job`` gives a new job to a worker waiting for work on its queue (``worker.claims``: a claim
+# that left slots free registers its worker in ``<queue>:idle``, with what starting a job for it
+# needs, for ``IDLE_TTL`` ms): it leases the job to the worker, starts it as the worker's claim would
+# (``start_job``) and publishes the start on the worker's own channel, so the job's call goes out
+# without a claim. The latest registered worker first (its caches are warm); a worker whose
+# registration lapsed, whose slots are spent, or which no longer listens (its process died: Redis
+# dropped its subscription) is taken off and the next one tried. A worker that listens but never
+# runs the job (frozen) holds it until its lease lapses, as it would a job it claimed. Returns
+# whether the job was handed. Needs LUA_PRELUDE, BREAKER_LUA and START_JOB_LUA before it.
+HAND_LUA = (
+    "local HAND_BANDS = {"
+    + ", ".join(f"'{b}'" for b in PRIORITIES)
+    + r"""}
+
+local function hand_job(queue, record, job_id)
+  local idle = queue .. ':idle'
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  while true do
+    local top = redis.call('ZRANGE', idle, 0, 0, 'REV', 'WITHSCORES')
+    if #top == 0 then return false end
+    if tonumber(top[2]) < now then  -- the latest lapsed: so did every other
+      redis.call('ZREMRANGEBYSCORE', idle, '-inf', now)
+      return false
+    end
+    local worker = top[1]
+    local idler = queue .. ':idler:' .. worker
+    local channel = queue .. ':hand:' .. worker
+    local w = redis.call('HMGET', idler, 'slots', 'routing_key', 'probe_lease_ms', 'slot_lease_ms',
+                         'lease_ms')
+    local slots = tonumber(w[1] or '0') or 0
+    if slots > 0 and w[5] and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
+      -- `handed` counts them: the worker's next claim leaves room for those still on their way
+      redis.call('HSET', idler, 'slots', slots - 1)
+      redis.call('HINCRBY', idler, 'handed', 1)
+      if slots == 1 then redis.call('ZREM', idle, worker) end
+      redis.call('ZADD', queue .. ':leases', now + tonumber(w[5]), job_id)
+      local payload = '0'  -- not started here: the worker starts it itself
+      local ok, reply = pcall(start_job, record, job_id, t[1] .. '.' .. string.format('%06d', t[2]), worker,
+                              w[2], w[3], tonumber(w[4]))
+      if ok and reply then
+        local encoded, text = pcall(cjson.encode, reply)
+        if encoded then payload = text end
+      end
+      redis.call('PUBLISH', channel, job_id .. '\n' .. payload)
+      return true
+    end
+    redis.call('ZREM', idle, worker)
+  end
+end
+"""
+)
+
+SUBMIT_LUA = LUA_PRELUDE + RESERVE_LUA + READY_LUA + BREAKER_LUA + START_JOB_LUA + HAND_LUA + _SUBMIT_BODY
 
 # Admission of one deployment reached only after the ones before it failed (the common path is
 # admitted by START), with the reports of the calls made so far (their slots given back, their

@@ -54,7 +54,6 @@ from llm_router.keys import (
     slots_key,
     split_scoped,
     stream_key,
-    wake_channel,
     worker_info_key,
     workers_key,
 )
@@ -393,19 +392,18 @@ class Store:
             calls.append(tuple(args))
             sizes.append(len(group))
             start = end
-        # one wake-up per queue the batch filled: idle workers claim at once instead of polling
-        wakes = [("PUBLISH", wake_channel(q), 1) for q in dict.fromkeys(str(c[0]) for c in batch)]
+        # each call wakes its queue's idle workers when it made jobs due (the script publishes)
         if pack_command is None:  # pragma: no cover - hiredis is a dependency
             async with self.redis.pipeline(transaction=False) as pipe:
-                for command in (*calls, *wakes):
+                for command in calls:
                     pipe.execute_command(*command)
-                replies = (await pipe.execute())[: len(calls)]
+                replies = await pipe.execute()
             return [SubmitReply(int(r)) for reply in replies for r in reply]
-        packed = b"".join([pack_command(command) for command in (*calls, *wakes)])
+        packed = b"".join([pack_command(command) for command in calls])
         for _ in range(2):
-            replies, missing_script = await self._send_raw(packed, len(calls) + len(wakes))
+            replies, missing_script = await self._send_raw(packed, len(calls))
             if not missing_script:
-                out = [_SUBMIT_REPLIES[r] for reply in replies[: len(calls)] for r in reply]
+                out = [_SUBMIT_REPLIES[r] for reply in replies for r in reply]
                 if len(out) != len(batch):
                     raise RuntimeError(f"the submit script answered {len(out)} codes for {len(batch)} jobs")
                 return out

@@ -41,11 +41,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_router.errors import JobCancelled, RedisUnusable
-from llm_router.keys import wake_channel
+from llm_router.keys import hand_channel, wake_channel
 from llm_router.redis_checks import write_refusal
 from llm_router.store import NOT_STARTED, NotStarted, Settlement, StartReply, Store
 from worker import observe
-from worker.claims import Claims
+from worker.claims import Claims, Handed
 
 log = structlog.get_logger("llm_router.worker")
 
@@ -55,6 +55,9 @@ ABORTED = {
     "error": JobCancelled("cancelled by the client while it ran").to_dict(),
 }
 NOTHING_PAID = Settlement(cost_nanos=0, model="", prompt_tokens=0, completion_tokens=0)
+# jobs a submit may hand a waiting worker before its next claim: a worker that listens but is
+# frozen holds that many until their leases lapse, and near the end of them the worker claims again
+HAND_SLOTS = 4
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -87,9 +90,15 @@ class LeasedWorker(Worker):
         self._freed = 0
         self._refill_after = max(1, self.max_jobs // 40)  # a wide worker claims in batches
         self._listener: asyncio.Task[None] | None = None
+        # handed jobs (``Claims``: a submit to an empty queue starts its job for a waiting worker) this
+        # worker's registration still allows; near the end of them it claims, which registers it again
+        self._hand_left = 0
+        self._handed = 0  # handed jobs received (the claim leaves room for those on their way)
+        self._idle_ttl_ms = int((2 * safety_poll_s + 1) * 1000)
         self.refusal_limit_s = refusal_limit_s
         self._refused_since: float | None = None
         self._stopping_since: float | None = None  # loop time of the stop signal
+        self._withdrawal: asyncio.Task[None] | None = None
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         log.warning(
@@ -100,6 +109,8 @@ class LeasedWorker(Worker):
         super().handle_sig_wait_for_completion(signum)
         if self._stopping_since is None:
             self._stopping_since = self.loop.time()
+            if self._claims is not None:  # no more handed jobs (one in flight still runs here)
+                self._withdrawal = self.loop.create_task(self._claims.withdraw())
 
     async def _cancel_aborted_jobs(self) -> None:
         # arq reads its abort set on every poll; a cancel can wait a quarter of a second (while Redis
@@ -125,6 +136,9 @@ class LeasedWorker(Worker):
         self._listener = self.loop.create_task(self._listen_for_work(), name="wake-listener")
 
     async def close(self) -> None:
+        if self._claims is not None:
+            with contextlib.suppress(Exception):
+                await self._claims.withdraw()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -132,17 +146,23 @@ class LeasedWorker(Worker):
         await super().close()
 
     async def _listen_for_work(self) -> None:
-        """Sets the wake-up event when the queue gets due work (one subscription per worker)."""
-        assert self._store is not None
+        """Sets the wake-up event when the queue gets due work, and runs the jobs handed to this
+        worker (one subscription per worker)."""
+        assert self._store is not None and self._claims is not None
+        starter = self._claims.starter
+        hand = hand_channel(self.queue_name, starter.worker_id).encode() if starter is not None else None
         delay = 0.1
         while True:
             pubsub = self._store.redis.pubsub()
             try:
-                await pubsub.subscribe(wake_channel(self.queue_name))
+                await pubsub.subscribe(wake_channel(self.queue_name), *([hand] if hand else []))
                 self._wakeup.set()  # whatever came while we were not listening
                 delay = 0.1
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
+                        continue
+                    if message["channel"] == hand:
+                        self._take_handed(Handed.decode(message["data"]))
                         continue
                     due_ms = int(message["data"])
                     if due_ms > 1:  # a deferred job: look again when it is due
@@ -231,11 +251,35 @@ class LeasedWorker(Worker):
         if not (done and released):  # a job whose record write ended it left the queue in that write
             await asyncio.shield(self._claims.end_run(job_id, done=done, due_ms=due_ms))
 
-    def _job_done(self, job_id: str, task: asyncio.Task[Any]) -> None:
+    def _take_handed(self, handed: Handed) -> None:
+        """Run a job a submit handed this worker: held from now (its lease renewed), run once it has
+        a slot. It has one unless a claim took this worker's room while the job was on its way."""
+        self._handed += 1
+        self.job_counter += 1  # its room is taken now: a claim before its task starts must not take it
+        task = self.loop.create_task(self._run_handed(handed))
+        task.add_done_callback(functools.partial(self._job_done, handed.job_id, release=False))
+        self.tasks[handed.job_id] = task
+        self._hand_left -= 1
+        if self._hand_left <= 1:  # claim at the next step: the registration is renewed with the room
+            self._wakeup.set()
+
+    async def _run_handed(self, handed: Handed) -> None:
+        try:
+            await self.sem.acquire()
+        except BaseException:
+            self.job_counter -= 1  # cancelled (stopping) before it had a slot
+            raise
+        try:
+            await self.run_job(handed.job_id, 0, handed.started)
+        finally:
+            self._release_sem_dec_counter_on_complete()
+
+    def _job_done(self, job_id: str, task: asyncio.Task[Any], *, release: bool = True) -> None:
         """A job task ended: its slot is free, and it leaves ``tasks`` now (a sweep of every task at
         each 10 ms tick cost a wide worker ~1 µs a held job, 1M steps a second at 10,000 held). A job
         whose task died keeps its lease until it lapses, and a worker runs it again."""
-        self._release_sem_dec_counter_on_complete()
+        if release:  # a handed job's task gives its slot back itself (it may end before it had one)
+            self._release_sem_dec_counter_on_complete()
         if self.tasks.get(job_id) is task:  # not a later run of the same job, claimed again here
             del self.tasks[job_id]
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -337,7 +381,15 @@ class LeasedWorker(Worker):
 
     async def _claim(self, room: int, now: float) -> None:
         assert self._claims is not None
-        claimed = await self._claims.claim(self.lease_ms, room)
+        claimed = await self._claims.claim(
+            self.lease_ms,
+            room,
+            idle_ttl_ms=self._idle_ttl_ms,
+            hand_slots=HAND_SLOTS,
+            handed_seen=self._handed,
+        )
+        room -= claimed.on_their_way  # jobs handed to this worker while the claim was on its way
+        self._hand_left = min(room - len(claimed.jobs), HAND_SLOTS)
         for job_id in claimed.jobs:
             # job_counter and the semaphore move together, as in arq
             await self.sem.acquire()

@@ -14,20 +14,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from llm_router.autopipe import AutoPipeline
 from llm_router.circuit_breaker import BREAKER_LUA
-from llm_router.keys import PRIORITIES, active_tenants_key, delayed_key, leases_key
+from llm_router.keys import (
+    PRIORITIES,
+    active_tenants_key,
+    delayed_key,
+    idle_workers_key,
+    idler_key,
+    leases_key,
+)
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 from llm_router.record_lua import START_JOB_LUA
-from llm_router.store import Started, StartReply
+from llm_router.store import NOT_STARTED, NotStarted, Started, StartReply
 
-# Returns {claimed job, its start…, next_due_ms}: the jobs now leased to this worker, each followed by
-# what starting it replied (``record_lua.start_job``: nil when its record is gone, the pairs of
-# ``store.Started``, or 0 when it was not started here: past the ``starts`` first, or its start
-# raised, which the worker's own start will meet again), then when the queue's next delayed job is
+# Returns {claimed job, its start…, on_their_way, next_due_ms}: the jobs now leased to this worker,
+# each followed by what starting it replied (``record_lua.start_job``: nil when its record is gone,
+# the pairs of ``store.Started``, or 0 when it was not started here: past the ``starts`` first, or
+# its start raised, which the worker's own start will meet again), then how many jobs handed to the
+# worker it had not received (``Claimed.on_their_way``), then when the queue's next delayed job is
 # due ('' when none is), so an idle worker can sleep until then. Starting a job in its claim saves
 # it a round trip before its call (an interactive caller waits on every one); ``starts`` bounds how
 # long one claim holds Redis when a wide worker claims thousands at once. The shebang declares
@@ -45,6 +54,17 @@ local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(AR
                                          tonumber(ARGV[5])
 local starts, now_s, worker_id, routing_key = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
 local probe_lease_ms, slot_lease_ms = ARGV[10], tonumber(ARGV[11])
+local idle_ttl_ms, hand_slots, seen = tonumber(ARGV[12] or '0'), tonumber(ARGV[13] or '0'), ARGV[14] or '0'
+
+-- jobs a submit handed this worker that it had not received when it sent this claim (a claim and a
+-- hand-off crossed): they take room the worker did not know was taken
+local idler = queue .. ':idler:' .. worker_id
+local on_their_way = 0
+if idle_ttl_ms > 0 and worker_id ~= '' then
+  local handed = redis.call('HGET', idler, 'handed')
+  if handed then on_their_way = math.max(tonumber(handed) - tonumber(seen), 0) end
+  room = room - on_their_way
+end
 
 promote(queue, now, most)
 local out = {}
@@ -90,7 +110,23 @@ for _, band in ipairs(BANDS) do
   if vclock then redis.call('SET', queue .. ':vclock:' .. band, vclock) end
   if room <= 0 then break end
 end
+-- a worker that took all it found (and had room for more) waits for work: a submit to the empty
+-- queue hands it its job, started (``record_lua.hand_job``), up to `hand_slots` of them until its
+-- next claim; a worker with no room left is not handed any
+if idle_ttl_ms > 0 and worker_id ~= '' then
+  if room > 0 and hand_slots > 0 then
+    redis.call('ZADD', queue .. ':idle', now + idle_ttl_ms, worker_id)
+    redis.call('HSET', idler, 'slots', math.min(room, hand_slots), 'routing_key', routing_key,
+               'probe_lease_ms', probe_lease_ms, 'slot_lease_ms', slot_lease_ms, 'lease_ms', lease_ms)
+    redis.call('HSETNX', idler, 'handed', seen)  -- a registration that lapsed counts from the worker's
+  else
+    redis.call('ZREM', queue .. ':idle', worker_id)
+  end
+  -- the count outlives the registration while the worker claims (at least every safety look)
+  redis.call('PEXPIRE', idler, idle_ttl_ms)
+end
 local next_due = redis.call('ZRANGE', queue .. ':delayed', 0, 0, 'WITHSCORES')
+out[#out + 1] = on_their_way
 out[#out + 1] = next_due[2] or ''
 return out
 """
@@ -150,6 +186,36 @@ class Claimed:
     jobs: list[str]
     next_due_ms: int | None
     started: dict[str, StartReply] = field(default_factory=dict)
+    on_their_way: int = 0  # jobs handed to this worker that it had not received: room they took
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A job a submit handed this worker (``record_lua.hand_job``): leased to it, and started unless
+    its start failed there (``NOT_STARTED``: the runner starts it)."""
+
+    job_id: str
+    started: StartReply | NotStarted
+
+    @classmethod
+    def decode(cls, message: bytes) -> Handed:
+        """``<job id>\n<the start's reply as JSON, or 0>``; the reply is read back into what the
+        same script's RESP reply would be (bytes, integers, an empty table a list), for
+        ``Started.decode``."""
+        job, _, payload = message.partition(b"\n")
+        if payload == b"0":
+            return cls(job.decode(), NOT_STARTED)
+        return cls(job.decode(), Started.decode([_as_resp(v) for v in orjson.loads(payload)]))
+
+
+def _as_resp(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, float):
+        return int(value)  # RESP truncates a Lua number to an integer
+    if isinstance(value, dict):
+        return []  # Lua's empty table: cjson writes an object
+    return value
 
 
 class Claims:
@@ -166,29 +232,46 @@ class Claims:
         self._end_run = redis.register_script(END_RUN_LUA)
         self.starter = starter
 
-    async def claim(self, lease_ms: int, room: int) -> Claimed:
+    async def claim(
+        self, lease_ms: int, room: int, *, idle_ttl_ms: int = 0, hand_slots: int = 0, handed_seen: int = 0
+    ) -> Claimed:
         """Lease up to ``room`` due jobs to this worker (fairly across tenants, by priority), starting
-        the first ``starter.most`` of them when there is a starter."""
+        the first ``starter.most`` of them when there is a starter.
+
+        With a starter and ``idle_ttl_ms``, a claim that leaves room registers the worker as waiting
+        for ``idle_ttl_ms``: submits to the empty queue hand it up to ``hand_slots`` jobs, started, on
+        ``hand_channel`` (``Handed``) until its next claim; one that leaves none takes it off.
+        ``handed_seen`` counts the handed jobs the worker received: those handed and not yet received
+        take room (``Claimed.on_their_way``)."""
         if room <= 0:
             return Claimed([], None)
         now = time.time()
         args: list[Any] = [self.queue_name, int(now * 1000), lease_ms, room, MOVES_PER_CLAIM]
         if (starter := self.starter) is not None:
             args += [starter.most, now, starter.worker_id, starter.routing_key]
-            args += [starter.probe_lease_ms, starter.slot_lease_ms]
+            args += [starter.probe_lease_ms, starter.slot_lease_ms, idle_ttl_ms, hand_slots, handed_seen]
         else:
-            args += [0, now, "", "", 0, 0]
+            args += [0, now, "", "", 0, 0, 0, 0, 0]
         flat = await self._pipe.eval(self._claim, [], args)
-        due = flat[-1]
+        due, on_their_way = flat[-1], flat[-2]
         jobs: list[str] = []
         started: dict[str, StartReply] = {}
-        for i in range(0, len(flat) - 1, 2):
+        for i in range(0, len(flat) - 2, 2):
             job = flat[i].decode()
             jobs.append(job)
             reply = flat[i + 1]
             if reply != 0:  # 0: not started here
                 started[job] = Started.decode(reply)
-        return Claimed(jobs, int(float(due)) if due else None, started)
+        return Claimed(jobs, int(float(due)) if due else None, started, on_their_way)
+
+    async def withdraw(self) -> None:
+        """This worker takes no more handed jobs (it stops): its registration goes."""
+        if self.starter is None:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(idle_workers_key(self.queue_name), self.starter.worker_id)
+            pipe.hset(idler_key(self.queue_name, self.starter.worker_id), "slots", 0)
+            await pipe.execute()
 
     async def empty(self) -> bool:
         """Nothing ready, delayed or held on this queue (a burst worker's signal to stop)."""

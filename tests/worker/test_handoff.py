@@ -1,0 +1,280 @@
+"""A submit to an empty queue hands its job, started, to a worker waiting for work
+(``record_lua.hand_job``, registered by the worker's claim: ``worker.claims``), against the real
+redis-server, with a pub/sub connection standing in for the worker where the script is the subject;
+and a real worker that takes handed jobs, runs them and withdraws when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from config.catalog import Catalog
+from config.settings import DEFAULT_CATALOG, Settings
+from llm_router.autopipe import AutoPipeline
+from llm_router.keys import (
+    active_tenants_key,
+    hand_channel,
+    idle_workers_key,
+    idler_key,
+    leases_key,
+    ready_key,
+    record_key,
+    routing_key,
+    wake_channel,
+)
+from llm_router.store import NOT_STARTED, NewJob, Started, Store, body_digest
+from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.sim_env import SIM_KEYS
+from producer.producer import Producer
+from worker.app import build_worker
+from worker.claims import Claims, Handed, Starter
+
+QUEUE = "q"
+REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
+ROUTING = routing_key("r")
+LEASE_MS = 60_000
+JOB = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def bare(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis(host="127.0.0.1", port=redis_server.port, db=12)
+    await client.flushdb()
+    await client.hset(ROUTING, "m", "fixed;a|0|0|1|10|10|1")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(bare: Redis) -> Store:
+    return Store(bare, queue_name=QUEUE, record_ttl_s=100)
+
+
+def claims(bare: Redis, worker_id: str = "w", routing: str = ROUTING) -> Claims:
+    starter = Starter(worker_id=worker_id, routing_key=routing, probe_lease_ms=60_000, slot_lease_ms=10_000)
+    return Claims(bare, AutoPipeline(bare), QUEUE, starter)
+
+
+def job(job_id: str, now: float | None = None, **fields: Any) -> NewJob:
+    now = time.time() if now is None else now
+    return NewJob(
+        job_id=job_id,
+        digest=body_digest(REQUEST),
+        request=REQUEST,
+        route=["m"],
+        route_json=b'["m"]',
+        model_requested="m",
+        tenant="t",
+        created_at=now,
+        deadline_at=now + 60,
+        **fields,
+    )
+
+
+async def submit(store: Store, *jobs: NewJob, queue: str | None = None) -> None:
+    replies = await store.submit_batch([store.submit_command(j, queue) for j in jobs])
+    assert all(r == 1 for r in replies), replies
+
+
+async def listening(bare: Redis, *channels: str) -> PubSub:
+    pubsub = bare.pubsub()
+    await pubsub.subscribe(*channels)
+    return pubsub
+
+
+async def messages(pubsub: PubSub, wait_s: float = 0.3) -> list[dict[str, Any]]:
+    """The messages published until none came for ``wait_s`` (subscription confirmations left out)."""
+    out = []
+    while (message := await pubsub.get_message(timeout=wait_s)) is not None:
+        if message["type"] in ("message", "pmessage"):
+            out.append(message)
+    return out
+
+
+async def due(bare: Redis) -> list[bytes]:
+    return await bare.zrange(ready_key(QUEUE, "normal", "t"), 0, -1)
+
+
+async def test_a_job_submitted_to_an_empty_queue_goes_to_the_waiting_worker_started(
+    store: Store, bare: Redis
+) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"), wake_channel(QUEUE))
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=2)
+    assert claimed.jobs == []  # an empty queue: the worker waits, registered
+    assert await bare.zscore(idle_workers_key(QUEUE), "w") is not None
+    assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"2"
+
+    before = time.time()
+    await submit(store, job("j1", before))
+    got = await messages(worker)
+    assert [m["channel"] for m in got] == [hand_channel(QUEUE, "w").encode()]  # and no wake-up
+    handed = Handed.decode(got[0]["data"])
+    assert handed.job_id == "t/j1"
+    # the start is the start script's, as it would have replied to the worker's own start of a twin
+    await submit(store, job("twin", before), queue="elsewhere")
+    by_start = await store.start("t/twin", "w", time.time(), ROUTING, 60_000, 10_000)
+    assert isinstance(handed.started, Started) and isinstance(by_start, Started)
+    clocks = {"redis_now_ms": 0, "first_started_at": None, "created_at": None}
+    assert replace(handed.started, **clocks) == replace(by_start, **clocks)
+    assert handed.started.request == REQUEST and list(handed.started.admissions) == ["a"]
+    # leased to the worker, never due, and running on it; its registration has one hand-off left
+    assert await due(bare) == []
+    lease = await bare.zscore(leases_key(QUEUE), "t/j1")
+    assert lease is not None and before * 1000 + LEASE_MS - 1_000 <= lease <= time.time() * 1000 + LEASE_MS
+    status, on = await bare.hmget(record_key("t/j1"), "status", "worker")
+    assert (status, on) == (b"running", b"w")
+    assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"1"
+    await worker.aclose()
+
+
+async def test_a_registration_takes_its_slots_then_jobs_queue_and_wake_the_workers(
+    store: Store, bare: Redis
+) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"), wake_channel(QUEUE))
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=2)
+    await submit(store, job("j1"), job("j2"), job("j3"))  # one call: two handed, the third due
+    got = await messages(worker)
+    assert [Handed.decode(m["data"]).job_id for m in got[:2]] == ["t/j1", "t/j2"]
+    assert [(m["channel"], m["data"]) for m in got[2:]] == [(wake_channel(QUEUE).encode(), b"1")]
+    assert await due(bare) == [b"t/j3"]
+    assert await bare.zscore(idle_workers_key(QUEUE), "w") is None
+    assert await bare.hmget(idler_key(QUEUE, "w"), "slots", "handed") == [b"0", b"2"]
+    await worker.aclose()
+
+
+async def test_a_claim_that_crossed_hand_offs_leaves_them_their_room(store: Store, bare: Redis) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("h1"), job("h2"))  # handed: on their way to the worker
+    await submit(store, *(job(f"d{i}") for i in range(3)))  # handed too: its slots were 4
+    assert len(await messages(worker)) == 4
+    await submit(store, *(job(f"q{i}") for i in range(3)))  # queued
+    # the worker had received one of the four when it claimed with room for 4: three take room
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4, handed_seen=1)
+    assert claimed.on_their_way == 3 and len(claimed.jobs) == 1
+    assert await bare.zscore(idle_workers_key(QUEUE), "w") is None  # no room left: not registered
+    # once it has them all, a claim takes the whole room it names
+    claimed = await claims(bare).claim(LEASE_MS, room=2, idle_ttl_ms=5_000, hand_slots=4, handed_seen=4)
+    assert claimed.on_their_way == 0 and len(claimed.jobs) == 2
+    assert await bare.hget(idler_key(QUEUE, "w"), "slots") is not None
+    await worker.aclose()
+
+
+async def test_while_a_job_waits_in_the_queue_the_next_waits_behind_it(store: Store, bare: Redis) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    # a batch-lane job is not claimed as is: it queues even with a worker waiting
+    await submit(store, job("lane", lane="batch"))
+    await submit(store, job("after"))  # the queue is not empty: in order, behind it
+    assert await messages(worker) == []
+    assert sorted(await due(bare)) == [b"t/after", b"t/lane"]
+    assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"4"
+    await worker.aclose()
+
+
+async def test_a_worker_that_no_longer_listens_or_whose_registration_lapsed_is_passed_over(
+    store: Store, bare: Redis
+) -> None:
+    # "gone" registered, then its process died: Redis dropped its subscription
+    await claims(bare, "gone").claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("j1"))
+    assert await due(bare) == [b"t/j1"]
+    assert await bare.zcard(idle_workers_key(QUEUE)) == 0
+    assert (await claims(bare, "x").claim(LEASE_MS, room=1)).jobs == ["t/j1"]  # empty again
+
+    worker = await listening(bare, hand_channel(QUEUE, "late"))
+    await claims(bare, "late").claim(LEASE_MS, room=4, idle_ttl_ms=50, hand_slots=4)
+    await asyncio.sleep(0.15)  # it never claimed again: its registration lapsed
+    await submit(store, job("j2"))
+    assert await messages(worker) == []
+    assert await due(bare) == [b"t/j2"]
+    assert await bare.zcard(idle_workers_key(QUEUE)) == 0
+    await worker.aclose()
+
+
+async def test_the_latest_registered_worker_is_handed_first_and_a_full_claim_withdraws(
+    store: Store, bare: Redis
+) -> None:
+    a = await listening(bare, hand_channel(QUEUE, "a"))
+    b = await listening(bare, hand_channel(QUEUE, "b"))
+    await claims(bare, "a").claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await asyncio.sleep(0.01)
+    await claims(bare, "b").claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("j1"))
+    assert [Handed.decode(m["data"]).job_id for m in await messages(b)] == ["t/j1"]
+    assert await messages(a) == []
+    # b's claim fills its room: it is handed nothing more, and a is next
+    await submit(store, job("lane", lane="batch"))
+    full = await claims(bare, "b").claim(LEASE_MS, room=1, idle_ttl_ms=5_000, hand_slots=4, handed_seen=1)
+    assert full.jobs == ["t/lane"]
+    assert await bare.zscore(idle_workers_key(QUEUE), "b") is None
+    await submit(store, job("j2"))
+    assert [Handed.decode(m["data"]).job_id for m in await messages(a)] == ["t/j2"]
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_start_that_fails_in_the_submit_leaves_the_job_to_the_worker_s_own_start(
+    store: Store, bare: Redis
+) -> None:
+    await bare.set("broken-routing", "a string")  # admission raises: WRONGTYPE reading the routing table
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    await claims(bare, routing="broken-routing").claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("j1"))
+    (message,) = await messages(worker)
+    assert Handed.decode(message["data"]) == Handed("t/j1", NOT_STARTED)
+    assert await bare.zscore(leases_key(QUEUE), "t/j1") is not None  # still leased to the worker
+    await worker.aclose()
+
+
+async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
+    sim: Any, settings: Settings, redis: Redis
+) -> None:
+    catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
+    producer = await Producer.connect(settings, catalog)
+    worker = build_worker(settings, catalog, handle_signals=False, max_jobs=4)
+    queue = worker.queue_name
+    hands = redis.pubsub()
+    await hands.psubscribe(f"{queue}:hand:*")
+    await hands.subscribe(wake_channel(queue))
+    running = asyncio.create_task(worker.main())
+    try:
+        deadline = time.monotonic() + 10
+        while not await redis.zcard(idle_workers_key(queue)):  # its first claim registers it
+            assert time.monotonic() < deadline, "the worker never registered as waiting"
+            await asyncio.sleep(0.01)
+        await messages(hands, 0.05)
+        for _ in range(5):
+            sub = await producer.submit(
+                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            record = await producer.wait(sub.job_id, timeout=30)
+            assert record.status == "succeeded"
+            assert len(record.attempts) == 1 and record.attempts[0].outcome == "success"
+        got = await messages(hands)
+        kinds = ["hand" if m["channel"].decode().startswith(f"{queue}:hand:") else "wake" for m in got]
+        assert kinds.count("hand") == 5 and "wake" not in kinds, kinds  # every one handed, none claimed
+        assert await redis.zcard(leases_key(queue)) == 0  # each left the queue as it ended
+
+        worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while await redis.zcard(idle_workers_key(queue)):
+            assert time.monotonic() < deadline, "a stopping worker stayed registered"
+            await asyncio.sleep(0.01)
+        assert await redis.zcard(active_tenants_key(queue, "normal")) == 0
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await worker.close()
+        await producer.close()
+        await hands.aclose()
