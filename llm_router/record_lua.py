@@ -16,6 +16,9 @@ from llm_router.ledger_lua import RESERVE_LUA, SETTLE_LUA
 from llm_router.lua import LUA_PRELUDE
 from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 
+# the largest request a submit hands a waiting worker through pub/sub; a larger one is made due
+HAND_MAX_REQUEST = 256 * 1024
+
 # Creates the records of a group of jobs and makes them due in their queue, each job as one step
 # (its record, its request, its reservation and its queue entry, or nothing); to an empty queue with
 # a worker waiting, the job goes to that worker, started (``hand_job``), instead of its queue.
@@ -26,8 +29,9 @@ from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 # a script is paid once per group and Redis is never held much longer than by a pipeline's read.
 _SUBMIT_BODY = """
 -- KEYS: the record of each job, in order
-local queue, max_queued = ARGV[1], tonumber(ARGV[2])
-local JOBS = 3  -- from here, per job: JOB_ARGS values, then `optional` field/value pairs
+-- wake: '1' on the batch's last call to this queue, which publishes the one wake-up of the batch
+local queue, max_queued, wake = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local JOBS = 4  -- from here, per job: JOB_ARGS values, then `optional` field/value pairs
 local JOB_ARGS = 15
 -- per job: job_id, digest, request, route, model_requested, tenant, created_at, deadline_at,
 -- est_tokens, reserve_nanos, band, metadata ('' if none), ttl (s: its record's and request's),
@@ -104,9 +108,12 @@ for i = 1, #KEYS do
     redis.call('SET', REQUEST .. job_id, request, 'EX', ttl)
     added[tenant] = (added[tenant] or 0) + 1
     if handing then
-      -- in order: once a job waits in the queue, the ones after it wait behind it
+      -- in order: once a job waits in the queue, the ones after it wait behind it. A batch or auto
+      -- lane job is not claimed as is, and a large request is not sent through pub/sub (a slow
+      -- subscriber's buffer holds it: Redis drops one past 32 MB)
+      if #request > HAND_MAX_REQUEST then handing = false end
       for j = first, a - 1, 2 do
-        if ARGV[j] == 'lane' then handing = false end  -- the batch and auto lanes are not claimed as is
+        if ARGV[j] == 'lane' and (ARGV[j + 1] == 'batch' or ARGV[j + 1] == 'auto') then handing = false end
       end
       if handing then handing = hand_job(queue, record, job_id) end
       if handing then code = 2 end
@@ -124,12 +131,19 @@ for i = 1, #KEYS do
   end
   out[i] = code == 2 and 1 or code  -- handed or made due: created
 end
-local woke = false
+local made_due = false
 for _, group in pairs(due) do
   make_ready_many(queue, group[1], group[2], group[3])
-  woke = true
+  made_due = true
 end
-if woke then redis.call('PUBLISH', queue .. ':wake', 1) end  -- idle workers claim at once
+-- one wake-up a batch, after its last call, when any of its calls (or anyone's, since the last
+-- wake-up) made jobs due: idle workers claim at once. A marker carries it from call to call
+local unannounced = queue .. ':unannounced'
+if wake == '1' then
+  if redis.call('DEL', unannounced) == 1 or made_due then redis.call('PUBLISH', queue .. ':wake', 1) end
+elseif made_due then
+  redis.call('SET', unannounced, 1, 'PX', 60000)  -- a batch whose last call never came: the next one's
+end
 for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
 if failure then
   return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))
@@ -221,42 +235,46 @@ return start_job(KEYS[1], ARGV[3], ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(
 )
 
 # ``hand_job`` gives a new job to a worker waiting for work on its queue (``worker.claims``: a claim
-# that left slots free registers its worker in ``<queue>:idle``, with what starting a job for it
-# needs, for ``IDLE_TTL`` ms): it leases the job to the worker, starts it as the worker's claim would
-# (``start_job``) and publishes the start on the worker's own channel, so the job's call goes out
-# without a claim. The latest registered worker first (its caches are warm); a worker whose
-# registration lapsed, whose slots are spent, or which no longer listens (its process died: Redis
-# dropped its subscription) is taken off and the next one tried. A worker that listens but never
-# runs the job (frozen) holds it until its lease lapses, as it would a job it claimed. Returns
-# whether the job was handed. Needs LUA_PRELUDE, BREAKER_LUA and START_JOB_LUA before it.
+# that left slots free registers its worker in ``<queue>:idle`` until a lapse time, with what
+# starting a job for it needs): it leases the job to the worker, starts it as the worker's claim
+# would (``start_job``), notes it in ``<queue>:handed:<worker>`` until the worker acknowledges it,
+# and publishes the start on the worker's own channel, so the job's call goes out without a claim.
+# The worker registered longest ago first; a worker whose registration lapsed, whose slots are
+# spent, or which no longer listens (its process died: Redis dropped its subscription) is taken off
+# and the next one tried. A lost message is taken back by the worker's next claims; a worker that
+# listens but never runs the job (frozen) holds it until its lease lapses, as it would a job it
+# claimed. Returns whether the job was handed. Needs LUA_PRELUDE, BREAKER_LUA and START_JOB_LUA.
 HAND_LUA = (
     "local HAND_BANDS = {"
     + ", ".join(f"'{b}'" for b in PRIORITIES)
-    + r"""}
-
+    + f"}}\nlocal HAND_MAX_REQUEST = {HAND_MAX_REQUEST}\n"
+    + r"""
 local function hand_job(queue, record, job_id)
   local idle = queue .. ':idle'
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   while true do
-    local top = redis.call('ZRANGE', idle, 0, 0, 'REV', 'WITHSCORES')
+    -- the worker registered longest ago: hand-offs go round the fleet
+    local top = redis.call('ZRANGE', idle, 0, 0, 'WITHSCORES')
     if #top == 0 then return false end
-    if tonumber(top[2]) < now then  -- the latest lapsed: so did every other
-      redis.call('ZREMRANGEBYSCORE', idle, '-inf', now)
-      return false
-    end
     local worker = top[1]
     local idler = queue .. ':idler:' .. worker
     local channel = queue .. ':hand:' .. worker
-    local w = redis.call('HMGET', idler, 'slots', 'routing_key', 'probe_lease_ms', 'slot_lease_ms',
-                         'lease_ms')
+    local w = {}
+    if tonumber(top[2]) >= now then
+      w = redis.call('HMGET', idler, 'slots', 'routing_key', 'probe_lease_ms', 'slot_lease_ms', 'lease_ms')
+    end
     local slots = tonumber(w[1] or '0') or 0
     if slots > 0 and w[5] and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
-      -- `handed` counts them: the worker's next claim leaves room for those still on their way
       redis.call('HSET', idler, 'slots', slots - 1)
-      redis.call('HINCRBY', idler, 'handed', 1)
       if slots == 1 then redis.call('ZREM', idle, worker) end
-      redis.call('ZADD', queue .. ':leases', now + tonumber(w[5]), job_id)
+      local lease_ms = tonumber(w[5])
+      redis.call('ZADD', queue .. ':leases', now + lease_ms, job_id)
+      -- handed, not yet acknowledged: the worker's claims count those on their way and take back
+      -- the ones whose message was lost
+      local handed = queue .. ':handed:' .. worker
+      redis.call('ZADD', handed, now, job_id)
+      redis.call('PEXPIRE', handed, lease_ms)
       local payload = '0'  -- not started here: the worker starts it itself
       local ok, reply = pcall(start_job, record, job_id, t[1] .. '.' .. string.format('%06d', t[2]), worker,
                               w[2], w[3], tonumber(w[4]))
@@ -267,7 +285,7 @@ local function hand_job(queue, record, job_id)
       redis.call('PUBLISH', channel, job_id .. '\n' .. payload)
       return true
     end
-    redis.call('ZREM', idle, worker)
+    redis.call('ZREM', idle, worker)  -- lapsed, spent, or no longer listening
   end
 end
 """

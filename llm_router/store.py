@@ -370,8 +370,8 @@ class Store:
         """
         if not batch:
             return []
-        calls: list[tuple[Any, ...]] = []
-        sizes: list[int] = []
+        calls: list[list[Any]] = []
+        last_call: dict[Any, tuple[int, int]] = {}  # queue -> its last call, where its wake flag is
         start = 0
         while start < len(batch):
             queue, max_queued = batch[start][0], batch[start][1]
@@ -386,20 +386,22 @@ class Store:
             group = batch[start:end]
             args: list[Any] = ["EVALSHA", self._submit.sha, len(group)]
             args += [c[2] for c in group]
-            args += (queue, max_queued)
+            last_call[queue] = (len(calls), len(args) + 2)
+            args += (queue, max_queued, "")
             for c in group:
                 args += c[3:]
-            calls.append(tuple(args))
-            sizes.append(len(group))
+            calls.append(args)
             start = end
-        # each call wakes its queue's idle workers when it made jobs due (the script publishes)
+        # the last call to each queue publishes the batch's one wake-up, when its calls made jobs due
+        for call, at in last_call.values():
+            calls[call][at] = "1"
         if pack_command is None:  # pragma: no cover - hiredis is a dependency
             async with self.redis.pipeline(transaction=False) as pipe:
                 for command in calls:
                     pipe.execute_command(*command)
                 replies = await pipe.execute()
             return [SubmitReply(int(r)) for reply in replies for r in reply]
-        packed = b"".join([pack_command(command) for command in calls])
+        packed = b"".join([pack_command(tuple(command)) for command in calls])
         for _ in range(2):
             replies, missing_script = await self._send_raw(packed, len(calls))
             if not missing_script:

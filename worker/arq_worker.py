@@ -58,6 +58,8 @@ NOTHING_PAID = Settlement(cost_nanos=0, model="", prompt_tokens=0, completion_to
 # jobs a submit may hand a waiting worker before its next claim: a worker that listens but is
 # frozen holds that many until their leases lapse, and near the end of them the worker claims again
 HAND_SLOTS = 4
+TAKEN_BACK_KEPT = 1024  # lost hand-offs remembered, so that their message, should it come, is ignored
+LISTEN_TIMEOUT_S = 30.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -93,7 +95,10 @@ class LeasedWorker(Worker):
         # handed jobs (``Claims``: a submit to an empty queue starts its job for a waiting worker) this
         # worker's registration still allows; near the end of them it claims, which registers it again
         self._hand_left = 0
-        self._handed = 0  # handed jobs received (the claim leaves room for those on their way)
+        self._received: list[str] = []  # handed jobs received since the last claim (it acknowledges them)
+        self._unslotted: set[str] = set()  # handed jobs waiting for a slot
+        self._taken_back: dict[str, None] = {}  # handed jobs whose message was lost, latest last
+        self._putbacks: set[asyncio.Task[None]] = set()
         self._idle_ttl_ms = int((2 * safety_poll_s + 1) * 1000)
         self.refusal_limit_s = refusal_limit_s
         self._refused_since: float | None = None
@@ -139,6 +144,8 @@ class LeasedWorker(Worker):
         if self._claims is not None:
             with contextlib.suppress(Exception):
                 await self._claims.withdraw()
+        if self._putbacks:
+            await asyncio.gather(*self._putbacks, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -158,19 +165,17 @@ class LeasedWorker(Worker):
                 await pubsub.subscribe(wake_channel(self.queue_name), *([hand] if hand else []))
                 self._wakeup.set()  # whatever came while we were not listening
                 delay = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                while True:
+                    # get_message's own timeout, not listen(): listen reads under the pool's socket
+                    # timeout, so a quiet channel ended the subscription every few seconds (and a
+                    # hand-off meeting no subscriber passed this worker over)
+                    message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
+                    if message is None or message.get("type") != "message":
                         continue
-                    if message["channel"] == hand:
-                        self._take_handed(Handed.decode(message["data"]))
-                        continue
-                    due_ms = int(message["data"])
-                    if due_ms > 1:  # a deferred job: look again when it is due
-                        at = self.loop.time() + max(due_ms / 1000 - time.time(), 0)
-                        self._next_look = min(self._next_look, at)
-                    else:
-                        self._wakeup.set()
-                        self._published.set()
+                    try:
+                        self._heard(message["channel"], message["data"], hand)
+                    except Exception as exc:  # one bad message must not end the listening
+                        log.error("a message on the work channels was not understood", error=repr(exc))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError) as exc:
@@ -180,6 +185,18 @@ class LeasedWorker(Worker):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _heard(self, channel: bytes, data: bytes, hand: bytes | None) -> None:
+        if channel == hand:
+            self._take_handed(Handed.decode(data))
+            return
+        due_ms = int(data)
+        if due_ms > 1:  # a deferred job: look again when it is due
+            at = self.loop.time() + max(due_ms / 1000 - time.time(), 0)
+            self._next_look = min(self._next_look, at)
+        else:
+            self._wakeup.set()
+            self._published.set()
 
     async def main(self) -> None:
         """arq's ``main`` (pool, start-up, the poll loop) with a burst mode that knows our queue: a
@@ -253,26 +270,41 @@ class LeasedWorker(Worker):
 
     def _take_handed(self, handed: Handed) -> None:
         """Run a job a submit handed this worker: held from now (its lease renewed), run once it has
-        a slot. It has one unless a claim took this worker's room while the job was on its way."""
-        self._handed += 1
+        a slot. It has one unless a claim took this worker's room while the job was on its way. A
+        job this worker already holds, or took back as lost (``Claimed.taken_back``), is not run
+        again from a late message."""
+        job_id = handed.job_id
+        if job_id in self.tasks or job_id in self._taken_back:
+            return
+        self._received.append(job_id)
         self.job_counter += 1  # its room is taken now: a claim before its task starts must not take it
+        self._unslotted.add(job_id)
         task = self.loop.create_task(self._run_handed(handed))
-        task.add_done_callback(functools.partial(self._job_done, handed.job_id, release=False))
-        self.tasks[handed.job_id] = task
+        task.add_done_callback(functools.partial(self._handed_done, job_id))
+        self.tasks[job_id] = task
         self._hand_left -= 1
         if self._hand_left <= 1:  # claim at the next step: the registration is renewed with the room
             self._wakeup.set()
 
     async def _run_handed(self, handed: Handed) -> None:
-        try:
-            await self.sem.acquire()
-        except BaseException:
-            self.job_counter -= 1  # cancelled (stopping) before it had a slot
-            raise
+        await self.sem.acquire()
+        self._unslotted.discard(handed.job_id)
         try:
             await self.run_job(handed.job_id, 0, handed.started)
         finally:
             self._release_sem_dec_counter_on_complete()
+
+    def _handed_done(self, job_id: str, task: asyncio.Task[Any]) -> None:
+        if job_id in self._unslotted:
+            # cancelled (the worker stops) before it had a slot, perhaps before its first step: it
+            # never ran, so it goes back to the queue now rather than when its lease lapses
+            self._unslotted.discard(job_id)
+            self.job_counter -= 1
+            if self._claims is not None:
+                back = self.loop.create_task(self._claims.end_run(job_id, done=False))
+                self._putbacks.add(back)
+                back.add_done_callback(self._putbacks.discard)
+        self._job_done(job_id, task, release=False)
 
     def _job_done(self, job_id: str, task: asyncio.Task[Any], *, release: bool = True) -> None:
         """A job task ended: its slot is free, and it leaves ``tasks`` now (a sweep of every task at
@@ -381,16 +413,20 @@ class LeasedWorker(Worker):
 
     async def _claim(self, room: int, now: float) -> None:
         assert self._claims is not None
+        received, self._received = self._received, []
         claimed = await self._claims.claim(
-            self.lease_ms,
-            room,
-            idle_ttl_ms=self._idle_ttl_ms,
-            hand_slots=HAND_SLOTS,
-            handed_seen=self._handed,
+            self.lease_ms, room, idle_ttl_ms=self._idle_ttl_ms, hand_slots=HAND_SLOTS, received=received
         )
-        room -= claimed.on_their_way  # jobs handed to this worker while the claim was on its way
+        # jobs handed to this worker while the claim was on its way, and lost ones it took back
+        room -= claimed.on_their_way + len(claimed.taken_back)
         self._hand_left = min(room - len(claimed.jobs), HAND_SLOTS)
-        for job_id in claimed.jobs:
+        for job_id in claimed.taken_back:
+            self._taken_back[job_id] = None
+            while len(self._taken_back) > TAKEN_BACK_KEPT:
+                del self._taken_back[next(iter(self._taken_back))]
+        for job_id in [*claimed.taken_back, *claimed.jobs]:
+            if job_id in self.tasks:  # held here already (a handed job whose message came late)
+                continue
             # job_counter and the semaphore move together, as in arq
             await self.sem.acquire()
             self.job_counter += 1

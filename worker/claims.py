@@ -11,6 +11,7 @@ of a run is another script: done (the job leaves the queue), or again (now, or l
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,15 @@ from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 from llm_router.record_lua import START_JOB_LUA
 from llm_router.store import NOT_STARTED, NotStarted, Started, StartReply
 
+# a handed job not acknowledged by its worker's claims this long after it was handed: its message was
+# lost, and the claim gives it back to the worker (which ignores the message should it come after all)
+LOST_MS = 1000
+
 # Returns {claimed job, its start…, on_their_way, next_due_ms}: the jobs now leased to this worker,
 # each followed by what starting it replied (``record_lua.start_job``: nil when its record is gone,
 # the pairs of ``store.Started``, or 0 when it was not started here: past the ``starts`` first, or
-# its start raised, which the worker's own start will meet again), then how many jobs handed to the
+# its start raised, which the worker's own start will meet again; -1 for a handed job whose message
+# was lost, taken back: first in the reply), then how many jobs handed to the
 # worker it had not received (``Claimed.on_their_way``), then when the queue's next delayed job is
 # due ('' when none is), so an idle worker can sleep until then. Starting a job in its claim saves
 # it a round trip before its call (an interactive caller waits on every one); ``starts`` bounds how
@@ -49,25 +55,41 @@ CLAIM_LUA = (
     + QUEUE_LUA
     + BREAKER_LUA
     + START_JOB_LUA
+    + f"local LOST_MS = {LOST_MS}\n"
     + r"""
 local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                          tonumber(ARGV[5])
 local starts, now_s, worker_id, routing_key = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
 local probe_lease_ms, slot_lease_ms = ARGV[10], tonumber(ARGV[11])
-local idle_ttl_ms, hand_slots, seen = tonumber(ARGV[12] or '0'), tonumber(ARGV[13] or '0'), ARGV[14] or '0'
+local idle_ttl_ms, hand_slots = tonumber(ARGV[12] or '0'), tonumber(ARGV[13] or '0')
+local ACKS = 14  -- from here: the handed jobs the worker received since its last claim
 
--- jobs a submit handed this worker that it had not received when it sent this claim (a claim and a
--- hand-off crossed): they take room the worker did not know was taken
-local idler = queue .. ':idler:' .. worker_id
+-- jobs a submit handed this worker (``record_lua.hand_job``) that it had not received when it sent
+-- this claim: on their way (a claim and a hand-off crossed), they take room the worker did not
+-- know was taken; handed over LOST_MS ago, their message was lost (a resubscribe, a dropped
+-- connection): taken back here, still leased to this worker, for it to start itself
+local out = {}
 local on_their_way = 0
+local idler = queue .. ':idler:' .. worker_id
 if idle_ttl_ms > 0 and worker_id ~= '' then
-  local handed = redis.call('HGET', idler, 'handed')
-  if handed then on_their_way = math.max(tonumber(handed) - tonumber(seen), 0) end
+  local handed = queue .. ':handed:' .. worker_id
+  if #ARGV >= ACKS then redis.call('ZREM', handed, unpack(ARGV, ACKS)) end
+  local rnow = now_ms()
+  for _, job in ipairs(redis.call('ZRANGEBYSCORE', handed, '-inf', rnow - LOST_MS)) do
+    redis.call('ZREM', handed, job)
+    local still = redis.call('HMGET', RECORD .. job, 'status', 'worker')
+    if redis.call('ZSCORE', queue .. ':leases', job) and still[1] == 'running' and still[2] == worker_id then
+      redis.call('ZADD', queue .. ':leases', now + lease_ms, job)
+      out[#out + 1] = job
+      out[#out + 1] = -1  -- taken back: the worker starts it (a start on the same worker is no lost run)
+      room = room - 1
+    end
+  end
+  on_their_way = redis.call('ZCARD', handed)
   room = room - on_their_way
 end
 
 promote(queue, now, most)
-local out = {}
 local leases = queue .. ':leases'
 local weights = {}
 for _, band in ipairs(BANDS) do
@@ -115,15 +137,15 @@ end
 -- next claim; a worker with no room left is not handed any
 if idle_ttl_ms > 0 and worker_id ~= '' then
   if room > 0 and hand_slots > 0 then
-    redis.call('ZADD', queue .. ':idle', now + idle_ttl_ms, worker_id)
+    -- by Redis' clock, as the hand-off reads it
+    redis.call('ZADD', queue .. ':idle', now_ms() + idle_ttl_ms, worker_id)
     redis.call('HSET', idler, 'slots', math.min(room, hand_slots), 'routing_key', routing_key,
                'probe_lease_ms', probe_lease_ms, 'slot_lease_ms', slot_lease_ms, 'lease_ms', lease_ms)
-    redis.call('HSETNX', idler, 'handed', seen)  -- a registration that lapsed counts from the worker's
+    redis.call('PEXPIRE', idler, idle_ttl_ms)
   else
     redis.call('ZREM', queue .. ':idle', worker_id)
+    redis.call('DEL', idler)
   end
-  -- the count outlives the registration while the worker claims (at least every safety look)
-  redis.call('PEXPIRE', idler, idle_ttl_ms)
 end
 local next_due = redis.call('ZRANGE', queue .. ':delayed', 0, 0, 'WITHSCORES')
 out[#out + 1] = on_their_way
@@ -187,6 +209,8 @@ class Claimed:
     next_due_ms: int | None
     started: dict[str, StartReply] = field(default_factory=dict)
     on_their_way: int = 0  # jobs handed to this worker that it had not received: room they took
+    # jobs handed to this worker whose message was lost (``LOST_MS``): it starts and runs them
+    taken_back: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +257,13 @@ class Claims:
         self.starter = starter
 
     async def claim(
-        self, lease_ms: int, room: int, *, idle_ttl_ms: int = 0, hand_slots: int = 0, handed_seen: int = 0
+        self,
+        lease_ms: int,
+        room: int,
+        *,
+        idle_ttl_ms: int = 0,
+        hand_slots: int = 0,
+        received: Sequence[str] = (),
     ) -> Claimed:
         """Lease up to ``room`` due jobs to this worker (fairly across tenants, by priority), starting
         the first ``starter.most`` of them when there is a starter.
@@ -241,28 +271,33 @@ class Claims:
         With a starter and ``idle_ttl_ms``, a claim that leaves room registers the worker as waiting
         for ``idle_ttl_ms``: submits to the empty queue hand it up to ``hand_slots`` jobs, started, on
         ``hand_channel`` (``Handed``) until its next claim; one that leaves none takes it off.
-        ``handed_seen`` counts the handed jobs the worker received: those handed and not yet received
-        take room (``Claimed.on_their_way``)."""
+        ``received`` acknowledges the handed jobs the worker received since its last claim; those
+        handed and not yet received take room (``Claimed.on_their_way``), and those handed long ago
+        and never received come back (``Claimed.taken_back``)."""
         if room <= 0:
             return Claimed([], None)
         now = time.time()
         args: list[Any] = [self.queue_name, int(now * 1000), lease_ms, room, MOVES_PER_CLAIM]
         if (starter := self.starter) is not None:
             args += [starter.most, now, starter.worker_id, starter.routing_key]
-            args += [starter.probe_lease_ms, starter.slot_lease_ms, idle_ttl_ms, hand_slots, handed_seen]
+            args += [starter.probe_lease_ms, starter.slot_lease_ms, idle_ttl_ms, hand_slots, *received]
         else:
-            args += [0, now, "", "", 0, 0, 0, 0, 0]
+            args += [0, now, "", "", 0, 0, 0, 0]
         flat = await self._pipe.eval(self._claim, [], args)
         due, on_their_way = flat[-1], flat[-2]
         jobs: list[str] = []
         started: dict[str, StartReply] = {}
+        taken_back: list[str] = []
         for i in range(0, len(flat) - 2, 2):
             job = flat[i].decode()
-            jobs.append(job)
             reply = flat[i + 1]
+            if reply == -1:
+                taken_back.append(job)
+                continue
+            jobs.append(job)
             if reply != 0:  # 0: not started here
                 started[job] = Started.decode(reply)
-        return Claimed(jobs, int(float(due)) if due else None, started, on_their_way)
+        return Claimed(jobs, int(float(due)) if due else None, started, on_their_way, taken_back)
 
     async def withdraw(self) -> None:
         """This worker takes no more handed jobs (it stops): its registration goes."""
@@ -270,7 +305,7 @@ class Claims:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(idle_workers_key(self.queue_name), self.starter.worker_id)
-            pipe.hset(idler_key(self.queue_name, self.starter.worker_id), "slots", 0)
+            pipe.delete(idler_key(self.queue_name, self.starter.worker_id))
             await pipe.execute()
 
     async def empty(self) -> bool:

@@ -31,12 +31,13 @@ from llm_router.keys import (
     routing_key,
     wake_channel,
 )
-from llm_router.store import NOT_STARTED, NewJob, Started, Store, body_digest
+from llm_router.record_lua import HAND_MAX_REQUEST
+from llm_router.store import NOT_STARTED, SUBMIT_GROUP, NewJob, Started, Store, body_digest
 from llm_router.testing.redis_server import RedisServer
 from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
 from worker.app import build_worker
-from worker.claims import Claims, Handed, Starter
+from worker.claims import LOST_MS, Claims, Handed, Starter
 
 QUEUE = "q"
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
@@ -100,6 +101,10 @@ async def messages(pubsub: PubSub, wait_s: float = 0.3) -> list[dict[str, Any]]:
     return out
 
 
+def handed_key(worker: str) -> str:
+    return f"{QUEUE}:handed:{worker}"
+
+
 async def due(bare: Redis) -> list[bytes]:
     return await bare.zrange(ready_key(QUEUE, "normal", "t"), 0, -1)
 
@@ -147,7 +152,8 @@ async def test_a_registration_takes_its_slots_then_jobs_queue_and_wake_the_worke
     assert [(m["channel"], m["data"]) for m in got[2:]] == [(wake_channel(QUEUE).encode(), b"1")]
     assert await due(bare) == [b"t/j3"]
     assert await bare.zscore(idle_workers_key(QUEUE), "w") is None
-    assert await bare.hmget(idler_key(QUEUE, "w"), "slots", "handed") == [b"0", b"2"]
+    assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"0"
+    assert await bare.zrange(handed_key("w"), 0, -1) == [b"t/j1", b"t/j2"]  # until acknowledged
     await worker.aclose()
 
 
@@ -155,17 +161,65 @@ async def test_a_claim_that_crossed_hand_offs_leaves_them_their_room(store: Stor
     worker = await listening(bare, hand_channel(QUEUE, "w"))
     await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
     await submit(store, job("h1"), job("h2"))  # handed: on their way to the worker
-    await submit(store, *(job(f"d{i}") for i in range(3)))  # handed too: its slots were 4
+    await submit(store, *(job(f"d{i}") for i in range(3)))  # two handed too (its slots were 4), one due
     assert len(await messages(worker)) == 4
     await submit(store, *(job(f"q{i}") for i in range(3)))  # queued
     # the worker had received one of the four when it claimed with room for 4: three take room
-    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4, handed_seen=1)
-    assert claimed.on_their_way == 3 and len(claimed.jobs) == 1
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4, received=["t/h1"])
+    assert claimed.on_their_way == 3 and len(claimed.jobs) == 1 and claimed.taken_back == []
     assert await bare.zscore(idle_workers_key(QUEUE), "w") is None  # no room left: not registered
     # once it has them all, a claim takes the whole room it names
-    claimed = await claims(bare).claim(LEASE_MS, room=2, idle_ttl_ms=5_000, hand_slots=4, handed_seen=4)
+    received = ["t/h2", "t/d0", "t/d1"]
+    claimed = await claims(bare).claim(LEASE_MS, room=2, idle_ttl_ms=5_000, hand_slots=4, received=received)
     assert claimed.on_their_way == 0 and len(claimed.jobs) == 2
-    assert await bare.hget(idler_key(QUEUE, "w"), "slots") is not None
+    assert await bare.exists(handed_key("w")) == 0
+    await worker.aclose()
+
+
+async def test_a_hand_off_whose_message_was_lost_is_taken_back_by_the_worker_s_claim(
+    store: Store, bare: Redis
+) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("lost"), job("ended"))
+    assert len(await messages(worker, 0.05)) == 2  # sent, but never read by the worker's loop
+    await bare.hset(record_key("t/ended"), "status", "succeeded")  # a late run of it ended it
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    assert claimed.on_their_way == 2 and claimed.taken_back == []  # too soon to call them lost
+    await asyncio.sleep(LOST_MS / 1000 + 0.1)
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    # the lost one is the worker's again, to start itself; the ended one is not run again
+    assert claimed.taken_back == ["t/lost"] and claimed.on_their_way == 0 and claimed.jobs == []
+    lease = await bare.zscore(leases_key(QUEUE), "t/lost")
+    assert lease is not None and lease > time.time() * 1000 + LEASE_MS - 5_000  # renewed
+    assert await bare.exists(handed_key("w")) == 0
+    await worker.aclose()
+
+
+async def test_a_large_request_is_not_handed_and_a_flex_lane_job_is(store: Store, bare: Redis) -> None:
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await submit(store, job("flex", lane="flex"))
+    big = b'{"messages":[{"content":"' + b"x" * HAND_MAX_REQUEST + b'","role":"user"}],"model":"m"}'
+    await submit(store, replace(job("big"), request=big, digest=body_digest(big)))
+    assert [Handed.decode(m["data"]).job_id for m in await messages(worker)] == ["t/flex"]
+    assert await due(bare) == [b"t/big"]
+    await worker.aclose()
+
+
+async def test_a_batch_of_many_calls_wakes_the_workers_once(store: Store, bare: Redis) -> None:
+    wakes = await listening(bare, wake_channel(QUEUE))
+    await submit(store, *(job(f"b{i}") for i in range(3 * SUBMIT_GROUP + 1)))
+    assert [m["data"] for m in await messages(wakes)] == [b"1"]
+    # a worker takes them all and waits, and a batch whose first call hands it 4 and queues the rest
+    worker = await listening(bare, hand_channel(QUEUE, "w"))
+    taken = await claims(bare).claim(LEASE_MS, room=SUBMIT_GROUP * 4, idle_ttl_ms=5_000, hand_slots=4)
+    assert len(taken.jobs) == 3 * SUBMIT_GROUP + 1
+    assert await bare.zscore(idle_workers_key(QUEUE), "w") is not None
+    await submit(store, *(job(f"c{i}") for i in range(2 * SUBMIT_GROUP)))
+    assert len(await messages(worker)) == 4
+    assert [m["data"] for m in await messages(wakes)] == [b"1"]
+    await wakes.aclose()
     await worker.aclose()
 
 
@@ -201,7 +255,7 @@ async def test_a_worker_that_no_longer_listens_or_whose_registration_lapsed_is_p
     await worker.aclose()
 
 
-async def test_the_latest_registered_worker_is_handed_first_and_a_full_claim_withdraws(
+async def test_hand_offs_go_round_the_waiting_workers_and_a_full_claim_withdraws(
     store: Store, bare: Redis
 ) -> None:
     a = await listening(bare, hand_channel(QUEUE, "a"))
@@ -210,15 +264,21 @@ async def test_the_latest_registered_worker_is_handed_first_and_a_full_claim_wit
     await asyncio.sleep(0.01)
     await claims(bare, "b").claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
     await submit(store, job("j1"))
-    assert [Handed.decode(m["data"]).job_id for m in await messages(b)] == ["t/j1"]
-    assert await messages(a) == []
+    assert [Handed.decode(m["data"]).job_id for m in await messages(a)] == ["t/j1"]  # registered first
+    await claims(bare, "a").claim(LEASE_MS, room=3, idle_ttl_ms=5_000, hand_slots=4, received=["t/j1"])
+    await submit(store, job("j2"))
+    assert [Handed.decode(m["data"]).job_id for m in await messages(b)] == ["t/j2"]  # a went behind b
     # b's claim fills its room: it is handed nothing more, and a is next
     await submit(store, job("lane", lane="batch"))
-    full = await claims(bare, "b").claim(LEASE_MS, room=1, idle_ttl_ms=5_000, hand_slots=4, handed_seen=1)
-    assert full.jobs == ["t/lane"]
+    full = await claims(bare, "b").claim(LEASE_MS, room=1, idle_ttl_ms=5_000, hand_slots=4, received=["t/j2"])
+    assert full.jobs == ["t/lane"] and full.on_their_way == 0
     assert await bare.zscore(idle_workers_key(QUEUE), "b") is None
-    await submit(store, job("j2"))
-    assert [Handed.decode(m["data"]).job_id for m in await messages(a)] == ["t/j2"]
+    await submit(store, job("j3"))
+    assert [Handed.decode(m["data"]).job_id for m in await messages(a)] == ["t/j3"]
+    await claims(bare, "a").withdraw()
+    assert await bare.zscore(idle_workers_key(QUEUE), "a") is None and not await bare.exists(
+        idler_key(QUEUE, "a")
+    )
     await a.aclose()
     await b.aclose()
 
@@ -278,3 +338,60 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
         await worker.close()
         await producer.close()
         await hands.aclose()
+
+
+async def test_a_quiet_worker_stays_subscribed_past_its_redis_read_timeout(
+    sim: Any, settings: Settings, redis: Redis
+) -> None:
+    """A read timeout of 0.3 s: the listener used to lose its subscription (and, for that moment, its
+    hand-offs) each time its channels stayed quiet that long."""
+    catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
+    settings = settings.model_copy(update={"redis_timeout_s": 0.3})
+    worker = build_worker(settings, catalog, handle_signals=False, max_jobs=4)
+    running = asyncio.create_task(worker.main())
+    try:
+        channel = None
+        deadline = time.monotonic() + 10
+        while channel is None:
+            assert time.monotonic() < deadline, "the worker never subscribed"
+            found = await redis.pubsub_channels(f"{worker.queue_name}:hand:*")
+            channel = found[0] if found else None
+            await asyncio.sleep(0.01)
+        counts = []
+        for _ in range(150):  # 1.5 s: five read timeouts
+            counts.append((await redis.pubsub_numsub(channel))[0][1])
+            await asyncio.sleep(0.01)
+        assert min(counts) == 1, counts
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await worker.close()
+
+
+async def test_a_handed_job_cancelled_before_it_had_a_slot_goes_back_to_the_queue(
+    sim: Any, settings: Settings, redis: Redis
+) -> None:
+    catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
+    producer = await Producer.connect(settings, catalog)
+    worker = build_worker(settings, catalog, handle_signals=False, max_jobs=1)
+    queue = worker.queue_name
+    try:
+        sub = await producer.submit(JOB)  # no worker is up: it is due
+        job_id = f"default/{sub.job_id}"
+        store = Store(redis, queue_name=queue, record_ttl_s=100)
+        assert (await Claims(redis, store.pipe, queue).claim(LEASE_MS, room=1)).jobs == [job_id]
+        worker.use_store(store, Claims(redis, store.pipe, queue))
+        await worker.sem.acquire()  # its one slot is taken: a hand-off that crossed a claim
+        worker._take_handed(Handed(job_id, NOT_STARTED))
+        assert worker.job_counter == 1 and job_id in worker.tasks
+        worker.tasks[job_id].cancel()  # stopping, before the task's first step
+        deadline = time.monotonic() + 5
+        while await redis.zscore(leases_key(queue), job_id) is not None:
+            assert time.monotonic() < deadline, "the job stayed leased to the worker"
+            await asyncio.sleep(0.01)
+        assert await redis.zrange(ready_key(queue, "normal", "default"), 0, -1) == [job_id.encode()]
+        assert worker.job_counter == 0 and job_id not in worker.tasks
+    finally:
+        await worker.close()
+        await producer.close()
