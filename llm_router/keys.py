@@ -36,7 +36,9 @@ All amounts are integer nano-USD. What lives where:
 * ``<queue>:ready:<band>:<tenant>``, ``<queue>:tenants:<band>``, ``<queue>:vclock:<band>``,
   ``<queue>:delayed``, ``<queue>:leases``, ``<queue>:wake``: a queue (``worker.claims``);
   ``<queue>:idle`` sorted set and ``<queue>:idler:<worker>`` hash: workers waiting for work, which a
-  submit to an empty queue hands its job to, started, on ``<queue>:hand:<worker>``.
+  submit to an empty queue hands its job to, started, on ``<queue>:hand:<worker>``;
+  ``<queue>:handed:<worker>`` sorted set: those jobs until the worker's claims acknowledge them;
+  ``<queue>:unannounced``: a batch's earlier calls made jobs due, for its last call to announce.
 * ``ENDED_CHANNEL:<tenant>``: every job publishes its scoped id here when it ends.
 * ``notify:<server>``: a server's own channel; a job it waits for (its record's ``notify`` field)
   sends its whole ended record there (``llm_router.ledger_lua``), so the server answers without a read.
@@ -270,6 +272,16 @@ def idler_key(queue: str, worker_id: str) -> str:
 def hand_channel(queue: str, worker_id: str) -> str:
     """One worker's channel: the jobs a submit handed it, started (``worker.claims.Handed``)."""
     return f"{queue}:hand:{worker_id}"
+
+
+def handed_key(queue: str, worker_id: str) -> str:
+    """Sorted set: jobs handed to a worker, by when (ms), until its claims acknowledge them."""
+    return f"{queue}:handed:{worker_id}"
+
+
+def unannounced_key(queue: str) -> str:
+    """Set while a batch's calls made jobs due that no wake-up announced yet (its last call does)."""
+    return f"{queue}:unannounced"
 
 
 def tenant_policy_key(tenant: str) -> str:

@@ -23,6 +23,7 @@ from llm_router.autopipe import AutoPipeline
 from llm_router.keys import (
     active_tenants_key,
     hand_channel,
+    handed_key,
     idle_workers_key,
     idler_key,
     leases_key,
@@ -101,10 +102,6 @@ async def messages(pubsub: PubSub, wait_s: float = 0.3) -> list[dict[str, Any]]:
     return out
 
 
-def handed_key(worker: str) -> str:
-    return f"{QUEUE}:handed:{worker}"
-
-
 async def due(bare: Redis) -> list[bytes]:
     return await bare.zrange(ready_key(QUEUE, "normal", "t"), 0, -1)
 
@@ -153,7 +150,7 @@ async def test_a_registration_takes_its_slots_then_jobs_queue_and_wake_the_worke
     assert await due(bare) == [b"t/j3"]
     assert await bare.zscore(idle_workers_key(QUEUE), "w") is None
     assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"0"
-    assert await bare.zrange(handed_key("w"), 0, -1) == [b"t/j1", b"t/j2"]  # until acknowledged
+    assert await bare.zrange(handed_key(QUEUE, "w"), 0, -1) == [b"t/j1", b"t/j2"]  # until acknowledged
     await worker.aclose()
 
 
@@ -172,7 +169,7 @@ async def test_a_claim_that_crossed_hand_offs_leaves_them_their_room(store: Stor
     received = ["t/h2", "t/d0", "t/d1"]
     claimed = await claims(bare).claim(LEASE_MS, room=2, idle_ttl_ms=5_000, hand_slots=4, received=received)
     assert claimed.on_their_way == 0 and len(claimed.jobs) == 2
-    assert await bare.exists(handed_key("w")) == 0
+    assert await bare.exists(handed_key(QUEUE, "w")) == 0
     await worker.aclose()
 
 
@@ -192,7 +189,7 @@ async def test_a_hand_off_whose_message_was_lost_is_taken_back_by_the_worker_s_c
     assert claimed.taken_back == ["t/lost"] and claimed.on_their_way == 0 and claimed.jobs == []
     lease = await bare.zscore(leases_key(QUEUE), "t/lost")
     assert lease is not None and lease > time.time() * 1000 + LEASE_MS - 5_000  # renewed
-    assert await bare.exists(handed_key("w")) == 0
+    assert await bare.exists(handed_key(QUEUE, "w")) == 0
     await worker.aclose()
 
 
