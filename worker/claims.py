@@ -33,10 +33,6 @@ from llm_router.queue_lua import QUEUE_LUA, READY_LUA
 from llm_router.record_lua import START_JOB_LUA
 from llm_router.store import NOT_STARTED, NotStarted, Started, StartReply
 
-# a handed job not acknowledged by its worker's claims this long after it was handed: its message was
-# lost, and the claim gives it back to the worker (which ignores the message should it come after all)
-LOST_MS = 1000
-
 # Returns {claimed job, its start…, on_their_way, next_due_ms}: the jobs now leased to this worker,
 # each followed by what starting it replied (``record_lua.start_job``: nil when its record is gone,
 # the pairs of ``store.Started``, or 0 when it was not started here: past the ``starts`` first, or
@@ -55,7 +51,6 @@ CLAIM_LUA = (
     + QUEUE_LUA
     + BREAKER_LUA
     + START_JOB_LUA
-    + f"local LOST_MS = {LOST_MS}\n"
     + r"""
 local queue, now, lease_ms, room, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                          tonumber(ARGV[5])
@@ -66,8 +61,9 @@ local ACKS = 14  -- from here: the handed jobs the worker received since its las
 
 -- jobs a submit handed this worker (``record_lua.hand_job``) that it had not received when it sent
 -- this claim: on their way (a claim and a hand-off crossed), they take room the worker did not
--- know was taken; handed over LOST_MS ago, their message was lost (a resubscribe, a dropped
--- connection): taken back here, still leased to this worker, for it to start itself
+-- know was taken; handed over idle_ttl_ms ago (a registration's life: a worker claims, and so
+-- acknowledges, at least every safety look, well within it), their message was lost (a
+-- resubscribe, a dropped connection): taken back here, still leased to this worker, to start itself
 local out = {}
 local on_their_way = 0
 local idler = queue .. ':idler:' .. worker_id
@@ -75,7 +71,7 @@ if idle_ttl_ms > 0 and worker_id ~= '' then
   local handed = queue .. ':handed:' .. worker_id
   if #ARGV >= ACKS then redis.call('ZREM', handed, unpack(ARGV, ACKS)) end
   local rnow = now_ms()
-  for _, job in ipairs(redis.call('ZRANGEBYSCORE', handed, '-inf', rnow - LOST_MS)) do
+  for _, job in ipairs(redis.call('ZRANGEBYSCORE', handed, '-inf', rnow - idle_ttl_ms)) do
     redis.call('ZREM', handed, job)
     local still = redis.call('HMGET', RECORD .. job, 'status', 'worker')
     if redis.call('ZSCORE', queue .. ':leases', job) and still[1] == 'running' and still[2] == worker_id then
@@ -209,7 +205,8 @@ class Claimed:
     next_due_ms: int | None
     started: dict[str, StartReply] = field(default_factory=dict)
     on_their_way: int = 0  # jobs handed to this worker that it had not received: room they took
-    # jobs handed to this worker whose message was lost (``LOST_MS``): it starts and runs them
+    # jobs handed to this worker whose message was lost (unacknowledged for ``idle_ttl_ms``): it
+    # starts and runs them
     taken_back: list[str] = field(default_factory=list)
 
 

@@ -38,7 +38,7 @@ from llm_router.testing.redis_server import RedisServer
 from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
 from worker.app import build_worker
-from worker.claims import LOST_MS, Claims, Handed, Starter
+from worker.claims import Claims, Handed, Starter
 
 QUEUE = "q"
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
@@ -176,15 +176,16 @@ async def test_a_claim_that_crossed_hand_offs_leaves_them_their_room(store: Stor
 async def test_a_hand_off_whose_message_was_lost_is_taken_back_by_the_worker_s_claim(
     store: Store, bare: Redis
 ) -> None:
+    ttl_ms = 400
     worker = await listening(bare, hand_channel(QUEUE, "w"))
-    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=ttl_ms, hand_slots=4)
     await submit(store, job("lost"), job("ended"))
     assert len(await messages(worker, 0.05)) == 2  # sent, but never read by the worker's loop
     await bare.hset(record_key("t/ended"), "status", "succeeded")  # a late run of it ended it
-    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=ttl_ms, hand_slots=4)
     assert claimed.on_their_way == 2 and claimed.taken_back == []  # too soon to call them lost
-    await asyncio.sleep(LOST_MS / 1000 + 0.1)
-    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=4)
+    await asyncio.sleep(ttl_ms / 1000 + 0.1)  # unacknowledged for a registration's life
+    claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=ttl_ms, hand_slots=4)
     # the lost one is the worker's again, to start itself; the ended one is not run again
     assert claimed.taken_back == ["t/lost"] and claimed.on_their_way == 0 and claimed.jobs == []
     lease = await bare.zscore(leases_key(QUEUE), "t/lost")
