@@ -70,18 +70,20 @@ local idler = queue .. ':idler:' .. worker_id
 if idle_ttl_ms > 0 and worker_id ~= '' then
   local handed = queue .. ':handed:' .. worker_id
   if #ARGV >= ACKS then redis.call('ZREM', handed, unpack(ARGV, ACKS)) end
-  local rnow = now_ms()
-  for _, job in ipairs(redis.call('ZRANGEBYSCORE', handed, '-inf', rnow - idle_ttl_ms)) do
-    redis.call('ZREM', handed, job)
-    local still = redis.call('HMGET', RECORD .. job, 'status', 'worker')
-    if redis.call('ZSCORE', queue .. ':leases', job) and still[1] == 'running' and still[2] == worker_id then
-      redis.call('ZADD', queue .. ':leases', now + lease_ms, job)
-      out[#out + 1] = job
-      out[#out + 1] = -1  -- taken back: the worker starts it (a start on the same worker is no lost run)
-      room = room - 1
+  if redis.call('EXISTS', handed) == 1 then  -- a wide worker's claims mostly find none: one read
+    for _, job in ipairs(redis.call('ZRANGEBYSCORE', handed, '-inf', now_ms() - idle_ttl_ms)) do
+      redis.call('ZREM', handed, job)
+      local still = redis.call('HMGET', RECORD .. job, 'status', 'worker')
+      local held = redis.call('ZSCORE', queue .. ':leases', job)
+      if held and still[1] == 'running' and still[2] == worker_id then
+        redis.call('ZADD', queue .. ':leases', now + lease_ms, job)
+        out[#out + 1] = job
+        out[#out + 1] = -1  -- taken back: the worker starts it (a start on the same worker is no lost run)
+        room = room - 1
+      end
     end
+    on_their_way = redis.call('ZCARD', handed)
   end
-  on_their_way = redis.call('ZCARD', handed)
   room = room - on_their_way
 end
 
