@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -294,8 +294,22 @@ async def test_a_start_that_fails_in_the_submit_leaves_the_job_to_the_worker_s_o
     await worker.aclose()
 
 
+def _none_waiting(redis: Redis, queue: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not await redis.zcard(idle_workers_key(queue))
+
+    return check
+
+
+def _not_leased(redis: Redis, queue: str, job_id: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await redis.zscore(leases_key(queue), job_id) is None
+
+    return check
+
+
 async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
-    sim: Any, settings: Settings, redis: Redis
+    sim: Any, settings: Settings, redis: Redis, until: Callable[..., Awaitable[object]]
 ) -> None:
     catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
     producer = await Producer.connect(settings, catalog)
@@ -306,15 +320,11 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
     await hands.subscribe(wake_channel(queue))
     running = asyncio.create_task(worker.main())
     try:
-        deadline = time.monotonic() + 10
-        while not await redis.zcard(idle_workers_key(queue)):  # its first claim registers it
-            assert time.monotonic() < deadline, "the worker never registered as waiting"
-            await asyncio.sleep(0.01)
+        # its first claim registers it
+        await until(lambda: redis.zcard(idle_workers_key(queue)), timeout=10, what="a registration")
         await messages(hands, 0.05)
         for _ in range(5):
-            sub = await producer.submit(
-                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-            )
+            sub = await producer.submit(JOB)
             record = await producer.wait(sub.job_id, timeout=30)
             assert record.status == "succeeded"
             assert len(record.attempts) == 1 and record.attempts[0].outcome == "success"
@@ -324,10 +334,7 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
         assert await redis.zcard(leases_key(queue)) == 0  # each left the queue as it ended
 
         worker.handle_sig_wait_for_completion(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while await redis.zcard(idle_workers_key(queue)):
-            assert time.monotonic() < deadline, "a stopping worker stayed registered"
-            await asyncio.sleep(0.01)
+        await until(_none_waiting(redis, queue), timeout=5, what="a stopping worker's withdrawal")
         assert await redis.zcard(active_tenants_key(queue, "normal")) == 0
     finally:
         running.cancel()
@@ -339,7 +346,7 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
 
 
 async def test_a_quiet_worker_stays_subscribed_past_its_redis_read_timeout(
-    sim: Any, settings: Settings, redis: Redis
+    sim: Any, settings: Settings, redis: Redis, until: Callable[..., Awaitable[object]]
 ) -> None:
     """A read timeout of 0.3 s: the listener used to lose its subscription (and, for that moment, its
     hand-offs) each time its channels stayed quiet that long."""
@@ -348,13 +355,8 @@ async def test_a_quiet_worker_stays_subscribed_past_its_redis_read_timeout(
     worker = build_worker(settings, catalog, handle_signals=False, max_jobs=4)
     running = asyncio.create_task(worker.main())
     try:
-        channel = None
-        deadline = time.monotonic() + 10
-        while channel is None:
-            assert time.monotonic() < deadline, "the worker never subscribed"
-            found = await redis.pubsub_channels(f"{worker.queue_name}:hand:*")
-            channel = found[0] if found else None
-            await asyncio.sleep(0.01)
+        found = await until(lambda: redis.pubsub_channels(f"{worker.queue_name}:hand:*"), what="its channel")
+        channel = found[0]  # type: ignore[index]
         counts = []
         for _ in range(150):  # 1.5 s: five read timeouts
             counts.append((await redis.pubsub_numsub(channel))[0][1])
@@ -368,7 +370,7 @@ async def test_a_quiet_worker_stays_subscribed_past_its_redis_read_timeout(
 
 
 async def test_a_handed_job_cancelled_before_it_had_a_slot_goes_back_to_the_queue(
-    sim: Any, settings: Settings, redis: Redis
+    sim: Any, settings: Settings, redis: Redis, until: Callable[..., Awaitable[object]]
 ) -> None:
     catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
     producer = await Producer.connect(settings, catalog)
@@ -384,10 +386,7 @@ async def test_a_handed_job_cancelled_before_it_had_a_slot_goes_back_to_the_queu
         worker._take_handed(Handed(job_id, NOT_STARTED))
         assert worker.job_counter == 1 and job_id in worker.tasks
         worker.tasks[job_id].cancel()  # stopping, before the task's first step
-        deadline = time.monotonic() + 5
-        while await redis.zscore(leases_key(queue), job_id) is not None:
-            assert time.monotonic() < deadline, "the job stayed leased to the worker"
-            await asyncio.sleep(0.01)
+        await until(_not_leased(redis, queue, job_id), timeout=5, what="the job back from its lease")
         assert await redis.zrange(ready_key(queue, "normal", "default"), 0, -1) == [job_id.encode()]
         assert worker.job_counter == 0 and job_id not in worker.tasks
     finally:
