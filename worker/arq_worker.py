@@ -274,9 +274,9 @@ class LeasedWorker(Worker):
         job this worker already holds, or took back as lost (``Claimed.taken_back``), is not run
         again from a late message."""
         job_id = handed.job_id
+        self._received.append(job_id)  # acknowledged at the next claim, run here or not
         if job_id in self.tasks or job_id in self._taken_back:
             return
-        self._received.append(job_id)
         self.job_counter += 1  # its room is taken now: a claim before its task starts must not take it
         self._unslotted.add(job_id)
         task = self.loop.create_task(self._run_handed(handed))
