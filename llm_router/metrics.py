@@ -97,6 +97,12 @@ RECORDED: tuple[Family, ...] = (
     Family("retries_total", C, "Calls retried on the same deployment", ("provider", "model")),
     Family("fallbacks_total", C, "Jobs answered by another deployment than the first", ("model",)),
     Family("deferrals_total", C, "Jobs deferred to run again later", ("queue",)),
+    Family(
+        "handoffs_total",
+        C,
+        "Jobs a submit handed this worker, started: run, taken back (message lost) or late (ignored)",
+        ("queue", "outcome"),
+    ),
     Family("tokens_total", C, "Tokens of ended jobs", ("model", "type"), tenant_optional=True),
     Family("cost_usd_total", C, "Cost of ended jobs in USD", ("model",), scale=1e-9, tenant_optional=True),
     Family("http_requests_total", C, "HTTP requests answered", ("route", "status")),
@@ -182,6 +188,7 @@ class Metrics:
         self.retries: Counter = self["retries_total"]  # type: ignore[assignment]
         self.fallbacks: Counter = self["fallbacks_total"]  # type: ignore[assignment]
         self.deferrals: Counter = self["deferrals_total"]  # type: ignore[assignment]
+        self.handoffs: Counter = self["handoffs_total"]  # type: ignore[assignment]
         self._tokens: Counter = self["tokens_total"]  # type: ignore[assignment]
         self._cost: Counter = self["cost_usd_total"]  # type: ignore[assignment]
         self.http_requests: Counter = self["http_requests_total"]  # type: ignore[assignment]

@@ -276,7 +276,9 @@ class LeasedWorker(Worker):
         job_id = handed.job_id
         self._received.append(job_id)  # acknowledged at the next claim, run here or not
         if job_id in self.tasks or job_id in self._taken_back:
+            observe.handoff(self.queue_name, "late")
             return
+        observe.handoff(self.queue_name, "run")
         self.job_counter += 1  # its room is taken now: a claim before its task starts must not take it
         self._unslotted.add(job_id)
         task = self.loop.create_task(self._run_handed(handed))
@@ -421,6 +423,7 @@ class LeasedWorker(Worker):
         room -= claimed.on_their_way + len(claimed.taken_back)
         self._hand_left = min(room - len(claimed.jobs), HAND_SLOTS)
         for job_id in claimed.taken_back:
+            observe.handoff(self.queue_name, "taken_back")
             self._taken_back[job_id] = None
             while len(self._taken_back) > TAKEN_BACK_KEPT:
                 del self._taken_back[next(iter(self._taken_back))]

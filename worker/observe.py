@@ -502,6 +502,15 @@ def recording(fields: dict[str, Any]) -> None:
         fields[tr.TRACEPARENT_FIELD] = tr.format_traceparent(trace_id, span_id, int(sampled))
 
 
+def handoff(queue_name: str, outcome: str) -> None:
+    """A job handed to this worker (README "Hand-offs"): ``run``, ``taken_back`` (its message was lost
+    and the worker's claim took it back) or ``late`` (a message that came after all: ignored)."""
+    observer = _observer
+    if observer is None or observer.metrics is None:
+        return
+    observer.metrics.handoffs.inc((observer.labels.get(queue_name, "bulk"), outcome))
+
+
 def job_done() -> None:
     """The run is over (the record written, or the job deferred, put back or abandoned)."""
     obs = current_job()

@@ -56,6 +56,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("llm_router_retries_total", "counter", "provider model"),
         ("llm_router_fallbacks_total", "counter", "model"),
         ("llm_router_deferrals_total", "counter", "queue"),
+        ("llm_router_handoffs_total", "counter", "queue outcome"),
         ("llm_router_breaker_state", "gauge", "deployment state"),
         ("llm_router_tokens_total", "counter", "model type tenant"),
         ("llm_router_cost_usd_total", "counter", "model tenant"),

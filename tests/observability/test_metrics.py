@@ -38,6 +38,7 @@ INTERFACE = {
     "llm_router_retries_total": {"provider", "model"},
     "llm_router_fallbacks_total": {"model"},
     "llm_router_deferrals_total": {"queue"},
+    "llm_router_handoffs_total": {"queue", "outcome"},
     "llm_router_breaker_state": {"deployment", "state"},
     "llm_router_tokens_total": {"model", "type"},
     "llm_router_cost_usd_total": {"model"},

@@ -34,9 +34,10 @@ from llm_router.keys import (
 )
 from llm_router.record_lua import HAND_MAX_REQUEST
 from llm_router.store import NOT_STARTED, SUBMIT_GROUP, NewJob, Started, Store, body_digest
-from llm_router.testing.redis_server import RedisServer
+from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
+from worker import observe
 from worker.app import build_worker
 from worker.claims import Claims, Handed, Starter
 
@@ -312,6 +313,7 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
     sim: Any, settings: Settings, redis: Redis, until: Callable[..., Awaitable[object]]
 ) -> None:
     catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
+    settings = settings.model_copy(update={"metrics_port": free_port()})
     producer = await Producer.connect(settings, catalog)
     worker = build_worker(settings, catalog, handle_signals=False, max_jobs=4)
     queue = worker.queue_name
@@ -331,6 +333,8 @@ async def test_a_worker_runs_the_jobs_handed_to_it_and_withdraws_when_it_stops(
         got = await messages(hands)
         kinds = ["hand" if m["channel"].decode().startswith(f"{queue}:hand:") else "wake" for m in got]
         assert kinds.count("hand") == 5 and "wake" not in kinds, kinds  # every one handed, none claimed
+        metrics = observe.install(settings, catalog).metrics
+        assert metrics is not None and metrics.handoffs.values == {("bulk", "run"): 5}
         assert await redis.zcard(leases_key(queue)) == 0  # each left the queue as it ended
 
         worker.handle_sig_wait_for_completion(signal.SIGTERM)
