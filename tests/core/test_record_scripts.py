@@ -45,29 +45,13 @@ from llm_router.store import (
     Started,
     Store,
     SubmitReply,
-    body_digest,
     decode_ended,
     decode_ended_record,
 )
+from llm_router.testing.jobs import new_job
 
 QUEUE = "q"
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
-
-
-def new_job(job_id: str = "j1", *, tenant: str = "t", request: bytes = REQUEST, **fields: Any) -> NewJob:
-    now = time.time()
-    return NewJob(
-        job_id=job_id,
-        digest=body_digest(request),
-        request=request,
-        route=["m"],
-        route_json=b'["m"]',
-        model_requested="m",
-        tenant=tenant,
-        created_at=now,
-        deadline_at=now + 60,
-        **fields,
-    )
 
 
 @pytest.fixture

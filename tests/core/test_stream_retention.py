@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from llm_router.keys import scoped_id
-from llm_router.store import NewJob, Settlement, Store, SubmitReply, body_digest
+from llm_router.store import NewJob, Settlement, Store, SubmitReply
+from llm_router.testing.jobs import new_job
 
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m","stream":true}'
 RECORD_TTL_S = 7 * 24 * 3600
@@ -17,18 +18,7 @@ STREAM_TTL_S = 50
 
 
 def _job(job_id: str) -> NewJob:
-    now = time.time()
-    return NewJob(
-        job_id=job_id,
-        digest=body_digest(REQUEST),
-        request=REQUEST,
-        route=["m"],
-        route_json=b'["m"]',
-        model_requested="m",
-        tenant="t",
-        created_at=now,
-        deadline_at=now + 60,
-    )
+    return new_job(job_id, request=REQUEST)
 
 
 async def _stream(redis: Redis) -> bytes:

@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_router.keys import WEBHOOKS_DUE_KEY, WEBHOOKS_RETRY_KEY, batch_key, record_key
-from llm_router.store import NewJob, Settlement, Store, body_digest
+from llm_router.store import NewJob, Settlement, Store
+from llm_router.testing.jobs import new_job as a_job
 from llm_router.webhooks import spec
 from llm_router.webhooks.events import JOB_FIELDS
 from llm_router.webhooks.outbox import (
@@ -31,19 +32,7 @@ HOOK = spec.encode("https://hooks.example.com/x", ["response"])
 
 
 def new_job(job_id: str, webhook: bytes | None) -> NewJob:
-    now = time.time()
-    return NewJob(
-        job_id=job_id,
-        digest=body_digest(REQUEST),
-        request=REQUEST,
-        route=["m"],
-        route_json=b'["m"]',
-        model_requested="m",
-        tenant="t",
-        created_at=now,
-        deadline_at=now + 60,
-        webhook=webhook,
-    )
+    return a_job(job_id, webhook=webhook)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from llm_router.autopipe import AutoPipeline
 from llm_router.keys import leases_key, record_key, request_key, routing_key
-from llm_router.store import NewJob, Started, Store, body_digest
+from llm_router.store import Started, Store
+from llm_router.testing.jobs import new_job
 from llm_router.testing.redis_server import RedisServer
 from worker.claims import Claims, Starter
 
@@ -42,18 +43,7 @@ def starter(most: int = 64) -> Starter:
 
 
 async def submit(store: Store, job_id: str, now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    job = NewJob(
-        job_id=job_id,
-        digest=body_digest(REQUEST),
-        request=REQUEST,
-        route=["m"],
-        route_json=b'["m"]',
-        model_requested="m",
-        tenant="t",
-        created_at=now,
-        deadline_at=now + 60,
-    )
+    job = new_job(job_id, now=now)
     await store.submit_batch([store.submit_command(job)])
     return f"t/{job_id}"
 

@@ -34,6 +34,7 @@ from llm_router.keys import (
 )
 from llm_router.record_lua import HAND_MAX_REQUEST
 from llm_router.store import NOT_STARTED, SUBMIT_GROUP, NewJob, Started, Store, body_digest
+from llm_router.testing.jobs import new_job
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import SIM_KEYS
 from producer.producer import Producer
@@ -68,19 +69,7 @@ def claims(bare: Redis, worker_id: str = "w", routing: str = ROUTING) -> Claims:
 
 
 def job(job_id: str, now: float | None = None, **fields: Any) -> NewJob:
-    now = time.time() if now is None else now
-    return NewJob(
-        job_id=job_id,
-        digest=body_digest(REQUEST),
-        request=REQUEST,
-        route=["m"],
-        route_json=b'["m"]',
-        model_requested="m",
-        tenant="t",
-        created_at=now,
-        deadline_at=now + 60,
-        **fields,
-    )
+    return new_job(job_id, now=now, **fields)
 
 
 async def submit(store: Store, *jobs: NewJob, queue: str | None = None) -> None:
