@@ -82,7 +82,7 @@ def build_worker(
         session = create_session(settings)
         runner = JobRunner(store, catalog, settings, session, worker_id)
         claims = Claims(ctx["redis"], store.pipe, queue_name, runner.starter)
-        worker.use_store(store, claims, runner.run)
+        worker.use_store(store, claims, runner.run, runner.put_back_unrun)
         runner.aborting = worker.aborting_tasks.__contains__
         interval_s = min(settings.effective_lease_refresh_s, settings.heartbeat_interval_s)
         keeper = LeaseKeeper(

@@ -80,6 +80,7 @@ class LeasedWorker(Worker):
         self._store: Store | None = None
         self._claims: Claims | None = None
         self._run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None
+        self._unstart: Callable[[str, StartReply], Awaitable[None]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
         # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
@@ -96,7 +97,8 @@ class LeasedWorker(Worker):
         # worker's registration still allows; near the end of them it claims, which registers it again
         self._hand_left = 0
         self._received: list[str] = []  # handed jobs received since the last claim (it acknowledges them)
-        self._unslotted: set[str] = set()  # handed jobs waiting for a slot
+        # handed jobs waiting for a slot, with what their start replied (undone if they never run)
+        self._unslotted: dict[str, StartReply | NotStarted] = {}
         self._taken_back: dict[str, None] = {}  # handed jobs whose message was lost, latest last
         self._putbacks: set[asyncio.Task[None]] = set()
         self._idle_ttl_ms = int((2 * safety_poll_s + 1) * 1000)
@@ -131,13 +133,16 @@ class LeasedWorker(Worker):
         store: Store,
         claims: Claims,
         run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None,
+        unstart: Callable[[str, StartReply], Awaitable[None]] | None = None,
     ) -> None:
         """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner),
         given what its start replied when the claim started it (else ``NOT_STARTED``), and says
-        whether its last write took the job off the queue already."""
+        whether its last write took the job off the queue already; ``unstart`` undoes the start of
+        a handed job that never ran (``JobRunner.put_back_unrun``)."""
         self._store = store
         self._claims = claims
         self._run = run
+        self._unstart = unstart
         self._listener = self.loop.create_task(self._listen_for_work(), name="wake-listener")
 
     async def close(self) -> None:
@@ -280,7 +285,7 @@ class LeasedWorker(Worker):
             return
         observe.handoff(self.queue_name, "run")
         self.job_counter += 1  # its room is taken now: a claim before its task starts must not take it
-        self._unslotted.add(job_id)
+        self._unslotted[job_id] = handed.started
         task = self.loop.create_task(self._run_handed(handed))
         task.add_done_callback(functools.partial(self._handed_done, job_id))
         self.tasks[job_id] = task
@@ -290,7 +295,7 @@ class LeasedWorker(Worker):
 
     async def _run_handed(self, handed: Handed) -> None:
         await self.sem.acquire()
-        self._unslotted.discard(handed.job_id)
+        self._unslotted.pop(handed.job_id, None)
         try:
             await self.run_job(handed.job_id, 0, handed.started)
         finally:
@@ -300,13 +305,24 @@ class LeasedWorker(Worker):
         if job_id in self._unslotted:
             # cancelled (the worker stops) before it had a slot, perhaps before its first step: it
             # never ran, so it goes back to the queue now rather than when its lease lapses
-            self._unslotted.discard(job_id)
+            started = self._unslotted.pop(job_id)
             self.job_counter -= 1
             if self._claims is not None:
-                back = self.loop.create_task(self._claims.end_run(job_id, done=False))
+                back = self.loop.create_task(self._put_back(job_id, started))
                 self._putbacks.add(back)
                 back.add_done_callback(self._putbacks.discard)
         self._job_done(job_id, task, release=False)
+
+    async def _put_back(self, job_id: str, started: StartReply | NotStarted) -> None:
+        """A handed job that never ran back on its queue, its start undone first (else its record
+        still says running here)."""
+        assert self._claims is not None
+        if self._unstart is not None and started is not NOT_STARTED:
+            try:
+                await self._unstart(job_id, started)
+            except Exception as exc:  # the put-back goes on: the next start records a lost run
+                log.warning("cannot undo a handed job's start", job_id=job_id, error=repr(exc))
+        await self._claims.end_run(job_id, done=False)
 
     def _job_done(self, job_id: str, task: asyncio.Task[Any], *, release: bool = True) -> None:
         """A job task ended: its slot is free, and it leaves ``tasks`` now (a sweep of every task at

@@ -29,7 +29,14 @@ from redis.exceptions import RedisError
 from config.catalog import Catalog, Deployment
 from config.cost import followed_stream
 from config.settings import Settings
-from llm_router.circuit_breaker import Admission, AdmissionState, BreakerReport, Policy
+from llm_router.circuit_breaker import (
+    Admission,
+    AdmissionState,
+    BreakerReport,
+    Policy,
+    ReportKind,
+    breaker_report,
+)
 from llm_router.contract import JobStatus, new_attempt
 from llm_router.errors import (
     DeadlineExceeded,
@@ -117,6 +124,25 @@ class JobRunner:
     def starter(self) -> Starter:
         """What a claim needs to start this runner's jobs as it leases them (``Store.start``'s arguments)."""
         return Starter(self.worker_id, self.routing_key, self._probe_lease_ms, self._slot_lease_ms)
+
+    async def put_back_unrun(self, job_id: str, started: StartReply) -> None:
+        """Undo the start of a job this worker never ran (handed to it, then stopped before it had a
+        slot): its record says queued again, so the next worker's start does not take it for a run
+        lost with its worker (an ``interrupted`` attempt, a lost run counted towards
+        ``max_lost_runs``), and the slot its start took is given back now, not when its lease
+        lapses. The caller then puts the job back on its queue (``Claims.end_run``)."""
+        if not isinstance(started, Started):
+            return
+        reports = []
+        for dep_id, admission in started.admissions.items():
+            dep = self._deployments.get(dep_id)
+            if dep is not None and admission.state.admitted and self.policies[dep_id].limited:
+                reports.append(breaker_report(dep, ReportKind.NEUTRAL, self.policies[dep_id], probe=False))
+        tenant, public_id = split_scoped(job_id)
+        bound = log.bind(job_id=public_id, tenant=tenant)
+        # Redis away past the write's retries (logged): the next start counts a lost run
+        with contextlib.suppress(Retry):
+            await self._write(job_id, {"status": JobStatus.QUEUED}, bound, reports)
 
     async def run(self, job_id: str, started: StartReply | NotStarted = NOT_STARTED) -> bool:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.

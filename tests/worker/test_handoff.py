@@ -30,6 +30,7 @@ from llm_router.keys import (
     ready_key,
     record_key,
     routing_key,
+    slots_key,
     wake_channel,
 )
 from llm_router.record_lua import HAND_MAX_REQUEST
@@ -41,6 +42,8 @@ from producer.producer import Producer
 from worker import observe
 from worker.app import build_worker
 from worker.claims import Claims, Handed, Starter
+from worker.http import create_session
+from worker.job_runner import JobRunner
 
 QUEUE = "q"
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
@@ -385,3 +388,44 @@ async def test_a_handed_job_cancelled_before_it_had_a_slot_goes_back_to_the_queu
     finally:
         await worker.close()
         await producer.close()
+
+
+async def test_a_started_hand_off_that_never_ran_is_put_back_as_it_was(
+    sim: Any, settings: Settings, redis: Redis, until: Callable[..., Awaitable[object]]
+) -> None:
+    """Stopped before its slot, a handed job's start is undone: its record says queued, the slot its
+    start took is free, and the next worker's start takes it for a first run, not a lost one."""
+    catalog = Catalog.from_path(DEFAULT_CATALOG, env=SIM_KEYS, upstream=sim.url)
+    producer = await Producer.connect(settings, catalog)
+    worker = build_worker(settings, catalog, handle_signals=False, max_jobs=1)
+    queue = worker.queue_name
+    store = Store(redis, queue_name=queue, record_ttl_s=100)
+    session = create_session(settings)
+    runner = JobRunner(store, catalog, settings, session, "stopping-worker")
+    await redis.hset(runner.routing_key, mapping=runner.routing_table)  # as a worker's keeper publishes it
+    try:
+        sub = await producer.submit(JOB)  # no worker is up: it is due
+        job_id = f"default/{sub.job_id}"
+        claims = Claims(redis, store.pipe, queue, runner.starter)
+        claimed = await claims.claim(LEASE_MS, room=1)  # started as a hand-off starts it
+        started = claimed.started[job_id]
+        assert isinstance(started, Started) and next(iter(started.admissions)) == "openai/gpt-4o-mini"
+        assert await redis.zscore(slots_key("openai/gpt-4o-mini"), job_id) is not None
+        assert await redis.hget(record_key(job_id), "status") == b"running"
+        worker.use_store(store, claims, runner.run, runner.put_back_unrun)
+        await worker.sem.acquire()  # its one slot is taken: a hand-off that crossed a claim
+        worker._take_handed(Handed(job_id, started))
+        worker.tasks[job_id].cancel()  # stopping, before the task's first step
+        await until(_not_leased(redis, queue, job_id), timeout=5, what="the job back from its lease")
+        assert await redis.zrange(ready_key(queue, "normal", "default"), 0, -1) == [job_id.encode()]
+        assert await redis.hget(record_key(job_id), "status") == b"queued"
+        assert await redis.zscore(slots_key("openai/gpt-4o-mini"), job_id) is None
+
+        again = await store.start(job_id, "next-worker", time.time(), runner.routing_key, 60_000, 10_000)
+        assert isinstance(again, Started)
+        assert again.previous_status == "queued" and again.lost_runs == 0
+        assert again.attempts in (b"", b"[]")  # no interrupted attempt for a run that never was
+    finally:
+        await worker.close()
+        await producer.close()
+        await session.close()
