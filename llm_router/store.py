@@ -750,6 +750,14 @@ def decode_ended(message: bytes) -> tuple[str, list[bytes]]:
     return fields[-1].decode(), fields
 
 
+def ended_field(fields: list[bytes], name: bytes) -> bytes | None:
+    """One raw field of an ended message (``decode_ended``), without decoding the record."""
+    for i in range(0, len(fields) - 2, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
+
+
 def decode_ended_record(scoped: str, fields: list[bytes]) -> JobRecord:
     """The record of an ended message (``decode_ended``), exactly as ``Store.get`` reads it."""
     raw = dict(zip(fields[0:-2:2], fields[1:-2:2], strict=True))

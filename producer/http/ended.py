@@ -37,7 +37,7 @@ from llm_router.contract import TERMINAL, JobRecord, JobStatus
 from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_PATTERN, notify_channel, split_scoped
 from llm_router.redis_checks import write_refusal
-from llm_router.store import Store, decode_ended, decode_ended_record
+from llm_router.store import Store, decode_ended, decode_ended_record, ended_field
 from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
@@ -64,12 +64,16 @@ class Ended:
     and ``future()``, a plain future done when it is set, to wait on it alongside other news without
     a task."""
 
-    __slots__ = ("_futures", "_set", "record")
+    __slots__ = ("_futures", "_set", "fields", "record")
 
     def __init__(self) -> None:
         self._set = False
         self._futures: list[asyncio.Future[None]] = []
-        self.record: JobRecord | None = None  # the ended record, when it came with the news
+        # the ended record as its message brought it (``decode_ended``'s fields), undecoded: a
+        # handler that needs a field or two reads them (``store.ended_field``); decoding the whole
+        # record was most of the server's work on a request's way back
+        self.fields: list[bytes] | None = None
+        self.record: JobRecord | None = None  # that record decoded, once a waiter asked for it
 
     def set(self) -> None:
         self._set = True
@@ -158,12 +162,39 @@ class EndedWaiter:
         and a decode on every interactive call). A job that ended with its record sent to
         ``channel`` is answered with that record, without a read. A lost subscription wakes every
         waiter when it is back, and the read every ``recheck_s`` stays the safety net."""
+        while True:
+            ended = await self.wait_ended(job_id, event, timeout, new_job=new_job)
+            if isinstance(ended, JobRecord):
+                return ended
+            record = self.decoded(job_id, event)
+            if record is not None:
+                return record
+            new_job = False  # its fields did not decode (and are dropped): the record is read
+
+    def decoded(self, job_id: str, event: Ended) -> JobRecord | None:
+        """The record of the fields ``event`` holds, decoded once; ``None`` (and the fields dropped,
+        so that the waiter reads the record instead) when they do not decode."""
+        if event.record is None and event.fields is not None:
+            try:
+                event.record = decode_ended_record(job_id, event.fields)
+            except Exception as exc:
+                log.warning("unreadable ended record", job_id=job_id, error=repr(exc))
+                event.fields = None
+        return event.record
+
+    async def wait_ended(
+        self, job_id: str, event: Ended, timeout: float, *, new_job: bool = False
+    ) -> JobRecord | list[bytes]:
+        """As ``wait``, but a job whose end brought its record gives that record's fields, undecoded
+        (``Ended.fields``): a handler that answers from a few of them skips the decode."""
         deadline = time.monotonic() + timeout
         if new_job and self.subscribed.is_set():
             await self._sleep(event, min(self.recheck_s, timeout))
         while True:
             if event.record is not None:
                 return event.record
+            if event.fields is not None:
+                return event.fields
             event.clear()  # before the read: a notification arriving after it sets the event again
             try:
                 record = await guarded(self.redis_watch, self.store.get(job_id))
@@ -202,8 +233,8 @@ class EndedWaiter:
             ended.cancel()
             if down is not None:
                 down.cancel()
-        if event.record is not None:  # the record came: Redis going down since does not matter
-            return
+        if event.record is not None or event.fields is not None:
+            return  # the record came: Redis going down since does not matter
         if watch is not None and down is not None and down.done() and not down.cancelled():
             raise watch.error()
 
@@ -212,7 +243,8 @@ class EndedWaiter:
             event.set()
 
     def _deliver(self, message: bytes) -> None:
-        """An ended record on ``channel``: its waiters get it (decoded once), and wake."""
+        """An ended record on ``channel``: its waiters get its fields (decoded when one asks), and
+        wake."""
         try:
             job_id, fields = decode_ended(message)
         except Exception as exc:  # a message of another shape (a newer worker?): nobody to wake
@@ -221,14 +253,11 @@ class EndedWaiter:
         events = self._events.get(job_id)
         if not events:
             return  # the waiter is gone (its client left), or it waits on another server
-        try:
-            record = decode_ended_record(job_id, fields)
-        except Exception as exc:  # the waiter reads the record instead, as without the message
-            log.warning("unreadable ended record", job_id=job_id, error=repr(exc))
-            record = None
+        status = ended_field(fields, b"status")
+        ended = status is not None and status.decode() in TERMINAL_VALUES
         for event in events:
-            if record is not None and record.status in TERMINAL:
-                event.record = record
+            if ended:  # else (never sent so) the waiter reads the record, as without the message
+                event.fields = fields
             event.set()
 
     def _wake_all(self) -> None:

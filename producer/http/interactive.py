@@ -191,6 +191,16 @@ async def wait_answer(request: web.Request, started: Started) -> JobRecord:
     return record
 
 
+async def wait_ended(request: web.Request, started: Started) -> JobRecord | list[bytes]:
+    """The end of an interactive job, whatever its status: the fields of its record when its end
+    brought them (``EndedWaiter.wait_ended``: a handler that needs a few fields skips the decode),
+    else the record read."""
+    waiter: EndedWaiter = request.app["ended"]
+    producer: Producer = request.app["producer"]
+    scoped = producer.scoped(started.job_id, started.tenant)
+    return await waiter.wait_ended(scoped, started.ended, started.wait_s, new_job=started.created)
+
+
 def follow(request: web.Request, started: Started) -> AsyncIterator[dict[str, Any]]:
     """The job's chunks as they come (``ended.follow_stream``), bounded by the job's wait and by
     Redis answering."""

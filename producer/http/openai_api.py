@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog
+from config.cost import nanos_to_usd
 from config.settings import Settings
-from llm_router.contract import JobRecord
+from llm_router.contract import JobRecord, JobStatus
 from llm_router.errors import InvalidRequest, ModelNotFound, RouterError
+from llm_router.store import ended_field
 from producer.http.ended import is_outage, unavailable
 from producer.http.errors import (
     JOB_ID_HEADER,
@@ -33,7 +36,7 @@ from producer.http.errors import (
 )
 
 # the interactive helpers lived here first; fronts may import them from either module
-from producer.http.interactive import Started, follow, start_interactive, wait_answer
+from producer.http.interactive import Started, follow, start_interactive, wait_answer, wait_ended
 from producer.producer import JobFailed, Producer
 
 __all__ = ["JOB_ID_HEADER", "Started", "follow", "start_interactive", "wait_answer"]
@@ -44,11 +47,34 @@ log = structlog.get_logger("producer.http")
 
 def completion_with_usage(record: JobRecord) -> dict[str, Any]:
     """The record's ``chat.completion`` with our ``usage.cost`` and ``usage.credits_remaining``."""
-    response = dict(record.response or {})
+    usage = record.usage
+    paid = None if usage is None else (usage.cost, usage.credits_remaining)
+    return _with_usage(record.response or {}, paid)
+
+
+def completion_of_fields(fields: list[bytes]) -> dict[str, Any] | None:
+    """``completion_with_usage`` of a succeeded job's end as its message brought the record
+    (``Ended.fields``), from the two or three fields it needs: decoding the whole record (its
+    attempts, its request, the model's validation) was most of the server's work on a request's way
+    back, ten times more on a server that had been idle. ``None`` for any other end."""
+    if ended_field(fields, b"status") != b"succeeded":
+        return None
+    response = ended_field(fields, b"response")
+    if response is None:
+        return None
+    raw_usage, credits = ended_field(fields, b"usage"), ended_field(fields, b"credits_remaining")
+    usage: dict[str, Any] | None = orjson.loads(raw_usage) if raw_usage else None
+    if credits is not None:  # as the record reads it (``store.decode_record``)
+        usage = {**(usage or {}), "credits_remaining": nanos_to_usd(int(credits))}
+    paid = None if usage is None else (float(usage.get("cost", 0.0)), usage.get("credits_remaining"))
+    return _with_usage(orjson.loads(response), paid)
+
+
+def _with_usage(response: dict[str, Any], paid: tuple[float, float | None] | None) -> dict[str, Any]:
+    response = dict(response)
     usage = dict(response.get("usage") or {})
-    if record.usage is not None:
-        usage["cost"] = record.usage.cost
-        usage["credits_remaining"] = record.usage.credits_remaining
+    if paid is not None:
+        usage["cost"], usage["credits_remaining"] = paid
     else:
         usage.setdefault("credits_remaining", None)
     response["usage"] = usage
@@ -66,8 +92,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {JOB_ID_HEADER: started.job_id}
         if stream:
             return await relay_stream(request, started, headers)
-        record = await wait_answer(request, started)
-    return json_response(completion_with_usage(record), headers=headers)
+        ended = await wait_ended(request, started)
+        answer = completion_of_fields(ended) if isinstance(ended, list) else None
+        if answer is None:  # read, or not succeeded: from the record (its error, for a failure)
+            record = ended if isinstance(ended, JobRecord) else await wait_answer(request, started)
+            if record.status != JobStatus.SUCCEEDED:
+                raise record_error(record.error)
+            answer = completion_with_usage(record)
+    return json_response(answer, headers=headers)
 
 
 async def relay_stream(request: web.Request, started: Started, headers: dict[str, str]) -> web.StreamResponse:

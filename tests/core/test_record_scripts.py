@@ -49,6 +49,7 @@ from llm_router.store import (
     decode_ended_record,
 )
 from llm_router.testing.jobs import new_job
+from producer.http.openai_api import completion_of_fields, completion_with_usage
 
 QUEUE = "q"
 REQUEST = b'{"messages":[{"content":"hi","role":"user"}],"model":"m"}'
@@ -521,6 +522,14 @@ async def test_a_job_ends_with_its_record_sent_to_its_servers_channel(store, bar
     sent = decode_ended_record(job_id, fields)
     read = await store.get("t/j1")
     assert sent == read and sent.status == ending
+    # the chat front answers a succeeded job from these fields without decoding the record: the
+    # same answer, to the byte
+    answer = completion_of_fields(fields)
+    if ending == "succeeded":
+        assert answer is not None and orjson.dumps(answer) == orjson.dumps(completion_with_usage(sent))
+        assert answer["usage"]["credits_remaining"] == pytest.approx(1e-5 - 9e-9)
+    else:
+        assert answer is None
     assert sent.request == orjson.loads(request)
     if ending == "succeeded":
         assert sent.response["choices"][0]["message"]["tool_calls"] == [TOOL_CALL]
