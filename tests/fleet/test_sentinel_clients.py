@@ -73,7 +73,8 @@ async def test_every_client_follows_the_primary_through_a_failover(sentinels: Se
         with waiter.watch("t/job-2") as ended:
             await client.publish(waiter.channel, msgpack.packb(record))
             await asyncio.wait_for(ended.wait(), 5)
-        assert ended.record is not None and ended.record.status == "succeeded"
+            decoded = waiter.decoded("t/job-2", ended)  # the fields came; decoded when asked
+        assert decoded is not None and decoded.status == "succeeded"
     finally:
         await waiter.close()
         await client.aclose()

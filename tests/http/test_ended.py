@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
 from redis.asyncio import Redis
 
 from llm_router.keys import notify_channel, record_key, scoped_id
@@ -131,6 +132,32 @@ async def test_a_lost_record_message_leaves_the_waiter_to_read_the_record(
             record = await _waiting(producer, waiter, job_id, until, notify=notify_channel("elsewhere"))
         assert len(reads) == 1
         assert record.status == "cancelled"
+    finally:
+        await waiter.close()
+
+
+async def test_an_ended_message_that_is_no_record_leaves_the_waiter_to_read_it(
+    producer: Producer, until: Any
+) -> None:
+    """The fields of an ended message are decoded when the waiter asks for its record: ones that do
+    not decode (a newer worker's shape, say) are dropped, and the record is read instead."""
+    waiter = EndedWaiter(producer.redis, producer.store, recheck_s=30)
+    await waiter.start()
+    try:
+        job_id = f"garbled-{time.monotonic_ns()}"
+        scoped = producer.scoped(job_id)
+        async with reads_of(_url(producer), record_key(scoped)) as reads:
+            with waiter.watch(scoped) as event:
+                (submitted,) = await producer.submit_many([{**JOB, "job_id": job_id}])
+                wait = waiter.wait(scoped, event, timeout=20, new_job=submitted.created)
+                waiting = asyncio.create_task(wait)
+                await until(lambda: event.waited_on, timeout=5, what="the waiter to block")
+                garbled = msgpack.packb([b"status", b"succeeded", b"", scoped.encode()])  # no route, no times
+                await producer.redis.publish(waiter.channel, garbled)
+                await until(lambda: len(reads) == 1, timeout=5, what="the read instead")  # still queued
+                await producer.store.cancel(scoped, {"code": "cancelled", "message": "by the test"})
+                record = await waiting
+        assert record.status == "cancelled" and len(reads) == 2
     finally:
         await waiter.close()
 
