@@ -279,7 +279,11 @@ local function hand_job(queue, record, job_id)
       local ok, reply = pcall(start_job, record, job_id, t[1] .. '.' .. string.format('%06d', t[2]), worker,
                               w[2], w[3], tonumber(w[4]))
       if ok and reply then
-        local encoded, text = pcall(cjson.encode, reply)
+        -- by name: the worker reads a JSON object as it is (``Started.from_json``); a flat list
+        -- had to be turned back into the script's RESP reply first, most of the worker's reading
+        local fields = {}
+        for i = 1, #reply, 2 do fields[reply[i]] = reply[i + 1] end
+        local encoded, text = pcall(cjson.encode, fields)
         if encoded then payload = text end
       end
       redis.call('PUBLISH', channel, job_id .. '\n' .. payload)

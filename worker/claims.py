@@ -222,23 +222,11 @@ class Handed:
 
     @classmethod
     def decode(cls, message: bytes) -> Handed:
-        """``<job id>\n<the start's reply as JSON, or 0>``; the reply is read back into what the
-        same script's RESP reply would be (bytes, integers, an empty table a list), for
-        ``Started.decode``."""
+        """``<job id>\n<the start's reply as a JSON object, or 0>`` (``Started.from_json``)."""
         job, _, payload = message.partition(b"\n")
         if payload == b"0":
             return cls(job.decode(), NOT_STARTED)
-        return cls(job.decode(), Started.decode([_as_resp(v) for v in orjson.loads(payload)]))
-
-
-def _as_resp(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, float):
-        return int(value)  # RESP truncates a Lua number to an integer
-    if isinstance(value, dict):
-        return []  # Lua's empty table: cjson writes an object
-    return value
+        return cls(job.decode(), Started.from_json(orjson.loads(payload)))
 
 
 class Claims:

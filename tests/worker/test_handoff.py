@@ -99,8 +99,20 @@ async def due(bare: Redis) -> list[bytes]:
     return await bare.zrange(ready_key(QUEUE, "normal", "t"), 0, -1)
 
 
+RICH = {  # every optional part of a start's reply that a job can set
+    "est_tokens": 42,
+    "parent": "p1",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "hedge": 250,
+    "lane": "flex",
+    "cache_key": "abc",
+    "cache_ttl": 30,
+}
+
+
+@pytest.mark.parametrize("extra", [{}, RICH], ids=["plain", "rich"])
 async def test_a_job_submitted_to_an_empty_queue_goes_to_the_waiting_worker_started(
-    store: Store, bare: Redis
+    store: Store, bare: Redis, extra: dict[str, Any]
 ) -> None:
     worker = await listening(bare, hand_channel(QUEUE, "w"), wake_channel(QUEUE))
     claimed = await claims(bare).claim(LEASE_MS, room=4, idle_ttl_ms=5_000, hand_slots=2)
@@ -109,18 +121,20 @@ async def test_a_job_submitted_to_an_empty_queue_goes_to_the_waiting_worker_star
     assert await bare.hget(idler_key(QUEUE, "w"), "slots") == b"2"
 
     before = time.time()
-    await submit(store, job("j1", before))
+    await submit(store, job("j1", before, **extra))
     got = await messages(worker)
     assert [m["channel"] for m in got] == [hand_channel(QUEUE, "w").encode()]  # and no wake-up
     handed = Handed.decode(got[0]["data"])
     assert handed.job_id == "t/j1"
     # the start is the start script's, as it would have replied to the worker's own start of a twin
-    await submit(store, job("twin", before), queue="elsewhere")
+    await submit(store, job("twin", before, **extra), queue="elsewhere")
     by_start = await store.start("t/twin", "w", time.time(), ROUTING, 60_000, 10_000)
     assert isinstance(handed.started, Started) and isinstance(by_start, Started)
     clocks = {"redis_now_ms": 0, "first_started_at": None, "created_at": None}
     assert replace(handed.started, **clocks) == replace(by_start, **clocks)
     assert handed.started.request == REQUEST and list(handed.started.admissions) == ["a"]
+    if extra:
+        assert handed.started.hedge_ms == 250 and handed.started.traceparent == RICH["traceparent"]
     # leased to the worker, never due, and running on it; its registration has one hand-off left
     assert await due(bare) == []
     lease = await bare.zscore(leases_key(QUEUE), "t/j1")
