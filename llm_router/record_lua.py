@@ -297,6 +297,43 @@ end
 
 SUBMIT_LUA = LUA_PRELUDE + RESERVE_LUA + READY_LUA + BREAKER_LUA + START_JOB_LUA + HAND_LUA + _SUBMIT_BODY
 
+# Puts back a job started for a worker that never ran it (handed, then the worker stopped before
+# the job had a slot), as if it had never been started there, in one step: only while this worker
+# still holds its lease and its record says running here (a lease that lapsed may be another
+# worker's now: nothing is touched). Its record says queued again, the slots its start took are
+# given back (the reports), and it is due at its own age. A job that ended meanwhile only leaves its
+# lease. KEYS[1] its record; ARGV: queue, job id, worker id, then one report per slot to give back.
+# Returns 1 put back, 2 ended (its lease removed), 0 left alone.
+UNSTART_LUA = (
+    LUA_PRELUDE
+    + BREAKER_LUA
+    + READY_LUA
+    + QUEUE_LUA
+    + """
+local record, queue, job_id, worker = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local REPORTS = 4  -- from here, one report per slot its start took
+local leases = queue .. ':leases'
+if not redis.call('ZSCORE', leases, job_id) then return 0 end
+local v = redis.call('HMGET', record, 'status', 'worker')
+local status = v[1]
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  redis.call('ZREM', leases, job_id)
+  redis.call('ZREM', ABORT_SET, job_id)
+  return 2
+end
+if status ~= 'running' or v[2] ~= worker then return 0 end
+local now = now_ms()
+for i = REPORTS, #ARGV do record_report(ARGV[i], now, job_id) end
+redis.call('HSET', record, 'status', 'queued')
+redis.call('HDEL', record, 'worker')
+redis.call('ZREM', leases, job_id)
+local band, tenant, created = band_of(job_id)
+make_ready(queue, job_id, band, tenant, created)  -- in front, at its own age, as a job put back goes
+redis.call('PUBLISH', queue .. ':wake', 1)
+return 1
+"""
+)
+
 # Admission of one deployment reached only after the ones before it failed (the common path is
 # admitted by START), with the reports of the calls made so far (their slots given back, their
 # outcomes counted before the next call).  Returns {state, until_ms, {dep, state, reason}…} (see

@@ -64,6 +64,7 @@ from llm_router.record_lua import (
     FINISH_LUA,
     START_LUA,
     SUBMIT_LUA,
+    UNSTART_LUA,
 )
 from llm_router.tracing import TRACEPARENT_FIELD
 
@@ -302,6 +303,12 @@ class Finished:
     transitions: list[Transition]
 
 
+class UnstartReply(IntEnum):
+    PUT_BACK = 1  # queued again, its slots given back, due
+    ENDED = 2  # it ended meanwhile: only its lease was removed
+    LEFT_ALONE = 0  # its lease lapsed (another worker's now), or it is not running on this worker
+
+
 class CancelReply(StrEnum):
     CANCELLED = "cancelled"  # a queued job, ended now
     ABORTING = "aborting"  # a running (or claimed) job: its worker ends it
@@ -357,6 +364,7 @@ class Store:
         self._cancel = redis.register_script(CANCEL_LUA)
         self._admit = redis.register_script(ADMIT_LUA)
         self._child_refused = redis.register_script(CHILD_REFUSED_LUA)
+        self._unstart = redis.register_script(UNSTART_LUA)
         self.workers_key = workers_key(queue_name)
         # the worker's scripts (and arq's end-of-run bookkeeping, ``worker.claims``) share one pipeline
         self.pipe = AutoPipeline(redis)
@@ -490,6 +498,16 @@ class Store:
             [now, worker_id, job_id, routing_key, probe_lease_ms, slot_lease_ms],
         )
         return Started.decode(reply)
+
+    async def unstart(
+        self, job_id: str, queue: str, worker_id: str, reports: Sequence[BreakerReport] = ()
+    ) -> UnstartReply:
+        """Put back a job started for ``worker_id`` that never ran (``record_lua.UNSTART_LUA``):
+        queued again with its start undone, ``reports`` giving back the slots its start took."""
+        reply = await self.pipe.eval(
+            self._unstart, [record_key(job_id)], [queue, job_id, worker_id, *(r.encode() for r in reports)]
+        )
+        return UnstartReply(int(reply))
 
     async def admit(
         self,

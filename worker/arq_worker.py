@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llm_router.errors import JobCancelled, RedisUnusable
 from llm_router.keys import hand_channel, wake_channel
 from llm_router.redis_checks import write_refusal
-from llm_router.store import NOT_STARTED, NotStarted, Settlement, StartReply, Store
+from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store, UnstartReply
 from worker import observe
 from worker.claims import Claims, Handed
 
@@ -80,7 +80,7 @@ class LeasedWorker(Worker):
         self._store: Store | None = None
         self._claims: Claims | None = None
         self._run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None
-        self._unstart: Callable[[str, StartReply], Awaitable[None]] | None = None
+        self._unstart: Callable[[str, Started, str], Awaitable[UnstartReply]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
         # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
@@ -133,7 +133,7 @@ class LeasedWorker(Worker):
         store: Store,
         claims: Claims,
         run: Callable[[str, StartReply | NotStarted], Awaitable[bool]] | None = None,
-        unstart: Callable[[str, StartReply], Awaitable[None]] | None = None,
+        unstart: Callable[[str, Started, str], Awaitable[UnstartReply]] | None = None,
     ) -> None:
         """The store (records), claims and the end of runs; ``run`` runs one job by id (the runner),
         given what its start replied when the claim started it (else ``NOT_STARTED``), and says
@@ -314,13 +314,15 @@ class LeasedWorker(Worker):
         self._job_done(job_id, task, release=False)
 
     async def _put_back(self, job_id: str, started: StartReply | NotStarted) -> None:
-        """A handed job that never ran back on its queue, its start undone first (else its record
-        still says running here)."""
+        """A handed job that never ran back on its queue: started here, its start is undone in the
+        same step (else its record still says running here); not started, it is put back as a run's
+        end puts a job back."""
         assert self._claims is not None
-        if self._unstart is not None and started is not NOT_STARTED:
+        if self._unstart is not None and isinstance(started, Started):
             try:
-                await self._unstart(job_id, started)
-            except Exception as exc:  # the put-back goes on: the next start records a lost run
+                await self._unstart(job_id, started, self.queue_name)
+                return
+            except Exception as exc:  # a lost reply, say: a put-back that ran finds no lease below
                 log.warning("cannot undo a handed job's start", job_id=job_id, error=repr(exc))
         await self._claims.end_run(job_id, done=False)
 

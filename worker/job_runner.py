@@ -47,7 +47,7 @@ from llm_router.errors import (
 )
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
-from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store
+from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store, UnstartReply
 from worker import observe
 from worker.breaker import RetryBudget, routing_table
 from worker.claims import Starter
@@ -125,24 +125,25 @@ class JobRunner:
         """What a claim needs to start this runner's jobs as it leases them (``Store.start``'s arguments)."""
         return Starter(self.worker_id, self.routing_key, self._probe_lease_ms, self._slot_lease_ms)
 
-    async def put_back_unrun(self, job_id: str, started: StartReply) -> None:
-        """Undo the start of a job this worker never ran (handed to it, then stopped before it had a
-        slot): its record says queued again, so the next worker's start does not take it for a run
-        lost with its worker (an ``interrupted`` attempt, a lost run counted towards
-        ``max_lost_runs``), and the slot its start took is given back now, not when its lease
-        lapses. The caller then puts the job back on its queue (``Claims.end_run``)."""
-        if not isinstance(started, Started):
-            return
+    async def put_back_unrun(self, job_id: str, started: Started, queue: str) -> UnstartReply:
+        """Put back a job started for this worker that it never ran (handed to it, then stopped
+        before it had a slot), its start undone in one step (``Store.unstart``): its record says
+        queued again, so the next worker's start does not take it for a run lost with its worker
+        (an ``interrupted`` attempt, a lost run counted towards ``max_lost_runs``); the slot and
+        probe lease its start took are given back now, not when their leases lapse. Only while
+        this worker holds the job's lease and its record says running here."""
         reports = []
         for dep_id, admission in started.admissions.items():
             dep = self._deployments.get(dep_id)
-            if dep is not None and admission.state.admitted and self.policies[dep_id].limited:
-                reports.append(breaker_report(dep, ReportKind.NEUTRAL, self.policies[dep_id], probe=False))
-        tenant, public_id = split_scoped(job_id)
-        bound = log.bind(job_id=public_id, tenant=tenant)
-        # Redis away past the write's retries (logged): the next start counts a lost run
-        with contextlib.suppress(Retry):
-            await self._write(job_id, {"status": JobStatus.QUEUED}, bound, reports)
+            if dep is None or not admission.state.admitted:
+                continue
+            probe = admission.state == AdmissionState.PROBE
+            if probe or self.policies[dep_id].limited:
+                reports.append(breaker_report(dep, ReportKind.NEUTRAL, self.policies[dep_id], probe=probe))
+        reply = await self.store.unstart(job_id, queue, self.worker_id, reports)
+        if reports:
+            self.room.freed(r.deployment for r in reports if r.slot)
+        return reply
 
     async def run(self, job_id: str, started: StartReply | NotStarted = NOT_STARTED) -> bool:
         """Run one job to a record; raises only ``Retry`` (run again later) or ``CancelledError``.

@@ -42,6 +42,7 @@ from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
+TERMINAL_BYTES = frozenset(v.encode() for v in TERMINAL_VALUES)
 LISTEN_POLL_S = 1.0  # the listener's read timeout: under any client read timeout, a quiet channel is fine
 
 
@@ -254,7 +255,7 @@ class EndedWaiter:
         if not events:
             return  # the waiter is gone (its client left), or it waits on another server
         status = ended_field(fields, b"status")
-        ended = status is not None and status.decode() in TERMINAL_VALUES
+        ended = isinstance(status, bytes) and status in TERMINAL_BYTES  # nothing here may raise
         for event in events:
             if ended:  # else (never sent so) the waiter reads the record, as without the message
                 event.fields = fields

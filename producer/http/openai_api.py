@@ -66,8 +66,11 @@ def completion_of_fields(fields: list[bytes]) -> dict[str, Any] | None:
     usage: dict[str, Any] | None = orjson.loads(raw_usage) if raw_usage else None
     if credits is not None:  # as the record reads it (``store.decode_record``)
         usage = {**(usage or {}), "credits_remaining": nanos_to_usd(int(credits))}
-    paid = None if usage is None else (float(usage.get("cost", 0.0)), usage.get("credits_remaining"))
-    return _with_usage(orjson.loads(response), paid)
+    paid = None
+    if usage is not None:  # numbers as the record's model makes them: floats
+        left = usage.get("credits_remaining")
+        paid = (float(usage.get("cost", 0.0)), None if left is None else float(left))
+    return _with_usage(orjson.loads(response) or {}, paid)
 
 
 def _with_usage(response: dict[str, Any], paid: tuple[float, float | None] | None) -> dict[str, Any]:

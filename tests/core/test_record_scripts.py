@@ -13,7 +13,7 @@ from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from llm_router.circuit_breaker import AdmissionState
+from llm_router.circuit_breaker import AdmissionState, BreakerReport, Policy, ReportKind
 from llm_router.keys import (
     ENDED_PATTERN,
     LANES_DUE_KEY,
@@ -31,6 +31,7 @@ from llm_router.keys import (
     record_key,
     request_key,
     routing_key,
+    slots_key,
     stream_key,
     usage_key,
 )
@@ -45,6 +46,7 @@ from llm_router.store import (
     Started,
     Store,
     SubmitReply,
+    UnstartReply,
     decode_ended,
     decode_ended_record,
 )
@@ -575,3 +577,87 @@ async def test_a_record_too_large_for_a_message_is_left_to_be_read(store: Store,
     assert await next_data(pubsub, timeout=0.2) is None
     assert "notify" not in await fields_of(bare_redis, "t/j1")
     await pubsub.aclose()
+
+
+# -- unstart ------------------------------------------------------------------------------------
+
+SLOTTED = Policy(
+    window_ms=10_000,
+    bucket_ms=1_000,
+    rate_pct=50,
+    min_calls=100,
+    consecutive=100,
+    cooldown_ms=1_000,
+    max_cooldown_ms=3_000,
+    probes=1,
+    conc_initial=10,
+    conc_max=10,
+    backoff_pct=50,
+    tolerance_pct=200,
+    quantile_pct=90,
+)
+
+
+async def started_here(store: Store, redis: Redis, job_id: str = "t/j1", worker: str = "w1") -> BreakerReport:
+    """A job leased to ``worker`` and started for it, holding a slot of deployment ``a``; the report
+    that gives the slot back."""
+    await redis.hset(routing_key("r"), "m", "fixed;a|0|0|1|10|10|1")
+    await submit(store, new_job(job_id.split("/")[1]))
+    # leased as a claim leases it: off its ready queue
+    await redis.zrem(ready_key(QUEUE, "normal", "t"), job_id)
+    await redis.zadd(leases_key(QUEUE), {job_id: int(time.time() * 1000) + 60_000})
+    started = await store.start(job_id, worker, 1.0, routing_key("r"))
+    assert isinstance(started, Started) and started.admissions["a"].state == AdmissionState.OK
+    assert await redis.zscore(slots_key("a"), job_id) is not None
+    return BreakerReport(
+        deployment="a", kind=ReportKind.NEUTRAL, policy=SLOTTED, slot=True, started_ms=int(time.time() * 1000)
+    )
+
+
+async def test_unstart_puts_back_a_job_started_here_as_if_never_started(store: Store, bare_redis: Redis):
+    slot = await started_here(store, bare_redis)
+    assert await store.unstart("t/j1", QUEUE, "w1", [slot]) == UnstartReply.PUT_BACK
+    fields = await fields_of(bare_redis, "t/j1")
+    assert fields["status"] == "queued" and "worker" not in fields
+    assert await bare_redis.zscore(slots_key("a"), "t/j1") is None  # its slot is free now
+    assert await bare_redis.zscore(leases_key(QUEUE), "t/j1") is None
+    assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/j1"]
+    again = await store.start("t/j1", "w2", 2.0, routing_key("r"))
+    assert isinstance(again, Started) and again.previous_status == "queued" and again.lost_runs == 0
+
+
+@pytest.mark.parametrize("case", ["lease lapsed", "running elsewhere"])
+async def test_unstart_leaves_alone_a_job_this_worker_no_longer_holds(
+    store: Store, bare_redis: Redis, case: str
+):
+    slot = await started_here(store, bare_redis)
+    if case == "lease lapsed":
+        await bare_redis.zrem(leases_key(QUEUE), "t/j1")
+    else:  # its lease lapsed and another worker took it: the lease is that worker's now
+        await store.start("t/j1", "w2", 2.0, routing_key("r"))
+    before = await fields_of(bare_redis, "t/j1")
+    assert await store.unstart("t/j1", QUEUE, "w1", [slot]) == UnstartReply.LEFT_ALONE
+    assert await fields_of(bare_redis, "t/j1") == before
+    assert await bare_redis.zscore(slots_key("a"), "t/j1") is not None  # the slot it holds stays
+    assert (await bare_redis.zscore(leases_key(QUEUE), "t/j1") is None) == (case == "lease lapsed")
+    assert await bare_redis.zcard(ready_key(QUEUE, "normal", "t")) == 0
+
+
+async def test_unstart_of_a_job_that_ended_only_removes_its_lease(store: Store, bare_redis: Redis):
+    slot = await started_here(store, bare_redis)
+    await store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0))
+    assert await store.unstart("t/j1", QUEUE, "w1", [slot]) == UnstartReply.ENDED
+    assert (await fields_of(bare_redis, "t/j1"))["status"] == "succeeded"
+    assert await bare_redis.zscore(leases_key(QUEUE), "t/j1") is None
+    assert await bare_redis.zcard(ready_key(QUEUE, "normal", "t")) == 0
+
+
+def test_an_answer_from_fields_reads_numbers_and_nulls_as_the_record_does() -> None:
+    base = [b"status", b"succeeded", b"route", b'["m"]', b"model_requested", b"m"]
+    base += [b"created_at", b"1.0", b"deadline_at", b"2.0"]
+    for usage, response in [(b'{"cost":0,"credits_remaining":5}', b"null"), (b'{"cost":1}', b'{"id":"x"}')]:
+        fields = [*base, b"usage", usage, b"response", response, b'{"model":"m"}', b"t/j1"]
+        answer = completion_of_fields(fields)
+        assert answer is not None
+        record = decode_ended_record("t/j1", fields)
+        assert orjson.dumps(answer) == orjson.dumps(completion_with_usage(record))

@@ -152,12 +152,16 @@ async def test_an_ended_message_that_is_no_record_leaves_the_waiter_to_read_it(
                 wait = waiter.wait(scoped, event, timeout=20, new_job=submitted.created)
                 waiting = asyncio.create_task(wait)
                 await until(lambda: event.waited_on, timeout=5, what="the waiter to block")
+                # a status that is no status at all: the listener lives on; the waiter woken reads
+                odd = msgpack.packb([b"status", [1], b"", scoped.encode()])
+                await producer.redis.publish(waiter.channel, odd)
+                await until(lambda: len(reads) == 1, timeout=5, what="a read after the odd message")
                 garbled = msgpack.packb([b"status", b"succeeded", b"", scoped.encode()])  # no route, no times
                 await producer.redis.publish(waiter.channel, garbled)
-                await until(lambda: len(reads) == 1, timeout=5, what="the read instead")  # still queued
+                await until(lambda: len(reads) == 2, timeout=5, what="the read instead")  # still queued
                 await producer.store.cancel(scoped, {"code": "cancelled", "message": "by the test"})
                 record = await waiting
-        assert record.status == "cancelled" and len(reads) == 2
+        assert record.status == "cancelled" and len(reads) == 3
     finally:
         await waiter.close()
 
