@@ -300,9 +300,10 @@ SUBMIT_LUA = LUA_PRELUDE + RESERVE_LUA + READY_LUA + BREAKER_LUA + START_JOB_LUA
 # Puts back a job started for a worker that never ran it (handed, then the worker stopped before
 # the job had a slot), as if it had never been started there, in one step: only while this worker
 # still holds its lease and its record says running here (a lease that lapsed may be another
-# worker's now: nothing is touched). Its record says queued again, the slots its start took are
-# given back (the reports), and it is due at its own age. A job that ended meanwhile only leaves its
-# lease. KEYS[1] its record; ARGV: queue, job id, worker id, then one report per slot to give back.
+# worker's now: nothing is touched). Its record says queued again (its run count, and its start
+# time if this was its first start, as before), the slots its start took are given back (the
+# reports), and it is due at its own age. A job that ended meanwhile only leaves its lease.
+# KEYS[1] its record; ARGV: queue, job id, worker id, then one report per slot to give back.
 # Returns 1 put back, 2 ended (its lease removed), 0 left alone.
 UNSTART_LUA = (
     LUA_PRELUDE
@@ -326,6 +327,9 @@ local now = now_ms()
 for i = REPORTS, #ARGV do record_report(ARGV[i], now, job_id) end
 redis.call('HSET', record, 'status', 'queued')
 redis.call('HDEL', record, 'worker')
+if redis.call('HINCRBY', record, 'runs', -1) <= 0 then
+  redis.call('HDEL', record, 'runs', 'started_at')  -- its first start, undone: never started
+end
 redis.call('ZREM', leases, job_id)
 local band, tenant, created = band_of(job_id)
 make_ready(queue, job_id, band, tenant, created)  -- in front, at its own age, as a job put back goes

@@ -619,6 +619,7 @@ async def test_unstart_puts_back_a_job_started_here_as_if_never_started(store: S
     assert await store.unstart("t/j1", QUEUE, "w1", [slot]) == UnstartReply.PUT_BACK
     fields = await fields_of(bare_redis, "t/j1")
     assert fields["status"] == "queued" and "worker" not in fields
+    assert "runs" not in fields and "started_at" not in fields  # as if never started
     assert await bare_redis.zscore(slots_key("a"), "t/j1") is None  # its slot is free now
     assert await bare_redis.zscore(leases_key(QUEUE), "t/j1") is None
     assert await bare_redis.zrange(ready_key(QUEUE, "normal", "t"), 0, -1) == [b"t/j1"]
