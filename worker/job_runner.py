@@ -141,7 +141,7 @@ class JobRunner:
             if probe or self.policies[dep_id].limited:
                 reports.append(breaker_report(dep, ReportKind.NEUTRAL, self.policies[dep_id], probe=probe))
         reply = await self.store.unstart(job_id, queue, self.worker_id, reports)
-        if reports:
+        if reply == UnstartReply.PUT_BACK:
             self.room.freed(r.deployment for r in reports if r.slot)
         return reply
 
