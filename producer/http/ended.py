@@ -96,13 +96,18 @@ class Ended:
 
     def future(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._set:
-            future.set_result(None)
-        else:
-            if len(self._futures) > 8:  # those of earlier waits (cancelled), on a long wait
-                self._futures = [f for f in self._futures if not f.done()]
-            self._futures.append(future)
+        self.add(future)
         return future
+
+    def add(self, future: asyncio.Future[None]) -> None:
+        """``future`` is set (if not done by then) when this is: at once if it is already."""
+        if self._set:
+            if not future.done():
+                future.set_result(None)
+            return
+        if len(self._futures) > 8:  # those of earlier waits (done or cancelled), on a long wait
+            self._futures = [f for f in self._futures if not f.done()]
+        self._futures.append(future)
 
     async def wait(self) -> None:
         if not self._set:
@@ -221,8 +226,9 @@ class EndedWaiter:
             if not woken.done():
                 woken.set_result(None)
 
-        ended = event.future()
-        ended.add_done_callback(wake)
+        # the event sets the waited future itself: through a future of its own and a callback, the
+        # handler resumed two turns of the event loop after the end arrived, not one
+        event.add(woken)
         down = watch.goes_down() if watch is not None else None
         if down is not None:
             down.add_done_callback(wake)
@@ -231,7 +237,8 @@ class EndedWaiter:
             await woken
         finally:
             timer.cancel()
-            ended.cancel()
+            if not woken.done():  # the waiting task was cancelled: the event lets go of it
+                woken.cancel()
             if down is not None:
                 down.cancel()
         if event.record is not None or event.fields is not None:
@@ -288,6 +295,9 @@ class EndedWaiter:
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
                     elif kind == "message" and isinstance(message["data"], bytes):
                         self._deliver(message["data"])
+                    # the woken waiters answer first: reading on (the next message parsed, a
+                    # timeout set up, the socket polled) before them delayed every answer
+                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

@@ -91,6 +91,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _read(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # the whole body came with the request's head (a chat request, most often): taken as it is,
+        # without a timer and an iteration that cost a cold request a tenth of a millisecond
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        if len(body) > request.app["settings"].server_large_body_bytes:
+            request[LARGE] = True
+        return body
     buf = bytearray()
     try:
         async with asyncio.timeout(timeout_s):

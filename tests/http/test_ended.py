@@ -15,7 +15,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from llm_router.keys import notify_channel, record_key, scoped_id
-from producer.http.ended import EndedWaiter
+from producer.http.ended import Ended, EndedWaiter
 from producer.producer import Producer
 
 JOB = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -189,3 +189,44 @@ async def test_an_interactive_answer_takes_no_read_of_its_record(api: Any) -> No
     finally:
         await redis.aclose()
     assert fields[b"status"] == b"succeeded" and b"notify" not in fields
+
+
+async def test_an_end_resumes_its_waiter_at_the_next_turn_of_the_loop() -> None:
+    """The event sets the future its waiter awaits: the handler runs at the loop's next turn after
+    the end arrived (through a future and a callback of its own, it took two turns, and the
+    listener read on in between)."""
+    waiter = EndedWaiter(None, None)  # type: ignore[arg-type]  # no Redis: the wait alone
+    event = Ended()
+    resumed: list[bool] = []
+
+    async def handler() -> None:
+        await waiter._sleep(event, timeout=5)
+        resumed.append(True)
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0)
+    assert event.waited_on
+    event.set()
+    await asyncio.sleep(0)  # one turn
+    assert resumed == [True]
+    await task
+
+
+async def test_a_wait_that_times_out_or_is_cancelled_leaves_the_event_usable() -> None:
+    waiter = EndedWaiter(None, None)  # type: ignore[arg-type]
+    event = Ended()
+    started = time.monotonic()
+    await waiter._sleep(event, timeout=0.05)  # nobody sets it: the timeout ends the wait
+    assert 0.04 < time.monotonic() - started < 2
+    assert not event.waited_on
+    cancelled = asyncio.create_task(waiter._sleep(event, timeout=5))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
+    assert not event.waited_on
+    event.set()  # the done futures of those waits are skipped
+    await waiter._sleep(event, timeout=5)  # set already: returns at once
+    later: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    event.add(later)
+    assert later.done()
