@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.streams import StreamReader
 
 from llm_router.contract import JOB_ID_RE
 from llm_router.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, RouterError
@@ -96,24 +97,28 @@ async def _read(request: web.Request, limit: int, timeout_s: float) -> bytes:
         # the whole body came with the request's head (a chat request, most often): taken as it is,
         # without a timer and an iteration that cost a cold request a tenth of a millisecond
         body = content.read_nowait()
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        if len(body) > request.app["settings"].server_large_body_bytes:
-            request[LARGE] = True
-        return body
+    else:
+        body = await _read_arriving(content, limit, timeout_s)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    if len(body) > request.app["settings"].server_large_body_bytes:
+        request[LARGE] = True
+    return body
+
+
+async def _read_arriving(content: StreamReader, limit: int, timeout_s: float) -> bytes:
+    """A body still arriving, read as it comes: no more than just past ``limit``, within ``timeout_s``."""
     buf = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 buf += chunk
                 if len(buf) > limit:
-                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+                    break  # not a byte more is read: the caller refuses it
     except TimeoutError:
         raise RequestTimeout(
             f"the request body did not arrive within {timeout_s:g} s ({len(buf)} bytes came)"
         ) from None
-    if len(buf) > request.app["settings"].server_large_body_bytes:
-        request[LARGE] = True
     return bytes(buf)
 
 
