@@ -110,11 +110,9 @@ def gemini_error_response(exc: RouterError) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
 async def gemini_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors on the Gemini front's routes in Google's shape (inside the app's error middleware)."""
-    if not is_gemini_request(request):
-        return await handler(request)
+    """Errors on the Gemini front's routes in Google's shape (``app.front_errors`` calls it for those
+    routes, inside the app's error middleware)."""
     try:
         return await handler(request)
     except RouterError as exc:

@@ -118,16 +118,3 @@ class TenantLimits:
 
 
 LIMITS = web.AppKey("llm_router.limits", TenantLimits)
-
-
-Handler = Callable[[web.Request], Any]
-
-
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts the request against its tenant's limit (requests that carry a tenant: the API's)."""
-    tenant = request.get("tenant")
-    if tenant is None:
-        return await handler(request)  # type: ignore[no-any-return]
-    async with request.app[LIMITS].request(tenant):
-        return await handler(request)  # type: ignore[no-any-return]

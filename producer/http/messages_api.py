@@ -43,12 +43,10 @@ def anthropic_error_response(exc: RouterError) -> web.Response:
     return json_response(body, status=status, headers=retry_after(exc))
 
 
-@web.middleware
 async def anthropic_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors on the Messages path in Anthropic's shape (inside the app's error middleware, outside
-    authentication and the body limit, which it applies itself so a refusal is Anthropic's too)."""
-    if not is_messages_path(request.path):
-        return await handler(request)
+    """Errors on the Messages path in Anthropic's shape (``app.front_errors`` calls it for that path,
+    inside the app's error middleware and outside authentication and the body limit, which it
+    applies itself so a refusal is Anthropic's too)."""
     try:
         limit = request.app["settings"].server_max_body_bytes
         if request.content_length is not None and request.content_length > limit:
