@@ -27,6 +27,7 @@ import orjson
 import uvloop
 from http_latency import CHAT, WARMUP, _rows, _stack, _timed, breakdown  # bench/http_latency.py
 from output import write_json  # bench/output.py, beside this script
+from quiet_gc import collector_off  # bench/quiet_gc.py
 from redis.asyncio import Redis
 
 
@@ -70,20 +71,23 @@ async def run(trees: dict[str, str], n: int) -> dict[str, Any]:
         cpu: dict[str, list[float]] = {}
         orders = list(itertools.permutations(paths))
         async with aiohttp.ClientSession() as session:
-            for i in range(n + WARMUP):
-                if i == WARMUP:
-                    cpu = {
-                        k: [_server_cpu_s(s[1]["llm-router"][0]), await _redis_cpu_s(s[0])]
-                        for k, s in stacks.items()
-                    }
-                body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
-                order = orders[i % len(orders)]  # every path in every place in turn: none always second
-                for name in order:
-                    counted = i >= WARMUP
-                    url, key = paths[name]
-                    ms = await _timed(session, url, body, key, sent[name] if counted else None)
-                    if counted:
-                        latencies[name].append(ms)
+            with collector_off():
+                for i in range(n + WARMUP):
+                    if i == WARMUP:
+                        cpu = {
+                            k: [_server_cpu_s(s[1]["llm-router"][0]), await _redis_cpu_s(s[0])]
+                            for k, s in stacks.items()
+                        }
+                    body = orjson.dumps(
+                        {**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]}
+                    )
+                    order = orders[i % len(orders)]  # every path in every place in turn: none always second
+                    for name in order:
+                        counted = i >= WARMUP
+                        url, key = paths[name]
+                        ms = await _timed(session, url, body, key, sent[name] if counted else None)
+                        if counted:
+                            latencies[name].append(ms)
         for name, s in stacks.items():
             cpu[name] = [
                 (_server_cpu_s(s[1]["llm-router"][0]) - cpu[name][0]) / n * 1e6,

@@ -45,6 +45,7 @@ import orjson
 import uvloop
 from litellm_proxy import PeerUnavailable, litellm_proxy  # bench/litellm_proxy.py
 from output import write_json  # bench/output.py, beside this script
+from quiet_gc import collector_off  # bench/quiet_gc.py
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
@@ -138,13 +139,14 @@ async def measure(
     """Each path's latencies (ms), one request at a time, paths interleaved request by request."""
     out: dict[str, list[float]] = {name: [] for name in paths}
     async with aiohttp.ClientSession() as session:
-        for i in range(n + WARMUP):
-            body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
-            for name, (url, key) in paths.items():
-                counted = i >= WARMUP  # the first calls open connections and warm every process
-                ms = await _timed(session, url, body, key, sent if counted else None)
-                if counted:
-                    out[name].append(ms)
+        with collector_off():
+            for i in range(n + WARMUP):
+                body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
+                for name, (url, key) in paths.items():
+                    counted = i >= WARMUP  # the first calls open connections and warm every process
+                    ms = await _timed(session, url, body, key, sent if counted else None)
+                    if counted:
+                        out[name].append(ms)
     return out
 
 
@@ -158,13 +160,16 @@ async def measure_back_to_back(
     worker's poll step, say) when the next one comes."""
     out: dict[str, list[float]] = {name: [] for name in paths}
     async with aiohttp.ClientSession() as session:
-        for start in range(0, n + WARMUP, block):
-            for name, (url, key) in paths.items():
-                for i in range(start, min(start + block, n + WARMUP)):
-                    body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"In a row {i}."}]})
-                    ms = await _timed(session, url, body, key)
-                    if i >= WARMUP:
-                        out[name].append(ms)
+        with collector_off():
+            for start in range(0, n + WARMUP, block):
+                for name, (url, key) in paths.items():
+                    for i in range(start, min(start + block, n + WARMUP)):
+                        body = orjson.dumps(
+                            {**CHAT, "messages": [{"role": "user", "content": f"In a row {i}."}]}
+                        )
+                        ms = await _timed(session, url, body, key)
+                        if i >= WARMUP:
+                            out[name].append(ms)
     return out
 
 
@@ -268,13 +273,15 @@ async def measure_load(
         # warm-up: connections opened, processes warm, and llm-router's learned in-flight limit for
         # the deployment grown from its cold start (10, x 1.5 per round of 1 s calls) to the load
         for name, (url, key) in paths.items():
-            await _open_loop(
-                session, url, key, rate, 3.0 if name == "direct" else warm_s, f"warm {name}", errors
-            )
+            with collector_off():
+                await _open_loop(
+                    session, url, key, rate, 3.0 if name == "direct" else warm_s, f"warm {name}", errors
+                )
         phases = max(int(seconds / phase_s), 1)
         for p in range(phases):
             for name, (url, key) in paths.items():
-                out[name] += await _open_loop(session, url, key, rate, phase_s, f"{name} {p}", errors)
+                with collector_off():  # it collects between phases, with nothing in flight
+                    out[name] += await _open_loop(session, url, key, rate, phase_s, f"{name} {p}", errors)
     for line in errors[:10]:
         print("load error:", line)
     print(f"load errors: {len(errors)}")

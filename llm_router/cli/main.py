@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from llm_router.contract import JOB_ID_RE
 from llm_router.errors import RouterError, WaitTimeout
+from llm_router.gc_tuning import tune_gc
 from llm_router.keys import DEFAULT_TENANT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -334,7 +335,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             rules.append(FaultRule.model_validate(fields))
         except ValidationError as exc:
             raise UsageError(f"--fault {text!r}: {exc.errors()[0]['msg']}") from None
-    serve_forever(config.model_copy(update={"rules": rules}), args.host, args.port)
+    config = config.model_copy(update={"rules": rules})
+    # a stand-in upstream that stops 100 ms for a full collection is no provider's: our collector
+    # settings, as the server and the worker have them
+    tune_gc()
+    serve_forever(config, args.host, args.port)
     return EXIT_OK
 
 
