@@ -48,7 +48,7 @@ async def measure(workers: int, n: int) -> dict[str, Any]:
     with RedisServer() as redis_server:
         sim_port = free_port()
         sim_url = f"http://127.0.0.1:{sim_port}"
-        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url)
+        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url, fast_lanes=False)
         env.update(LLM_ROUTER_QUEUE_NAME=QUEUE, LLM_ROUTER_LOG_LEVEL="WARNING")
         cli = [sys.executable, "-m", "llm_router.cli"]
         with process([*cli, "simulate", "--port", str(sim_port)], env, f"{sim_url}/_sim/calls"):

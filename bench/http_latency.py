@@ -298,7 +298,7 @@ async def _stack(
         sim_port, api_port = free_port(), free_port()
         sim_url, api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
         queue = "bench-http"
-        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url)
+        env = simulated_env(os.environ, redis_url=redis_server.url, sim_url=sim_url, fast_lanes=False)
         env.update(LLM_ROUTER_QUEUE_NAME=queue, LLM_ROUTER_LOG_LEVEL="WARNING")
         env.update({f"LLM_ROUTER_{name.upper()}": value for name, value in settings.items()})
         cli = [sys.executable, "-m", "llm_router.cli"]

@@ -132,7 +132,7 @@ async def one_run(
         with _process([*sim_args, "--latency-ms", f"{latency_ms},{latency_ms}"]) as sim:
             sim_url = f"http://127.0.0.1:{port}"
             await wait_for_simulator(sim_url)
-            env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
+            env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url, fast_lanes=False)
             env.update(
                 LLM_ROUTER_LOG_LEVEL="WARNING",
                 LLM_ROUTER_QUEUE_NAME=QUEUE,

@@ -30,13 +30,21 @@ SIM_LANES = {
 
 
 def simulated_env(
-    base: Mapping[str, str], *, redis_url: str, sim_url: str, keys: Mapping[str, str] | None = None
+    base: Mapping[str, str],
+    *,
+    redis_url: str,
+    sim_url: str,
+    keys: Mapping[str, str] | None = None,
+    fast_lanes: bool = True,
 ) -> dict[str, str]:
-    """``base`` without any real key or base-URL variable, plus the simulator's upstream and keys."""
+    """``base`` without any real key or base-URL variable, plus the simulator's upstream and keys.
+
+    ``fast_lanes=False`` leaves the batcher at its shipped pace: a benchmark of anything else measures
+    the fleet as it ships, not one whose batcher looks at Redis five times a second."""
     env = {k: v for k, v in base.items() if not k.endswith(_BLANKED_SUFFIXES) and k != "GOOGLE_API_KEY"}
     env.update(SIM_KEYS if keys is None else keys)
     env["REDIS_URL"] = redis_url
     env["LLM_ROUTER_UPSTREAM"] = sim_url
-    for name, value in SIM_LANES.items():
+    for name, value in SIM_LANES.items() if fast_lanes else ():
         env.setdefault(name, value)
     return env
