@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             info = await redis.info("server")
             results["redis_version"] = info["redis_version"]
             results["maxmemory_policy"] = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
-            env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url)
+            env = simulated_env(os.environ, redis_url=server.url, sim_url=sim_url, fast_lanes=False)
             env["LLM_ROUTER_LOG_LEVEL"] = "WARNING"
             try:
                 results["short"] = await one_kind(redis, server.url, env, tmp, args.jobs, SHORT, False)
