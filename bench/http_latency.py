@@ -173,6 +173,24 @@ async def measure_back_to_back(
     return out
 
 
+async def measure_sparse(paths: dict[str, tuple[str, str]], n: int, gap_s: float) -> dict[str, list[float]]:
+    """Each path's latencies (ms), one request every ``gap_s`` seconds, paths interleaved: a caller
+    that sends a request now and then (a person at a chat window), past every process' caches of
+    what a request reads before its submit (the key's tenant, 3 s; the tenant's policy, 5 s; the
+    workers' liveness, 1 s)."""
+    out: dict[str, list[float]] = {name: [] for name in paths}
+    async with aiohttp.ClientSession() as session:
+        with collector_off():
+            for i in range(n + 1):
+                body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Now and then {i}."}]})
+                for name, (url, key) in paths.items():
+                    ms = await _timed(session, url, body, key)
+                    if i >= 1:
+                        out[name].append(ms)
+                await asyncio.sleep(gap_s)
+    return out
+
+
 def _rows(latencies: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     direct = latencies["direct"]
     return {
@@ -318,7 +336,7 @@ async def _stack(
             )
 
 
-async def run(n: int) -> dict[str, Any]:
+async def run(n: int, sparse: int = 0, gap_s: float = 5.0) -> dict[str, Any]:
     async with _stack() as (redis_url, paths):
         sim_url = paths["direct"][0].removesuffix("/v1/chat/completions")
         with ExitStack() as stack:
@@ -330,6 +348,7 @@ async def run(n: int) -> dict[str, Any]:
             sent: list[tuple[str, float, float]] = []
             latencies = await measure(paths, n, sent)
             in_a_row = await measure_back_to_back(paths, n)
+            now_and_then = await measure_sparse(paths, sparse, gap_s) if sparse else {}
         spans = await breakdown(redis_url, sent)
     return {
         "date": datetime.now(UTC).isoformat(),
@@ -337,6 +356,8 @@ async def run(n: int) -> dict[str, Any]:
         "target": {"overhead_p50_ms": 2, "overhead_p99_ms": 5, "load_overhead_p99_ms": 10},
         "paths": _rows(latencies),
         "paths_back_to_back": _rows(in_a_row),
+        "paths_sparse": _rows(now_and_then) if now_and_then else {},
+        "sparse_gap_s": gap_s,
         "spans": spans,
     }
 
@@ -366,13 +387,18 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="requests per path")
     parser.add_argument("--load-rate", type=float, default=200, help="open-loop requests/s (0: skip)")
     parser.add_argument("--load-s", type=float, default=30, help="seconds of load per path")
+    parser.add_argument(
+        "--sparse", type=int, default=20, help="requests per path one every --gap-s (0: skip)"
+    )
+    parser.add_argument("--gap-s", type=float, default=5.0, help="seconds between the sparse requests")
     args = parser.parse_args()
-    results = uvloop.run(run(args.n))
+    results = uvloop.run(run(args.n, args.sparse, args.gap_s))
     table = Table(title=f"HTTP chat completion at low load ({args.n} requests each, one at a time)")
     for col in ("path", "p50 ms", "p99 ms", "overhead p50 ms", "overhead p99 ms"):
         table.add_column(col, justify="left" if col == "path" else "right")
     in_a_row = {f"{name}, 10 in a row": row for name, row in results["paths_back_to_back"].items()}
-    for name, row in {**results["paths"], **in_a_row}.items():
+    sparse = {f"{name}, one every {args.gap_s:g} s": row for name, row in results["paths_sparse"].items()}
+    for name, row in {**results["paths"], **in_a_row, **sparse}.items():
         table.add_row(
             name,
             f"{row['p50_ms']:.2f}",

@@ -138,17 +138,26 @@ class TenantPolicy:
         }
 
 
+# a tenant whose policy was read within this long has it read again ahead of its requests
+# (``TenantPolicies.refresh``)
+KEEP_FRESH_S = 600.0
+
+
 class TenantPolicies:
-    """Reads and writes tenants' policies; reads are cached ``cache_s`` seconds per process."""
+    """Reads and writes tenants' policies; reads are cached ``cache_s`` seconds per process, and a
+    process that calls ``refresh`` every so often (the HTTP server does) keeps the policies of the
+    tenants it served within ``KEEP_FRESH_S`` read ahead of their requests."""
 
     def __init__(self, redis: Redis, settings: Settings, *, cache_s: float = 5.0) -> None:
         self.redis = redis
         self.settings = settings
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, TenantPolicy]] = {}
+        self._asked: dict[str, float] = {}  # tenant -> when a caller last read its policy
 
     async def get(self, tenant: str) -> TenantPolicy:
         now = time.monotonic()
+        self._asked[tenant] = now
         hit = self._cache.get(tenant)
         if hit is not None and now - hit[0] < self.cache_s:
             return hit[1]
@@ -156,8 +165,34 @@ class TenantPolicies:
         policy = TenantPolicy(tenant, {k.decode(): v.decode() for k, v in raw.items()}, self.settings)
         if len(self._cache) > 10_000:  # many tenants: keep memory bounded
             self._cache.clear()
+            self._asked.clear()
+            self._asked[tenant] = now
         self._cache[tenant] = (now, policy)
         return policy
+
+    async def refresh(self) -> None:
+        """Read again, in one round trip, the cached policies of the tenants read within
+        ``KEEP_FRESH_S``: a tenant sending a request every few seconds found its policy stale every
+        time, and paid a round trip before its submit. A policy read meanwhile is left as it is (it
+        is newer than this read)."""
+        begun = time.monotonic()
+        for tenant, asked in list(self._asked.items()):
+            if begun - asked > KEEP_FRESH_S:
+                del self._asked[tenant]
+                self._cache.pop(tenant, None)
+        tenants = [t for t in self._asked if t in self._cache]
+        if not tenants:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.hgetall(tenant_policy_key(tenant))
+            raws = await pipe.execute()
+        for tenant, raw in zip(tenants, raws, strict=True):
+            hit = self._cache.get(tenant)
+            if hit is not None and hit[0] > begun:
+                continue
+            values = {k.decode(): v.decode() for k, v in raw.items()}
+            self._cache[tenant] = (begun, TenantPolicy(tenant, values, self.settings))
 
     async def set(self, tenant: str, values: dict[str, str]) -> TenantPolicy:
         """Set knobs (validated first: nothing is written when one is wrong); an empty value unsets."""

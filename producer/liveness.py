@@ -26,6 +26,10 @@ POLL_S = 0.1
 # worker's heartbeat outlives it by heartbeat_ttl_s (10 s) anyway, so this adds little staleness;
 # "nobody" is never remembered, so a fleet coming up is seen at once
 LIVE_FRESH_S = 1.0
+# a queue a request asked about within this long is kept counted by ``refresh`` (the server's
+# background task, ``producer.http.keep_fresh``): a caller sending one request every few seconds
+# found the count gone stale every time, and paid a round trip before its submit
+KEEP_FRESH_S = 600.0
 
 
 async def live_workers(redis: Redis, settings: Settings, queue: str) -> int:
@@ -55,10 +59,12 @@ class LiveWorkers:
         self.settings = settings
         self.fresh_s = fresh_s
         self._known: dict[str, tuple[int, float]] = {}  # queue -> (count, believed until)
+        self._asked: dict[str, float] = {}  # queue -> when a caller last asked
 
     async def count(self, queue: str) -> int:
         known = self._known.get(queue)
         now = time.monotonic()
+        self._asked[queue] = now
         if known is not None and now < known[1]:
             return known[0]
         live = await live_workers(self.redis, self.settings, queue)
@@ -67,3 +73,26 @@ class LiveWorkers:
         else:
             self._known.pop(queue, None)
         return live
+
+    async def refresh(self) -> None:
+        """Count again, in one round trip, the queues asked about within ``KEEP_FRESH_S``, so their
+        callers find a fresh count. A queue found served by nobody is forgotten: its next caller
+        asks, and waits out a heartbeat gap as ``live_workers`` does."""
+        begun = time.monotonic()
+        for queue, asked in list(self._asked.items()):
+            if begun - asked > KEEP_FRESH_S:
+                del self._asked[queue]
+        queues = [q for q in self._asked if q in self._known]
+        if not queues:
+            return
+        since = time.time() - self.settings.heartbeat_ttl_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcount(workers_key(queue), since, "+inf")
+            counts = await pipe.execute()
+        until = time.monotonic() + self.fresh_s
+        for queue, live in zip(queues, counts, strict=True):
+            if live:
+                self._known[queue] = (int(live), until)
+            else:
+                self._known.pop(queue, None)

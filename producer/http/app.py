@@ -68,6 +68,7 @@ from producer.http.auth import ApiKeys
 from producer.http.ended import EndedWaiter, is_outage, unavailable
 from producer.http.errors import error_response, with_job_id
 from producer.http.interactive import GONE, GoneWatch
+from producer.http.keep_fresh import KeepFresh
 from producer.http.protocol import run as serve
 from producer.http.redis_watch import RedisWatch
 from producer.producer import Producer
@@ -212,6 +213,7 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
     )
 
     later: list[asyncio.Task[None]] = []
+    fresh = KeepFresh()
     app["refused"] = []  # why the server refused to go on serving (see _check_when_reachable)
 
     async def startup(app: web.Application) -> None:
@@ -226,10 +228,16 @@ def build_app(settings: Settings, catalog: Catalog, *, redis: Redis | None = Non
             later.append(asyncio.create_task(_check_when_reachable(app, client, settings)))
         watch.start()
         await app["ended"].start()
+        # what every interactive request reads before its submit, read ahead of it (``keep_fresh``)
+        fresh.add("liveness", producer.liveness.fresh_s / 2, producer.liveness.refresh)
+        fresh.add("policies", producer.policies.cache_s / 2, producer.policies.refresh)
+        if app["api_keys"] is not None:
+            fresh.add("api-keys", app["api_keys"].cache_ttl_s / 2, app["api_keys"].refresh)
 
     async def cleanup(app: web.Application) -> None:
         for task in later:
             task.cancel()
+        await fresh.close()
         await app["ended"].close()
         await app[GONE].close()
         await watch.close()

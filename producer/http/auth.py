@@ -5,7 +5,9 @@ keeps only its SHA-256 (hex) in the hash ``APIKEYS_KEY`` (hash → tenant) and, 
 ``APIKEY_META_KEY``, a short prefix and creation time so ``keys list`` and ``keys revoke`` can name a key
 without holding it. An optional YAML file (``api_keys_file``: ``{key: tenant}``) adds keys read at start;
 they are hashed on load too. The server caches lookups for ``CACHE_TTL_S`` so a revoked key stops working
-within that long, and a hot key costs no Redis round trip per request.
+within that long, and a hot key costs no Redis round trip per request; the server's background task
+(``producer.http.keep_fresh``) looks the keys used within ``KEEP_FRESH_S`` up again before they go
+stale (``ApiKeys.refresh``), so a key sending one request every few seconds costs none either.
 
 **Admin keys** open the dashboard (``/dashboard``): a key created with ``keys create TENANT --admin``
 (its hash is also in ``APIKEY_ADMINS_KEY``), or any key of a tenant listed in
@@ -32,6 +34,7 @@ KEY_PREFIX = "lr-"
 SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 6  # what `keys list` shows: enough to tell keys apart, useless to use
 CACHE_TTL_S = 3.0
 CACHE_MAX = 10_000
+KEEP_FRESH_S = 600.0  # a key used within this long is looked up again ahead of its requests
 TENANT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
@@ -71,7 +74,9 @@ class ApiKeys:
         self._file_prefixes: dict[str, str] = {}
         if keys_file is not None:
             self._load_file(keys_file)
-        self._cache: dict[str, tuple[str, float]] = {}
+        self.cache_ttl_s = CACHE_TTL_S
+        self._cache: dict[str, tuple[str, float]] = {}  # hash → (tenant, believed until)
+        self._used: dict[str, float] = {}  # hash → when a request last sent the key
 
     def _load_file(self, path: Path) -> None:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -176,6 +181,7 @@ class ApiKeys:
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
+            self._used[digest] = now
             return hit[0]
         tenant = self._file.get(digest)
         if tenant is None:
@@ -186,8 +192,33 @@ class ApiKeys:
             raise InvalidApiKey("invalid API key")
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
-        self._cache[digest] = (tenant, now + CACHE_TTL_S)
+            self._used.clear()
+        self._cache[digest] = (tenant, now + self.cache_ttl_s)
+        self._used[digest] = now
         return tenant
+
+    async def refresh(self) -> None:
+        """Look up again, in one round trip, the cached keys used within ``KEEP_FRESH_S``: each is
+        believed ``cache_ttl_s`` more, and one revoked meanwhile is forgotten (refused from its next
+        request). A key looked up meanwhile is left as it is (that lookup is newer)."""
+        begun = time.monotonic()
+        for digest, used in list(self._used.items()):
+            if begun - used > KEEP_FRESH_S:
+                del self._used[digest]
+                self._cache.pop(digest, None)
+        digests = [d for d in self._used if d in self._cache and d not in self._file]
+        if not digests:
+            return
+        tenants = await self.redis.hmget(APIKEYS_KEY, digests)
+        until = begun + self.cache_ttl_s
+        for digest, raw in zip(digests, tenants, strict=True):
+            hit = self._cache.get(digest)
+            if hit is None or hit[1] > until:
+                continue  # forgotten, or looked up since this read began
+            if raw is None:
+                self._cache.pop(digest, None)  # revoked
+            else:
+                self._cache[digest] = (raw.decode(), until)
 
     async def is_admin(self, key: str | None) -> bool:
         """Whether ``key`` is a valid admin key (see the module docstring)."""
