@@ -138,15 +138,10 @@ class TenantPolicy:
         }
 
 
-# a tenant whose policy was read within this long has it read again ahead of its requests
-# (``TenantPolicies.refresh``)
-KEEP_FRESH_S = 600.0
-
-
 class TenantPolicies:
     """Reads and writes tenants' policies; reads are cached ``cache_s`` seconds per process, and a
     process that calls ``refresh`` every so often (the HTTP server does) keeps the policies of the
-    tenants it served within ``KEEP_FRESH_S`` read ahead of their requests."""
+    tenants it served lately read ahead of their requests."""
 
     def __init__(self, redis: Redis, settings: Settings, *, cache_s: float = 5.0) -> None:
         self.redis = redis
@@ -170,14 +165,14 @@ class TenantPolicies:
         self._cache[tenant] = (now, policy)
         return policy
 
-    async def refresh(self) -> None:
+    async def refresh(self, within_s: float) -> None:
         """Read again, in one round trip, the cached policies of the tenants read within
-        ``KEEP_FRESH_S``: a tenant sending a request every few seconds found its policy stale every
+        ``within_s``: a tenant sending a request every few seconds found its policy stale every
         time, and paid a round trip before its submit. A policy read meanwhile is left as it is (it
         is newer than this read)."""
         begun = time.monotonic()
         for tenant, asked in list(self._asked.items()):
-            if begun - asked > KEEP_FRESH_S:
+            if begun - asked > within_s:
                 del self._asked[tenant]
                 self._cache.pop(tenant, None)
         tenants = [t for t in self._asked if t in self._cache]

@@ -26,10 +26,6 @@ POLL_S = 0.1
 # worker's heartbeat outlives it by heartbeat_ttl_s (10 s) anyway, so this adds little staleness;
 # "nobody" is never remembered, so a fleet coming up is seen at once
 LIVE_FRESH_S = 1.0
-# a queue a request asked about within this long is kept counted by ``refresh`` (the server's
-# background task, ``producer.http.keep_fresh``): a caller sending one request every few seconds
-# found the count gone stale every time, and paid a round trip before its submit
-KEEP_FRESH_S = 600.0
 
 
 async def live_workers(redis: Redis, settings: Settings, queue: str) -> int:
@@ -74,13 +70,15 @@ class LiveWorkers:
             self._known.pop(queue, None)
         return live
 
-    async def refresh(self) -> None:
-        """Count again, in one round trip, the queues asked about within ``KEEP_FRESH_S``, so their
-        callers find a fresh count. A queue found served by nobody is forgotten: its next caller
-        asks, and waits out a heartbeat gap as ``live_workers`` does."""
+    async def refresh(self, within_s: float) -> None:
+        """Count again, in one round trip, the queues asked about within ``within_s``, so their
+        callers find a fresh count (the HTTP server's ``keep_fresh``: a caller sending a request
+        every few seconds found the count stale every time, and paid a round trip before its
+        submit). A queue found served by nobody is forgotten: its next caller asks, and waits out a
+        heartbeat gap as ``live_workers`` does."""
         begun = time.monotonic()
         for queue, asked in list(self._asked.items()):
-            if begun - asked > KEEP_FRESH_S:
+            if begun - asked > within_s:
                 del self._asked[queue]
         queues = [q for q in self._asked if q in self._known]
         if not queues:

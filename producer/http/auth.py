@@ -6,8 +6,8 @@ keeps only its SHA-256 (hex) in the hash ``APIKEYS_KEY`` (hash → tenant) and, 
 without holding it. An optional YAML file (``api_keys_file``: ``{key: tenant}``) adds keys read at start;
 they are hashed on load too. The server caches lookups for ``CACHE_TTL_S`` so a revoked key stops working
 within that long, and a hot key costs no Redis round trip per request; the server's background task
-(``producer.http.keep_fresh``) looks the keys used within ``KEEP_FRESH_S`` up again before they go
-stale (``ApiKeys.refresh``), so a key sending one request every few seconds costs none either.
+(``producer.http.keep_fresh``) looks the keys used lately up again before they go stale
+(``ApiKeys.refresh``), so a key sending one request every few seconds costs none either.
 
 **Admin keys** open the dashboard (``/dashboard``): a key created with ``keys create TENANT --admin``
 (its hash is also in ``APIKEY_ADMINS_KEY``), or any key of a tenant listed in
@@ -34,7 +34,6 @@ KEY_PREFIX = "lr-"
 SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 6  # what `keys list` shows: enough to tell keys apart, useless to use
 CACHE_TTL_S = 3.0
 CACHE_MAX = 10_000
-KEEP_FRESH_S = 600.0  # a key used within this long is looked up again ahead of its requests
 TENANT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
@@ -66,7 +65,12 @@ class ApiKeys:
     """Create, list, revoke and look up keys; one instance per process (it holds the lookup cache)."""
 
     def __init__(
-        self, redis: Redis, *, keys_file: Path | None = None, admin_tenants: frozenset[str] = frozenset()
+        self,
+        redis: Redis,
+        *,
+        keys_file: Path | None = None,
+        admin_tenants: frozenset[str] = frozenset(),
+        cache_ttl_s: float = CACHE_TTL_S,
     ) -> None:
         self.redis = redis
         self.admin_tenants = admin_tenants
@@ -74,7 +78,7 @@ class ApiKeys:
         self._file_prefixes: dict[str, str] = {}
         if keys_file is not None:
             self._load_file(keys_file)
-        self.cache_ttl_s = CACHE_TTL_S
+        self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[str, float]] = {}  # hash → (tenant, believed until)
         self._used: dict[str, float] = {}  # hash → when a request last sent the key
 
@@ -197,13 +201,13 @@ class ApiKeys:
         self._used[digest] = now
         return tenant
 
-    async def refresh(self) -> None:
-        """Look up again, in one round trip, the cached keys used within ``KEEP_FRESH_S``: each is
+    async def refresh(self, within_s: float) -> None:
+        """Look up again, in one round trip, the cached keys used within ``within_s``: each is
         believed ``cache_ttl_s`` more, and one revoked meanwhile is forgotten (refused from its next
         request). A key looked up meanwhile is left as it is (that lookup is newer)."""
         begun = time.monotonic()
         for digest, used in list(self._used.items()):
-            if begun - used > KEEP_FRESH_S:
+            if begun - used > within_s:
                 del self._used[digest]
                 self._cache.pop(digest, None)
         digests = [d for d in self._used if d in self._cache and d not in self._file]

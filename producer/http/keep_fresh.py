@@ -22,6 +22,11 @@ from redis.exceptions import RedisError
 
 log = structlog.get_logger("producer.http.keep_fresh")
 
+# what a request used within this long is read ahead of its next one; past it, it is forgotten
+WITHIN_S = 600.0
+
+Refresh = Callable[[float], Awaitable[None]]  # a cache's ``refresh(within_s)``
+
 
 class KeepFresh:
     """The refresh tasks of a server process: ``add`` each cache, ``close`` at shutdown."""
@@ -29,7 +34,7 @@ class KeepFresh:
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(self, name: str, every_s: float, refresh: Callable[[], Awaitable[None]]) -> None:
+    def add(self, name: str, every_s: float, refresh: Refresh) -> None:
         self._tasks.append(asyncio.create_task(_every(name, every_s, refresh), name=f"keep-fresh-{name}"))
 
     async def close(self) -> None:
@@ -41,11 +46,11 @@ class KeepFresh:
         self._tasks.clear()
 
 
-async def _every(name: str, every_s: float, refresh: Callable[[], Awaitable[None]]) -> None:
+async def _every(name: str, every_s: float, refresh: Refresh) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            await refresh()
+            await refresh(WITHIN_S)
         except (RedisError, OSError) as exc:  # Redis away: the entries expire, requests read them
             log.debug("not refreshed", cache=name, error=repr(exc))
         except Exception:  # a bug here must not stop the refreshing for good

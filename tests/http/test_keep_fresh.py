@@ -21,7 +21,7 @@ from llm_router.keys import workers_key
 from llm_router.tenants import TenantPolicies
 from llm_router.testing.redis_server import RedisServer
 from producer.http.auth import ApiKeys
-from producer.http.keep_fresh import KeepFresh
+from producer.http.keep_fresh import WITHIN_S, KeepFresh
 from producer.liveness import LiveWorkers
 
 TTL_S = 1.0
@@ -66,8 +66,7 @@ async def refreshed_then_read(
 
 
 async def test_a_refreshed_key_costs_its_request_no_round_trip(own_redis: Redis) -> None:
-    keys = ApiKeys(own_redis)
-    keys.cache_ttl_s = TTL_S
+    keys = ApiKeys(own_redis, cache_ttl_s=TTL_S)
     key = await keys.create("acme")
     assert await keys.tenant_for(key) == "acme"
     # stale, not refreshed: the request looks the key up (what every sparse caller paid)
@@ -76,18 +75,19 @@ async def test_a_refreshed_key_costs_its_request_no_round_trip(own_redis: Redis)
     assert await keys.tenant_for(key) == "acme"
     assert await calls(own_redis, "hget") == before + 1
     # refreshed before it went stale: no lookup of its own
-    tenant, lookups = await refreshed_then_read(lambda: keys.tenant_for(key), keys.refresh, own_redis, "hget")
+    tenant, lookups = await refreshed_then_read(
+        lambda: keys.tenant_for(key), lambda: keys.refresh(WITHIN_S), own_redis, "hget"
+    )
     assert (tenant, lookups) == ("acme", 0)
 
 
 async def test_a_key_revoked_is_refused_once_a_refresh_saw_it(own_redis: Redis) -> None:
-    keys = ApiKeys(own_redis)
-    keys.cache_ttl_s = 60.0  # only the refresh can tell
+    keys = ApiKeys(own_redis, cache_ttl_s=60.0)  # only the refresh can tell
     key = await keys.create("acme")
     assert await keys.tenant_for(key) == "acme"
     await ApiKeys(own_redis).revoke(key[:9])  # another process: the CLI, the dashboard
     assert await keys.tenant_for(key) == "acme"  # cached, as before
-    await keys.refresh()
+    await keys.refresh(WITHIN_S)
     with pytest.raises(InvalidApiKey):
         await keys.tenant_for(key)
 
@@ -105,7 +105,7 @@ async def test_a_refreshed_policy_costs_its_request_no_round_trip(own_redis: Red
 
     async def set_then_refresh() -> None:  # set elsewhere, then refreshed here
         await elsewhere.set("acme", {"max_queued": "9"})
-        await policies.refresh()
+        await policies.refresh(WITHIN_S)
 
     policy, reads = await refreshed_then_read(
         lambda: policies.get("acme"), set_then_refresh, own_redis, "hgetall"
@@ -122,7 +122,7 @@ async def test_a_refreshed_worker_count_costs_its_request_no_round_trip(own_redi
 
     async def another_then_refresh() -> None:
         await own_redis.zadd(workers_key(queue), {"worker-2": time.time()})
-        await live.refresh()
+        await live.refresh(WITHIN_S)
 
     count, reads = await refreshed_then_read(
         lambda: live.count(queue), another_then_refresh, own_redis, "zcount"
@@ -130,14 +130,15 @@ async def test_a_refreshed_worker_count_costs_its_request_no_round_trip(own_redi
     assert (count, reads) == (2, 0)
     # the fleet gone: forgotten, and the next caller asks (and is told nobody serves the queue)
     await own_redis.delete(workers_key(queue))
-    await live.refresh()
+    await live.refresh(WITHIN_S)
     assert await live.count(queue) == 0
 
 
 async def test_keep_fresh_refreshes_on_its_own_and_outlives_a_failing_refresh() -> None:
     seen: list[float] = []
 
-    async def refresh() -> None:
+    async def refresh(within_s: float) -> None:
+        assert within_s == WITHIN_S
         seen.append(time.monotonic())
         if len(seen) == 1:
             raise ConnectionError("Redis away")  # an OSError: logged, and the task goes on
