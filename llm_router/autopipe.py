@@ -22,9 +22,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_router.deadlines import Deadlines
 from llm_router.redis_checks import write_refusal
 
 try:
@@ -45,6 +47,7 @@ class AutoPipeline:
         self._sender: asyncio.Task[None] | None = None
         self._conn: Any = None  # the connection the sender holds between batches
         self._loading: dict[str, asyncio.Future[Any]] = {}  # script sha → its SCRIPT LOAD's reply
+        self._deadlines = Deadlines()  # a batch's bound: one loop timer per tick, not per batch
 
     async def call(self, packed: bytes) -> Any:
         """Send one packed command and return its reply (a Redis error reply is raised)."""
@@ -97,7 +100,7 @@ class AutoPipeline:
         if conn is None:
             try:
                 # a new connection's handshake waits on Redis too: bounded like the exchange
-                async with asyncio.timeout(self.timeout_s):
+                async with self._deadlines.after(self.timeout_s):
                     conn = await pool.get_connection()
             except TimeoutError:
                 _fail(batch, RedisTimeoutError(f"no connection to Redis within {self.timeout_s} s"))
@@ -109,7 +112,7 @@ class AutoPipeline:
                 return
             self._conn = conn
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with self._deadlines.after(self.timeout_s):
                 refused = await _exchange(conn, batch, replied)
         except TimeoutError:
             await self._drop(conn)
@@ -144,12 +147,16 @@ async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], r
     said this Redis refuses writes (the connection is then let go)."""
     await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
     refused = False
+    # the parser's own read: the connection's ``read_response`` sets a timer per reply (its socket
+    # timeout), and the batch's deadline bounds them all already
+    parser = conn._parser
     for _, future in batch:
         try:
-            reply: Any = await conn.read_response()
-        except ResponseError as exc:  # an error reply: that command's, the stream stays in step
-            reply = exc
-            refused = refused or write_refusal(exc) is not None
+            reply: Any = await parser.read_response()
+        except OSError as exc:
+            raise RedisConnectionError(f"error reading from Redis: {exc!r}") from exc
+        if isinstance(reply, ResponseError):  # an error reply: that command's, the stream stays in step
+            refused = refused or write_refusal(reply) is not None
         replied[0] += 1
         if future.done():  # its task was cancelled; the command ran all the same
             continue

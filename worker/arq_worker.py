@@ -40,6 +40,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_router.deadlines import Deadlines
 from llm_router.errors import JobCancelled, RedisUnusable
 from llm_router.keys import hand_channel, wake_channel
 from llm_router.redis_checks import write_refusal
@@ -83,6 +84,7 @@ class LeasedWorker(Worker):
         self._unstart: Callable[[str, Started, str], Awaitable[UnstartReply]] | None = None
         self._outage_s = 0.0
         self._next_abort_check = 0.0
+        self._deadlines = Deadlines()  # the job timeouts of a thousand runs on a few loop timers
         # when to claim: a wake-up arrived, or slots freed behind a claim that had filled them all
         self._wakeup = asyncio.Event()
         # a wake-up published (a submit, a job put back): claimed at once, even within a step; freed
@@ -242,7 +244,7 @@ class LeasedWorker(Worker):
         self.job_tasks[job_id] = task  # where arq's abort check finds it
         done, due_ms, released = True, None, False
         try:
-            async with asyncio.timeout(self.job_timeout_s):
+            async with self._deadlines.after(self.job_timeout_s):
                 released = await self._run(job_id, started)
             self.jobs_complete += 1
         except Retry as exc:

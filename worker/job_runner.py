@@ -38,6 +38,7 @@ from llm_router.circuit_breaker import (
     breaker_report,
 )
 from llm_router.contract import JobStatus, new_attempt
+from llm_router.deadlines import Deadlines
 from llm_router.errors import (
     DeadlineExceeded,
     JobCancelled,
@@ -103,6 +104,7 @@ class JobRunner:
             reverse=True,
         )
         self._run_budget_s = max(settings.job_timeout_s - RUN_MARGIN_S, 1.0)
+        self._deadlines = Deadlines()  # a thousand walks' bounds on a few loop timers
         self.routing_key, self.routing_table = routing_table(catalog, settings)
         self.policies = {
             d.id: Policy.for_deployment(d, settings) for m in catalog.models for d in catalog.deployments(m)
@@ -345,7 +347,7 @@ class JobRunner:
                 DeadlineExceeded("the job's deadline passed before it could run"), walk.attempts
             )
         try:
-            async with asyncio.timeout(min(left, self._run_budget_s)):
+            async with self._deadlines.after(min(left, self._run_budget_s)):
                 return await walk.run()
         except TimeoutError:
             if time.time() < walk.deadline_at - 0.05:

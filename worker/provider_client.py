@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp.resolver import DefaultResolver
 
 from config.settings import Settings
+from llm_router.deadlines import Deadlines
 from llm_router.errors import BadResponse, RouterError, UpstreamConnectionError, UpstreamTimeout
 from worker.http import Timeouts, without_location
 from worker.http11 import Client, ConnectTimeout, HeadersTimeout, HTTPError, Target
@@ -49,6 +50,7 @@ class ProviderClient:
             dns_ttl_s=DNS_TTL_S,
         )
         self._targets: dict[tuple[str, str], Target] = {}
+        self._deadlines = Deadlines()  # the calls' bounds: one loop timer per tick, not per call
 
     async def send(
         self, call: HttpCall, limits: Timeouts, *, deadline_at: float
@@ -62,7 +64,7 @@ class ProviderClient:
         try:
             target = self._target(call.method, call.url)
             lines = _header_lines(call.headers)
-            async with asyncio.timeout(total):
+            async with self._deadlines.after(total):
                 resp = await self.client.post(
                     target,
                     lines,
