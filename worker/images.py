@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import contextvars
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -57,12 +56,26 @@ _CHUNK = 64 * 1024
 
 
 class _Scope:
-    """One job's hold on the worker's image memory: the slot it took, if it fetched."""
+    """One job's hold on the worker's image memory: the slot it took, if it fetched; given back
+    when the job's ``with`` ends. A class, not a generator: each job of a wide worker enters one."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("_slots", "_token", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, slots: asyncio.Semaphore) -> None:
         self.slot = False
+        self._slots = slots
+        self._token: contextvars.Token[_Scope | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _SCOPE.reset(self._token)
+            self._token = None
+        if self.slot:
+            self.slot = False
+            self._slots.release()
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("image_scope", default=None)
@@ -115,17 +128,10 @@ class ImageFetcher:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(max(settings.image_inline_jobs, 1))
 
-    @contextlib.asynccontextmanager
-    async def scope(self) -> AsyncIterator[None]:
-        """One job's run: the memory slot its fetched images take is given back when it ends."""
-        held = _Scope()
-        token = _SCOPE.set(held)
-        try:
-            yield
-        finally:
-            _SCOPE.reset(token)
-            if held.slot:
-                self._slots.release()
+    def scope(self) -> _Scope:
+        """One job's run (``with fetcher.scope():``): the memory slot its fetched images take is
+        given back when it ends."""
+        return _Scope(self._slots)
 
     async def inline(self, request: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``request`` whose http(s) image URLs are data URIs; data URIs pass through."""

@@ -272,7 +272,7 @@ class JobRunner:
         )
         self.slots[job_id] = walk.held
         try:
-            async with self.images.scope():  # its fetched images are let go with the walk
+            with self.images.scope():  # its fetched images are let go with the walk
                 result = await self._bounded_walk(walk, now)
         except RunBudgetSpent:
             back = {"status": JobStatus.QUEUED, "attempts": attempts}

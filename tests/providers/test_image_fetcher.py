@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 
@@ -166,3 +167,28 @@ async def test_the_allowlist_setting_lets_a_private_network_through(server: str)
     out = await fetcher.inline(_request(f"{server}/cat.png"))
     await fetcher.close()
     assert out["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+async def test_a_jobs_image_memory_slot_is_held_for_its_run_and_given_back_when_it_ends(server: str) -> None:
+    """``image_inline_jobs`` 1: the job fetching holds the one slot until its scope ends; the next
+    job's fetch waits for it, then takes it; a job without images never waits."""
+    fetcher = ImageFetcher(_settings(image_fetch_allow_private=True, image_inline_jobs=1))
+    request = _request(f"{server}/cat.png")
+    first = fetcher.scope()
+    with first:
+        await fetcher.inline(request)
+        assert first.slot
+
+        async def second() -> None:
+            with fetcher.scope():
+                await fetcher.inline(request)
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the one slot is the first job's
+        with fetcher.scope():  # text only: no slot asked
+            assert await fetcher.inline({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    await asyncio.wait_for(waiting, 5)  # the first job's scope ended: its slot went to the second
+    with fetcher.scope():
+        await asyncio.wait_for(fetcher.inline(request), 5)  # and came back when the second's ended
+    await fetcher.close()
