@@ -54,7 +54,7 @@ SETTLE_LUA = (
 -- rest of its reservation, count its usage, free its queue slot, tell a waiter and its parent,
 -- and make its webhook (if any) due.
 -- `settle` is {cost = nanos, model = id, prompt = tokens, completion = tokens}.
-local function job_ended(record, job_id, status, settle, usage_ttl, summary, now)
+local function job_ended(record, job_id, status, settle, usage_ttl, summary, now, request_joined)
   local r = redis.call('HMGET', record, 'tenant', 'reserved', 'metered', 'parent', 'model_requested',
                        'webhook', 'notify')
   local tenant, reserved, metered, parent = r[1] or 'default', r[2] or '0', r[3], r[4]
@@ -88,7 +88,7 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
     -- ended record is what it was before there was one
     redis.call('HDEL', record, 'notify')
     local fields = redis.call('HGETALL', record)
-    fields[#fields + 1] = redis.call('GET', REQUEST .. job_id) or ''
+    fields[#fields + 1] = (not request_joined and redis.call('GET', REQUEST .. job_id)) or ''
     local size = 0
     for i = 1, #fields do size = size + #fields[i] end
     if size <= NOTIFY_MAX_BYTES then

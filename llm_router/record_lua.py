@@ -69,9 +69,9 @@ end
 -- once none waits) is made due, and one wake-up tells the queue's workers
 local handing = redis.call('EXISTS', queue .. ':idle') == 1
 if handing then
-  for _, band in ipairs(HAND_BANDS) do
-    if redis.call('EXISTS', queue .. ':tenants:' .. band) == 1 then handing = false break end
-  end
+  local bands = {}
+  for i, band in ipairs(HAND_BANDS) do bands[i] = queue .. ':tenants:' .. band end
+  handing = redis.call('EXISTS', unpack(bands)) == 0
 end
 
 local failure = nil
@@ -115,7 +115,11 @@ for i = 1, #KEYS do
       for j = first, a - 1, 2 do
         if ARGV[j] == 'lane' and (ARGV[j + 1] == 'batch' or ARGV[j + 1] == 'auto') then handing = false end
       end
-      if handing then handing = hand_job(queue, record, job_id) end
+      if handing then
+        local fresh = {request = request}
+        for j = 1, #fields, 2 do fresh[fields[j]] = fields[j + 1] end
+        handing = hand_job(queue, record, job_id, fresh)
+      end
       if handing then code = 2 end
     end
     if code == 1 then
@@ -154,17 +158,29 @@ return out
 # ``start_job`` marks a job running and admits its route's first deployment.  Returns false (no
 # record), or name/value pairs: just `status` for a job that already ended, else what the worker needs
 # (see ``store.Started``).  It needs ``BREAKER_LUA`` before it.  Two scripts run it: START_LUA, and the
-# worker's claim, which starts the jobs it leases in the same step (``worker.claims``).
+# worker's claim, which starts the jobs it leases in the same step (``worker.claims``). ``fresh``
+# (the submit's hand-off): the record this very script just wrote, as a table of its fields (and
+# ``request``), and the Redis time in ms: nothing to read back, and its first run's fields go in
+# with the status in one write.
 START_JOB_LUA = """
-local function start_job(record, job_id, now, worker_id, routing_key, probe_lease_ms, slot_lease_ms)
-  local status = redis.call('HGET', record, 'status')
-  if not status then return false end
-  if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
-  local v = redis.call('HMGET', record, 'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight',
-                       'worker', 'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge',
-                       'lane', 'tenant', 'traceparent', 'created_at', 'started_at')
+local START_FIELDS = {'request', 'route', 'deadline_at', 'attempts', 'passes', 'inflight', 'worker',
+                      'cache_key', 'parent', 'cancel_requested', 'est_tokens', 'queue', 'hedge', 'lane',
+                      'tenant', 'traceparent', 'created_at', 'started_at'}
+
+local function start_job(record, job_id, now, worker_id, routing_key, probe_lease_ms, slot_lease_ms, fresh,
+                         fresh_now_ms)
+  local status, v
+  if fresh then
+    status, v = 'queued', {}
+    for i, name in ipairs(START_FIELDS) do v[i] = fresh[name] or false end
+  else
+    status = redis.call('HGET', record, 'status')
+    if not status then return false end
+    if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'status', status} end
+    v = redis.call('HMGET', record, unpack(START_FIELDS))
+    v[1] = redis.call('GET', REQUEST .. job_id) or v[1]  -- its own key (a record of before: a field)
+  end
   local request, route, deadline_at, attempts, passes, inflight = v[1], v[2], v[3], v[4], v[5], v[6]
-  request = redis.call('GET', REQUEST .. job_id) or request  -- its own key (a record of before: a field)
   local previous_worker, cache_key, parent, cancel_requested = v[7], v[8], v[9], v[10]
   local est_tokens = tonumber(v[11] or '0')
   local lost_runs = 0
@@ -192,10 +208,16 @@ local function start_job(record, job_id, now, worker_id, routing_key, probe_leas
     redis.call('HSET', record, 'attempts', attempts)
     redis.call('HDEL', record, 'inflight')
   end
-  redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
-  redis.call('HSETNX', record, 'started_at', now)
-  local runs = redis.call('HINCRBY', record, 'runs', 1)
-  local redis_now = now_ms()
+  local runs, redis_now
+  if fresh then
+    runs, redis_now = 1, fresh_now_ms
+    redis.call('HSET', record, 'status', 'running', 'worker', worker_id, 'started_at', now, 'runs', 1)
+  else
+    redis.call('HSET', record, 'status', 'running', 'worker', worker_id)
+    redis.call('HSETNX', record, 'started_at', now)
+    runs = redis.call('HINCRBY', record, 'runs', 1)
+    redis_now = now_ms()
+  end
   local cached = ''
   if cache_key then cached = redis.call('GET', CACHE .. cache_key) or '' end  -- the key names the tenant
   local admissions, chosen = {}, nil
@@ -249,7 +271,7 @@ HAND_LUA = (
     + ", ".join(f"'{b}'" for b in PRIORITIES)
     + f"}}\nlocal HAND_MAX_REQUEST = {HAND_MAX_REQUEST}\n"
     + r"""
-local function hand_job(queue, record, job_id)
+local function hand_job(queue, record, job_id, fresh)
   local idle = queue .. ':idle'
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -277,7 +299,7 @@ local function hand_job(queue, record, job_id)
       redis.call('PEXPIRE', handed, lease_ms)
       local payload = '0'  -- not started here: the worker starts it itself
       local ok, reply = pcall(start_job, record, job_id, t[1] .. '.' .. string.format('%06d', t[2]), worker,
-                              w[2], w[3], tonumber(w[4]))
+                              w[2], w[3], tonumber(w[4]), fresh, now)
       if ok and reply then
         -- by name: the worker reads a JSON object as it is (``Started.from_json``); a flat list
         -- had to be turned back into the script's RESP reply first, most of the worker's reading
@@ -402,9 +424,14 @@ if not status then out[1] = -2 return out end
 -- (KEYS[3]); one sent back to `now` is not (-3), so exactly one of the two answers is kept
 if KEYS[3] and redis.call('HDEL', KEYS[3], job_id) == 0 then out[1] = -3 return out end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return out end
-if field_count > 0 then redis.call('HSET', record, unpack(ARGV, FIELDS, REPORTS - 1)) end
+local ended = status
+if field_count > 0 then
+  redis.call('HSET', record, unpack(ARGV, FIELDS, REPORTS - 1))
+  for i = FIELDS, REPORTS - 1, 2 do
+    if ARGV[i] == 'status' then ended = ARGV[i + 1] end  -- what the write made it: no read back
+  end
+end
 redis.call('HDEL', record, 'inflight')
-local ended = redis.call('HGET', record, 'status')
 if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   -- an ended job is kept the record TTL from now; an unfinished one keeps the TTL it got at submit
   -- (its deadline plus the record TTL), which a deferral must not shorten
@@ -418,7 +445,7 @@ if ended == 'succeeded' or ended == 'failed' or ended == 'cancelled' then
   end
   local settle = {}
   if settlement ~= '' then settle = cjson.decode(settlement) end
-  job_ended(record, job_id, ended, settle, usage_ttl_s, summary, now)
+  job_ended(record, job_id, ended, settle, usage_ttl_s, summary, now, true)  -- the request is in the record
   if ended == 'succeeded' then
     local c = redis.call('HMGET', record, 'cache_key', 'cache_ttl', 'cached', 'no_cache')
     local cache_key, cache_ttl, cached, no_cache = c[1], c[2], c[3], c[4]

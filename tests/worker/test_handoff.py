@@ -132,6 +132,11 @@ async def test_a_job_submitted_to_an_empty_queue_goes_to_the_waiting_worker_star
     assert isinstance(handed.started, Started) and isinstance(by_start, Started)
     clocks = {"redis_now_ms": 0, "first_started_at": None, "created_at": None}
     assert replace(handed.started, **clocks) == replace(by_start, **clocks)
+    # and the record it leaves is the twin's (the hand-off writes a new job's run in one step)
+    mine, twins = await bare.hgetall(record_key("t/j1")), await bare.hgetall(record_key("t/twin"))
+    differ = {k for k in mine.keys() | twins.keys() if mine.get(k) != twins.get(k)}
+    assert differ == {b"started_at"}, differ
+    assert mine[b"runs"] == b"1" and float(mine[b"started_at"]) >= before
     assert handed.started.request == REQUEST and list(handed.started.admissions) == ["a"]
     if extra:
         assert handed.started.hedge_ms == 250 and handed.started.traceparent == RICH["traceparent"]
