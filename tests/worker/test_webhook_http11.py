@@ -224,7 +224,9 @@ async def test_tls_checks_the_certificate(tmp_path: Path) -> None:
 async def test_the_sender_guards_names_and_literals_and_bounds_time() -> None:
     hangs = await Server(lambda _r, _n: None).start()
     allowed = Sender(Settings(_env_file=None, webhook_allow="127.0.0.1/32", webhook_timeout_s=0.3))
-    strict = Sender(Settings(_env_file=None, webhook_timeout_s=0.3))
+    # refusals do not wait on the timeout: a long one, so that a busy machine's first name lookup
+    # (a thread started for getaddrinfo: 0.5 s in a CI run) is not taken for a silent server
+    strict = Sender(Settings(_env_file=None, webhook_timeout_s=10))
     try:
         by_name = await strict.post(f"http://localhost:{hangs.port}/h", b"{}", {})
         assert by_name.refused and "private or internal" in (by_name.error or "")
