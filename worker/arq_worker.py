@@ -45,6 +45,7 @@ from llm_router.errors import JobCancelled, RedisUnusable
 from llm_router.keys import hand_channel, wake_channel
 from llm_router.redis_checks import write_refusal
 from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store, UnstartReply
+from llm_router.subscription import Subscription
 from worker import observe
 from worker.claims import Claims, Handed
 
@@ -60,7 +61,6 @@ NOTHING_PAID = Settlement(cost_nanos=0, model="", prompt_tokens=0, completion_to
 # frozen holds that many until their leases lapse, and near the end of them the worker claims again
 HAND_SLOTS = 4
 TAKEN_BACK_KEPT = 1024  # lost hand-offs remembered, so that their message, should it come, is ignored
-LISTEN_TIMEOUT_S = 30.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -168,30 +168,33 @@ class LeasedWorker(Worker):
         delay = 0.1
         while True:
             pubsub = self._store.redis.pubsub()
+            sub: Subscription | None = None
             try:
                 await pubsub.subscribe(wake_channel(self.queue_name), *([hand] if hand else []))
+                sub = Subscription(pubsub)
                 self._wakeup.set()  # whatever came while we were not listening
                 delay = 0.1
                 while True:
-                    # get_message's own timeout, not listen(): listen reads under the pool's socket
-                    # timeout, so a quiet channel ended the subscription every few seconds (and a
-                    # hand-off meeting no subscriber passed this worker over)
-                    message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
-                    if message is None or message.get("type") != "message":
-                        continue
+                    # read from the connection (``llm_router.subscription``), not ``listen()``: that
+                    # reads under the pool's socket timeout, so a quiet channel ended the
+                    # subscription every few seconds (and a hand-off meeting no subscriber passed
+                    # this worker over); nor ``get_message``, two timers and a health check a message
+                    message = await sub.next()
                     try:
-                        self._heard(message["channel"], message["data"], hand)
+                        self._heard(message.channel, message.data, hand)
                     except Exception as exc:  # one bad message must not end the listening
                         log.error("a message on the work channels was not understood", error=repr(exc))
-                    if message["channel"] == hand:
-                        # the handed job's task first, up to its call: reading on (a timeout set
-                        # up, the socket polled) before it delayed an interactive call ~0.1 ms
+                    if message.channel == hand:
+                        # the handed job's task first, up to its call: reading on (the socket
+                        # polled) before it delayed an interactive call ~0.1 ms
                         await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError) as exc:
                 log.debug("wake-ups lost, listening again", error=repr(exc))
             finally:
+                if sub is not None:
+                    sub.close()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay)

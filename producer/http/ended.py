@@ -12,9 +12,9 @@ Pub/sub is at-most-once: a message lost while Redis restarts would leave a waite
 resubscription wakes every waiter, and each waiter re-reads its record every ``recheck_s`` anyway (a
 safety net, not the mechanism).
 
-Redis that stops answering never hangs a waiter: the listener reads with a timeout of its own (a
-quiet channel is not an outage; redis-py would apply the client's read timeout to a blocking
-``listen``), and a waiter (or a stream follower) given the server's ``RedisWatch`` gives up with 503
+Redis that stops answering never hangs a waiter: the listener reads its messages from the
+connection (``llm_router.subscription``: a quiet channel is not an outage, so no read times out), and
+a waiter (or a stream follower) given the server's ``RedisWatch`` gives up with 503
 ``redis_unavailable`` as soon as the watch says Redis is down; a Redis call that fails does the same.
 """
 
@@ -38,12 +38,12 @@ from llm_router.errors import JobNotFound, RedisUnavailable, WaitTimeout
 from llm_router.keys import ENDED_PATTERN, notify_channel, split_scoped
 from llm_router.redis_checks import write_refusal
 from llm_router.store import Store, decode_ended, decode_ended_record, ended_field
+from llm_router.subscription import Subscription
 from producer.http.redis_watch import RedisWatch, guarded
 from producer.producer import TERMINAL_VALUES, JobFailed, Producer
 
 log = structlog.get_logger("producer.http")
 TERMINAL_BYTES = frozenset(v.encode() for v in TERMINAL_VALUES)
-LISTEN_POLL_S = 1.0  # the listener's read timeout: under any client read timeout, a quiet channel is fine
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -277,26 +277,25 @@ class EndedWaiter:
         delay = 0.05
         while True:
             pubsub = self.redis.pubsub()
+            sub: Subscription | None = None
             try:
                 await pubsub.psubscribe(ENDED_PATTERN)
                 await pubsub.subscribe(self.channel)
+                sub = Subscription(pubsub)
                 self.subscribed.set()
                 delay = 0.05
                 self._wake_all()  # whatever ended while we were not subscribed
+                channel = self.channel.encode()
                 while True:
-                    # a read with its own timeout: None when the channel is quiet, an error only
-                    # when the connection breaks (a stopped Redis keeps it open: the watch says so)
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
-                    if message is None:
-                        continue
-                    kind = message.get("type")
-                    if kind == "pmessage":
-                        data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
-                    elif kind == "message" and isinstance(message["data"], bytes):
-                        self._deliver(message["data"])
-                    # the woken waiters answer first: reading on (the next message parsed, a
-                    # timeout set up, the socket polled) before them delayed every answer
+                    # no timeout: a quiet channel is not an outage, a broken connection raises, and
+                    # a stopped Redis that keeps it open is the watch's to tell
+                    message = await sub.next()
+                    if message.pattern is not None:
+                        self._wake(message.data.decode(errors="replace"))
+                    elif message.channel == channel:
+                        self._deliver(message.data)
+                    # the woken waiters answer first: reading on (the next message parsed, the
+                    # socket polled) before them delayed every answer
                     await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
@@ -305,6 +304,8 @@ class EndedWaiter:
                     log.warning("job-end notifications lost, resubscribing", error=repr(exc))
                 self.subscribed.clear()
             finally:
+                if sub is not None:
+                    sub.close()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
