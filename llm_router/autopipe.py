@@ -58,9 +58,19 @@ class AutoPipeline:
         its own: a caller that reads something alongside its next command pays only the future)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((packed, future))
         if self._sender is None or self._sender.done():
+            conn = self._conn
+            if conn is not None and _write_now(conn, packed):
+                # nothing in flight: the command is on the wire now, not a turn of the loop later
+                # when the sender runs (it only reads the reply). The sender holds the connection
+                # until then: should it never run, no other batch reads this reply as its own
+                self._conn = None
+                self._sender = loop.create_task(self._send([(packed, future)], conn))
+                return future
+            self._pending.append((packed, future))
             self._sender = loop.create_task(self._send())
+            return future
+        self._pending.append((packed, future))
         return future
 
     async def eval(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -88,15 +98,23 @@ class AutoPipeline:
         # shielded: a caller cancelled meanwhile must not cancel the load the others wait for
         await asyncio.shield(loading)
 
-    async def _send(self) -> None:
+    async def _send(
+        self, written: list[tuple[bytes, asyncio.Future[Any]]] | None = None, conn: Any = None
+    ) -> None:
+        if written is not None:
+            await self._send_batch(written, conn)
         while self._pending:
             batch, self._pending = self._pending, []
             await self._send_batch(batch)
 
-    async def _send_batch(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+    async def _send_batch(
+        self, batch: list[tuple[bytes, asyncio.Future[Any]]], written_on: Any = None
+    ) -> None:
+        """Send a batch and hand out its replies; ``written_on``: the connection the batch was
+        written on already (``send``), whose replies are read here."""
         pool = self.redis.connection_pool
         replied = [0]  # how many replies were handed back: the rest fail if the exchange breaks
-        conn = self._conn
+        conn = self._conn if written_on is None else written_on
         if conn is None:
             try:
                 # a new connection's handshake waits on Redis too: bounded like the exchange
@@ -110,10 +128,10 @@ class AutoPipeline:
                 if not isinstance(exc, Exception):
                     raise
                 return
-            self._conn = conn
+        self._conn = conn
         try:
             async with self._deadlines.after(self.timeout_s):
-                refused = await _exchange(conn, batch, replied)
+                refused = await _exchange(conn, batch, replied, written=written_on is not None)
         except TimeoutError:
             await self._drop(conn)
             _fail(batch[replied[0] :], RedisTimeoutError(f"no reply from Redis within {self.timeout_s} s"))
@@ -142,10 +160,23 @@ class AutoPipeline:
             await self.redis.connection_pool.release(conn)
 
 
-async def _exchange(conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], replied: list[int]) -> bool:
-    """Write the batch as one buffer, then hand each command its reply, in order; whether a reply
-    said this Redis refuses writes (the connection is then let go)."""
-    await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
+def _write_now(conn: Any, packed: bytes) -> bool:
+    """Write a command on a held connection without waiting (``False`` when the connection is not
+    usable: the sender's own write then connects again or fails the batch)."""
+    writer = conn._writer
+    if writer is None or writer.transport.is_closing():
+        return False
+    writer.write(packed)
+    return True
+
+
+async def _exchange(
+    conn: Any, batch: list[tuple[bytes, asyncio.Future[Any]]], replied: list[int], *, written: bool = False
+) -> bool:
+    """Write the batch as one buffer (unless it is ``written``), then hand each command its reply,
+    in order; whether a reply said this Redis refuses writes (the connection is then let go)."""
+    if not written:
+        await conn.send_packed_command(b"".join([p for p, _ in batch]), check_health=False)
     refused = False
     # the parser's own read: the connection's ``read_response`` sets a timer per reply (its socket
     # timeout), and the batch's deadline bounds them all already

@@ -127,3 +127,43 @@ async def test_a_write_refusal_lets_the_connection_go(redis: Redis) -> None:
         await pipe.call(pack_command(("EVAL", script, 0)))
     assert await pipe.call(pack_command(("CLIENT", "ID"))) != first
     await pipe.aclose()
+
+
+async def test_a_command_with_nothing_in_flight_is_written_before_the_loop_turns(
+    redis_server: RedisServer,
+) -> None:
+    # the sender task only reads the reply: the command must reach Redis while this task still
+    # holds the loop (a sync client polls Redis without yielding to it)
+    import time
+
+    import redis as sync_redis
+
+    client = Redis.from_url(redis_server.url)
+    pipe = AutoPipeline(client)
+    key = f"ap:eager:{uuid.uuid4().hex}"
+    await pipe.call(pack_command(("PING",)))  # the pipeline holds its connection now
+    future = pipe.send(pack_command(("INCR", key)))
+    watcher = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        seen, deadline = None, time.monotonic() + 2
+        while seen is None and time.monotonic() < deadline:
+            seen = watcher.get(key)
+        assert seen == b"1"
+        assert await future == 1
+    finally:
+        watcher.close()
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def test_a_written_command_whose_reader_never_ran_does_not_shift_the_replies(redis: Redis) -> None:
+    pipe = AutoPipeline(redis)
+    await pipe.call(pack_command(("PING",)))
+    lost = pipe.send(pack_command(("ECHO", "lost")))  # written at once; its reader is cancelled unrun
+    assert pipe._sender is not None
+    pipe._sender.cancel()
+    await asyncio.sleep(0)
+    assert lost.cancelled() or not lost.done()
+    assert await pipe.call(pack_command(("ECHO", "mine"))) == b"mine"
+    assert await pipe.call(pack_command(("ECHO", "next"))) == b"next"
+    await pipe.aclose()
