@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -78,14 +78,25 @@ class AutoPipeline:
         worker's CPU per job) and sent with whatever other tasks are sending."""
         if pack_command is None:  # pragma: no cover - hiredis is a dependency
             return await script(keys=keys, args=args)
+        return await self.eval_soon(script, keys, args)
+
+    def eval_soon(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
+        """``eval`` with its command sent now (``send``), before the caller's next ``await``: the
+        awaitable it returns waits for the reply (and loads the script and sends it again, should
+        Redis not have it)."""
         packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        for _ in range(2):
-            try:
-                return await self.call(packed)
-            except NoScriptError:
-                pass  # a fresh Redis, or one restarted without its scripts: load and send again
-            await self._load(script)
-        raise RuntimeError("Redis keeps refusing a script it was just given")
+        return self._eval_reply(script, packed, self.send(packed))
+
+    async def _eval_reply(self, script: AsyncScript, packed: bytes, sent: asyncio.Future[Any]) -> Any:
+        try:
+            return await sent
+        except NoScriptError:
+            pass  # a fresh Redis, or one restarted without its scripts: load and send again
+        await self._load(script)
+        try:
+            return await self.send(packed)
+        except NoScriptError:
+            raise RuntimeError("Redis keeps refusing a script it was just given") from None
 
     async def _load(self, script: AsyncScript) -> None:
         """One SCRIPT LOAD, on the pipeline, for every caller that found the script missing: a wide

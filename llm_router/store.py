@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final
@@ -560,6 +560,30 @@ class Store:
         usage, once; ``summary`` goes to its compare parent. ``release``: the run is over, and the
         job leaves this store's queue (its lease; ``Claims.end_run`` with done, in the same step).
         """
+        return await self.finish_soon(
+            job_id,
+            fields,
+            reports,
+            settlement=settlement,
+            summary=summary,
+            member_of=member_of,
+            release=release,
+        )
+
+    def finish_soon(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        reports: Sequence[BreakerReport] = (),
+        *,
+        settlement: Settlement | None = None,
+        summary: bytes = b"",
+        member_of: str | None = None,
+        release: bool = False,
+    ) -> Awaitable[Finished]:
+        """``finish`` with its command sent now, before the caller's next ``await`` (the returned
+        awaitable waits for its reply): a caller that then waits in a task of its own (a shield)
+        does not hold the write back a turn of the event loop."""
         argv: list[Any] = [
             self.record_ttl_s,
             job_id,
@@ -577,8 +601,7 @@ class Store:
         keys = [record_key(job_id), stream_key(job_id)]
         if member_of is not None:  # lanes: written only while the job is a member of this batch hash
             keys.append(member_of)
-        res = await self.pipe.eval(self._finish, keys, argv)
-        return Finished(FinishReply(int(res[0])), decode_transitions(res[1:]))
+        return _finished(self.pipe.eval_soon(self._finish, keys, argv))
 
     async def create_parent(
         self,
@@ -837,3 +860,8 @@ _INTERNAL_FIELDS = frozenset(
         "notify",
     }
 )
+
+
+async def _finished(reply: Awaitable[Any]) -> Finished:
+    res = await reply
+    return Finished(FinishReply(int(res[0])), decode_transitions(res[1:]))

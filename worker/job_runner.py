@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -48,7 +49,16 @@ from llm_router.errors import (
 )
 from llm_router.keys import split_scoped
 from llm_router.redact import redact
-from llm_router.store import NOT_STARTED, NotStarted, Settlement, Started, StartReply, Store, UnstartReply
+from llm_router.store import (
+    NOT_STARTED,
+    Finished,
+    NotStarted,
+    Settlement,
+    Started,
+    StartReply,
+    Store,
+    UnstartReply,
+)
 from worker import observe
 from worker.breaker import RetryBudget, routing_table
 from worker.claims import Starter
@@ -499,7 +509,7 @@ class JobRunner:
         bound.debug("job answered from the cache")
         return released
 
-    async def _write(
+    def _write(
         self,
         job_id: str,
         fields: dict[str, Any],
@@ -508,12 +518,14 @@ class JobRunner:
         *,
         route: list[str] | None = None,
         parent: str | None = None,
-    ) -> bool:
+    ) -> Coroutine[Any, Any, bool]:
         """Write a record change and its breaker reports, riding out a Redis restart for a while.
 
         A change that ends the job settles its cost (once: the script ignores a job that already
         ended) and, for one side of a compare job, hands its parent a summary, and takes the job off
-        its queue (``Store.finish``'s ``release``; True then).
+        its queue (``Store.finish``'s ``release``; True then). The first try is sent before this
+        returns: callers wait for it in a shield, whose task would have held the write back a turn
+        of the event loop.
         """
         observe.recording(fields)
         settlement = None
@@ -524,13 +536,29 @@ class JobRunner:
             if route and fields.get("model") not in (None, route[0]) and not fields.get("cached"):
                 # a fallback's answer is not the requested model's: never cache it under that model
                 fields = {**fields, "no_cache": 1}
+        reports = reports or []
+        first = self.store.finish_soon(
+            job_id, fields, reports, settlement=settlement, summary=summary, release=ends
+        )
+        return self._written(job_id, fields, bound, reports, settlement, summary, ends, first)
+
+    async def _written(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        bound: Any,
+        reports: list[BreakerReport],
+        settlement: Settlement | None,
+        summary: bytes,
+        ends: bool,
+        first: Awaitable[Finished],
+    ) -> bool:
         give_up = time.monotonic() + self.settings.redis_retry_s
         delay = 0.1
+        attempt = first
         while True:
             try:
-                finished = await self.store.finish(
-                    job_id, fields, reports or (), settlement=settlement, summary=summary, release=ends
-                )
+                finished = await attempt
                 break
             except RedisError as exc:
                 if time.monotonic() + delay > give_up:
@@ -541,6 +569,9 @@ class JobRunner:
                 bound.warning("record write failed, retrying", retry_in_s=delay, error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                attempt = self.store.finish(
+                    job_id, fields, reports, settlement=settlement, summary=summary, release=ends
+                )
         if reports:
             self.room.freed(r.deployment for r in reports if r.slot)
         for t in finished.transitions:
