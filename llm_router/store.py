@@ -543,34 +543,7 @@ class Store:
         )
         return Admitted(decode_admission(reply[0], reply[1]), decode_transitions(reply[2:]))
 
-    async def finish(
-        self,
-        job_id: str,
-        fields: dict[str, Any],
-        reports: Sequence[BreakerReport] = (),
-        *,
-        settlement: Settlement | None = None,
-        summary: bytes = b"",
-        member_of: str | None = None,
-        release: bool = False,
-    ) -> Finished:
-        """Write a record change and the breaker reports of its calls.
-
-        When the change ends the job, ``settlement`` is charged to its tenant and counted in the
-        usage, once; ``summary`` goes to its compare parent. ``release``: the run is over, and the
-        job leaves this store's queue (its lease; ``Claims.end_run`` with done, in the same step).
-        """
-        return await self.finish_soon(
-            job_id,
-            fields,
-            reports,
-            settlement=settlement,
-            summary=summary,
-            member_of=member_of,
-            release=release,
-        )
-
-    def finish_soon(
+    def finish(
         self,
         job_id: str,
         fields: dict[str, Any],
@@ -581,9 +554,16 @@ class Store:
         member_of: str | None = None,
         release: bool = False,
     ) -> Awaitable[Finished]:
-        """``finish`` with its command sent now, before the caller's next ``await`` (the returned
-        awaitable waits for its reply): a caller that then waits in a task of its own (a shield)
-        does not hold the write back a turn of the event loop."""
+        """Write a record change and the breaker reports of its calls.
+
+        When the change ends the job, ``settlement`` is charged to its tenant and counted in the
+        usage, once; ``summary`` goes to its compare parent. ``release``: the run is over, and the
+        job leaves this store's queue (its lease; ``Claims.end_run`` with done, in the same step).
+
+        The command is sent now, before the caller's next ``await``; the awaitable returned waits
+        for its reply. A caller that waits in a task of its own (a shield) does not hold the write
+        back a turn of the event loop.
+        """
         argv: list[Any] = [
             self.record_ttl_s,
             job_id,

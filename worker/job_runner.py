@@ -537,7 +537,7 @@ class JobRunner:
                 # a fallback's answer is not the requested model's: never cache it under that model
                 fields = {**fields, "no_cache": 1}
         reports = reports or []
-        first = self.store.finish_soon(
+        first = self.store.finish(
             job_id, fields, reports, settlement=settlement, summary=summary, release=ends
         )
         return self._written(job_id, fields, bound, reports, settlement, summary, ends, first)

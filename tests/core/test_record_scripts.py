@@ -664,7 +664,7 @@ def test_an_answer_from_fields_reads_numbers_and_nulls_as_the_record_does() -> N
         assert orjson.dumps(answer) == orjson.dumps(completion_with_usage(record))
 
 
-async def test_finish_soon_sends_the_write_before_its_caller_awaits(store: Store, bare_redis: Redis):
+async def test_finish_sends_the_write_before_its_caller_awaits(store: Store, bare_redis: Redis):
     # the worker waits for its record write in a shield's task: the command must be on its way to
     # Redis before that task first runs (a sync client watches the record while the loop is held)
     import redis as sync_redis
@@ -674,7 +674,7 @@ async def test_finish_soon_sends_the_write_before_its_caller_awaits(store: Store
     kwargs = bare_redis.connection_pool.connection_kwargs
     watcher = sync_redis.Redis(host=kwargs["host"], port=kwargs["port"], db=kwargs["db"])
     try:
-        pending = store.finish_soon("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0), release=True)
+        pending = store.finish("t/j1", SUCCEEDED, settlement=Settlement(0, "m", 0, 0), release=True)
         status, deadline = None, time.monotonic() + 2
         while status != b"succeeded" and time.monotonic() < deadline:
             status = watcher.hget(record_key("t/j1"), "status")
