@@ -102,6 +102,9 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         async with await Producer.connect(settings) as producer:
+            # a submit is a process of ours, as a worker is: its start-up and the file's lines out of
+            # every collection, and collections rare (each cost the submit ~3 µs a job: bench/README.md)
+            tune_gc()
             results = await producer.submit_many(
                 [line for _, line in numbered],
                 allow_files=True,
