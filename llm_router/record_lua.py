@@ -30,8 +30,10 @@ HAND_MAX_REQUEST = 256 * 1024
 _SUBMIT_BODY = """
 -- KEYS: the record of each job, in order
 -- wake: '1' on the batch's last call to this queue, which publishes the one wake-up of the batch
+-- ARGV[4]: the jobs' arguments, one msgpack array of strings: per job JOB_ARGS values, then
+-- `optional` field/value pairs
 local queue, max_queued, wake = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local JOBS = 4  -- from here, per job: JOB_ARGS values, then `optional` field/value pairs
+local J = cmsgpack.unpack(ARGV[4])
 local JOB_ARGS = 15
 -- per job: job_id, digest, request, route, model_requested, tenant, created_at, deadline_at,
 -- est_tokens, reserve_nanos, band, metadata ('' if none), ttl (s: its record's and request's),
@@ -75,15 +77,13 @@ if handing then
 end
 
 local failure = nil
-local a = JOBS
+local a = 1
 for i = 1, #KEYS do
   local record = KEYS[i]
-  local job_id, digest, request, route, model_requested = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4]
-  local tenant, created_at, deadline_at, est_tokens = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
-  local reserve_nanos, band, metadata, ttl, seq = ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12],
-    ARGV[a + 13]
-  local optional = tonumber(ARGV[a + 14])
+  local job_id, digest, request, route, model_requested = J[a], J[a + 1], J[a + 2], J[a + 3], J[a + 4]
+  local tenant, created_at, deadline_at, est_tokens = J[a + 5], J[a + 6], J[a + 7], J[a + 8]
+  local reserve_nanos, band, metadata, ttl, seq = J[a + 9], J[a + 10], J[a + 11], J[a + 12], J[a + 13]
+  local optional = tonumber(J[a + 14])
   local first = a + JOB_ARGS
   a = first + optional
   -- a key of another type where a job's record or its tenant's counters belong fails the call, but
@@ -102,7 +102,7 @@ for i = 1, #KEYS do
       fields[#fields + 1] = 'metered'; fields[#fields + 1] = 1
       fields[#fields + 1] = 'reserved'; fields[#fields + 1] = reserve_nanos
     end
-    for j = first, a - 1 do fields[#fields + 1] = ARGV[j] end
+    for j = first, a - 1 do fields[#fields + 1] = J[j] end
     redis.call('HSET', record, unpack(fields))
     redis.call('EXPIRE', record, ttl)
     redis.call('SET', REQUEST .. job_id, request, 'EX', ttl)
@@ -113,7 +113,7 @@ for i = 1, #KEYS do
       -- subscriber's buffer holds it: Redis drops one past 32 MB)
       if #request > HAND_MAX_REQUEST then handing = false end
       for j = first, a - 1, 2 do
-        if ARGV[j] == 'lane' and (ARGV[j + 1] == 'batch' or ARGV[j + 1] == 'auto') then handing = false end
+        if J[j] == 'lane' and (J[j + 1] == 'batch' or J[j + 1] == 'auto') then handing = false end
       end
       if handing then
         local fresh = {request = request}
