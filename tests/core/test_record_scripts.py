@@ -102,6 +102,17 @@ async def test_submit_creates_the_record_and_makes_the_job_due(store: Store, bar
     assert await bare_redis.get(active_key("t")) == b"1"
 
 
+async def test_submit_writes_times_and_numbers_as_python_spells_them(store: Store, bare_redis: Redis):
+    # the jobs' arguments travel as one msgpack array of strings: a float sent as a number would
+    # come out of Lua as 1764846000.0999999, an integer as a double (and past 2^53, rounded)
+    now = 1764846000.1
+    job = new_job(now=now, est_tokens=2**53 + 1, reserve_nanos=0, cache_key="k", cache_ttl=7, hedge=0)
+    assert await submit(store, job) == SubmitReply.CREATED
+    rec = await fields_of(bare_redis, "t/j1")
+    assert (rec["created_at"], rec["deadline_at"]) == (repr(now), repr(now + 60))
+    assert (rec["est_tokens"], rec["cache_ttl"], rec["hedge"]) == (str(2**53 + 1), "7", "0")
+
+
 async def test_submit_is_idempotent_per_tenant_and_body(store: Store, bare_redis: Redis):
     assert await submit(store, new_job()) == SubmitReply.CREATED
     assert await submit(store, new_job()) == SubmitReply.EXISTS
