@@ -113,6 +113,33 @@ async def test_submit_writes_times_and_numbers_as_python_spells_them(store: Stor
     assert (rec["est_tokens"], rec["cache_ttl"], rec["hedge"]) == (str(2**53 + 1), "7", "0")
 
 
+async def test_submit_writes_the_same_record_however_it_builds_it(store: Store, bare_redis: Redis):
+    # a plain job's fields go in one HSET as they come, a job with more fields through a table
+    await credit(bare_redis, "paid", 10_000)
+    plain = new_job("p", tenant="free", now=1.5, est_tokens=9)
+    metered = new_job("m", tenant="paid", now=1.5, est_tokens=9, reserve_nanos=70)
+    extras = new_job("x", tenant="paid", now=1.5, est_tokens=9, reserve_nanos=70, metadata={"k": "v"})
+    extras.hedge = 5
+    assert (
+        await store.submit_batch([store.submit_command(j) for j in (plain, metered, extras)])
+        == [SubmitReply.CREATED] * 3
+    )
+    base = {
+        "digest": plain.digest,
+        "status": "queued",
+        "attempts": "[]",
+        "route": '["m"]',
+        "model_requested": "m",
+        "created_at": "1.5",
+        "deadline_at": "61.5",
+        "est_tokens": "9",
+    }
+    assert await fields_of(bare_redis, "free/p") == {**base, "tenant": "free"}
+    paid = {**base, "tenant": "paid", "metered": "1", "reserved": "70"}
+    assert await fields_of(bare_redis, "paid/m") == paid
+    assert await fields_of(bare_redis, "paid/x") == {**paid, "metadata": '{"k":"v"}', "hedge": "5"}
+
+
 async def test_submit_is_idempotent_per_tenant_and_body(store: Store, bare_redis: Redis):
     assert await submit(store, new_job()) == SubmitReply.CREATED
     assert await submit(store, new_job()) == SubmitReply.EXISTS
