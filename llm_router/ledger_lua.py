@@ -30,14 +30,35 @@ from __future__ import annotations
 # the submit script's whole prelude after LUA_PRELUDE: bulk submits run it per job, so it defines
 # nothing else
 RESERVE_LUA = r"""
+-- the reservations of one submit call: a tenant's credit is read once a call, its jobs' holds are
+-- added up and written once (``reserve_done``, after the call's last job); each job still sees the
+-- credit the jobs before it took
+local credit_left = {}  -- tenant -> balance - reserved - what this call holds; false: not metered
+local held = {}  -- tenant -> nanos this call's jobs reserved
+
 -- reserve `amount` for a new job of `tenant`: ok, metered (false, true: its credit does not cover it)
 local function reserve(tenant, amount)
-  local ck = CREDITS .. tenant
-  if redis.call('EXISTS', ck) == 0 then return true, false end
-  local v = redis.call('HMGET', ck, 'balance', 'reserved')
-  if tonumber(v[1] or '0') - tonumber(v[2] or '0') < tonumber(amount) then return false, true end
-  redis.call('HINCRBY', ck, 'reserved', amount)
+  local left = credit_left[tenant]
+  if left == nil then
+    local ck = CREDITS .. tenant
+    if redis.call('EXISTS', ck) == 0 then
+      left = false
+    else
+      local v = redis.call('HMGET', ck, 'balance', 'reserved')
+      left = tonumber(v[1] or '0') - tonumber(v[2] or '0')
+    end
+    credit_left[tenant] = left
+  end
+  if left == false then return true, false end
+  local n = tonumber(amount)
+  if left < n then return false, true end
+  credit_left[tenant] = left - n
+  held[tenant] = (held[tenant] or 0) + n
   return true, true
+end
+
+local function reserve_done()
+  for tenant, n in pairs(held) do redis.call('HINCRBY', CREDITS .. tenant, 'reserved', fmt(n)) end
 end
 """
 

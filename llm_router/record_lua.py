@@ -41,7 +41,6 @@ local JOB_ARGS = 15
 -- producer works out ttl and seq: parsing and printing numbers was a tenth of Redis' time a job.
 
 local out = {}
-local unmetered = {}  -- tenants seen without a credit hash: the check is not repeated per job
 local active = {}  -- tenant -> its count of jobs queued or running, once read
 local added = {}  -- tenant -> jobs this call created
 local due = {}  -- band .. '|' .. tenant -> {band, tenant, {seq, job, ...}}
@@ -59,10 +58,8 @@ local function admit_job(record, digest, tenant, reserve_nanos)
     if not active[tenant] then active[tenant] = tonumber(redis.call('GET', ACTIVE .. tenant) or '0') end
     if active[tenant] + (added[tenant] or 0) >= max_queued then return -3, false end
   end
-  if unmetered[tenant] then return 1, false end
   local ok, metered = reserve(tenant, reserve_nanos)
   if not ok then return -2, true end
-  if not metered then unmetered[tenant] = true end
   return 1, metered
 end
 
@@ -164,6 +161,7 @@ if wake == '1' then
 elseif made_due then
   redis.call('SET', unannounced, 1, 'PX', 60000)  -- a batch whose last call never came: the next one's
 end
+reserve_done()
 for tenant, n in pairs(added) do redis.call('INCRBY', ACTIVE .. tenant, n) end
 if failure then
   return redis.error_reply(type(failure) == 'table' and failure.err or tostring(failure))

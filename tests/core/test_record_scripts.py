@@ -161,6 +161,23 @@ async def test_submit_reserves_from_a_metered_tenant_and_refuses_past_its_credit
     assert await bare_redis.hget(credits_key("t"), "reserved") == b"600"
 
 
+async def test_submit_reserves_a_groups_jobs_one_after_another(store: Store, bare_redis: Redis):
+    # one script call reads a tenant's credit once and writes what its jobs hold once: each job
+    # still sees the credit the jobs before it took, a refused one holds nothing
+    await credit(bare_redis, "t", 1000)
+    await bare_redis.hset(credits_key("t"), "reserved", 200)  # held by a job of an earlier call
+    await credit(bare_redis, "u", 200)
+    amounts = [("t", 300), ("u", 150), ("t", 300), ("t", 300), ("u", 100), ("t", 50)]
+    jobs = [new_job(f"j{i}", tenant=t, reserve_nanos=n) for i, (t, n) in enumerate(amounts)]
+    replies = await store.submit_batch([store.submit_command(j) for j in jobs])
+    C, N = SubmitReply.CREATED, SubmitReply.NO_CREDIT
+    assert replies == [C, C, C, N, N, C]
+    assert await bare_redis.hget(credits_key("t"), "reserved") == b"850"  # 200 + 300 + 300 + 50
+    assert await bare_redis.hget(credits_key("u"), "reserved") == b"150"
+    assert (await fields_of(bare_redis, "t/j5"))["reserved"] == "50"
+    assert await bare_redis.exists(record_key("t/j3"), record_key("u/j4")) == 0
+
+
 async def test_submit_refuses_a_tenant_at_its_queue_limit(store: Store, bare_redis: Redis):
     assert await submit(store, new_job("a"), max_queued=2) == SubmitReply.CREATED
     assert await submit(store, new_job("b"), max_queued=2) == SubmitReply.CREATED
