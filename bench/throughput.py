@@ -4,11 +4,12 @@ All in one run on one machine, so the ratios hold however busy it is:
 
 1. **limit**: raw aiohttp requests/s to the simulator (0 ms latency, concurrency 64);
 2. **engine**: arq no-op jobs/s drained by one arq worker with llm-router's arq settings;
-3. **ours**: jobs/s drained by one llm-router worker (claim → simulator → record with cost), with
-   Redis commands and read events (≈ round trips) per job and the worker's CPU µs per job;
-4. **bulk submit**: jobs/s enqueued with records by ``Producer.submit_many`` against arq's
-   ``enqueue_job`` (``asyncio.gather`` in chunks of 500), both with the collector settings of our
-   bulk submitter's process (``submitter_gc``).
+3. **ours**: jobs/s drained by one llm-router worker (claim → simulator → record with cost, settled
+   against its tenant's credit), with Redis commands and read events (≈ round trips) per job and
+   the worker's CPU µs per job;
+4. **bulk submit**: jobs/s enqueued with records by ``Producer.submit_many`` for a tenant with
+   credit (each job reserves its worst case), against arq's ``enqueue_job`` (``asyncio.gather`` in
+   chunks of 500), both with the collector settings of our bulk submitter (``submitter_gc``).
 
 Prints a table and writes JSON to ``bench/results/``. Run with ``make bench``.
 """
@@ -41,6 +42,7 @@ from sim_ready import wait_for_simulator  # bench/sim_ready.py
 
 from config.catalog import Catalog
 from config.settings import Settings
+from llm_router.credits import Ledger
 from llm_router.gc_tuning import tune_gc
 from llm_router.testing.redis_server import RedisServer, free_port
 from llm_router.testing.sim_env import simulated_env
@@ -208,6 +210,9 @@ async def run(n: int) -> dict[str, Any]:
                 orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Say hello {i}."}]})
                 for i in range(n)
             ]
+            # the tenant has credit, as a paying one has: every job reserves its worst case at submit
+            # and settles when it ends (the row's "reservations")
+            await Ledger(producer.redis).add(producer.tenant, 1_000)
             # a process's first submit also builds the catalog's price table (~0.2 s, once): measured
             # apart, on a queue of its own, so that the bulk row is the rate a producer keeps
             warm_settings = Settings(_env_file=None, redis_url=server.url, queue_name="bench-warm")
