@@ -50,7 +50,8 @@ def _script_run(jobs: int, metered: bool) -> int:
     import redis
 
     from llm_router.keys import credits_key
-    from llm_router.store import NewJob, Store
+    from llm_router.store import Store
+    from llm_router.testing.jobs import new_job
     from llm_router.testing.redis_server import free_port
 
     port = free_port()
@@ -80,24 +81,11 @@ def _script_run(jobs: int, metered: bool) -> int:
 
             aredis = Redis(port=port)
             store = Store(aredis, queue_name="q", record_ttl_s=3600)
-            now = time.time()
             for start in range(0, jobs, 1_000):
                 batch = []
                 for i in range(start, min(start + 1_000, jobs)):
                     request = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": f"Hi {i}."}]})
-                    job = NewJob(
-                        job_id=f"job{i}",
-                        digest=f"{i:032x}",
-                        request=request,
-                        route=["openai/gpt-4o-mini"],
-                        route_json=b'["openai/gpt-4o-mini"]',
-                        model_requested="gpt-4o-mini",
-                        tenant=tenant,
-                        created_at=now,
-                        deadline_at=now + 86_400,
-                        reserve_nanos=1_000,
-                        est_tokens=40,
-                    )
+                    job = new_job(f"j{i}", tenant=tenant, request=request, reserve_nanos=1000, est_tokens=40)
                     batch.append(store.submit_command(job))
                 replies = await store.submit_batch(batch)
                 assert all(reply == 1 for reply in replies), replies
