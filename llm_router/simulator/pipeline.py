@@ -52,15 +52,16 @@ def chat_handler(fmt: WireFormat) -> Handler:
                 return fmt.error(Rejection(429, FLEX_UNAVAILABLE, code="resource_unavailable"))
             await asyncio.sleep(delay_s)
         decision = state.faults.decide(credential, call.model, stream=call.stream, prefill=call.prefill)
-        if decision is None:
+        if decision is None or decision.rule is None:
+            # counted as it arrives, before any latency: a call whose client gave up while it waited
+            # (a hedge's loser) was made then, and must not turn up in a count read seconds later
             state.calls.record(credential, call.model, "200")
+            if decision is not None:
+                await asyncio.sleep(decision.delay_s)
             return await fmt.respond(request, call)
         if decision.delay_s > 0:
             await asyncio.sleep(decision.delay_s)
         rule = decision.rule
-        if rule is None:
-            state.calls.record(credential, call.model, "200")
-            return await fmt.respond(request, call)
         return await _FAULTS[rule.kind](request, fmt, call, rule, state, credential)
 
     return handle

@@ -201,6 +201,22 @@ async def test_latency_rule_adds_delay_and_evaluation_continues(
     assert time.monotonic() - started >= 0.2
 
 
+async def test_a_slow_call_is_counted_when_it_arrives_even_if_its_client_gives_up(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    await add_rules(http, sim, {"model": "gpt-4o", "kind": "latency", "latency_ms": 30_000})
+    with pytest.raises(asyncio.TimeoutError):
+        async with http.post(
+            f"{sim.url}/v1/chat/completions",
+            json=body("gpt-4o"),
+            headers={"Authorization": "Bearer sk-gone"},
+            timeout=aiohttp.ClientTimeout(total=0.3),
+        ):
+            pass
+    snapshot = await calls(http, sim)
+    assert [(c["credential"], c["count"]) for c in snapshot["calls"]] == [("sk-gone", 1)]
+
+
 async def test_calls_are_counted_per_credential_and_model(
     sim: SimServer, http: aiohttp.ClientSession, chat: Chat
 ) -> None:
