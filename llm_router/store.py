@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     pack_command = None
 
 from config.cost import nanos_to_usd
-from llm_router.autopipe import AutoPipeline
+from llm_router.autopipe import PING, AutoPipeline
 from llm_router.circuit_breaker import (
     Admission,
     BreakerReport,
@@ -453,7 +453,7 @@ class Store:
                     pipe.execute_command(*command)
                 replies = await pipe.execute()
             return [SubmitReply(int(r)) for reply in replies for r in reply]
-        packed = b"".join([pack_command(tuple(command)) for command in calls])
+        packed = b"".join([PING, *[pack_command(tuple(command)) for command in calls]])
         for _ in range(2):
             replies, missing_script = await self._send_raw(packed, len(calls))
             if not missing_script:
@@ -465,10 +465,15 @@ class Store:
         raise RuntimeError("Redis keeps refusing the submit script")
 
     async def _send_raw(self, packed: bytes, count: int) -> tuple[list[Any], bool]:
+        """Send a ``PING`` and ``count`` submit commands, packed, on a connection of the pool; read
+        their replies. The ``PING``'s reply is dropped: it is there so that Redis writes the
+        hand-off a submit publishes (a waiting worker's job) before these replies, not after
+        (``AutoPipeline.send``'s ``publishes_first`` says why)."""
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)
+            await conn.read_response()  # the PING's
             results: list[Any] = []
             missing_script = False
             for _ in range(count):  # read every reply, even after an error, to keep the stream in step
@@ -588,7 +593,8 @@ class Store:
         keys = [record_key(job_id), stream_key(job_id)]
         if member_of is not None:  # lanes: written only while the job is a member of this batch hash
             keys.append(member_of)
-        return _finished(self.pipe.eval_soon(self._finish, keys, argv))
+        # the end it publishes wakes the server answering the job's caller: that message first
+        return _finished(self.pipe.eval_soon(self._finish, keys, argv, publishes_first=True))
 
     async def create_parent(
         self,
