@@ -149,7 +149,18 @@ local function admit_route(route_json, routing_key, job, est_tokens, lease_ms, s
   for model in string.gmatch(route_json, '"([^"]+)"') do
     local row = redis.call('HGET', routing_key, model)
     local busy = false
-    if row then
+    if row and (chosen or stop) then
+      -- past the admitted (or a busy) model its deployments are only listed, in the row's order:
+      -- their ids, not a parse of every field (a row's parse was most of a start's Lua, a model)
+      for entry in string.gmatch(row, '[^;]+') do
+        local id = string.match(entry, '^([^|]+)|%d')
+        if id then
+          out[#out + 1] = id
+          out[#out + 1] = 'unchecked'
+          out[#out + 1] = '0'
+        end
+      end
+    elseif row then
       local strategy, deps = parse_row(row)
       if not chosen and not stop then deps = by_strategy(strategy, deps, now) end
       for _, d in ipairs(deps) do

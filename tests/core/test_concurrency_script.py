@@ -327,6 +327,28 @@ async def test_a_busy_model_waits_instead_of_falling_back_to_another_model(store
     assert states(await start(store, "j4", route=route)) == [("a", "open"), ("b", "open"), ("c", "ok")]
 
 
+async def test_the_models_after_the_admitted_one_are_listed_unchecked_in_their_rows_order(store, bare_redis):
+    # a route of three models: the first admits; the others' deployments are only listed, as their
+    # rows give them (a strategy's prefix is no deployment; a cost row is in price order already)
+    await bare_redis.hset(
+        routing_key("r"),
+        mapping={
+            "m": "least_busy;a|0|0|1|10|100|1;b|0|0|1|10|100|2",
+            "fb": "cost;cheap/x-1|60|0|2|10|100|1;dear/x-1|0|900|1|10|100|1.5",
+            "last": "z|0|0|1",
+        },
+    )
+    started = await start(store, "j1", route=b'["m","fb","last"]')
+    assert states(started) == [
+        ("a", "ok"),
+        ("b", "unchecked"),
+        ("cheap/x-1", "unchecked"),
+        ("dear/x-1", "unchecked"),
+        ("z", "unchecked"),
+    ]
+    assert all(a.until_ms == 0 for d, a in started.admissions.items() if d != "a")
+
+
 async def test_a_run_after_its_workers_death_gives_back_the_slot_of_its_call(store, bare_redis):
     await bare_redis.hset(routing_key("r"), "m", "ordered;p/um|0|0|1|1|1|1")
     assert states(await start(store, "j1")) == [("p/um", "ok")]
