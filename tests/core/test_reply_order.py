@@ -13,6 +13,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,32 @@ def _receive(sock: socket.socket) -> tuple[int, bytes]:
             seconds, nanos = struct.unpack("qq", value[:16])
             return seconds * 1_000_000_000 + nanos, data
     raise AssertionError("no receive timestamp")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stamping() -> Iterator[None]:
+    """Receive timestamps on from the first packet of the tests: the kernel turns them on for the
+    whole system a moment after the first socket asks (deferred work), and a packet received before
+    carries none. One socket pair keeps them asked for, until a packet comes stamped, and for the
+    module's tests (they stay on while any socket wants them)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    receiver.settimeout(5)
+    deadline = time.monotonic() + 5
+    try:
+        while True:
+            sender.sendall(b"x")
+            _, ancillary, _, _ = receiver.recvmsg(16, 64)
+            if any(kind == SO_TIMESTAMPNS for _, kind, _ in ancillary):
+                break
+            assert time.monotonic() < deadline, "the kernel gives no receive timestamps"
+            time.sleep(0.01)
+        yield
+    finally:
+        for sock in (sender, receiver, listener):
+            sock.close()
 
 
 class Subscriber:
