@@ -13,7 +13,13 @@ Two ways to name Redis:
   ``REDIS_URL=redis+sentinel://[:password@]host:26379,host:26379/mymaster/0`` (``rediss+sentinel``
   for TLS to the data nodes). A client asks the sentinels for the primary on every new connection;
   a connection to a primary that was demoted turns ``READONLY`` into a connection error and is
-  dropped, so after a failover every client finds the new primary by itself.
+  dropped, so after a failover every client finds the new primary by itself. A pool also asks the
+  sentinels every ``PRIMARY_CHECK_S``, and when they name another primary it closes its connections
+  to the old one at once, the ones in use too (a subscription, the auto-pipeline's). A failover
+  run while the old primary is alive (``SENTINEL FAILOVER``) leaves it a writable primary for
+  ~10 s, until the sentinels turn it into a replica. Until then a client that kept its connection
+  would write there, and those writes are lost in the resync; a subscription there hears nothing
+  that is published on the new primary.
 
 Timeouts: every client connects and reads within ``LLM_ROUTER_REDIS_TIMEOUT_S`` (5 s) unless its
 caller asks otherwise, so a Redis that stops answering without closing its connections (SIGSTOP, a
@@ -41,6 +47,8 @@ chart sets it to the data nodes' password).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -50,6 +58,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
@@ -60,6 +69,9 @@ from llm_router.errors import RouterError
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # a sentinel that does not answer within this is skipped for the next one
 SENTINEL_TIMEOUT_S = 2.0
+# how often a pool asks the sentinels which node is the primary, besides on each new connection:
+# the longest a client keeps using a live primary that the sentinels have replaced
+PRIMARY_CHECK_S = 1.0
 
 R = TypeVar("R", bound=Redis)
 # "the setting's timeout": callers that pass nothing get LLM_ROUTER_REDIS_TIMEOUT_S
@@ -305,16 +317,82 @@ class _Pool(_ConnectOutsideTheLock, ConnectionPool):
 
 
 class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
-    """Closing the client closes its connections to the sentinels too."""
+    """Follows the primary the sentinels name (``PRIMARY_CHECK_S``; see the module docstring), and
+    closing the client closes its connections to the sentinels too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._check: asyncio.TimerHandle | None = None  # the next look at the sentinels
+        self._checking: asyncio.Task[None] | None = None  # the look under way
+        self._check_loop: asyncio.AbstractEventLoop | None = None
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
+        if self._check_loop is not loop and self.is_master:  # the first use (on this loop)
+            self._check_loop = loop
+            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check)
+        return await super().get_connection(command_name, *keys, **options)
+
+    def _start_check(self) -> None:
+        assert self._check_loop is not None
+        self._checking = self._check_loop.create_task(self._check_and_again(), name="redis-primary-check")
+
+    async def _check_and_again(self) -> None:
+        try:
+            await self.follow_primary()
+        finally:
+            loop = self._check_loop
+            if loop is not None and not loop.is_closed():
+                self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check)
+
+    async def follow_primary(self) -> bool:
+        """Ask the sentinels for the primary; when it moved, close every connection to another node
+        (idle ones as redis-py does, and those in use, whose owners get a connection error and
+        reconnect, as after Sentinel's own ``CLIENT KILL``). Whether it moved."""
+        before = self.master_address
+        try:
+            address = await self.get_master_address()  # drops idle connections on a change
+        except (RedisError, OSError):
+            return False  # no sentinel answered: the connections' own errors are the guide
+        if before is None or address == before:
+            return False
+        for connection in list(self._in_use_connections):
+            writer = getattr(connection, "_writer", None)
+            if writer is not None and (connection.host, connection.port) != address:
+                writer.transport.abort()
+        return True
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         await super().disconnect(inuse_connections)
         if inuse_connections:  # a full close (a change of primary only drops idle connections)
+            if self._check is not None:
+                self._check.cancel()
+            checking = self._checking
+            if checking is not None and not checking.done() and checking is not asyncio.current_task():
+                checking.cancel()
+            self._check = self._checking = self._check_loop = None
             for client in self.sentinel_manager.sentinels:
                 await client.aclose()
 
 
 class _SyncSentinelPool(SyncSentinelConnectionPool):
+    """The blocking client's pool asks the sentinels for the primary at most every
+    ``PRIMARY_CHECK_S`` as it hands out a connection (its connections are only ever in use for one
+    command), and drops its idle connections when the primary moved."""
+
+    _checked_at = 0.0
+
+    # the arguments passed on as they came: redis-py 5.3 warns when a command name is passed
+    def get_connection(self, *args: Any, **options: Any) -> Any:
+        now = time.monotonic()
+        if self.is_master and now - self._checked_at >= PRIMARY_CHECK_S:
+            self._checked_at = now
+            with contextlib.suppress(sync_redis.RedisError, OSError):
+                self.get_master_address()  # drops idle connections when the primary moved
+        return super().get_connection(*args, **options)
+
     def disconnect(self, inuse_connections: bool = True) -> None:
         super().disconnect(inuse_connections)
         if inuse_connections:

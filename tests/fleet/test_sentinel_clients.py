@@ -9,6 +9,7 @@ import time
 
 import msgpack
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
@@ -38,6 +39,22 @@ async def _until_ok(call, timeout: float = 30.0):
             await asyncio.sleep(0.05)
 
 
+async def _until_equal(call, wanted: bytes, timeout: float):
+    """``call()`` until it answers ``wanted`` (errors and other answers are tried again), within
+    ``timeout`` s of the first try."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = await call()
+        except (RedisError, OSError) as exc:
+            got = exc
+        if got == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {got!r} after {timeout} s, not {wanted!r}")
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("failover", ["primary killed", "primary demoted"])
 async def test_every_client_follows_the_primary_through_a_failover(sentinels: SentinelSet, failover: str):
     settings = Settings(_env_file=None, redis_sentinels=sentinels.sentinels)
@@ -50,31 +67,40 @@ async def test_every_client_follows_the_primary_through_a_failover(sentinels: Se
     try:
         await client.set("k", "before")
         assert await pool.get("k") == b"before" and blocking.get("k") == b"before"
+        get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        assert await pipe.call(get) == b"before"  # the pipeline holds its connection from here on
         old = sentinels.primary_port()
         if failover == "primary killed":
             await asyncio.to_thread(sentinels.kill_primary)
-        else:  # alive, now a replica: connections to it answer writes with READONLY
+        else:  # alive: still a writable primary for ~10 s, then a replica answering writes READONLY
             await asyncio.to_thread(sentinels.demote_primary)
         new = await asyncio.to_thread(sentinels.wait_for_new_primary, old, 60)
         assert new != old
-
-        await _until_ok(lambda: client.set("k", "after"))
-        assert await _until_ok(lambda: pool.get("k")) == b"after"
-        assert await _until_ok(lambda: asyncio.to_thread(blocking.get, "k")) == b"after"
-        assert await _until_ok(lambda: pipe.call(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")) == b"after"
+        # A demoted primary stays a writable primary for ~10 s after the sentinels name the new one,
+        # until they turn it into a replica: a client that kept its connection would still read and
+        # write there. So the new value goes straight to the new primary, and every client must
+        # read it (and the waiter hear what is published there) well within that time.
+        direct = Redis(port=new, password=sentinels.password)
+        await direct.set("k", "after")
+        within = 5.0
+        await _until_equal(lambda: client.get("k"), b"after", within)
+        await _until_equal(lambda: pool.get("k"), b"after", within)
+        await _until_equal(lambda: asyncio.to_thread(blocking.get, "k"), b"after", within)
+        await _until_equal(lambda: pipe.call(get), b"after", within)
         # the subscription comes back on the new primary: a job's end still wakes its waiter
         await asyncio.wait_for(waiter.subscribed.wait(), 30)
         with waiter.watch("t/job-1") as ended:
-            await client.publish(ended_channel("t"), "t/job-1")
-            await asyncio.wait_for(ended.wait(), 5)
+            await direct.publish(ended_channel("t"), "t/job-1")
+            await asyncio.wait_for(ended.wait(), within)
         # and so does the server's own channel: an ended record sent there reaches its waiter
         record = [b"status", b"succeeded", b"route", b'["m"]', b"model_requested", b"m"]
         record += [b"created_at", b"1.0", b"deadline_at", b"2.0", b'{"model":"m"}', b"t/job-2"]
         with waiter.watch("t/job-2") as ended:
-            await client.publish(waiter.channel, msgpack.packb(record))
-            await asyncio.wait_for(ended.wait(), 5)
+            await direct.publish(waiter.channel, msgpack.packb(record))
+            await asyncio.wait_for(ended.wait(), within)
             decoded = waiter.decoded("t/job-2", ended)  # the fields came; decoded when asked
         assert decoded is not None and decoded.status == "succeeded"
+        await direct.aclose()
     finally:
         await waiter.close()
         await client.aclose()
