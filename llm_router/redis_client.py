@@ -223,6 +223,11 @@ class _QuickSend:
             command = command.encode()
         if isinstance(command, bytes):
             command = [command]
+        if self._writer.transport.is_closing():
+            # closed under its owner (Redis hung up, or ``_SentinelPool.follow_primary`` let go of an
+            # old primary) before a read noticed: uvloop raises RuntimeError on a closed handle
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError("Connection closed")
         try:
             self._writer.writelines(command)
             transport = self._writer.transport

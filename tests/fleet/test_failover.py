@@ -4,7 +4,9 @@ One primary, one replica and three sentinels (``redis-server --sentinel``, failu
 down to 1 s) on loopback; two worker processes find the primary through the sentinels
 (``LLM_ROUTER_REDIS_SENTINELS``), and a waiting ``llm-router submit FILE --wait`` through a
 ``redis+sentinel://`` URL. The tenant is metered (``llm-router credits add``). When a third of the
-jobs have ended the primary is SIGKILLed; the sentinels promote the replica and every process finds
+jobs have ended the primary is SIGKILLed, or demoted by ``SENTINEL FAILOVER`` (alive, it stays a
+writable primary for ~10 s until the sentinels make it a replica: a client that kept writing there
+would lose those writes in the resync); the sentinels promote the replica and every process finds
 it by itself. Reported: jobs lost, stuck, run twice and charged twice (targets 0, 0, -, 0), the
 failover time, and the workers' and the waiter's own exits.
 
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
+import pytest
 from redis.exceptions import RedisError
 
 from config.catalog import Catalog
@@ -49,16 +52,18 @@ class Outcome:
     provider_calls: int
     charged_twice_nanos: int  # the ledger's spent minus the sum of the records' costs
     reserved_left_nanos: int
-    failover_s: float  # SIGKILL → the sentinels name a new primary that takes writes
-    resumed_s: float  # SIGKILL → more jobs ended than before it, read from the new primary
+    failover: str  # how the primary went: killed or demoted
+    failover_s: float  # the kill (or demotion) → the sentinels name a new primary that takes writes
+    resumed_s: float  # the kill (or demotion) → more jobs ended than before it, read from the new primary
     submit_exit: int
     submit_s: float
     waiter_saw_other_outcome: int  # the waiter's record differs from the final one
     statuses: dict[str, int]
 
 
+@pytest.mark.parametrize("failover", ["killed", "demoted"])
 async def test_a_sentinel_failover_mid_run_loses_nothing_and_charges_nothing_twice(
-    sim, sim_catalog: Catalog, procs: Procs, tmp_path: Path, until
+    sim, sim_catalog: Catalog, procs: Procs, tmp_path: Path, until, failover: str
 ) -> None:
     with SentinelSet(down_after_ms=1000, failover_timeout_ms=3000) as sentinels:
         env = fleet_env(sim.url, **sentinels.env(), LLM_ROUTER_LEASE_S=str(LEASE_S))
@@ -68,7 +73,7 @@ async def test_a_sentinel_failover_mid_run_loses_nothing_and_charges_nothing_twi
         producer = await Producer.connect(settings, sim_catalog)  # the test's own reads: Sentinel too
         await sim.faults({"kind": "latency", "latency_ms": SIM_LATENCY_MS})
         try:
-            outcome = await _run(sentinels, env, producer, sim, procs, tmp_path, until)
+            outcome = await _run(sentinels, env, producer, sim, procs, tmp_path, until, failover)
         finally:
             await sim.faults()
             await producer.close()
@@ -81,7 +86,7 @@ async def test_a_sentinel_failover_mid_run_loses_nothing_and_charges_nothing_twi
     assert outcome.failover_s < 15, outcome
 
 
-async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, until) -> Outcome:
+async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, until, failover: str) -> Outcome:
     workers = [procs.start(env, "worker", "--max-jobs", "20") for _ in range(2)]
     pids = [w.pid for w in workers]
     await until(lambda: _live(producer, 2), timeout=30, what="two workers")
@@ -117,7 +122,7 @@ async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, unti
     old = sentinels.primary_port()
     ended_before = await _count_ended(producer, scoped)
     killed = time.monotonic()
-    await asyncio.to_thread(sentinels.kill_primary)
+    await asyncio.to_thread(sentinels.kill_primary if failover == "killed" else sentinels.demote_primary)
     await asyncio.to_thread(sentinels.wait_for_new_primary, old, 60)
     failover_s = time.monotonic() - killed
     await until(
@@ -149,6 +154,7 @@ async def _run(sentinels, env, producer, sim, procs: Procs, tmp_path: Path, unti
         provider_calls=calls,
         charged_twice_nanos=ledger.get("spent", 0) - sum(r.usage.cost_nanos for r in records if r.usage),
         reserved_left_nanos=ledger.get("reserved", 0),
+        failover=failover,
         failover_s=round(failover_s, 2),
         resumed_s=round(resumed_s, 2),
         submit_exit=submit_exit,
