@@ -47,13 +47,13 @@ chart sets it to the data nodes' password).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import redis as sync_redis
+import structlog
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -66,12 +66,17 @@ from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
 from config.settings import Settings
 from llm_router.errors import RouterError
 
+log = structlog.get_logger("llm_router.redis")
+
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # a sentinel that does not answer within this is skipped for the next one
 SENTINEL_TIMEOUT_S = 2.0
 # how often a pool asks the sentinels which node is the primary, besides on each new connection:
 # the longest a client keeps using a live primary that the sentinels have replaced
 PRIMARY_CHECK_S = 1.0
+# a blocking pool whose look found no sentinel answering waits this long before the next one: each
+# look can take SENTINEL_TIMEOUT_S a sentinel on the lease keeper's thread
+SENTINEL_BACKOFF_S = 30.0
 
 R = TypeVar("R", bound=Redis)
 # "the setting's timeout": callers that pass nothing get LLM_ROUTER_REDIS_TIMEOUT_S
@@ -336,48 +341,57 @@ class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
     ) -> AbstractConnection:
         loop = asyncio.get_running_loop()
         if self._check_loop is not loop and self.is_master:  # the first use (on this loop)
+            if self._check is not None:
+                self._check.cancel()
             self._check_loop = loop
-            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check)
+            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check, loop)
         return await super().get_connection(command_name, *keys, **options)
 
-    def _start_check(self) -> None:
-        assert self._check_loop is not None
-        self._checking = self._check_loop.create_task(self._check_and_again(), name="redis-primary-check")
+    def _start_check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._checking = loop.create_task(self._check_and_again(loop), name="redis-primary-check")
 
-    async def _check_and_again(self) -> None:
+    async def _check_and_again(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             await self.follow_primary()
-        finally:
-            loop = self._check_loop
-            if loop is not None and not loop.is_closed():
-                self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check)
+        except asyncio.CancelledError:
+            raise  # closed, or the loop shuts down: no next look
+        except Exception:
+            log.warning("primary check failed", exc_info=True)
+        if self._check_loop is loop and not loop.is_closed():
+            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check, loop)
 
-    async def follow_primary(self) -> bool:
-        """Ask the sentinels for the primary; when it moved, close every connection to another node
-        (idle ones as redis-py does, and those in use, whose owners get a connection error and
-        reconnect, as after Sentinel's own ``CLIENT KILL``). Whether it moved."""
-        before = self.master_address
+    async def follow_primary(self) -> int:
+        """Ask the sentinels for the primary, and close every connection of this pool to another
+        node: idle ones, and those in use, whose owners get a connection error and reconnect (as after
+        Sentinel's own ``CLIENT KILL``). Each look checks every connection, not only when the answer
+        changed: a connection opened meanwhile may have learned of the change first. How many it
+        closed."""
         try:
-            address = await self.get_master_address()  # drops idle connections on a change
+            address = await self.get_master_address()
         except (RedisError, OSError):
-            return False  # no sentinel answered: the connections' own errors are the guide
-        if before is None or address == before:
-            return False
-        for connection in list(self._in_use_connections):
+            return 0  # no sentinel answered: the connections' own errors are the guide
+        closed = 0
+        for connection in [*self._available_connections, *self._in_use_connections]:
             writer = getattr(connection, "_writer", None)
             if writer is not None and (connection.host, connection.port) != address:
                 writer.transport.abort()
-        return True
+                closed += 1
+        return closed
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
-        await super().disconnect(inuse_connections)
-        if inuse_connections:  # a full close (a change of primary only drops idle connections)
-            if self._check is not None:
-                self._check.cancel()
-            checking = self._checking
-            if checking is not None and not checking.done() and checking is not asyncio.current_task():
-                checking.cancel()
-            self._check = self._checking = self._check_loop = None
+        if not inuse_connections:  # a change of primary: idle connections only
+            await super().disconnect(inuse_connections)
+            return
+        # a full close: the looks at the sentinels stop first, whatever the close meets
+        if self._check is not None:
+            self._check.cancel()
+        checking = self._checking
+        if checking is not None and not checking.done() and checking is not asyncio.current_task():
+            checking.cancel()
+        self._check = self._checking = self._check_loop = None
+        try:
+            await super().disconnect(inuse_connections)
+        finally:
             for client in self.sentinel_manager.sentinels:
                 await client.aclose()
 
@@ -385,7 +399,8 @@ class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
 class _SyncSentinelPool(SyncSentinelConnectionPool):
     """The blocking client's pool asks the sentinels for the primary at most every
     ``PRIMARY_CHECK_S`` as it hands out a connection (its connections are only ever in use for one
-    command), and drops its idle connections when the primary moved."""
+    command), and drops its idle connections when the primary moved. The look runs on the caller's
+    thread (the lease keeper's): when no sentinel answers, the next one waits ``SENTINEL_BACKOFF_S``."""
 
     _checked_at = 0.0
 
@@ -394,8 +409,10 @@ class _SyncSentinelPool(SyncSentinelConnectionPool):
         now = time.monotonic()
         if self.is_master and now - self._checked_at >= PRIMARY_CHECK_S:
             self._checked_at = now
-            with contextlib.suppress(sync_redis.RedisError, OSError):
+            try:
                 self.get_master_address()  # drops idle connections when the primary moved
+            except (sync_redis.RedisError, OSError):
+                self._checked_at = now + SENTINEL_BACKOFF_S
         return super().get_connection(*args, **options)
 
     def disconnect(self, inuse_connections: bool = True) -> None:

@@ -152,14 +152,15 @@ async def test_which_errors_call_the_same_deployment_again(error: RouterError, e
     [
         # auto: the next deployment is another model (fo-other): wait, and alpha again
         ("fo-solo", {}, 0.05, ["alpha", "alpha"]),
-        # auto: the same model is served by beta: move there at once
-        ("fo-main", {}, 0.05, ["alpha", "beta"]),
+        # auto: the same model is served by beta: move there at once (a Retry-After well above a
+        # walk's own time on a busy machine, still under the inline limit, tells "at once" apart)
+        ("fo-main", {}, 0.15, ["alpha", "beta"]),
         # a wait longer than the inline limit (0.2 s) is never sat out in the worker slot
         ("fo-solo", {}, 5.0, ["alpha", "gamma"]),
         # no Retry-After: no telling how long, move on
         ("fo-solo", {}, None, ["alpha", "gamma"]),
         # per model: never wait, or wait even where the same model is elsewhere
-        ("fo-solo", {"retry_after": {"wait": "never"}}, 0.05, ["alpha", "gamma"]),
+        ("fo-solo", {"retry_after": {"wait": "never"}}, 0.15, ["alpha", "gamma"]),
         ("fo-main", {"retry_after": {"wait": "always"}}, 0.05, ["alpha", "alpha"]),
         # per model: a longer inline wait than the setting's
         ("fo-solo", {"retry_after": {"max_s": 0.5}}, 0.3, ["alpha", "alpha"]),

@@ -5,6 +5,7 @@ blocking client and the server's pub/sub subscription. Nothing is rebuilt or res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import msgpack
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
+from llm_router import redis_client as redis_client_module
 from llm_router.autopipe import AutoPipeline
 from llm_router.keys import ended_channel
 from llm_router.redis_client import redis_client, sync_redis_client
@@ -132,3 +134,38 @@ async def test_passwords_for_the_nodes_and_the_sentinels_come_from_their_setting
                 await without.ping()
         finally:
             await without.aclose()
+
+
+async def test_a_primary_first_learned_by_a_new_connection_still_moves_the_open_ones(
+    sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch
+):
+    # no periodic look during the test: the one below is the one that counts
+    monkeypatch.setattr(redis_client_module, "PRIMARY_CHECK_S", 3600.0)
+    client = redis_client(Settings(_env_file=None, redis_sentinels=sentinels.sentinels))
+    pipe = AutoPipeline(client)
+    get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    try:
+        await client.set("k", "before")
+        assert await pipe.call(get) == b"before"  # the pipeline holds this connection from here on
+        old = sentinels.primary_port()
+        await asyncio.to_thread(sentinels.demote_primary)
+        new = await asyncio.to_thread(sentinels.wait_for_new_primary, old, 60)
+        # a connection opened now asks the sentinels, and the pool takes their answer as known
+        pool = client.connection_pool
+        deadline = time.monotonic() + 10  # the sentinels agree on the new primary within moments
+        while pool.master_address is None or pool.master_address[1] != new:
+            assert time.monotonic() < deadline, f"the sentinels still name {pool.master_address}"
+            extra = pool.make_connection()
+            with contextlib.suppress(RedisError, OSError):
+                await extra.connect()
+            await extra.disconnect()
+            await asyncio.sleep(0.05)
+        # the next look still closes the pipeline's connection to the old primary
+        assert await pool.follow_primary() >= 1
+        direct = Redis(port=new, password=sentinels.password)
+        await direct.set("k", "after")
+        await _until_equal(lambda: pipe.call(get), b"after", 5.0)
+        await direct.aclose()
+    finally:
+        await pipe.aclose()
+        await client.aclose()
