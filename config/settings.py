@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # when they require one (Sentinel's requirepass is separate from the data nodes')
     redis_password: SecretStr | None = None
     redis_sentinel_password: SecretStr | None = None
+    # how often each process asks the sentinels which node is the primary: the longest it keeps
+    # writing to a live primary the sentinels have replaced (writes there are lost in its resync)
+    redis_sentinel_check_s: float = Field(default=1.0, gt=0)
     # every client's connect and reply timeout: a Redis that stops answering (stopped, partitioned,
     # a blocked primary) fails a call within this rather than hanging it; the HTTP API then answers
     # 503 redis_unavailable with Retry-After, the CLI exits 1 saying so

@@ -11,15 +11,15 @@ Two ways to name Redis:
 * Sentinel: ``LLM_ROUTER_REDIS_SENTINELS=host:26379,host:26379,…`` and
   ``LLM_ROUTER_REDIS_SENTINEL_MASTER`` (default ``mymaster``), or the same as one URL,
   ``REDIS_URL=redis+sentinel://[:password@]host:26379,host:26379/mymaster/0`` (``rediss+sentinel``
-  for TLS to the data nodes). A client asks the sentinels for the primary on every new connection;
-  a connection to a primary that was demoted turns ``READONLY`` into a connection error and is
+  for TLS to the data nodes). A client asks the sentinels for the primary on every new connection; a
+  connection to a primary that was demoted turns ``READONLY`` into a connection error and is
   dropped, so after a failover every client finds the new primary by itself. A pool also asks the
-  sentinels every ``PRIMARY_CHECK_S``, and when they name another primary it closes its connections
-  to the old one at once, the ones in use too (a subscription, the auto-pipeline's). A failover
-  run while the old primary is alive (``SENTINEL FAILOVER``) leaves it a writable primary for
-  ~10 s, until the sentinels turn it into a replica. Until then a client that kept its connection
-  would write there, and those writes are lost in the resync; a subscription there hears nothing
-  that is published on the new primary.
+  sentinels every ``LLM_ROUTER_REDIS_SENTINEL_CHECK_S`` (1 s), and when they name another primary it
+  closes its connections to the old one at once, the ones in use too (a subscription, the
+  auto-pipeline's). A failover run while the old primary is alive (``SENTINEL FAILOVER``) leaves it
+  a writable primary for ~10 s, until the sentinels turn it into a replica. Until then a client that
+  kept its connection would write there, and those writes are lost in the resync; a subscription
+  there hears nothing that is published on the new primary.
 
 Timeouts: every client connects and reads within ``LLM_ROUTER_REDIS_TIMEOUT_S`` (5 s) unless its
 caller asks otherwise, so a Redis that stops answering without closing its connections (SIGSTOP, a
@@ -71,8 +71,9 @@ log = structlog.get_logger("llm_router.redis")
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # a sentinel that does not answer within this is skipped for the next one
 SENTINEL_TIMEOUT_S = 2.0
-# how often a pool asks the sentinels which node is the primary, besides on each new connection:
-# the longest a client keeps using a live primary that the sentinels have replaced
+# how often a pool asks the sentinels which node is the primary, besides on each new connection
+# (LLM_ROUTER_REDIS_SENTINEL_CHECK_S): the longest a client keeps using a live primary that the
+# sentinels have replaced
 PRIMARY_CHECK_S = 1.0
 # a blocking pool whose look found no sentinel answering waits this long before the next one: each
 # look can take SENTINEL_TIMEOUT_S a sentinel on the lease keeper's thread
@@ -176,7 +177,12 @@ def redis_client(
         **_node_options(target),
         **options,
     )
-    return sentinel.master_for(target.master, redis_class=redis_class, connection_pool_class=_SentinelPool)
+    return sentinel.master_for(
+        target.master,
+        redis_class=redis_class,
+        connection_pool_class=_SentinelPool,
+        primary_check_s=settings.redis_sentinel_check_s,
+    )
 
 
 def sync_redis_client(
@@ -201,7 +207,11 @@ def sync_redis_client(
         **_node_options(target),
         **options,
     )
-    return sentinel.master_for(target.master, connection_pool_class=_SyncSentinelPool)
+    return sentinel.master_for(
+        target.master,
+        connection_pool_class=_SyncSentinelPool,
+        primary_check_s=settings.redis_sentinel_check_s,
+    )
 
 
 def _timeout(given: float | None, settings: Settings) -> float | None:
@@ -327,11 +337,12 @@ class _Pool(_ConnectOutsideTheLock, ConnectionPool):
 
 
 class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
-    """Follows the primary the sentinels name (``PRIMARY_CHECK_S``; see the module docstring), and
+    """Follows the primary the sentinels name (every ``primary_check_s``; see the module docstring), and
     closing the client closes its connections to the sentinels too."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, primary_check_s: float = PRIMARY_CHECK_S, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.primary_check_s = primary_check_s
         self._check: asyncio.TimerHandle | None = None  # the next look at the sentinels
         self._checking: asyncio.Task[None] | None = None  # the look under way
         self._check_loop: asyncio.AbstractEventLoop | None = None
@@ -344,7 +355,7 @@ class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
             if self._check is not None:
                 self._check.cancel()
             self._check_loop = loop
-            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check, loop)
+            self._check = loop.call_later(self.primary_check_s, self._start_check, loop)
         return await super().get_connection(command_name, *keys, **options)
 
     def _start_check(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -358,7 +369,7 @@ class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
         except Exception:
             log.warning("primary check failed", exc_info=True)
         if self._check_loop is loop and not loop.is_closed():
-            self._check = loop.call_later(PRIMARY_CHECK_S, self._start_check, loop)
+            self._check = loop.call_later(self.primary_check_s, self._start_check, loop)
 
     async def follow_primary(self) -> int:
         """Ask the sentinels for the primary, and close every connection of this pool to another
@@ -398,16 +409,20 @@ class _SentinelPool(_ConnectOutsideTheLock, SentinelConnectionPool):
 
 class _SyncSentinelPool(SyncSentinelConnectionPool):
     """The blocking client's pool asks the sentinels for the primary at most every
-    ``PRIMARY_CHECK_S`` as it hands out a connection (its connections are only ever in use for one
+    ``primary_check_s`` as it hands out a connection (its connections are only ever in use for one
     command), and drops its idle connections when the primary moved. The look runs on the caller's
     thread (the lease keeper's): when no sentinel answers, the next one waits ``SENTINEL_BACKOFF_S``."""
 
-    _checked_at = 0.0
+    _checked_at = float("-inf")  # the first connection looks, however long ago the host booted
+
+    def __init__(self, *args: Any, primary_check_s: float = PRIMARY_CHECK_S, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.primary_check_s = primary_check_s
 
     # the arguments passed on as they came: redis-py 5.3 warns when a command name is passed
     def get_connection(self, *args: Any, **options: Any) -> Any:
         now = time.monotonic()
-        if self.is_master and now - self._checked_at >= PRIMARY_CHECK_S:
+        if self.is_master and now - self._checked_at >= self.primary_check_s:
             self._checked_at = now
             try:
                 self.get_master_address()  # drops idle connections when the primary moved

@@ -14,7 +14,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
-from llm_router import redis_client as redis_client_module
 from llm_router.autopipe import AutoPipeline
 from llm_router.keys import ended_channel
 from llm_router.redis_client import redis_client, sync_redis_client
@@ -136,12 +135,11 @@ async def test_passwords_for_the_nodes_and_the_sentinels_come_from_their_setting
             await without.aclose()
 
 
-async def test_a_primary_first_learned_by_a_new_connection_still_moves_the_open_ones(
-    sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch
-):
+async def test_a_primary_first_learned_by_a_new_connection_still_moves_the_open_ones(sentinels: SentinelSet):
     # no periodic look during the test: the one below is the one that counts
-    monkeypatch.setattr(redis_client_module, "PRIMARY_CHECK_S", 3600.0)
-    client = redis_client(Settings(_env_file=None, redis_sentinels=sentinels.sentinels))
+    client = redis_client(
+        Settings(_env_file=None, redis_sentinels=sentinels.sentinels, redis_sentinel_check_s=3600)
+    )
     pipe = AutoPipeline(client)
     get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
     try:
@@ -169,3 +167,44 @@ async def test_a_primary_first_learned_by_a_new_connection_still_moves_the_open_
     finally:
         await pipe.aclose()
         await client.aclose()
+
+
+async def test_the_pools_look_at_the_sentinels_as_often_as_the_setting_says(sentinels: SentinelSet):
+    settings = Settings(_env_file=None, redis_sentinels=sentinels.sentinels, redis_sentinel_check_s=0.2)
+    client = redis_client(settings)
+    blocking = sync_redis_client(settings)
+    rarely = sync_redis_client(settings.model_copy(update={"redis_sentinel_check_s": 3600.0}))
+    try:
+        await client.ping()
+        pool = client.connection_pool
+        # the first command schedules the first look, the setting's time ahead
+        assert pool._check is not None
+        assert pool._check.when() - asyncio.get_running_loop().time() <= 0.2
+        looks = 0
+        follow = pool.follow_primary
+
+        async def counted() -> int:
+            nonlocal looks
+            looks += 1
+            return await follow()
+
+        pool.follow_primary = counted
+        started = time.monotonic()
+        while looks < 3:
+            assert time.monotonic() - started < 5, f"{looks} looks in 5 s at one every 0.2 s"
+            await asyncio.sleep(0.05)
+        # the blocking pool looks as it hands out a connection, at most that often
+        blocking.ping()
+        checked = blocking.connection_pool._checked_at
+        time.sleep(0.25)
+        blocking.ping()
+        assert blocking.connection_pool._checked_at > checked
+        rarely.ping()
+        checked = rarely.connection_pool._checked_at
+        assert checked > float("-inf")  # its first connection looked
+        rarely.ping()
+        assert rarely.connection_pool._checked_at == checked
+    finally:
+        await client.aclose()
+        blocking.close()
+        rarely.close()
