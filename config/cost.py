@@ -18,7 +18,8 @@ stream broke before the provider's usage came.
 tokenizer, so it works on a locked-down host and costs a microsecond a job:
 
 * **prompt tokens** (``prompt_tokens``) = ⌈bytes of the job's canonical JSON request / 4⌉, less the
-  bytes of any image data, plus ``IMAGE_TOKENS`` per image. Four bytes a token is OpenAI's own rule
+  characters of its image parts' URLs (``image_parts``: the parts' own, never a ``"url"`` elsewhere
+  in the request), plus ``IMAGE_TOKENS`` per image. Four bytes a token is OpenAI's own rule
   of thumb for English; counting the JSON (keys, quotes, tool schemas) rather than the text alone
   leans high, which is the right side for a reservation.
 * **worst case** (``CostModel.worst_case`` of a ``Demand``, built from the request by
@@ -35,7 +36,6 @@ tokenizer, so it works on a locked-down host and costs a microsecond a job:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -54,10 +54,17 @@ IMAGE_TOKENS = 1_600
 # providers add less for function definitions, whose JSON the byte estimate already counts
 TOOL_PROMPT_TOKENS = 350
 # the most thinking a reasoning_effort may buy beyond max_tokens: Gemini's thinkingBudget
-# (24,576 at "high") is not part of maxOutputTokens; OpenAI's and Anthropic's are within it
-REASONING_ALLOWANCE: dict[str, int] = {"minimal": 512, "low": 1_024, "medium": 8_192, "high": 24_576}
+# (24,576 from "high" up; the Gemini adapter's THINKING_BUDGET, which a test holds this to) is not
+# part of maxOutputTokens; OpenAI's and Anthropic's are within it
+REASONING_ALLOWANCE: dict[str, int] = {
+    "minimal": 512,
+    "low": 1_024,
+    "medium": 8_192,
+    "high": 24_576,
+    "xhigh": 24_576,
+    "max": 24_576,
+}
 BYTES_PER_TOKEN = 4
-_DATA = re.compile(rb'"url":"(data:[^"]*|https?://[^"]*)"')
 
 
 # -- money ------------------------------------------------------------------------------------
@@ -274,14 +281,29 @@ def call_usage(
 # -- estimates --------------------------------------------------------------------------------
 
 
-def prompt_tokens(request: bytes, images: int | None = None) -> int:
-    """Estimated prompt tokens of a job's canonical JSON request (see the module's doc); ``images``
-    is the number of image parts, counted from the JSON when not given."""
-    if images is None:
-        images = sum(1 for _ in _DATA.finditer(request))
-    size = len(request)
-    if images:
-        size -= sum(len(m.group(1)) for m in _DATA.finditer(request))
+def image_parts(request: dict[str, Any]) -> tuple[int, int]:
+    """The image parts of a chat body's messages: how many, and the characters of their URLs (what
+    ``prompt_tokens`` counts as ``IMAGE_TOKENS`` each instead of as text). Only the parts themselves:
+    a ``"url"`` anywhere else (a tool's schema, a response format) is text the provider bills."""
+    count = chars = 0
+    for message in request.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                count += 1
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else None
+                if isinstance(url, str):
+                    chars += len(url)  # at most its bytes in the JSON: the estimate errs high
+    return count, chars
+
+
+def prompt_tokens(request: bytes, images: int = 0, image_chars: int = 0) -> int:
+    """Estimated prompt tokens of a job's canonical JSON request (see the module's doc): its bytes
+    less ``image_chars`` (its image parts' URLs, ``image_parts``), plus ``IMAGE_TOKENS`` per image."""
+    size = len(request) - image_chars
     return -(-max(size, 0) // BYTES_PER_TOKEN) + images * IMAGE_TOKENS
 
 

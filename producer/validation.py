@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from config.catalog import Catalog
-from config.cost import CostModel, demand_of, prompt_tokens
+from config.cost import CostModel, demand_of, image_parts, prompt_tokens
 from config.routes import Need, NoCapableModel, RouteSpec, choose
 from config.settings import Settings
 from llm_router.contract import ChatJob, image_urls, invalid_from_validation, normalise_data_uris
@@ -149,8 +149,8 @@ class Validator:
                 f"job body is {len(request)} bytes; the limit is {self.settings.max_body_bytes} bytes"
             )
         image_param = job.first_image_param()
-        images = job.image_count() if image_param else 0
-        prompt = prompt_tokens(request, images)
+        images, image_chars = image_parts(obj) if image_param else (0, 0)
+        prompt = prompt_tokens(request, images, image_chars)
         max_out = job.max_completion_tokens or job.max_tokens
         job_id = job.job_id or new_id or uuid.uuid4().hex
 

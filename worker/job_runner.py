@@ -70,7 +70,7 @@ from worker.provider_client import ProviderClient
 from worker.providers import ADAPTERS, Completion
 from worker.providers.stream import completion_chunks
 from worker.room import Room
-from worker.route_walk import PassResult, RouteWalk, estimated_usage, failed_pass
+from worker.route_walk import PassResult, RouteWalk, failed_pass
 from worker.streaming import ChunkPublisher, stream_call, wants_usage
 
 log = structlog.get_logger("llm_router.worker")
@@ -297,12 +297,13 @@ class JobRunner:
             tried = [*attempts, _interrupted(call, self.worker_id, measured=True)]
             if self.aborting(job_id):
                 back = _cancelled(tried)
-                if call is not None and publisher is not None and publisher.text:
-                    # the provider streamed part of an answer before the abort: that part is paid for
-                    dep = self._deployments.get(f"{call['provider']}/{call['upstream_model']}")
-                    if dep is not None:
-                        back["usage"] = estimated_usage(dep, request_b, "".join(publisher.text))
-                        back["partial_text"] = "".join(publisher.text)
+                streamed = "".join(publisher.text) if publisher is not None else ""
+                # the calls the provider had are paid for: their prompts and what they streamed
+                usage = walk.aborted_usage(streamed)
+                if usage is not None:
+                    back["usage"] = usage
+                if streamed:
+                    back["partial_text"] = streamed
                 bound.info("job aborted by a cancel")
             else:
                 back = {"status": JobStatus.QUEUED, "attempts": tried}

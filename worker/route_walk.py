@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from config.catalog import Catalog, Deployment, RetryAfterSpec
-from config.cost import call_usage, nanos_to_usd, prompt_tokens, text_tokens
+from config.cost import call_usage, image_parts, nanos_to_usd, prompt_tokens, text_tokens
 from config.settings import Settings
 from llm_router.circuit_breaker import (
     UNCHECKED,
@@ -156,6 +156,8 @@ class RouteWalk:
     _interrupted: StreamInterrupted | None = None
     _continuations: int = 0
     _broken_usage: list[dict[str, Any]] = field(default_factory=list)  # what each broken call cost
+    # calls whose request the provider has and whose answer has not come: what an abort pays for
+    _on_wire: list[tuple[Deployment, dict[str, Any]]] = field(default_factory=list)
 
     async def run(self) -> PassResult:
         errors: list[RouterError] = []
@@ -336,6 +338,17 @@ class RouteWalk:
         self._hedge_usage = []
         return self._finish(result)
 
+    def aborted_usage(self, streamed: str) -> dict[str, Any] | None:
+        """What the walk costs when a cancel aborted it, by estimate (``None``: nothing): every call
+        the provider still had, its prompt (which the provider read, as a hedge's loser pays) and,
+        for the first, the text ``streamed`` from it; and what a broken stream or a hedge's loser
+        cost before. A call cut before its first token is no cheaper to its provider."""
+        before = self._interrupted.partial_text if self._interrupted is not None else ""
+        usages = [*self._broken_usage, *self._hedge_usage]
+        for k, (dep, request) in enumerate(self._on_wire):
+            usages.append(self._estimated(dep, request, streamed[len(before) :] if k == 0 else ""))
+        return sum_usage(usages) if usages else None
+
     def _estimated(self, dep: Deployment, request: dict[str, Any], streamed: str) -> dict[str, Any]:
         """What a call that broke after streaming ``streamed`` costs, by estimate."""
         request_json = self.request_json if request is self.request else orjson.dumps(request)
@@ -383,7 +396,16 @@ class RouteWalk:
                 call = self.stream if self.stream is not None and self.request.get("stream") else self.call
                 if continuing and self.publisher is not None and self._interrupted is not None:
                     self.publisher.continue_after(request["messages"][-1]["content"])
-                completion = await call(dep, request, self.deadline_at)
+                wire = (dep, request)
+                self._on_wire.append(wire)
+                try:
+                    completion = await call(dep, request, self.deadline_at)
+                except asyncio.CancelledError:
+                    raise  # still on the wire: the provider read the prompt (``aborted_usage``)
+                except BaseException:
+                    self._on_wire.remove(wire)
+                    raise
+                self._on_wire.remove(wire)
             except RouterError as exc:
                 self.scrub(exc)
                 self.attempts.append(_attempt(dep, model_id, started, t0, exc, _ADMITTED_STATE.get(admitted)))
@@ -558,6 +580,7 @@ class RouteWalk:
         if not task.done():
             task.cancel()
             await asyncio.wait({task})
+        self._on_wire = [wire for wire in self._on_wire if wire[0] is not dep]  # billed here
         if not task.cancelled():
             finished = task.result()
             if finished is not None:
@@ -782,7 +805,8 @@ def sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
 def estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
     """What a call that streamed ``text`` and then broke (or was aborted) costs, by the reservation's
     estimate, marked as estimated: the provider's own usage never came."""
-    return call_usage(dep.price, prompt_tokens(request_json), text_tokens(text), estimated=True)
+    prompt = prompt_tokens(request_json, *image_parts(orjson.loads(request_json)))
+    return call_usage(dep.price, prompt, text_tokens(text), estimated=True)
 
 
 def failed_pass(exc: RouterError, attempts: list[dict[str, Any]]) -> PassResult:

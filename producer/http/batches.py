@@ -82,7 +82,8 @@ def check_create(body: Any) -> tuple[str, str, str, dict[str, str] | None]:
 def batch_id_for(tenant: str, idempotency_key: str | None) -> str:
     """A new batch id; derived from the tenant and the key when the caller sent ``Idempotency-Key``."""
     if idempotency_key:
-        digest = hashlib.blake2b(f"{tenant}\0{idempotency_key}".encode(), digest_size=16).hexdigest()
+        raw = f"{tenant}\0{idempotency_key}".encode("utf-8", "surrogateescape")  # as ``idempotency_key``
+        digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
         return "batch_" + digest
     return "batch_" + secrets.token_hex(16)
 

@@ -153,7 +153,8 @@ def idempotency_key(request: web.Request) -> str | None:
         return None
     if len(key) <= MAX_KEY_AS_ID and JOB_ID_RE.fullmatch(key):
         return key
-    return "key-" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    # a header's bytes that are not UTF-8 come as surrogates (aiohttp): hashed as they came
+    return "key-" + hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 async def start_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:

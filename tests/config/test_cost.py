@@ -13,7 +13,9 @@ from config.cost import (
     FREE,
     IMAGE_TOKENS,
     NANOS_PER_USD,
+    REASONING_ALLOWANCE,
     call_usage,
+    image_parts,
     nanos_to_usd,
     price_from_rates,
     prompt_tokens,
@@ -21,6 +23,7 @@ from config.cost import (
     usd_to_nanos,
 )
 from llm_router.contract import Usage
+from worker.providers.gemini import THINKING_BUDGET as GEMINI_THINKING_BUDGET
 
 
 def test_money_is_exact_to_the_nano_dollar() -> None:
@@ -91,6 +94,38 @@ def test_prompt_tokens_count_images_by_the_image_not_by_its_bytes() -> None:
         return orjson.dumps({"messages": [{"content": [{"image_url": {"url": url}, "type": "image_url"}]}]})
 
     with_image, without = request(data), request("")
-    assert prompt_tokens(with_image, images=1) == prompt_tokens(without) + IMAGE_TOKENS
+    assert image_parts(orjson.loads(with_image)) == (1, len(data))
+    assert prompt_tokens(with_image, *image_parts(orjson.loads(with_image))) == (
+        prompt_tokens(without) + IMAGE_TOKENS
+    )
     assert prompt_tokens(b"x" * 401) == 101
     assert text_tokens("") == 0 and text_tokens("abcd") == 1 and text_tokens("abcde") == 2
+
+
+def test_only_image_parts_leave_the_prompt_estimate() -> None:
+    # a "url" anywhere else (a tool's schema, a response format's) is text the provider bills
+    padding = "https://x.example/" + "A" * 40_000
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hi"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"url": padding}}}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"url": padding}}},
+    }
+    request = orjson.dumps(body)
+    images, chars = image_parts(body)
+    assert (images, chars) == (1, len("data:image/png;base64,AAAA"))
+    assert prompt_tokens(request, images, chars) >= 2 * len(padding) // 4 + IMAGE_TOKENS
+
+
+def test_every_reasoning_effort_gemini_thinks_on_is_reserved() -> None:
+    # Gemini's thinking budget is spent beyond maxOutputTokens: each effort the adapter sends must
+    # be in the reservation, at least as large
+    for effort, budget in GEMINI_THINKING_BUDGET.items():
+        assert REASONING_ALLOWANCE.get(effort, 0) >= budget, effort

@@ -70,6 +70,39 @@ FIELDS: dict[str, dict[str, Any]] = {
         "reasoning_effort": "high",
         "messages": [{"role": "user", "content": TEXT}],
     },
+    # the efforts above "high" think as much on Gemini
+    "reasoning xhigh": {
+        "model": "gemini-2.5-flash",
+        "fallbacks": [],  # priced alone: a dearer fallback's price would hide what it thinks
+        "max_tokens": 40,
+        "reasoning_effort": "xhigh",
+        "messages": [{"role": "user", "content": TEXT}],
+    },
+    # with an image in the job, only the image part's URL leaves the prompt's estimate: a "url" in
+    # a tool's schema is text the provider bills
+    "images and url text": {
+        "model": "gpt-4o-mini",
+        "fallbacks": [],
+        "max_tokens": 40,
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "parameters": {"type": "object", "url": "https://x.example/" + "A" * 40_000},
+                },
+            }
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": TEXT},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                ],
+            }
+        ],
+    },
     # a followed stream cut after tokens goes on elsewhere (Gemini, down the chain, takes the prefill):
     # two calls, each paying for the long prompt
     "continuation": {

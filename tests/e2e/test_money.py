@@ -291,13 +291,21 @@ async def _gone(e2e: Producer, key: str) -> bool:
     return not await e2e.redis.exists(key)
 
 
-async def test_a_running_job_can_be_cancelled(e2e: Producer, sim, until) -> None:
+async def test_a_running_job_can_be_cancelled_and_pays_for_the_prompt_its_provider_read(
+    e2e: Producer, sim, until
+) -> None:
     tenant = _tenant()
     await Ledger(e2e.redis).add(tenant, "1")
     await sim.faults({"model": "gpt-4.1-mini", "kind": "latency", "latency_ms": 5000})
+    calls = await _model_calls(sim, "gpt-4.1-mini")
+    prompt = [{"role": "user", "content": "summarise this: " + "lorem ipsum " * 2000}]
     try:
-        sub = await e2e.submit({"model": "gpt-4.1-mini", "messages": HI, "fallbacks": []}, tenant=tenant)
-        await until(lambda: _status_is(e2e, sub, "running"), timeout=10, what="the job to start")
+        sub = await e2e.submit({"model": "gpt-4.1-mini", "messages": prompt, "fallbacks": []}, tenant=tenant)
+
+        async def sent() -> bool:  # the simulator counts a call when it arrives
+            return await _model_calls(sim, "gpt-4.1-mini") > calls
+
+        await until(sent, timeout=10, what="the call to reach the provider")
         await e2e.cancel(sub.job_id, tenant=tenant)
         await until(lambda: _status_is(e2e, sub, "cancelled"), timeout=10, what="the abort")
     finally:
@@ -305,7 +313,13 @@ async def test_a_running_job_can_be_cancelled(e2e: Producer, sim, until) -> None
     record = await e2e.get(sub.job_id, tenant=tenant)
     assert record.error["code"] == "cancelled"
     assert record.attempts[-1].outcome == "interrupted"
-    assert int(await e2e.redis.hget(credits_key(tenant), "reserved")) == 0
+    # nothing was streamed, but the provider had read the ~6,000-token prompt: a tenant cannot make
+    # the operator pay for prompts by cancelling (or leaving) before the answer
+    assert record.usage is not None and record.usage.estimated
+    assert record.usage.prompt_tokens > 5_000 and record.usage.completion_tokens == 0
+    assert record.usage.cost_nanos > 0 and record.partial_text is None
+    raw = await e2e.redis.hgetall(credits_key(tenant))
+    assert int(raw[b"reserved"]) == 0 and int(raw[b"spent"]) == record.usage.cost_nanos
 
 
 async def _status_is(producer: Producer, sub: Submitted, status: str) -> bool:
