@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from config.cost import FREE, Price, discounted, price_from_genai_prices, price_from_rates
+from config.cost import FREE, IMAGE_TOKENS, Price, discounted, price_from_genai_prices, price_from_rates
 from config.routes import RouteSpec
 from config.settings import Settings
 
@@ -183,6 +183,9 @@ class Capabilities(_Strict):
     tools: bool = True
     context_window: int = 128_000
     max_output: int = 4_096
+    # the most prompt tokens one image can cost (what a reservation prices each image at): OpenAI's
+    # mini and nano models bill an image as many more tokens, at their lower price
+    image_tokens: int = Field(default=IMAGE_TOKENS, ge=1)
 
 
 class ModelSpec(_Strict):

@@ -321,6 +321,9 @@ class Demand(NamedTuple):
     extra_output: int = 0  # thinking a reasoning_effort may spend beyond max_output
     choices: int = 1  # n: every choice is billed its own output
     attempts: int = 1  # calls the job may pay for in full (hedged attempts, continuations)
+    # image parts: each costs its model's ``image_tokens`` (``prompt_tokens`` above counts them at
+    # IMAGE_TOKENS, and the cost model swaps that for each model's own)
+    images: int = 0
 
 
 def followed_stream(request: dict[str, Any], interactive: bool) -> bool:
@@ -337,9 +340,11 @@ def demand_of(
     interactive: bool = False,
     continuations: int = 1,
     hedged: bool = False,
+    images: int = 0,
 ) -> Demand:
     """The one function every cost-multiplying field of a request enters (see the module's doc):
-    ``n``, images (in ``prompt``), tools, reasoning budgets, a followed stream's continuations
+    ``n``, images (``images`` of them, counted in ``prompt`` at ``IMAGE_TOKENS`` each, priced at each
+    model's ``image_tokens``), tools, reasoning budgets, a followed stream's continuations
     (``followed_stream``: each is a call billed on top of the partial answer before it; the worker
     caps a continuation's output at what the first call had left, so each fits one more attempt) and
     a hedge (``hedged``: the job's or its route's ``hedge``, on an interactive job: a second attempt
@@ -362,12 +367,13 @@ def demand_of(
         max(int(n), 1) if n else 1,  # choices
         (1 + max(continuations, 0) if interactive and followed_stream(request, interactive) else 1)
         + int(hedged),  # attempts
+        images,
     )
 
 
 # a distinct price of a route: its first tier's input and output rates (picos), the tiers above it as
-# (start, input, output), and its model's max output
-_Row = tuple[int, int, tuple[tuple[int, int, int], ...], int]
+# (start, input, output), its model's max output, and what an image costs it beyond IMAGE_TOKENS
+_Row = tuple[int, int, tuple[tuple[int, int, int], ...], int, int]
 
 
 class CostModel:
@@ -385,14 +391,15 @@ class CostModel:
     def _route_rows(self, route: tuple[str, ...]) -> list[_Row]:
         rows = self._rows.get(route)
         if rows is None:
-            distinct: dict[tuple[tuple[tuple[int, int, int], ...], int], None] = {}
+            distinct: dict[tuple[tuple[tuple[int, int, int], ...], int, int], None] = {}
             for model_id in route:
-                max_out = self.catalog.models[model_id].capabilities.max_output
+                caps = self.catalog.models[model_id].capabilities
+                image_extra = caps.image_tokens - IMAGE_TOKENS
                 for dep in self.catalog.deployments(model_id):
                     tiers = tuple((t.start, t.input, t.output) for t in dep.price.tiers)
-                    distinct[(tiers, max_out)] = None
+                    distinct[(tiers, caps.max_output, image_extra)] = None
             # the first tier's rates apart from the tiers above it: no slice per row and job
-            rows = self._rows[route] = [(t[0][1], t[0][2], t[1:], m) for t, m in distinct]
+            rows = self._rows[route] = [(t[0][1], t[0][2], t[1:], m, i) for t, m, i in distinct]
         return rows
 
     def worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
@@ -409,9 +416,9 @@ class CostModel:
 
     def _worst_case(self, route: list[str] | tuple[str, ...], demand: Demand) -> int:
         worst = 0
-        prompt = demand.prompt_tokens
         rows = self._rows.get(route) if type(route) is tuple else None
-        for rate_in, rate_out, higher, model_max in rows or self._route_rows(tuple(route)):
+        for rate_in, rate_out, higher, model_max, image_extra in rows or self._route_rows(tuple(route)):
+            prompt = demand.prompt_tokens + demand.images * image_extra
             for start, tier_in, tier_out in higher:  # as Price.tier_for: the last tier passed
                 if prompt > start:
                     rate_in, rate_out = tier_in, tier_out

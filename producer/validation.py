@@ -223,6 +223,7 @@ class Validator:
                     interactive=interactive,
                     continuations=self.settings.max_continuations,
                     hedged=hedge_ms is not None,
+                    images=images,
                 ),
             ),
             prompt_tokens=prompt,

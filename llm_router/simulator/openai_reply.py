@@ -82,7 +82,7 @@ def plan_reply(req: ChatRequest) -> Reply:
     target = _function_to_call(req) if req.prefill is None else None
     choices = [_plan_choice(req, digest, choice_digest(digest, i), target) for i in range(req.n)]
     offered = (req.tools or []) + (req.functions or [])
-    prompt = count_prompt_tokens(req.messages, offered or None)
+    prompt = count_prompt_tokens(req.messages, offered or None, req.model)
     completion = sum(c.completion_tokens for c in choices)
     return Reply(
         id=f"chatcmpl-{digest.hex()[:24]}",

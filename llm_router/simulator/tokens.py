@@ -7,7 +7,9 @@ The rule (responses' ``usage`` follows it exactly, so tests can predict it):
   4 tokens of overhead
   + its ``content``: a string by the text rule; a list of parts where a ``text`` part counts
   its ``text`` by the text rule, an ``image_url`` part counts 85 tokens when its ``detail`` is
-  ``"low"`` and 765 otherwise, and any other part counts the text rule over its compact JSON;
+  ``"low"`` and 765 otherwise (gpt-4o's tokens for a 1024 x 1024 image; ``gpt-4o-mini`` bills the
+  same image as OpenAI does, 2,833 low and 25,501 otherwise: 2,833 + 5,667 a tile), and any other
+  part counts the text rule over its compact JSON;
   ``null``/absent content is 0
   + its ``name`` by the text rule
   + its ``tool_calls`` and ``function_call`` by the text rule over their compact JSON;
@@ -46,6 +48,8 @@ MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 IMAGE_LOW_DETAIL = 85
 IMAGE_OTHER_DETAIL = 765
+# models that bill an image as many more tokens, at a lower price: (low detail, otherwise)
+IMAGE_TOKENS_BY_MODEL: dict[str, tuple[int, int]] = {"gpt-4o-mini": (2_833, 2_833 + 4 * 5_667)}
 
 
 def count_text_tokens(text: str) -> int:
@@ -59,14 +63,15 @@ def count_json_tokens(value: Any) -> int:
     return (len(orjson.dumps(value)) + 3) // 4
 
 
-def count_prompt_tokens(messages: list[Any], tools: list[Any] | None = None) -> int:
-    """Prompt tokens of a chat request, by the rule in this module's docstring."""
+def count_prompt_tokens(messages: list[Any], tools: list[Any] | None = None, model: str = "") -> int:
+    """Prompt tokens of a chat request to ``model``, by the rule in this module's docstring."""
+    images = IMAGE_TOKENS_BY_MODEL.get(model.rsplit("/", 1)[-1], (IMAGE_LOW_DETAIL, IMAGE_OTHER_DETAIL))
     total = REPLY_PRIMING
     for message in messages:
         total += MESSAGE_OVERHEAD
         if not isinstance(message, dict):
             continue
-        total += _content_tokens(message.get("content"))
+        total += _content_tokens(message.get("content"), images)
         name = message.get("name")
         if isinstance(name, str):
             total += count_text_tokens(name)
@@ -79,17 +84,17 @@ def count_prompt_tokens(messages: list[Any], tools: list[Any] | None = None) -> 
     return total
 
 
-def _content_tokens(content: Any) -> int:
+def _content_tokens(content: Any, images: tuple[int, int]) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
         return count_text_tokens(content)
     if isinstance(content, list):
-        return sum(_part_tokens(part) for part in content)
+        return sum(_part_tokens(part, images) for part in content)
     return count_json_tokens(content)
 
 
-def _part_tokens(part: Any) -> int:
+def _part_tokens(part: Any, images: tuple[int, int]) -> int:
     if isinstance(part, dict):
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
@@ -97,7 +102,7 @@ def _part_tokens(part: Any) -> int:
         if kind == "image_url":
             image = part.get("image_url")
             detail = image.get("detail") if isinstance(image, dict) else None
-            return IMAGE_LOW_DETAIL if detail == "low" else IMAGE_OTHER_DETAIL
+            return images[0] if detail == "low" else images[1]
     return count_json_tokens(part)
 
 

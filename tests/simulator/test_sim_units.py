@@ -41,6 +41,10 @@ def test_count_prompt_tokens_follows_the_documented_rule() -> None:
     assert count_prompt_tokens(messages) == expected
     assert count_prompt_tokens(messages, tools) == expected + count_text_tokens(tools_json)
     assert count_prompt_tokens([]) == 3
+    # gpt-4o-mini bills an image as many more tokens than gpt-4o does, as OpenAI's does
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]
+    assert count_prompt_tokens(image, model="gpt-4o") == 3 + 4 + 765
+    assert count_prompt_tokens(image, model="openai/gpt-4o-mini") == 3 + 4 + 2_833 + 4 * 5_667
 
 
 def test_truncate_and_stop() -> None:
