@@ -19,14 +19,16 @@ tokenizer, so it works on a locked-down host and costs a microsecond a job:
 
 * **prompt tokens** (``prompt_tokens``) = ⌈bytes of the job's canonical JSON request / 4⌉, less the
   characters of its image parts' URLs (``image_parts``: the parts' own, never a ``"url"`` elsewhere
-  in the request), plus ``IMAGE_TOKENS`` per image. Four bytes a token is OpenAI's own rule
+  in the request), plus ``IMAGE_TOKENS`` per image (the reservation prices each at its model's
+  ``image_tokens``). Four bytes a token is OpenAI's own rule
   of thumb for English; counting the JSON (keys, quotes, tool schemas) rather than the text alone
   leans high, which is the right side for a reservation.
 * **worst case** (``CostModel.worst_case`` of a ``Demand``, built from the request by
   ``demand_of``: the one place every field that multiplies cost enters) = the prompt tokens (plus
   ``TOOL_PROMPT_TOKENS`` when the job offers tools: providers add a tool-use system prompt) and the
   job's ``max_tokens`` (``max_completion_tokens``), or the model's maximum output when it sets none,
-  plus the reasoning budget ``reasoning_effort`` may spend beyond it, times ``n`` choices (each is
+  plus the reasoning budget ``reasoning_effort`` may spend beyond it and the predicted output
+  (``prediction``) OpenAI may reject and bill as output, times ``n`` choices (each is
   billed its own output), times the attempts the job may pay for (hedges, a stream continued on a
   fallback), priced at the dearest deployment of every model in its fallback chain. A job reserves
   this much of its tenant's credit.
@@ -40,6 +42,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import orjson
 
 if TYPE_CHECKING:  # the catalog holds Prices: it imports this module, not the other way round
     from config.catalog import Catalog
@@ -358,12 +362,18 @@ def demand_of(
     if get("tools") or get("functions"):
         prompt += TOOL_PROMPT_TOKENS
     effort = get("reasoning_effort")
+    extra = REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0
+    prediction = get("prediction")
+    if prediction:
+        # OpenAI's predicted outputs: the predicted tokens it rejects are billed as output, beyond
+        # max_tokens (the prediction's bytes already count once, in the prompt, at the input price)
+        extra += -(-len(orjson.dumps(prediction)) // BYTES_PER_TOKEN)
     n = get("n")
     # by position: keywords cost a bulk submit half a microsecond a job
     return Demand(
         prompt,  # prompt_tokens
         max_out if isinstance(max_out, int) else None,  # max_output
-        REASONING_ALLOWANCE.get(effort, 0) if isinstance(effort, str) else 0,  # extra_output
+        extra,  # extra_output
         max(int(n), 1) if n else 1,  # choices
         (1 + max(continuations, 0) if interactive and followed_stream(request, interactive) else 1)
         + int(hedged),  # attempts

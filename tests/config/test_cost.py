@@ -15,6 +15,7 @@ from config.cost import (
     NANOS_PER_USD,
     REASONING_ALLOWANCE,
     call_usage,
+    demand_of,
     image_parts,
     nanos_to_usd,
     price_from_rates,
@@ -129,3 +130,11 @@ def test_every_reasoning_effort_gemini_thinks_on_is_reserved() -> None:
     # be in the reservation, at least as large
     for effort, budget in GEMINI_THINKING_BUDGET.items():
         assert REASONING_ALLOWANCE.get(effort, 0) >= budget, effort
+
+
+def test_a_prediction_is_reserved_as_output_it_may_be_billed() -> None:
+    # OpenAI bills the predicted tokens it rejects as output, beyond max_tokens
+    request = {"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "edit"}]}
+    predicted = {**request, "prediction": {"type": "content", "content": "x" * 40_000}}
+    plain, with_prediction = demand_of(request, 100), demand_of(predicted, 100)
+    assert with_prediction.extra_output - plain.extra_output >= 10_000
