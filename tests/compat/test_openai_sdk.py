@@ -4,6 +4,7 @@ upstream wire format (OpenAI, Anthropic, Gemini) where the format changes what t
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import openai
@@ -91,6 +92,29 @@ def test_streamed_tool_calls(front: Any, model: str) -> None:
             entry["name"] += (call.function and call.function.name) or ""
             entry["arguments"] += (call.function and call.function.arguments) or ""
     assert [c["name"] for c in calls.values()] == ["get_weather"]
+
+
+@pytest.mark.parametrize("model", FORMATS)
+@compat(
+    "openai",
+    "stream helper",
+    "`with client.chat.completions.stream(...) as stream`: events, `tool_calls.function.arguments.done`, "
+    "`get_final_completion()`",
+)
+def test_the_stream_helper_sees_each_tool_call_done(front: Any, model: str) -> None:
+    with client(front).chat.completions.stream(
+        model=model, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
+    # the helper reads a chunk's finish reason before its tool calls: a finish in the same chunk as
+    # the last call's delta would lose this event
+    assert [e.name for e in done] == ["get_weather"], [e.type for e in events]
+    call = final.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and done[0].arguments == call.function.arguments
+    assert json.loads(done[0].arguments)["city"]
+    assert final.choices[0].finish_reason == "tool_calls"
 
 
 class Weather(BaseModel):

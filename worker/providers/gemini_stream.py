@@ -59,8 +59,18 @@ class _Responses:
             raise ContentFiltered(f"Gemini blocked the prompt (blockReason {blocked})", http_status=200)
         if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
             raise MalformedEvent("a stream event has malformed candidates")
-        choices = [c for pos, cand in enumerate(candidates) if (c := self._choice(pos, cand))]
-        chunks = [chunk(self._id, self._created, self._model, choices)] if choices else []
+        choices: list[dict[str, Any]] = []
+        finishes: list[dict[str, Any]] = []
+        for pos, cand in enumerate(candidates):
+            said, finish = self._choice(pos, cand)
+            if said is not None:
+                choices.append(said)
+            if finish is not None:
+                finishes.append(finish)
+        # a finish reason in a chunk of its own, with an empty delta, as OpenAI streams it: the
+        # SDK's stream helper reads a chunk's finish before its tool calls, and would miss the last
+        # call's ``tool_calls.function.arguments.done`` if both came in one
+        chunks = [chunk(self._id, self._created, self._model, part) for part in (choices, finishes) if part]
         finished = [c for c in self._candidates.values() if c.finish is not None]
         if len(finished) >= self._expected:
             if all(c.finish == "content_filter" and not c.produced for c in finished):
@@ -72,7 +82,10 @@ class _Responses:
                 chunks.append(chunk(self._id, self._created, self._model, [], usage=_usage(self._usage)))
         return chunks
 
-    def _choice(self, position: int, candidate: dict[str, Any]) -> dict[str, Any] | None:
+    def _choice(
+        self, position: int, candidate: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The candidate's delta (``None``: nothing new), and its finish as a delta of its own."""
         index = candidate.get("index")
         if index is None:  # absent (or null) for a lone candidate
             index = position
@@ -101,4 +114,7 @@ class _Responses:
         finish = None
         if candidate.get("finishReason") and state.finish is None:
             finish = state.finish = _finish(candidate["finishReason"], state.calls > 0)
-        return delta(index, d, finish) if d or finish else None
+        return (
+            delta(index, d, None) if d else None,
+            delta(index, {}, finish) if finish is not None else None,
+        )
