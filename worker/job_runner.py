@@ -296,10 +296,10 @@ class JobRunner:
             call = self.inflight.get(job_id)
             tried = [*attempts, _interrupted(call, self.worker_id, measured=True)]
             if self.aborting(job_id):
-                back = _cancelled(tried)
                 streamed = "".join(publisher.text) if publisher is not None else ""
                 # the calls the provider had are paid for: their prompts and what they streamed
-                usage = walk.aborted_usage(streamed)
+                cut, usage = walk.cut_short(streamed, "cancelled")
+                back = _cancelled([*attempts, *cut] if cut else tried)
                 if usage is not None:
                     back["usage"] = usage
                 if streamed:
@@ -363,7 +363,15 @@ class JobRunner:
         except TimeoutError:
             if time.time() < walk.deadline_at - 0.05:
                 raise RunBudgetSpent from None
+            # the calls the deadline cut are paid for, as a cancel's are
+            streamed = "".join(walk.publisher.text) if walk.publisher is not None else ""
+            cut, usage = walk.cut_short(streamed, "deadline_exceeded")
+            walk.attempts.extend(cut)
             result = failed_pass(DeadlineExceeded("the job's deadline passed while it ran"), walk.attempts)
+            if usage is not None:
+                result.fields["usage"] = usage
+                if streamed:
+                    result.fields["partial_text"] = streamed
             result.reports = walk.unsent_reports()
             return result
 

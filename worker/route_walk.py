@@ -157,7 +157,8 @@ class RouteWalk:
     _continuations: int = 0
     _broken_usage: list[dict[str, Any]] = field(default_factory=list)  # what each broken call cost
     # calls whose request the provider has and whose answer has not come: what an abort pays for
-    _on_wire: list[tuple[Deployment, dict[str, Any]]] = field(default_factory=list)
+    # (deployment, model, request, started at): ``cut_short`` prices and records them
+    _on_wire: list[tuple[Deployment, str, dict[str, Any], float]] = field(default_factory=list)
 
     async def run(self) -> PassResult:
         errors: list[RouterError] = []
@@ -338,16 +339,33 @@ class RouteWalk:
         self._hedge_usage = []
         return self._finish(result)
 
-    def aborted_usage(self, streamed: str) -> dict[str, Any] | None:
-        """What the walk costs when a cancel aborted it, by estimate (``None``: nothing): every call
-        the provider still had, its prompt (which the provider read, as a hedge's loser pays) and,
-        for the first, the text ``streamed`` from it; and what a broken stream or a hedge's loser
-        cost before. A call cut before its first token is no cheaper to its provider."""
+    def cut_short(self, streamed: str, error_code: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The walk stopped by a cancel or its deadline: an ``interrupted`` attempt (``error_code``)
+        for every call its provider still had, priced by estimate (the prompt, which the provider
+        read, as a hedge's loser pays; the first also the text ``streamed`` from it), and what the
+        walk costs with them and with any broken stream or hedge's loser before (``None``: nothing).
+        A call cut before its first token is no cheaper to its provider."""
         before = self._interrupted.partial_text if self._interrupted is not None else ""
         usages = [*self._broken_usage, *self._hedge_usage]
-        for k, (dep, request) in enumerate(self._on_wire):
-            usages.append(self._estimated(dep, request, streamed[len(before) :] if k == 0 else ""))
-        return sum_usage(usages) if usages else None
+        cut = []
+        now = time.time()
+        for k, (dep, model_id, request, started) in enumerate(self._on_wire):
+            usage = self._estimated(dep, request, streamed[len(before) :] if k == 0 else "")
+            usages.append(usage)
+            attempt = new_attempt(
+                provider=dep.provider,
+                model=model_id,
+                upstream_model=dep.upstream_model,
+                outcome="interrupted",
+                error_code=error_code,
+                latency_ms=round((now - started) * 1000, 3),
+                started_at=started,
+                breaker="closed",
+            )
+            attempt["cost"] = usage["cost"]
+            cut.append(attempt)
+        self._on_wire = []
+        return cut, (sum_usage(usages) if usages else None)
 
     def _estimated(self, dep: Deployment, request: dict[str, Any], streamed: str) -> dict[str, Any]:
         """What a call that broke after streaming ``streamed`` costs, by estimate."""
@@ -396,7 +414,7 @@ class RouteWalk:
                 call = self.stream if self.stream is not None and self.request.get("stream") else self.call
                 if continuing and self.publisher is not None and self._interrupted is not None:
                     self.publisher.continue_after(request["messages"][-1]["content"])
-                wire = (dep, request)
+                wire = (dep, model_id, request, started)
                 self._on_wire.append(wire)
                 try:
                     completion = await call(dep, request, self.deadline_at)

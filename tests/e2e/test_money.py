@@ -322,6 +322,29 @@ async def test_a_running_job_can_be_cancelled_and_pays_for_the_prompt_its_provid
     assert int(raw[b"reserved"]) == 0 and int(raw[b"spent"]) == record.usage.cost_nanos
 
 
+async def test_a_deadline_that_cuts_a_call_charges_the_prompt_its_provider_read(
+    e2e: Producer, sim, until
+) -> None:
+    tenant = _tenant()
+    await Ledger(e2e.redis).add(tenant, "1")
+    await sim.faults({"model": "gpt-4.1-mini", "kind": "latency", "latency_ms": 5000})
+    prompt = [{"role": "user", "content": "summarise this: " + "lorem ipsum " * 2000}]
+    try:
+        sub = await e2e.submit(
+            {"model": "gpt-4.1-mini", "messages": prompt, "fallbacks": [], "deadline_s": 1.5}, tenant=tenant
+        )
+        record = await e2e.wait(sub.job_id, timeout=15, tenant=tenant)
+    finally:
+        await sim.faults()
+    assert record.status == "failed" and record.error["code"] == "deadline_exceeded"
+    cut = record.attempts[-1]
+    assert (cut.outcome, cut.error_code, cut.model) == ("interrupted", "deadline_exceeded", "gpt-4.1-mini")
+    assert record.usage is not None and record.usage.estimated and record.usage.prompt_tokens > 5_000
+    assert cut.cost == record.usage.cost > 0
+    raw = await e2e.redis.hgetall(credits_key(tenant))
+    assert int(raw[b"reserved"]) == 0 and int(raw[b"spent"]) == record.usage.cost_nanos
+
+
 async def _status_is(producer: Producer, sub: Submitted, status: str) -> bool:
     return (await producer.get(sub.job_id, tenant=sub.tenant)).status == status
 
