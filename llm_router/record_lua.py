@@ -495,7 +495,14 @@ if not status then return -2 end
 if status ~= 'queued' and status ~= 'deferred' and status ~= 'running' then return status end
 -- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
 local own = redis.call('HGET', record, 'queue') or queue
-if redis.call('ZSCORE', own .. ':leases', job_id) then
+local held = redis.call('ZSCORE', own .. ':leases', job_id)
+if held and status == 'queued' and redis.call('HEXISTS', record, 'worker') == 0
+    and redis.call('HEXISTS', record, 'lane_dep') == 1 then
+  -- parked for a provider batch (the park script let go of its worker) a moment before its worker
+  -- drops the lease: no task of that worker runs it any more, so the cancel ends it here
+  held = false
+end
+if held then
   -- a worker holds it: arq's abort reaches its task, and the worker ends it cancelled
   redis.call('HSET', record, 'cancel_requested', 1)
   redis.call('ZADD', ABORT_SET, now_ms(), job_id)

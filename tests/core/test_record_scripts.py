@@ -35,6 +35,7 @@ from llm_router.keys import (
     stream_key,
     usage_key,
 )
+from llm_router.lanes_lua import LaneScripts, ParkReply
 from llm_router.ledger_lua import NOTIFY_MAX_BYTES
 from llm_router.queue_lua import NEWCOMER_LEAD
 from llm_router.store import (
@@ -485,6 +486,31 @@ async def test_cancel_takes_a_batch_lane_job_out_of_its_lane(store: Store, bare_
     assert await bare_redis.hkeys(lane_members_key("b1")) == [b"t/other"]
     assert await bare_redis.smembers(lane_gone_key("b1")) == {b"t/inside"}
     assert await bare_redis.zrange(LANES_DUE_KEY, 0, -1) == [b"t/other"]
+
+
+async def test_cancel_ends_a_job_parked_for_a_batch_before_its_worker_dropped_the_lease(
+    store: Store, bare_redis: Redis
+):
+    """Between the park script (the job queued again, its worker let go) and the worker's end of run
+    (the lease dropped), no task runs the job: an abort would never land, and the batcher would take
+    the job into a provider batch and charge it. The cancel ends it at once instead."""
+    await credit(bare_redis, "t", 10_000)
+    await submit(store, new_job(lane="batch", reserve_nanos=5_000))
+    await store.start("t/j1", "w1", 1.0)
+    await bare_redis.zadd(leases_key(QUEUE), {"t/j1": 1})  # its worker's lease, not dropped yet
+    assert await LaneScripts(bare_redis).park("t/j1", "dep-x", 1, "asked", 10**13) == ParkReply.PARKED
+    assert await store.cancel("t/j1", ERROR) == (CancelReply.CANCELLED, None)
+    rec = await fields_of(bare_redis, "t/j1")
+    assert rec["status"] == "cancelled" and "cancel_requested" not in rec
+    assert await bare_redis.zscore(abort_jobs_ss, "t/j1") is None
+    assert await bare_redis.zscore(lane_pending_key("dep-x"), "t/j1") is None
+    assert await bare_redis.hget(credits_key("t"), "reserved") == b"0"
+    # a running job (its worker named in the record) is still aborted through its worker
+    await submit(store, new_job("j2", lane="batch"))
+    await store.start("t/j2", "w1", 1.0)
+    await bare_redis.hset(record_key("t/j2"), "lane_dep", "dep-x")  # sent back from a batch earlier
+    await bare_redis.zadd(leases_key(QUEUE), {"t/j2": 1})
+    assert await store.cancel("t/j2", ERROR) == (CancelReply.ABORTING, None)
 
 
 async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Redis):
