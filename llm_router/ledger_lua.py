@@ -130,7 +130,9 @@ local function job_ended(record, job_id, status, settle, usage_ttl, summary, now
       end
       redis.call('HSET', pk, 'child:' .. job_id, summary)
       if redis.call('HINCRBY', pk, 'pending', -1) <= 0 then
-        redis.call('HSET', pk, 'status', 'succeeded', 'finished_at', string.format('%.3f', now / 1000))
+        -- a compare job someone cancelled ends cancelled (its sides say how each ended)
+        local ended = redis.call('HEXISTS', pk, 'cancel_requested') == 1 and 'cancelled' or 'succeeded'
+        redis.call('HSET', pk, 'status', ended, 'finished_at', string.format('%.3f', now / 1000))
         redis.call('PUBLISH', ENDED .. ':' .. tenant, parent)
       end
     end

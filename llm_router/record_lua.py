@@ -493,6 +493,12 @@ local queue, job_id, now, error_json, usage_ttl_s = ARGV[1], ARGV[2], ARGV[3], A
 local status = redis.call('HGET', record, 'status')
 if not status then return -2 end
 if status ~= 'queued' and status ~= 'deferred' and status ~= 'running' then return status end
+if redis.call('HEXISTS', record, 'pending') == 1 then
+  -- a compare job: its sides are what runs (the caller cancels them), and it ends with the last of
+  -- them, cancelled (``job_ended``); it was never queued, counted or reserved for itself
+  redis.call('HSET', record, 'cancel_requested', 1, 'error', error_json)
+  return 'parent'
+end
 -- the job's own queue (interactive jobs name theirs), whatever queue the caller serves
 local own = redis.call('HGET', record, 'queue') or queue
 local held = redis.call('ZSCORE', own .. ':leases', job_id)
@@ -542,7 +548,9 @@ redis.call('HSET', parent_record, 'child:' .. child_id, summary)
 if redis.call('HINCRBY', parent_record, 'pending', -1) <= 0 then
   local t = redis.call('TIME')
   local at = t[1] .. '.' .. string.format('%06d', t[2])
-  redis.call('HSET', parent_record, 'status', 'succeeded', 'finished_at', at)
+  -- a compare job someone cancelled ends cancelled (its sides say how each ended)
+  local ended = redis.call('HEXISTS', parent_record, 'cancel_requested') == 1 and 'cancelled' or 'succeeded'
+  redis.call('HSET', parent_record, 'status', ended, 'finished_at', at)
   redis.call('PUBLISH', ENDED .. ':' .. (string.match(parent_id, '^([^/]*)/') or 'default'), parent_id)
 end
 return 1

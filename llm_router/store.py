@@ -314,6 +314,7 @@ class CancelReply(StrEnum):
     ABORTING = "aborting"  # a running (or claimed) job: its worker ends it
     NOT_FOUND = "not_found"
     ALREADY_ENDED = "ended"
+    PARENT = "parent"  # a compare job: its sides are cancelled, and it ends with the last of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,6 +676,8 @@ class Store:
         status = res.decode()
         if status == "aborting":
             return CancelReply.ABORTING, None
+        if status == "parent":
+            return CancelReply.PARENT, None
         return CancelReply.ALREADY_ENDED, status
 
     async def get(self, job_id: str) -> JobRecord | None:

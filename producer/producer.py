@@ -494,6 +494,10 @@ class Producer:
             raise JobNotFound(f"no job '{job_id}' (unknown or expired)", param="job_id")
         if reply == CancelReply.ALREADY_ENDED:
             raise JobNotCancellable(f"job '{job_id}' is {ended}; it has ended")
+        if reply == CancelReply.PARENT:  # a compare job: each side is cancelled as a job of its own
+            parent = await self.get(job_id, tenant=tenant)
+            for i in range(len(parent.route)):
+                await self.store.cancel(self.scoped(f"{job_id}-{i}", tenant), error)
         return await self.get(job_id, tenant=tenant)
 
     async def live_workers(self, queue: str | None = None) -> int:

@@ -513,6 +513,32 @@ async def test_cancel_ends_a_job_parked_for_a_batch_before_its_worker_dropped_th
     assert await store.cancel("t/j2", ERROR) == (CancelReply.ABORTING, None)
 
 
+async def test_cancel_of_a_compare_parent_leaves_it_to_its_sides_and_it_ends_cancelled(
+    store: Store, bare_redis: Redis
+):
+    """A compare job has no queue entry, count or reservation of its own: a cancel does not end it
+    (which settled a job that never was, and lowered its tenant's count of active jobs below 0),
+    but marks it; it ends, cancelled, when its last side does."""
+    assert await store.create_parent(
+        "t/p", request=b"{}", route=["a", "b"], model_requested="compare", tenant="t",
+        created_at=1.0, deadline_at=61.0, pending=2,
+    )  # fmt: skip
+    await submit(store, new_job("p-0", parent="p"))
+    await submit(store, new_job("p-1", parent="p"))
+    assert await bare_redis.get(active_key("t")) == b"2"
+    assert await store.cancel("t/p", ERROR) == (CancelReply.PARENT, None)
+    parent = await fields_of(bare_redis, "t/p")
+    assert parent["status"] == "running" and parent["cancel_requested"] == "1"
+    assert await bare_redis.get(active_key("t")) == b"2"
+    for side in ("t/p-0", "t/p-1"):
+        assert await store.cancel(side, ERROR) == (CancelReply.CANCELLED, None)
+    parent = await fields_of(bare_redis, "t/p")
+    assert parent["status"] == "cancelled" and parent["pending"] == "0"
+    assert orjson.loads(parent["error"])["code"] == "cancelled"
+    assert await bare_redis.get(active_key("t")) == b"0"
+    assert await store.cancel("t/p", ERROR) == (CancelReply.ALREADY_ENDED, "cancelled")
+
+
 async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Redis):
     job = new_job(queue="interactive-q")
     await store.submit_batch([store.submit_command(job, "interactive-q")])

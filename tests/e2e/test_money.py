@@ -14,7 +14,7 @@ import pytest
 from config.cost import NANOS_PER_USD, nanos_to_usd, usd_to_nanos
 from llm_router.credits import Ledger
 from llm_router.errors import InsufficientCredits, JobNotFound, RouterError
-from llm_router.keys import credits_key
+from llm_router.keys import active_key, credits_key
 from llm_router.store import Settlement
 from producer.producer import Producer, Submitted
 from producer.validation import cache_key
@@ -205,6 +205,30 @@ async def test_compare_runs_each_model_and_shows_them_side_by_side(e2e: Producer
     failed = sides["claude-sonnet-4-5"]
     assert failed["error"]["code"] == "upstream_invalid_request"
     assert failed["response"] is None and failed["cost"] == 0
+
+
+async def test_a_cancelled_compare_cancels_its_sides_and_ends_cancelled(e2e: Producer, sim, until) -> None:
+    tenant = _tenant()
+    await Ledger(e2e.redis).add(tenant, "1")
+    await sim.faults({"kind": "latency", "latency_ms": 3000})
+    try:
+        parent = await e2e.compare(["gpt-4o-mini", "gpt-4.1-mini"], HI, tenant=tenant)
+        sides = [f"{parent}-0", f"{parent}-1"]
+
+        async def running() -> bool:
+            records = [await e2e.get(s, tenant=tenant) for s in sides]
+            return all(r.status == "running" for r in records)
+
+        await until(running, timeout=10, what="both sides to run")
+        await e2e.cancel(parent, tenant=tenant)
+        record = await e2e.wait(parent, timeout=15, tenant=tenant)
+    finally:
+        await sim.faults()
+    assert record.status == "cancelled"
+    assert [(await e2e.get(s, tenant=tenant)).status for s in sides] == ["cancelled", "cancelled"]
+    raw = await e2e.redis.hgetall(credits_key(tenant))
+    assert int(raw[b"reserved"]) == 0
+    assert int(await e2e.redis.get(active_key(tenant)) or 0) == 0
 
 
 def test_the_compare_and_usage_commands(workers, worker_env: dict[str, str]) -> None:
