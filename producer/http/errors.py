@@ -145,8 +145,8 @@ MAX_KEY_AS_ID = 100  # room for "-<line>" after it in a bulk request
 def idempotency_key(request: web.Request) -> str | None:
     """The job id an ``Idempotency-Key`` header names in the caller's tenant, or ``None``.
 
-    A key that is a valid job id (the OpenAI SDKs send ``stainless-python-retry-<uuid>``) is used as
-    it is, so the client can read the job by it; any other key names the job by its digest.
+    A key that is a valid job id is used as it is, so the client can read the job by it; any other
+    key names the job by its digest.
     """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if not key:

@@ -10,8 +10,10 @@ Messages).
   with the same ``Idempotency-Key`` returns the first job's outcome, never a second job;
 * **a client that leaves stops paying**: when the connection closes before the answer is out (a
   dropped stream, a plain request given up), the job is cancelled, as OpenAI's API stops a
-  generation whose client is gone. A queued job ends ``cancelled`` at once; a running one is aborted
-  and charged for what its provider already streamed. The connection is watched, not only written
+  generation whose client is gone. A queued job ends ``cancelled`` at once; a running one is
+  aborted and charged for the prompt its provider read and what it streamed. Not the job of a
+  request with an ``Idempotency-Key``: its client means to retry, and the retry gets the first
+  job's answer, so that job runs on. The connection is watched, not only written
   to, so a plain request's disconnect is seen while its job still runs. Jobs submitted through
   ``/v1/jobs`` (or as background work) are not interactive and keep running.
 
@@ -109,12 +111,15 @@ async def start_interactive(
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
         started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant, result.created)
         gone: GoneWatch = request.app[GONE]
-        watched = gone.add(request, producer, started)
+        # a request with an Idempotency-Key will be retried: its job runs on when the client leaves
+        # (a client timeout, say), so that the retry gets the first job's answer, paid once
+        watched = gone.add(request, producer, started) if key is None else None
         try:
             yield started
         except ConnectionResetError:  # the client left while we wrote to it
             gone.discard(watched)
-            await asyncio.shield(_cancel(producer, started))
+            if key is None:
+                await asyncio.shield(_cancel(producer, started))
             raise
         # a cancelled handler is the server stopping, not the client leaving: the job goes on, and
         # the client's retry (same Idempotency-Key) finds it on another server
@@ -140,8 +145,9 @@ class GoneWatch:
             self._task = asyncio.create_task(self._run(), name="interactive-clients")
         return self._next
 
-    def discard(self, key: int) -> None:
-        self._watched.pop(key, None)
+    def discard(self, key: int | None) -> None:
+        if key is not None:
+            self._watched.pop(key, None)
 
     async def _run(self) -> None:
         while self._watched:

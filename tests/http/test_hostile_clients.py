@@ -394,13 +394,13 @@ async def test_a_client_that_gives_up_a_plain_request_stops_its_job(
     try:
         tenant = "impatient"
         job_id = f"leave-{front}-{uuid.uuid4().hex[:8]}"
-        headers = {**api.headers(tenant), "Idempotency-Key": job_id}
+        headers = api.headers(tenant)  # no Idempotency-Key: the client does not mean to retry
         if front == "openai":
-            path, body = "/v1/chat/completions", chat("gpt-4.1-mini")
+            path, body = "/v1/chat/completions", {**chat("gpt-4.1-mini"), "job_id": job_id}
         else:
             path, body = (
                 "/v1beta/models/gpt-4.1-mini:generateContent",
-                {"contents": [{"parts": [{"text": "hi"}]}]},
+                {"contents": [{"parts": [{"text": "hi"}]}], "job_id": job_id},
             )
         async with aiohttp.ClientSession() as s:
             with pytest.raises(TimeoutError):
@@ -415,6 +415,33 @@ async def test_a_client_that_gives_up_a_plain_request_stops_its_job(
         assert record["status"] == "cancelled"
     finally:
         await sim.faults()
+
+
+async def test_a_client_that_times_out_and_retries_with_its_key_gets_the_first_answer(
+    api: Any, sim: Any
+) -> None:
+    """The OpenAI SDK's documented retry: the first attempt times out, the second is the same
+    request. With an Idempotency-Key the first job runs on, and the retry gets its answer, paid once
+    (before, the first attempt's disconnect cancelled the job and the retry got a 499)."""
+    await sim.faults({"kind": "latency", "model": "gpt-4.1-nano", "latency_ms": 2_000})
+    key = f"timeout-{uuid.uuid4().hex[:8]}"
+    headers = {**api.headers("impatient-key"), "Idempotency-Key": key}
+    body = {**chat("gpt-4.1-nano"), "messages": [{"role": "user", "content": f"once {key}"}]}
+    before = sum(c["count"] for c in (await sim.calls())["calls"] if c["model"] == "gpt-4.1-nano")
+    try:
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{api.url}/v1", api_key=api.key_for("impatient-key"), max_retries=2, timeout=1.0
+        )
+        answer = await sdk.chat.completions.create(**body, extra_headers={"Idempotency-Key": key})
+        await sdk.close()
+    finally:
+        await sim.faults()
+    assert answer.choices[0].message.content
+    async with aiohttp.ClientSession() as s:
+        record = await (await s.get(f"{api.url}/v1/jobs/{key}", headers=headers)).json()
+    assert record["status"] == "succeeded"
+    after = sum(c["count"] for c in (await sim.calls())["calls"] if c["model"] == "gpt-4.1-nano")
+    assert after - before == 1  # one job, one provider call, however many attempts the SDK made
 
 
 async def test_jobs_api_jobs_keep_running_when_their_follower_leaves(api: Any, sim: Any, until: Any) -> None:
