@@ -50,8 +50,10 @@ REFUSED: dict[str, str] = {
 }
 OURS = frozenset(RESERVED_KEYS - {"job_id", "tenant", "answer_format", "metadata"})
 TOOL_CHOICES: dict[str, str] = {"auto": "auto", "any": "required", "none": "none"}
-# thinking budget → the nearest reasoning effort (the worker maps efforts back to budgets)
-BUDGETS = ((1024, "low"), (4096, "medium"), (16384, "high"), (1 << 62, "xhigh"))
+# thinking budget → the largest reasoning effort whose budget (the Anthropic adapter's, which maps
+# efforts back to budgets) fits in it: never more thinking than asked, and never so much that the
+# budget reaches max_tokens and the adapter turns thinking off
+BUDGETS = ((32768, "xhigh"), (16384, "high"), (4096, "medium"))
 EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 MAX_STOPS = 4
 
@@ -325,7 +327,7 @@ def _thinking(raw: Any, job: dict[str, Any]) -> None:
     budget = raw.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise InvalidRequest("thinking.budget_tokens: an integer is required", param="thinking.budget_tokens")
-    job["reasoning_effort"] = next(effort for limit, effort in BUDGETS if budget <= limit)
+    job["reasoning_effort"] = next((effort for least, effort in BUDGETS if budget >= least), "low")
 
 
 def _output_config(raw: Any, job: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from llm_router.contract import ChatJob
 from llm_router.errors import InvalidRequest
 from producer.messages_format import messages_param, messages_to_chat
+from worker.providers.anthropic import THINKING_BUDGET as ANTHROPIC_THINKING_BUDGET
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 WEATHER_SCHEMA = {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}
@@ -48,7 +49,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "top_p": 0.9,
             "stop": ["\n\nHuman:"],
             "user": "user-7",
-            "reasoning_effort": "medium",
+            "reasoning_effort": "low",  # 2,048: low's 1,024 is the largest budget that fits
             "fallbacks": ["gpt-4o-mini"],
             "answer_format": "anthropic",
         },
@@ -361,3 +362,21 @@ def test_what_cannot_run_is_refused_naming_the_field(name: str, body: dict[str, 
 )
 def test_errors_on_the_chat_job_name_the_messages_fields(chat: str, messages: str) -> None:
     assert messages_param(chat) == messages
+
+
+@pytest.mark.parametrize(
+    ("budget", "effort"),
+    [(1024, "low"), (2048, "low"), (4095, "low"), (4096, "medium"), (16383, "medium"), (16384, "high"),
+     (32768, "xhigh"), (100_000, "xhigh")],
+)  # fmt: skip
+def test_a_thinking_budget_becomes_the_largest_effort_that_fits_in_it(budget: int, effort: str) -> None:
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": budget + 1,
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+    }
+    job = messages_to_chat(body)
+    assert job["reasoning_effort"] == effort
+    # the Anthropic adapter's budget for it stays under the request's max_tokens: thinking stays on
+    assert ANTHROPIC_THINKING_BUDGET[effort] <= budget < body["max_tokens"]
