@@ -75,12 +75,18 @@ def uses_google_key(request: web.Request) -> bool:
 
 
 def is_gemini_request(request: web.Request) -> bool:
-    """A request the Gemini front answers: its routes, and ``GET /v1/models[/{model}]`` from a
-    caller using Google's key (google-genai with a custom host lists models there, where the
-    OpenAI front answers everyone else)."""
+    """A request the Gemini front answers: its routes, and any ``/v1/`` request from a caller using
+    Google's key (google-genai with a custom host calls ``/v1/...``: the model list, which the front
+    answers, and methods it has not, which it refuses in Google's shape; the OpenAI front answers
+    everyone else there)."""
     if is_gemini_path(request.path):
         return True
-    return request.method == "GET" and request.path.startswith("/v1/models") and uses_google_key(request)
+    return request.path.startswith("/v1/") and uses_google_key(request)
+
+
+def _google_method(request: web.Request) -> bool:
+    """A route of the Gemini front's own, or the model list google-genai reads under ``/v1``."""
+    return is_gemini_path(request.path) or (request.method == "GET" and request.path.startswith("/v1/models"))
 
 
 def gemini_error_body(exc: RouterError) -> dict[str, Any]:
@@ -114,6 +120,11 @@ async def gemini_errors(request: web.Request, handler: Handler) -> web.StreamRes
     """Errors on the Gemini front's routes in Google's shape (``app.front_errors`` calls it for those
     routes, inside the app's error middleware)."""
     try:
+        if not _google_method(request):  # an OpenAI route, or a Gemini method the front has not
+            raise ResourceNotFound(
+                f"{request.method} {request.path} is not a method of this Gemini API: it answers "
+                "generateContent, streamGenerateContent and the model list"
+            )
         return await handler(request)
     except RouterError as exc:
         return gemini_error_response(exc)

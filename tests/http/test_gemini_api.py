@@ -88,3 +88,18 @@ async def test_gemini_errors(api: Any) -> None:
         error = (await r.json())["error"]
         assert r.status == 400 and error["status"] == "INVALID_ARGUMENT"
         assert error["details"][0]["metadata"]["param"] == "cachedContent"
+
+
+async def test_the_methods_the_front_has_not_are_refused_in_googles_shape(api: Any) -> None:
+    # google-genai calls /v1/... with its key in x-goog-api-key: a method the front has not is a 404
+    # Google's client reads (not an OpenAI-shaped 401 "missing API key", nor an OpenAI route's answer)
+    genai_client = client(api)
+    with pytest.raises(errors.ClientError) as tokens:
+        await genai_client.aio.models.count_tokens(model="gemini-2.5-flash", contents="hi")
+    assert (tokens.value.code, tokens.value.status) == (404, "NOT_FOUND")
+    assert "countTokens" in tokens.value.message
+    with pytest.raises(errors.ClientError) as batches:
+        await genai_client.aio.batches.list()
+    assert (batches.value.code, batches.value.status) == (404, "NOT_FOUND")
+    # the model list, which the front answers there, still works
+    assert [m async for m in await genai_client.aio.models.list()]
