@@ -332,9 +332,11 @@ class Demand(NamedTuple):
 
 def followed_stream(request: dict[str, Any], interactive: bool) -> bool:
     """Whether a client reads the job's stream as it is written: a streamed job on the interactive
-    queue (the HTTP chat endpoints and ``chat_stream`` submit there and follow at once). Such a
-    stream, cut after tokens went out, is continued on a fallback rather than restarted."""
-    return interactive and request.get("stream") is True
+    queue (the HTTP chat endpoints and ``chat_stream`` submit there and follow at once), and a
+    streamed Response (``answer_format: "responses"``: the request that creates a background one
+    relays its events at once). Such a stream, cut after tokens went out, is continued on a fallback
+    rather than restarted: its client has the tokens already."""
+    return request.get("stream") is True and (interactive or request.get("answer_format") == "responses")
 
 
 def demand_of(

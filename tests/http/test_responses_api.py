@@ -165,6 +165,32 @@ async def test_a_stream_broken_after_tokens_ends_with_response_failed(api: Any, 
     assert Response.model_validate(stored.model_dump()).status == "failed"
 
 
+async def test_a_background_stream_cut_after_tokens_goes_on_without_repeating_them(
+    api: Any, sim: Any
+) -> None:
+    """A background Response's stream is relayed to its creator as it is written: cut after tokens,
+    it is continued (on the next deployment, or another model) rather than started over, which sent
+    the client the partial answer and then the whole answer again."""
+    # four chunks, quiet long enough for the relay to have sent them on, then the connection drops
+    cut = {"model": "gpt-4o-mini", "kind": "stall", "after_chunks": 4, "stall_s": 0.5, "stall_then": "close"}
+    await sim.faults({**cut, "count": 1})
+    try:
+        stream = await api.async_openai("acme").responses.create(
+            model="gpt-4o-mini",
+            input="Tell me a story about a lighthouse keeper and a cat.",
+            max_output_tokens=120,
+            stream=True,
+            background=True,
+        )
+        events = [event async for event in stream]
+    finally:
+        await sim.faults()
+    completed = events[-1]
+    assert completed.type == "response.completed", [e.type for e in events][-3:]
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == completed.response.output_text
+
+
 def test_the_fronts_schemas_do_not_shadow_the_contracts() -> None:
     contract = contract_schemas()
     fronts = front_schemas(contract["ChatRequest"]["properties"])
