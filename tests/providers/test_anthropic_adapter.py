@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
 from config.catalog import Deployment
@@ -16,6 +18,8 @@ from llm_router.contract import ChatJob
 from llm_router.errors import RouterError
 from worker.providers import ADAPTERS
 from worker.providers import anthropic as adapter
+from worker.providers.anthropic import json_answer_wrapped
+from worker.providers.anthropic_stream import _Unwrap
 
 DEP = Deployment(
     id="anthropic/claude-sonnet-4-5",
@@ -704,3 +708,44 @@ def test_malformed_answers_are_bad_response(body: bytes) -> None:
     with pytest.raises(RouterError) as info:
         adapter.parse_response(200, {}, body, {})
     assert info.value.code == "bad_response"
+
+
+@given(
+    value=st.sampled_from(['[{"a":1},{"b":[2,3]}]', "42", '"a } brace "', '{"x":{"y":"}"}}', "[]", "null"]),
+    spacing=st.sampled_from([("", ""), (" ", " "), ("\n", "\n")]),
+    cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=8),
+)
+def test_a_wrapped_answer_streams_as_the_answer_alone(
+    value: str, spacing: tuple[str, str], cuts: list[int]
+) -> None:
+    # the forced answer tool of a schema whose root is not an object takes {"value": answer}; its
+    # input arrives in pieces cut anywhere, and the client must see the answer's JSON alone
+    full = '{"value":' + spacing[0] + value + spacing[1] + "}"
+    points = sorted({c for c in cuts if c < len(full)})
+    pieces = [full[i:j] for i, j in zip([0, *points], [*points, len(full)], strict=True)]
+    unwrap = _Unwrap()
+    assert "".join(unwrap.feed(p) for p in pieces) + unwrap.end() == value
+
+
+def test_a_structured_answer_whose_schema_is_not_an_object_goes_through_a_wrapped_tool() -> None:
+    schema = {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}
+    request = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "list"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "recipes", "schema": schema}},
+    }
+    assert json_answer_wrapped(request)
+    assert not json_answer_wrapped({**request, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "r", "schema": {"type": "object", "properties": {}}}}})  # fmt: skip
+    # Anthropic takes only an object as a tool's input: the answer goes under "value"
+    (tool,) = body_of(request)["tools"]
+    assert tool["input_schema"] == {"type": "object", "properties": {"value": schema}, "required": ["value"]}
+    answer = [{"name": "shortbread"}]
+    body = {
+        **TOOL_RESPONSE,
+        "content": [{"type": "tool_use", "id": "t", "name": "recipes", "input": {"value": answer}}],
+    }
+    done = parse(body, request)
+    assert orjson.loads(done.response["choices"][0]["message"]["content"]) == answer
+    assert done.response["choices"][0]["finish_reason"] == "stop"

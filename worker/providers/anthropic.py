@@ -384,10 +384,13 @@ def _tools(request: dict[str, Any], body: dict[str, Any]) -> None:
     fmt = request.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema") or _EMPTY_SCHEMA
+        if json_answer_wrapped(request):  # a tool's input is an object: the answer goes in one
+            schema = {"type": "object", "properties": {WRAPPED: schema}, "required": [WRAPPED]}
         tool = {
             "name": spec.get("name") or "json_answer",
             "description": spec.get("description") or _JSON_TOOL_DESCRIPTION,
-            "input_schema": spec.get("schema") or _EMPTY_SCHEMA,
+            "input_schema": schema,
         }
         body["tools"] = [tool]
         body["tool_choice"] = {"type": "tool", "name": tool["name"]}
@@ -501,6 +504,9 @@ def _message(
     if json_tool and calls and calls[0]["function"]["name"] == json_tool:
         # the forced structured-output tool: its input is the answer
         message["content"] = calls[0]["function"]["arguments"]
+        if json_answer_wrapped(request):
+            answer = next(b for b in content if b.get("type") == "tool_use").get("input") or {}
+            message["content"] = orjson.dumps(answer.get(WRAPPED)).decode()
         return message, "stop" if finish == "tool_calls" else finish
     if calls and "functions" in request:
         message["function_call"] = {k: calls[0]["function"][k] for k in ("name", "arguments")}
@@ -508,6 +514,20 @@ def _message(
     if calls:
         message["tool_calls"] = calls
     return message, finish
+
+
+# the key a structured answer whose schema is not an object goes under in the answer tool's input
+WRAPPED = "value"
+
+
+def json_answer_wrapped(request: dict[str, Any]) -> bool:
+    """A structured answer whose schema's root is not an object (a list, a number: Google's clients
+    ask for ``list[Recipe]``): Anthropic takes only objects as a tool's input, so the answer tool
+    takes ``{"value": answer}`` and the adapter hands on the answer alone."""
+    if _json_tool_name(request) is None:
+        return False
+    schema = ((request.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    return isinstance(schema, dict) and bool(schema) and schema.get("type") != "object"
 
 
 def _json_tool_name(request: dict[str, Any]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import time
@@ -14,7 +15,14 @@ from llm_router.errors import (
     BadResponse,
     ContentFiltered,
 )
-from worker.providers.anthropic import FINISH_REASONS, _json_tool_name, _usage, classify_error
+from worker.providers.anthropic import (
+    FINISH_REASONS,
+    WRAPPED,
+    _json_tool_name,
+    _usage,
+    classify_error,
+    json_answer_wrapped,
+)
 from worker.providers.sse import SSEEvent
 from worker.providers.stream import ChunkStream, MalformedEvent, chunk, delta, event_json, stream_error
 
@@ -40,6 +48,8 @@ class _Events:
     def __init__(self, request: dict[str, Any]) -> None:
         self.done = False
         self._json_tool = _json_tool_name(request)
+        # a wrapped answer ({"value": answer}) streams as the answer alone (``_Unwrap``)
+        self._unwrap = _Unwrap() if json_answer_wrapped(request) else None
         self._id = f"msg-{int(time() * 1000)}"
         self._created = int(time())
         self._model = str(request.get("model") or "")
@@ -114,6 +124,8 @@ class _Events:
         block = self._blocks.get(data.get("index", -1))
         if block is None or block.kind not in ("tool", "json"):
             return []
+        if block.kind == "json" and self._unwrap is not None:
+            return self._text(self._unwrap.end())
         if not block.json:  # a tool without parameters streams no input: its arguments are {}
             return self._json(block, "{}")
         try:
@@ -135,7 +147,7 @@ class _Events:
             return []
         block.json.append(piece)
         if block.kind == "json":
-            return self._text(piece)
+            return self._text(self._unwrap.feed(piece) if self._unwrap is not None else piece)
         return [self._chunk({"tool_calls": [{"index": block.call, "function": {"arguments": piece}}]})]
 
     def _message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,3 +184,40 @@ _HANDLERS: dict[str, Callable[[_Events, dict[str, Any]], list[dict[str, Any]]]] 
     "message_stop": _Events._stop,
     "error": _Events._error,
 }
+
+
+_OPENING = re.compile(r'\s*\{\s*"' + WRAPPED + r'"\s*:\s*')
+_CLOSING = re.compile(r"\s*\}?\s*$")
+
+
+class _Unwrap:
+    """The streamed input of a wrapped answer tool, ``{"value": …}``, as the answer alone: the
+    opening is dropped once it has come whole, and a closing brace is held back until more comes
+    after it (then it was the answer's) or the block ends (then it was the wrapper's)."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._opened = False
+        self._sent = 0
+
+    def feed(self, piece: str) -> str:
+        self._buffer += piece
+        if not self._opened:
+            opening = _OPENING.match(self._buffer)
+            if opening is None:
+                return ""  # not whole yet (an input that never opens so is refused at its end)
+            self._buffer, self._opened = self._buffer[opening.end() :], True
+        if self._sent == 0:  # the space after the colon may come in a later piece
+            self._buffer = self._buffer.lstrip()
+        held = _CLOSING.search(self._buffer)
+        end = held.start() if held is not None else len(self._buffer)
+        out, self._sent = self._buffer[self._sent : max(end, self._sent)], max(end, self._sent)
+        return out
+
+    def end(self) -> str:
+        """What is left once the input is whole: its last brace was the wrapper's."""
+        if not self._opened:
+            raise BadResponse("the structured answer's tool input did not hold the answer")
+        rest = self._buffer[self._sent :]
+        closing = _CLOSING.search(rest)
+        return rest[: closing.start()] if closing is not None else rest
