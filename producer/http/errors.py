@@ -157,6 +157,11 @@ def idempotency_key(request: web.Request) -> str | None:
     return "key-" + hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
+# set on a request once its answer has begun (its headers are out): a client that leaves after this
+# has dropped its answer, not timed out waiting for one (``interactive.GoneWatch``)
+ANSWER_STARTED = "answer_started"
+
+
 async def start_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
     """An open server-sent-events response (proxies told not to buffer it)."""
     response = web.StreamResponse(
@@ -168,6 +173,7 @@ async def start_sse(request: web.Request, headers: dict[str, str] | None = None)
         }
     )
     await response.prepare(request)
+    request[ANSWER_STARTED] = True
     return response
 
 

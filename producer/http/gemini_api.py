@@ -31,7 +31,7 @@ from config.settings import Settings
 from llm_router.contract import JobRecord
 from llm_router.errors import InvalidRequest, ModelNotFound, ResourceNotFound, RouterError
 from producer.gemini_native import chat_completion_to_gemini, gemini_to_chat
-from producer.http.errors import JOB_ID_HEADER, json_response, read_json, retry_after
+from producer.http.errors import ANSWER_STARTED, JOB_ID_HEADER, json_response, read_json, retry_after
 from producer.http.interactive import follow, start_interactive, wait_answer
 from producer.http.openai_api import stream_error
 from producer.producer import Producer
@@ -201,6 +201,7 @@ class _Writer:
                 headers={"Content-Type": content_type, "Cache-Control": "no-cache", **self.headers}
             )
             await self.response.prepare(self.request)
+            self.request[ANSWER_STARTED] = True
         if self.sse:
             await self.response.write(b"data: " + orjson.dumps(obj) + b"\r\n\r\n")
         else:

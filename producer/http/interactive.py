@@ -12,9 +12,10 @@ Messages).
   dropped stream, a plain request given up), the job is cancelled, as OpenAI's API stops a
   generation whose client is gone. A queued job ends ``cancelled`` at once; a running one is
   aborted and charged for the prompt its provider read and what it streamed. Not the job of a
-  request with an ``Idempotency-Key``: its client means to retry, and the retry gets the first
-  job's answer, so that job runs on. The connection is watched, not only written
-  to, so a plain request's disconnect is seen while its job still runs. Jobs submitted through
+  request with an ``Idempotency-Key`` whose client left before its answer began (a timeout): that
+  client means to retry, and the retry gets the first job's answer, so that job runs on. The
+  connection is watched, not only written to, so a plain request's disconnect is seen while its
+  job still runs. Jobs submitted through
   ``/v1/jobs`` (or as background work) are not interactive and keep running.
 
 ``wait_answer`` and ``follow`` wait for the job (the record, or its stream) and give up with 503
@@ -38,7 +39,7 @@ from config.settings import Settings
 from llm_router.contract import JobRecord, JobStatus
 from llm_router.errors import InvalidRequest, NoWorkers, RouterError
 from producer.http.ended import Ended, EndedWaiter, follow_stream
-from producer.http.errors import idempotency_key, name_job, record_error
+from producer.http.errors import ANSWER_STARTED, idempotency_key, name_job, record_error
 from producer.http.jobs_api import submit_jobs, without_tenant
 from producer.producer import Producer
 
@@ -111,15 +112,12 @@ async def start_interactive(
         wait_s = float(deadline if isinstance(deadline, int | float) else settings.interactive_deadline_s)
         started = Started(job_id, wait_s + WAIT_SLACK_S, event, tenant, result.created)
         gone: GoneWatch = request.app[GONE]
-        # a request with an Idempotency-Key will be retried: its job runs on when the client leaves
-        # (a client timeout, say), so that the retry gets the first job's answer, paid once
-        watched = gone.add(request, producer, started) if key is None else None
+        watched = gone.add(request, producer, started, keyed=key is not None)
         try:
             yield started
         except ConnectionResetError:  # the client left while we wrote to it
             gone.discard(watched)
-            if key is None:
-                await asyncio.shield(_cancel(producer, started))
+            await asyncio.shield(_cancel(producer, started))
             raise
         # a cancelled handler is the server stopping, not the client leaving: the job goes on, and
         # the client's retry (same Idempotency-Key) finds it on another server
@@ -133,28 +131,31 @@ class GoneWatch:
     left is cancelled. The task runs while some request is watched."""
 
     def __init__(self) -> None:
-        self._watched: dict[int, tuple[web.Request, Producer, Started]] = {}
+        self._watched: dict[int, tuple[web.Request, Producer, Started, bool]] = {}
         self._next = 0
         self._task: asyncio.Task[None] | None = None
         self._cancels: set[asyncio.Task[None]] = set()
 
-    def add(self, request: web.Request, producer: Producer, started: Started) -> int:
+    def add(self, request: web.Request, producer: Producer, started: Started, *, keyed: bool = False) -> int:
+        """Watch ``request``; ``keyed``: it sent an ``Idempotency-Key``, so a client that leaves
+        before its answer begins (a timeout) will retry, and its job runs on for that retry."""
         self._next += 1
-        self._watched[self._next] = (request, producer, started)
+        self._watched[self._next] = (request, producer, started, keyed)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="interactive-clients")
         return self._next
 
-    def discard(self, key: int | None) -> None:
-        if key is not None:
-            self._watched.pop(key, None)
+    def discard(self, key: int) -> None:
+        self._watched.pop(key, None)
 
     async def _run(self) -> None:
         while self._watched:
             await asyncio.sleep(GONE_POLL_S)
-            for key, (request, producer, started) in list(self._watched.items()):
+            for key, (request, producer, started, keyed) in list(self._watched.items()):
                 if client_gone(request):
                     del self._watched[key]
+                    if keyed and not request.get(ANSWER_STARTED):
+                        continue  # timed out waiting: its retry (same key) gets this job's answer
                     cancel = asyncio.create_task(_cancel(producer, started))
                     self._cancels.add(cancel)
                     cancel.add_done_callback(self._cancels.discard)

@@ -361,17 +361,21 @@ async def _ended(api: Any, tenant: str, job_id: str, until: Any, timeout: float)
     return await until(done, timeout=timeout, what=f"job {job_id} ended")  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["no key", "with a key"])
 async def test_a_client_that_drops_a_stream_stops_its_job_and_pays_what_was_streamed(
-    api: Any, sim: Any, until: Any
+    api: Any, sim: Any, until: Any, keyed: bool
 ) -> None:
+    # with an Idempotency-Key too: a client that drops an answer it had begun to read is not
+    # waiting to retry (only one that left before its answer began is)
     await sim.faults({"kind": "stall", "model": "gpt-4.1-nano", "after_chunks": 3, "stall_s": 20})
     try:
         tenant = "dropper"
+        key = {"Idempotency-Key": f"drop-{uuid.uuid4().hex[:8]}"} if keyed else {}
         async with aiohttp.ClientSession() as s:
             r = await s.post(
                 f"{api.url}/v1/chat/completions",
                 json=chat("gpt-4.1-nano", stream=True, max_tokens=200),
-                headers=api.headers(tenant),
+                headers={**api.headers(tenant), **key},
             )
             assert r.status == 200
             job_id = r.headers[JOB_ID_HEADER]
