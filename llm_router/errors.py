@@ -24,6 +24,7 @@ downstream parses messages: it reads these attributes, which come from one table
     ├── JobError                    about a job as a whole
     │   ├── JobNotFound                 job_not_found (404)
     │   ├── JobNotCancellable           job_not_cancellable (409)
+    │   ├── JobNotEnded                 job_not_ended (409: deleting what still runs)
     │   ├── DeadlineExceeded            deadline_exceeded (504)
     │   ├── JobCancelled                cancelled (499)
     │   ├── WaitTimeout                 wait_timeout (408)
@@ -88,6 +89,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "method_not_allowed": ErrorSpec(405, "invalid_request_error"),
     "job_not_found": ErrorSpec(404, "not_found_error"),
     "job_not_cancellable": ErrorSpec(409, "conflict_error"),
+    "job_not_ended": ErrorSpec(409, "conflict_error"),
     "deadline_exceeded": ErrorSpec(504, "server_error"),
     "cancelled": ErrorSpec(499, "invalid_request_error"),
     "wait_timeout": ErrorSpec(408, "server_error"),
@@ -278,6 +280,10 @@ class JobNotFound(JobError):
 
 class JobNotCancellable(JobError):
     code = "job_not_cancellable"
+
+
+class JobNotEnded(JobError):
+    code = "job_not_ended"
 
 
 class DeadlineExceeded(JobError):

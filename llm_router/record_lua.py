@@ -534,6 +534,19 @@ return 1
 )
 
 
+# Deletes an ended job: its record, its request and its token stream (what the Responses API's
+# ``DELETE /v1/responses/{id}`` asks).  KEYS: record, request, stream.  Returns 1 deleted, -2 no such
+# job, or the status of a job that has not ended (nothing deleted: a worker may still write it).
+DELETE_ENDED_LUA = """
+local record, request, stream = KEYS[1], KEYS[2], KEYS[3]
+local status = redis.call('HGET', record, 'status')
+if not status then return -2 end
+if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then return status end
+redis.call('DEL', record, request, stream)
+return 1
+"""
+
+
 # A side of a compare job refused at submit counts as ended, as job_ended does for a side that ran:
 # one script, so the last side to end completes the parent exactly once.  Returns 1, or 0 when the
 # parent is gone.

@@ -61,6 +61,7 @@ from llm_router.record_lua import (
     ADMIT_LUA,
     CANCEL_LUA,
     CHILD_REFUSED_LUA,
+    DELETE_ENDED_LUA,
     FINISH_LUA,
     START_LUA,
     SUBMIT_LUA,
@@ -363,6 +364,7 @@ class Store:
         self._start = redis.register_script(START_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
+        self._delete_ended = redis.register_script(DELETE_ENDED_LUA)
         self._admit = redis.register_script(ADMIT_LUA)
         self._child_refused = redis.register_script(CHILD_REFUSED_LUA)
         self._unstart = redis.register_script(UNSTART_LUA)
@@ -679,6 +681,15 @@ class Store:
         if status == "parent":
             return CancelReply.PARENT, None
         return CancelReply.ALREADY_ENDED, status
+
+    async def delete_ended(self, job_id: str) -> str | None:
+        """Delete an ended job (its record, request and stream): ``None`` when deleted, else why not:
+        ``"not_found"``, or the status of a job that has not ended."""
+        keys = [record_key(job_id), request_key(job_id), stream_key(job_id)]
+        res = await self._delete_ended(keys, [])
+        if res == 1:
+            return None
+        return "not_found" if res == -2 else res.decode()
 
     async def get(self, job_id: str) -> JobRecord | None:
         return (await self.get_many([job_id]))[0]

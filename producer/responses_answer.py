@@ -117,6 +117,79 @@ def output_items(
     return items, incomplete
 
 
+def input_items(response_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's input (chat messages: ``responses_format.input_of``) as the Responses API's
+    input items, in order: messages with ``input_text``/``input_image`` parts (an assistant's with
+    ``output_text``), ``function_call`` and ``function_call_output`` items. Ids are derived from the
+    response's, so a listing is the same every time."""
+    rest = response_id.removeprefix(RESPONSE_PREFIX)
+    items: list[dict[str, Any]] = []
+    for n, message in enumerate(messages):
+        role = message.get("role")
+        content = message.get("content")
+        if role == "tool":
+            items.append(
+                {
+                    "id": f"fco_{rest}_{n}",
+                    "type": "function_call_output",
+                    "call_id": message.get("tool_call_id") or "",
+                    "output": content if isinstance(content, str) else orjson.dumps(content).decode(),
+                    "status": "completed",
+                }
+            )
+            continue
+        if role == "assistant":
+            if content:
+                items.append(message_item(f"msg_{rest}_in{n}", [text_part(_text_of(content))], "completed"))
+            for k, call in enumerate(message.get("tool_calls") or ()):
+                fn = call.get("function") or {}
+                items.append(
+                    call_item(
+                        f"fc_{rest}_in{n}_{k}", call.get("id") or "", fn.get("name") or "",
+                        fn.get("arguments") or "", "completed",
+                    )
+                )  # fmt: skip
+            continue
+        parts = (
+            [{"type": "input_text", "text": content}] if isinstance(content, str) else _input_parts(content)
+        )
+        items.append(
+            {
+                "id": f"msg_{rest}_in{n}",
+                "type": "message",
+                "role": role,
+                "status": "completed",
+                "content": parts,
+            }
+        )
+    return items
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content or () if isinstance(p, dict))
+
+
+def _input_parts(content: Any) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in content or ():
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "image_url":
+            image = part.get("image_url") or {}
+            parts.append(
+                {
+                    "type": "input_image",
+                    "image_url": image.get("url"),
+                    "detail": image.get("detail") or "auto",
+                }
+            )
+        else:
+            parts.append({"type": "input_text", "text": part.get("text") or ""})
+    return parts
+
+
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 

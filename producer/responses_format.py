@@ -104,6 +104,8 @@ def responses_to_chat(body: dict[str, Any], *, history: list[dict[str, Any]] | N
         messages.append({"role": "system", "content": instructions})
         front["instructions"] = True
     messages.extend(history or ())
+    if history:
+        front["history"] = len(history)  # what of the messages came before this response's input
     if body.get("input") is None:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     messages.extend(input_messages(body["input"], known_calls=_call_ids(history or ())))
@@ -418,6 +420,14 @@ def assistant_message(completion: dict[str, Any] | None) -> dict[str, Any] | Non
     elif out["content"] is None:
         out["content"] = ""
     return out
+
+
+def input_of(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages of a Responses request's own ``input``: without its instructions and the
+    history a ``previous_response_id`` brought."""
+    front = front_of(request)
+    skip = (1 if front.get("instructions") else 0) + int(front.get("history") or 0)
+    return list(request.get("messages") or ())[skip:]
 
 
 def conversation_of(request: dict[str, Any], completion: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -283,6 +283,63 @@ def paths(errors: Any, path_id: Any, body: Any, json: Any) -> dict[str, Any]:
                 ],
                 "responses": {"200": response_200, **errors(408, 499, 502, 504)},
             },
+            "delete": {
+                "summary": "Delete a response that has ended (record, request, stream); else 409",
+                "operationId": "deleteResponse",
+                "responses": {
+                    "200": json(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"type": "string", "enum": ["response.deleted"]},
+                                "deleted": {"type": "boolean", "enum": [True]},
+                            },
+                        },
+                        "the response is deleted",
+                    ),
+                    **errors(409),
+                },
+            },
+        },
+        "/v1/responses/{id}/input_items": {
+            "parameters": [rid],
+            "get": {
+                "summary": "The response's own input as items (newest first unless order=asc), a page a call",
+                "operationId": "listInputItems",
+                "parameters": [
+                    {
+                        "name": "order",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["asc", "desc"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": json(
+                        {
+                            "type": "object",
+                            "required": ["object", "data", "first_id", "last_id", "has_more"],
+                            "properties": {
+                                "object": {"type": "string", "enum": ["list"]},
+                                "data": {"type": "array", "items": {"type": "object"}},
+                                "first_id": {"type": "string", "nullable": True},
+                                "last_id": {"type": "string", "nullable": True},
+                                "has_more": {"type": "boolean"},
+                            },
+                        },
+                        "a page of input items",
+                    )
+                },
+            },
         },
         "/v1/responses/{id}/cancel": {
             "parameters": [rid],

@@ -27,6 +27,7 @@ from llm_router.contract import JobRecord, JobStatus
 from llm_router.errors import (
     InvalidRequest,
     JobNotCancellable,
+    JobNotEnded,
     JobNotFound,
     ResourceNotFound,
     RouterError,
@@ -38,8 +39,14 @@ from producer.http.front_stream import relay_events, sse_events
 from producer.http.interactive import WAIT_SLACK_S, Started, start_interactive, wait_answer
 from producer.http.jobs_api import owned_record, submit_jobs
 from producer.producer import Producer
-from producer.responses_answer import ResponseEvents, response_object
-from producer.responses_format import RESPONSE_PREFIX, conversation_of, responses_param, responses_to_chat
+from producer.responses_answer import ResponseEvents, input_items, response_object
+from producer.responses_format import (
+    RESPONSE_PREFIX,
+    conversation_of,
+    input_of,
+    responses_param,
+    responses_to_chat,
+)
 
 routes = web.RouteTableDef()
 CANCEL_WAIT_S = 5.0  # a running job is aborted by its worker: how long cancel waits to show it ended
@@ -146,6 +153,57 @@ async def get_response(request: web.Request) -> web.StreamResponse:
         return await relay_events(
             request, started, ResponseEvents(record), headers, skip_through=skip_through
         )
+
+
+MAX_ITEMS_PAGE = 100
+
+
+@routes.get("/v1/responses/{id}/input_items")
+async def list_input_items(request: web.Request) -> web.Response:
+    """The response's own input as items (``client.responses.input_items.list``): newest first unless
+    ``order=asc``, ``limit`` (1-100, 20) a page, ``after`` an item id."""
+    response_id = request.match_info["id"]
+    record = await owned_record(request, response_id)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be 'asc' or 'desc'", param="order")
+    raw_limit = request.query.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_ITEMS_PAGE:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_ITEMS_PAGE}", param="limit")
+    items = input_items(response_id, input_of(record.request))
+    if order == "desc":
+        items.reverse()
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"no input item '{after}' in response '{response_id}'", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[: int(raw_limit)]
+    return json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > len(page),
+        }
+    )
+
+
+@routes.delete("/v1/responses/{id}")
+async def delete_response(request: web.Request) -> web.Response:
+    """Delete a response that has ended (``client.responses.delete``): its record, request and stream;
+    it answers 404 from then on. One still queued or running is a 409: cancel it first."""
+    response_id = request.match_info["id"]
+    await owned_record(request, response_id)  # 404 for another tenant's, like an unknown id
+    producer: Producer = request.app["producer"]
+    why = await producer.store.delete_ended(producer.scoped(response_id, request["tenant"]))
+    if why == "not_found":
+        raise ResourceNotFound(f"No response found with id '{response_id}'.", param="id")
+    if why is not None:
+        raise JobNotEnded(f"response '{response_id}' is {why}; cancel it before deleting it", param="id")
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 @routes.post("/v1/responses/{id}/cancel")

@@ -539,6 +539,18 @@ async def test_cancel_of_a_compare_parent_leaves_it_to_its_sides_and_it_ends_can
     assert await store.cancel("t/p", ERROR) == (CancelReply.ALREADY_ENDED, "cancelled")
 
 
+async def test_delete_ended_deletes_only_a_job_that_has_ended(store: Store, bare_redis: Redis):
+    await submit(store, new_job())
+    await store.publish("t/j1", [b'{"x":1}'], maxlen=10)
+    assert await store.delete_ended("t/j1") == "queued"  # a worker may still write it: kept
+    assert await bare_redis.exists(record_key("t/j1"), request_key("t/j1"), stream_key("t/j1")) == 3
+    await store.finish("t/j1", SUCCEEDED)
+    await bare_redis.set(request_key("t/j1"), b"{}")  # as an ended job whose request was not moved
+    assert await store.delete_ended("t/j1") is None
+    assert await bare_redis.exists(record_key("t/j1"), request_key("t/j1"), stream_key("t/j1")) == 0
+    assert await store.delete_ended("t/j1") == "not_found"
+
+
 async def test_cancel_finds_a_job_on_its_own_queue(store: Store, bare_redis: Redis):
     job = new_job(queue="interactive-q")
     await store.submit_batch([store.submit_command(job, "interactive-q")])

@@ -102,6 +102,52 @@ def test_background_response_waits_in_the_queue_until_cancelled(idle_api: Any) -
     assert chained.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
+def test_input_items_list_a_responses_own_input_and_delete_removes_it(api: Any) -> None:
+    tenant = _tenant()
+    sdk = api.openai(tenant)
+    first = sdk.responses.create(model="gpt-4o-mini", instructions="Be terse.", input="Weather in Oslo?")
+    second = sdk.responses.create(
+        model="gpt-4o-mini",
+        previous_response_id=first.id,
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "And in Rome?"}]},
+            {"role": "user", "content": "Answer in one line."},
+        ],
+    )
+    # the SDK's own types read every item; only the second response's input, newest first by default
+    items = list(sdk.responses.input_items.list(second.id))
+    texts = [item.content[0].text for item in items]
+    assert texts == ["Answer in one line.", "And in Rome?"]
+    assert all(item.type == "message" and item.role == "user" for item in items)
+    asc = sdk.responses.input_items.list(second.id, order="asc", limit=1)
+    assert [i.content[0].text for i in asc.data] == ["And in Rome?"] and asc.has_more
+    rest = sdk.responses.input_items.list(second.id, order="asc", after=asc.data[0].id)
+    assert [i.content[0].text for i in rest.data] == ["Answer in one line."] and not rest.has_more
+    assert [i.content[0].text for i in sdk.responses.input_items.list(first.id)] == ["Weather in Oslo?"]
+    # another tenant sees none of it
+    with pytest.raises(openai.NotFoundError):
+        api.openai(_tenant()).responses.input_items.list(second.id)
+    with pytest.raises(openai.NotFoundError):
+        api.openai(_tenant()).responses.delete(second.id)
+    # deleted: gone for its tenant too; the response chained to it before is not touched
+    assert sdk.responses.delete(first.id) is None
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.delete(first.id)
+    assert sdk.responses.retrieve(second.id).status == "completed"
+
+
+def test_a_response_that_has_not_ended_cannot_be_deleted(idle_api: Any) -> None:
+    sdk = idle_api.openai(_tenant())
+    queued = sdk.responses.create(model="claude-haiku-4-5", input="Write a long story.", background=True)
+    with pytest.raises(openai.ConflictError) as conflict:
+        sdk.responses.delete(queued.id)
+    assert conflict.value.body["code"] == "job_not_ended"  # type: ignore[index]
+    sdk.responses.cancel(queued.id)
+    assert sdk.responses.delete(queued.id) is None
+
+
 def test_a_finished_response_can_be_streamed_again_from_any_point(api: Any) -> None:
     tenant = _tenant()
     sdk = api.openai(tenant)

@@ -13,12 +13,13 @@ import pytest
 from openai import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses.response_item import ResponseItem
 from pydantic import TypeAdapter
 
 from llm_router.contract import JobRecord, JobStatus, Usage
 from llm_router.errors import RouterError
-from producer.responses_answer import ResponseEvents, response_object
-from producer.responses_format import responses_to_chat
+from producer.responses_answer import ResponseEvents, input_items, response_object
+from producer.responses_format import input_of, responses_to_chat
 
 RECORDED: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parent / "recorded_streams.json").read_text()
@@ -283,3 +284,30 @@ def test_a_failure_after_tokens_is_response_failed() -> None:
     assert last.type == "response.failed" and last.response.status == "failed"
     assert last.response.error is not None and last.response.error.type == "stream_interrupted"
     assert [e["sequence_number"] for e in raw] == list(range(len(raw)))
+
+
+def test_input_items_are_the_sdks_response_items() -> None:
+    history = [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "before"},
+    ]
+    body = {
+        "model": "gpt-4o-mini",
+        "instructions": "Be terse.",
+        "input": [
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "Look:"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+            ]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "42"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "It is 42."}]},
+        ],
+    }  # fmt: skip
+    job = responses_to_chat(body, history=history)
+    items = input_items("resp_abc", input_of(job))
+    read = TypeAdapter(list[ResponseItem]).validate_python(items)
+    assert [i.type for i in read] == ["message", "function_call", "function_call_output", "message"]
+    assert read[0].content[1].type == "input_image" and read[0].content[1].detail == "low"
+    assert (read[1].call_id, read[2].output) == ("c1", "42") and read[3].role == "assistant"
+    assert len({i["id"] for i in items}) == len(items)

@@ -333,7 +333,12 @@ def test_previous_response_continues_its_conversation_without_its_instructions()
         *history,
         {"role": "tool", "tool_call_id": "call_1", "content": "21"},
     ]
-    assert second["metadata"][FRONT_KEY] == {"instructions": True, "previous_response_id": "resp_1"}
+    # the front keeps how many messages came before this response's own input (its input items)
+    assert second["metadata"][FRONT_KEY] == {
+        "instructions": True,
+        "previous_response_id": "resp_1",
+        "history": 2,
+    }
     ChatJob.model_validate(second)
     # a third turn chains from the second's record: its instructions drop out, the first's stay out
     third = conversation_of(
