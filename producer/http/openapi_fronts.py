@@ -337,7 +337,8 @@ def paths(errors: Any, path_id: Any, body: Any, json: Any) -> dict[str, Any]:
                             },
                         },
                         "a page of input items",
-                    )
+                    ),
+                    **errors(),
                 },
             },
         },
