@@ -228,7 +228,11 @@ class Producer:
                     job
                     if isinstance(job, NewJob)
                     else self.validator.prepare(
-                        job, now=time.time(), interactive=interactive, new_id=next(new_ids)
+                        job,
+                        now=time.time(),
+                        interactive=interactive,
+                        new_id=next(new_ids),
+                        allow_files=allow_files,
                     )
                 )
             except RouterError as exc:

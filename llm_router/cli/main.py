@@ -31,6 +31,9 @@ class UsageError(Exception):
     """Bad arguments or an unreadable input file: exit 2."""
 
 
+USAGE_CODE = "invalid_usage"  # a UsageError's code on its ``error: CODE: message`` line
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -232,11 +235,14 @@ async def _vision(args: argparse.Namespace, settings: Settings) -> int:
     from producer.producer import Producer
     from producer.vision import vision_to_chat
 
-    job = vision_to_chat(
-        {"model": args.model, "image": args.image, "prompt": args.prompt},
-        allow_files=True,
-        max_bytes=settings.max_body_bytes,
-    )
+    try:
+        job = vision_to_chat(
+            {"model": args.model, "image": args.image, "prompt": args.prompt},
+            allow_files=True,
+            max_bytes=settings.max_body_bytes,
+        )
+    except RouterError as exc:  # an image file that cannot be read, or is not an image: bad input
+        raise UsageError(f"--image: {exc.message}") from None
     async with await Producer.connect(settings) as producer:
         return _print_answer(await producer.run_interactive(job, timeout=args.timeout), args.json)
 
@@ -488,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result)
     except UsageError as exc:
-        _err(f"error: {exc}")
+        _err(f"error: {USAGE_CODE}: {exc}")
         return EXIT_USAGE
     except WaitTimeout as exc:
         _err(f"error: {exc.code}: {exc.message}")

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from config.settings import Settings
-from llm_router.errors import InvalidRequest, RouterError
+from llm_router.errors import RouterError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -99,13 +99,14 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from llm_router.cli.main import UsageError  # at call time: main imports this module
     from llm_router.credits import Ledger
     from llm_router.redis_client import redis_client
 
     try:
         since = dt.date.fromisoformat(args.since) if args.since else None
     except ValueError:
-        raise InvalidRequest(f"--since {args.since!r} is not a date (YYYY-MM-DD)", param="since") from None
+        raise UsageError(f"--since {args.since!r} is not a date (YYYY-MM-DD)") from None
     redis = redis_client(settings)
     try:
         rows = await Ledger(redis).usage(tenant=args.tenant, since=since)

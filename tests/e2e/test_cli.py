@@ -115,6 +115,11 @@ def test_chat_and_vision_print_the_answer(env, tmp_path: Path) -> None:
         env, "vision", "--model", "gpt-4o", "--image", str(image), "--prompt", "what objects are here?"
     )
     assert seen.returncode == 0 and seen.stdout.strip()
+    # a bulk file's vision line may name a local image too, as the job contract says
+    src = tmp_path / "vision.jsonl"
+    src.write_bytes(orjson.dumps({"model": "gpt-4o", "prompt": "what is it?", "image": str(image)}))
+    bulk = cli(env, "submit", str(src), "--wait")
+    assert bulk.returncode == 0, bulk.stderr
 
 
 def test_chat_refused_and_no_worker_exit_1(env) -> None:
@@ -126,7 +131,13 @@ def test_chat_refused_and_no_worker_exit_1(env) -> None:
 
 
 def test_exit_2_on_bad_input_and_3_on_wait_timeout(env, tmp_path: Path) -> None:
-    assert cli(env, "submit", str(tmp_path / "missing.jsonl")).returncode == 2
+    missing = cli(env, "submit", str(tmp_path / "missing.jsonl"))
+    # one line, `error: CODE: message`, as every other error
+    assert missing.returncode == 2 and missing.stderr.startswith("error: invalid_usage: cannot read")
+    no_image = cli(env, "vision", "--model", "gpt-4o", "--image", str(tmp_path / "no.png"), "--prompt", "x")
+    assert no_image.returncode == 2 and no_image.stderr.startswith("error: invalid_usage: --image")
+    bad_date = cli(env, "usage", "--tenant", "t", "--since", "2026-13-01")
+    assert bad_date.returncode == 2 and "--since" in bad_date.stderr
     assert cli(env, "chat", "--model", "gpt-4o").returncode == 2
     assert cli(env, "frobnicate").returncode == 2
     lonely = {**env, "LLM_ROUTER_QUEUE_NAME": f"nobody-{uuid.uuid4().hex[:6]}"}
