@@ -584,9 +584,10 @@ class BatchRunner:
             )
             for (index, custom_id), record in zip(window, records, strict=True):
                 ok, line = record_line(batch_id, index, custom_id, record, cuts.get(final))
+                if record is not None:  # a line that failed or was cut may have been charged too
+                    usage.add(record)
                 if ok:
                     outputs.append(line)
-                    usage.add(record)
                 else:
                     errors.append((index, line))
             await lease.renew()

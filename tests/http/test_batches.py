@@ -187,6 +187,33 @@ async def test_bad_lines_go_to_the_error_file(api: Any, until: Until) -> None:
     ]
 
 
+async def test_the_batch_usage_counts_what_every_line_was_charged(api: Any, sim: Any, until: Until) -> None:
+    # a line cut by its deadline mid-call pays the prompt its provider read: the batch's cost says so
+    who = tenant()
+    client = api.async_openai(who)
+    slow = {"model": "o4-mini", "messages": [{"role": "user", "content": "x " * 400}], "deadline_s": 1.0}
+    uploaded = await client.files.create(
+        file=("usage.jsonl", jsonl([line("ok", "hi"), line("cut", "x", body={**slow, "fallbacks": []})])),
+        purpose="batch",
+    )
+    await sim.faults({"model": "o4-mini", "kind": "latency", "latency_ms": 4000})
+    try:
+        created = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = await wait_status(client, created.id, until, {"completed", "failed"})
+    finally:
+        await sim.faults()
+    assert batch.request_counts is not None and batch.request_counts.failed == 1
+    costs = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(2):
+            r = await s.get(f"{api.url}/v1/jobs/{job_id_for(batch.id, i)}", headers=api.headers(who))
+            costs.append(((await r.json()).get("usage") or {}).get("cost") or 0)
+    assert costs[1] > 0  # the cut line was charged
+    assert batch.model_dump()["usage"]["cost"] == pytest.approx(sum(costs), abs=1e-9)
+
+
 async def test_cancel_ends_cancelled_with_partial_files(idle_api: Any, until: Until) -> None:
     """On a server whose queue no worker serves (limit: 3 queued per tenant), so nothing runs."""
     who = tenant()
