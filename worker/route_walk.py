@@ -352,18 +352,7 @@ class RouteWalk:
         for k, (dep, model_id, request, started) in enumerate(self._on_wire):
             usage = self._estimated(dep, request, streamed[len(before) :] if k == 0 else "")
             usages.append(usage)
-            attempt = new_attempt(
-                provider=dep.provider,
-                model=model_id,
-                upstream_model=dep.upstream_model,
-                outcome="interrupted",
-                error_code=error_code,
-                latency_ms=round((now - started) * 1000, 3),
-                started_at=started,
-                breaker="closed",
-            )
-            attempt["cost"] = usage["cost"]
-            cut.append(attempt)
+            cut.append(_cut_attempt(dep, model_id, started, (now - started) * 1000, error_code, usage))
         self._on_wire = []
         return cut, (sum_usage(usages) if usages else None)
 
@@ -607,18 +596,7 @@ class RouteWalk:
         elapsed_ms = (time.time() - since) * 1000
         usage = estimated_usage(dep, self.request_json, "")
         self._hedge_usage.append(usage)
-        attempt = new_attempt(
-            provider=dep.provider,
-            model=model_id,
-            upstream_model=dep.upstream_model,
-            outcome="interrupted",
-            error_code="hedge_lost",
-            latency_ms=round(elapsed_ms, 3),
-            started_at=since,
-            breaker="closed",
-        )
-        attempt["cost"] = usage["cost"]
-        self.attempts.append(attempt)
+        self.attempts.append(_cut_attempt(dep, model_id, since, elapsed_ms, "hedge_lost", usage))
         # the first attempt's wait so far (past the hedge delay) is a lower bound on its latency: that
         # it was slow is what the learned percentile must hear. The second's is no sample: it lost
         # to a call that started earlier, often after a few milliseconds, which would drag the
@@ -818,6 +796,24 @@ def sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
     if any(u.get("estimated") for u in usages):
         total["estimated"] = True
     return total
+
+
+def _cut_attempt(
+    dep: Deployment, model_id: str, started: float, elapsed_ms: float, error_code: str, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """The attempt of a call cut short by us (a hedge it lost, a cancel, the deadline), billed ``usage``."""
+    attempt = new_attempt(
+        provider=dep.provider,
+        model=model_id,
+        upstream_model=dep.upstream_model,
+        outcome="interrupted",
+        error_code=error_code,
+        latency_ms=round(elapsed_ms, 3),
+        started_at=started,
+        breaker="closed",
+    )
+    attempt["cost"] = usage["cost"]
+    return attempt
 
 
 def estimated_usage(dep: Deployment, request_json: bytes, text: str) -> dict[str, Any]:
