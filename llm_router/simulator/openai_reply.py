@@ -83,7 +83,8 @@ def plan_reply(req: ChatRequest) -> Reply:
     choices = [_plan_choice(req, digest, choice_digest(digest, i), target) for i in range(req.n)]
     offered = (req.tools or []) + (req.functions or [])
     prompt = count_prompt_tokens(req.messages, offered or None, req.model)
-    completion = sum(c.completion_tokens for c in choices)
+    # predicted tokens the reply did not use are billed as output, as OpenAI's predicted outputs are
+    completion = sum(c.completion_tokens for c in choices) + req.prediction_tokens
     return Reply(
         id=f"chatcmpl-{digest.hex()[:24]}",
         created=int(time.time()),
@@ -99,7 +100,7 @@ def plan_reply(req: ChatRequest) -> Reply:
                 "reasoning_tokens": 0,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
+                "rejected_prediction_tokens": req.prediction_tokens,
             },
         },
         service_tier=_SERVED_TIER.get(req.service_tier or "", "default"),

@@ -33,6 +33,7 @@ from llm_router.simulator.openai_checks import (
     unrecognized,
 )
 from llm_router.simulator.openai_messages import check_messages, mentions_json
+from llm_router.simulator.tokens import count_text_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class ChatRequest:
     seed: int | None
     service_tier: str | None = None
     prefill: str | None = None  # a final assistant message with ``prefix: true``: the answer so far
+    # ``prediction``'s tokens: the reply never matches it, so OpenAI would reject (and bill) them all
+    prediction_tokens: int = 0
 
 
 def validate_chat_request(body: Any) -> ChatRequest:
@@ -90,7 +93,16 @@ def validate_chat_request(body: Any) -> ChatRequest:
         seed=body.get("seed"),
         service_tier=body.get("service_tier"),
         prefill=prefill if isinstance(prefill, str) else None,
+        prediction_tokens=_prediction_tokens(body.get("prediction")),
     )
+
+
+def _prediction_tokens(prediction: Any) -> int:
+    content = prediction.get("content") if isinstance(prediction, dict) else None
+    if isinstance(content, str):
+        return count_text_tokens(content)
+    parts = content if isinstance(content, list) else ()
+    return sum(count_text_tokens(p.get("text") or "") for p in parts if isinstance(p, dict))
 
 
 def _model(value: Any, param: str) -> None:

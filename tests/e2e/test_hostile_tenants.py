@@ -78,6 +78,15 @@ FIELDS: dict[str, dict[str, Any]] = {
         "reasoning_effort": "xhigh",
         "messages": [{"role": "user", "content": TEXT}],
     },
+    # OpenAI bills the predicted tokens it rejects as output, beyond max_tokens (the simulator's reply
+    # never matches a prediction)
+    "prediction": {
+        "model": "gpt-4o",
+        "fallbacks": [],
+        "max_tokens": 40,
+        "prediction": {"type": "content", "content": "The quick brown fox. " * 400},
+        "messages": [{"role": "user", "content": TEXT}],
+    },
     # with an image in the job, only the image part's URL leaves the prompt's estimate: a "url" in
     # a tool's schema is text the provider bills
     "images and url text": {
