@@ -539,6 +539,20 @@ async def test_cancel_of_a_compare_parent_leaves_it_to_its_sides_and_it_ends_can
     assert await store.cancel("t/p", ERROR) == (CancelReply.ALREADY_ENDED, "cancelled")
 
 
+async def test_a_cancelled_compare_parent_whose_last_side_was_refused_ends_cancelled(
+    store: Store, bare_redis: Redis
+):
+    # the child-refused script completes a parent as job_ended does: cancelled when it was asked to be
+    assert await store.create_parent(
+        "t/q", request=b"{}", route=["a"], model_requested="compare", tenant="t",
+        created_at=1.0, deadline_at=61.0, pending=1,
+    )  # fmt: skip
+    assert await store.cancel("t/q", ERROR) == (CancelReply.PARENT, None)
+    await store.child_refused("t/q", "q-0", {"model": "a", "status": "failed"})
+    parent = await fields_of(bare_redis, "t/q")
+    assert parent["status"] == "cancelled" and parent["pending"] == "0"
+
+
 async def test_delete_ended_deletes_only_a_job_that_has_ended(store: Store, bare_redis: Redis):
     await submit(store, new_job())
     await store.publish("t/j1", [b'{"x":1}'], maxlen=10)
