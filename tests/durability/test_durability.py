@@ -11,7 +11,7 @@ from pathlib import Path
 from config.catalog import Catalog
 from config.settings import Settings
 from llm_router.credits import Ledger
-from llm_router.keys import record_key
+from llm_router.keys import idle_workers_key, record_key
 from llm_router.testing.redis_server import RedisServer
 from llm_router.testing.worker_procs import Fleet
 from producer.producer import Producer
@@ -105,6 +105,11 @@ async def test_sigterm_lets_running_jobs_finish_and_takes_no_new_ones(
             lambda: "stopping: no new jobs" in worker.log_path.read_text(),
             what="the worker to stop taking jobs",
         )
+
+        async def withdrawn() -> bool:  # it said so first, then took back its wait for handed jobs
+            return not await durable.redis.exists(idle_workers_key(durable.settings.queue_name))
+
+        await until(withdrawn, what="the stopping worker to withdraw its wait for handed jobs")
         later = await durable.submit({"model": "gpt-4.1", "fallbacks": [], "messages": HI})
         code = await asyncio.to_thread(worker.proc.wait, 10)
         finished = await durable.get(running.job_id)
